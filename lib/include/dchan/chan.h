@@ -1,0 +1,617 @@
+// dchan/chan.h — Go's channels for C++.
+//
+//   dchan::Chan<Job> jobs = dchan::make_chan<Job>(100);   // buffered
+//   dchan::Chan<int> done = dchan::make_chan<int>();      // unbuffered
+//   dchan::Chan<int> nil;                                  // the nil channel
+//
+// A Chan<T> is a cheap, copyable handle to a channel (Go's channels are
+// reference types): copies name the same channel, and `==` tells whether two
+// handles do. The semantics are Go's:
+//   - send() on an unbuffered channel returns only once a receiver has taken
+//     the value (rendezvous); on a buffered one it blocks while the buffer is
+//     full.
+//   - recv() is FIFO; once the channel is closed it drains what is buffered
+//     and then returns std::nullopt forever (Go's `v, ok := <-ch`).
+//   - close() wakes every blocked receiver and sender; blocked and later
+//     senders throw dchan::Error "send on closed channel".
+//   - The nil channel (a default-constructed Chan) blocks send and recv
+//     forever; its timed forms time out; its select cases never fire.
+//
+// Non-blocking and timed forms (try_*, *_for, *_until) never throw for a
+// closed channel: they report ChanStatus::kClosed. A send form that does not
+// succeed leaves its argument untouched, so a move-only value is not lost.
+//
+// Thread safety: every member function may be called concurrently from any
+// number of threads on copies of the same handle. A single Chan object
+// (the handle itself) follows the usual rules for std::shared_ptr.
+//
+// Element types must be nothrow-move-constructible (std::string, protobuf
+// messages, std::unique_ptr, every arithmetic type are).
+//
+// Blocked threads spin for about ten microseconds before parking on a futex
+// (waking a parked thread on another CPU costs tens of microseconds on small
+// VMs); they do not spin when the process may run on one CPU only.
+#ifndef DCHAN_CHAN_H_
+#define DCHAN_CHAN_H_
+
+#include <chrono>
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <new>
+#include <optional>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+#include "absl/functional/any_invocable.h"
+#include "dchan/detail/futex.h"
+#include "dchan/detail/waiter.h"
+#include "dchan/error.h"
+
+namespace dchan {
+
+// The outcome of a non-blocking or timed channel operation.
+enum class ChanStatus {
+  kOk,          // the value was sent or received
+  kWouldBlock,  // try_*: the operation could not complete at once
+  kTimeout,     // *_for / *_until: the deadline passed first
+  kClosed,      // the channel is closed (for a receive: and drained)
+};
+
+// Human-readable name of a ChanStatus ("ok", "would block", ...).
+const char* to_string(ChanStatus status) noexcept;
+
+// The result of try_recv, recv_for and recv_until: `value` is set exactly
+// when `status` is kOk.
+template <class T>
+struct RecvResult {
+  ChanStatus status;
+  std::optional<T> value;
+
+  bool ok() const noexcept { return status == ChanStatus::kOk; }
+  explicit operator bool() const noexcept { return ok(); }
+};
+
+template <class T>
+class Chan;
+
+// A pending asynchronous channel operation (see Chan::recv_async and
+// Chan::send_async). Copyable; all copies refer to the same operation.
+class PendingOp;
+
+namespace detail {
+
+// A channel's shared state: the type-independent core plus a ring buffer of
+// `cap_` values. All members are guarded by lock_.
+template <class T>
+class ChanState final : public ChanCore {
+ public:
+  explicit ChanState(std::size_t capacity)
+      : ChanCore(capacity),
+        buf_(capacity > 0 ? std::allocator<T>().allocate(capacity) : nullptr) {}
+
+  ~ChanState() {
+    while (count_ > 0) pop_locked();
+    if (buf_ != nullptr) std::allocator<T>().deallocate(buf_, cap_);
+  }
+
+  // Go's chansend, without blocking: hands `v` to a waiting receiver or
+  // buffers it. On kOk, *fire (if set) must be completed with ok=true once
+  // the lock is dropped. `v` is moved from only on kOk.
+  ChanStatus send_locked(T& v, WaitNode** fire) {
+    if (closed_) return ChanStatus::kClosed;
+    if (WaitNode* r = claim_receiver_locked()) {
+      static_cast<std::optional<T>*>(r->slot)->emplace(std::move(v));
+      *fire = r;
+      return ChanStatus::kOk;
+    }
+    if (count_ < cap_) {
+      push_locked(std::move(v));
+      return ChanStatus::kOk;
+    }
+    return ChanStatus::kWouldBlock;
+  }
+
+  // Go's chanrecv, without blocking: takes the oldest buffered value (then
+  // refills the buffer from a blocked sender) or a blocked sender's value.
+  // kClosed once closed and drained. On kOk, *fire as in send_locked.
+  ChanStatus recv_locked(std::optional<T>& out, WaitNode** fire) {
+    if (count_ > 0) {
+      out.emplace(pop_locked());
+      if (WaitNode* s = claim_sender_locked()) {
+        push_locked(std::move(*static_cast<T*>(s->slot)));
+        *fire = s;
+      }
+      return ChanStatus::kOk;
+    }
+    if (WaitNode* s = claim_sender_locked()) {
+      out.emplace(std::move(*static_cast<T*>(s->slot)));
+      *fire = s;
+      return ChanStatus::kOk;
+    }
+    return closed_ ? ChanStatus::kClosed : ChanStatus::kWouldBlock;
+  }
+
+ private:
+  void push_locked(T&& v) noexcept {
+    std::size_t tail = head_ + count_;
+    if (tail >= cap_) tail -= cap_;
+    ::new (static_cast<void*>(buf_ + tail)) T(std::move(v));
+    ++count_;
+  }
+
+  T pop_locked() noexcept {
+    T v(std::move(buf_[head_]));
+    buf_[head_].~T();
+    if (++head_ == cap_) head_ = 0;
+    --count_;
+    return v;
+  }
+
+  T* const buf_;
+  std::size_t head_ = 0;
+};
+
+// Completes a node claimed by send_locked/recv_locked. No lock held.
+inline void fire(WaitNode* n) noexcept {
+  if (n != nullptr) {
+    Waiter* w = n->waiter;
+    w->complete(n->case_index, true);
+  }
+}
+
+template <class T>
+ChanState<T>* state_of(const Chan<T>& ch) noexcept;
+
+// An asynchronous operation: a callback waiter that owns its node and slot.
+// It keeps itself (self_) and its channel alive while queued.
+class AsyncOp : public Waiter {
+ public:
+  // Withdraws the operation if it has not fired yet.
+  bool cancel() noexcept {
+    if (!try_claim()) return false;
+    if (node_.chan != nullptr) node_.chan->unlink(&node_);
+    mark_done_by_owner();
+    std::shared_ptr<const void> chan = std::move(chan_keep_);
+    std::shared_ptr<AsyncOp> self = std::move(self_);
+    return true;
+  }
+
+ protected:
+  AsyncOp() noexcept : Waiter(&AsyncOp::on_fire) {}
+  virtual ~AsyncOp() = default;
+  virtual void deliver() noexcept = 0;
+
+  WaitNode node_;
+  std::shared_ptr<AsyncOp> self_;          // while queued
+  std::shared_ptr<const void> chan_keep_;  // the channel, while queued
+
+ private:
+  static void on_fire(Waiter* w) noexcept {
+    auto* op = static_cast<AsyncOp*>(w);
+    std::shared_ptr<AsyncOp> self = std::move(op->self_);
+    op->chan_keep_.reset();  // the completing party holds its own handle
+    op->deliver();
+  }
+  friend class dchan::PendingOp;
+  template <class U>
+  friend class dchan::Chan;
+};
+
+}  // namespace detail
+
+class PendingOp {
+ public:
+  // An operation that is not pending (it completed at once).
+  PendingOp() = default;
+
+  // Withdraws the operation if it has not fired: returns true when it was
+  // withdrawn (its callback will never run, a receive consumed nothing, a
+  // send's value is destroyed unsent). Returns false when it already fired:
+  // its callback has run or is running on another thread. Never blocks on
+  // the callback.
+  bool cancel() noexcept { return op_ != nullptr && op_->cancel(); }
+
+  // True while the operation is queued and may still fire.
+  bool pending() const noexcept { return op_ != nullptr && !op_->done(); }
+
+ private:
+  explicit PendingOp(std::shared_ptr<detail::AsyncOp> op) : op_(std::move(op)) {}
+  std::shared_ptr<detail::AsyncOp> op_;
+  template <class U>
+  friend class Chan;
+};
+
+template <class T>
+class Chan {
+  static_assert(std::is_nothrow_move_constructible_v<T>,
+                "dchan::Chan<T> needs a nothrow-move-constructible T");
+  static_assert(std::is_nothrow_destructible_v<T>);
+
+ public:
+  using value_type = T;
+
+  // The nil channel.
+  Chan() noexcept = default;
+
+  // Sends `value`. Blocks until a receiver takes it (unbuffered) or there is
+  // room in the buffer. Throws dchan::Error "send on closed channel" if the
+  // channel is closed, also when it is closed while this call is blocked.
+  // On the nil channel, blocks forever.
+  void send(T value) {
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) detail::block_forever();
+    detail::WaitNode* to_fire = nullptr;
+    s->lock_.lock();
+    const ChanStatus st = s->send_locked(value, &to_fire);
+    if (st != ChanStatus::kWouldBlock) {
+      s->lock_.unlock();
+      if (st == ChanStatus::kClosed) detail::throw_panic("send on closed channel");
+      detail::fire(to_fire);
+      return;
+    }
+    detail::Waiter w;
+    detail::WaitNode n;
+    n.waiter = &w;
+    n.slot = &value;
+    n.is_send = true;
+    s->enqueue_locked(&n);
+    s->lock_.unlock();
+    w.wait();
+    if (!w.ok()) detail::throw_panic("send on closed channel");
+  }
+
+  // Receives the next value. Blocks until one is available. Returns
+  // std::nullopt once the channel is closed and drained. On the nil
+  // channel, blocks forever.
+  std::optional<T> recv() {
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) detail::block_forever();
+    std::optional<T> out;
+    detail::WaitNode* to_fire = nullptr;
+    s->lock_.lock();
+    if (s->recv_locked(out, &to_fire) != ChanStatus::kWouldBlock) {
+      s->lock_.unlock();
+      detail::fire(to_fire);
+      return out;
+    }
+    detail::Waiter w;
+    detail::WaitNode n;
+    n.waiter = &w;
+    n.slot = &out;
+    s->enqueue_locked(&n);
+    s->lock_.unlock();
+    w.wait();
+    return out;
+  }
+
+  // Closes the channel: every blocked receiver gets std::nullopt (after the
+  // buffer drains), every blocked sender throws. Throws dchan::Error "close
+  // of closed channel" or "close of nil channel".
+  void close() {
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) detail::throw_panic("close of nil channel");
+    s->lock_.lock();
+    if (s->closed_) {
+      s->lock_.unlock();
+      detail::throw_panic("close of closed channel");
+    }
+    detail::WaitNode* fired = s->close_locked();
+    s->lock_.unlock();
+    detail::ChanCore::fire_all(fired, /*ok=*/false);
+  }
+
+  // Sends without blocking: kOk, kWouldBlock or kClosed. `value` is moved
+  // from only on kOk.
+  ChanStatus try_send(T&& value) { return try_send_ref(value); }
+  ChanStatus try_send(const T& value) {
+    T copy(value);
+    return try_send_ref(copy);
+  }
+
+  // Sends, giving up after `timeout` (kTimeout) or when the channel is or
+  // gets closed (kClosed). `value` is moved from only on kOk.
+  template <class Rep, class Period>
+  ChanStatus send_for(T&& value, std::chrono::duration<Rep, Period> timeout) {
+    return send_until_steady(value, detail::deadline_after(timeout));
+  }
+  template <class Rep, class Period>
+  ChanStatus send_for(const T& value,
+                      std::chrono::duration<Rep, Period> timeout) {
+    T copy(value);
+    return send_until_steady(copy, detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  ChanStatus send_until(T&& value,
+                        std::chrono::time_point<Clock, Duration> deadline) {
+    return send_until_steady(value, detail::to_steady(deadline));
+  }
+  template <class Clock, class Duration>
+  ChanStatus send_until(const T& value,
+                        std::chrono::time_point<Clock, Duration> deadline) {
+    T copy(value);
+    return send_until_steady(copy, detail::to_steady(deadline));
+  }
+
+  // Receives without blocking: kOk with a value, kWouldBlock, or kClosed
+  // once closed and drained.
+  RecvResult<T> try_recv() {
+    RecvResult<T> r{ChanStatus::kWouldBlock, std::nullopt};
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) return r;
+    detail::WaitNode* to_fire = nullptr;
+    s->lock_.lock();
+    r.status = s->recv_locked(r.value, &to_fire);
+    s->lock_.unlock();
+    detail::fire(to_fire);
+    return r;
+  }
+
+  // Receives, giving up after `timeout` (kTimeout); kClosed once closed and
+  // drained. A receive that times out consumes nothing.
+  template <class Rep, class Period>
+  RecvResult<T> recv_for(std::chrono::duration<Rep, Period> timeout) {
+    return recv_until_steady(detail::deadline_after(timeout));
+  }
+  template <class Clock, class Duration>
+  RecvResult<T> recv_until(std::chrono::time_point<Clock, Duration> deadline) {
+    return recv_until_steady(detail::to_steady(deadline));
+  }
+
+  // Asynchronous receive, for event-driven callers: never blocks. `done`
+  // runs exactly once with the value (std::nullopt: closed and drained) —
+  // inline before this returns if a value is available now, otherwise later
+  // on the thread of whichever party completes the receive (a sender, or
+  // close()) after it dropped the channel's lock — unless the returned
+  // operation is cancelled first. No thread waits for it: a pending receive
+  // is a node in the channel's queue. On the nil channel it stays pending
+  // until cancelled.
+  PendingOp recv_async(absl::AnyInvocable<void(std::optional<T>) &&> done);
+
+  // Asynchronous send: like recv_async; `done(true)` once a receiver took
+  // the value or it was buffered, `done(false)` if the channel is or gets
+  // closed (the value is then dropped).
+  PendingOp send_async(T value, absl::AnyInvocable<void(bool) &&> done);
+
+  // The number of buffered values (Go's len), and the capacity (Go's cap).
+  // Both 0 for the nil channel.
+  std::size_t len() const noexcept {
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) return 0;
+    s->lock_.lock();
+    const std::size_t n = s->count_;
+    s->lock_.unlock();
+    return n;
+  }
+  std::size_t cap() const noexcept { return state_ ? state_->cap_ : 0; }
+
+  // True for the nil channel.
+  bool is_nil() const noexcept { return state_ == nullptr; }
+
+  // Same channel (Go's ==).
+  friend bool operator==(const Chan& a, const Chan& b) noexcept {
+    return a.state_ == b.state_;
+  }
+
+  // Range-for support: `for (T v : ch)` receives until the channel is closed
+  // and drained. The iterator yields T&& so that move-only values can be
+  // taken: use `for (T v : ch)` or `for (auto&& v : ch)`.
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = T;
+    using difference_type = std::ptrdiff_t;
+    using reference = T&&;
+
+    iterator() = default;
+    T&& operator*() { return std::move(*value_); }
+    iterator& operator++() {
+      value_ = ch_->recv();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) {
+      return !it.value_.has_value();
+    }
+
+   private:
+    explicit iterator(Chan* ch) : ch_(ch), value_(ch->recv()) {}
+    Chan* ch_ = nullptr;
+    std::optional<T> value_;
+    friend class Chan;
+  };
+  iterator begin() { return iterator(this); }
+  std::default_sentinel_t end() const noexcept { return {}; }
+
+ private:
+  template <class U>
+  friend Chan<U> make_chan(std::size_t capacity);
+  friend detail::ChanState<T>* detail::state_of<T>(const Chan<T>&) noexcept;
+
+  explicit Chan(std::shared_ptr<detail::ChanState<T>> s) : state_(std::move(s)) {}
+
+  ChanStatus try_send_ref(T& value) {
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) return ChanStatus::kWouldBlock;
+    detail::WaitNode* to_fire = nullptr;
+    s->lock_.lock();
+    const ChanStatus st = s->send_locked(value, &to_fire);
+    s->lock_.unlock();
+    detail::fire(to_fire);
+    return st;
+  }
+
+  ChanStatus send_until_steady(T& value,
+                               std::chrono::steady_clock::time_point deadline) {
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) return sleep_until(deadline);
+    detail::WaitNode* to_fire = nullptr;
+    s->lock_.lock();
+    const ChanStatus st = s->send_locked(value, &to_fire);
+    if (st != ChanStatus::kWouldBlock) {
+      s->lock_.unlock();
+      detail::fire(to_fire);
+      return st;
+    }
+    detail::Waiter w;
+    detail::WaitNode n;
+    n.waiter = &w;
+    n.slot = &value;
+    n.is_send = true;
+    s->enqueue_locked(&n);
+    s->lock_.unlock();
+    if (!w.wait_until(deadline)) {
+      if (w.try_claim()) {
+        s->unlink(&n);
+        return ChanStatus::kTimeout;
+      }
+      w.wait();  // claimed by a receiver or close(): completes at once
+    }
+    return w.ok() ? ChanStatus::kOk : ChanStatus::kClosed;
+  }
+
+  RecvResult<T> recv_until_steady(std::chrono::steady_clock::time_point deadline) {
+    RecvResult<T> r{ChanStatus::kWouldBlock, std::nullopt};
+    detail::ChanState<T>* s = state_.get();
+    if (s == nullptr) {
+      r.status = sleep_until(deadline);
+      return r;
+    }
+    detail::WaitNode* to_fire = nullptr;
+    s->lock_.lock();
+    r.status = s->recv_locked(r.value, &to_fire);
+    if (r.status != ChanStatus::kWouldBlock) {
+      s->lock_.unlock();
+      detail::fire(to_fire);
+      return r;
+    }
+    detail::Waiter w;
+    detail::WaitNode n;
+    n.waiter = &w;
+    n.slot = &r.value;
+    s->enqueue_locked(&n);
+    s->lock_.unlock();
+    if (!w.wait_until(deadline)) {
+      if (w.try_claim()) {
+        s->unlink(&n);
+        r.status = ChanStatus::kTimeout;
+        return r;
+      }
+      w.wait();
+    }
+    r.status = w.ok() ? ChanStatus::kOk : ChanStatus::kClosed;
+    return r;
+  }
+
+  static ChanStatus sleep_until(std::chrono::steady_clock::time_point deadline) {
+    if (deadline == std::chrono::steady_clock::time_point::max()) {
+      detail::block_forever();
+    }
+    std::this_thread::sleep_until(deadline);
+    return ChanStatus::kTimeout;
+  }
+
+  std::shared_ptr<detail::ChanState<T>> state_;
+};
+
+// Makes a channel with room for `capacity` buffered values (0: unbuffered).
+// The buffer is allocated up front, as in Go.
+template <class T>
+Chan<T> make_chan(std::size_t capacity = 0) {
+  return Chan<T>(std::make_shared<detail::ChanState<T>>(capacity));
+}
+
+namespace detail {
+
+template <class T>
+ChanState<T>* state_of(const Chan<T>& ch) noexcept {
+  return ch.state_.get();
+}
+
+template <class T>
+class AsyncRecv final : public AsyncOp {
+ public:
+  explicit AsyncRecv(absl::AnyInvocable<void(std::optional<T>) &&> done)
+      : done_(std::move(done)) {
+    node_.waiter = this;
+    node_.slot = &value_;
+  }
+  void deliver() noexcept override { std::move(done_)(std::move(value_)); }
+
+  std::optional<T> value_;
+  absl::AnyInvocable<void(std::optional<T>) &&> done_;
+};
+
+template <class T>
+class AsyncSend final : public AsyncOp {
+ public:
+  AsyncSend(T value, absl::AnyInvocable<void(bool) &&> done)
+      : value_(std::move(value)), done_(std::move(done)) {
+    node_.waiter = this;
+    node_.slot = &value_;
+    node_.is_send = true;
+  }
+  void deliver() noexcept override { std::move(done_)(ok()); }
+
+  T value_;
+  absl::AnyInvocable<void(bool) &&> done_;
+};
+
+}  // namespace detail
+
+template <class T>
+PendingOp Chan<T>::recv_async(
+    absl::AnyInvocable<void(std::optional<T>) &&> done) {
+  auto op = std::make_shared<detail::AsyncRecv<T>>(std::move(done));
+  detail::ChanState<T>* s = state_.get();
+  if (s == nullptr) {
+    // Nil: pending forever, but cancellable. It is queued nowhere, so it
+    // needs neither a node link nor a self reference.
+    return PendingOp(std::move(op));
+  }
+  detail::WaitNode* to_fire = nullptr;
+  s->lock_.lock();
+  const ChanStatus st = s->recv_locked(op->value_, &to_fire);
+  if (st != ChanStatus::kWouldBlock) {
+    s->lock_.unlock();
+    detail::fire(to_fire);
+    op->try_claim();
+    op->mark_done_by_owner();
+    std::move(op->done_)(std::move(op->value_));
+    return PendingOp();
+  }
+  op->self_ = op;
+  op->chan_keep_ = state_;
+  s->enqueue_locked(&op->node_);
+  s->lock_.unlock();
+  return PendingOp(std::move(op));
+}
+
+template <class T>
+PendingOp Chan<T>::send_async(T value, absl::AnyInvocable<void(bool) &&> done) {
+  auto op =
+      std::make_shared<detail::AsyncSend<T>>(std::move(value), std::move(done));
+  detail::ChanState<T>* s = state_.get();
+  if (s == nullptr) return PendingOp(std::move(op));
+  detail::WaitNode* to_fire = nullptr;
+  s->lock_.lock();
+  const ChanStatus st = s->send_locked(op->value_, &to_fire);
+  if (st != ChanStatus::kWouldBlock) {
+    s->lock_.unlock();
+    detail::fire(to_fire);
+    op->try_claim();
+    op->mark_done_by_owner();
+    std::move(op->done_)(st == ChanStatus::kOk);
+    return PendingOp();
+  }
+  op->self_ = op;
+  op->chan_keep_ = state_;
+  s->enqueue_locked(&op->node_);
+  s->lock_.unlock();
+  return PendingOp(std::move(op));
+}
+
+}  // namespace dchan
+
+#endif  // DCHAN_CHAN_H_

@@ -1,0 +1,260 @@
+// dchan/detail/waiter.h — the one mechanism every blocking dchan operation
+// stands on: waiters queued on a channel.
+//
+// Internal to dchan (used by chan.h and select.h; the broker reaches it only
+// through Chan's asynchronous forms).
+//
+// A Waiter is one blocked operation: a blocking send/recv, a select over
+// several channels, or an asynchronous operation with a completion callback.
+// It is queued on one or more channels through WaitNodes (Go's sudog), one
+// node per case. A waiter fires exactly once:
+//
+//   kWaiting --try_claim()--> kClaimed --complete()--> kDone
+//
+// The party that wins try_claim() (a counterparty holding the channel's lock,
+// close(), or the waiter itself giving up on a timeout) owns the completion:
+// it moves the value into or out of the node's slot, unlinks the node, drops
+// the channel lock and calls complete(). Everybody else who meets one of the
+// waiter's nodes in a queue sees the claim fail and unlinks that node as
+// stale. So a select registered on ten channels consumes a value from at most
+// one of them, and a parked operation costs a node in a queue — no thread for
+// asynchronous waiters.
+//
+// Memory ordering: the claimer's writes to the slot and to fired_case/ok
+// happen before its release exchange to kDone; the waiter reads them after an
+// acquire load that sees kDone.
+#ifndef DCHAN_DETAIL_WAITER_H_
+#define DCHAN_DETAIL_WAITER_H_
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+#include "dchan/detail/futex.h"
+
+namespace dchan::detail {
+
+// A small futex-based mutex (Drepper's "Futexes are tricky", mutex 2) with a
+// short spin. Guards one channel's state; held only for a handful of
+// instructions, never while user code or a callback runs.
+class Lock {
+ public:
+  Lock() = default;
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
+
+  void lock() noexcept {
+    uint32_t expected = 0;
+    if (word_.compare_exchange_strong(expected, 1, std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+      return;
+    }
+    lock_slow();
+  }
+  void unlock() noexcept {
+    if (word_.exchange(0, std::memory_order_release) == 2) {
+      futex_wake_one(word_);
+    }
+  }
+
+ private:
+  void lock_slow() noexcept;
+
+  // 0: unlocked; 1: locked; 2: locked and somebody may sleep on it.
+  std::atomic<uint32_t> word_{0};
+};
+
+class Waiter;
+class ChanCore;
+
+// One registration of a waiter on one channel queue (Go's sudog). Owned by
+// the waiter; linked into at most one queue, under that channel's lock.
+struct WaitNode {
+  Waiter* waiter = nullptr;
+  // Send: points at the value to move from. Recv: points at the
+  // std::optional<T> to move into (left empty when closed).
+  void* slot = nullptr;
+  uint32_t case_index = 0;
+  bool is_send = false;
+  ChanCore* chan = nullptr;
+
+  // Queue links, guarded by chan's lock.
+  WaitNode* prev = nullptr;
+  WaitNode* next = nullptr;
+  bool queued = false;
+};
+
+// An intrusive FIFO of WaitNodes. Not thread-safe: guarded by the owning
+// channel's lock.
+class WaitQueue {
+ public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  std::size_t size() const noexcept { return size_; }
+  WaitNode* front() const noexcept { return head_; }
+
+  void push_back(WaitNode* n) noexcept {
+    n->prev = tail_;
+    n->next = nullptr;
+    if (tail_ != nullptr) {
+      tail_->next = n;
+    } else {
+      head_ = n;
+    }
+    tail_ = n;
+    n->queued = true;
+    ++size_;
+  }
+
+  void remove(WaitNode* n) noexcept {
+    if (n->prev != nullptr) {
+      n->prev->next = n->next;
+    } else {
+      head_ = n->next;
+    }
+    if (n->next != nullptr) {
+      n->next->prev = n->prev;
+    } else {
+      tail_ = n->prev;
+    }
+    n->prev = n->next = nullptr;
+    n->queued = false;
+    --size_;
+  }
+
+ private:
+  WaitNode* head_ = nullptr;
+  WaitNode* tail_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// A blocked operation that fires exactly once. See the file comment.
+class Waiter {
+ public:
+  Waiter() = default;
+  Waiter(const Waiter&) = delete;
+  Waiter& operator=(const Waiter&) = delete;
+
+  // Wins the right to complete this waiter. Exactly one caller ever gets
+  // true. Callers that get false must not touch the waiter's slots.
+  bool try_claim() noexcept {
+    uint32_t s = state_.load(std::memory_order_relaxed);
+    while ((s & kPhaseMask) == kWaiting) {
+      if (state_.compare_exchange_weak(s, (s & ~kPhaseMask) | kClaimed,
+                                       std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Called once by the claimer, with no channel lock held, after it moved the
+  // value: records which case fired and whether it succeeded (false: the
+  // channel was closed), then wakes the parked thread or runs the callback.
+  // The waiter may be gone when this returns.
+  void complete(uint32_t case_index, bool ok) noexcept {
+    fired_case_ = case_index;
+    ok_ = ok;
+    if (callback_ != nullptr) {
+      state_.store(kDone, std::memory_order_release);
+      callback_(this);
+      return;
+    }
+    if (state_.exchange(kDone, std::memory_order_release) & kParked) {
+      futex_wake_one(state_);
+    }
+  }
+
+  // For a waiter claimed by its own thread (timeout, cancel): marks it done
+  // without waking anybody.
+  void mark_done_by_owner() noexcept {
+    state_.store(kDone, std::memory_order_relaxed);
+  }
+
+  // Thread waiters: blocks until complete() ran. Spins briefly first.
+  void wait() noexcept;
+
+  // Thread waiters: as wait(), giving up at `deadline`. Returns false on
+  // timeout, in which case the waiter may still be claimed by someone else:
+  // the caller must try_claim() to withdraw, and wait() if that fails.
+  bool wait_until(std::chrono::steady_clock::time_point deadline) noexcept;
+
+  bool done() const noexcept {
+    return (state_.load(std::memory_order_acquire) & kPhaseMask) == kDone;
+  }
+  uint32_t fired_case() const noexcept { return fired_case_; }
+  bool ok() const noexcept { return ok_; }
+
+ protected:
+  // Makes this a callback waiter: complete() calls `fn(this)` on the
+  // claimer's thread instead of waking a parked thread.
+  explicit Waiter(void (*fn)(Waiter*)) noexcept : callback_(fn) {}
+
+ private:
+  static constexpr uint32_t kWaiting = 0;
+  static constexpr uint32_t kClaimed = 1;
+  static constexpr uint32_t kDone = 2;
+  static constexpr uint32_t kPhaseMask = 3;
+  static constexpr uint32_t kParked = 4;  // a thread sleeps on state_
+
+  std::atomic<uint32_t> state_{kWaiting};
+  void (*const callback_)(Waiter*) = nullptr;
+  uint32_t fired_case_ = 0;
+  bool ok_ = false;
+};
+
+// The type-independent part of a channel: its lock, wait queues and
+// counters. Chan<T>'s state derives from it and adds the typed buffer.
+class ChanCore {
+ public:
+  explicit ChanCore(std::size_t capacity) noexcept : cap_(capacity) {}
+  ChanCore(const ChanCore&) = delete;
+  ChanCore& operator=(const ChanCore&) = delete;
+
+  // Pops the oldest receiver (or sender) whose waiter this call manages to
+  // claim, dropping stale nodes of waiters already fired elsewhere. Returns
+  // nullptr when none is left. Requires lock_.
+  WaitNode* claim_receiver_locked() noexcept { return claim_front(recvq_); }
+  WaitNode* claim_sender_locked() noexcept { return claim_front(sendq_); }
+
+  // Closes the channel: marks it closed and claims every queued waiter into
+  // `fired` (linked through WaitNode::next), to be completed with ok=false
+  // by fire_all() after the lock is dropped. Requires lock_; the caller
+  // checked it was open.
+  WaitNode* close_locked() noexcept;
+
+  // Completes nodes collected by close_locked(). No lock held.
+  static void fire_all(WaitNode* fired, bool ok) noexcept;
+
+  // Unlinks `n` if it is still queued. Takes lock_.
+  void unlink(WaitNode* n) noexcept;
+
+  void enqueue_locked(WaitNode* n) noexcept {
+    n->chan = this;
+    (n->is_send ? sendq_ : recvq_).push_back(n);
+  }
+
+  Lock lock_;
+  const std::size_t cap_;
+  std::size_t count_ = 0;  // buffered values; guarded by lock_
+  bool closed_ = false;    // guarded by lock_
+  WaitQueue recvq_;        // guarded by lock_
+  WaitQueue sendq_;        // guarded by lock_
+
+ private:
+  WaitNode* claim_front(WaitQueue& q) noexcept {
+    while (WaitNode* n = q.front()) {
+      q.remove(n);
+      if (n->waiter->try_claim()) return n;
+    }
+    return nullptr;
+  }
+};
+
+// Parks the calling thread forever (a nil channel's send or receive).
+[[noreturn]] void block_forever() noexcept;
+
+}  // namespace dchan::detail
+
+#endif  // DCHAN_DETAIL_WAITER_H_

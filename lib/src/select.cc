@@ -1,0 +1,127 @@
+#include "dchan/select.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/container/inlined_vector.h"
+
+namespace dchan {
+namespace detail {
+namespace {
+
+// A per-thread xorshift generator for the poll order: cheap, and good enough
+// to make the choice among ready cases uniform.
+uint64_t next_random() noexcept {
+  thread_local uint64_t x =
+      0x9E3779B97F4A7C15ull ^
+      reinterpret_cast<uintptr_t>(&x) * 0xBF58476D1CE4E5B9ull;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return x;
+}
+
+// Lemire's multiply-shift reduction to [0, n).
+uint32_t random_below(uint32_t n) noexcept {
+  return static_cast<uint32_t>(((next_random() >> 32) * n) >> 32);
+}
+
+class LockSet {
+ public:
+  explicit LockSet(SelectCase* const* cases, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (ChanCore* c = cases[i]->core()) cores_.push_back(c);
+    }
+    std::sort(cores_.begin(), cores_.end());
+    cores_.erase(std::unique(cores_.begin(), cores_.end()), cores_.end());
+  }
+  bool empty() const noexcept { return cores_.empty(); }
+  void lock_all() noexcept {
+    for (ChanCore* c : cores_) c->lock_.lock();
+  }
+  void unlock_all() noexcept {
+    for (auto it = cores_.rbegin(); it != cores_.rend(); ++it) {
+      (*it)->lock_.unlock();
+    }
+  }
+
+ private:
+  absl::InlinedVector<ChanCore*, 8> cores_;
+};
+
+}  // namespace
+
+std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
+  std::size_t default_index = n;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (cases[i]->kind() != SelectCase::Kind::kDefault) continue;
+    if (default_index != n) {
+      throw Error(absl::StatusCode::kInvalidArgument,
+                  "select: more than one default case");
+    }
+    default_index = i;
+  }
+
+  // Poll order: a uniformly random permutation (Fisher-Yates).
+  absl::InlinedVector<uint32_t, 8> order(n);
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t j = random_below(i + 1);
+    order[i] = order[j];
+    order[j] = i;
+  }
+
+  LockSet locks(cases, n);
+  locks.lock_all();
+  for (uint32_t i : order) {
+    SelectCase* c = cases[i];
+    if (c->core() == nullptr) continue;
+    WaitNode* to_fire = nullptr;
+    const ChanStatus st = c->try_locked(&to_fire);
+    if (st == ChanStatus::kWouldBlock) continue;
+    locks.unlock_all();
+    fire(to_fire);
+    c->finish(st == ChanStatus::kOk);
+    return i;
+  }
+  if (default_index != n) {
+    locks.unlock_all();
+    cases[default_index]->finish(true);
+    return default_index;
+  }
+  if (locks.empty()) block_forever();  // only nil cases: Go's `select {}`
+
+  // Nothing ready: one waiter, a node on every case's channel.
+  Waiter w;
+  absl::InlinedVector<WaitNode, 8> nodes(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    SelectCase* c = cases[i];
+    ChanCore* core = c->core();
+    if (core == nullptr) continue;
+    WaitNode& node = nodes[i];
+    node.waiter = &w;
+    node.slot = c->slot();
+    node.case_index = static_cast<uint32_t>(i);
+    node.is_send = c->kind() == SelectCase::Kind::kSend;
+    core->enqueue_locked(&node);
+  }
+  locks.unlock_all();
+  w.wait();
+
+  const uint32_t fired = w.fired_case();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i != fired && nodes[i].chan != nullptr) nodes[i].chan->unlink(&nodes[i]);
+  }
+  cases[fired]->finish(w.ok());
+  return fired;
+}
+
+}  // namespace detail
+
+std::size_t select(std::span<Case> cases) {
+  absl::InlinedVector<detail::SelectCase*, 8> ptrs;
+  ptrs.reserve(cases.size());
+  for (Case& c : cases) ptrs.push_back(c.get());
+  return detail::select_cases(ptrs.data(), ptrs.size());
+}
+
+}  // namespace dchan

@@ -1,0 +1,79 @@
+// The timer service behind dchan::after(): one thread, a min-heap of
+// deadlines. It is created on first use and deliberately never destroyed, so
+// a process may exit while timers are pending (as in Go).
+#include <condition_variable>
+#include <mutex>
+#include <queue>
+#include <thread>
+#include <vector>
+
+#include "dchan/select.h"
+
+namespace dchan {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+class TimerService {
+ public:
+  static TimerService& get() {
+    static TimerService* service = new TimerService();  // never destroyed
+    return *service;
+  }
+
+  void add(Clock::time_point when, Chan<Clock::time_point> ch) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const bool earliest = timers_.empty() || when < timers_.top().when;
+    timers_.push(Timer{when, std::move(ch)});
+    if (earliest) cv_.notify_one();
+  }
+
+ private:
+  struct Timer {
+    Clock::time_point when;
+    Chan<Clock::time_point> ch;
+    bool operator>(const Timer& o) const { return when > o.when; }
+  };
+
+  TimerService() { std::thread([this] { run(); }).detach(); }
+
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      if (timers_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      const Clock::time_point when = timers_.top().when;
+      if (Clock::now() < when) {
+        cv_.wait_until(lock, when);
+        continue;
+      }
+      Chan<Clock::time_point> ch = timers_.top().ch;
+      timers_.pop();
+      lock.unlock();
+      // Capacity 1 and this is the only send: it never blocks.
+      ch.try_send(Clock::now());
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers_;
+};
+
+}  // namespace
+
+Chan<std::chrono::steady_clock::time_point> after(
+    std::chrono::steady_clock::duration d) {
+  auto ch = make_chan<Clock::time_point>(1);
+  if (d <= Clock::duration::zero()) {
+    ch.try_send(Clock::now());
+  } else {
+    TimerService::get().add(detail::deadline_after(d), ch);
+  }
+  return ch;
+}
+
+}  // namespace dchan

@@ -1,0 +1,101 @@
+#include "dchan/detail/waiter.h"
+
+#include <sched.h>
+
+namespace dchan::detail {
+
+void Lock::lock_slow() noexcept {
+  // Spin a little: the holder keeps the lock for a few instructions only.
+  for (int i = 0; i < 64; ++i) {
+    spin_pause();
+    uint32_t expected = 0;
+    if (word_.load(std::memory_order_relaxed) == 0 &&
+        word_.compare_exchange_weak(expected, 1, std::memory_order_acquire,
+                                    std::memory_order_relaxed)) {
+      return;
+    }
+  }
+  // Announce a sleeper (2) and sleep until we take the lock from 0.
+  uint32_t c = word_.exchange(2, std::memory_order_acquire);
+  while (c != 0) {
+    futex_wait(word_, 2);
+    c = word_.exchange(2, std::memory_order_acquire);
+  }
+}
+
+void Waiter::wait() noexcept {
+  for (int i = 0, n = spin_budget(); i < n; ++i) {
+    if (done()) return;
+    spin_pause();
+  }
+  uint32_t s = state_.load(std::memory_order_acquire);
+  for (;;) {
+    if ((s & kPhaseMask) == kDone) return;
+    if ((s & kParked) == 0) {
+      if (!state_.compare_exchange_weak(s, s | kParked,
+                                        std::memory_order_acquire)) {
+        continue;
+      }
+      s |= kParked;
+    }
+    futex_wait(state_, s);
+    s = state_.load(std::memory_order_acquire);
+  }
+}
+
+bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept {
+  for (int i = 0, n = spin_budget(); i < n; ++i) {
+    if (done()) return true;
+    spin_pause();
+  }
+  uint32_t s = state_.load(std::memory_order_acquire);
+  for (;;) {
+    if ((s & kPhaseMask) == kDone) return true;
+    if ((s & kParked) == 0) {
+      if (!state_.compare_exchange_weak(s, s | kParked,
+                                        std::memory_order_acquire)) {
+        continue;
+      }
+      s |= kParked;
+    }
+    if (!futex_wait_until(state_, s, deadline)) return done();
+    s = state_.load(std::memory_order_acquire);
+  }
+}
+
+WaitNode* ChanCore::close_locked() noexcept {
+  closed_ = true;
+  WaitNode* head = nullptr;
+  WaitNode** tail = &head;
+  for (WaitQueue* q : {&recvq_, &sendq_}) {
+    while (WaitNode* n = claim_front(*q)) {
+      *tail = n;
+      tail = &n->next;
+    }
+  }
+  return head;
+}
+
+void ChanCore::fire_all(WaitNode* fired, bool ok) noexcept {
+  while (fired != nullptr) {
+    // Read everything before complete(): the node may vanish with its waiter.
+    WaitNode* next = fired->next;
+    Waiter* w = fired->waiter;
+    const uint32_t index = fired->case_index;
+    w->complete(index, ok);
+    fired = next;
+  }
+}
+
+void ChanCore::unlink(WaitNode* n) noexcept {
+  lock_.lock();
+  if (n->queued) (n->is_send ? sendq_ : recvq_).remove(n);
+  lock_.unlock();
+}
+
+void block_forever() noexcept {
+  std::atomic<uint32_t> never{0};
+  for (;;) futex_wait(never, 0);
+}
+
+}  // namespace dchan::detail

@@ -1,0 +1,414 @@
+#include "dchan/chan.h"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace dchan {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Generous bound for "this eventually happens" on a loaded 2-vCPU machine.
+constexpr auto kLiveness = 10s;
+
+template <class Pred>
+bool eventually(Pred pred) {
+  const auto deadline = std::chrono::steady_clock::now() + kLiveness;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+void expect_panic(const std::function<void()>& fn, const std::string& msg) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected dchan::Error \"" << msg << "\"";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.what(), msg);
+    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+TEST(Chan, UnbufferedSendReturnsOnlyAfterAReceiverTookTheValue) {
+  auto ch = make_chan<int>();
+  std::atomic<bool> sent{false};
+  std::thread sender([&] {
+    ch.send(7);
+    sent = true;
+  });
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(sent.load()) << "unbuffered send returned with no receiver";
+  EXPECT_EQ(ch.recv(), 7);
+  sender.join();
+  EXPECT_TRUE(sent.load());
+}
+
+TEST(Chan, BufferedSendBlocksOnlyWhileTheBufferIsFull) {
+  auto ch = make_chan<int>(2);
+  ch.send(1);
+  ch.send(2);
+  EXPECT_EQ(ch.len(), 2u);
+  std::atomic<bool> sent{false};
+  std::thread sender([&] {
+    ch.send(3);
+    sent = true;
+  });
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(sent.load()) << "send into a full buffer did not block";
+  EXPECT_EQ(ch.recv(), 1);
+  sender.join();
+  EXPECT_TRUE(sent.load());
+  EXPECT_EQ(ch.recv(), 2);
+  EXPECT_EQ(ch.recv(), 3);
+}
+
+TEST(Chan, ReceivesInFifoOrder) {
+  auto ch = make_chan<int>(100);
+  for (int i = 0; i < 100; ++i) ch.send(i);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(ch.recv(), i);
+}
+
+TEST(Chan, BlockedSendersAreServedInFifoOrderIntoTheBuffer) {
+  auto ch = make_chan<int>(1);
+  ch.send(0);
+  std::vector<std::thread> senders;
+  for (int i = 1; i <= 3; ++i) {
+    senders.emplace_back([&ch, i] { ch.send(i); });
+    // Let sender i block before starting i+1, so the queue order is known.
+    ASSERT_TRUE(eventually([&] {
+      auto* s = detail::state_of(ch);
+      s->lock_.lock();
+      const std::size_t n = s->sendq_.size();
+      s->lock_.unlock();
+      return n == static_cast<std::size_t>(i);
+    }));
+  }
+  for (int i = 0; i <= 3; ++i) EXPECT_EQ(ch.recv(), i);
+  for (auto& t : senders) t.join();
+}
+
+TEST(Chan, CloseDrainsTheBufferThenReturnsNulloptForever) {
+  auto ch = make_chan<std::string>(3);
+  ch.send("a");
+  ch.send("b");
+  ch.close();
+  EXPECT_EQ(ch.recv(), "a");
+  EXPECT_EQ(ch.recv(), "b");
+  EXPECT_EQ(ch.recv(), std::nullopt);
+  EXPECT_EQ(ch.recv(), std::nullopt);
+  EXPECT_EQ(ch.try_recv().status, ChanStatus::kClosed);
+}
+
+TEST(Chan, CloseWakesEveryBlockedReceiver) {
+  auto ch = make_chan<int>();
+  std::atomic<int> woke{0};
+  std::vector<std::thread> receivers;
+  for (int i = 0; i < 8; ++i) {
+    receivers.emplace_back([&] {
+      if (!ch.recv().has_value()) ++woke;
+    });
+  }
+  ASSERT_TRUE(eventually([&] {
+    auto* s = detail::state_of(ch);
+    s->lock_.lock();
+    const std::size_t n = s->recvq_.size();
+    s->lock_.unlock();
+    return n == 8;
+  }));
+  ch.close();
+  for (auto& t : receivers) t.join();
+  EXPECT_EQ(woke.load(), 8);
+}
+
+TEST(Chan, CloseMakesEveryBlockedSenderThrow) {
+  for (std::size_t cap : {0, 1}) {
+    auto ch = make_chan<int>(cap);
+    if (cap == 1) ch.send(0);
+    std::atomic<int> threw{0};
+    std::vector<std::thread> senders;
+    for (int i = 0; i < 8; ++i) {
+      senders.emplace_back([&] {
+        try {
+          ch.send(1);
+        } catch (const Error& e) {
+          if (std::string(e.what()) == "send on closed channel") ++threw;
+        }
+      });
+    }
+    ASSERT_TRUE(eventually([&] {
+      auto* s = detail::state_of(ch);
+      s->lock_.lock();
+      const std::size_t n = s->sendq_.size();
+      s->lock_.unlock();
+      return n == 8;
+    }));
+    ch.close();
+    for (auto& t : senders) t.join();
+    EXPECT_EQ(threw.load(), 8) << "capacity " << cap;
+  }
+}
+
+TEST(Chan, SendOnClosedChannelPanics) {
+  auto ch = make_chan<int>(5);
+  ch.close();
+  expect_panic([&] { ch.send(1); }, "send on closed channel");
+}
+
+TEST(Chan, CloseOfClosedOrNilChannelPanics) {
+  auto ch = make_chan<int>();
+  ch.close();
+  expect_panic([&] { ch.close(); }, "close of closed channel");
+  Chan<int> nil;
+  expect_panic([&] { nil.close(); }, "close of nil channel");
+}
+
+TEST(Chan, TrySendTellsOkWouldBlockAndClosedApart) {
+  auto unbuffered = make_chan<int>();
+  EXPECT_EQ(unbuffered.try_send(1), ChanStatus::kWouldBlock);
+  auto buffered = make_chan<int>(1);
+  EXPECT_EQ(buffered.try_send(1), ChanStatus::kOk);
+  EXPECT_EQ(buffered.try_send(2), ChanStatus::kWouldBlock);
+  buffered.close();
+  EXPECT_EQ(buffered.try_send(3), ChanStatus::kClosed);
+}
+
+TEST(Chan, TrySendHandsToABlockedReceiver) {
+  auto ch = make_chan<int>();
+  std::optional<int> got;
+  std::thread receiver([&] { got = ch.recv(); });
+  ASSERT_TRUE(eventually([&] { return ch.try_send(42) == ChanStatus::kOk; }));
+  receiver.join();
+  EXPECT_EQ(got, 42);
+}
+
+TEST(Chan, TryRecvTellsOkWouldBlockAndClosedApart) {
+  auto ch = make_chan<int>(1);
+  auto r = ch.try_recv();
+  EXPECT_EQ(r.status, ChanStatus::kWouldBlock);
+  EXPECT_FALSE(r.value.has_value());
+  ch.send(5);
+  r = ch.try_recv();
+  EXPECT_TRUE(r.ok());
+  EXPECT_EQ(r.value, 5);
+  ch.close();
+  EXPECT_EQ(ch.try_recv().status, ChanStatus::kClosed);
+}
+
+TEST(Chan, FailedSendsDoNotSwallowAMoveOnlyValue) {
+  auto ch = make_chan<std::unique_ptr<int>>();
+  auto p = std::make_unique<int>(9);
+  EXPECT_EQ(ch.try_send(std::move(p)), ChanStatus::kWouldBlock);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(ch.send_for(std::move(p), 10ms), ChanStatus::kTimeout);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(ch.send_until(std::move(p), std::chrono::system_clock::now() + 5ms),
+            ChanStatus::kTimeout);
+  ASSERT_NE(p, nullptr);
+  ch.close();
+  EXPECT_EQ(ch.try_send(std::move(p)), ChanStatus::kClosed);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(ch.send_for(std::move(p), 10ms), ChanStatus::kClosed);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(*p, 9);
+}
+
+TEST(Chan, TimedSendDeliversToALateReceiver) {
+  auto ch = make_chan<std::unique_ptr<int>>();
+  std::optional<std::unique_ptr<int>> got;
+  std::thread receiver([&] {
+    std::this_thread::sleep_for(20ms);
+    got = ch.recv();
+  });
+  auto p = std::make_unique<int>(3);
+  EXPECT_EQ(ch.send_for(std::move(p), kLiveness), ChanStatus::kOk);
+  EXPECT_EQ(p, nullptr);
+  receiver.join();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(**got, 3);
+}
+
+TEST(Chan, TimedRecvTimesOutConsumingNothing) {
+  auto ch = make_chan<int>();
+  const auto start = std::chrono::steady_clock::now();
+  auto r = ch.recv_for(20ms);
+  EXPECT_EQ(r.status, ChanStatus::kTimeout);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 20ms);
+  // The withdrawn receive is gone: a send finds no receiver...
+  EXPECT_EQ(ch.try_send(1), ChanStatus::kWouldBlock);
+  // ...and the next value goes to the next receiver, not into the void.
+  std::thread sender([&] { ch.send(2); });
+  EXPECT_EQ(ch.recv(), 2);
+  sender.join();
+  EXPECT_EQ(ch.recv_until(std::chrono::system_clock::now() + 5ms).status,
+            ChanStatus::kTimeout);
+}
+
+TEST(Chan, TimedRecvGetsAValueSentInTime) {
+  auto ch = make_chan<int>();
+  std::thread sender([&] {
+    std::this_thread::sleep_for(20ms);
+    ch.send(11);
+  });
+  auto r = ch.recv_until(std::chrono::steady_clock::now() + kLiveness);
+  EXPECT_TRUE(r.ok());
+  EXPECT_EQ(r.value, 11);
+  sender.join();
+}
+
+TEST(Chan, TimedFormsReportACloseWhileWaiting) {
+  auto ch = make_chan<int>();
+  std::thread closer([&] {
+    std::this_thread::sleep_for(20ms);
+    ch.close();
+  });
+  EXPECT_EQ(ch.recv_for(kLiveness).status, ChanStatus::kClosed);
+  closer.join();
+
+  auto ch2 = make_chan<int>();
+  std::thread closer2([&] {
+    std::this_thread::sleep_for(20ms);
+    ch2.close();
+  });
+  EXPECT_EQ(ch2.send_for(1, kLiveness), ChanStatus::kClosed);
+  closer2.join();
+}
+
+TEST(Chan, LenAndCap) {
+  auto ch = make_chan<int>(4);
+  EXPECT_EQ(ch.cap(), 4u);
+  EXPECT_EQ(ch.len(), 0u);
+  ch.send(1);
+  ch.send(2);
+  EXPECT_EQ(ch.len(), 2u);
+  ch.recv();
+  EXPECT_EQ(ch.len(), 1u);
+  auto unbuffered = make_chan<int>();
+  EXPECT_EQ(unbuffered.cap(), 0u);
+  EXPECT_EQ(unbuffered.len(), 0u);
+}
+
+TEST(Chan, RangeForEndsWhenClosedAndDrained) {
+  auto ch = make_chan<int>(3);
+  std::thread producer([&] {
+    for (int i = 1; i <= 10; ++i) ch.send(i);
+    ch.close();
+  });
+  int sum = 0, n = 0;
+  for (int v : ch) {
+    sum += v;
+    ++n;
+  }
+  producer.join();
+  EXPECT_EQ(n, 10);
+  EXPECT_EQ(sum, 55);
+}
+
+TEST(Chan, MoveOnlyValuesTravelThroughBufferedAndUnbuffered) {
+  for (std::size_t cap : {0, 2}) {
+    auto ch = make_chan<std::unique_ptr<int>>(cap);
+    std::thread producer([&] {
+      for (int i = 0; i < 5; ++i) ch.send(std::make_unique<int>(i));
+      ch.close();
+    });
+    int expect = 0;
+    for (std::unique_ptr<int> p : ch) {
+      ASSERT_NE(p, nullptr);
+      EXPECT_EQ(*p, expect++);
+    }
+    producer.join();
+    EXPECT_EQ(expect, 5);
+  }
+}
+
+TEST(Chan, NilChannelNeverCompletes) {
+  Chan<int> nil;
+  EXPECT_TRUE(nil.is_nil());
+  EXPECT_EQ(nil.len(), 0u);
+  EXPECT_EQ(nil.cap(), 0u);
+  EXPECT_EQ(nil.try_send(1), ChanStatus::kWouldBlock);
+  EXPECT_EQ(nil.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(nil.send_for(1, 10ms), ChanStatus::kTimeout);
+  EXPECT_EQ(nil.recv_for(10ms).status, ChanStatus::kTimeout);
+  EXPECT_EQ(nil, Chan<int>());
+
+  // Blocking forms block forever: these threads never return (a process may
+  // exit with them blocked, as in Go).
+  auto returned = std::make_shared<std::atomic<int>>(0);
+  std::thread([nil, returned]() mutable {
+    nil.recv();
+    ++*returned;
+  }).detach();
+  std::thread([nil, returned]() mutable {
+    nil.send(1);
+    ++*returned;
+  }).detach();
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(returned->load(), 0);
+}
+
+TEST(Chan, CopiesAreHandlesToTheSameChannel) {
+  auto a = make_chan<int>(1);
+  Chan<int> b = a;
+  EXPECT_EQ(a, b);
+  EXPECT_FALSE(a == make_chan<int>(1));
+  b.send(4);
+  EXPECT_EQ(a.recv(), 4);
+}
+
+TEST(Error, CarriesAStatusCode) {
+  Error e(absl::StatusCode::kUnavailable, "broker gone");
+  EXPECT_EQ(e.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(e.status(), absl::UnavailableError("broker gone"));
+  const std::runtime_error& base = e;
+  EXPECT_STREQ(base.what(), "broker gone");
+}
+
+// Many producers and consumers: every value is received exactly once.
+class ChanStress : public ::testing::TestWithParam<std::size_t> {};
+
+TEST_P(ChanStress, EveryValueIsReceivedExactlyOnce) {
+  constexpr int kProducers = 4, kConsumers = 4, kPerProducer = 20000;
+  auto ch = make_chan<int>(GetParam());
+  std::vector<std::atomic<int>> seen(kProducers * kPerProducer);
+  std::atomic<long long> sum{0};
+  std::atomic<int> count{0};
+  std::vector<std::thread> threads;
+  for (int p = 0; p < kProducers; ++p) {
+    threads.emplace_back([&, p] {
+      for (int i = 0; i < kPerProducer; ++i) ch.send(p * kPerProducer + i);
+    });
+  }
+  for (int c = 0; c < kConsumers; ++c) {
+    threads.emplace_back([&] {
+      for (int v : ch) {
+        seen[v].fetch_add(1, std::memory_order_relaxed);
+        sum += v;
+        ++count;
+      }
+    });
+  }
+  for (int p = 0; p < kProducers; ++p) threads[p].join();
+  ch.close();
+  for (std::size_t i = kProducers; i < threads.size(); ++i) threads[i].join();
+  const long long n = kProducers * kPerProducer;
+  EXPECT_EQ(count.load(), n);
+  EXPECT_EQ(sum.load(), n * (n - 1) / 2);
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i].load(), 1) << "value " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Capacities, ChanStress,
+                         ::testing::Values(0, 1, 64));
+
+}  // namespace
+}  // namespace dchan

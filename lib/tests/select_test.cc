@@ -1,0 +1,300 @@
+#include "dchan/select.h"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace dchan {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kLiveness = 10s;
+
+TEST(Select, RunsTheReadyCaseAndReturnsItsIndex) {
+  auto a = make_chan<int>(1);
+  auto b = make_chan<int>(1);
+  b.send(5);
+  std::optional<int> got;
+  const std::size_t i =
+      select(on_recv(a, [&](std::optional<int>) { ADD_FAILURE(); }),
+             on_recv(b, [&](std::optional<int> v) { got = v; }));
+  EXPECT_EQ(i, 1u);
+  EXPECT_EQ(got, 5);
+}
+
+TEST(Select, DefaultRunsOnlyWhenNothingIsReady) {
+  auto a = make_chan<int>(1);
+  bool ran_default = false;
+  EXPECT_EQ(select(on_recv(a), on_default([&] { ran_default = true; })), 1u);
+  EXPECT_TRUE(ran_default);
+  a.send(1);
+  ran_default = false;
+  EXPECT_EQ(select(on_recv(a), on_default([&] { ran_default = true; })), 0u);
+  EXPECT_FALSE(ran_default);
+}
+
+TEST(Select, BlocksUntilACaseIsReady) {
+  auto a = make_chan<int>();
+  auto b = make_chan<std::string>();
+  std::thread sender([&] {
+    std::this_thread::sleep_for(20ms);
+    b.send("hi");
+  });
+  std::optional<std::string> got;
+  EXPECT_EQ(select(on_recv(a), on_recv(b, [&](auto v) { got = v; })), 1u);
+  EXPECT_EQ(got, "hi");
+  sender.join();
+}
+
+TEST(Select, SendCaseDeliversToABlockedReceiver) {
+  auto a = make_chan<int>();
+  std::optional<int> got;
+  std::thread receiver([&] { got = a.recv(); });
+  bool sent = false;
+  EXPECT_EQ(select(on_send(a, 3, [&] { sent = true; }),
+                   on_recv(after(kLiveness))),
+            0u);
+  receiver.join();
+  EXPECT_TRUE(sent);
+  EXPECT_EQ(got, 3);
+}
+
+TEST(Select, ChoosesUniformlyAmongReadyCases) {
+  constexpr int kCases = 4, kTrials = 20000;
+  std::vector<Chan<int>> chans;
+  for (int i = 0; i < kCases; ++i) chans.push_back(make_chan<int>(1));
+  int hits[kCases] = {};
+  for (int t = 0; t < kTrials; ++t) {
+    for (auto& c : chans) c.try_send(1);  // refill whichever fired
+    ++hits[select(on_recv(chans[0]), on_recv(chans[1]), on_recv(chans[2]),
+                  on_recv(chans[3]))];
+  }
+  // Expected 5000 each, standard deviation ~61: 4400..5600 is ~10 sigma.
+  for (int i = 0; i < kCases; ++i) {
+    EXPECT_GT(hits[i], 4400) << "case " << i;
+    EXPECT_LT(hits[i], 5600) << "case " << i;
+  }
+}
+
+TEST(Select, NeverConsumesFromACaseThatDidNotFire) {
+  for (int t = 0; t < 1000; ++t) {
+    auto a = make_chan<int>(1);
+    auto b = make_chan<int>(1);
+    a.send(1);
+    b.send(2);
+    select(on_recv(a), on_recv(b));
+    EXPECT_EQ(a.len() + b.len(), 1u);
+  }
+}
+
+TEST(Select, ABlockedSelectWithdrawsItsOtherCasesWhenOneFires) {
+  auto a = make_chan<int>();
+  auto b = make_chan<int>();
+  std::thread sender([&] {
+    std::this_thread::sleep_for(20ms);
+    a.send(1);
+  });
+  EXPECT_EQ(select(on_recv(a), on_recv(b)), 0u);
+  sender.join();
+  // The select's receive on b is gone: nobody takes a value from b now.
+  EXPECT_EQ(b.try_send(2), ChanStatus::kWouldBlock);
+  auto* s = detail::state_of(b);
+  s->lock_.lock();
+  EXPECT_TRUE(s->recvq_.empty());
+  s->lock_.unlock();
+}
+
+TEST(Select, SendAndRecvOnTheSameChannelNeverMatchEachOther) {
+  auto c = make_chan<int>();
+  // Alone, neither case can fire: the select times out.
+  EXPECT_EQ(select(on_send(c, 1), on_recv(c), on_recv(after(20ms))), 2u);
+
+  // With a receiver elsewhere, the send case fires.
+  std::optional<int> got;
+  std::thread receiver([&] { got = c.recv(); });
+  EXPECT_EQ(select(on_send(c, 1), on_recv(c), on_recv(after(kLiveness))), 0u);
+  receiver.join();
+  EXPECT_EQ(got, 1);
+
+  // With a sender elsewhere, the recv case fires.
+  std::thread sender([&] { c.send(9); });
+  std::optional<int> recvd;
+  EXPECT_EQ(select(on_send(c, 1), on_recv(c, [&](auto v) { recvd = v; }),
+                   on_recv(after(kLiveness))),
+            1u);
+  sender.join();
+  EXPECT_EQ(recvd, 9);
+}
+
+TEST(Select, TwoSelectsEachSendingAndReceivingPairUp) {
+  auto c = make_chan<int>();
+  std::atomic<int> sends{0}, recvs{0};
+  auto body = [&](int v) {
+    select(on_send(c, v, [&] { ++sends; }),
+           on_recv(c, [&](std::optional<int>) { ++recvs; }));
+  };
+  std::thread t1(body, 1), t2(body, 2);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(sends.load(), 1);
+  EXPECT_EQ(recvs.load(), 1);
+}
+
+TEST(Select, NilCasesNeverFire) {
+  Chan<int> nil;
+  EXPECT_EQ(select(on_recv(nil), on_send(nil, 1), on_recv(after(10ms))), 2u);
+  EXPECT_EQ(select(on_recv(nil), on_default()), 1u);
+}
+
+TEST(Select, RecvCaseSeesACloseAsNullopt) {
+  auto a = make_chan<int>();
+  a.close();
+  bool saw_closed = false;
+  select(on_recv(a, [&](std::optional<int> v) { saw_closed = !v; }));
+  EXPECT_TRUE(saw_closed);
+
+  auto b = make_chan<int>();
+  std::thread closer([&] {
+    std::this_thread::sleep_for(20ms);
+    b.close();
+  });
+  saw_closed = false;
+  EXPECT_EQ(select(on_recv(after(kLiveness)),
+                   on_recv(b, [&](std::optional<int> v) { saw_closed = !v; })),
+            1u);
+  EXPECT_TRUE(saw_closed);
+  closer.join();
+}
+
+TEST(Select, SendCaseOnAClosedChannelPanics) {
+  auto a = make_chan<int>(1);
+  a.close();
+  EXPECT_THROW(select(on_send(a, 1)), Error);
+
+  auto b = make_chan<int>();
+  std::thread closer([&] {
+    std::this_thread::sleep_for(20ms);
+    b.close();
+  });
+  try {
+    select(on_send(b, 1), on_recv(after(kLiveness)));
+    ADD_FAILURE() << "no panic";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "send on closed channel");
+  }
+  closer.join();
+}
+
+TEST(Select, CaseFunctionMayUseTheSameChannel) {
+  auto a = make_chan<int>(1);
+  a.send(1);
+  select(on_recv(a, [&](std::optional<int>) {
+    EXPECT_EQ(a.try_send(2), ChanStatus::kOk);
+  }));
+  EXPECT_EQ(a.recv(), 2);
+}
+
+TEST(Select, MoveOnlySendCaseDeliversOrDropsItsValue) {
+  auto a = make_chan<std::unique_ptr<int>>(1);
+  EXPECT_EQ(select(on_send(a, std::make_unique<int>(4))), 0u);
+  auto r = a.try_recv();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(**r.value, 4);
+}
+
+TEST(Select, AfterDeliversOnceAfterItsDuration) {
+  const auto start = std::chrono::steady_clock::now();
+  auto t = after(30ms);
+  auto when = t.recv();
+  ASSERT_TRUE(when.has_value());
+  EXPECT_GE(*when - start, 30ms);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms);
+  EXPECT_EQ(t.try_recv().status, ChanStatus::kWouldBlock);
+  // Timers fire in deadline order, whatever the order they were made in.
+  auto late = after(60ms);
+  auto early = after(10ms);
+  EXPECT_EQ(select(on_recv(late), on_recv(early)), 1u);
+}
+
+TEST(Select, RunTimeCaseListsWork) {
+  std::vector<Chan<int>> chans;
+  for (int i = 0; i < 6; ++i) chans.push_back(make_chan<int>(1));
+  chans[4].send(40);
+  std::optional<int> got;
+  std::vector<Case> cases;
+  for (auto& c : chans) {
+    cases.push_back(on_recv(c, [&](std::optional<int> v) { got = v; }));
+  }
+  EXPECT_EQ(select(cases), 4u);
+  EXPECT_EQ(got, 40);
+  // Cases can be reused; with a default, nothing blocks.
+  cases.push_back(on_default());
+  EXPECT_EQ(select(cases), 6u);
+  cases.push_back(on_default());
+  try {
+    select(cases);
+    ADD_FAILURE() << "two defaults accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+// Selectors receive from two channels fed by several producers while other
+// selectors race send cases against them: nothing is lost or duplicated.
+TEST(Select, StressEveryValueIsReceivedExactlyOnce) {
+  constexpr int kProducers = 2, kPerProducer = 20000, kSelectors = 3;
+  auto a = make_chan<int>();
+  auto b = make_chan<int>(8);
+  auto quit = make_chan<int>();
+  std::vector<std::atomic<int>> seen(kProducers * kPerProducer);
+  std::vector<std::thread> threads;
+  for (int p = 0; p < kProducers; ++p) {
+    threads.emplace_back([&, p] {
+      for (int i = 0; i < kPerProducer; ++i) {
+        const int v = p * kPerProducer + i;
+        // Alternate plain sends and select sends.
+        if (i % 2 == 0) {
+          (p == 0 ? a : b).send(v);
+        } else {
+          select(on_send(a, v), on_send(b, v));
+        }
+      }
+    });
+  }
+  std::atomic<int> received{0};
+  for (int s = 0; s < kSelectors; ++s) {
+    threads.emplace_back([&] {
+      bool done = false;
+      while (!done) {
+        auto take = [&](std::optional<int> v) {
+          if (v) {
+            seen[*v].fetch_add(1);
+            ++received;
+          }
+        };
+        select(on_recv(a, take), on_recv(b, take),
+               on_recv(quit, [&](std::optional<int>) { done = true; }));
+      }
+    });
+  }
+  for (int p = 0; p < kProducers; ++p) threads[p].join();
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (received.load() < kProducers * kPerProducer &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  quit.close();
+  for (std::size_t i = kProducers; i < threads.size(); ++i) threads[i].join();
+  EXPECT_EQ(received.load(), kProducers * kPerProducer);
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i].load(), 1) << "value " << i;
+  }
+}
+
+}  // namespace
+}  // namespace dchan
