@@ -192,6 +192,9 @@ class Waiter {
   explicit Waiter(void (*fn)(Waiter*)) noexcept : callback_(fn) {}
 
  private:
+  // Spins (multi-CPU only), then yields a few times; true once done.
+  bool spin_then_yield() noexcept;
+
   static constexpr uint32_t kWaiting = 0;
   static constexpr uint32_t kClaimed = 1;
   static constexpr uint32_t kDone = 2;
