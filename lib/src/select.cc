@@ -26,9 +26,11 @@ uint32_t random_below(uint32_t n) noexcept {
   return static_cast<uint32_t>(((next_random() >> 32) * n) >> 32);
 }
 
+// The distinct channels of a select, locked in address order (so that two
+// selects over the same channels cannot deadlock).
 class LockSet {
  public:
-  explicit LockSet(SelectCase* const* cases, std::size_t n) {
+  LockSet(SelectCase* const* cases, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) {
       if (ChanCore* c = cases[i]->core()) cores_.push_back(c);
     }
@@ -51,17 +53,8 @@ class LockSet {
 
 }  // namespace
 
-std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
-  std::size_t default_index = n;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (cases[i]->kind() != SelectCase::Kind::kDefault) continue;
-    if (default_index != n) {
-      throw Error(absl::StatusCode::kInvalidArgument,
-                  "select: more than one default case");
-    }
-    default_index = i;
-  }
-
+PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
+                        WaitNode* nodes) {
   // Poll order: a uniformly random permutation (Fisher-Yates).
   absl::InlinedVector<uint32_t, 8> order(n);
   for (uint32_t i = 0; i < n; ++i) {
@@ -80,37 +73,67 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
     if (st == ChanStatus::kWouldBlock) continue;
     locks.unlock_all();
     fire(to_fire);
-    c->finish(st == ChanStatus::kOk);
-    return i;
+    return {PollOutcome::kFired, i, st == ChanStatus::kOk};
   }
-  if (default_index != n) {
+  if (w == nullptr || locks.empty()) {
     locks.unlock_all();
-    cases[default_index]->finish(true);
-    return default_index;
+    return {w == nullptr ? PollOutcome::kWouldBlock : PollOutcome::kNeverReady};
   }
-  if (locks.empty()) block_forever();  // only nil cases: Go's `select {}`
-
-  // Nothing ready: one waiter, a node on every case's channel.
-  Waiter w;
-  absl::InlinedVector<WaitNode, 8> nodes(n);
   for (std::size_t i = 0; i < n; ++i) {
     SelectCase* c = cases[i];
     ChanCore* core = c->core();
     if (core == nullptr) continue;
     WaitNode& node = nodes[i];
-    node.waiter = &w;
+    node.waiter = w;
     node.slot = c->slot();
     node.case_index = static_cast<uint32_t>(i);
     node.is_send = c->kind() == SelectCase::Kind::kSend;
     core->enqueue_locked(&node);
   }
   locks.unlock_all();
-  w.wait();
+  return {PollOutcome::kRegistered};
+}
 
-  const uint32_t fired = w.fired_case();
+void select_withdraw(WaitNode* nodes, std::size_t n, std::size_t except) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
-    if (i != fired && nodes[i].chan != nullptr) nodes[i].chan->unlink(&nodes[i]);
+    if (i != except && nodes[i].chan != nullptr) nodes[i].chan->unlink(&nodes[i]);
   }
+}
+
+std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
+  std::size_t default_index = n;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (cases[i]->is_remote()) {
+      throw Error(absl::StatusCode::kUnimplemented,
+                  "dchan: select over broker channels is not supported yet");
+    }
+    if (cases[i]->kind() != SelectCase::Kind::kDefault) continue;
+    if (default_index != n) {
+      throw Error(absl::StatusCode::kInvalidArgument,
+                  "select: more than one default case");
+    }
+    default_index = i;
+  }
+
+  Waiter w;
+  absl::InlinedVector<WaitNode, 8> nodes(n);
+  const PollOutcome r =
+      select_poll(cases, n, default_index == n ? &w : nullptr, nodes.data());
+  switch (r.kind) {
+    case PollOutcome::kFired:
+      cases[r.index]->finish(r.ok);
+      return r.index;
+    case PollOutcome::kWouldBlock:
+      cases[default_index]->finish(true);
+      return default_index;
+    case PollOutcome::kNeverReady:
+      block_forever();  // only nil cases: Go's `select {}`
+    case PollOutcome::kRegistered:
+      break;
+  }
+  w.wait();
+  const uint32_t fired = w.fired_case();
+  select_withdraw(nodes.data(), n, fired);
   cases[fired]->finish(w.ok());
   return fired;
 }

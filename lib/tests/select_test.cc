@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -294,6 +295,109 @@ TEST(Select, StressEveryValueIsReceivedExactlyOnce) {
   for (std::size_t i = 0; i < seen.size(); ++i) {
     ASSERT_EQ(seen[i].load(), 1) << "value " << i;
   }
+}
+
+TEST(SelectAsync, FiresInlineWhenACaseIsReady) {
+  auto a = make_chan<std::string>();
+  auto b = make_chan<std::string>(1);
+  b.send("x");
+  std::optional<SelectOutcome<std::string>> out;
+  PendingOp op = select_async<std::string>(
+      {{a, false, {}}, {b, false, {}}}, false,
+      [&](SelectOutcome<std::string> o) { out = std::move(o); });
+  EXPECT_FALSE(op.pending());
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->index, 1u);
+  EXPECT_EQ(out->status, ChanStatus::kOk);
+  EXPECT_EQ(out->value, "x");
+}
+
+TEST(SelectAsync, NonblockingReportsWouldBlock) {
+  auto a = make_chan<std::string>();
+  std::optional<SelectOutcome<std::string>> out;
+  select_async<std::string>({{a, false, {}}, {a, true, "v"}}, true,
+                            [&](SelectOutcome<std::string> o) { out = o; });
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(out->index, 2u);
+}
+
+TEST(SelectAsync, PendingSelectFiresOnceAndWithdrawsItsOtherCases) {
+  auto a = make_chan<std::string>();
+  auto b = make_chan<std::string>();
+  int fired = 0;
+  std::optional<SelectOutcome<std::string>> out;
+  PendingOp op = select_async<std::string>(
+      {{a, false, {}}, {b, true, "to-b"}}, false,
+      [&](SelectOutcome<std::string> o) {
+        ++fired;
+        out = std::move(o);
+      });
+  EXPECT_TRUE(op.pending());
+  EXPECT_EQ(a.try_send("to-a"), ChanStatus::kOk);
+  EXPECT_EQ(fired, 1);
+  EXPECT_EQ(out->index, 0u);
+  EXPECT_EQ(out->value, "to-a");
+  // Its send case on b is gone: b has no sender.
+  EXPECT_EQ(b.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(a.try_send("again"), ChanStatus::kWouldBlock);
+  EXPECT_FALSE(op.cancel());
+}
+
+TEST(SelectAsync, SendCaseDeliversAndCloseReportsClosed) {
+  auto a = make_chan<std::string>();
+  std::optional<SelectOutcome<std::string>> out;
+  PendingOp op = select_async<std::string>(
+      {{a, true, "hello"}}, false,
+      [&](SelectOutcome<std::string> o) { out = std::move(o); });
+  EXPECT_EQ(a.recv(), "hello");
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, ChanStatus::kOk);
+
+  out.reset();
+  op = select_async<std::string>(
+      {{a, true, "never"}}, false,
+      [&](SelectOutcome<std::string> o) { out = std::move(o); });
+  a.close();
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, ChanStatus::kClosed);
+}
+
+TEST(SelectAsync, CancelWithdrawsEveryCase) {
+  auto a = make_chan<std::string>();
+  auto b = make_chan<std::string>();
+  bool ran = false;
+  PendingOp op = select_async<std::string>(
+      {{a, false, {}}, {b, true, "v"}}, false,
+      [&](SelectOutcome<std::string>) { ran = true; });
+  EXPECT_TRUE(op.cancel());
+  EXPECT_EQ(a.try_send("x"), ChanStatus::kWouldBlock);
+  EXPECT_EQ(b.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_FALSE(ran);
+}
+
+TEST(SelectAsync, ManyPendingSelectsEachGetExactlyOneValue) {
+  constexpr int kSelects = 1000;
+  auto a = make_chan<std::string>();
+  auto b = make_chan<std::string>();
+  std::vector<std::string> got(kSelects);
+  std::vector<PendingOp> ops;
+  for (int i = 0; i < kSelects; ++i) {
+    ops.push_back(select_async<std::string>(
+        {{a, false, {}}, {b, false, {}}}, false,
+        [&got, i](SelectOutcome<std::string> o) { got[i] = *o.value; }));
+  }
+  std::thread pa([&] {
+    for (int i = 0; i < kSelects / 2; ++i) a.send("a" + std::to_string(i));
+  });
+  std::thread pb([&] {
+    for (int i = 0; i < kSelects / 2; ++i) b.send("b" + std::to_string(i));
+  });
+  pa.join();
+  pb.join();
+  std::set<std::string> distinct(got.begin(), got.end());
+  EXPECT_EQ(distinct.size(), static_cast<std::size_t>(kSelects));
+  EXPECT_EQ(distinct.count(""), 0u);
 }
 
 }  // namespace

@@ -28,6 +28,14 @@
 // Element types must be nothrow-move-constructible (std::string, protobuf
 // messages, std::unique_ptr, every arithmetic type are).
 //
+// Remote channels: dchan::Client::chan<T>(name) returns a Chan<T> hosted by a
+// broker (see <dchan/client.h>). It has the same semantics; values travel
+// encoded by Codec<T> (see <dchan/codec.h>), so T then also needs a codec
+// and a default constructor. Its operations may additionally throw
+// dchan::Error for remote failures (kUnavailable when the broker is lost;
+// kDataLoss for bytes the codec rejects). recv_async and send_async are for
+// local channels only.
+//
 // Blocked threads spin for about ten microseconds before parking on a futex
 // (waking a parked thread on another CPU costs tens of microseconds on small
 // VMs); they do not spin when the process may run on one CPU only.
@@ -43,9 +51,12 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "dchan/codec.h"
 #include "dchan/detail/futex.h"
+#include "dchan/detail/remote.h"
 #include "dchan/detail/waiter.h"
 #include "dchan/error.h"
 
@@ -75,6 +86,10 @@ struct RecvResult {
 
 template <class T>
 class Chan;
+template <class T>
+struct AsyncSelectCase;
+template <class T>
+struct SelectOutcome;
 
 // A pending asynchronous channel operation (see Chan::recv_async and
 // Chan::send_async). Copyable; all copies refer to the same operation.
@@ -163,15 +178,22 @@ inline void fire(WaitNode* n) noexcept {
 
 template <class T>
 ChanState<T>* state_of(const Chan<T>& ch) noexcept;
+template <class T>
+RemoteChan* remote_of(const Chan<T>& ch) noexcept;
+struct ChanStats;
+template <class T>
+ChanStats stats_of(const Chan<T>& ch) noexcept;
+template <class T>
+Chan<T> make_remote_chan(std::shared_ptr<RemoteChan> remote);
 
-// An asynchronous operation: a callback waiter that owns its node and slot.
-// It keeps itself (self_) and its channel alive while queued.
+// An asynchronous operation: a callback waiter that owns its nodes and
+// slots. It keeps itself (self_) and its channels alive while queued.
 class AsyncOp : public Waiter {
  public:
   // Withdraws the operation if it has not fired yet.
   bool cancel() noexcept {
     if (!try_claim()) return false;
-    if (node_.chan != nullptr) node_.chan->unlink(&node_);
+    withdraw();
     mark_done_by_owner();
     std::shared_ptr<const void> chan = std::move(chan_keep_);
     std::shared_ptr<AsyncOp> self = std::move(self_);
@@ -181,9 +203,11 @@ class AsyncOp : public Waiter {
  protected:
   AsyncOp() noexcept : Waiter(&AsyncOp::on_fire) {}
   virtual ~AsyncOp() = default;
+  // Unlinks every node that is still queued. No lock held.
+  virtual void withdraw() noexcept = 0;
+  // Runs the completion, once fired, with no lock held.
   virtual void deliver() noexcept = 0;
 
-  WaitNode node_;
   std::shared_ptr<AsyncOp> self_;          // while queued
   std::shared_ptr<const void> chan_keep_;  // the channel, while queued
 
@@ -198,6 +222,8 @@ class AsyncOp : public Waiter {
   template <class U>
   friend class dchan::Chan;
 };
+
+
 
 }  // namespace detail
 
@@ -221,6 +247,10 @@ class PendingOp {
   std::shared_ptr<detail::AsyncOp> op_;
   template <class U>
   friend class Chan;
+  template <class U>
+  friend PendingOp select_async(
+      std::vector<AsyncSelectCase<U>> cases, bool nonblocking,
+      absl::AnyInvocable<void(SelectOutcome<U>) &&> done);
 };
 
 template <class T>
@@ -241,7 +271,14 @@ class Chan {
   // On the nil channel, blocks forever.
   void send(T value) {
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) detail::block_forever();
+    if (s == nullptr) [[unlikely]] {
+      if (remote_ == nullptr) detail::block_forever();
+      if (remote_send(value, detail::RemoteChan::kNoDeadline) ==
+          ChanStatus::kClosed) {
+        detail::throw_panic("send on closed channel");
+      }
+      return;
+    }
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
@@ -267,8 +304,12 @@ class Chan {
   // channel, blocks forever.
   std::optional<T> recv() {
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) detail::block_forever();
     std::optional<T> out;
+    if (s == nullptr) [[unlikely]] {
+      if (remote_ == nullptr) detail::block_forever();
+      remote_recv(out, detail::RemoteChan::kNoDeadline);
+      return out;
+    }
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     if (s->recv_locked(out, &to_fire) != ChanStatus::kWouldBlock) {
@@ -291,7 +332,11 @@ class Chan {
   // of closed channel" or "close of nil channel".
   void close() {
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) detail::throw_panic("close of nil channel");
+    if (s == nullptr) [[unlikely]] {
+      if (remote_ == nullptr) detail::throw_panic("close of nil channel");
+      remote_->close();
+      return;
+    }
     s->lock_.lock();
     if (s->closed_) {
       s->lock_.unlock();
@@ -339,7 +384,12 @@ class Chan {
   RecvResult<T> try_recv() {
     RecvResult<T> r{ChanStatus::kWouldBlock, std::nullopt};
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) return r;
+    if (s == nullptr) [[unlikely]] {
+      if (remote_ != nullptr) {
+        r.status = remote_recv(r.value, detail::RemoteChan::kNonBlocking);
+      }
+      return r;
+    }
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     r.status = s->recv_locked(r.value, &to_fire);
@@ -376,22 +426,31 @@ class Chan {
 
   // The number of buffered values (Go's len), and the capacity (Go's cap).
   // Both 0 for the nil channel.
-  std::size_t len() const noexcept {
+  std::size_t len() const {
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) return 0;
+    if (s == nullptr) [[unlikely]] {
+      return remote_ != nullptr ? remote_->len() : 0;
+    }
     s->lock_.lock();
     const std::size_t n = s->count_;
     s->lock_.unlock();
     return n;
   }
-  std::size_t cap() const noexcept { return state_ ? state_->cap_ : 0; }
+  std::size_t cap() const noexcept {
+    if (state_ != nullptr) return state_->cap_;
+    return remote_ != nullptr ? remote_->cap() : 0;
+  }
 
   // True for the nil channel.
-  bool is_nil() const noexcept { return state_ == nullptr; }
+  bool is_nil() const noexcept { return state_ == nullptr && remote_ == nullptr; }
 
-  // Same channel (Go's ==).
+  // True for a channel hosted by a broker.
+  bool is_remote() const noexcept { return remote_ != nullptr; }
+
+  // Same channel (Go's ==). Two handles to one broker channel obtained by
+  // separate opens compare unequal, as two Go channels would.
   friend bool operator==(const Chan& a, const Chan& b) noexcept {
-    return a.state_ == b.state_;
+    return a.state_ == b.state_ && a.remote_ == b.remote_;
   }
 
   // Range-for support: `for (T v : ch)` receives until the channel is closed
@@ -428,12 +487,55 @@ class Chan {
   template <class U>
   friend Chan<U> make_chan(std::size_t capacity);
   friend detail::ChanState<T>* detail::state_of<T>(const Chan<T>&) noexcept;
+  friend detail::RemoteChan* detail::remote_of<T>(const Chan<T>&) noexcept;
+  friend detail::ChanStats detail::stats_of<T>(const Chan<T>&) noexcept;
+  friend Chan<T> detail::make_remote_chan<T>(std::shared_ptr<detail::RemoteChan>);
 
   explicit Chan(std::shared_ptr<detail::ChanState<T>> s) : state_(std::move(s)) {}
+  explicit Chan(std::shared_ptr<detail::RemoteChan> r) : remote_(std::move(r)) {}
+
+  // Remote paths: encode, call the backend, decode. Out of the local fast
+  // path's way.
+  ChanStatus remote_send(const T& value, detail::RemoteChan::Deadline deadline) {
+    if constexpr (kHasCodec<T>) {
+      std::string bytes;
+      Codec<T>::encode(value, bytes);
+      return remote_->send(bytes, deadline);
+    } else {
+      // make_remote_chan requires a codec, so remote_ is never set here.
+      (void)value;
+      (void)deadline;
+      throw Error(absl::StatusCode::kInternal, "dchan: remote Chan without codec");
+    }
+  }
+  ChanStatus remote_recv(std::optional<T>& out,
+                         detail::RemoteChan::Deadline deadline) {
+    if constexpr (kHasCodec<T>) {
+      std::string bytes;
+      const ChanStatus st = remote_->recv(bytes, deadline);
+      if (st == ChanStatus::kOk) {
+        T value{};
+        const absl::Status decoded = Codec<T>::decode(bytes, value);
+        if (!decoded.ok()) {
+          throw Error(decoded.code(), std::string(decoded.message()));
+        }
+        out.emplace(std::move(value));
+      }
+      return st;
+    } else {
+      (void)out;
+      (void)deadline;
+      throw Error(absl::StatusCode::kInternal, "dchan: remote Chan without codec");
+    }
+  }
 
   ChanStatus try_send_ref(T& value) {
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) return ChanStatus::kWouldBlock;
+    if (s == nullptr) [[unlikely]] {
+      return remote_ != nullptr
+                 ? remote_send(value, detail::RemoteChan::kNonBlocking)
+                 : ChanStatus::kWouldBlock;
+    }
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
@@ -445,7 +547,10 @@ class Chan {
   ChanStatus send_until_steady(T& value,
                                std::chrono::steady_clock::time_point deadline) {
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) return sleep_until(deadline);
+    if (s == nullptr) [[unlikely]] {
+      return remote_ != nullptr ? remote_send(value, deadline)
+                                : sleep_until(deadline);
+    }
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
@@ -474,8 +579,9 @@ class Chan {
   RecvResult<T> recv_until_steady(std::chrono::steady_clock::time_point deadline) {
     RecvResult<T> r{ChanStatus::kWouldBlock, std::nullopt};
     detail::ChanState<T>* s = state_.get();
-    if (s == nullptr) {
-      r.status = sleep_until(deadline);
+    if (s == nullptr) [[unlikely]] {
+      r.status = remote_ != nullptr ? remote_recv(r.value, deadline)
+                                    : sleep_until(deadline);
       return r;
     }
     detail::WaitNode* to_fire = nullptr;
@@ -512,7 +618,8 @@ class Chan {
     return ChanStatus::kTimeout;
   }
 
-  std::shared_ptr<detail::ChanState<T>> state_;
+  std::shared_ptr<detail::ChanState<T>> state_;    // local channel
+  std::shared_ptr<detail::RemoteChan> remote_;     // broker channel
 };
 
 // Makes a channel with room for `capacity` buffered values (0: unbuffered).
@@ -530,6 +637,45 @@ ChanState<T>* state_of(const Chan<T>& ch) noexcept {
 }
 
 template <class T>
+RemoteChan* remote_of(const Chan<T>& ch) noexcept {
+  return ch.remote_.get();
+}
+
+// A snapshot of a local channel's state, for inspection (the broker's
+// ListObjects). Waiter counts may include nodes of selects that already fired
+// elsewhere and have not withdrawn them yet.
+struct ChanStats {
+  std::size_t len = 0;
+  std::size_t cap = 0;
+  bool closed = false;
+  std::size_t blocked_senders = 0;
+  std::size_t blocked_receivers = 0;
+};
+
+template <class T>
+ChanStats stats_of(const Chan<T>& ch) noexcept {
+  ChanStats st;
+  ChanState<T>* s = ch.state_.get();
+  if (s == nullptr) return st;
+  s->lock_.lock();
+  st.len = s->count_;
+  st.cap = s->cap_;
+  st.closed = s->closed_;
+  st.blocked_senders = s->sendq_.size();
+  st.blocked_receivers = s->recvq_.size();
+  s->lock_.unlock();
+  return st;
+}
+
+// Used by the client library to hand out broker-backed channels.
+template <class T>
+Chan<T> make_remote_chan(std::shared_ptr<RemoteChan> remote) {
+  static_assert(kHasCodec<T>,
+                "a broker channel's element type needs a dchan::Codec<T>");
+  return Chan<T>(std::move(remote));
+}
+
+template <class T>
 class AsyncRecv final : public AsyncOp {
  public:
   explicit AsyncRecv(absl::AnyInvocable<void(std::optional<T>) &&> done)
@@ -537,8 +683,12 @@ class AsyncRecv final : public AsyncOp {
     node_.waiter = this;
     node_.slot = &value_;
   }
+  void withdraw() noexcept override {
+    if (node_.chan != nullptr) node_.chan->unlink(&node_);
+  }
   void deliver() noexcept override { std::move(done_)(std::move(value_)); }
 
+  WaitNode node_;
   std::optional<T> value_;
   absl::AnyInvocable<void(std::optional<T>) &&> done_;
 };
@@ -552,8 +702,12 @@ class AsyncSend final : public AsyncOp {
     node_.slot = &value_;
     node_.is_send = true;
   }
+  void withdraw() noexcept override {
+    if (node_.chan != nullptr) node_.chan->unlink(&node_);
+  }
   void deliver() noexcept override { std::move(done_)(ok()); }
 
+  WaitNode node_;
   T value_;
   absl::AnyInvocable<void(bool) &&> done_;
 };
@@ -563,6 +717,10 @@ class AsyncSend final : public AsyncOp {
 template <class T>
 PendingOp Chan<T>::recv_async(
     absl::AnyInvocable<void(std::optional<T>) &&> done) {
+  if (remote_ != nullptr) {
+    throw Error(absl::StatusCode::kFailedPrecondition,
+                "dchan: recv_async needs a local channel");
+  }
   auto op = std::make_shared<detail::AsyncRecv<T>>(std::move(done));
   detail::ChanState<T>* s = state_.get();
   if (s == nullptr) {
@@ -590,6 +748,10 @@ PendingOp Chan<T>::recv_async(
 
 template <class T>
 PendingOp Chan<T>::send_async(T value, absl::AnyInvocable<void(bool) &&> done) {
+  if (remote_ != nullptr) {
+    throw Error(absl::StatusCode::kFailedPrecondition,
+                "dchan: send_async needs a local channel");
+  }
   auto op =
       std::make_shared<detail::AsyncSend<T>>(std::move(value), std::move(done));
   detail::ChanState<T>* s = state_.get();

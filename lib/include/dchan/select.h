@@ -67,8 +67,11 @@ class SelectCase {
   virtual ~SelectCase() = default;
 
   Kind kind() const noexcept { return kind_; }
-  // The channel, or nullptr for the nil channel and the default case.
+  // The channel, or nullptr for the nil channel, a broker channel and the
+  // default case.
   virtual ChanCore* core() const noexcept = 0;
+  // True for a case on a broker channel.
+  virtual bool is_remote() const noexcept = 0;
   // Requires core()->lock_. Tries to complete the case now: kOk (then
   // `*to_fire`, if set, is completed after unlocking), kClosed (a receive
   // got "closed"; a send must panic), or kWouldBlock.
@@ -85,6 +88,22 @@ class SelectCase {
 
 // Runs one of `cases` as described in the file comment; returns its index.
 std::size_t select_cases(SelectCase* const* cases, std::size_t n);
+
+// The first half of a select, shared by select_cases and select_async.
+// Locks every channel, polls the cases in random order and, when one is
+// ready, completes its channel side (the case's finish() is left to the
+// caller). Otherwise, if `w` is set, registers nodes[i] for every channel
+// case on `w`. `nodes` has n entries.
+struct PollOutcome {
+  enum Kind { kFired, kRegistered, kWouldBlock, kNeverReady } kind;
+  std::size_t index = 0;  // kFired: the case
+  bool ok = false;        // kFired: false when its channel was closed
+};
+PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
+                        WaitNode* nodes);
+
+// Unlinks every registered node except nodes[except].
+void select_withdraw(WaitNode* nodes, std::size_t n, std::size_t except) noexcept;
 
 template <class F, class... Args>
 void invoke_case_fn(F& fn, Args&&... args) {
@@ -109,6 +128,7 @@ class RecvCase final : public SelectCase {
   RecvCase(Chan<T> ch, F fn)
       : SelectCase(Kind::kRecv), ch_(std::move(ch)), fn_(std::move(fn)) {}
   ChanCore* core() const noexcept override { return state_of(ch_); }
+  bool is_remote() const noexcept override { return remote_of(ch_) != nullptr; }
   ChanStatus try_locked(WaitNode** to_fire) override {
     return state_of(ch_)->recv_locked(value_, to_fire);
   }
@@ -116,6 +136,7 @@ class RecvCase final : public SelectCase {
   void finish(bool) override {
     invoke_case_fn(fn_, std::move(value_));
   }
+  std::optional<T>& value() noexcept { return value_; }
 
  private:
   Chan<T> ch_;
@@ -133,6 +154,7 @@ class SendCase final : public SelectCase {
         value_(std::move(value)),
         fn_(std::move(fn)) {}
   ChanCore* core() const noexcept override { return state_of(ch_); }
+  bool is_remote() const noexcept override { return remote_of(ch_) != nullptr; }
   ChanStatus try_locked(WaitNode** to_fire) override {
     return state_of(ch_)->send_locked(value_, to_fire);
   }
@@ -154,6 +176,7 @@ class DefaultCase final : public SelectCase {
   static constexpr bool kIsDefault = true;
   explicit DefaultCase(F fn) : SelectCase(Kind::kDefault), fn_(std::move(fn)) {}
   ChanCore* core() const noexcept override { return nullptr; }
+  bool is_remote() const noexcept override { return false; }
   ChanStatus try_locked(WaitNode**) override { return ChanStatus::kWouldBlock; }
   void* slot() noexcept override { return nullptr; }
   void finish(bool) override { invoke_case_fn(fn_); }
@@ -218,6 +241,129 @@ std::size_t select(std::span<Case> cases);
 // A channel that receives the current time once, `d` from now.
 Chan<std::chrono::steady_clock::time_point> after(
     std::chrono::steady_clock::duration d);
+
+// --- Asynchronous select, for event-driven callers (the broker) ----------
+//
+// select_async runs a select over local channels of one element type without
+// blocking: `done` runs exactly once with the outcome — inline if a case is
+// ready now (or, with `nonblocking`, none is: status kWouldBlock), otherwise
+// on the thread of the party that fires a case, after it dropped its lock —
+// unless the returned PendingOp is cancelled first (then nothing was
+// consumed or delivered). Same guarantees as select(): exactly one case
+// fires, random choice among ready cases, no thread waits.
+
+template <class T>
+struct AsyncSelectCase {
+  Chan<T> chan;
+  bool send = false;
+  T value{};  // for send cases
+};
+
+template <class T>
+struct SelectOutcome {
+  std::size_t index = 0;  // the case that fired (kOk, kClosed)
+  // kOk; kClosed (a receive saw the channel closed and drained, or a send
+  // case's channel is closed: Go would panic); kWouldBlock (nonblocking).
+  ChanStatus status = ChanStatus::kWouldBlock;
+  std::optional<T> value;  // a received value
+};
+
+namespace detail {
+
+template <class T>
+class AsyncSelect final : public AsyncOp {
+ public:
+  AsyncSelect(std::vector<AsyncSelectCase<T>> cases,
+              absl::AnyInvocable<void(SelectOutcome<T>) &&> done)
+      : done_(std::move(done)), nodes_(cases.size()) {
+    cases_.reserve(cases.size());
+    recv_values_.resize(cases.size(), nullptr);
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      if (remote_of(cases[i].chan) != nullptr) {
+        throw Error(absl::StatusCode::kInvalidArgument,
+                    "dchan: select_async needs local channels");
+      }
+      if (cases[i].send) {
+        cases_.push_back(std::make_unique<SendCase<T, NoFn>>(
+            std::move(cases[i].chan), std::move(cases[i].value), NoFn{}));
+      } else {
+        auto rc = std::make_unique<RecvCase<T, NoFn>>(std::move(cases[i].chan),
+                                                      NoFn{});
+        recv_values_[i] = &rc->value();
+        cases_.push_back(std::move(rc));
+      }
+      ptrs_.push_back(cases_.back().get());
+    }
+  }
+
+  // Holds the op alive while its nodes may be queued.
+  void arm(std::shared_ptr<AsyncOp> self) noexcept { self_ = std::move(self); }
+  // Completes the op on the calling thread: select_poll fired case `index`
+  // (or found nothing ready: index == size(), kWouldBlock).
+  void complete_inline(std::size_t index, ChanStatus status) noexcept {
+    self_.reset();
+    try_claim();
+    mark_done_by_owner();
+    finish_now(index, status);
+  }
+
+  SelectCase* const* cases() const noexcept { return ptrs_.data(); }
+  std::size_t size() const noexcept { return ptrs_.size(); }
+  WaitNode* nodes() noexcept { return nodes_.data(); }
+
+  void finish_now(std::size_t index, ChanStatus status) noexcept {
+    SelectOutcome<T> out;
+    out.index = index;
+    out.status = status;
+    if (status == ChanStatus::kOk && recv_values_[index] != nullptr) {
+      out.value = std::move(*recv_values_[index]);
+    }
+    std::move(done_)(std::move(out));
+  }
+
+  void withdraw() noexcept override {
+    select_withdraw(nodes_.data(), nodes_.size(), nodes_.size());
+  }
+  void deliver() noexcept override {
+    const std::size_t fired = fired_case();
+    select_withdraw(nodes_.data(), nodes_.size(), fired);
+    finish_now(fired, ok() ? ChanStatus::kOk : ChanStatus::kClosed);
+  }
+
+ private:
+  std::vector<std::unique_ptr<SelectCase>> cases_;
+  std::vector<SelectCase*> ptrs_;
+  std::vector<std::optional<T>*> recv_values_;
+  absl::AnyInvocable<void(SelectOutcome<T>) &&> done_;
+  std::vector<WaitNode> nodes_;
+};
+
+}  // namespace detail
+
+template <class T>
+PendingOp select_async(std::vector<AsyncSelectCase<T>> cases, bool nonblocking,
+                       absl::AnyInvocable<void(SelectOutcome<T>) &&> done) {
+  auto op = std::make_shared<detail::AsyncSelect<T>>(std::move(cases),
+                                                     std::move(done));
+  // Keep the op alive from before its nodes are queued: a counterparty may
+  // fire it as soon as select_poll drops the locks.
+  op->arm(op);
+  const detail::PollOutcome r = detail::select_poll(
+      op->cases(), op->size(), nonblocking ? nullptr : op.get(), op->nodes());
+  switch (r.kind) {
+    case detail::PollOutcome::kRegistered:
+    case detail::PollOutcome::kNeverReady:
+      return PendingOp(std::move(op));
+    case detail::PollOutcome::kFired:
+      op->complete_inline(r.index,
+                          r.ok ? ChanStatus::kOk : ChanStatus::kClosed);
+      return PendingOp();
+    case detail::PollOutcome::kWouldBlock:
+      break;
+  }
+  op->complete_inline(op->size(), ChanStatus::kWouldBlock);
+  return PendingOp();
+}
 
 }  // namespace dchan
 
