@@ -1,0 +1,101 @@
+// dchan-broker: hosts named channels for dchan clients.
+//
+//   dchan-broker [--listen=0.0.0.0:7070] [--max_message_bytes=...] ...
+//
+// Prints one startup line with the address it listens on (the real port when
+// --listen asks for port 0), then serves until SIGTERM or SIGINT, when it
+// ends every session with UNAVAILABLE and exits 0.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "service.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:7070",
+          "HOST:PORT to listen on; port 0 picks a free port");
+ABSL_FLAG(int32_t, max_message_bytes, 16 << 20,
+          "largest gRPC message (one batch of frames) accepted from a client");
+ABSL_FLAG(int64_t, max_value_bytes, 4 << 20, "largest channel value");
+ABSL_FLAG(int64_t, session_outbox_bytes, 64 << 20,
+          "answers queued for a client that does not read before its session "
+          "is ended with RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_objects, 100000, "most named objects the broker holds");
+ABSL_FLAG(int64_t, max_capacity, 1 << 20, "largest channel capacity");
+ABSL_FLAG(int64_t, max_pending_per_session, 1000000,
+          "most pending operations one session may have");
+ABSL_FLAG(int32_t, keepalive_time_ms, 5000,
+          "interval of the broker's keepalive pings on an idle connection");
+ABSL_FLAG(int32_t, keepalive_timeout_ms, 5000,
+          "a connection whose ping is not answered within this is closed");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "dchan-broker hosts named channels for dchan clients.\n"
+      "Usage: dchan-broker [--listen=HOST:PORT] [flags]");
+  absl::ParseCommandLine(argc, argv);
+
+  // SIGTERM/SIGINT are taken by sigwait below, so block them in every thread.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  dchan::server::BrokerOptions options;
+  options.registry.max_objects = absl::GetFlag(FLAGS_max_objects);
+  options.registry.max_capacity = absl::GetFlag(FLAGS_max_capacity);
+  options.session.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
+  options.session.max_pending = absl::GetFlag(FLAGS_max_pending_per_session);
+  options.session_outbox_bytes = absl::GetFlag(FLAGS_session_outbox_bytes);
+  dchan::server::BrokerServer broker(options);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(static_cast<dchan::v1::Broker::CallbackService*>(&broker));
+  builder.RegisterService(static_cast<dchan::v1::Inspect::CallbackService*>(&broker));
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
+  builder.SetMaxSendMessageSize(-1);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             absl::GetFlag(FLAGS_keepalive_time_ms));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             absl::GetFlag(FLAGS_keepalive_timeout_ms));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Clients ping every second or so while they wait: allow it.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             500);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "dchan-broker: cannot listen on %s\n", listen.c_str());
+    return 1;
+  }
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  std::printf("dchan-broker listening on %s:%d (in-memory)\n", host.c_str(),
+              port);
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::printf("dchan-broker: %s, shutting down\n",
+              sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  std::fflush(stdout);
+  broker.shut_down();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  server->Wait();
+  return 0;
+}

@@ -1,0 +1,259 @@
+#include "service.h"
+
+#include <deque>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace dchan::server {
+
+// The write side of one session stream: a bounded queue of answers behind
+// one write in flight (the WatchReactor pattern). Shared between the reactor
+// and the Session (its Outbox), so it outlives the reactor: once the reactor
+// is done, push() refuses.
+class StreamWriter final : public Outbox {
+ public:
+  using Reactor = grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>;
+
+  StreamWriter(Reactor* reactor, std::size_t max_bytes, std::size_t batch_bytes)
+      : reactor_(reactor), max_bytes_(max_bytes), batch_bytes_(batch_bytes) {}
+
+  bool push(v1::ServerFrame& frame) override {
+    absl::MutexLock lock(&mu_);
+    if (reactor_ == nullptr || finish_wanted_) return false;
+    queued_bytes_ += frame.ByteSizeLong();
+    queue_.push_back(std::move(frame));
+    if (queued_bytes_ > max_bytes_) {
+      // The client is not reading: end the session rather than grow.
+      queue_.clear();
+      queued_bytes_ = 0;
+      finish_locked(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("dchan-broker: over ", max_bytes_,
+                       " bytes of answers queued for this session: the "
+                       "client is not reading its stream")));
+      return true;  // queued, then dropped with the session
+    }
+    maybe_write_locked();
+    return true;
+  }
+
+  // The reactor's OnWriteDone.
+  void on_write_done(bool ok) {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      queue_.clear();
+      queued_bytes_ = 0;
+      finish_locked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "dchan-broker: stream write failed"));
+      return;
+    }
+    maybe_write_locked();
+  }
+
+  // Ends the stream with `status` once the write in flight (if any) is done.
+  void finish(grpc::Status status) {
+    absl::MutexLock lock(&mu_);
+    finish_locked(std::move(status));
+  }
+
+  // The reactor's OnDone: from now on push() refuses.
+  void detach() {
+    absl::MutexLock lock(&mu_);
+    reactor_ = nullptr;
+    queue_.clear();
+  }
+
+ private:
+  void finish_locked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_wanted_) return;
+    finish_wanted_ = true;
+    status_ = std::move(status);
+    maybe_write_locked();
+  }
+
+  void maybe_write_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (reactor_ == nullptr || writing_ || finished_) return;
+    if (finish_wanted_) {
+      finished_ = true;
+      reactor_->Finish(status_);
+      return;
+    }
+    if (queue_.empty()) return;
+    batch_.Clear();
+    std::size_t bytes = 0;
+    while (!queue_.empty()) {
+      const std::size_t size = queue_.front().ByteSizeLong();
+      if (bytes > 0 && bytes + size > batch_bytes_) break;
+      bytes += size;
+      batch_.add_frames()->Swap(&queue_.front());
+      queue_.pop_front();
+    }
+    queued_bytes_ -= std::min(queued_bytes_, bytes);
+    writing_ = true;
+    reactor_->StartWrite(&batch_);
+  }
+
+  absl::Mutex mu_;
+  Reactor* reactor_ ABSL_GUARDED_BY(mu_);
+  const std::size_t max_bytes_;
+  const std::size_t batch_bytes_;
+  std::deque<v1::ServerFrame> queue_ ABSL_GUARDED_BY(mu_);
+  std::size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  v1::ServerBatch batch_;  // the write in flight; touched only when !writing_
+};
+
+// One client's Session stream.
+class SessionReactor final
+    : public grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch> {
+ public:
+  SessionReactor(BrokerServer* broker, grpc::CallbackServerContext* context,
+                 uint64_t id)
+      : broker_(broker), id_(id) {
+    writer_ = std::make_shared<StreamWriter>(
+        this, broker->options_.session_outbox_bytes,
+        broker->options_.batch_bytes);
+    session_ = std::make_shared<server::Session>(
+        id, context->peer(), broker->registry_, writer_,
+        broker->options_.session);
+    broker_->add_session({session_, writer_});
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The client half-closed or the stream broke: the session is over.
+      end(grpc::Status::OK);
+      return;
+    }
+    for (const v1::ClientFrame& frame : in_.frames()) session_->handle(frame);
+    in_.Clear();
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override { writer_->on_write_done(ok); }
+
+  void OnCancel() override {
+    end(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
+  }
+
+  void OnDone() override {
+    writer_->detach();
+    session_->end();
+    broker_->remove_session(id_);
+    delete this;
+  }
+
+ private:
+  void end(grpc::Status status) {
+    session_->end();
+    writer_->finish(std::move(status));
+  }
+
+  BrokerServer* const broker_;
+  const uint64_t id_;
+  std::shared_ptr<StreamWriter> writer_;
+  std::shared_ptr<server::Session> session_;
+  v1::ClientBatch in_;
+};
+
+BrokerServer::BrokerServer(BrokerOptions options)
+    : options_(options), registry_(options.registry) {}
+
+BrokerServer::~BrokerServer() = default;
+
+grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>*
+BrokerServer::Session(grpc::CallbackServerContext* context) {
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutting_down_) {
+      using Refuse = grpc::internal::FinishOnlyReactor<
+          grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>>;
+      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     "dchan-broker: shutting down"));
+    }
+    id = next_session_id_++;
+  }
+  return new SessionReactor(this, context, id);
+}
+
+void BrokerServer::add_session(const Live& live) {
+  absl::MutexLock lock(&mu_);
+  sessions_.emplace(live.session->id(), live);
+}
+
+void BrokerServer::remove_session(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  sessions_.erase(id);
+}
+
+std::size_t BrokerServer::session_count() const {
+  absl::MutexLock lock(&mu_);
+  return sessions_.size();
+}
+
+void BrokerServer::shut_down() {
+  std::vector<Live> live;
+  {
+    absl::MutexLock lock(&mu_);
+    shutting_down_ = true;
+    for (const auto& [id, l] : sessions_) live.push_back(l);
+  }
+  for (Live& l : live) {
+    l.session->end();
+    l.writer->finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                  "dchan-broker: shutting down"));
+  }
+}
+
+grpc::ServerUnaryReactor* BrokerServer::ListObjects(
+    grpc::CallbackServerContext* context, const v1::ListObjectsRequest*,
+    v1::ListObjectsResponse* response) {
+  for (const auto& obj : registry_.channels()) {
+    const detail::ChanStats st = detail::stats_of(obj->chan);
+    v1::ObjectInfo* info = response->add_objects();
+    info->set_name(obj->name);
+    info->set_kind(v1::OBJECT_KIND_CHANNEL);
+    info->set_type_name(obj->type_name);
+    info->set_len(st.len);
+    info->set_cap(st.cap);
+    info->set_closed(st.closed);
+    info->set_blocked_senders(st.blocked_senders);
+    info->set_blocked_receivers(st.blocked_receivers);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* BrokerServer::ListSessions(
+    grpc::CallbackServerContext* context, const v1::ListSessionsRequest*,
+    v1::ListSessionsResponse* response) {
+  std::vector<std::shared_ptr<server::Session>> sessions;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [id, l] : sessions_) sessions.push_back(l.session);
+  }
+  std::sort(sessions.begin(), sessions.end(),
+            [](const auto& a, const auto& b) { return a->id() < b->id(); });
+  for (const auto& s : sessions) {
+    v1::SessionInfo* info = response->add_sessions();
+    info->set_id(s->id());
+    info->set_peer(s->peer());
+    info->set_pending_requests(s->pending_count());
+    info->set_open_handles(s->handle_count());
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace dchan::server

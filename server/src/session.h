@@ -1,0 +1,126 @@
+// server/src/session.h — one client's session: its handles and its pending
+// operations, independent of gRPC.
+//
+// A Session turns ClientFrames into operations on the registry's objects and
+// answers each request with one ServerFrame through its Outbox. A blocking
+// operation that cannot complete at once becomes a pending operation: a
+// callback waiter queued on the broker's channel (lib's recv_async /
+// send_async / select_async), never a parked thread. It is answered from the
+// thread of whichever party completes it.
+//
+// When the session ends (end()), every pending operation is withdrawn. A
+// receive that completed for a session that has ended — or whose answer can
+// no longer be queued — returns its value to the channel (sent again, at the
+// back), so that a client that goes away does not take a value with it;
+// the value is dropped, with a log line, only if the channel was closed in
+// between. An answer already queued but not yet written when the stream
+// breaks is lost with the stream (delivery to a session is at most once).
+//
+// Thread safety: handle() is called by one thread at a time (the stream's
+// reader) and never blocks; completions may run on any thread; end() may be
+// called from any thread, once.
+#ifndef DCHAN_SERVER_SESSION_H_
+#define DCHAN_SERVER_SESSION_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "dchan/chan.h"
+#include "dchan/v1/broker.pb.h"
+#include "registry.h"
+
+namespace dchan::server {
+
+// Where a session's answers go: the gRPC stream writer, or a test.
+class Outbox {
+ public:
+  virtual ~Outbox() = default;
+  // Queues `frame` for the client, moving from it. Any thread; never
+  // blocks. Returns false, leaving `frame` intact, when the stream has ended.
+  virtual bool push(v1::ServerFrame& frame) = 0;
+};
+
+struct SessionLimits {
+  std::size_t max_handles = 100000;
+  std::size_t max_pending = 1000000;
+  std::size_t max_value_bytes = 4 << 20;
+  std::size_t max_select_cases = 1024;
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(uint64_t id, std::string peer, Registry& registry,
+          std::shared_ptr<Outbox> outbox, SessionLimits limits = {});
+  ~Session();
+
+  // Handles one request; see the file comment.
+  void handle(const v1::ClientFrame& frame);
+
+  // Ends the session: withdraws every pending operation. Idempotent.
+  void end();
+
+  uint64_t id() const noexcept { return id_; }
+  const std::string& peer() const noexcept { return peer_; }
+  std::size_t pending_count() const;
+  std::size_t handle_count() const;
+
+ private:
+  struct Pending {
+    uint64_t seq = 0;
+    v1::ClientFrame::OpCase kind = v1::ClientFrame::OP_NOT_SET;
+    PendingOp op;
+  };
+
+  void open(uint64_t id, const v1::OpenRequest& req);
+  void send(uint64_t id, const v1::SendRequest& req);
+  void recv(uint64_t id, const v1::RecvRequest& req);
+  void close(uint64_t id, const v1::CloseRequest& req);
+  void cancel(const v1::CancelRequest& req);
+  void select(uint64_t id, const v1::SelectRequest& req);
+  void stat(uint64_t id, const v1::StatRequest& req);
+
+  // The channel behind `handle`, or nullptr after answering NOT_FOUND.
+  std::shared_ptr<ChannelObject> channel(uint64_t id, uint64_t handle);
+
+  // Reserves `id` as pending (answering the error itself when it can't);
+  // returns the entry's sequence number, 0 on failure.
+  uint64_t begin_pending(uint64_t id, v1::ClientFrame::OpCase kind);
+  // Stores the operation of a pending entry, unless it completed already.
+  void attach(uint64_t id, uint64_t seq, PendingOp op);
+  // Completes a pending entry and answers it. If the answer cannot be
+  // delivered, a received value (if any) goes back into `chan`.
+  void finish_pending(uint64_t id, uint64_t seq, v1::ServerFrame frame,
+                      const std::shared_ptr<ChannelObject>& returned_to);
+
+  void reply(v1::ServerFrame frame);
+  void reply_error(uint64_t id, const absl::Status& status);
+
+  const uint64_t id_;
+  const std::string peer_;
+  Registry& registry_;
+  const std::shared_ptr<Outbox> outbox_;
+  const SessionLimits limits_;
+
+  // Only touched by the reader thread (handle()).
+  absl::flat_hash_map<uint64_t, std::shared_ptr<ChannelObject>> handles_;
+  uint64_t next_handle_ = 1;
+
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::size_t handles_count_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// The error frame for `id`.
+v1::ServerFrame error_frame(uint64_t id, const absl::Status& status);
+
+}  // namespace dchan::server
+
+#endif  // DCHAN_SERVER_SESSION_H_
