@@ -68,6 +68,9 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(static_cast<dchan::v1::Broker::CallbackService*>(&broker));
   builder.RegisterService(static_cast<dchan::v1::Inspect::CallbackService*>(&broker));
+  // Without this, gRPC sets SO_REUSEPORT and a second broker on the same
+  // port would silently take half of the connections.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_message_bytes));
   builder.SetMaxSendMessageSize(-1);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,

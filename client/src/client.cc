@@ -1,0 +1,108 @@
+// dchan::Client and the broker-backed channel backend (detail::RemoteChan).
+#include "dchan/client.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "connection.h"
+
+namespace dchan {
+namespace detail {
+namespace {
+
+ChanStatus to_status(v1::Outcome outcome) {
+  switch (outcome) {
+    case v1::OUTCOME_OK:
+      return ChanStatus::kOk;
+    case v1::OUTCOME_WOULD_BLOCK:
+      return ChanStatus::kWouldBlock;
+    case v1::OUTCOME_CLOSED:
+      return ChanStatus::kClosed;
+    case v1::OUTCOME_CANCELLED:
+      return ChanStatus::kTimeout;
+    default:
+      break;
+  }
+  throw Error(absl::StatusCode::kInternal,
+              absl::StrCat("dchan: the broker answered with outcome ",
+                           static_cast<int>(outcome)));
+}
+
+// A channel on the broker, reached through the session's connection.
+class BrokerChan final : public RemoteChan {
+ public:
+  BrokerChan(std::shared_ptr<Connection> conn, uint64_t handle,
+             std::size_t capacity)
+      : conn_(std::move(conn)), handle_(handle), cap_(capacity) {}
+
+  ChanStatus send(const std::string& value, Deadline deadline) override {
+    v1::ClientFrame f;
+    v1::SendRequest* req = f.mutable_send();
+    req->set_handle(handle_);
+    req->set_value(value);
+    req->set_nonblocking(deadline == kNonBlocking);
+    const v1::ServerFrame answer = conn_->call(f, deadline);
+    return to_status(answer.send().outcome());
+  }
+
+  ChanStatus recv(std::string& out, Deadline deadline) override {
+    v1::ClientFrame f;
+    v1::RecvRequest* req = f.mutable_recv();
+    req->set_handle(handle_);
+    req->set_nonblocking(deadline == kNonBlocking);
+    v1::ServerFrame answer = conn_->call(f, deadline);
+    const ChanStatus st = to_status(answer.recv().outcome());
+    if (st == ChanStatus::kOk) out = std::move(*answer.mutable_recv()->mutable_value());
+    return st;
+  }
+
+  void close() override {
+    v1::ClientFrame f;
+    f.mutable_close()->set_handle(handle_);
+    conn_->call(f, kNoDeadline);  // throws "close of closed channel"
+  }
+
+  std::size_t len() override {
+    v1::ClientFrame f;
+    f.mutable_stat()->set_handle(handle_);
+    return static_cast<std::size_t>(conn_->call(f, kNoDeadline).stat().len());
+  }
+
+  std::size_t cap() const noexcept override { return cap_; }
+
+ private:
+  const std::shared_ptr<Connection> conn_;
+  const uint64_t handle_;
+  const std::size_t cap_;
+};
+
+}  // namespace
+
+std::shared_ptr<RemoteChan> open_remote_chan(
+    const std::shared_ptr<Connection>& conn, const std::string& name,
+    const std::string& type_name, std::size_t capacity) {
+  v1::ClientFrame f;
+  v1::OpenRequest* req = f.mutable_open();
+  req->set_name(name);
+  req->set_kind(v1::OBJECT_KIND_CHANNEL);
+  req->set_type_name(type_name);
+  req->set_capacity(capacity);
+  const v1::ServerFrame answer = conn->call(f, RemoteChan::kNoDeadline);
+  return std::make_shared<BrokerChan>(conn, answer.open().handle(), capacity);
+}
+
+}  // namespace detail
+
+Client Client::connect(const std::string& target) {
+  return connect(target, ClientOptions());
+}
+
+Client Client::connect(const std::string& target, ClientOptions options) {
+  return Client(std::make_shared<detail::Connection>(target, options));
+}
+
+const std::string& Client::target() const noexcept { return conn_->target(); }
+
+}  // namespace dchan
