@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Tabulates bench/run_chan.sh results: medians with ratios.
+
+Usage: chan_table.py RESULTS_DIR
+
+RESULTS_DIR holds, per placement P in (unpinned, pinned):
+  chan_bench.P.json  chan_bench --benchmark_format=json with 5 repetitions
+                     and --benchmark_report_aggregates_only=true
+  go.P.txt           `go test -bench ... -count 5` output
+Prints one Markdown table per placement: the median of each workload for
+dchan, the mutex+condvar baseline and Go, the spread (cv = stddev / mean over
+the repetitions) and the ratios dchan / mutex+cv and dchan / Go. Standard
+library only.
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+# workload -> (unit, Go benchmark name)
+WORKLOADS = [
+    ("pingpong", "ns/round trip", "ChanPingPong"),
+    ("buffered_1p1c", "ns/item", "ChanBuffered1P1C"),
+    ("buffered_2p2c", "ns/item", "ChanBuffered2P2C"),
+    ("select4_fanin", "ns/item", "ChanSelect4FanIn"),
+    ("select_pingpong", "ns/round trip", "ChanSelectPingPong"),
+]
+
+PLACEMENTS = [
+    ("unpinned", "Unpinned (2 vCPUs; Go with GOMAXPROCS=2)"),
+    ("pinned", "Pinned to one CPU (`taskset -c 0`; Go then picks GOMAXPROCS=1)"),
+]
+
+_GO_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op")
+_TO_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def load_gbench(path):
+    """{(workload, impl): {"median": ns, "cv": fraction}} from gbench JSON."""
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "aggregate":
+            continue
+        parts = b["run_name"].split("/")  # e.g. pingpong/dchan/manual_time
+        key = (parts[0], parts[1])
+        agg = b["aggregate_name"]
+        entry = out.setdefault(key, {})
+        entry["n"] = b.get("repetitions", 0)
+        if agg == "median":
+            entry["median"] = b["real_time"] * _TO_NS[b["time_unit"]]
+        elif agg == "cv":
+            entry["cv"] = b["real_time"]  # a fraction
+    return out
+
+
+def load_go(path):
+    """{GoName: {"median": ns, "cv": fraction}} from `go test -bench` text."""
+    samples = {}
+    with open(path) as f:
+        for line in f:
+            m = _GO_LINE.match(line)
+            if m:
+                samples.setdefault(m.group(1), []).append(float(m.group(2)))
+    out = {}
+    for name, xs in samples.items():
+        mean = statistics.fmean(xs)
+        cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else 0.0
+        out[name] = {"median": statistics.median(xs), "cv": cv, "n": len(xs)}
+    return out
+
+
+def cell(entry):
+    if not entry or "median" not in entry:
+        return "n/a"
+    m = entry["median"]
+    text = f"{m:,.0f}" if m >= 100 else f"{m:.1f}"
+    if "cv" in entry:
+        text += f" (±{entry['cv'] * 100:.0f}%)"
+    return text
+
+
+def ratio(a, b):
+    if not a or not b or "median" not in a or "median" not in b:
+        return "n/a"
+    return f"{a['median'] / b['median']:.2f}"
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    results = sys.argv[1]
+    reps = set()
+    for placement, title in PLACEMENTS:
+        cpp_path = os.path.join(results, f"chan_bench.{placement}.json")
+        go_path = os.path.join(results, f"go.{placement}.txt")
+        if not os.path.exists(cpp_path):
+            continue
+        cpp = load_gbench(cpp_path)
+        go = load_go(go_path) if os.path.exists(go_path) else {}
+        print(f"### {title}\n")
+        print("| workload | unit | dchan | mutex+condvar | Go "
+              "| dchan / mutex+condvar | dchan / Go |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for workload, unit, go_name in WORKLOADS:
+            d = cpp.get((workload, "dchan"))
+            m = cpp.get((workload, "mutex_cv"))
+            g = go.get(go_name)
+            reps.update(e["n"] for e in (d, m, g) if e and "n" in e)
+            print(f"| {workload} | {unit} | {cell(d)} | {cell(m)} | {cell(g)} "
+                  f"| {ratio(d, m)} | {ratio(d, g)} |")
+        print()
+    n = "/".join(str(r) for r in sorted(reps)) or "?"
+    print(f"Medians of {n} repetitions, wall time; (±x%) is the coefficient "
+          "of variation over the repetitions. Ratios below 1 mean dchan is "
+          "faster.")
+
+
+if __name__ == "__main__":
+    main()

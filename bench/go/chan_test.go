@@ -1,0 +1,155 @@
+// Go's channels on the workloads of bench/chan_bench.cc, as the reference
+// dchan is measured against. One op = one round trip (ping-pong) or one item.
+//
+//	GOMAXPROCS=2 go test -run '^$' -bench Chan -count 5
+//
+// bench/run_chan.sh runs these next to chan_bench and tabulates both.
+package bench
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+const bufferCap = 64
+
+// A sends on ping, B receives and sends it back on pong (unbuffered).
+func BenchmarkChanPingPong(b *testing.B) {
+	ping := make(chan int)
+	pong := make(chan int)
+	go func() {
+		for v := range ping {
+			pong <- v
+		}
+	}()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ping <- i
+		<-pong
+	}
+	b.StopTimer()
+	close(ping)
+}
+
+func BenchmarkChanBuffered1P1C(b *testing.B) {
+	ch := make(chan int, bufferCap)
+	n := b.N
+	b.ResetTimer()
+	go func() {
+		for i := 0; i < n; i++ {
+			ch <- i
+		}
+	}()
+	sum := 0
+	for i := 0; i < n; i++ {
+		sum += <-ch
+	}
+	b.StopTimer()
+	sink = sum
+}
+
+// Two producers, two consumers; the last producer closes, consumers drain.
+func BenchmarkChanBuffered2P2C(b *testing.B) {
+	ch := make(chan int, bufferCap)
+	var producersLeft int32 = 2
+	produce := func(count int) {
+		for i := 0; i < count; i++ {
+			ch <- i
+		}
+		if atomic.AddInt32(&producersLeft, -1) == 0 {
+			close(ch)
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	consume := func() {
+		s := 0
+		for v := range ch {
+			s += v
+		}
+		sinkMu.Lock()
+		sink += s
+		sinkMu.Unlock()
+	}
+	b.ResetTimer()
+	go produce(b.N / 2)
+	go produce(b.N - b.N/2)
+	go func() { defer wg.Done(); consume() }()
+	consume()
+	wg.Wait()
+	b.StopTimer()
+}
+
+// One producer feeds 4 buffered channels round-robin; the receiver selects.
+func BenchmarkChanSelect4FanIn(b *testing.B) {
+	var c [4]chan int
+	for i := range c {
+		c[i] = make(chan int, bufferCap)
+	}
+	n := b.N
+	b.ResetTimer()
+	go func() {
+		for i := 0; i < n; i++ {
+			c[i&3] <- i
+		}
+	}()
+	sum := 0
+	for i := 0; i < n; i++ {
+		select {
+		case v := <-c[0]:
+			sum += v
+		case v := <-c[1]:
+			sum += v
+		case v := <-c[2]:
+			sum += v
+		case v := <-c[3]:
+			sum += v
+		}
+	}
+	b.StopTimer()
+	sink = sum
+}
+
+// The ping-pong with 2-case selects on both sides; quit never fires.
+func BenchmarkChanSelectPingPong(b *testing.B) {
+	ping := make(chan int)
+	pong := make(chan int)
+	quit := make(chan struct{})
+	n := b.N
+	go func() {
+		for i := 0; i < n; i++ {
+			var v int
+			select {
+			case v = <-ping:
+			case <-quit:
+				return
+			}
+			select {
+			case pong <- v:
+			case <-quit:
+				return
+			}
+		}
+	}()
+	b.ResetTimer()
+	sum := 0
+	for i := 0; i < n; i++ {
+		select {
+		case ping <- i:
+		case <-quit:
+		}
+		select {
+		case v := <-pong:
+			sum += v
+		case <-quit:
+		}
+	}
+	b.StopTimer()
+	sink = sum
+}
+
+var (
+	sinkMu sync.Mutex
+	sink   int
+)

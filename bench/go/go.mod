@@ -1,0 +1,3 @@
+module dchan/bench/go
+
+go 1.19
