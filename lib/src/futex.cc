@@ -55,6 +55,8 @@ void futex_wake_all(std::atomic<uint32_t>& word) noexcept {
   futex(&word, FUTEX_WAKE_PRIVATE, static_cast<uint32_t>(INT_MAX), nullptr, 0);
 }
 
+int current_cpu() noexcept { return sched_getcpu(); }
+
 int spin_budget() noexcept {
   static const int budget = [] {
     cpu_set_t set;

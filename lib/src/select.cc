@@ -63,7 +63,26 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
     order[j] = i;
   }
 
+  // Pass 1: try each case under its own channel's lock. The usual select
+  // finds a ready case here without locking every channel.
+  for (uint32_t i : order) {
+    SelectCase* c = cases[i];
+    ChanCore* core = c->core();
+    if (core == nullptr) continue;
+    WaitNode* to_fire = nullptr;
+    core->lock_.lock();
+    const ChanStatus st = c->try_locked(&to_fire);
+    core->lock_.unlock();
+    if (st == ChanStatus::kWouldBlock) continue;
+    fire(to_fire);
+    return {PollOutcome::kFired, i, st == ChanStatus::kOk};
+  }
+  if (w == nullptr) return {PollOutcome::kWouldBlock};
+
+  // Pass 2: with every channel locked, poll again (a case may have become
+  // ready meanwhile) and otherwise enqueue on all of them atomically.
   LockSet locks(cases, n);
+  if (locks.empty()) return {PollOutcome::kNeverReady};
   locks.lock_all();
   for (uint32_t i : order) {
     SelectCase* c = cases[i];
@@ -74,10 +93,6 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
     locks.unlock_all();
     fire(to_fire);
     return {PollOutcome::kFired, i, st == ChanStatus::kOk};
-  }
-  if (w == nullptr || locks.empty()) {
-    locks.unlock_all();
-    return {w == nullptr ? PollOutcome::kWouldBlock : PollOutcome::kNeverReady};
   }
   for (std::size_t i = 0; i < n; ++i) {
     SelectCase* c = cases[i];

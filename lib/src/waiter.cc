@@ -2,6 +2,8 @@
 
 #include <sched.h>
 
+#include <algorithm>
+
 namespace dchan::detail {
 
 void Lock::lock_slow() noexcept {
@@ -31,52 +33,96 @@ namespace {
 // would cost a futex wait plus a futex wake.
 constexpr int kYieldsBeforePark = 8;
 
+// Spinning pays only while the completing thread runs on another CPU. Each
+// thread adapts how long it spins: it halves its limit when a wait turns out
+// to have been completed from its own CPU (the spin only delayed the
+// completer), and doubles it, up to spin_budget(), when a spin succeeds or a
+// wait that parked was completed from another CPU soon after.
+constexpr int kMinSpins = 32;
+thread_local int t_spin_limit = -1;
+
+int& spin_limit() noexcept {
+  if (t_spin_limit < 0) t_spin_limit = spin_budget();
+  return t_spin_limit;
+}
+
 }  // namespace
 
-bool Waiter::spin_then_yield() noexcept {
-  for (int i = 0, n = spin_budget(); i < n; ++i) {
-    if (done()) return true;
+int Waiter::spin_then_yield() noexcept {
+  int& limit = spin_limit();
+  for (int i = 0; i < limit; ++i) {
+    if (done()) {
+      if (i > limit / 2) limit = std::min(spin_budget(), limit * 2);
+      return kSpun;
+    }
     spin_pause();
   }
   for (int i = 0; i < kYieldsBeforePark; ++i) {
-    if (done()) return true;
+    if (done()) return kYielded;
     sched_yield();
   }
-  return done();
+  return done() ? kYielded : kMustPark;
+}
+
+void Waiter::learn_after_park(
+    std::chrono::steady_clock::time_point parked_at) noexcept {
+  const int budget = spin_budget();
+  if (budget == 0) return;
+  int& limit = spin_limit();
+  if (completer_cpu_ >= 0 && completer_cpu_ == current_cpu()) {
+    limit = std::max(kMinSpins, limit / 2);
+  } else if (parked_at == std::chrono::steady_clock::time_point() ||
+             std::chrono::steady_clock::now() - parked_at <
+                 std::chrono::microseconds(50)) {
+    limit = std::min(budget, limit * 2);
+  }
 }
 
 void Waiter::wait() noexcept {
-  if (spin_then_yield()) return;
-  uint32_t s = state_.load(std::memory_order_acquire);
-  for (;;) {
-    if ((s & kPhaseMask) == kDone) return;
-    if ((s & kParked) == 0) {
-      if (!state_.compare_exchange_weak(s, s | kParked,
-                                        std::memory_order_acquire)) {
-        continue;
+  const int r = spin_then_yield();
+  if (r == kSpun) return;
+  std::chrono::steady_clock::time_point parked_at;
+  if (r == kMustPark) {
+    parked_at = std::chrono::steady_clock::now();
+    uint32_t s = state_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((s & kPhaseMask) == kDone) break;
+      if ((s & kParked) == 0) {
+        if (!state_.compare_exchange_weak(s, s | kParked,
+                                          std::memory_order_acquire)) {
+          continue;
+        }
+        s |= kParked;
       }
-      s |= kParked;
+      futex_wait(state_, s);
+      s = state_.load(std::memory_order_acquire);
     }
-    futex_wait(state_, s);
-    s = state_.load(std::memory_order_acquire);
   }
+  learn_after_park(parked_at);
 }
 
 bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept {
-  if (spin_then_yield()) return true;
-  uint32_t s = state_.load(std::memory_order_acquire);
-  for (;;) {
-    if ((s & kPhaseMask) == kDone) return true;
-    if ((s & kParked) == 0) {
-      if (!state_.compare_exchange_weak(s, s | kParked,
-                                        std::memory_order_acquire)) {
-        continue;
+  const int r = spin_then_yield();
+  if (r == kSpun) return true;
+  std::chrono::steady_clock::time_point parked_at;
+  if (r == kMustPark) {
+    parked_at = std::chrono::steady_clock::now();
+    uint32_t s = state_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((s & kPhaseMask) == kDone) break;
+      if ((s & kParked) == 0) {
+        if (!state_.compare_exchange_weak(s, s | kParked,
+                                          std::memory_order_acquire)) {
+          continue;
+        }
+        s |= kParked;
       }
-      s |= kParked;
+      if (!futex_wait_until(state_, s, deadline)) return done();
+      s = state_.load(std::memory_order_acquire);
     }
-    if (!futex_wait_until(state_, s, deadline)) return done();
-    s = state_.load(std::memory_order_acquire);
   }
+  learn_after_park(parked_at);
+  return true;
 }
 
 WaitNode* ChanCore::close_locked() noexcept {

@@ -54,6 +54,10 @@ inline void spin_pause() noexcept {
 // parked thread costs more than that on small VMs).
 int spin_budget() noexcept;
 
+// The CPU the calling thread runs on (-1 if unknown). Cheap: glibc reads it
+// from the thread's rseq area.
+int current_cpu() noexcept;
+
 // Converts any clock's time point to a steady-clock deadline.
 template <class Clock, class Duration>
 std::chrono::steady_clock::time_point to_steady(

@@ -161,6 +161,7 @@ class Waiter {
       callback_(this);
       return;
     }
+    completer_cpu_ = current_cpu();
     if (state_.exchange(kDone, std::memory_order_release) & kParked) {
       futex_wake_one(state_);
     }
@@ -192,8 +193,13 @@ class Waiter {
   explicit Waiter(void (*fn)(Waiter*)) noexcept : callback_(fn) {}
 
  private:
-  // Spins (multi-CPU only), then yields a few times; true once done.
-  bool spin_then_yield() noexcept;
+  // Spins (up to this thread's adaptive limit), then yields a few times.
+  enum { kSpun, kYielded, kMustPark };
+  int spin_then_yield() noexcept;
+  // Adapts this thread's spin limit after a wait that had to give up the
+  // CPU, from where the completer ran and how long the wait took since
+  // `parked_at` (default-constructed: it completed while yielding).
+  void learn_after_park(std::chrono::steady_clock::time_point parked_at) noexcept;
 
   static constexpr uint32_t kWaiting = 0;
   static constexpr uint32_t kClaimed = 1;
@@ -205,6 +211,7 @@ class Waiter {
   void (*const callback_)(Waiter*) = nullptr;
   uint32_t fired_case_ = 0;
   bool ok_ = false;
+  int completer_cpu_ = -1;  // thread waiters: where complete() ran
 };
 
 // The type-independent part of a channel: its lock, wait queues and
