@@ -1,0 +1,328 @@
+#include "broker_process.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "dchan/v1/inspect.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+extern char** environ;
+
+#ifndef DCHAN_BROKER_PATH
+#error "DCHAN_BROKER_PATH must name the dchan-broker binary"
+#endif
+
+namespace dchan::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+milliseconds remaining(steady_clock::time_point deadline) {
+  const auto left = deadline - steady_clock::now();
+  if (left <= steady_clock::duration::zero()) return milliseconds(0);
+  return std::chrono::ceil<milliseconds>(left);
+}
+
+// Closes the fd (if open) and marks it closed.
+void close_fd(int& fd) noexcept {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+
+}  // namespace
+
+std::vector<std::string> ProcessResult::lines() const {
+  std::vector<std::string> v = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  return v;
+}
+
+std::ostream& operator<<(std::ostream& os, const ProcessResult& r) {
+  os << "[exit_code=" << r.exit_code << " signal=" << r.term_signal
+     << (r.timed_out ? " TIMED OUT (killed)" : "") << " after "
+     << std::chrono::duration_cast<milliseconds>(r.elapsed).count()
+     << " ms]\n--- stdout ---\n"
+     << r.out << "--- stderr ---\n"
+     << r.err << "--------------";
+  return os;
+}
+
+Process Process::spawn(const std::string& path,
+                       const std::vector<std::string>& args) {
+  int out_pipe[2];
+  int err_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+    throw std::runtime_error(absl::StrCat("pipe2: ", std::strerror(errno)));
+  }
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    const int e = errno;
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    throw std::runtime_error(absl::StrCat("pipe2: ", std::strerror(e)));
+  }
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  // dup2 onto 1 and 2 clears close-on-exec there; the originals close at
+  // exec because they are O_CLOEXEC.
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+
+  std::vector<std::string> argv_storage;
+  argv_storage.reserve(args.size() + 1);
+  argv_storage.push_back(path);
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  Process p;
+  p.started_ = steady_clock::now();
+  const int rc = ::posix_spawn(&p.pid_, path.c_str(), &actions, nullptr,
+                               argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  if (rc != 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    p.pid_ = -1;
+    throw std::runtime_error(
+        absl::StrCat("posix_spawn ", path, ": ", std::strerror(rc)));
+  }
+  p.out_fd_ = out_pipe[0];
+  p.err_fd_ = err_pipe[0];
+  return p;
+}
+
+Process::Process(Process&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)),
+      reaped_(std::exchange(other.reaped_, false)),
+      out_fd_(std::exchange(other.out_fd_, -1)),
+      err_fd_(std::exchange(other.err_fd_, -1)),
+      started_(other.started_),
+      result_(std::move(other.result_)) {}
+
+Process& Process::operator=(Process&& other) noexcept {
+  if (this != &other) {
+    kill_and_reap();
+    close_pipes();
+    pid_ = std::exchange(other.pid_, -1);
+    reaped_ = std::exchange(other.reaped_, false);
+    out_fd_ = std::exchange(other.out_fd_, -1);
+    err_fd_ = std::exchange(other.err_fd_, -1);
+    started_ = other.started_;
+    result_ = std::move(other.result_);
+  }
+  return *this;
+}
+
+Process::~Process() {
+  kill_and_reap();
+  close_pipes();
+}
+
+void Process::kill_and_reap() noexcept {
+  if (pid_ <= 0 || reaped_) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  reaped_ = true;
+}
+
+void Process::close_pipes() noexcept {
+  close_fd(out_fd_);
+  close_fd(err_fd_);
+}
+
+bool Process::pump(milliseconds budget) {
+  pollfd fds[2];
+  int n = 0;
+  if (out_fd_ >= 0) fds[n++] = {out_fd_, POLLIN, 0};
+  if (err_fd_ >= 0) fds[n++] = {err_fd_, POLLIN, 0};
+  if (n == 0) return false;
+  const int ready = ::poll(fds, n, static_cast<int>(budget.count()));
+  if (ready <= 0) return true;  // timeout or EINTR: try again later
+  for (int i = 0; i < n; ++i) {
+    if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+    const bool is_out = fds[i].fd == out_fd_;
+    char buf[4096];
+    const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
+    if (got > 0) {
+      (is_out ? result_.out : result_.err)
+          .append(buf, static_cast<size_t>(got));
+    } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+      close_fd(is_out ? out_fd_ : err_fd_);
+    }
+  }
+  return out_fd_ >= 0 || err_fd_ >= 0;
+}
+
+bool Process::try_reap() {
+  if (reaped_) return true;
+  if (pid_ <= 0) return false;
+  int status = 0;
+  const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+  if (r != pid_) return false;
+  reaped_ = true;
+  result_.elapsed = steady_clock::now() - started_;
+  if (WIFEXITED(status)) {
+    result_.exit_code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    result_.exit_code = -1;
+    result_.term_signal = WTERMSIG(status);
+  }
+  return true;
+}
+
+bool Process::wait_for_output(const std::string& text, milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  while (result_.out.find(text) == std::string::npos) {
+    if (out_fd_ < 0) return false;
+    const milliseconds left = remaining(deadline);
+    if (left.count() == 0) return false;
+    pump(std::min(left, milliseconds(100)));
+  }
+  return true;
+}
+
+std::optional<std::string> Process::first_line(milliseconds timeout) {
+  if (!wait_for_output("\n", timeout)) return std::nullopt;
+  return result_.out.substr(0, result_.out.find('\n'));
+}
+
+void Process::read_available() { pump(milliseconds(0)); }
+
+bool Process::running() { return pid_ > 0 && !try_reap(); }
+
+void Process::signal(int sig) {
+  if (pid_ > 0 && !reaped_) ::kill(pid_, sig);
+}
+
+ProcessResult Process::wait(milliseconds timeout) {
+  if (pid_ <= 0) return result_;  // moved from: never kill(-1, ...)
+  const auto deadline = steady_clock::now() + timeout;
+  while (!try_reap()) {
+    const milliseconds left = remaining(deadline);
+    if (left.count() == 0) {
+      result_.timed_out = true;
+      ::kill(pid_, SIGKILL);
+      int status = 0;
+      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+      reaped_ = true;
+      result_.elapsed = steady_clock::now() - started_;
+      result_.exit_code = -1;
+      result_.term_signal = SIGKILL;
+      break;
+    }
+    // Read while waiting, so that a chatty child never blocks on a full
+    // pipe; sleep briefly once both pipes are at EOF.
+    if (!pump(std::min(left, milliseconds(20)))) {
+      std::this_thread::sleep_for(std::min(left, milliseconds(5)));
+    }
+  }
+  // The child is gone: drain what it left in the pipes (bounded, in case a
+  // child of its own still holds them).
+  const auto drain_deadline = steady_clock::now() + milliseconds(2000);
+  while (pump(std::min(remaining(drain_deadline), milliseconds(50))) &&
+         remaining(drain_deadline).count() > 0) {
+  }
+  close_pipes();
+  return result_;
+}
+
+BrokerProcess::BrokerProcess(std::vector<std::string> extra_args)
+    : process_([&] {
+        std::vector<std::string> args = {"--listen=127.0.0.1:0"};
+        args.insert(args.end(), extra_args.begin(), extra_args.end());
+        return Process::spawn(DCHAN_BROKER_PATH, args);
+      }()) {
+  // "dchan-broker listening on 127.0.0.1:PORT (in-memory)"
+  const std::optional<std::string> line =
+      process_.first_line(std::chrono::seconds(20));
+  constexpr std::string_view kPrefix = "dchan-broker listening on ";
+  if (line && line->rfind(kPrefix, 0) == 0) {
+    const std::string rest = line->substr(kPrefix.size());
+    const std::string hostport = rest.substr(0, rest.find(' '));
+    const size_t colon = hostport.rfind(':');
+    if (colon != std::string::npos &&
+        absl::SimpleAtoi(hostport.substr(colon + 1), &port_) && port_ > 0) {
+      address_ = absl::StrCat("127.0.0.1:", port_);
+      return;
+    }
+  }
+  std::ostringstream what;
+  what << "dchan-broker did not print its startup line; got: "
+       << line.value_or("(nothing)") << "\n"
+       << process_.wait(milliseconds(1000));
+  throw std::runtime_error(what.str());
+}
+
+ProcessResult BrokerProcess::kill(int sig) {
+  process_.signal(sig);
+  return process_.wait(std::chrono::seconds(10));
+}
+
+ProcessResult BrokerProcess::stop(milliseconds timeout) {
+  process_.signal(SIGTERM);
+  return process_.wait(timeout);
+}
+
+std::optional<ChanInfo> BrokerProcess::chan_info(const std::string& name) {
+  if (!process_.running()) return std::nullopt;
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+  std::unique_ptr<dchan::v1::Inspect::Stub> stub =
+      dchan::v1::Inspect::NewStub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  dchan::v1::ListObjectsResponse resp;
+  const grpc::Status s =
+      stub->ListObjects(&ctx, dchan::v1::ListObjectsRequest(), &resp);
+  if (!s.ok()) return std::nullopt;
+  for (const dchan::v1::ObjectInfo& o : resp.objects()) {
+    if (o.name() != name) continue;
+    ChanInfo info;
+    info.type_name = o.type_name();
+    info.len = o.len();
+    info.cap = o.cap();
+    info.closed = o.closed();
+    info.blocked_senders = o.blocked_senders();
+    info.blocked_receivers = o.blocked_receivers();
+    return info;
+  }
+  return std::nullopt;
+}
+
+bool BrokerProcess::wait_for_chan(
+    const std::string& name, const std::function<bool(const ChanInfo&)>& pred,
+    milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  for (;;) {
+    process_.read_available();  // keep the broker's pipes from filling
+    const std::optional<ChanInfo> info = chan_info(name);
+    if (info && pred(*info)) return true;
+    if (remaining(deadline).count() == 0) return false;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+}  // namespace dchan::testing
