@@ -72,6 +72,39 @@ class BrokerChan final : public RemoteChan {
 
   std::size_t cap() const noexcept override { return cap_; }
 
+  const void* session() const noexcept override { return conn_.get(); }
+
+  RemoteSelectResult select(std::vector<RemoteSelectCase>& cases,
+                            Deadline deadline) override {
+    v1::ClientFrame f;
+    v1::SelectRequest* req = f.mutable_select();
+    req->set_nonblocking(deadline == kNonBlocking);
+    for (RemoteSelectCase& c : cases) {
+      if (c.chan->session() != session()) {
+        throw Error(absl::StatusCode::kInvalidArgument,
+                    "dchan: a broker select over channels of two sessions");
+      }
+      v1::SelectCase* sc = req->add_cases();
+      sc->set_handle(static_cast<BrokerChan*>(c.chan)->handle_);
+      sc->set_send(c.send);
+      if (c.send) sc->set_value(std::move(c.value));
+    }
+    v1::ServerFrame answer = conn_->call(f, deadline);
+    const v1::SelectResponse& r = answer.select();
+    RemoteSelectResult out;
+    out.status = to_status(r.outcome());
+    out.index = r.index();
+    if (out.status == ChanStatus::kWouldBlock) out.index = cases.size();
+    if ((out.status == ChanStatus::kOk || out.status == ChanStatus::kClosed) &&
+        out.index >= cases.size()) {
+      throw Error(absl::StatusCode::kInternal,
+                  absl::StrCat("dchan: the broker answered select case ",
+                               out.index, " of ", cases.size()));
+    }
+    out.value = std::move(*answer.mutable_select()->mutable_value());
+    return out;
+  }
+
  private:
   const std::shared_ptr<Connection> conn_;
   const uint64_t handle_;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "absl/container/inlined_vector.h"
 
@@ -115,12 +117,95 @@ void select_withdraw(WaitNode* nodes, std::size_t n, std::size_t except) noexcep
   }
 }
 
+namespace {
+
+// A select with broker cases, all of one session, plus optional default and
+// after() timer cases: one select on the broker, whose deadline is the
+// earliest timer. `timers` are the timer cases' indices.
+std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
+                             std::size_t default_index,
+                             const absl::InlinedVector<uint32_t, 4>& timers) {
+  // A timer that has fired already is a ready case: poll the timers first.
+  if (!timers.empty()) {
+    absl::InlinedVector<SelectCase*, 4> timer_cases;
+    for (uint32_t i : timers) timer_cases.push_back(cases[i]);
+    absl::InlinedVector<WaitNode, 4> unused(timer_cases.size());
+    const PollOutcome r = select_poll(timer_cases.data(), timer_cases.size(),
+                                      nullptr, unused.data());
+    if (r.kind == PollOutcome::kFired) {
+      timer_cases[r.index]->finish(r.ok);
+      return timers[r.index];
+    }
+  }
+  std::vector<RemoteSelectCase> remote;
+  absl::InlinedVector<uint32_t, 8> index_of;  // remote case -> case index
+  RemoteChan* via = nullptr;
+  for (std::size_t i = 0; i < n; ++i) {
+    RemoteChan* r = cases[i]->remote();
+    if (r == nullptr) continue;
+    via = r;
+    RemoteSelectCase rc;
+    rc.chan = r;
+    rc.send = cases[i]->kind() == SelectCase::Kind::kSend;
+    if (rc.send) cases[i]->encode_send(rc.value);
+    remote.push_back(std::move(rc));
+    index_of.push_back(static_cast<uint32_t>(i));
+  }
+  auto deadline = RemoteChan::kNoDeadline;
+  for (uint32_t i : timers) {
+    deadline = std::min(deadline, cases[i]->core()->timer_deadline_);
+  }
+  if (default_index != n) deadline = RemoteChan::kNonBlocking;
+
+  RemoteSelectResult r = via->select(remote, deadline);
+  switch (r.status) {
+    case ChanStatus::kWouldBlock:
+      cases[default_index]->finish(true);
+      return default_index;
+    case ChanStatus::kTimeout: {
+      // Withdrawn at the earliest timer's deadline: a timer case fires.
+      absl::InlinedVector<SelectCase*, 4> timer_cases;
+      for (uint32_t i : timers) timer_cases.push_back(cases[i]);
+      return timers[select_cases(timer_cases.data(), timer_cases.size())];
+    }
+    case ChanStatus::kOk:
+    case ChanStatus::kClosed:
+      break;
+  }
+  const uint32_t fired = index_of[r.index];
+  SelectCase* c = cases[fired];
+  if (r.status == ChanStatus::kOk && c->kind() == SelectCase::Kind::kRecv) {
+    const absl::Status decoded = c->decode_recv(r.value);
+    if (!decoded.ok()) {
+      throw Error(decoded.code(), std::string(decoded.message()));
+    }
+  }
+  c->finish(r.status == ChanStatus::kOk);
+  return fired;
+}
+
+}  // namespace
+
 std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
   std::size_t default_index = n;
+  RemoteChan* remote = nullptr;
+  bool other_local = false;
+  absl::InlinedVector<uint32_t, 4> timers;
   for (std::size_t i = 0; i < n; ++i) {
-    if (cases[i]->is_remote()) {
-      throw Error(absl::StatusCode::kUnimplemented,
-                  "dchan: select over broker channels is not supported yet");
+    if (RemoteChan* r = cases[i]->remote()) {
+      if (remote != nullptr && r->session() != remote->session()) {
+        throw Error(absl::StatusCode::kUnimplemented,
+                    "dchan: a select over channels of two Clients (broker "
+                    "sessions) is not supported yet");
+      }
+      remote = r;
+    } else if (ChanCore* core = cases[i]->core()) {
+      if (core->timer_deadline_ != std::chrono::steady_clock::time_point::max() &&
+          cases[i]->kind() == SelectCase::Kind::kRecv) {
+        timers.push_back(static_cast<uint32_t>(i));
+      } else {
+        other_local = true;
+      }
     }
     if (cases[i]->kind() != SelectCase::Kind::kDefault) continue;
     if (default_index != n) {
@@ -128,6 +213,14 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
                   "select: more than one default case");
     }
     default_index = i;
+  }
+  if (remote != nullptr) {
+    if (other_local) {
+      throw Error(absl::StatusCode::kUnimplemented,
+                  "dchan: a select mixing broker channels with local "
+                  "channels (other than after() timers) is not supported yet");
+    }
+    return select_on_broker(cases, n, default_index, timers);
   }
 
   Waiter w;

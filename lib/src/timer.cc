@@ -68,10 +68,12 @@ class TimerService {
 Chan<std::chrono::steady_clock::time_point> after(
     std::chrono::steady_clock::duration d) {
   auto ch = make_chan<Clock::time_point>(1);
+  const Clock::time_point when = detail::deadline_after(d);
+  detail::state_of(ch)->timer_deadline_ = when;  // before anyone sees ch
   if (d <= Clock::duration::zero()) {
     ch.try_send(Clock::now());
   } else {
-    TimerService::get().add(detail::deadline_after(d), ch);
+    TimerService::get().add(when, ch);
   }
   return ch;
 }

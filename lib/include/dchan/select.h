@@ -25,6 +25,13 @@
 // Cases on the nil channel never fire; a select with only nil cases and no
 // default blocks forever (Go's `select {}`).
 //
+// Broker channels: a select whose cases are on channels of one Client (one
+// broker session), plus any on_default and after() timer cases, runs as one
+// select on the broker — same guarantees; a timer case becomes the
+// select's deadline there. A select that mixes broker channels with other
+// local channels, or with another Client's, throws dchan::Error
+// (kUnimplemented) for now.
+//
 // For a set of cases known only at run time, put them in a
 // std::vector<dchan::Case> (each case converts to Case) and call
 // select(std::span<Case>).
@@ -48,10 +55,12 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "dchan/chan.h"
 #include "dchan/detail/waiter.h"
 
@@ -70,8 +79,12 @@ class SelectCase {
   // The channel, or nullptr for the nil channel, a broker channel and the
   // default case.
   virtual ChanCore* core() const noexcept = 0;
-  // True for a case on a broker channel.
-  virtual bool is_remote() const noexcept = 0;
+  // The broker channel of a case on one, else nullptr.
+  virtual RemoteChan* remote() const noexcept = 0;
+  // Broker send cases: the value, encoded by its Codec.
+  virtual void encode_send(std::string& out) const = 0;
+  // Broker recv cases: takes a received value (decoded by its Codec).
+  virtual absl::Status decode_recv(const std::string& bytes) = 0;
   // Requires core()->lock_. Tries to complete the case now: kOk (then
   // `*to_fire`, if set, is completed after unlocking), kClosed (a receive
   // got "closed"; a send must panic), or kWouldBlock.
@@ -128,7 +141,19 @@ class RecvCase final : public SelectCase {
   RecvCase(Chan<T> ch, F fn)
       : SelectCase(Kind::kRecv), ch_(std::move(ch)), fn_(std::move(fn)) {}
   ChanCore* core() const noexcept override { return state_of(ch_); }
-  bool is_remote() const noexcept override { return remote_of(ch_) != nullptr; }
+  RemoteChan* remote() const noexcept override { return remote_of(ch_); }
+  void encode_send(std::string&) const override {}
+  absl::Status decode_recv(const std::string& bytes) override {
+    if constexpr (kHasCodec<T>) {
+      T v{};
+      absl::Status st = Codec<T>::decode(bytes, v);
+      if (st.ok()) value_.emplace(std::move(v));
+      return st;
+    } else {
+      (void)bytes;
+      return absl::InternalError("dchan: remote Chan without codec");
+    }
+  }
   ChanStatus try_locked(WaitNode** to_fire) override {
     return state_of(ch_)->recv_locked(value_, to_fire);
   }
@@ -154,7 +179,14 @@ class SendCase final : public SelectCase {
         value_(std::move(value)),
         fn_(std::move(fn)) {}
   ChanCore* core() const noexcept override { return state_of(ch_); }
-  bool is_remote() const noexcept override { return remote_of(ch_) != nullptr; }
+  RemoteChan* remote() const noexcept override { return remote_of(ch_); }
+  void encode_send(std::string& out) const override {
+    if constexpr (kHasCodec<T>) Codec<T>::encode(value_, out);
+    else (void)out;
+  }
+  absl::Status decode_recv(const std::string&) override {
+    return absl::OkStatus();
+  }
   ChanStatus try_locked(WaitNode** to_fire) override {
     return state_of(ch_)->send_locked(value_, to_fire);
   }
@@ -176,7 +208,11 @@ class DefaultCase final : public SelectCase {
   static constexpr bool kIsDefault = true;
   explicit DefaultCase(F fn) : SelectCase(Kind::kDefault), fn_(std::move(fn)) {}
   ChanCore* core() const noexcept override { return nullptr; }
-  bool is_remote() const noexcept override { return false; }
+  RemoteChan* remote() const noexcept override { return nullptr; }
+  void encode_send(std::string&) const override {}
+  absl::Status decode_recv(const std::string&) override {
+    return absl::OkStatus();
+  }
   ChanStatus try_locked(WaitNode**) override { return ChanStatus::kWouldBlock; }
   void* slot() noexcept override { return nullptr; }
   void finish(bool) override { invoke_case_fn(fn_); }

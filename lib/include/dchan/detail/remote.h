@@ -14,12 +14,31 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace dchan {
 
 enum class ChanStatus;
 
 namespace detail {
+
+class RemoteChan;
+
+// One case of a select run by the broker.
+struct RemoteSelectCase {
+  RemoteChan* chan = nullptr;
+  bool send = false;
+  std::string value;  // send cases: the encoded value
+};
+
+struct RemoteSelectResult {
+  std::size_t index = 0;  // the case that fired
+  // kOk; kClosed (recv: closed and drained; send: the channel is closed);
+  // kWouldBlock (non-blocking, nothing ready: index == cases.size());
+  // kTimeout (the deadline passed and the select was withdrawn).
+  ChanStatus status;
+  std::string value;  // a received value
+};
 
 class RemoteChan {
  public:
@@ -48,6 +67,16 @@ class RemoteChan {
   // Go's len (asks the broker; throws for remote failures) and cap.
   virtual std::size_t len() = 0;
   virtual std::size_t cap() const noexcept = 0;
+
+  // The broker session this channel belongs to: a select can run on the
+  // broker when all its broker cases share one session.
+  virtual const void* session() const noexcept = 0;
+
+  // Runs a select over `cases`, all of this session, on the broker: exactly
+  // one case fires. Deadline as for send(); kNonBlocking is Go's default
+  // case. Throws as send().
+  virtual RemoteSelectResult select(std::vector<RemoteSelectCase>& cases,
+                                    Deadline deadline) = 0;
 };
 
 }  // namespace detail

@@ -247,6 +247,10 @@ class ChanCore {
 
   Lock lock_;
   const std::size_t cap_;
+  // For a channel made by after(): when its value arrives. A select over
+  // broker channels uses it as its deadline. max() for other channels.
+  std::chrono::steady_clock::time_point timer_deadline_ =
+      std::chrono::steady_clock::time_point::max();
   std::size_t count_ = 0;  // buffered values; guarded by lock_
   bool closed_ = false;    // guarded by lock_
   WaitQueue recvq_;        // guarded by lock_

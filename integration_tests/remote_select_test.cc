@@ -1,0 +1,183 @@
+// select over broker channels, against a real dchan-broker process and real
+// worker processes: one select on the broker, default and after() cases.
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+#include <atomic>
+#include <mutex>
+
+#include "absl/strings/match.h"
+#include "broker_process.h"
+#include "dchan/client.h"
+#include "gtest/gtest.h"
+
+namespace dchan::testing {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr auto kWorkerBound = std::chrono::seconds(30);
+
+Process worker(const std::string& mode, const BrokerProcess& broker,
+               const std::string& chan, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {mode, "--broker=" + broker.address(),
+                                   "--chan=" + chan};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return Process::spawn(DCHAN_WORKER_PATH, args);
+}
+
+bool has_line(const ProcessResult& r, const std::string& line) {
+  for (const std::string& l : r.lines()) {
+    if (l == line) return true;
+  }
+  return false;
+}
+
+TEST(RemoteSelect, ReceivesFromWhicheverChannelAnotherProcessFeeds) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> a = client.chan<int64_t>("a", 0);
+  Chan<int64_t> b = client.chan<int64_t>("b", 0);
+  Process producer = worker("produce", broker, "b",
+                            {"--cap=0", "--from=42", "--count=1"});
+  std::optional<int64_t> got;
+  const std::size_t i = select(on_recv(a, [&](std::optional<int64_t>) {
+                                 ADD_FAILURE() << "a fired";
+                               }),
+                               on_recv(b, [&](std::optional<int64_t> v) { got = v; }));
+  EXPECT_EQ(i, 1u);
+  EXPECT_EQ(got, 42);
+  const ProcessResult p = producer.wait(kWorkerBound);
+  EXPECT_EQ(p.exit_code, 0) << p;
+  // The select's case on a was withdrawn: a has no receiver now.
+  EXPECT_EQ(a.try_send(1), ChanStatus::kWouldBlock);
+}
+
+TEST(RemoteSelect, SendCaseDeliversToAReceiverProcess) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> out = client.chan<int64_t>("out", 0);
+  Process receiver = worker("recv-one", broker, "out", {"--cap=0"});
+  bool sent = false;
+  EXPECT_EQ(select(on_send(out, int64_t{7}, [&] { sent = true; }),
+                   on_recv(after(30s))),
+            0u);
+  EXPECT_TRUE(sent);
+  const ProcessResult r = receiver.wait(kWorkerBound);
+  EXPECT_EQ(r.exit_code, 0) << r;
+  EXPECT_TRUE(has_line(r, "got 7")) << r;
+}
+
+TEST(RemoteSelect, AfterTimesOutWithoutConsumingAnything) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> a = client.chan<int64_t>("a", 0);
+  bool timed_out = false;
+  EXPECT_EQ(select(on_recv(a), on_recv(after(100ms), [&](auto) {
+                     timed_out = true;
+                   })),
+            1u);
+  EXPECT_TRUE(timed_out);
+  // The withdrawn receive took nothing: a later sender's value reaches the
+  // next receiver.
+  Process producer = worker("produce", broker, "a",
+                            {"--cap=0", "--from=5", "--count=1"});
+  EXPECT_EQ(a.recv(), 5);
+  EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
+}
+
+TEST(RemoteSelect, DefaultRunsWhenNothingIsReady) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<std::string> a = client.chan<std::string>("a", 1);
+  EXPECT_EQ(select(on_recv(a), on_default()), 1u);
+  a.send("x");
+  std::optional<std::string> got;
+  EXPECT_EQ(select(on_recv(a, [&](auto v) { got = v; }), on_default()), 0u);
+  EXPECT_EQ(got, "x");
+}
+
+TEST(RemoteSelect, ClosedChannelsFireRecvCasesAndPanicSendCases) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> a = client.chan<int64_t>("a", 0);
+  a.close();
+  bool saw_closed = false;
+  select(on_recv(a, [&](std::optional<int64_t> v) { saw_closed = !v; }));
+  EXPECT_TRUE(saw_closed);
+  try {
+    select(on_send(a, int64_t{1}));
+    ADD_FAILURE() << "no panic";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "send on closed channel");
+  }
+}
+
+TEST(RemoteSelect, ManySelectingReceiversGetEveryValueExactlyOnce) {
+  BrokerProcess broker;
+  constexpr int kPerChannel = 300;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> a = client.chan<int64_t>("a", 4);
+  Chan<int64_t> b = client.chan<int64_t>("b", 0);
+  Chan<int64_t> quit = client.chan<int64_t>("quit", 0);
+  std::vector<Process> producers;
+  producers.push_back(worker("produce", broker, "a",
+                             {"--cap=4", "--from=0", "--count=300"}));
+  producers.push_back(worker("produce", broker, "b",
+                             {"--cap=0", "--from=300", "--count=300"}));
+  std::vector<int> seen(2 * kPerChannel, 0);
+  std::atomic<int> received{0};
+  std::vector<std::thread> selectors;
+  std::mutex mu;
+  for (int s = 0; s < 3; ++s) {
+    selectors.emplace_back([&] {
+      bool done = false;
+      auto take = [&](std::optional<int64_t> v) {
+        if (!v) return;
+        std::lock_guard<std::mutex> lock(mu);
+        ++seen[*v];
+        ++received;
+      };
+      while (!done) {
+        select(on_recv(a, take), on_recv(b, take),
+               on_recv(quit, [&](std::optional<int64_t>) { done = true; }));
+      }
+    });
+  }
+  for (Process& p : producers) EXPECT_EQ(p.wait(kWorkerBound).exit_code, 0);
+  const auto deadline = std::chrono::steady_clock::now() + kWorkerBound;
+  while (received.load() < 2 * kPerChannel &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  quit.close();
+  for (auto& t : selectors) t.join();
+  EXPECT_EQ(received.load(), 2 * kPerChannel);
+  for (int v = 0; v < 2 * kPerChannel; ++v) ASSERT_EQ(seen[v], 1) << v;
+}
+
+TEST(RemoteSelect, MixingWithOtherLocalChannelsOrClientsIsAClearError) {
+  BrokerProcess broker;
+  Client c1 = Client::connect(broker.address());
+  Client c2 = Client::connect(broker.address());
+  Chan<int64_t> r1 = c1.chan<int64_t>("r", 1);
+  Chan<int64_t> r2 = c2.chan<int64_t>("r", 1);
+  Chan<int64_t> local = make_chan<int64_t>(1);
+  try {
+    select(on_recv(r1), on_recv(local));
+    ADD_FAILURE() << "mixed select accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnimplemented);
+  }
+  try {
+    select(on_recv(r1), on_recv(r2));
+    ADD_FAILURE() << "two-session select accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnimplemented);
+  }
+}
+
+}  // namespace
+}  // namespace dchan::testing
