@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs examples/hello_remote as a user would: a broker on a free loopback
+# port, a receiver process, a sender process. Passes when the receiver got
+# every greeting and saw the close. Used by ctest (examples label).
+#   run_remote_example.sh BROKER HELLO_REMOTE
+set -euo pipefail
+broker_bin="$1"; hello="$2"
+out="$(mktemp -d)"
+"${broker_bin}" --listen=127.0.0.1:0 > "${out}/broker" 2>&1 &
+broker_pid=$!
+trap 'kill ${broker_pid} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
+for _ in $(seq 100); do
+  grep -q "listening on" "${out}/broker" && break
+  sleep 0.1
+done
+addr="$(sed -n 's/^dchan-broker listening on \([^ ]*\).*/\1/p' "${out}/broker")"
+[[ -n "${addr}" ]] || { echo "broker did not start:"; cat "${out}/broker"; exit 1; }
+timeout 30 "${hello}" recv --broker="${addr}" > "${out}/recv" &
+recv_pid=$!
+timeout 30 "${hello}" send --broker="${addr}" --count=3
+wait "${recv_pid}"
+cat "${out}/recv"
+grep -q "received: hello 3 from pid" "${out}/recv"
+grep -q "channel closed after 3 greetings" "${out}/recv"
+echo "hello_remote: ok"
