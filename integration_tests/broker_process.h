@@ -135,6 +135,21 @@ class BrokerProcess {
   // "127.0.0.1:PORT".
   const std::string& address() const noexcept { return address_; }
   int port() const noexcept { return port_; }
+  // The broker's process id (for /proc/<pid>/status).
+  pid_t pid() const noexcept { return process_.pid(); }
+
+  // True while the broker has not exited (reaps it if it has).
+  bool running() { return process_.running(); }
+
+  // Waits up to `timeout` for the broker to exit by itself (SIGKILL after
+  // it, as Process::wait) and reaps it.
+  ProcessResult wait(std::chrono::milliseconds timeout) {
+    return process_.wait(timeout);
+  }
+
+  // Reads whatever the broker has printed, without waiting (keeps its pipes
+  // from filling while a test runs long).
+  void read_available() { process_.read_available(); }
 
   // Sends `sig` (SIGKILL by default) and reaps the broker.
   ProcessResult kill(int sig = 9);

@@ -158,25 +158,113 @@ TEST(RemoteSelect, ManySelectingReceiversGetEveryValueExactlyOnce) {
   for (int v = 0; v < 2 * kPerChannel; ++v) ASSERT_EQ(seen[v], 1) << v;
 }
 
-TEST(RemoteSelect, MixingWithOtherLocalChannelsOrClientsIsAClearError) {
+TEST(RemoteSelect, MixedLocalAndBrokerCasesFireExactlyOne) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> remote = client.chan<int64_t>("r", 0);
+  Chan<int64_t> local = make_chan<int64_t>(1);
+
+  // The broker case fires: a worker process sends.
+  Process producer = worker("produce", broker, "r",
+                            {"--cap=0", "--from=9", "--count=1"});
+  std::optional<int64_t> got;
+  EXPECT_EQ(select(on_recv(remote, [&](auto v) { got = v; }),
+                   on_recv(local, [&](auto) { ADD_FAILURE(); })),
+            0u);
+  EXPECT_EQ(got, 9);
+  EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
+
+  // The local case fires; the broker case consumed nothing.
+  std::thread t([&] {
+    std::this_thread::sleep_for(50ms);
+    local.send(4);
+  });
+  got.reset();
+  EXPECT_EQ(select(on_recv(remote, [&](auto) { ADD_FAILURE(); }),
+                   on_recv(local, [&](auto v) { got = v; })),
+            1u);
+  t.join();
+  EXPECT_EQ(got, 4);
+  Process later = worker("produce", broker, "r",
+                         {"--cap=0", "--from=10", "--count=1"});
+  EXPECT_EQ(remote.recv(), 10);
+  EXPECT_EQ(later.wait(kWorkerBound).exit_code, 0);
+}
+
+TEST(RemoteSelect, MixedSendCaseDeliversOnlyWhenItFires) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> remote = client.chan<int64_t>("out", 0);
+  Chan<int64_t> local = make_chan<int64_t>(0);
+  Process receiver = worker("recv-one", broker, "out", {"--cap=0"});
+  EXPECT_EQ(select(on_send(remote, int64_t{77}), on_recv(local)), 0u);
+  const ProcessResult r = receiver.wait(kWorkerBound);
+  EXPECT_TRUE(has_line(r, "got 77")) << r;
+
+  // Timed out via after(): the send case delivered nothing.
+  EXPECT_EQ(select(on_send(remote, int64_t{78}), on_recv(local),
+                   on_recv(after(100ms))),
+            2u);
+  EXPECT_EQ(remote.try_recv().status, ChanStatus::kWouldBlock);
+}
+
+TEST(RemoteSelect, SpansTwoClientsSessions) {
   BrokerProcess broker;
   Client c1 = Client::connect(broker.address());
   Client c2 = Client::connect(broker.address());
-  Chan<int64_t> r1 = c1.chan<int64_t>("r", 1);
-  Chan<int64_t> r2 = c2.chan<int64_t>("r", 1);
-  Chan<int64_t> local = make_chan<int64_t>(1);
-  try {
-    select(on_recv(r1), on_recv(local));
-    ADD_FAILURE() << "mixed select accepted";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), absl::StatusCode::kUnimplemented);
+  Chan<int64_t> x = c1.chan<int64_t>("x", 0);
+  Chan<int64_t> y = c2.chan<int64_t>("y", 0);
+  Process producer = worker("produce", broker, "y",
+                            {"--cap=0", "--from=3", "--count=1"});
+  std::optional<int64_t> got;
+  EXPECT_EQ(select(on_recv(x), on_recv(y, [&](auto v) { got = v; })), 1u);
+  EXPECT_EQ(got, 3);
+  EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
+  EXPECT_EQ(x.try_send(1), ChanStatus::kWouldBlock);  // x's case withdrawn
+}
+
+TEST(RemoteSelect, MixedSelectorsGetEveryValueExactlyOnce) {
+  BrokerProcess broker;
+  constexpr int kRemote = 200, kLocal = 200;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> remote = client.chan<int64_t>("r", 2);
+  Chan<int64_t> local = make_chan<int64_t>(2);
+  Chan<int64_t> quit = make_chan<int64_t>();
+  Process producer = worker("produce", broker, "r",
+                            {"--cap=2", "--from=0", "--count=200"});
+  std::thread local_producer([&] {
+    for (int64_t v = kRemote; v < kRemote + kLocal; ++v) local.send(v);
+  });
+  std::mutex mu;
+  std::vector<int> seen(kRemote + kLocal, 0);
+  std::atomic<int> received{0};
+  std::vector<std::thread> selectors;
+  for (int s = 0; s < 3; ++s) {
+    selectors.emplace_back([&] {
+      bool done = false;
+      auto take = [&](std::optional<int64_t> v) {
+        if (!v) return;
+        std::lock_guard<std::mutex> lock(mu);
+        ++seen[*v];
+        ++received;
+      };
+      while (!done) {
+        select(on_recv(remote, take), on_recv(local, take),
+               on_recv(quit, [&](auto) { done = true; }));
+      }
+    });
   }
-  try {
-    select(on_recv(r1), on_recv(r2));
-    ADD_FAILURE() << "two-session select accepted";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
+  local_producer.join();
+  const auto deadline = std::chrono::steady_clock::now() + kWorkerBound;
+  while (received.load() < kRemote + kLocal &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
   }
+  quit.close();
+  for (auto& t : selectors) t.join();
+  EXPECT_EQ(received.load(), kRemote + kLocal);
+  for (int v = 0; v < kRemote + kLocal; ++v) ASSERT_EQ(seen[v], 1) << v;
 }
 
 }  // namespace

@@ -74,6 +74,28 @@ class BrokerChan final : public RemoteChan {
 
   const void* session() const noexcept override { return conn_.get(); }
 
+  uint64_t watch(bool for_send,
+                 absl::AnyInvocable<void(bool) &&> ready) override {
+    v1::ClientFrame f;
+    v1::WatchRequest* req = f.mutable_watch();
+    req->set_handle(handle_);
+    req->set_send(for_send);
+    return conn_->call_async(
+        f, [ready = std::move(ready)](const absl::Status& error,
+                                      v1::ServerFrame& answer) mutable {
+          // An error answer (or a lost broker) wakes the select too: its
+          // non-blocking attempt then reports the problem.
+          const bool ok = error.ok();
+          if (ok && answer.has_watch() &&
+              answer.watch().outcome() == v1::OUTCOME_CANCELLED) {
+            return;  // withdrawn: the select has moved on
+          }
+          std::move(ready)(ok);
+        });
+  }
+
+  void cancel_watch(uint64_t token) noexcept override { conn_->cancel(token); }
+
   RemoteSelectResult select(std::vector<RemoteSelectCase>& cases,
                             Deadline deadline) override {
     v1::ClientFrame f;

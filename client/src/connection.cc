@@ -51,6 +51,37 @@ Connection::~Connection() {
   reader_.join();
 }
 
+uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
+  auto call = std::make_shared<Call>();
+  call->on_answer = std::move(on_answer);
+  uint64_t id = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!broken_.ok()) throw_status(broken_);
+    id = next_id_++;
+    frame.set_id(id);
+    calls_.emplace(id, std::move(call));
+  }
+  enqueue(std::move(frame));
+  return id;
+}
+
+void Connection::cancel(uint64_t id) noexcept {
+  v1::ClientFrame cancel;
+  cancel.mutable_cancel()->set_target(id);
+  enqueue(std::move(cancel));
+}
+
+void Connection::finish(Call& call, const absl::Status& error) {
+  if (call.on_answer) {
+    std::move(call.on_answer)(error, call.answer);
+    return;
+  }
+  call.error = error;
+  call.done.try_claim();
+  call.done.complete(0, error.ok());
+}
+
 std::shared_ptr<Connection::Call> Connection::start(v1::ClientFrame& frame,
                                                     uint64_t* id) {
   auto call = std::make_shared<Call>();
@@ -127,8 +158,7 @@ void Connection::read_loop() {
         calls_.erase(it);
       }
       call->answer.Swap(&f);
-      call->done.try_claim();
-      call->done.complete(0, true);
+      finish(*call, absl::OkStatus());
     }
     batch.Clear();
   }
@@ -145,11 +175,7 @@ void Connection::fail_all(const absl::Status& status) {
     broken_ = status;
     calls.swap(calls_);
   }
-  for (auto& [id, call] : calls) {
-    call->error = status;
-    call->done.try_claim();
-    call->done.complete(0, false);
-  }
+  for (auto& [id, call] : calls) finish(*call, status);
 }
 
 }  // namespace dchan::detail

@@ -48,6 +48,18 @@ class Connection {
   // lost broker (kUnavailable) or an error answer (its code and message).
   v1::ServerFrame call(v1::ClientFrame& frame, Deadline deadline);
 
+  // Sends `frame` (moving from it) and returns its request id at once;
+  // `on_answer` runs on the reader thread with the answer — or with a
+  // non-OK status if the broker is lost — and must not block. Throws
+  // dchan::Error (kUnavailable) if the broker is lost already.
+  using Callback =
+      absl::AnyInvocable<void(const absl::Status&, v1::ServerFrame&) &&>;
+  uint64_t call_async(v1::ClientFrame& frame, Callback on_answer);
+
+  // Withdraws request `id` (the broker answers it CANCELLED or with its
+  // result). Never blocks.
+  void cancel(uint64_t id) noexcept;
+
   const std::string& target() const noexcept { return target_; }
 
  private:
@@ -55,7 +67,10 @@ class Connection {
     Waiter done;
     v1::ServerFrame answer;
     absl::Status error;  // the connection failed
+    Callback on_answer;  // set: an asynchronous call
   };
+  // Completes `call` with its answer or `error`.
+  static void finish(Call& call, const absl::Status& error);
 
   // Registers a call for `frame` under a fresh request id (*id) and sends
   // it; `frame` is moved from.

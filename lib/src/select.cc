@@ -45,7 +45,7 @@ class LockSet {
   }
   void unlock_all() noexcept {
     for (auto it = cores_.rbegin(); it != cores_.rend(); ++it) {
-      (*it)->lock_.unlock();
+      (*it)->unlock();
     }
   }
 
@@ -74,7 +74,7 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
     WaitNode* to_fire = nullptr;
     core->lock_.lock();
     const ChanStatus st = c->try_locked(&to_fire);
-    core->lock_.unlock();
+    core->unlock();
     if (st == ChanStatus::kWouldBlock) continue;
     fire(to_fire);
     return {PollOutcome::kFired, i, st == ChanStatus::kOk};
@@ -184,19 +184,141 @@ std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
   return fired;
 }
 
+// Finishes broker case `i` with the outcome of a non-blocking attempt.
+// Returns false when the attempt found the case not ready.
+bool try_broker_case(SelectCase* c) {
+  RemoteChan* r = c->remote();
+  if (c->kind() == SelectCase::Kind::kSend) {
+    std::string bytes;
+    c->encode_send(bytes);
+    const ChanStatus st = r->send(bytes, RemoteChan::kNonBlocking);
+    if (st == ChanStatus::kWouldBlock) return false;
+    c->finish(st == ChanStatus::kOk);  // kClosed: Go's panic
+    return true;
+  }
+  std::string bytes;
+  const ChanStatus st = r->recv(bytes, RemoteChan::kNonBlocking);
+  if (st == ChanStatus::kWouldBlock) return false;
+  if (st == ChanStatus::kOk) {
+    const absl::Status decoded = c->decode_recv(bytes);
+    if (!decoded.ok()) throw Error(decoded.code(), std::string(decoded.message()));
+  }
+  c->finish(st == ChanStatus::kOk);
+  return true;
+}
+
+// The waiter of a select that spans local channels and broker channels (or
+// several brokers), on the heap: broker watch callbacks may run after the
+// select has returned, and must find it alive (and claimed).
+struct SpanningWait {
+  explicit SpanningWait(std::size_t n) : nodes(n) {}
+  Waiter w;
+  absl::InlinedVector<WaitNode, 8> nodes;
+};
+constexpr uint32_t kBrokerCaseFlag = 0x80000000u;
+
+// A select that spans local channels and broker channels, or several
+// brokers. Local cases are registered as usual; for each broker case the
+// broker is asked to watch for readiness (consuming nothing). Whatever
+// fires first claims the one waiter. A local case then simply runs; a
+// broker case is then tried without blocking — with the waiter claimed, no
+// other case can fire meanwhile — and if another party took the readiness
+// first, the select starts over. So exactly one case fires and no case that
+// did not fire consumes anything.
+std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
+                            std::size_t default_index) {
+  absl::InlinedVector<uint32_t, 8> order(n);
+  for (;;) {
+    // 1. Poll every case once, in random order: local ones under their own
+    // lock, broker ones without blocking.
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t j = random_below(i + 1);
+      order[i] = order[j];
+      order[j] = i;
+    }
+    for (uint32_t i : order) {
+      SelectCase* c = cases[i];
+      if (c->remote() != nullptr) {
+        if (try_broker_case(c)) return i;
+        continue;
+      }
+      ChanCore* core = c->core();
+      if (core == nullptr) continue;
+      WaitNode* to_fire = nullptr;
+      core->lock_.lock();
+      const ChanStatus st = c->try_locked(&to_fire);
+      core->unlock();
+      if (st == ChanStatus::kWouldBlock) continue;
+      fire(to_fire);
+      c->finish(st == ChanStatus::kOk);
+      return i;
+    }
+    if (default_index != n) {
+      cases[default_index]->finish(true);
+      return default_index;
+    }
+
+    // 2. Register on the local channels (polling them once more).
+    auto box = std::make_shared<SpanningWait>(n);
+    const PollOutcome r = select_poll(cases, n, &box->w, box->nodes.data());
+    if (r.kind == PollOutcome::kFired) {
+      cases[r.index]->finish(r.ok);
+      return r.index;
+    }
+
+    // 3. Watch the broker cases.
+    absl::InlinedVector<std::pair<uint32_t, uint64_t>, 8> watches;
+    try {
+      for (uint32_t i = 0; i < n; ++i) {
+        RemoteChan* rc = cases[i]->remote();
+        if (rc == nullptr) continue;
+        const bool for_send = cases[i]->kind() == SelectCase::Kind::kSend;
+        const uint64_t token = rc->watch(for_send, [box, i](bool ok) {
+          if (box->w.try_claim()) box->w.complete(kBrokerCaseFlag | i, ok);
+        });
+        watches.emplace_back(i, token);
+      }
+    } catch (...) {
+      // A broker is lost. Unless a case fired meanwhile, give up.
+      if (box->w.try_claim()) {
+        box->w.mark_done_by_owner();
+        select_withdraw(box->nodes.data(), n, n);
+        for (auto [i, token] : watches) cases[i]->remote()->cancel_watch(token);
+        throw;
+      }
+    }
+
+    // 4. Wait for the first to fire; withdraw the rest.
+    box->w.wait();
+    const uint32_t fired = box->w.fired_case();
+    const bool broker_case = (fired & kBrokerCaseFlag) != 0;
+    const uint32_t k = fired & ~kBrokerCaseFlag;
+    select_withdraw(box->nodes.data(), n, broker_case ? n : k);
+    for (auto [i, token] : watches) {
+      if (!(broker_case && i == k)) cases[i]->remote()->cancel_watch(token);
+    }
+    if (!broker_case) {
+      cases[k]->finish(box->w.ok());
+      return k;
+    }
+    // A broker case looked ready (or its broker was lost: the attempt
+    // throws kUnavailable). Nothing else can fire now: try it.
+    if (try_broker_case(cases[k])) return k;
+  }
+}
+
 }  // namespace
 
 std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
   std::size_t default_index = n;
   RemoteChan* remote = nullptr;
   bool other_local = false;
+  bool several_sessions = false;
   absl::InlinedVector<uint32_t, 4> timers;
   for (std::size_t i = 0; i < n; ++i) {
     if (RemoteChan* r = cases[i]->remote()) {
       if (remote != nullptr && r->session() != remote->session()) {
-        throw Error(absl::StatusCode::kUnimplemented,
-                    "dchan: a select over channels of two Clients (broker "
-                    "sessions) is not supported yet");
+        several_sessions = true;
       }
       remote = r;
     } else if (ChanCore* core = cases[i]->core()) {
@@ -215,10 +337,8 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
     default_index = i;
   }
   if (remote != nullptr) {
-    if (other_local) {
-      throw Error(absl::StatusCode::kUnimplemented,
-                  "dchan: a select mixing broker channels with local "
-                  "channels (other than after() timers) is not supported yet");
+    if (other_local || several_sessions) {
+      return select_spanning(cases, n, default_index);
     }
     return select_on_broker(cases, n, default_index, timers);
   }

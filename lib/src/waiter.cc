@@ -125,6 +125,51 @@ bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept
   return true;
 }
 
+namespace {
+
+// True if `q` holds a node whose waiter may still fire; drops stale nodes
+// (of selects that fired elsewhere) on the way.
+bool has_live_waiter(WaitQueue& q) noexcept {
+  while (WaitNode* n = q.front()) {
+    if (n->waiter->waiting()) return true;
+    q.remove(n);
+  }
+  return false;
+}
+
+}  // namespace
+
+void ChanCore::wake_watchers_locked() noexcept {
+  bool recv_ready = false, send_ready = false, computed_recv = false,
+       computed_send = false;
+  WaitNode* n = watchq_.front();
+  while (n != nullptr) {
+    WaitNode* next = n->next;
+    bool ready;
+    if (n->is_send) {
+      if (!computed_send) {
+        send_ready = closed_ || count_ < cap_ || has_live_waiter(recvq_);
+        computed_send = true;
+      }
+      ready = send_ready;
+    } else {
+      if (!computed_recv) {
+        recv_ready = closed_ || count_ > 0 || has_live_waiter(sendq_);
+        computed_recv = true;
+      }
+      ready = recv_ready;
+    }
+    if (ready || !n->waiter->waiting()) {
+      watchq_.remove(n);
+      if (n->waiter->try_claim()) {
+        n->next = watch_fired_;
+        watch_fired_ = n;
+      }
+    }
+    n = next;
+  }
+}
+
 WaitNode* ChanCore::close_locked() noexcept {
   closed_ = true;
   WaitNode* head = nullptr;
@@ -135,6 +180,7 @@ WaitNode* ChanCore::close_locked() noexcept {
       tail = &n->next;
     }
   }
+  if (!watchq_.empty()) wake_watchers_locked();
   return head;
 }
 
@@ -151,8 +197,8 @@ void ChanCore::fire_all(WaitNode* fired, bool ok) noexcept {
 
 void ChanCore::unlink(WaitNode* n) noexcept {
   lock_.lock();
-  if (n->queued) (n->is_send ? sendq_ : recvq_).remove(n);
-  lock_.unlock();
+  if (n->queued) (n->is_watch ? watchq_ : n->is_send ? sendq_ : recvq_).remove(n);
+  unlock();
 }
 
 void block_forever() noexcept {

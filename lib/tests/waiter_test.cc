@@ -245,5 +245,68 @@ TEST(AsyncRecv, TakesFromABlockedThreadSenderInline) {
   sender.join();
 }
 
+TEST(ReadyAsync, FiresAtOnceWhenReadyAndConsumesNothing) {
+  auto ch = make_chan<int>(1);
+  ch.send(1);
+  bool ready = false;
+  PendingOp op = ch.ready_async(false, [&] { ready = true; });
+  EXPECT_TRUE(ready);
+  EXPECT_EQ(ch.len(), 1u);  // nothing taken
+  bool send_ready = false;
+  ch.ready_async(true, [&] { send_ready = true; });
+  EXPECT_FALSE(send_ready);  // full
+  EXPECT_EQ(ch.recv(), 1);
+  EXPECT_TRUE(send_ready);  // room now
+}
+
+TEST(ReadyAsync, RecvReadinessFiresWhenASenderQueuesOrOnClose) {
+  auto ch = make_chan<int>();
+  std::atomic<int> fired{0};
+  PendingOp op = ch.ready_async(false, [&] { ++fired; });
+  EXPECT_EQ(fired.load(), 0);
+  std::thread sender([&] { ch.send(5); });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (fired.load() == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  EXPECT_EQ(fired.load(), 1);
+  EXPECT_EQ(ch.recv(), 5);  // the sender's value is still there
+  sender.join();
+
+  auto c2 = make_chan<int>();
+  bool closed_ready = false;
+  c2.ready_async(false, [&] { closed_ready = true; });
+  c2.close();
+  EXPECT_TRUE(closed_ready);
+}
+
+TEST(ReadyAsync, SendReadinessFiresWhenAReceiverQueues) {
+  auto ch = make_chan<int>();
+  bool ready = false;
+  PendingOp op = ch.ready_async(true, [&] { ready = true; });
+  EXPECT_FALSE(ready);
+  PendingOp r = ch.recv_async([](std::optional<int>) {});
+  EXPECT_TRUE(ready);
+  EXPECT_TRUE(r.cancel());
+}
+
+TEST(ReadyAsync, CancelledWatchNeverFiresAndStaleSelectNodesDoNotCount) {
+  auto ch = make_chan<int>();
+  bool ready = false;
+  PendingOp op = ch.ready_async(false, [&] { ready = true; });
+  EXPECT_TRUE(op.cancel());
+  ch.close();
+  EXPECT_FALSE(ready);
+
+  // A cancelled sender leaves no readiness behind.
+  auto c2 = make_chan<int>();
+  PendingOp s = c2.send_async(1, [](bool) {});
+  EXPECT_TRUE(s.cancel());
+  bool r2 = false;
+  PendingOp w = c2.ready_async(false, [&] { r2 = true; });
+  EXPECT_FALSE(r2);
+  EXPECT_TRUE(w.cancel());
+}
+
 }  // namespace
 }  // namespace dchan

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
 
 namespace dchan::server {
@@ -20,12 +21,22 @@ class StreamWriter final : public Outbox {
   StreamWriter(Reactor* reactor, std::size_t max_bytes, std::size_t batch_bytes)
       : reactor_(reactor), max_bytes_(max_bytes), batch_bytes_(batch_bytes) {}
 
+  // Called (once, with no lock held) when the queue overflows: the reactor
+  // ends its session there and then.
+  void set_on_overflow(absl::AnyInvocable<void()> fn) {
+    on_overflow_ = std::move(fn);
+  }
+
   bool push(v1::ServerFrame& frame) override {
-    absl::MutexLock lock(&mu_);
-    if (reactor_ == nullptr || finish_wanted_) return false;
-    queued_bytes_ += frame.ByteSizeLong();
-    queue_.push_back(std::move(frame));
-    if (queued_bytes_ > max_bytes_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (reactor_ == nullptr || finish_wanted_) return false;
+      queued_bytes_ += frame.ByteSizeLong();
+      if (queued_bytes_ <= max_bytes_) {
+        queue_.push_back(std::move(frame));
+        maybe_write_locked();
+        return true;
+      }
       // The client is not reading: end the session rather than grow.
       queue_.clear();
       queued_bytes_ = 0;
@@ -34,10 +45,9 @@ class StreamWriter final : public Outbox {
           absl::StrCat("dchan-broker: over ", max_bytes_,
                        " bytes of answers queued for this session: the "
                        "client is not reading its stream")));
-      return true;  // queued, then dropped with the session
     }
-    maybe_write_locked();
-    return true;
+    if (on_overflow_) on_overflow_();
+    return false;  // not delivered: a received value goes back
   }
 
   // The reactor's OnWriteDone.
@@ -49,7 +59,7 @@ class StreamWriter final : public Outbox {
       queued_bytes_ = 0;
       finish_locked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                  "dchan-broker: stream write failed"));
-      return;
+      // No return: a finish wanted earlier waited for this write; do it now.
     }
     maybe_write_locked();
   }
@@ -97,6 +107,7 @@ class StreamWriter final : public Outbox {
     reactor_->StartWrite(&batch_);
   }
 
+  absl::AnyInvocable<void()> on_overflow_;  // set before the first push
   absl::Mutex mu_;
   Reactor* reactor_ ABSL_GUARDED_BY(mu_);
   const std::size_t max_bytes_;
@@ -123,6 +134,10 @@ class SessionReactor final
     session_ = std::make_shared<server::Session>(
         id, context->peer(), broker->registry_, writer_,
         broker->options_.session);
+    writer_->set_on_overflow(
+        [session = std::weak_ptr<server::Session>(session_)] {
+          if (auto s = session.lock()) s->end();
+        });
     broker_->add_session({session_, writer_});
     StartRead(&in_);
   }

@@ -9,9 +9,10 @@
 // Each stream has one write in flight; answers that complete meanwhile queue
 // behind it and leave together as one ServerBatch. The queue is bounded
 // (BrokerOptions::session_outbox_bytes): a client that stops reading while
-// its answers pile up past the bound has its session ended with
-// RESOURCE_EXHAUSTED, like any other ended session (pending operations
-// withdrawn, received values returned to their channels).
+// its answers pile up past the bound has its session ended at once, like
+// any other ended session (pending operations withdrawn, received values
+// returned to their channels, later frames ignored), and its stream
+// finished with RESOURCE_EXHAUSTED.
 //
 // Thread safety: all members may be called from any thread.
 #ifndef DCHAN_SERVER_SERVICE_H_

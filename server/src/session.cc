@@ -80,6 +80,7 @@ Session::Session(uint64_t id, std::string peer, Registry& registry,
 Session::~Session() = default;
 
 void Session::handle(const v1::ClientFrame& frame) {
+  if (ended_flag_.load(std::memory_order_acquire)) return;
   const uint64_t id = frame.id();
   if (frame.op_case() == v1::ClientFrame::kCancel) {
     cancel(frame.cancel());
@@ -107,6 +108,9 @@ void Session::handle(const v1::ClientFrame& frame) {
       return;
     case v1::ClientFrame::kStat:
       stat(id, frame.stat());
+      return;
+    case v1::ClientFrame::kWatch:
+      watch(id, frame.watch());
       return;
     case v1::ClientFrame::kCancel:
     case v1::ClientFrame::OP_NOT_SET:
@@ -240,6 +244,9 @@ void Session::cancel(const v1::CancelRequest& req) {
     case v1::ClientFrame::kSelect:
       f.mutable_select()->set_outcome(v1::OUTCOME_CANCELLED);
       break;
+    case v1::ClientFrame::kWatch:
+      f.mutable_watch()->set_outcome(v1::OUTCOME_CANCELLED);
+      break;
     default:
       f.mutable_recv()->set_outcome(v1::OUTCOME_CANCELLED);
       break;
@@ -306,6 +313,21 @@ void Session::stat(uint64_t id, const v1::StatRequest& req) {
   r->set_cap(st.cap);
   r->set_closed(st.closed);
   reply(std::move(f));
+}
+
+void Session::watch(uint64_t id, const v1::WatchRequest& req) {
+  std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
+  if (obj == nullptr) return;
+  const uint64_t seq = begin_pending(id, v1::ClientFrame::kWatch);
+  if (seq == 0) return;
+  PendingOp op =
+      obj->chan.ready_async(req.send(), [self = shared_from_this(), id, seq] {
+        v1::ServerFrame f;
+        f.set_id(id);
+        f.mutable_watch()->set_outcome(v1::OUTCOME_OK);
+        self->finish_pending(id, seq, std::move(f), nullptr);
+      });
+  attach(id, seq, std::move(op));
 }
 
 uint64_t Session::begin_pending(uint64_t id, v1::ClientFrame::OpCase kind) {
@@ -378,6 +400,7 @@ void Session::end() {
     absl::MutexLock lock(&mu_);
     if (ended_) return;
     ended_ = true;
+    ended_flag_.store(true, std::memory_order_release);
     ops.reserve(pending_.size());
     for (auto& [id, p] : pending_) ops.push_back(std::move(p.op));
     pending_.clear();

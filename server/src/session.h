@@ -23,6 +23,7 @@
 #define DCHAN_SERVER_SESSION_H_
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -59,7 +60,8 @@ class Session : public std::enable_shared_from_this<Session> {
           std::shared_ptr<Outbox> outbox, SessionLimits limits = {});
   ~Session();
 
-  // Handles one request; see the file comment.
+  // Handles one request; see the file comment. Frames that arrive after
+  // end() are dropped unanswered.
   void handle(const v1::ClientFrame& frame);
 
   // Ends the session: withdraws every pending operation. Idempotent.
@@ -84,6 +86,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void cancel(const v1::CancelRequest& req);
   void select(uint64_t id, const v1::SelectRequest& req);
   void stat(uint64_t id, const v1::StatRequest& req);
+  void watch(uint64_t id, const v1::WatchRequest& req);
 
   // The channel behind `handle`, or nullptr after answering NOT_FOUND.
   std::shared_ptr<ChannelObject> channel(uint64_t id, uint64_t handle);
@@ -115,6 +118,7 @@ class Session : public std::enable_shared_from_this<Session> {
   absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> ended_flag_{false};  // ended_, for handle()'s fast check
   std::size_t handles_count_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -269,10 +269,11 @@ TEST_F(SessionTest, EndWithdrawsPendingOperations) {
   a.session->end();
   send(b, 1, hb, "x", true);
   EXPECT_EQ(b.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
-  // After end, new blocking requests are refused.
-  recv(a, 2, ha);
-  EXPECT_EQ(a.out->take().code(),
-            static_cast<int>(absl::StatusCode::kUnavailable));
+  // After end, frames are dropped unanswered, and carried out no more.
+  send(a, 2, ha, "late", true);
+  recv(b, 2, hb, true);
+  EXPECT_EQ(a.out->size(), 0u);
+  EXPECT_EQ(b.out->take().recv().outcome(), v1::OUTCOME_WOULD_BLOCK);
 }
 
 TEST_F(SessionTest, AValueThatCannotBeDeliveredGoesBackToItsChannel) {
@@ -332,6 +333,31 @@ TEST_F(SessionTest, StatReportsLenCapAndClosed) {
   EXPECT_EQ(f.stat().len(), 1u);
   EXPECT_EQ(f.stat().cap(), 3u);
   EXPECT_FALSE(f.stat().closed());
+}
+
+TEST_F(SessionTest, WatchAnswersOnReadinessAndConsumesNothing) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch"), hb = open(b, "ch");
+  v1::ClientFrame w;
+  w.set_id(1);
+  w.mutable_watch()->set_handle(ha);
+  a.session->handle(w);
+  EXPECT_EQ(a.out->size(), 0u);
+  send(b, 1, hb, "v");  // blocks: unbuffered, nobody receives
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.id(), 1u);
+  EXPECT_EQ(f.watch().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(b.out->size(), 0u) << "the watch consumed the value";
+  recv(a, 2, ha, true);
+  f = a.out->take();
+  EXPECT_EQ(f.recv().value(), "v");
+
+  w.set_id(3);
+  a.session->handle(w);
+  cancel(a, 3);
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 3u);
+  EXPECT_EQ(f.watch().outcome(), v1::OUTCOME_CANCELLED);
 }
 
 }  // namespace

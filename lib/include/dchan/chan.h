@@ -154,6 +154,7 @@ class ChanState final : public ChanCore {
     if (tail >= cap_) tail -= cap_;
     ::new (static_cast<void*>(buf_ + tail)) T(std::move(v));
     ++count_;
+    if (!watchq_.empty()) [[unlikely]] wake_watchers_locked();
   }
 
   T pop_locked() noexcept {
@@ -161,6 +162,7 @@ class ChanState final : public ChanCore {
     buf_[head_].~T();
     if (++head_ == cap_) head_ = 0;
     --count_;
+    if (!watchq_.empty()) [[unlikely]] wake_watchers_locked();
     return v;
   }
 
@@ -283,7 +285,7 @@ class Chan {
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
-      s->lock_.unlock();
+      s->unlock();
       if (st == ChanStatus::kClosed) detail::throw_panic("send on closed channel");
       detail::fire(to_fire);
       return;
@@ -294,7 +296,7 @@ class Chan {
     n.slot = &value;
     n.is_send = true;
     s->enqueue_locked(&n);
-    s->lock_.unlock();
+    s->unlock();
     w.wait();
     if (!w.ok()) detail::throw_panic("send on closed channel");
   }
@@ -313,7 +315,7 @@ class Chan {
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     if (s->recv_locked(out, &to_fire) != ChanStatus::kWouldBlock) {
-      s->lock_.unlock();
+      s->unlock();
       detail::fire(to_fire);
       return out;
     }
@@ -322,7 +324,7 @@ class Chan {
     n.waiter = &w;
     n.slot = &out;
     s->enqueue_locked(&n);
-    s->lock_.unlock();
+    s->unlock();
     w.wait();
     return out;
   }
@@ -339,11 +341,11 @@ class Chan {
     }
     s->lock_.lock();
     if (s->closed_) {
-      s->lock_.unlock();
+      s->unlock();
       detail::throw_panic("close of closed channel");
     }
     detail::WaitNode* fired = s->close_locked();
-    s->lock_.unlock();
+    s->unlock();
     detail::ChanCore::fire_all(fired, /*ok=*/false);
   }
 
@@ -393,7 +395,7 @@ class Chan {
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     r.status = s->recv_locked(r.value, &to_fire);
-    s->lock_.unlock();
+    s->unlock();
     detail::fire(to_fire);
     return r;
   }
@@ -424,6 +426,15 @@ class Chan {
   // closed (the value is then dropped).
   PendingOp send_async(T value, absl::AnyInvocable<void(bool) &&> done);
 
+  // Readiness watch, for selects that span processes: `done` runs once the
+  // channel is ready for a receive (a value buffered, a sender waiting, or
+  // closed) — or, with `for_send`, for a send (room in the buffer, a
+  // receiver waiting, or closed) — consuming nothing. Inline if ready now,
+  // otherwise on the thread that made it ready, after it dropped the lock.
+  // Readiness is a hint: another party may take it first. Local channels
+  // only.
+  PendingOp ready_async(bool for_send, absl::AnyInvocable<void() &&> done);
+
   // The number of buffered values (Go's len), and the capacity (Go's cap).
   // Both 0 for the nil channel.
   std::size_t len() const {
@@ -433,7 +444,7 @@ class Chan {
     }
     s->lock_.lock();
     const std::size_t n = s->count_;
-    s->lock_.unlock();
+    s->unlock();
     return n;
   }
   std::size_t cap() const noexcept {
@@ -539,7 +550,7 @@ class Chan {
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
-    s->lock_.unlock();
+    s->unlock();
     detail::fire(to_fire);
     return st;
   }
@@ -555,7 +566,7 @@ class Chan {
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
-      s->lock_.unlock();
+      s->unlock();
       detail::fire(to_fire);
       return st;
     }
@@ -565,7 +576,7 @@ class Chan {
     n.slot = &value;
     n.is_send = true;
     s->enqueue_locked(&n);
-    s->lock_.unlock();
+    s->unlock();
     if (!w.wait_until(deadline)) {
       if (w.try_claim()) {
         s->unlink(&n);
@@ -588,7 +599,7 @@ class Chan {
     s->lock_.lock();
     r.status = s->recv_locked(r.value, &to_fire);
     if (r.status != ChanStatus::kWouldBlock) {
-      s->lock_.unlock();
+      s->unlock();
       detail::fire(to_fire);
       return r;
     }
@@ -597,7 +608,7 @@ class Chan {
     n.waiter = &w;
     n.slot = &r.value;
     s->enqueue_locked(&n);
-    s->lock_.unlock();
+    s->unlock();
     if (!w.wait_until(deadline)) {
       if (w.try_claim()) {
         s->unlink(&n);
@@ -663,7 +674,7 @@ ChanStats stats_of(const Chan<T>& ch) noexcept {
   st.closed = s->closed_;
   st.blocked_senders = s->sendq_.size();
   st.blocked_receivers = s->recvq_.size();
-  s->lock_.unlock();
+  s->unlock();
   return st;
 }
 
@@ -714,6 +725,45 @@ class AsyncSend final : public AsyncOp {
 
 }  // namespace detail
 
+namespace detail {
+
+class AsyncWatch final : public AsyncOp {
+ public:
+  AsyncWatch(bool for_send, absl::AnyInvocable<void() &&> done)
+      : done_(std::move(done)) {
+    node_.waiter = this;
+    node_.is_send = for_send;
+    node_.is_watch = true;
+  }
+  void withdraw() noexcept override {
+    if (node_.chan != nullptr) node_.chan->unlink(&node_);
+  }
+  void deliver() noexcept override { std::move(done_)(); }
+
+  WaitNode node_;
+  absl::AnyInvocable<void() &&> done_;
+};
+
+}  // namespace detail
+
+template <class T>
+PendingOp Chan<T>::ready_async(bool for_send,
+                               absl::AnyInvocable<void() &&> done) {
+  if (remote_ != nullptr) {
+    throw Error(absl::StatusCode::kFailedPrecondition,
+                "dchan: ready_async needs a local channel");
+  }
+  auto op = std::make_shared<detail::AsyncWatch>(for_send, std::move(done));
+  detail::ChanState<T>* s = state_.get();
+  if (s == nullptr) return PendingOp(std::move(op));  // nil: never ready
+  op->self_ = op;
+  op->chan_keep_ = state_;
+  s->lock_.lock();
+  s->add_watch_locked(&op->node_);  // fires at unlock if ready now
+  s->unlock();
+  return PendingOp(std::move(op));
+}
+
 template <class T>
 PendingOp Chan<T>::recv_async(
     absl::AnyInvocable<void(std::optional<T>) &&> done) {
@@ -732,7 +782,7 @@ PendingOp Chan<T>::recv_async(
   s->lock_.lock();
   const ChanStatus st = s->recv_locked(op->value_, &to_fire);
   if (st != ChanStatus::kWouldBlock) {
-    s->lock_.unlock();
+    s->unlock();
     detail::fire(to_fire);
     op->try_claim();
     op->mark_done_by_owner();
@@ -742,7 +792,7 @@ PendingOp Chan<T>::recv_async(
   op->self_ = op;
   op->chan_keep_ = state_;
   s->enqueue_locked(&op->node_);
-  s->lock_.unlock();
+  s->unlock();
   return PendingOp(std::move(op));
 }
 
@@ -760,7 +810,7 @@ PendingOp Chan<T>::send_async(T value, absl::AnyInvocable<void(bool) &&> done) {
   s->lock_.lock();
   const ChanStatus st = s->send_locked(op->value_, &to_fire);
   if (st != ChanStatus::kWouldBlock) {
-    s->lock_.unlock();
+    s->unlock();
     detail::fire(to_fire);
     op->try_claim();
     op->mark_done_by_owner();
@@ -770,7 +820,7 @@ PendingOp Chan<T>::send_async(T value, absl::AnyInvocable<void(bool) &&> done) {
   op->self_ = op;
   op->chan_keep_ = state_;
   s->enqueue_locked(&op->node_);
-  s->lock_.unlock();
+  s->unlock();
   return PendingOp(std::move(op));
 }
 

@@ -27,10 +27,14 @@
 //
 // Broker channels: a select whose cases are on channels of one Client (one
 // broker session), plus any on_default and after() timer cases, runs as one
-// select on the broker — same guarantees; a timer case becomes the
-// select's deadline there. A select that mixes broker channels with other
-// local channels, or with another Client's, throws dchan::Error
-// (kUnimplemented) for now.
+// select on the broker; a timer case becomes the select's deadline there.
+// A select that mixes broker channels with other local channels, or spans
+// several Clients, registers on its local channels and asks each broker to
+// watch its cases for readiness (consuming nothing); when a broker case
+// looks ready first, it is tried without blocking while no other case can
+// fire, and the select starts over if another process took it first. Same
+// guarantees in every form: exactly one case fires, no other case consumes
+// or delivers anything.
 //
 // For a set of cases known only at run time, put them in a
 // std::vector<dchan::Case> (each case converts to Case) and call

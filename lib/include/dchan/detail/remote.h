@@ -13,8 +13,11 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include "absl/functional/any_invocable.h"
 
 namespace dchan {
 
@@ -77,6 +80,16 @@ class RemoteChan {
   // case. Throws as send().
   virtual RemoteSelectResult select(std::vector<RemoteSelectCase>& cases,
                                     Deadline deadline) = 0;
+
+  // Asks the broker to call `ready(true)` once this channel is ready for a
+  // send (`for_send`) or a receive, consuming nothing; `ready(false)` if
+  // the broker is lost first. `ready` runs on the client's reader thread and
+  // must not block. Returns a token for cancel_watch(). Throws as send().
+  virtual uint64_t watch(bool for_send,
+                         absl::AnyInvocable<void(bool) &&> ready) = 0;
+  // Withdraws a watch; its callback may still run if it raced. Never
+  // blocks, never throws.
+  virtual void cancel_watch(uint64_t token) noexcept = 0;
 };
 
 }  // namespace detail

@@ -77,6 +77,7 @@ struct WaitNode {
   void* slot = nullptr;
   uint32_t case_index = 0;
   bool is_send = false;
+  bool is_watch = false;  // a readiness watcher (in watchq_)
   ChanCore* chan = nullptr;
 
   // Queue links, guarded by chan's lock.
@@ -184,6 +185,10 @@ class Waiter {
   bool done() const noexcept {
     return (state_.load(std::memory_order_acquire) & kPhaseMask) == kDone;
   }
+  // False once anybody claimed it (a hint: it may change at any moment).
+  bool waiting() const noexcept {
+    return (state_.load(std::memory_order_relaxed) & kPhaseMask) == kWaiting;
+  }
   uint32_t fired_case() const noexcept { return fired_case_; }
   bool ok() const noexcept { return ok_; }
 
@@ -243,6 +248,30 @@ class ChanCore {
   void enqueue_locked(WaitNode* n) noexcept {
     n->chan = this;
     (n->is_send ? sendq_ : recvq_).push_back(n);
+    if (!watchq_.empty()) [[unlikely]] wake_watchers_locked();
+  }
+
+  // Readiness watchers (Chan::ready_async): a watch node's is_send says
+  // which readiness it waits for. Fires it at once (after unlock) if ready.
+  void add_watch_locked(WaitNode* n) noexcept {
+    n->chan = this;
+    watchq_.push_back(n);
+    wake_watchers_locked();
+  }
+
+  // Claims the watchers whose readiness now holds; unlock() completes them.
+  // Requires lock_; called after every change that can make a channel
+  // ready for a receive (a value buffered, a sender queued, close) or a send
+  // (room in the buffer, a receiver queued, close).
+  void wake_watchers_locked() noexcept;
+
+  // Releases lock_, then completes the watchers woken meanwhile. Every
+  // unlock of a channel goes through here.
+  void unlock() noexcept {
+    WaitNode* fired = watch_fired_;
+    watch_fired_ = nullptr;
+    lock_.unlock();
+    if (fired != nullptr) [[unlikely]] fire_all(fired, true);
   }
 
   Lock lock_;
@@ -255,6 +284,8 @@ class ChanCore {
   bool closed_ = false;    // guarded by lock_
   WaitQueue recvq_;        // guarded by lock_
   WaitQueue sendq_;        // guarded by lock_
+  WaitQueue watchq_;       // guarded by lock_
+  WaitNode* watch_fired_ = nullptr;  // guarded by lock_; see unlock()
 
  private:
   WaitNode* claim_front(WaitQueue& q) noexcept {
