@@ -28,6 +28,16 @@ uint32_t random_below(uint32_t n) noexcept {
   return static_cast<uint32_t>(((next_random() >> 32) * n) >> 32);
 }
 
+// Fills `order` with a uniformly random permutation of 0..size-1
+// (Fisher-Yates, "inside-out").
+void random_order(absl::InlinedVector<uint32_t, 8>& order) noexcept {
+  for (uint32_t i = 0; i < order.size(); ++i) {
+    const uint32_t j = random_below(i + 1);
+    order[i] = order[j];
+    order[j] = i;
+  }
+}
+
 // The distinct channels of a select, locked in address order (so that two
 // selects over the same channels cannot deadlock).
 class LockSet {
@@ -53,31 +63,34 @@ class LockSet {
   absl::InlinedVector<ChanCore*, 8> cores_;
 };
 
+// Tries local case `c` under its own channel's lock alone. Unless the result
+// is kWouldBlock, the case's channel side is done (its counterpart, if any,
+// completed); the caller runs finish().
+ChanStatus try_alone(SelectCase* c) {
+  ChanCore* core = c->core();
+  WaitNode* to_fire = nullptr;
+  core->lock_.lock();
+  const ChanStatus st = c->try_locked(&to_fire);
+  core->unlock();
+  if (st != ChanStatus::kWouldBlock) fire(to_fire);
+  return st;
+}
+
 }  // namespace
 
 PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
                         WaitNode* nodes) {
-  // Poll order: a uniformly random permutation (Fisher-Yates).
   absl::InlinedVector<uint32_t, 8> order(n);
-  for (uint32_t i = 0; i < n; ++i) {
-    const uint32_t j = random_below(i + 1);
-    order[i] = order[j];
-    order[j] = i;
-  }
+  random_order(order);
 
   // Pass 1: try each case under its own channel's lock. The usual select
   // finds a ready case here without locking every channel.
   for (uint32_t i : order) {
-    SelectCase* c = cases[i];
-    ChanCore* core = c->core();
-    if (core == nullptr) continue;
-    WaitNode* to_fire = nullptr;
-    core->lock_.lock();
-    const ChanStatus st = c->try_locked(&to_fire);
-    core->unlock();
-    if (st == ChanStatus::kWouldBlock) continue;
-    fire(to_fire);
-    return {PollOutcome::kFired, i, st == ChanStatus::kOk};
+    if (cases[i]->core() == nullptr) continue;
+    const ChanStatus st = try_alone(cases[i]);
+    if (st != ChanStatus::kWouldBlock) {
+      return {PollOutcome::kFired, i, st == ChanStatus::kOk};
+    }
   }
   if (w == nullptr) return {PollOutcome::kWouldBlock};
 
@@ -231,25 +244,16 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
   for (;;) {
     // 1. Poll every case once, in random order: local ones under their own
     // lock, broker ones without blocking.
-    for (uint32_t i = 0; i < n; ++i) {
-      const uint32_t j = random_below(i + 1);
-      order[i] = order[j];
-      order[j] = i;
-    }
+    random_order(order);
     for (uint32_t i : order) {
       SelectCase* c = cases[i];
       if (c->remote() != nullptr) {
         if (try_broker_case(c)) return i;
         continue;
       }
-      ChanCore* core = c->core();
-      if (core == nullptr) continue;
-      WaitNode* to_fire = nullptr;
-      core->lock_.lock();
-      const ChanStatus st = c->try_locked(&to_fire);
-      core->unlock();
+      if (c->core() == nullptr) continue;
+      const ChanStatus st = try_alone(c);
       if (st == ChanStatus::kWouldBlock) continue;
-      fire(to_fire);
       c->finish(st == ChanStatus::kOk);
       return i;
     }

@@ -79,26 +79,7 @@ void Waiter::learn_after_park(
 }
 
 void Waiter::wait() noexcept {
-  const int r = spin_then_yield();
-  if (r == kSpun) return;
-  std::chrono::steady_clock::time_point parked_at;
-  if (r == kMustPark) {
-    parked_at = std::chrono::steady_clock::now();
-    uint32_t s = state_.load(std::memory_order_acquire);
-    for (;;) {
-      if ((s & kPhaseMask) == kDone) break;
-      if ((s & kParked) == 0) {
-        if (!state_.compare_exchange_weak(s, s | kParked,
-                                          std::memory_order_acquire)) {
-          continue;
-        }
-        s |= kParked;
-      }
-      futex_wait(state_, s);
-      s = state_.load(std::memory_order_acquire);
-    }
-  }
-  learn_after_park(parked_at);
+  wait_until(std::chrono::steady_clock::time_point::max());
 }
 
 bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept {
@@ -108,8 +89,7 @@ bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept
   if (r == kMustPark) {
     parked_at = std::chrono::steady_clock::now();
     uint32_t s = state_.load(std::memory_order_acquire);
-    for (;;) {
-      if ((s & kPhaseMask) == kDone) break;
+    while ((s & kPhaseMask) != kDone) {
       if ((s & kParked) == 0) {
         if (!state_.compare_exchange_weak(s, s | kParked,
                                           std::memory_order_acquire)) {
@@ -117,6 +97,7 @@ bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept
         }
         s |= kParked;
       }
+      // With no deadline, futex_wait_until waits without a time limit.
       if (!futex_wait_until(state_, s, deadline)) return done();
       s = state_.load(std::memory_order_acquire);
     }

@@ -290,15 +290,9 @@ class Chan {
       detail::fire(to_fire);
       return;
     }
-    detail::Waiter w;
-    detail::WaitNode n;
-    n.waiter = &w;
-    n.slot = &value;
-    n.is_send = true;
-    s->enqueue_locked(&n);
-    s->unlock();
-    w.wait();
-    if (!w.ok()) detail::throw_panic("send on closed channel");
+    if (!*park_locked(s, &value, /*is_send=*/true, kForever)) {
+      detail::throw_panic("send on closed channel");
+    }
   }
 
   // Receives the next value. Blocks until one is available. Returns
@@ -319,13 +313,7 @@ class Chan {
       detail::fire(to_fire);
       return out;
     }
-    detail::Waiter w;
-    detail::WaitNode n;
-    n.waiter = &w;
-    n.slot = &out;
-    s->enqueue_locked(&n);
-    s->unlock();
-    w.wait();
+    park_locked(s, &out, /*is_send=*/false, kForever);
     return out;
   }
 
@@ -570,21 +558,9 @@ class Chan {
       detail::fire(to_fire);
       return st;
     }
-    detail::Waiter w;
-    detail::WaitNode n;
-    n.waiter = &w;
-    n.slot = &value;
-    n.is_send = true;
-    s->enqueue_locked(&n);
-    s->unlock();
-    if (!w.wait_until(deadline)) {
-      if (w.try_claim()) {
-        s->unlink(&n);
-        return ChanStatus::kTimeout;
-      }
-      w.wait();  // claimed by a receiver or close(): completes at once
-    }
-    return w.ok() ? ChanStatus::kOk : ChanStatus::kClosed;
+    const std::optional<bool> ok = park_locked(s, &value, true, deadline);
+    if (!ok) return ChanStatus::kTimeout;
+    return *ok ? ChanStatus::kOk : ChanStatus::kClosed;
   }
 
   RecvResult<T> recv_until_steady(std::chrono::steady_clock::time_point deadline) {
@@ -603,22 +579,40 @@ class Chan {
       detail::fire(to_fire);
       return r;
     }
+    const std::optional<bool> ok = park_locked(s, &r.value, false, deadline);
+    if (!ok) {
+      r.status = ChanStatus::kTimeout;
+    } else {
+      r.status = *ok ? ChanStatus::kOk : ChanStatus::kClosed;
+    }
+    return r;
+  }
+
+  static constexpr std::chrono::steady_clock::time_point kForever =
+      std::chrono::steady_clock::time_point::max();
+
+  // Blocks the caller on `s` (locked on entry; unlocked here) with a node
+  // whose slot is `slot`, until a counterparty or close() completes it —
+  // returning its ok (false: closed) — or `deadline` passes: then the node
+  // is withdrawn and nullopt returned.
+  static std::optional<bool> park_locked(
+      detail::ChanState<T>* s, void* slot, bool is_send,
+      std::chrono::steady_clock::time_point deadline) {
     detail::Waiter w;
     detail::WaitNode n;
     n.waiter = &w;
-    n.slot = &r.value;
+    n.slot = slot;
+    n.is_send = is_send;
     s->enqueue_locked(&n);
     s->unlock();
     if (!w.wait_until(deadline)) {
       if (w.try_claim()) {
         s->unlink(&n);
-        r.status = ChanStatus::kTimeout;
-        return r;
+        return std::nullopt;
       }
-      w.wait();
+      w.wait();  // claimed by a counterparty or close(): completes at once
     }
-    r.status = w.ok() ? ChanStatus::kOk : ChanStatus::kClosed;
-    return r;
+    return w.ok();
   }
 
   static ChanStatus sleep_until(std::chrono::steady_clock::time_point deadline) {
