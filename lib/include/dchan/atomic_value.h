@@ -105,8 +105,8 @@ class AtomicValueState {
   }
 
   void wait_for_readers(uint32_t vi) const {
-    for (int spins = 0;
-         readers_[vi].count.load(std::memory_order_acquire) != 0; ++spins) {
+    for (int spins = 0; readers_[vi].count.load(std::memory_order_acquire) != 0;
+         ++spins) {
       if (spins < 64) {
         spin_pause();
       } else {
@@ -161,9 +161,8 @@ class AtomicValue {
   // is nothing to compare with, so it returns false (Go's CompareAndSwap(nil,
   // new) has no typed counterpart: use store). Blocks as store(); throws
   // what T's operator== throws.
-  bool compare_and_swap(const T& old, T desired)
-    requires std::equality_comparable<T>
-  {
+  bool compare_and_swap(const T& old,
+                        T desired) requires std::equality_comparable<T> {
     return state_->compare_and_swap(old, std::move(desired));
   }
 

@@ -65,13 +65,13 @@ void set_go_idle_timeout(std::chrono::steady_clock::duration timeout);
 // Throws std::system_error if a new thread is needed and cannot be created,
 // std::bad_alloc, or what copying fn and args throws; fn has then not run.
 template <class F, class... Args>
-  requires std::is_invocable_v<std::decay_t<F>, std::decay_t<Args>...>
+requires std::is_invocable_v<std::decay_t<F>, std::decay_t<Args>...>
 void go(F&& fn, Args&&... args) {
-  detail::go_task([fn = std::decay_t<F>(std::forward<F>(fn)),
-                   ... args = std::decay_t<Args>(std::forward<Args>(args))](
-                      ) mutable {
-    std::invoke(std::move(fn), std::move(args)...);
-  });
+  detail::go_task(
+      [fn = std::decay_t<F>(std::forward<F>(fn)),
+       ... args = std::decay_t<Args>(std::forward<Args>(args))]() mutable {
+        std::invoke(std::move(fn), std::move(args)...);
+      });
 }
 
 }  // namespace dchan

@@ -60,8 +60,8 @@ class Group {
   // has then not started and does not count); exceptions thrown by fn are
   // reported by wait(), not here.
   template <class F>
-    requires std::is_invocable_v<std::decay_t<F>&>
-  void go(F&& fn) {
+  requires std::is_invocable_v < std::decay_t<F>
+  & > void go(F&& fn) {
     start(absl::AnyInvocable<void() &&>(
         [fn = std::decay_t<F>(std::forward<F>(fn))]() mutable {
           std::invoke(fn);
@@ -71,8 +71,8 @@ class Group {
   // As go(), but if `limit` tasks are running it does not start fn and
   // returns false (errgroup's TryGo). Never blocks.
   template <class F>
-    requires std::is_invocable_v<std::decay_t<F>&>
-  bool try_go(F&& fn) {
+  requires std::is_invocable_v < std::decay_t<F>
+  & > bool try_go(F&& fn) {
     return try_start(absl::AnyInvocable<void() &&>(
         [fn = std::decay_t<F>(std::forward<F>(fn))]() mutable {
           std::invoke(fn);

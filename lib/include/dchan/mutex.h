@@ -26,17 +26,17 @@
 //
 // How it works (Go's design, src/sync/mutex.go): lock() first tries one
 // compare-and-swap that takes a free lock with no system call; unlock() of a
-// lock nobody waits for is one compare-and-swap too. A contended lock() spins
-// for a few microseconds (not on a one-CPU process) and then parks on a futex
-// in a FIFO queue of waiters. In normal mode a woken waiter competes with
-// newly arriving threads, which usually win (they are already on a CPU); a
-// waiter that loses goes back to the front of the queue. A waiter that has
-// waited for more than 1 ms switches the Mutex to starvation mode: unlock()
-// then hands the lock directly to the waiter at the head of the queue, and
-// arriving threads neither spin nor take the lock but queue at the tail. The
-// Mutex returns to normal mode when a waiter that gets the lock waited less
-// than 1 ms or is the last one. So no waiter waits for ever while others
-// keep taking the lock.
+// lock nobody waits for is one compare-and-swap too. A contended lock() parks
+// on a futex (without spinning first: on small VMs spinning cost throughput;
+// see kMaxSpins in mutex.cc) in a FIFO queue of waiters. In normal mode a woken
+// waiter competes with newly arriving threads, which usually win (they are
+// already on a CPU); a waiter that loses goes back to the front of the queue. A
+// waiter that has waited for more than 1 ms switches the Mutex to starvation
+// mode: unlock() then hands the lock directly to the waiter at the head of the
+// queue, and arriving threads neither spin nor take the lock but queue at the
+// tail. The Mutex returns to normal mode when a waiter that gets the lock
+// waited less than 1 ms or is the last one. So no waiter waits for ever while
+// others keep taking the lock.
 //
 // Fencing tokens: every acquisition increments a per-Mutex counter; the
 // holder reads it with token() (strictly increasing across acquisitions).
@@ -135,8 +135,8 @@ class MutexCore {
     return token_.load(std::memory_order_relaxed);
   }
 
-  // State bits. Waiters, kStarving and kHasWaiters change only under
-  // queue_mu_; kLocked and kWoken also change without it (by CAS).
+  // State bits. kStarving and kHasWaiters change only under queue_mu_;
+  // kLocked and kWoken also change without it (by CAS).
   static constexpr uint32_t kLocked = 1;      // held (always, in starvation)
   static constexpr uint32_t kWoken = 2;       // a waiter is awake: no wake-up
   static constexpr uint32_t kStarving = 4;    // unlock hands off to the head

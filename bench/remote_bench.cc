@@ -1,0 +1,577 @@
+// bench/remote_bench.cc — broker-backed channels (dchan::Client talking to a
+// dchan-broker process over loopback) next to raw gRPC streams doing the same
+// work, measured in the same process and run. Every message carries a 100-byte
+// payload.
+//
+// The program starts its own broker (`dchan-broker --listen=127.0.0.1:0`, the
+// binary built next to it; override with DCHAN_BENCH_BROKER=PATH) and an
+// in-process gRPC server for the baseline (bench/echo.proto: callback API,
+// loopback TCP). The broker is stopped with SIGTERM when the program ends, and
+// dies with it if the program is killed (PR_SET_PDEATHSIG). Both inherit this
+// process's CPU affinity: under `taskset -c 0`, broker, clients and baseline
+// share CPU 0.
+//
+// Workloads (one benchmark iteration = one round trip or one message):
+//   pingpong/remote       two Clients (two sessions); thread A sends on the
+//                         unbuffered broker channel ch1, thread B receives it
+//                         and sends it back on the unbuffered ch2.
+//   acked_send/remote     one Client sends on a buffered(1024) broker channel,
+//                         each send() waiting for the broker's answer; a second
+//                         Client drains it on another thread. Batches are
+//                         smaller than the capacity and the consumer is joined
+//                         between batches, so a send never waits for space:
+//                         the timed op is one request and its ack. Time is the
+//                         sender's alone.
+//   acked_send_alone/remote  (diagnostic) the same with the consumer draining
+//                         each batch only after it, untimed: the sender alone.
+//   roundtrip/grpc        the baseline for both: one bidi stream, the client
+//                         Writes a message, the server echoes it, the client
+//                         Reads it (sync client, callback server).
+//   oneway/remote/S       S sender threads (1, 4, 16) share one Client, each
+//                         send()ing on a buffered(1024) channel; a second
+//                         Client drains it with S receiver threads (a receiver
+//                         thread has one recv() outstanding at a time, so one
+//                         would cap the rate at one message per round trip;
+//                         oneway/remote/16x1 shows that cap). Time from
+//                         releasing the threads to the last message received.
+//   oneway/grpc/S         the baseline: S threads share one client-streaming
+//                         call, one Write per message (serialised by a mutex,
+//                         as gRPC allows one outstanding Write), the server
+//                         reads them all and acks the count once the client
+//                         half-closes. Time to the ack.
+//
+// Timing: batches of a fixed number of ops; partner threads are spawned per
+// batch and released together once running (Google Benchmark manual time).
+// The round-trip workloads also record every op's latency and report the
+// batch-independent percentiles of the repetition as counters p50_us/p99_us.
+//
+// Run bench/run_remote.sh for the full comparison (5 repetitions, unpinned and
+// pinned, ratio table). A tiny run (CI): --benchmark_min_time=0.001.
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "dchan/client.h"
+#include "echo.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
+
+#ifndef DCHAN_BROKER_PATH
+#error "DCHAN_BROKER_PATH (the dchan-broker binary) must be defined"
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using dchan::bench::Ack;
+using dchan::bench::Echo;
+using dchan::bench::Msg;
+
+constexpr std::size_t kPayloadBytes = 100;
+constexpr int64_t kRoundTripBatch = 256;
+constexpr int64_t kOneWayBatch = 2048;
+constexpr std::size_t kBufferCap = 1024;
+static_assert(kRoundTripBatch < static_cast<int64_t>(kBufferCap),
+              "acked_send must never wait for buffer space");
+
+const std::string& Payload() {
+  static const std::string p(kPayloadBytes, 'x');
+  return p;
+}
+
+// ---------------------------------------------------------------------------
+// The broker, as a child process.
+
+class BrokerProcess {
+ public:
+  // Starts `path --listen=127.0.0.1:0` and reads its address from its first
+  // stdout line. Throws std::runtime_error on failure.
+  void start(const std::string& path) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+    const pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      // Child: only async-signal-safe calls until exec.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      dup2(fds[1], STDOUT_FILENO);
+      execl(path.c_str(), path.c_str(), "--listen=127.0.0.1:0",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(fds[1]);
+    out_fd_ = fds[0];
+    std::string line;
+    const Clock::time_point deadline = Clock::now() + std::chrono::seconds(20);
+    while (line.find('\n') == std::string::npos) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - Clock::now());
+      pollfd p{out_fd_, POLLIN, 0};
+      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+        stop();
+        throw std::runtime_error("dchan-broker did not report its address");
+      }
+      char buf[256];
+      const ssize_t got = read(out_fd_, buf, sizeof buf);
+      if (got <= 0) {
+        stop();
+        throw std::runtime_error("dchan-broker " + path +
+                                 " exited before listening");
+      }
+      line.append(buf, static_cast<std::size_t>(got));
+    }
+    // "dchan-broker listening on HOST:PORT (in-memory)"
+    const std::string key = "listening on ";
+    const std::size_t at = line.find(key);
+    if (at == std::string::npos) {
+      stop();
+      throw std::runtime_error("unexpected dchan-broker output: " + line);
+    }
+    const std::size_t begin = at + key.size();
+    address_ = line.substr(begin, line.find_first_of(" \n", begin) - begin);
+  }
+
+  // SIGTERM, then SIGKILL if it has not exited within 5 s.
+  void stop() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int status = 0;
+      const Clock::time_point deadline = Clock::now() + std::chrono::seconds(5);
+      while (waitpid(pid_, &status, WNOHANG) == 0) {
+        if (Clock::now() > deadline) {
+          kill(pid_, SIGKILL);
+          waitpid(pid_, &status, 0);
+          break;
+        }
+        usleep(2000);
+      }
+      pid_ = -1;
+    }
+    if (out_fd_ >= 0) close(out_fd_);
+    out_fd_ = -1;
+  }
+
+  const std::string& address() const { return address_; }
+
+ private:
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  std::string address_;
+};
+
+BrokerProcess g_broker;
+
+// ---------------------------------------------------------------------------
+// The raw gRPC baseline server (callback API).
+
+class PipeReactor final : public grpc::ServerBidiReactor<Msg, Msg> {
+ public:
+  PipeReactor() { StartRead(&msg_); }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    StartWrite(&msg_);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+      return;
+    }
+    StartRead(&msg_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  Msg msg_;
+};
+
+class SinkReactor final : public grpc::ServerReadReactor<Msg> {
+ public:
+  explicit SinkReactor(Ack* ack) : ack_(ack) { StartRead(&msg_); }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ack_->set_count(count_);
+      Finish(grpc::Status::OK);
+      return;
+    }
+    ++count_;
+    StartRead(&msg_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  Ack* const ack_;
+  Msg msg_;
+  uint64_t count_ = 0;
+};
+
+class EchoService final : public Echo::CallbackService {
+  grpc::ServerBidiReactor<Msg, Msg>* Pipe(grpc::CallbackServerContext*) override {
+    return new PipeReactor();
+  }
+  grpc::ServerReadReactor<Msg>* Sink(grpc::CallbackServerContext*,
+                                     Ack* ack) override {
+    return new SinkReactor(ack);
+  }
+};
+
+struct EchoServer {
+  EchoService service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+
+  void start() {
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    if (server == nullptr || port == 0) {
+      throw std::runtime_error("cannot start the gRPC echo server");
+    }
+    address = "127.0.0.1:" + std::to_string(port);
+  }
+  void stop() {
+    if (server == nullptr) return;
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server->Wait();
+    server.reset();
+  }
+};
+
+EchoServer g_echo;
+
+// A connection of its own, as each dchan::Client has.
+std::unique_ptr<Echo::Stub> EchoStub() {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto channel = grpc::CreateCustomChannel(
+      g_echo.address, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() +
+                                 std::chrono::seconds(5))) {
+    throw std::runtime_error("cannot reach the echo server");
+  }
+  return Echo::NewStub(channel);
+}
+
+// ---------------------------------------------------------------------------
+// Harness.
+
+struct BatchTimes {
+  double driver = 0;  // release to the end of the driver
+  double all = 0;     // release to the end of the last participant / `after`
+};
+
+// Spawns one thread per worker, waits until all are running, then releases
+// them and runs `driver` on this thread; after joining them runs `after` (if
+// any) still inside the timed span.
+BatchTimes RunBatch(const std::vector<std::function<void()>>& workers,
+                    const std::function<void()>& driver,
+                    const std::function<void()>& after) {
+  const std::size_t n = workers.size();
+  std::atomic<std::size_t> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<Clock::time_point> finished(n);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      ready.fetch_add(1, std::memory_order_acq_rel);
+      while (!go.load(std::memory_order_acquire)) sched_yield();
+      workers[i]();
+      finished[i] = Clock::now();
+    });
+  }
+  while (ready.load(std::memory_order_acquire) < n) sched_yield();
+  const Clock::time_point start = Clock::now();
+  go.store(true, std::memory_order_release);
+  if (driver) driver();
+  const Clock::time_point driver_end = Clock::now();
+  Clock::time_point end = driver_end;
+  for (std::thread& t : threads) t.join();
+  for (const Clock::time_point& f : finished) end = std::max(end, f);
+  if (after) {
+    after();
+    end = Clock::now();
+  }
+  return {std::chrono::duration<double>(driver_end - start).count(),
+          std::chrono::duration<double>(end - start).count()};
+}
+
+struct Batch {
+  std::vector<std::function<void()>> workers;
+  std::function<void()> driver;
+  std::function<void()> after;
+  bool time_driver_only = false;
+};
+
+// Drives `state` in batches of `batch` ops; `make_batch(n, b)` fills in the
+// participants of one batch of n ops.
+template <class MakeBatch>
+void RunBatched(benchmark::State& state, int64_t batch, MakeBatch make_batch) {
+  while (state.KeepRunningBatch(batch)) {
+    Batch b;
+    make_batch(batch, b);
+    const BatchTimes t = RunBatch(b.workers, b.driver, b.after);
+    state.SetIterationTime(b.time_driver_only ? t.driver : t.all);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+// Per-op latencies of one repetition, reported as percentiles.
+class Latencies {
+ public:
+  Latencies() { ns_.reserve(1 << 16); }
+  void add(Clock::duration d) {
+    ns_.push_back(std::chrono::duration<double, std::nano>(d).count());
+  }
+  void report(benchmark::State& state) {
+    if (ns_.empty()) return;
+    std::sort(ns_.begin(), ns_.end());
+    auto at = [&](double q) {
+      const std::size_t i = static_cast<std::size_t>(q * ns_.size());
+      return ns_[std::min(i, ns_.size() - 1)] / 1e3;
+    };
+    state.counters["p50_us"] = at(0.50);
+    state.counters["p99_us"] = at(0.99);
+  }
+
+ private:
+  std::vector<double> ns_;
+};
+
+std::string UniqueName(const char* what) {
+  static std::atomic<int> n{0};
+  return std::string("bench-") + what + "-" + std::to_string(getpid()) + "-" +
+         std::to_string(n.fetch_add(1));
+}
+
+dchan::Client Connect() { return dchan::Client::connect(g_broker.address()); }
+
+// ---------------------------------------------------------------------------
+// Workloads.
+
+void BM_RemotePingPong(benchmark::State& state) {
+  dchan::Client a = Connect();
+  dchan::Client b = Connect();
+  const std::string n1 = UniqueName("ping"), n2 = UniqueName("pong");
+  dchan::Chan<std::string> ping_a = a.chan<std::string>(n1);
+  dchan::Chan<std::string> pong_a = a.chan<std::string>(n2);
+  dchan::Chan<std::string> ping_b = b.chan<std::string>(n1);
+  dchan::Chan<std::string> pong_b = b.chan<std::string>(n2);
+  Latencies lat;
+  RunBatched(state, kRoundTripBatch, [&](int64_t n, Batch& batch) {
+    batch.workers.push_back([=]() mutable {
+      for (int64_t i = 0; i <= n; ++i) pong_b.send(*ping_b.recv());
+    });
+    batch.driver = [&, n]() mutable {
+      // One untimed warm-up round trip: B may not have reached its recv().
+      ping_a.send(Payload());
+      benchmark::DoNotOptimize(pong_a.recv());
+      for (int64_t i = 0; i < n; ++i) {
+        const Clock::time_point t0 = Clock::now();
+        ping_a.send(Payload());
+        benchmark::DoNotOptimize(pong_a.recv());
+        lat.add(Clock::now() - t0);
+      }
+    };
+  });
+  lat.report(state);
+}
+
+// concurrent_consumer == false is a diagnostic: the consumer drains each
+// batch only after it (untimed), so the broker and the client process serve
+// the sender alone.
+void BM_RemoteAckedSend(benchmark::State& state, bool concurrent_consumer) {
+  dchan::Client producer = Connect();
+  dchan::Client consumer = Connect();
+  const std::string name = UniqueName("acked");
+  dchan::Chan<std::string> tx = producer.chan<std::string>(name, kBufferCap);
+  dchan::Chan<std::string> rx = consumer.chan<std::string>(name, kBufferCap);
+  Latencies lat;
+  int64_t undrained = 0;
+  auto drain = [&] {
+    for (; undrained > 0; --undrained) benchmark::DoNotOptimize(rx.recv());
+  };
+  RunBatched(state, kRoundTripBatch, [&](int64_t n, Batch& batch) {
+    drain();  // the previous batch's, before this one's timing starts
+    if (concurrent_consumer) {
+      batch.workers.push_back([=]() mutable {
+        for (int64_t i = 0; i < n; ++i) benchmark::DoNotOptimize(rx.recv());
+      });
+    } else {
+      undrained = n;
+    }
+    batch.driver = [&, n]() mutable {
+      for (int64_t i = 0; i < n; ++i) {
+        const Clock::time_point t0 = Clock::now();
+        tx.send(Payload());
+        lat.add(Clock::now() - t0);
+      }
+    };
+    batch.time_driver_only = true;
+  });
+  drain();
+  lat.report(state);
+}
+
+void BM_GrpcRoundTrip(benchmark::State& state) {
+  std::unique_ptr<Echo::Stub> stub = EchoStub();
+  grpc::ClientContext context;
+  auto stream = stub->Pipe(&context);
+  Msg out;
+  out.set_payload(Payload());
+  Msg in;
+  auto round_trip = [&] {
+    if (!stream->Write(out) || !stream->Read(&in)) {
+      throw std::runtime_error("echo stream broke");
+    }
+  };
+  round_trip();  // warm-up: sets the call up
+  Latencies lat;
+  RunBatched(state, kRoundTripBatch, [&](int64_t n, Batch& batch) {
+    batch.driver = [&, n] {
+      for (int64_t i = 0; i < n; ++i) {
+        const Clock::time_point t0 = Clock::now();
+        round_trip();
+        lat.add(Clock::now() - t0);
+      }
+    };
+  });
+  stream->WritesDone();
+  const grpc::Status st = stream->Finish();
+  if (!st.ok()) state.SkipWithError(st.error_message().c_str());
+  lat.report(state);
+}
+
+// Splits n ops over k threads.
+int64_t Share(int64_t n, int k, int i) { return n / k + (i < n % k ? 1 : 0); }
+
+void BM_RemoteOneWay(benchmark::State& state, int senders, int receivers) {
+  dchan::Client tx_client = Connect();
+  dchan::Client rx_client = Connect();
+  const std::string name = UniqueName("oneway");
+  dchan::Chan<std::string> tx = tx_client.chan<std::string>(name, kBufferCap);
+  dchan::Chan<std::string> rx = rx_client.chan<std::string>(name, kBufferCap);
+  RunBatched(state, kOneWayBatch, [&](int64_t n, Batch& batch) {
+    for (int s = 0; s < senders; ++s) {
+      batch.workers.push_back([=]() mutable {
+        for (int64_t i = Share(n, senders, s); i > 0; --i) tx.send(Payload());
+      });
+    }
+    for (int r = 0; r < receivers; ++r) {
+      batch.workers.push_back([=]() mutable {
+        for (int64_t i = Share(n, receivers, r); i > 0; --i) {
+          benchmark::DoNotOptimize(rx.recv());
+        }
+      });
+    }
+  });
+}
+
+void BM_GrpcOneWay(benchmark::State& state, int senders) {
+  std::unique_ptr<Echo::Stub> stub = EchoStub();
+  Msg msg;
+  msg.set_payload(Payload());
+  // One client-streaming call per batch. Members are destroyed bottom-up:
+  // the writer before the context it uses.
+  struct SinkCall {
+    grpc::ClientContext context;
+    Ack ack;
+    std::mutex mu;  // one outstanding Write at a time
+    std::unique_ptr<grpc::ClientWriter<Msg>> writer;
+  };
+  RunBatched(state, kOneWayBatch, [&](int64_t n, Batch& batch) {
+    auto call = std::make_shared<SinkCall>();
+    call->writer = stub->Sink(&call->context, &call->ack);
+    for (int s = 0; s < senders; ++s) {
+      batch.workers.push_back([=, &msg] {
+        for (int64_t i = Share(n, senders, s); i > 0; --i) {
+          std::lock_guard<std::mutex> lock(call->mu);
+          call->writer->Write(msg);
+        }
+      });
+    }
+    batch.after = [=, &state] {
+      call->writer->WritesDone();
+      const grpc::Status st = call->writer->Finish();
+      if (!st.ok() || call->ack.count() != static_cast<uint64_t>(n)) {
+        state.SkipWithError("the sink did not ack every message");
+      }
+    };
+  });
+}
+
+benchmark::internal::Benchmark* Register(const std::string& name,
+                                         std::function<void(benchmark::State&)> fn) {
+  return benchmark::RegisterBenchmark(name.c_str(), std::move(fn))
+      ->UseManualTime()
+      ->Unit(benchmark::kMicrosecond);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // glibc uses real atomics only once a second thread has existed.
+  std::thread([] {}).join();
+  signal(SIGPIPE, SIG_IGN);
+
+  Register("pingpong/remote", BM_RemotePingPong);
+  Register("acked_send/remote",
+           [](benchmark::State& st) { BM_RemoteAckedSend(st, true); });
+  Register("roundtrip/grpc", BM_GrpcRoundTrip);
+  for (int s : {1, 4, 16}) {
+    Register("oneway/remote/" + std::to_string(s),
+             [s](benchmark::State& st) { BM_RemoteOneWay(st, s, s); });
+    Register("oneway/grpc/" + std::to_string(s),
+             [s](benchmark::State& st) { BM_GrpcOneWay(st, s); });
+  }
+  // Diagnostics.
+  Register("acked_send_alone/remote",
+           [](benchmark::State& st) { BM_RemoteAckedSend(st, false); });
+  Register("oneway/remote/16x1",
+           [](benchmark::State& st) { BM_RemoteOneWay(st, 16, 1); });
+
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+  const char* broker_path = std::getenv("DCHAN_BENCH_BROKER");
+  int rc = 0;
+  try {
+    // The broker first, before this process has gRPC's threads (fork).
+    g_broker.start(broker_path != nullptr ? broker_path : DCHAN_BROKER_PATH);
+    g_echo.start();
+    benchmark::RunSpecifiedBenchmarks();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "remote_bench: %s\n", e.what());
+    rc = 1;
+  }
+  g_echo.stop();
+  g_broker.stop();
+  benchmark::Shutdown();
+  return rc;
+}

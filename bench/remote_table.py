@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Tabulates bench/run_remote.sh results: medians with ratios.
+
+Usage: remote_table.py RESULTS_DIR
+
+RESULTS_DIR holds, per placement P in (unpinned, pinned):
+  remote_bench.P.json  remote_bench --benchmark_format=json with repetitions
+                       and --benchmark_report_aggregates_only=true
+Prints one Markdown table per placement: for each workload the median over
+the repetitions of the broker-backed channel (remote) and of the raw gRPC
+baseline, their spread (cv = stddev / mean), the time ratio remote / raw, and
+for the round trips the medians of the per-repetition p50 and p99 latencies.
+Standard library only.
+"""
+
+import json
+import os
+import sys
+
+# (label, unit, remote benchmark, raw gRPC benchmark)
+#   unit "us": time per op; unit "msgs/s": throughput
+WORKLOADS = [
+    ("unbuffered ping-pong, 2 Clients", "us", "pingpong/remote",
+     "roundtrip/grpc"),
+    ("acked send, consumer draining", "us", "acked_send/remote",
+     "roundtrip/grpc"),
+    ("acked send, sender alone (diag.)", "us", "acked_send_alone/remote",
+     "roundtrip/grpc"),
+    ("one-way, 1 sender", "msgs/s", "oneway/remote/1", "oneway/grpc/1"),
+    ("one-way, 4 senders", "msgs/s", "oneway/remote/4", "oneway/grpc/4"),
+    ("one-way, 16 senders", "msgs/s", "oneway/remote/16", "oneway/grpc/16"),
+    ("one-way, 16 senders, 1 receiver thread (diag.)", "msgs/s",
+     "oneway/remote/16x1", "oneway/grpc/16"),
+]
+ACKED = "acked_send/remote"
+
+PLACEMENTS = [
+    ("unpinned", "Unpinned (2 vCPUs)"),
+    ("pinned", "Pinned to one CPU (`taskset -c 0`: bench, broker and "
+               "baseline server all on CPU 0)"),
+]
+
+_TO_US = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
+
+
+def load(path):
+    """{benchmark: {"us": median us/op, "cv": .., "p50": .., "p99": ..}}."""
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "aggregate":
+            continue
+        name = b["run_name"]
+        if name.endswith("/manual_time"):
+            name = name[: -len("/manual_time")]
+        entry = out.setdefault(name, {})
+        entry["n"] = b.get("repetitions", 0)
+        agg = b["aggregate_name"]
+        if agg == "median":
+            entry["us"] = b["real_time"] * _TO_US[b["time_unit"]]
+            for c in ("p50_us", "p99_us"):
+                if c in b:
+                    entry[c[:3]] = b[c]
+        elif agg == "cv":
+            entry["cv"] = b["real_time"]
+    return out
+
+
+def num(x):
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def cell(entry, unit):
+    if not entry or "us" not in entry:
+        return "n/a"
+    value = entry["us"] if unit == "us" else 1e6 / entry["us"]
+    text = num(value)
+    if "cv" in entry:
+        text += f" (±{entry['cv'] * 100:.0f}%)"
+    return text
+
+
+def pct(entry):
+    if not entry or "p50" not in entry:
+        return ""
+    return f"{num(entry['p50'])} / {num(entry['p99'])}"
+
+
+def ratio(a, b):
+    if not a or not b or "us" not in a or "us" not in b:
+        return "n/a"
+    return f"{a['us'] / b['us']:.2f}"
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    results = sys.argv[1]
+    reps = set()
+    for placement, title in PLACEMENTS:
+        path = os.path.join(results, f"remote_bench.{placement}.json")
+        if not os.path.exists(path):
+            continue
+        res = load(path)
+        acked = res.get(ACKED, {}).get("us")
+        print(f"### {title}\n")
+        print("| workload | unit | remote | raw gRPC | remote / raw (time) "
+              "| remote p50 / p99 µs | raw p50 / p99 µs "
+              "| msgs per acked round trip |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for label, unit, remote, raw in WORKLOADS:
+            r, g = res.get(remote), res.get(raw)
+            reps.update(e["n"] for e in (r, g) if e and "n" in e)
+            per_rtt = ""
+            if unit == "msgs/s" and r and "us" in r and acked:
+                per_rtt = f"{acked / r['us']:.1f}"
+            shown_unit = "µs/op" if unit == "us" else unit
+            print(f"| {label} | {shown_unit} | {cell(r, unit)} "
+                  f"| {cell(g, unit)} | {ratio(r, g)} | {pct(r)} | {pct(g)} "
+                  f"| {per_rtt} |")
+        print()
+    n = "/".join(str(r) for r in sorted(reps)) or "?"
+    print(f"Medians of {n} repetitions (p50/p99: medians of the per-repetition "
+          "percentiles); (±x%) is the coefficient of variation over the "
+          "repetitions. The ratio is always time per op, remote / raw gRPC: "
+          "above 1 means the broker-backed channel is slower. \"msgs per "
+          "acked round trip\": one-way messages delivered in the time of one "
+          "acked send (median).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+// The slow paths of dchan::Mutex: spinning, the FIFO queue of parked
+// waiters, and starvation-mode hand-off. See mutex.h for the design; the
+// invariants the code below keeps are:
+//   - kHasWaiters and kStarving change only under queue_mu_, kHasWaiters
+//     exactly when the queue becomes empty / non-empty.
+//   - kStarving implies kLocked and a non-empty queue: a waiter sets it only
+//     by a CAS that sees the lock held, and whoever empties the queue clears
+//     it. In starvation mode unlock() keeps kLocked set and passes ownership
+//     to the head waiter (kHandOff), so arriving threads cannot take the lock.
+//   - kWoken is owned by exactly one thread: the spinner that set it or the
+//     waiter that unlock() woke. That thread clears it when it takes the
+//     lock, parks again, or gives up (give_up_woken), so an unlock() that
+//     sees kWoken may skip the wake-up without losing it.
+#include "dchan/mutex.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+
+#include "dchan/detail/futex.h"
+#include "dchan/error.h"
+
+namespace dchan::detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How long a contended lock() spins before it queues, in pause
+// instructions (further capped by spin_budget(), which is 0 on one CPU). Go
+// spins briefly; on the 2-vCPU VMs measured here (docs/BENCHMARKS.md) any
+// spin, short or long, made two CPUs trade the lock and its cache line on
+// every operation and cost throughput (2 threads: ~100-150 ns per operation
+// with spinning, ~65-85 ns without), so waiters queue at once.
+constexpr int kMaxSpins = 0;
+
+// Go's starvationThresholdNs.
+constexpr auto kStarvationThreshold = std::chrono::milliseconds(1);
+
+// Values of Waiter::word.
+constexpr uint32_t kParked = 0;   // in the queue
+constexpr uint32_t kWakeUp = 1;   // popped in normal mode: compete again
+constexpr uint32_t kHandOff = 2;  // popped in starvation mode: the lock is ours
+
+}  // namespace
+
+struct MutexCore::Waiter {
+  std::atomic<uint32_t> word{kParked};
+  Waiter* prev = nullptr;   // guarded by queue_mu_
+  Waiter* next = nullptr;   // guarded by queue_mu_
+  bool queued = false;      // guarded by queue_mu_
+  Clock::time_point start;  // first park; written under queue_mu_
+};
+
+void MutexCore::enqueue_locked(Waiter* w, bool at_front) {
+  w->queued = true;
+  if (head_ == nullptr) {
+    w->prev = w->next = nullptr;
+    head_ = tail_ = w;
+  } else if (at_front) {
+    w->prev = nullptr;
+    w->next = head_;
+    head_->prev = w;
+    head_ = w;
+  } else {
+    w->next = nullptr;
+    w->prev = tail_;
+    tail_->next = w;
+    tail_ = w;
+  }
+}
+
+void MutexCore::remove_locked(Waiter* w) {
+  (w->prev != nullptr ? w->prev->next : head_) = w->next;
+  (w->next != nullptr ? w->next->prev : tail_) = w->prev;
+  w->prev = w->next = nullptr;
+  w->queued = false;
+}
+
+MutexCore::Waiter* MutexCore::pop_front_locked() {
+  Waiter* w = head_;
+  if (w != nullptr) remove_locked(w);
+  return w;
+}
+
+void MutexCore::clear_bits_locked(uint32_t bits) {
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  while (!state_.compare_exchange_weak(s, s & ~bits, std::memory_order_relaxed,
+                                       std::memory_order_relaxed)) {
+  }
+}
+
+bool MutexCore::give_up_woken() {
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & kLocked) == 0) {
+      if (state_.compare_exchange_weak(s, (s | kLocked) & ~kWoken,
+                                       std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        return true;
+      }
+    } else if (state_.compare_exchange_weak(s, s & ~kWoken,
+                                            std::memory_order_relaxed,
+                                            std::memory_order_relaxed)) {
+      // The holder's unlock() now sees kWoken clear and wakes a waiter.
+      return false;
+    }
+  }
+}
+
+bool MutexCore::lock_slow(Clock::time_point deadline) {
+  const int spin_limit = std::min(spin_budget(), kMaxSpins);
+  const bool timed = deadline != Clock::time_point::max();
+  Waiter me;
+  bool awoke = false;  // this thread owns kWoken
+  bool queued_before = false;
+  bool starving = false;  // this thread has waited longer than the threshold
+  int spins = 0;
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((s & kLocked) == 0) {
+      const uint32_t next = awoke ? ((s | kLocked) & ~kWoken) : (s | kLocked);
+      if (state_.compare_exchange_weak(s, next, std::memory_order_acquire,
+                                       std::memory_order_relaxed)) {
+        return true;
+      }
+      continue;
+    }
+    // Held. Spin while it is worth it (never in starvation mode: the lock
+    // goes to the head of the queue, not to a spinner).
+    if ((s & kStarving) == 0 && spins < spin_limit) {
+      // Tell unlock() not to wake a parked waiter: this thread will take it.
+      if (!awoke && (s & (kWoken | kHasWaiters)) == kHasWaiters) {
+        if (state_.compare_exchange_weak(s, s | kWoken,
+                                         std::memory_order_relaxed,
+                                         std::memory_order_relaxed)) {
+          awoke = true;
+          s |= kWoken;
+        }
+        continue;
+      }
+      spin_pause();
+      ++spins;
+      s = state_.load(std::memory_order_relaxed);
+      continue;
+    }
+    if (timed && Clock::now() >= deadline) return awoke && give_up_woken();
+
+    // Park: register in the state (while the lock is still held) and queue.
+    {
+      std::unique_lock<std::mutex> hold(queue_mu_);
+      s = state_.load(std::memory_order_relaxed);
+      bool registered = false;
+      while ((s & kLocked) != 0) {
+        uint32_t next = s | kHasWaiters;
+        if (awoke) next &= ~kWoken;
+        if (starving) next |= kStarving;
+        if (state_.compare_exchange_weak(s, next, std::memory_order_relaxed,
+                                         std::memory_order_relaxed)) {
+          registered = true;
+          break;
+        }
+      }
+      if (!registered) continue;  // freed meanwhile: compete for it
+      awoke = false;
+      if (!queued_before) me.start = Clock::now();
+      me.word.store(kParked, std::memory_order_relaxed);
+      // A waiter that was woken and lost goes back to the front (Go's LIFO
+      // re-queue); a new one to the tail.
+      enqueue_locked(&me, queued_before);
+    }
+    queued_before = true;
+
+    uint32_t v;
+    while ((v = me.word.load(std::memory_order_acquire)) == kParked) {
+      if (!futex_wait_until(me.word, kParked, deadline) &&
+          me.word.load(std::memory_order_acquire) == kParked) {
+        std::unique_lock<std::mutex> hold(queue_mu_);
+        if (me.queued) {
+          remove_locked(&me);
+          if (head_ == nullptr) clear_bits_locked(kHasWaiters | kStarving);
+          return false;
+        }
+        // Popped while timing out: the popper set the word under queue_mu_.
+        v = me.word.load(std::memory_order_acquire);
+        break;
+      }
+    }
+    if (v == kHandOff) return true;  // starvation mode: ownership passed
+
+    // Woken in normal mode: this thread owns kWoken; compete again.
+    awoke = true;
+    spins = 0;
+    starving = starving || Clock::now() - me.start > kStarvationThreshold;
+    s = state_.load(std::memory_order_relaxed);
+  }
+}
+
+void MutexCore::unlock_slow(uint32_t s) {
+  for (;;) {
+    if ((s & kLocked) == 0) throw_panic("sync: unlock of unlocked mutex");
+    if ((s & kStarving) != 0) {
+      // Hand the lock, still marked locked, to the head waiter.
+      std::atomic<uint32_t>* word = nullptr;
+      {
+        std::lock_guard<std::mutex> hold(queue_mu_);
+        s = state_.load(std::memory_order_relaxed);
+        if ((s & kStarving) != 0) {
+          Waiter* w = pop_front_locked();  // non-null: kStarving invariant
+          if (head_ == nullptr) {
+            clear_bits_locked(kHasWaiters | kStarving);
+          } else if (Clock::now() - w->start < kStarvationThreshold) {
+            clear_bits_locked(kStarving);
+          }
+          word = &w->word;
+          word->store(kHandOff, std::memory_order_release);
+        }
+      }
+      if (word != nullptr) {
+        // The waiter may have returned already; waking its old address is
+        // harmless (see futex.h).
+        futex_wake_one(*word);
+        return;
+      }
+      continue;  // left starvation mode meanwhile (a waiter timed out)
+    }
+    const bool wake = (s & (kHasWaiters | kWoken)) == kHasWaiters;
+    const uint32_t next = (s & ~kLocked) | (wake ? kWoken : 0);
+    if (state_.compare_exchange_weak(s, next, std::memory_order_release,
+                                     std::memory_order_relaxed)) {
+      if (!wake) return;
+      std::atomic<uint32_t>* word = nullptr;
+      {
+        std::lock_guard<std::mutex> hold(queue_mu_);
+        Waiter* w = pop_front_locked();
+        if (w == nullptr) {
+          // The only waiter timed out meanwhile: nobody to own kWoken.
+          clear_bits_locked(kWoken);
+        } else {
+          if (head_ == nullptr) clear_bits_locked(kHasWaiters);
+          word = &w->word;
+          word->store(kWakeUp, std::memory_order_release);
+        }
+      }
+      if (word != nullptr) futex_wake_one(*word);
+      return;
+    }
+  }
+}
+
+}  // namespace dchan::detail

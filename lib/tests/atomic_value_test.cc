@@ -1,0 +1,158 @@
+#include "dchan/atomic_value.h"
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace dchan {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(AtomicValue, LoadBeforeTheFirstStoreIsEmpty) {
+  AtomicValue<std::string> v;
+  EXPECT_FALSE(v.load().has_value());
+}
+
+TEST(AtomicValue, LoadReturnsTheLastStoredValue) {
+  AtomicValue<std::string> v;
+  v.store("one");
+  EXPECT_EQ(v.load(), "one");
+  v.store("two");
+  EXPECT_EQ(v.load(), "two");
+}
+
+TEST(AtomicValue, SwapReturnsThePreviousValue) {
+  AtomicValue<int> v;
+  EXPECT_EQ(v.swap(1), std::nullopt);
+  EXPECT_EQ(v.swap(2), 1);
+  EXPECT_EQ(v.load(), 2);
+}
+
+TEST(AtomicValue, CompareAndSwapStoresOnlyOnMatch) {
+  AtomicValue<std::string> v;
+  EXPECT_FALSE(v.compare_and_swap("", "x"));  // nothing stored yet
+  EXPECT_FALSE(v.load().has_value());
+  v.store("a");
+  EXPECT_FALSE(v.compare_and_swap("b", "c"));
+  EXPECT_EQ(v.load(), "a");
+  EXPECT_TRUE(v.compare_and_swap("a", "c"));
+  EXPECT_EQ(v.load(), "c");
+}
+
+TEST(AtomicValue, CopiesShareTheValue) {
+  AtomicValue<int> a;
+  AtomicValue<int> b = a;
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, AtomicValue<int>());
+  a.store(7);
+  EXPECT_EQ(b.load(), 7);
+}
+
+TEST(AtomicValue, MoveOnlyOperationsWorkWithMoveOnlyFriendlyTypes) {
+  AtomicValue<std::vector<int>> v;
+  std::vector<int> big(1000, 3);
+  v.store(std::move(big));
+  EXPECT_EQ(v.load()->size(), 1000u);
+}
+
+// A value whose parts must always agree: a torn read shows as a mismatch.
+struct Wide {
+  std::array<uint64_t, 32> words;
+  std::string text;  // heap-allocated: a freed read shows under ASan
+  static Wide of(uint64_t n) {
+    Wide w;
+    w.words.fill(n);
+    w.text =
+        std::string(100, static_cast<char>('a' + n % 26)) + std::to_string(n);
+    return w;
+  }
+  bool consistent() const {
+    for (uint64_t x : words) {
+      if (x != words[0]) return false;
+    }
+    return text == of(words[0]).text;
+  }
+  bool operator==(const Wide&) const = default;
+};
+
+TEST(AtomicValue, ReadersUnderAConcurrentWriterSeeWholeValuesInOrder) {
+  AtomicValue<Wide> v;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> torn{0}, backwards{0}, loads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&] {
+      uint64_t last = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        std::optional<Wide> w = v.load();
+        loads.fetch_add(1, std::memory_order_relaxed);
+        if (!w) continue;
+        if (!w->consistent()) torn.fetch_add(1);
+        // One writer: a reader never sees an older value after a newer one.
+        if (w->words[0] < last) backwards.fetch_add(1);
+        last = w->words[0];
+      }
+    });
+  }
+  // Write until the readers have overlapped with plenty of stores.
+  uint64_t n = 0;
+  while (n < 20'000 || loads.load() < 20'000) {
+    ++n;
+    v.store(Wide::of(n));
+    if (n % 3 == 0) {
+      EXPECT_TRUE(v.compare_and_swap(Wide::of(n), Wide::of(n)));
+    }
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(torn.load(), 0);
+  EXPECT_EQ(backwards.load(), 0);
+  EXPECT_EQ(v.load()->words[0], n);
+}
+
+// A type whose operator== can be made to block, so a writer inside
+// compare_and_swap is held mid-write.
+std::atomic<bool> g_block_compare{false};
+std::atomic<bool> g_in_compare{false};
+std::atomic<bool> g_release_compare{false};
+
+struct Gated {
+  int value = 0;
+  bool operator==(const Gated& other) const {
+    if (g_block_compare.load()) {
+      g_in_compare = true;
+      while (!g_release_compare.load()) std::this_thread::yield();
+    }
+    return value == other.value;
+  }
+};
+
+TEST(AtomicValue, ReadersDoNotWaitForAWriterInProgress) {
+  AtomicValue<Gated> v;
+  v.store(Gated{1});
+  g_block_compare = true;
+  std::thread writer(
+      [v]() mutable { EXPECT_TRUE(v.compare_and_swap(Gated{1}, Gated{2})); });
+  while (!g_in_compare.load()) std::this_thread::yield();
+  // The writer holds the write side; loads still complete at once.
+  std::future<int> read =
+      std::async(std::launch::async, [v] { return v.load()->value; });
+  const bool ready = read.wait_for(5s) == std::future_status::ready;
+  g_release_compare = true;
+  writer.join();
+  ASSERT_TRUE(ready) << "load() waited for the writer";
+  EXPECT_EQ(read.get(), 1);
+  g_block_compare = false;
+  EXPECT_EQ(v.load()->value, 2);
+}
+
+}  // namespace
+}  // namespace dchan

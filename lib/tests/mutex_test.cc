@@ -1,0 +1,380 @@
+#include "dchan/mutex.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dchan/error.h"
+#include "gtest/gtest.h"
+
+namespace dchan {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Polls `cond` until it holds or `limit` passes.
+template <class Cond>
+bool eventually(Cond cond, std::chrono::milliseconds limit = 5000ms) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+TEST(Mutex, DefaultConstructedIsUnlockedAndUsable) {
+  Mutex mu;
+  EXPECT_TRUE(mu.try_lock());
+  mu.unlock();
+  mu.lock();
+  mu.unlock();
+}
+
+TEST(Mutex, CopiesShareTheLock) {
+  Mutex a;
+  Mutex b = a;
+  Mutex moved = std::move(b);  // moving copies: b still names the lock
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a, moved);
+  EXPECT_NE(a, Mutex());
+  a.lock();
+  EXPECT_FALSE(b.try_lock());
+  EXPECT_FALSE(moved.try_lock());
+  b.unlock();
+  EXPECT_TRUE(a.try_lock());
+  a.unlock();
+}
+
+TEST(Mutex, GuardsACounterUnderFourThreads) {
+  constexpr int kThreads = 4;
+  constexpr int kIncrements = 100'000;
+  Mutex mu;
+  int64_t counter = 0;  // plain: a broken lock shows as a lost update / race
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([mu, &counter]() mutable {
+      for (int i = 0; i < kIncrements; ++i) {
+        std::lock_guard<Mutex> hold(mu);
+        ++counter;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(counter, int64_t{kThreads} * kIncrements);
+}
+
+TEST(Mutex, TryLockFailsWhileHeldAndSucceedsAfterUnlock) {
+  Mutex mu;
+  mu.lock();
+  bool got = true;
+  std::thread([&] { got = mu.try_lock(); }).join();
+  EXPECT_FALSE(got);
+  mu.unlock();
+  std::thread([&] { got = mu.try_lock(); }).join();
+  EXPECT_TRUE(got);
+  mu.unlock();
+}
+
+TEST(Mutex, LockBlocksUntilUnlocked) {
+  Mutex mu;
+  mu.lock();
+  std::atomic<bool> acquired{false};
+  std::thread t([&] {
+    mu.lock();
+    acquired = true;
+    mu.unlock();
+  });
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(acquired.load());
+  mu.unlock();
+  EXPECT_TRUE(eventually([&] { return acquired.load(); }));
+  t.join();
+}
+
+TEST(Mutex, UnlockOfUnlockedThrowsGoPanicAndLeavesItUnlocked) {
+  Mutex mu;
+  try {
+    mu.unlock();
+    FAIL() << "unlock of an unlocked Mutex did not throw";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "sync: unlock of unlocked mutex");
+    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_TRUE(mu.try_lock());
+  mu.unlock();
+  EXPECT_THROW(mu.unlock(), Error);
+  EXPECT_TRUE(mu.try_lock());
+  mu.unlock();
+}
+
+TEST(Mutex, AnyThreadMayUnlock) {
+  Mutex mu;
+  mu.lock();
+  std::thread([mu]() mutable { mu.unlock(); }).join();
+  EXPECT_TRUE(mu.try_lock());
+  mu.unlock();
+}
+
+TEST(Mutex, UnlockByAnotherThreadWakesABlockedLocker) {
+  Mutex mu;
+  mu.lock();
+  std::atomic<bool> acquired{false};
+  std::thread waiter([&] {
+    mu.lock();
+    acquired = true;
+  });
+  std::this_thread::sleep_for(20ms);
+  std::thread([mu]() mutable { mu.unlock(); }).join();
+  EXPECT_TRUE(eventually([&] { return acquired.load(); }));
+  waiter.join();
+  mu.unlock();  // held by the waiter, released here
+}
+
+TEST(Mutex, TryLockForTimesOutWhileHeld) {
+  Mutex mu;
+  mu.lock();
+  bool got = true;
+  std::chrono::steady_clock::duration took{};
+  std::thread([&] {
+    const auto start = std::chrono::steady_clock::now();
+    got = mu.try_lock_for(30ms);
+    took = std::chrono::steady_clock::now() - start;
+  }).join();
+  EXPECT_FALSE(got);
+  EXPECT_GE(took, 30ms);
+  mu.unlock();
+  EXPECT_TRUE(mu.try_lock_for(0ms));  // free: a zero timeout succeeds
+  mu.unlock();
+}
+
+TEST(Mutex, TryLockUntilSucceedsWhenReleasedBeforeTheDeadline) {
+  Mutex mu;
+  mu.lock();
+  std::future<bool> got = std::async(std::launch::async, [mu]() mutable {
+    const bool ok = mu.try_lock_until(std::chrono::system_clock::now() + 10s);
+    if (ok) mu.unlock();
+    return ok;
+  });
+  std::this_thread::sleep_for(20ms);
+  mu.unlock();
+  ASSERT_EQ(got.wait_for(5s), std::future_status::ready);
+  EXPECT_TRUE(got.get());
+}
+
+TEST(Mutex, TimedOutWaitersDoNotStrandABlockedLocker) {
+  for (int round = 0; round < 20; ++round) {
+    Mutex mu;
+    mu.lock();
+    std::atomic<bool> acquired{false};
+    std::thread blocked([&] {
+      mu.lock();
+      acquired = true;
+      mu.unlock();
+    });
+    std::vector<std::thread> timed;
+    std::atomic<int> timeouts{0};
+    for (int i = 0; i < 3; ++i) {
+      timed.emplace_back([&, i] {
+        if (!mu.try_lock_for(std::chrono::milliseconds(1 + 3 * i))) {
+          ++timeouts;
+        } else {
+          mu.unlock();
+        }
+      });
+    }
+    for (auto& t : timed) t.join();
+    EXPECT_EQ(timeouts.load(), 3);
+    mu.unlock();
+    EXPECT_TRUE(eventually([&] { return acquired.load(); }))
+        << "round " << round;
+    blocked.join();
+  }
+}
+
+TEST(Mutex, TimedAndBlockingLockersKeepTheCounterExact) {
+  constexpr int kThreads = 4;
+  constexpr int kIterations = 20'000;
+  Mutex mu;
+  int64_t counter = 0;
+  std::atomic<int64_t> added{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kIterations; ++i) {
+        bool held;
+        if ((i + t) % 3 == 0) {
+          held = mu.try_lock_for(std::chrono::microseconds(i % 50));
+        } else if ((i + t) % 3 == 1) {
+          held = mu.try_lock();
+        } else {
+          mu.lock();
+          held = true;
+        }
+        if (held) {
+          ++counter;
+          added.fetch_add(1, std::memory_order_relaxed);
+          mu.unlock();
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(counter, added.load());
+  EXPECT_GE(counter, int64_t{kThreads} * kIterations / 3);
+  EXPECT_TRUE(mu.try_lock());  // nobody left it locked or wedged
+  mu.unlock();
+}
+
+TEST(Mutex, WorksWithStandardLockTypes) {
+  Mutex a;
+  Mutex b;
+  { std::lock_guard<Mutex> hold(a); }
+  {
+    std::unique_lock<Mutex> hold(a, std::try_to_lock);
+    EXPECT_TRUE(hold.owns_lock());
+  }
+  {
+    std::unique_lock<Mutex> hold(a, 10ms);  // try_lock_for
+    EXPECT_TRUE(hold.owns_lock());
+    std::unique_lock<Mutex> other(a, std::defer_lock);
+    EXPECT_FALSE(other.try_lock_until(std::chrono::steady_clock::now() + 1ms));
+  }
+  // std::scoped_lock avoids deadlock when two threads take two Mutexes in
+  // opposite orders.
+  int shared = 0;
+  std::thread t1([&] {
+    for (int i = 0; i < 10'000; ++i) {
+      std::scoped_lock hold(a, b);
+      ++shared;
+    }
+  });
+  std::thread t2([&] {
+    for (int i = 0; i < 10'000; ++i) {
+      std::scoped_lock hold(b, a);
+      ++shared;
+    }
+  });
+  t1.join();
+  t2.join();
+  EXPECT_EQ(shared, 20'000);
+}
+
+// Go's starvation mode (after Go's TestMutexFairness): threads that re-take
+// the lock the moment they release it keep a parked waiter out, because the
+// waiter needs tens of microseconds to wake and finds the lock taken again.
+// After 1 ms the waiter gets the lock handed to it, so the third thread makes
+// steady progress. (Without starvation mode this test times out.)
+TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
+  Mutex mu;
+  std::atomic<bool> stop{false};
+  auto hammer = [&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::lock_guard<Mutex> hold(mu);
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  };
+  std::thread h1(hammer);
+  std::thread h2(hammer);
+  std::this_thread::sleep_for(10ms);  // both hammering
+  constexpr int kAcquisitions = 50;
+  std::atomic<int> got{0};
+  std::chrono::steady_clock::duration longest_wait{};  // third's, until joined
+  std::thread third([&] {
+    // SCHED_IDLE: waking this thread never preempts the hammer that woke it
+    // (which would hand it the lock by luck), so only starvation mode can
+    // let it in.
+    sched_param param{};
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+    for (int i = 0; i < kAcquisitions; ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      const auto start = std::chrono::steady_clock::now();
+      mu.lock();
+      longest_wait =
+          std::max(longest_wait, std::chrono::steady_clock::now() - start);
+      got.fetch_add(1);
+      mu.unlock();
+    }
+  });
+  const bool done =
+      eventually([&] { return got.load() == kAcquisitions; }, 10'000ms);
+  stop = true;
+  h1.join();
+  h2.join();
+  third.join();
+  EXPECT_TRUE(done) << "the third thread got the lock only " << got.load()
+                    << " times in 10 s";
+  // Each wait ends soon after the 1 ms threshold; 100 ms is lenient (for
+  // sanitizers and loaded machines). Without hand-off, waits of seconds.
+  EXPECT_LT(longest_wait, 100ms)
+      << "longest wait "
+      << std::chrono::duration<double, std::milli>(longest_wait).count()
+      << " ms";
+}
+
+// POSIX's reference-count pattern: whoever drops the count to zero destroys
+// the (only) handle, possibly while the other thread is still inside
+// unlock() waking it.
+TEST(Mutex, MayBeDestroyedByTheLastUserWhileAnotherIsStillUnlocking) {
+  for (int round = 0; round < 300; ++round) {
+    auto* mu = new Mutex;
+    int refs = 3;  // guarded by *mu
+    auto user = [&refs, mu] {
+      mu->lock();
+      const bool last = --refs == 0;
+      mu->unlock();
+      if (last) delete mu;
+    };
+    std::thread a(user), b(user), c(user);
+    a.join();
+    b.join();
+    c.join();
+  }
+}
+
+TEST(Mutex, TokenIncreasesWithEveryAcquisition) {
+  Mutex mu;
+  mu.lock();
+  const uint64_t t1 = mu.token();
+  mu.unlock();
+  ASSERT_TRUE(mu.try_lock());
+  const uint64_t t2 = mu.token();
+  mu.unlock();
+  ASSERT_TRUE(mu.try_lock_for(1s));
+  const uint64_t t3 = mu.token();
+  mu.unlock();
+  EXPECT_EQ(t1, 1u);
+  EXPECT_LT(t1, t2);
+  EXPECT_LT(t2, t3);
+}
+
+TEST(Mutex, TokensAreStrictlyIncreasingAcrossContendingThreads) {
+  Mutex mu;
+  std::vector<uint64_t> seen;  // guarded by mu, in acquisition order
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 5'000; ++i) {
+        std::lock_guard<Mutex> hold(mu);
+        seen.push_back(mu.token());
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_EQ(seen.size(), 20'000u);
+  for (std::size_t i = 1; i < seen.size(); ++i) {
+    ASSERT_LT(seen[i - 1], seen[i]) << "at " << i;
+  }
+}
+
+}  // namespace
+}  // namespace dchan

@@ -1,0 +1,207 @@
+#include "dchan/wait_group.h"
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <future>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "dchan/error.h"
+#include "dchan/go.h"
+#include "gtest/gtest.h"
+
+namespace dchan {
+namespace {
+
+using namespace std::chrono_literals;
+
+template <class Cond>
+bool eventually(Cond cond, std::chrono::milliseconds limit = 5000ms) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+TEST(WaitGroup, WaitAtZeroReturnsAtOnce) {
+  WaitGroup wg;
+  wg.wait();
+  EXPECT_TRUE(wg.wait_for(0ms));
+  EXPECT_EQ(wg.count(), 0);
+}
+
+TEST(WaitGroup, WaitBlocksUntilTheCounterReachesZero) {
+  WaitGroup wg;
+  wg.add(2);
+  std::atomic<bool> returned{false};
+  std::thread waiter([&] {
+    wg.wait();
+    returned = true;
+  });
+  wg.done();
+  std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(returned.load());  // one still to go
+  wg.done();
+  EXPECT_TRUE(eventually([&] { return returned.load(); }));
+  waiter.join();
+}
+
+TEST(WaitGroup, ThousandGoroutinesAndTheirWritesAreVisibleAfterWait) {
+  constexpr int kGoroutines = 1000;
+  WaitGroup wg;
+  std::vector<int> results(kGoroutines, 0);  // plain: wait() must publish
+  wg.add(kGoroutines);
+  for (int i = 0; i < kGoroutines; ++i) {
+    go([wg, &results, i]() mutable {
+      results[i] = i + 1;
+      wg.done();
+    });
+  }
+  wg.wait();
+  for (int i = 0; i < kGoroutines; ++i) ASSERT_EQ(results[i], i + 1);
+  EXPECT_EQ(wg.count(), 0);
+}
+
+TEST(WaitGroup, NegativeCounterThrowsAndLeavesTheCounterUnchanged) {
+  WaitGroup wg;
+  wg.add(1);
+  try {
+    wg.add(-2);
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "sync: negative WaitGroup counter");
+    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
+  }
+  EXPECT_EQ(wg.count(), 1);
+  wg.done();
+  EXPECT_THROW(wg.done(), Error);
+  EXPECT_EQ(wg.count(), 0);
+  wg.wait();
+}
+
+TEST(WaitGroup, CounterOverflowThrowsAndLeavesTheCounterUnchanged) {
+  WaitGroup wg;
+  wg.add(INT_MAX);
+  try {
+    wg.add(1);
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kOutOfRange);
+  }
+  EXPECT_EQ(wg.count(), INT_MAX);
+  wg.add(-INT_MAX);
+  wg.wait();
+}
+
+TEST(WaitGroup, AllWaitersWake) {
+  constexpr int kWaiters = 8;
+  WaitGroup wg;
+  wg.add(1);
+  std::atomic<int> woke{0};
+  std::vector<std::thread> waiters;
+  for (int i = 0; i < kWaiters; ++i) {
+    waiters.emplace_back([wg, &woke]() mutable {
+      wg.wait();
+      woke.fetch_add(1);
+    });
+  }
+  std::this_thread::sleep_for(20ms);  // let them park
+  EXPECT_EQ(woke.load(), 0);
+  wg.done();
+  EXPECT_TRUE(eventually([&] { return woke.load() == kWaiters; }));
+  for (auto& t : waiters) t.join();
+}
+
+TEST(WaitGroup, IsReusableForManyRounds) {
+  WaitGroup wg;
+  std::atomic<int> total{0};
+  for (int round = 1; round <= 100; ++round) {
+    wg.add(round % 7 + 1);
+    std::thread waiter([wg]() mutable { wg.wait(); });
+    for (int i = 0; i < round % 7 + 1; ++i) {
+      go([wg, &total]() mutable {
+        total.fetch_add(1);
+        wg.done();
+      });
+    }
+    wg.wait();
+    waiter.join();
+    EXPECT_EQ(wg.count(), 0);
+  }
+  int expected = 0;
+  for (int round = 1; round <= 100; ++round) expected += round % 7 + 1;
+  EXPECT_EQ(total.load(), expected);
+}
+
+TEST(WaitGroup, WaitForTimesOutWhileTheCounterIsPositive) {
+  WaitGroup wg;
+  wg.add(1);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(wg.wait_for(30ms));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 30ms);
+  EXPECT_FALSE(wg.wait_until(std::chrono::system_clock::now() + 5ms));
+  wg.done();
+  EXPECT_TRUE(wg.wait_for(0ms));
+  EXPECT_TRUE(wg.wait_until(std::chrono::system_clock::now() + 1s));
+}
+
+TEST(WaitGroup, WaitForSucceedsWhenTheCounterReachesZeroInTime) {
+  WaitGroup wg;
+  wg.add(1);
+  std::future<bool> reached = std::async(
+      std::launch::async, [wg]() mutable { return wg.wait_for(10s); });
+  std::this_thread::sleep_for(20ms);
+  wg.done();
+  ASSERT_EQ(reached.wait_for(5s), std::future_status::ready);
+  EXPECT_TRUE(reached.get());
+}
+
+TEST(WaitGroup, TimedOutWaiterDoesNotDisturbLaterWaiters) {
+  WaitGroup wg;
+  wg.add(1);
+  EXPECT_FALSE(wg.wait_for(5ms));
+  std::atomic<bool> returned{false};
+  std::thread waiter([&] {
+    wg.wait();
+    returned = true;
+  });
+  std::this_thread::sleep_for(20ms);
+  wg.done();
+  EXPECT_TRUE(eventually([&] { return returned.load(); }));
+  waiter.join();
+}
+
+// The common C++ shape: the waiter owns the only handle and destroys it as
+// soon as wait() returns, while the done() that released it may not have
+// returned yet.
+TEST(WaitGroup, MayBeDestroyedAsSoonAsWaitReturns) {
+  for (int round = 0; round < 300; ++round) {
+    auto wg = std::make_unique<WaitGroup>();
+    wg->add(1);
+    std::thread t([p = wg.get()] { p->done(); });
+    wg->wait();
+    wg.reset();
+    t.join();
+  }
+}
+
+TEST(WaitGroup, CopiesShareTheCounter) {
+  WaitGroup a;
+  WaitGroup b = a;
+  WaitGroup moved = std::move(b);  // moving copies
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a, moved);
+  EXPECT_NE(a, WaitGroup());
+  a.add(2);
+  EXPECT_EQ(b.count(), 2);
+  b.done();
+  moved.done();
+  EXPECT_TRUE(a.wait_for(0ms));
+}
+
+}  // namespace
+}  // namespace dchan
