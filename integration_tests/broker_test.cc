@@ -716,8 +716,14 @@ TEST(BrokerBackpressure, ClientThatStopsReadingIsEndedWithResourceExhausted) {
       static_cast<long long>(growth / 1024),
       static_cast<long long>(kOutboxBytes / 1024));
   std::fflush(stdout);
-  // (a) Bounded: well under what was asked for (160 MiB).
+  // (a) Bounded: well under what was asked for (160 MiB). Not under
+  // AddressSanitizer: its quarantine keeps freed answers resident (up to
+  // 256 MiB), so RSS says nothing there; the plain build checks it.
+#if defined(__SANITIZE_ADDRESS__)
+  std::printf("AddressSanitizer build: RSS bound not checked\n");
+#else
   EXPECT_LT(growth, int64_t{48} << 20);
+#endif
 
   // (d) Another client is served while the stalled one still is not reading.
   expect_broker_serves(broker, "a client stopped reading");
