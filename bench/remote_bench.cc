@@ -128,7 +128,8 @@ class BrokerProcess {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - Clock::now());
       pollfd p{out_fd_, POLLIN, 0};
-      if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+      if (left.count() <= 0 ||
+          poll(&p, 1, static_cast<int>(left.count())) <= 0) {
         stop();
         throw std::runtime_error("dchan-broker did not report its address");
       }
@@ -229,7 +230,8 @@ class SinkReactor final : public grpc::ServerReadReactor<Msg> {
 };
 
 class EchoService final : public Echo::CallbackService {
-  grpc::ServerBidiReactor<Msg, Msg>* Pipe(grpc::CallbackServerContext*) override {
+  grpc::ServerBidiReactor<Msg, Msg>* Pipe(
+      grpc::CallbackServerContext*) override {
     return new PipeReactor();
   }
   grpc::ServerReadReactor<Msg>* Sink(grpc::CallbackServerContext*,
@@ -257,7 +259,8 @@ struct EchoServer {
   }
   void stop() {
     if (server == nullptr) return;
-    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server->Shutdown(std::chrono::system_clock::now() +
+                     std::chrono::seconds(2));
     server->Wait();
     server.reset();
   }
@@ -526,8 +529,8 @@ void BM_GrpcOneWay(benchmark::State& state, int senders) {
   });
 }
 
-benchmark::internal::Benchmark* Register(const std::string& name,
-                                         std::function<void(benchmark::State&)> fn) {
+benchmark::internal::Benchmark* Register(
+    const std::string& name, std::function<void(benchmark::State&)> fn) {
   return benchmark::RegisterBenchmark(name.c_str(), std::move(fn))
       ->UseManualTime()
       ->Unit(benchmark::kMicrosecond);

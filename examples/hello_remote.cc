@@ -21,11 +21,13 @@ int main(int argc, char** argv) {
   int count = 3;
   for (int i = 2; i < argc; ++i) {
     if (std::strncmp(argv[i], "--broker=", 9) == 0) broker = argv[i] + 9;
-    if (std::strncmp(argv[i], "--count=", 8) == 0) count = std::atoi(argv[i] + 8);
+    if (std::strncmp(argv[i], "--count=", 8) == 0)
+      count = std::atoi(argv[i] + 8);
   }
   if (mode != "send" && mode != "recv") {
-    std::fprintf(stderr, "usage: hello_remote send|recv [--broker=HOST:PORT] "
-                         "[--count=N]\n");
+    std::fprintf(stderr,
+                 "usage: hello_remote send|recv [--broker=HOST:PORT] "
+                 "[--count=N]\n");
     return 2;
   }
   try {

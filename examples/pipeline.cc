@@ -37,7 +37,8 @@ dchan::Chan<int> generate(int n, std::vector<std::thread>& threads) {
 
 // Squares every value of `in` until it is closed and drained, then closes
 // its own output channel.
-dchan::Chan<long> square(dchan::Chan<int> in, std::vector<std::thread>& threads) {
+dchan::Chan<long> square(dchan::Chan<int> in,
+                         std::vector<std::thread>& threads) {
   dchan::Chan<long> out = dchan::make_chan<long>(1);
   threads.emplace_back([in, out]() mutable {
     for (int v : in) out.send(static_cast<long>(v) * v);

@@ -1,13 +1,13 @@
 // select over broker channels, against a real dchan-broker process and real
 // worker processes: one select on the broker, default and after() cases.
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
-#include <atomic>
-#include <mutex>
 
 #include "absl/strings/match.h"
 #include "broker_process.h"
@@ -40,13 +40,12 @@ TEST(RemoteSelect, ReceivesFromWhicheverChannelAnotherProcessFeeds) {
   Client client = Client::connect(broker.address());
   Chan<int64_t> a = client.chan<int64_t>("a", 0);
   Chan<int64_t> b = client.chan<int64_t>("b", 0);
-  Process producer = worker("produce", broker, "b",
-                            {"--cap=0", "--from=42", "--count=1"});
+  Process producer =
+      worker("produce", broker, "b", {"--cap=0", "--from=42", "--count=1"});
   std::optional<int64_t> got;
-  const std::size_t i = select(on_recv(a, [&](std::optional<int64_t>) {
-                                 ADD_FAILURE() << "a fired";
-                               }),
-                               on_recv(b, [&](std::optional<int64_t> v) { got = v; }));
+  const std::size_t i = select(
+      on_recv(a, [&](std::optional<int64_t>) { ADD_FAILURE() << "a fired"; }),
+      on_recv(b, [&](std::optional<int64_t> v) { got = v; }));
   EXPECT_EQ(i, 1u);
   EXPECT_EQ(got, 42);
   const ProcessResult p = producer.wait(kWorkerBound);
@@ -75,15 +74,14 @@ TEST(RemoteSelect, AfterTimesOutWithoutConsumingAnything) {
   Client client = Client::connect(broker.address());
   Chan<int64_t> a = client.chan<int64_t>("a", 0);
   bool timed_out = false;
-  EXPECT_EQ(select(on_recv(a), on_recv(after(100ms), [&](auto) {
-                     timed_out = true;
-                   })),
+  EXPECT_EQ(select(on_recv(a),
+                   on_recv(after(100ms), [&](auto) { timed_out = true; })),
             1u);
   EXPECT_TRUE(timed_out);
   // The withdrawn receive took nothing: a later sender's value reaches the
   // next receiver.
-  Process producer = worker("produce", broker, "a",
-                            {"--cap=0", "--from=5", "--count=1"});
+  Process producer =
+      worker("produce", broker, "a", {"--cap=0", "--from=5", "--count=1"});
   EXPECT_EQ(a.recv(), 5);
   EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
 }
@@ -123,10 +121,10 @@ TEST(RemoteSelect, ManySelectingReceiversGetEveryValueExactlyOnce) {
   Chan<int64_t> b = client.chan<int64_t>("b", 0);
   Chan<int64_t> quit = client.chan<int64_t>("quit", 0);
   std::vector<Process> producers;
-  producers.push_back(worker("produce", broker, "a",
-                             {"--cap=4", "--from=0", "--count=300"}));
-  producers.push_back(worker("produce", broker, "b",
-                             {"--cap=0", "--from=300", "--count=300"}));
+  producers.push_back(
+      worker("produce", broker, "a", {"--cap=4", "--from=0", "--count=300"}));
+  producers.push_back(
+      worker("produce", broker, "b", {"--cap=0", "--from=300", "--count=300"}));
   std::vector<int> seen(2 * kPerChannel, 0);
   std::atomic<int> received{0};
   std::vector<std::thread> selectors;
@@ -165,8 +163,8 @@ TEST(RemoteSelect, MixedLocalAndBrokerCasesFireExactlyOne) {
   Chan<int64_t> local = make_chan<int64_t>(1);
 
   // The broker case fires: a worker process sends.
-  Process producer = worker("produce", broker, "r",
-                            {"--cap=0", "--from=9", "--count=1"});
+  Process producer =
+      worker("produce", broker, "r", {"--cap=0", "--from=9", "--count=1"});
   std::optional<int64_t> got;
   EXPECT_EQ(select(on_recv(remote, [&](auto v) { got = v; }),
                    on_recv(local, [&](auto) { ADD_FAILURE(); })),
@@ -185,8 +183,8 @@ TEST(RemoteSelect, MixedLocalAndBrokerCasesFireExactlyOne) {
             1u);
   t.join();
   EXPECT_EQ(got, 4);
-  Process later = worker("produce", broker, "r",
-                         {"--cap=0", "--from=10", "--count=1"});
+  Process later =
+      worker("produce", broker, "r", {"--cap=0", "--from=10", "--count=1"});
   EXPECT_EQ(remote.recv(), 10);
   EXPECT_EQ(later.wait(kWorkerBound).exit_code, 0);
 }
@@ -214,8 +212,8 @@ TEST(RemoteSelect, SpansTwoClientsSessions) {
   Client c2 = Client::connect(broker.address());
   Chan<int64_t> x = c1.chan<int64_t>("x", 0);
   Chan<int64_t> y = c2.chan<int64_t>("y", 0);
-  Process producer = worker("produce", broker, "y",
-                            {"--cap=0", "--from=3", "--count=1"});
+  Process producer =
+      worker("produce", broker, "y", {"--cap=0", "--from=3", "--count=1"});
   std::optional<int64_t> got;
   EXPECT_EQ(select(on_recv(x), on_recv(y, [&](auto v) { got = v; })), 1u);
   EXPECT_EQ(got, 3);
@@ -230,8 +228,8 @@ TEST(RemoteSelect, MixedSelectorsGetEveryValueExactlyOnce) {
   Chan<int64_t> remote = client.chan<int64_t>("r", 2);
   Chan<int64_t> local = make_chan<int64_t>(2);
   Chan<int64_t> quit = make_chan<int64_t>();
-  Process producer = worker("produce", broker, "r",
-                            {"--cap=2", "--from=0", "--count=200"});
+  Process producer =
+      worker("produce", broker, "r", {"--cap=2", "--from=0", "--count=200"});
   std::thread local_producer([&] {
     for (int64_t v = kRemote; v < kRemote + kLocal; ++v) local.send(v);
   });

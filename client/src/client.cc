@@ -54,7 +54,8 @@ class BrokerChan final : public RemoteChan {
     req->set_nonblocking(deadline == kNonBlocking);
     v1::ServerFrame answer = conn_->call(f, deadline);
     const ChanStatus st = to_status(answer.recv().outcome());
-    if (st == ChanStatus::kOk) out = std::move(*answer.mutable_recv()->mutable_value());
+    if (st == ChanStatus::kOk)
+      out = std::move(*answer.mutable_recv()->mutable_value());
     return st;
   }
 

@@ -26,15 +26,15 @@ Connection::Connection(const std::string& target, const ClientOptions& options)
   args.SetMaxReceiveMessageSize(-1);
   // Each Client is its own session: do not share a connection between them.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
-                                       args);
+  channel_ = grpc::CreateCustomChannel(
+      target, grpc::InsecureChannelCredentials(), args);
   const auto deadline =
       std::chrono::system_clock::now() + options.connect_timeout;
   if (!channel_->WaitForConnected(deadline)) {
-    throw Error(absl::StatusCode::kUnavailable,
-                absl::StrCat("dchan: cannot reach the broker at ", target,
-                             " within ", options.connect_timeout.count(),
-                             " ms"));
+    throw Error(
+        absl::StatusCode::kUnavailable,
+        absl::StrCat("dchan: cannot reach the broker at ", target, " within ",
+                     options.connect_timeout.count(), " ms"));
   }
   stub_ = v1::Broker::NewStub(channel_);
   stream_ = stub_->Session(&context_);
@@ -163,9 +163,9 @@ void Connection::read_loop() {
     batch.Clear();
   }
   const grpc::Status st = stream_->Finish();
-  fail_all(absl::UnavailableError(absl::StrCat(
-      "dchan: lost the broker at ", target_, ": ",
-      st.ok() ? "stream ended" : st.error_message())));
+  fail_all(absl::UnavailableError(
+      absl::StrCat("dchan: lost the broker at ", target_, ": ",
+                   st.ok() ? "stream ended" : st.error_message())));
 }
 
 void Connection::fail_all(const absl::Status& status) {

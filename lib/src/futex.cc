@@ -15,8 +15,8 @@ namespace {
 long futex(std::atomic<uint32_t>* word, int op, uint32_t val,
            const struct timespec* timeout, uint32_t val3) {
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t));
-  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val,
-                 timeout, nullptr, val3);
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, val, timeout,
+                 nullptr, val3);
 }
 
 }  // namespace
@@ -37,8 +37,8 @@ bool futex_wait_until(std::atomic<uint32_t>& word, uint32_t expected,
   const auto secs = duration_cast<seconds>(since_epoch);
   struct timespec ts;
   ts.tv_sec = static_cast<time_t>(secs.count());
-  ts.tv_nsec = static_cast<long>(
-      duration_cast<nanoseconds>(since_epoch - secs).count());
+  ts.tv_nsec =
+      static_cast<long>(duration_cast<nanoseconds>(since_epoch - secs).count());
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, which is
   // what std::chrono::steady_clock reads on Linux.
   long rc = futex(&word, FUTEX_WAIT_BITSET_PRIVATE, expected, &ts,

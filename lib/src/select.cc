@@ -124,9 +124,11 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   return {PollOutcome::kRegistered};
 }
 
-void select_withdraw(WaitNode* nodes, std::size_t n, std::size_t except) noexcept {
+void select_withdraw(WaitNode* nodes, std::size_t n,
+                     std::size_t except) noexcept {
   for (std::size_t i = 0; i < n; ++i) {
-    if (i != except && nodes[i].chan != nullptr) nodes[i].chan->unlink(&nodes[i]);
+    if (i != except && nodes[i].chan != nullptr)
+      nodes[i].chan->unlink(&nodes[i]);
   }
 }
 
@@ -214,7 +216,8 @@ bool try_broker_case(SelectCase* c) {
   if (st == ChanStatus::kWouldBlock) return false;
   if (st == ChanStatus::kOk) {
     const absl::Status decoded = c->decode_recv(bytes);
-    if (!decoded.ok()) throw Error(decoded.code(), std::string(decoded.message()));
+    if (!decoded.ok())
+      throw Error(decoded.code(), std::string(decoded.message()));
   }
   c->finish(st == ChanStatus::kOk);
   return true;
@@ -326,7 +329,8 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
       }
       remote = r;
     } else if (ChanCore* core = cases[i]->core()) {
-      if (core->timer_deadline_ != std::chrono::steady_clock::time_point::max() &&
+      if (core->timer_deadline_ !=
+              std::chrono::steady_clock::time_point::max() &&
           cases[i]->kind() == SelectCase::Kind::kRecv) {
         timers.push_back(static_cast<uint32_t>(i));
       } else {

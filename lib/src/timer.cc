@@ -35,7 +35,9 @@ class TimerService {
     bool operator>(const Timer& o) const { return when > o.when; }
   };
 
-  TimerService() { std::thread([this] { run(); }).detach(); }
+  TimerService() {
+    std::thread([this] { run(); }).detach();
+  }
 
   void run() {
     std::unique_lock<std::mutex> lock(mu_);

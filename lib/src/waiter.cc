@@ -82,7 +82,8 @@ void Waiter::wait() noexcept {
   wait_until(std::chrono::steady_clock::time_point::max());
 }
 
-bool Waiter::wait_until(std::chrono::steady_clock::time_point deadline) noexcept {
+bool Waiter::wait_until(
+    std::chrono::steady_clock::time_point deadline) noexcept {
   const int r = spin_then_yield();
   if (r == kSpun) return true;
   std::chrono::steady_clock::time_point parked_at;
@@ -178,7 +179,8 @@ void ChanCore::fire_all(WaitNode* fired, bool ok) noexcept {
 
 void ChanCore::unlink(WaitNode* n) noexcept {
   lock_.lock();
-  if (n->queued) (n->is_watch ? watchq_ : n->is_send ? sendq_ : recvq_).remove(n);
+  if (n->queued)
+    (n->is_watch ? watchq_ : n->is_send ? sendq_ : recvq_).remove(n);
   unlock();
 }
 

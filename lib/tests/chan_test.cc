@@ -407,8 +407,7 @@ TEST_P(ChanStress, EveryValueIsReceivedExactlyOnce) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Capacities, ChanStress,
-                         ::testing::Values(0, 1, 64));
+INSTANTIATE_TEST_SUITE_P(Capacities, ChanStress, ::testing::Values(0, 1, 64));
 
 }  // namespace
 }  // namespace dchan

@@ -48,8 +48,7 @@ TEST(Codec, MalformedBytesAreRejectedWithDataLoss) {
             absl::StatusCode::kDataLoss);
   EXPECT_EQ(Codec<int32_t>::decode("", i).code(), absl::StatusCode::kDataLoss);
   bool b = false;
-  EXPECT_EQ(Codec<bool>::decode("\x02", b).code(),
-            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(Codec<bool>::decode("\x02", b).code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(Codec, TypesWithoutACodecAreDetected) {

@@ -57,9 +57,9 @@ TEST(Select, SendCaseDeliversToABlockedReceiver) {
   std::optional<int> got;
   std::thread receiver([&] { got = a.recv(); });
   bool sent = false;
-  EXPECT_EQ(select(on_send(a, 3, [&] { sent = true; }),
-                   on_recv(after(kLiveness))),
-            0u);
+  EXPECT_EQ(
+      select(on_send(a, 3, [&] { sent = true; }), on_recv(after(kLiveness))),
+      0u);
   receiver.join();
   EXPECT_TRUE(sent);
   EXPECT_EQ(got, 3);
@@ -327,12 +327,12 @@ TEST(SelectAsync, PendingSelectFiresOnceAndWithdrawsItsOtherCases) {
   auto b = make_chan<std::string>();
   int fired = 0;
   std::optional<SelectOutcome<std::string>> out;
-  PendingOp op = select_async<std::string>(
-      {{a, false, {}}, {b, true, "to-b"}}, false,
-      [&](SelectOutcome<std::string> o) {
-        ++fired;
-        out = std::move(o);
-      });
+  PendingOp op =
+      select_async<std::string>({{a, false, {}}, {b, true, "to-b"}}, false,
+                                [&](SelectOutcome<std::string> o) {
+                                  ++fired;
+                                  out = std::move(o);
+                                });
   EXPECT_TRUE(op.pending());
   EXPECT_EQ(a.try_send("to-a"), ChanStatus::kOk);
   EXPECT_EQ(fired, 1);

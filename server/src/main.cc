@@ -66,8 +66,10 @@ int main(int argc, char** argv) {
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(static_cast<dchan::v1::Broker::CallbackService*>(&broker));
-  builder.RegisterService(static_cast<dchan::v1::Inspect::CallbackService*>(&broker));
+  builder.RegisterService(
+      static_cast<dchan::v1::Broker::CallbackService*>(&broker));
+  builder.RegisterService(
+      static_cast<dchan::v1::Inspect::CallbackService*>(&broker));
   // Without this, gRPC sets SO_REUSEPORT and a second broker on the same
   // port would silently take half of the connections.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -79,8 +81,8 @@ int main(int argc, char** argv) {
                              absl::GetFlag(FLAGS_keepalive_timeout_ms));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   // Clients ping every second or so while they wait: allow it.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
-                             500);
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {

@@ -10,23 +10,23 @@ absl::StatusOr<std::shared_ptr<ChannelObject>> Registry::open_channel(
     const std::string& name, const std::string& type_name, uint64_t capacity) {
   if (name.empty()) return absl::InvalidArgumentError("object name is empty");
   if (name.size() > limits_.max_name_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "object name is ", name.size(), " bytes; the limit is ",
-        limits_.max_name_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("object name is ", name.size(), " bytes; the limit is ",
+                     limits_.max_name_bytes));
   }
   if (type_name.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("channel \"", name, "\": element type name is empty"));
   }
   if (type_name.size() > limits_.max_type_name_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "channel \"", name, "\": type name is ", type_name.size(),
-        " bytes; the limit is ", limits_.max_type_name_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("channel \"", name, "\": type name is ", type_name.size(),
+                     " bytes; the limit is ", limits_.max_type_name_bytes));
   }
   if (capacity > limits_.max_capacity) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "channel \"", name, "\": capacity ", capacity,
-        " is over the broker's limit of ", limits_.max_capacity));
+    return absl::InvalidArgumentError(
+        absl::StrCat("channel \"", name, "\": capacity ", capacity,
+                     " is over the broker's limit of ", limits_.max_capacity));
   }
   absl::MutexLock lock(&mu_);
   auto it = channels_.find(name);
@@ -41,9 +41,9 @@ absl::StatusOr<std::shared_ptr<ChannelObject>> Registry::open_channel(
     return it->second;
   }
   if (channels_.size() >= limits_.max_objects) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the broker holds ", channels_.size(),
-        " objects, its limit; \"", name, "\" was not created"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the broker holds ", channels_.size(),
+                     " objects, its limit; \"", name, "\" was not created"));
   }
   auto obj = std::make_shared<ChannelObject>();
   obj->name = name;

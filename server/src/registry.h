@@ -49,8 +49,7 @@ class Registry {
   // a bad name, type name or capacity, or a mismatch with the existing
   // object; RESOURCE_EXHAUSTED past max_objects.
   absl::StatusOr<std::shared_ptr<ChannelObject>> open_channel(
-      const std::string& name, const std::string& type_name,
-      uint64_t capacity);
+      const std::string& name, const std::string& type_name, uint64_t capacity);
 
   // Every object, in name order, for inspection.
   std::vector<std::shared_ptr<ChannelObject>> channels() const;

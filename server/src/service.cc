@@ -131,9 +131,9 @@ class SessionReactor final
     writer_ = std::make_shared<StreamWriter>(
         this, broker->options_.session_outbox_bytes,
         broker->options_.batch_bytes);
-    session_ = std::make_shared<server::Session>(
-        id, context->peer(), broker->registry_, writer_,
-        broker->options_.session);
+    session_ = std::make_shared<server::Session>(id, context->peer(),
+                                                 broker->registry_, writer_,
+                                                 broker->options_.session);
     writer_->set_on_overflow(
         [session = std::weak_ptr<server::Session>(session_)] {
           if (auto s = session.lock()) s->end();

@@ -50,11 +50,11 @@ void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
                   uint64_t session_id) {
   obj->chan.send_async(std::move(value), [obj, session_id](bool ok) {
     if (!ok) {
-      std::fprintf(stderr,
-                   "dchan-broker: session %llu ended holding a value of "
-                   "channel \"%s\", which was closed meanwhile: value dropped\n",
-                   static_cast<unsigned long long>(session_id),
-                   obj->name.c_str());
+      std::fprintf(
+          stderr,
+          "dchan-broker: session %llu ended holding a value of "
+          "channel \"%s\", which was closed meanwhile: value dropped\n",
+          static_cast<unsigned long long>(session_id), obj->name.c_str());
     }
   });
 }
@@ -128,9 +128,9 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
     return;
   }
   if (handles_.size() >= limits_.max_handles) {
-    reply_error(id, absl::ResourceExhaustedError(absl::StrCat(
-                        "this session holds ", handles_.size(),
-                        " handles, its limit")));
+    reply_error(id, absl::ResourceExhaustedError(
+                        absl::StrCat("this session holds ", handles_.size(),
+                                     " handles, its limit")));
     return;
   }
   absl::StatusOr<std::shared_ptr<ChannelObject>> obj =
@@ -154,8 +154,9 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
 std::shared_ptr<ChannelObject> Session::channel(uint64_t id, uint64_t handle) {
   auto it = handles_.find(handle);
   if (it == handles_.end()) {
-    reply_error(id, absl::NotFoundError(absl::StrCat(
-                        "unknown handle ", handle, " (open the object first)")));
+    reply_error(id,
+                absl::NotFoundError(absl::StrCat("unknown handle ", handle,
+                                                 " (open the object first)")));
     return nullptr;
   }
   return it->second;
@@ -165,9 +166,10 @@ void Session::send(uint64_t id, const v1::SendRequest& req) {
   std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
   if (obj == nullptr) return;
   if (req.value().size() > limits_.max_value_bytes) {
-    reply_error(id, absl::InvalidArgumentError(absl::StrCat(
-                        "value of ", req.value().size(),
-                        " bytes is over the limit of ", limits_.max_value_bytes)));
+    reply_error(
+        id, absl::InvalidArgumentError(absl::StrCat(
+                "value of ", req.value().size(), " bytes is over the limit of ",
+                limits_.max_value_bytes)));
     return;
   }
   if (req.nonblocking()) {
@@ -197,9 +199,8 @@ void Session::recv(uint64_t id, const v1::RecvRequest& req) {
   if (seq == 0) return;
   PendingOp op = obj->chan.recv_async(
       [self = shared_from_this(), id, seq, obj](std::optional<std::string> v) {
-        self->finish_pending(id, seq,
-                             recv_frame(id, std::move(v), v1::OUTCOME_CLOSED),
-                             obj);
+        self->finish_pending(
+            id, seq, recv_frame(id, std::move(v), v1::OUTCOME_CLOSED), obj);
       });
   attach(id, seq, std::move(op));
 }
@@ -256,10 +257,10 @@ void Session::cancel(const v1::CancelRequest& req) {
 
 void Session::select(uint64_t id, const v1::SelectRequest& req) {
   if (static_cast<std::size_t>(req.cases_size()) > limits_.max_select_cases) {
-    reply_error(id, absl::InvalidArgumentError(absl::StrCat(
-                        "select of ", req.cases_size(),
-                        " cases is over the limit of ",
-                        limits_.max_select_cases)));
+    reply_error(
+        id, absl::InvalidArgumentError(absl::StrCat(
+                "select of ", req.cases_size(), " cases is over the limit of ",
+                limits_.max_select_cases)));
     return;
   }
   std::vector<AsyncSelectCase<std::string>> cases;
@@ -269,10 +270,10 @@ void Session::select(uint64_t id, const v1::SelectRequest& req) {
     std::shared_ptr<ChannelObject> obj = channel(id, c.handle());
     if (obj == nullptr) return;
     if (c.value().size() > limits_.max_value_bytes) {
-      reply_error(id, absl::InvalidArgumentError(absl::StrCat(
-                          "value of ", c.value().size(),
-                          " bytes is over the limit of ",
-                          limits_.max_value_bytes)));
+      reply_error(
+          id, absl::InvalidArgumentError(absl::StrCat(
+                  "value of ", c.value().size(), " bytes is over the limit of ",
+                  limits_.max_value_bytes)));
       return;
     }
     cases.push_back({obj->chan, c.send(), c.value()});
@@ -297,8 +298,8 @@ void Session::select(uint64_t id, const v1::SelectRequest& req) {
                            got_value ? objs[o.index] : nullptr);
     }
   };
-  PendingOp op = select_async<std::string>(std::move(cases),
-                                           req.nonblocking(), std::move(done));
+  PendingOp op = select_async<std::string>(std::move(cases), req.nonblocking(),
+                                           std::move(done));
   if (!req.nonblocking()) attach(id, seq, std::move(op));
 }
 
@@ -341,9 +342,9 @@ uint64_t Session::begin_pending(uint64_t id, v1::ClientFrame::OpCase kind) {
       error = absl::InvalidArgumentError(
           absl::StrCat("request id ", id, " is already pending"));
     } else if (pending_.size() >= limits_.max_pending) {
-      error = absl::ResourceExhaustedError(absl::StrCat(
-          "this session has ", pending_.size(),
-          " pending operations, its limit"));
+      error = absl::ResourceExhaustedError(
+          absl::StrCat("this session has ", pending_.size(),
+                       " pending operations, its limit"));
     } else {
       seq = next_seq_++;
       Pending& p = pending_[id];
@@ -373,8 +374,9 @@ void Session::attach(uint64_t id, uint64_t seq, PendingOp op) {
   if (withdraw) op.cancel();
 }
 
-void Session::finish_pending(uint64_t id, uint64_t seq, v1::ServerFrame frame,
-                             const std::shared_ptr<ChannelObject>& returned_to) {
+void Session::finish_pending(
+    uint64_t id, uint64_t seq, v1::ServerFrame frame,
+    const std::shared_ptr<ChannelObject>& returned_to) {
   bool live;
   {
     absl::MutexLock lock(&mu_);

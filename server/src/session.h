@@ -22,8 +22,8 @@
 #ifndef DCHAN_SERVER_SESSION_H_
 #define DCHAN_SERVER_SESSION_H_
 
-#include <cstddef>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>

@@ -39,8 +39,9 @@ TEST(Registry, BadNamesAndCapacitiesAreRefused) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(r.open_channel("x", "", 0).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(r.open_channel(std::string(10000, 'x'), "string", 0).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      r.open_channel(std::string(10000, 'x'), "string", 0).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(r.open_channel("x", "string", 101).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(r.size(), 0u);

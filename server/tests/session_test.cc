@@ -52,8 +52,8 @@ class SessionTest : public ::testing::Test {
 
   Client connect(SessionLimits limits = {}) {
     Client c;
-    c.session = std::make_shared<Session>(++ids_, "test", registry_, c.out,
-                                          limits);
+    c.session =
+        std::make_shared<Session>(++ids_, "test", registry_, c.out, limits);
     return c;
   }
 
@@ -117,7 +117,8 @@ TEST_F(SessionTest, UnbufferedSendIsAnsweredOnlyOnceAReceiverHasTheValue) {
 
 TEST_F(SessionTest, PendingReceiveIsAnsweredWhenAnotherSessionSends) {
   Client a = connect(), b = connect();
-  const uint64_t ha = open(a, "ch", "string", 4), hb = open(b, "ch", "string", 4);
+  const uint64_t ha = open(a, "ch", "string", 4),
+                 hb = open(b, "ch", "string", 4);
   recv(a, 3, ha);
   EXPECT_EQ(a.out->size(), 0u);
   send(b, 9, hb, "v");
@@ -278,7 +279,8 @@ TEST_F(SessionTest, EndWithdrawsPendingOperations) {
 
 TEST_F(SessionTest, AValueThatCannotBeDeliveredGoesBackToItsChannel) {
   Client a = connect(), b = connect(), c = connect();
-  const uint64_t ha = open(a, "ch", "string", 1), hb = open(b, "ch", "string", 1),
+  const uint64_t ha = open(a, "ch", "string", 1),
+                 hb = open(b, "ch", "string", 1),
                  hc = open(c, "ch", "string", 1);
   recv(a, 1, ha);
   a.out->refuse();  // a's stream is gone, its session not yet ended

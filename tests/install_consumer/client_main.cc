@@ -15,8 +15,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   dchan::Client client = dchan::Client::connect(argv[1]);
-  dchan::Chan<std::string> ch =
-      client.chan<std::string>("install_consumer", 1);
+  dchan::Chan<std::string> ch = client.chan<std::string>("install_consumer", 1);
   ch.send("hello");
   std::optional<std::string> v = ch.recv();
   if (!v || *v != "hello") return 1;

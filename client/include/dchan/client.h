@@ -75,8 +75,8 @@ class Client {
   Chan<T> chan(const std::string& name, std::size_t capacity = 0) {
     static_assert(kHasCodec<T>,
                   "a broker channel's element type needs a dchan::Codec<T>");
-    return detail::make_remote_chan<T>(detail::open_remote_chan(
-        conn_, name, Codec<T>::type_name(), capacity));
+    return detail::make_remote_chan<T>(
+        detail::open_remote_chan(conn_, name, Codec<T>::type_name(), capacity));
   }
 
   // The broker address this client talks to.
@@ -91,10 +91,12 @@ class Client {
 // Protobuf messages travel in their binary encoding; the type name is the
 // message's full name.
 template <class T>
-struct Codec<T, std::enable_if_t<
-                    std::is_base_of_v<google::protobuf::MessageLite, T>>> {
+struct Codec<
+    T, std::enable_if_t<std::is_base_of_v<google::protobuf::MessageLite, T>>> {
   static std::string type_name() { return T::default_instance().GetTypeName(); }
-  static void encode(const T& v, std::string& out) { v.SerializeToString(&out); }
+  static void encode(const T& v, std::string& out) {
+    v.SerializeToString(&out);
+  }
   static absl::Status decode(std::string_view bytes, T& out) {
     if (!out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
       return absl::DataLossError("dchan: received bytes are not a valid " +

@@ -154,7 +154,8 @@ class ChanState final : public ChanCore {
     if (tail >= cap_) tail -= cap_;
     ::new (static_cast<void*>(buf_ + tail)) T(std::move(v));
     ++count_;
-    if (!watchq_.empty()) [[unlikely]] wake_watchers_locked();
+    if (!watchq_.empty()) [[unlikely]]
+      wake_watchers_locked();
   }
 
   T pop_locked() noexcept {
@@ -162,7 +163,8 @@ class ChanState final : public ChanCore {
     buf_[head_].~T();
     if (++head_ == cap_) head_ = 0;
     --count_;
-    if (!watchq_.empty()) [[unlikely]] wake_watchers_locked();
+    if (!watchq_.empty()) [[unlikely]]
+      wake_watchers_locked();
     return v;
   }
 
@@ -225,8 +227,6 @@ class AsyncOp : public Waiter {
   friend class dchan::Chan;
 };
 
-
-
 }  // namespace detail
 
 class PendingOp {
@@ -245,7 +245,8 @@ class PendingOp {
   bool pending() const noexcept { return op_ != nullptr && !op_->done(); }
 
  private:
-  explicit PendingOp(std::shared_ptr<detail::AsyncOp> op) : op_(std::move(op)) {}
+  explicit PendingOp(std::shared_ptr<detail::AsyncOp> op)
+      : op_(std::move(op)) {}
   std::shared_ptr<detail::AsyncOp> op_;
   template <class U>
   friend class Chan;
@@ -286,7 +287,8 @@ class Chan {
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
       s->unlock();
-      if (st == ChanStatus::kClosed) detail::throw_panic("send on closed channel");
+      if (st == ChanStatus::kClosed)
+        detail::throw_panic("send on closed channel");
       detail::fire(to_fire);
       return;
     }
@@ -441,7 +443,9 @@ class Chan {
   }
 
   // True for the nil channel.
-  bool is_nil() const noexcept { return state_ == nullptr && remote_ == nullptr; }
+  bool is_nil() const noexcept {
+    return state_ == nullptr && remote_ == nullptr;
+  }
 
   // True for a channel hosted by a broker.
   bool is_remote() const noexcept { return remote_ != nullptr; }
@@ -488,14 +492,18 @@ class Chan {
   friend detail::ChanState<T>* detail::state_of<T>(const Chan<T>&) noexcept;
   friend detail::RemoteChan* detail::remote_of<T>(const Chan<T>&) noexcept;
   friend detail::ChanStats detail::stats_of<T>(const Chan<T>&) noexcept;
-  friend Chan<T> detail::make_remote_chan<T>(std::shared_ptr<detail::RemoteChan>);
+  friend Chan<T> detail::make_remote_chan<T>(
+      std::shared_ptr<detail::RemoteChan>);
 
-  explicit Chan(std::shared_ptr<detail::ChanState<T>> s) : state_(std::move(s)) {}
-  explicit Chan(std::shared_ptr<detail::RemoteChan> r) : remote_(std::move(r)) {}
+  explicit Chan(std::shared_ptr<detail::ChanState<T>> s)
+      : state_(std::move(s)) {}
+  explicit Chan(std::shared_ptr<detail::RemoteChan> r)
+      : remote_(std::move(r)) {}
 
   // Remote paths: encode, call the backend, decode. Out of the local fast
   // path's way.
-  ChanStatus remote_send(const T& value, detail::RemoteChan::Deadline deadline) {
+  ChanStatus remote_send(const T& value,
+                         detail::RemoteChan::Deadline deadline) {
     if constexpr (kHasCodec<T>) {
       std::string bytes;
       Codec<T>::encode(value, bytes);
@@ -504,7 +512,8 @@ class Chan {
       // make_remote_chan requires a codec, so remote_ is never set here.
       (void)value;
       (void)deadline;
-      throw Error(absl::StatusCode::kInternal, "dchan: remote Chan without codec");
+      throw Error(absl::StatusCode::kInternal,
+                  "dchan: remote Chan without codec");
     }
   }
   ChanStatus remote_recv(std::optional<T>& out,
@@ -524,7 +533,8 @@ class Chan {
     } else {
       (void)out;
       (void)deadline;
-      throw Error(absl::StatusCode::kInternal, "dchan: remote Chan without codec");
+      throw Error(absl::StatusCode::kInternal,
+                  "dchan: remote Chan without codec");
     }
   }
 
@@ -563,7 +573,8 @@ class Chan {
     return *ok ? ChanStatus::kOk : ChanStatus::kClosed;
   }
 
-  RecvResult<T> recv_until_steady(std::chrono::steady_clock::time_point deadline) {
+  RecvResult<T> recv_until_steady(
+      std::chrono::steady_clock::time_point deadline) {
     RecvResult<T> r{ChanStatus::kWouldBlock, std::nullopt};
     detail::ChanState<T>* s = state_.get();
     if (s == nullptr) [[unlikely]] {
@@ -615,7 +626,8 @@ class Chan {
     return w.ok();
   }
 
-  static ChanStatus sleep_until(std::chrono::steady_clock::time_point deadline) {
+  static ChanStatus sleep_until(
+      std::chrono::steady_clock::time_point deadline) {
     if (deadline == std::chrono::steady_clock::time_point::max()) {
       detail::block_forever();
     }
@@ -623,8 +635,8 @@ class Chan {
     return ChanStatus::kTimeout;
   }
 
-  std::shared_ptr<detail::ChanState<T>> state_;    // local channel
-  std::shared_ptr<detail::RemoteChan> remote_;     // broker channel
+  std::shared_ptr<detail::ChanState<T>> state_;  // local channel
+  std::shared_ptr<detail::RemoteChan> remote_;   // broker channel
 };
 
 // Makes a channel with room for `capacity` buffered values (0: unbuffered).

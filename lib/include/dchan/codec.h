@@ -46,18 +46,30 @@ namespace detail {
 
 template <class T>
 constexpr const char* arithmetic_type_name() {
-  if constexpr (std::is_same_v<T, bool>) return "bool";
-  else if constexpr (std::is_floating_point_v<T> && sizeof(T) == 4) return "float32";
-  else if constexpr (std::is_floating_point_v<T> && sizeof(T) == 8) return "float64";
-  else if constexpr (std::is_signed_v<T> && sizeof(T) == 1) return "int8";
-  else if constexpr (std::is_signed_v<T> && sizeof(T) == 2) return "int16";
-  else if constexpr (std::is_signed_v<T> && sizeof(T) == 4) return "int32";
-  else if constexpr (std::is_signed_v<T> && sizeof(T) == 8) return "int64";
-  else if constexpr (sizeof(T) == 1) return "uint8";
-  else if constexpr (sizeof(T) == 2) return "uint16";
-  else if constexpr (sizeof(T) == 4) return "uint32";
-  else if constexpr (sizeof(T) == 8) return "uint64";
-  else return nullptr;
+  if constexpr (std::is_same_v<T, bool>)
+    return "bool";
+  else if constexpr (std::is_floating_point_v<T> && sizeof(T) == 4)
+    return "float32";
+  else if constexpr (std::is_floating_point_v<T> && sizeof(T) == 8)
+    return "float64";
+  else if constexpr (std::is_signed_v<T> && sizeof(T) == 1)
+    return "int8";
+  else if constexpr (std::is_signed_v<T> && sizeof(T) == 2)
+    return "int16";
+  else if constexpr (std::is_signed_v<T> && sizeof(T) == 4)
+    return "int32";
+  else if constexpr (std::is_signed_v<T> && sizeof(T) == 8)
+    return "int64";
+  else if constexpr (sizeof(T) == 1)
+    return "uint8";
+  else if constexpr (sizeof(T) == 2)
+    return "uint16";
+  else if constexpr (sizeof(T) == 4)
+    return "uint32";
+  else if constexpr (sizeof(T) == 8)
+    return "uint64";
+  else
+    return nullptr;
 }
 
 template <class T>
@@ -92,8 +104,9 @@ struct Codec<T, std::enable_if_t<detail::kIsByteVector<T>>> {
 };
 
 template <class T>
-struct Codec<T, std::enable_if_t<std::is_arithmetic_v<T> &&
-                                 detail::arithmetic_type_name<T>() != nullptr>> {
+struct Codec<T,
+             std::enable_if_t<std::is_arithmetic_v<T> &&
+                              detail::arithmetic_type_name<T>() != nullptr>> {
   static std::string type_name() { return detail::arithmetic_type_name<T>(); }
   static void encode(const T& v, std::string& out) {
     static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -107,9 +120,9 @@ struct Codec<T, std::enable_if_t<std::is_arithmetic_v<T> &&
   static absl::Status decode(std::string_view bytes, T& out) {
     const std::size_t want = std::is_same_v<T, bool> ? 1 : sizeof(T);
     if (bytes.size() != want) {
-      return absl::DataLossError(
-          absl::StrCat("dchan: a ", type_name(), " value needs ", want,
-                       " bytes, got ", bytes.size()));
+      return absl::DataLossError(absl::StrCat("dchan: a ", type_name(),
+                                              " value needs ", want,
+                                              " bytes, got ", bytes.size()));
     }
     if constexpr (std::is_same_v<T, bool>) {
       if (bytes[0] != '\0' && bytes[0] != '\1') {
@@ -127,8 +140,8 @@ struct Codec<T, std::enable_if_t<std::is_arithmetic_v<T> &&
 template <class T, class = void>
 inline constexpr bool kHasCodec = false;
 template <class T>
-inline constexpr bool kHasCodec<T, std::void_t<decltype(Codec<T>::type_name())>> =
-    true;
+inline constexpr bool
+    kHasCodec<T, std::void_t<decltype(Codec<T>::type_name())>> = true;
 
 }  // namespace dchan
 

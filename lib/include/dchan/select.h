@@ -120,7 +120,8 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
                         WaitNode* nodes);
 
 // Unlinks every registered node except nodes[except].
-void select_withdraw(WaitNode* nodes, std::size_t n, std::size_t except) noexcept;
+void select_withdraw(WaitNode* nodes, std::size_t n,
+                     std::size_t except) noexcept;
 
 template <class F, class... Args>
 void invoke_case_fn(F& fn, Args&&... args) {
@@ -162,9 +163,7 @@ class RecvCase final : public SelectCase {
     return state_of(ch_)->recv_locked(value_, to_fire);
   }
   void* slot() noexcept override { return &value_; }
-  void finish(bool) override {
-    invoke_case_fn(fn_, std::move(value_));
-  }
+  void finish(bool) override { invoke_case_fn(fn_, std::move(value_)); }
   std::optional<T>& value() noexcept { return value_; }
 
  private:
@@ -185,8 +184,10 @@ class SendCase final : public SelectCase {
   ChanCore* core() const noexcept override { return state_of(ch_); }
   RemoteChan* remote() const noexcept override { return remote_of(ch_); }
   void encode_send(std::string& out) const override {
-    if constexpr (kHasCodec<T>) Codec<T>::encode(value_, out);
-    else (void)out;
+    if constexpr (kHasCodec<T>)
+      Codec<T>::encode(value_, out);
+    else
+      (void)out;
   }
   absl::Status decode_recv(const std::string&) override {
     return absl::OkStatus();
@@ -264,9 +265,9 @@ class Case {
 
 // Runs exactly one of `cases`; returns its index. See the file comment.
 template <class... Cases>
-  requires(sizeof...(Cases) > 0 &&
-           (std::is_base_of_v<detail::SelectCase, std::decay_t<Cases>> && ...))
-std::size_t select(Cases&&... cases) {
+requires(sizeof...(Cases) > 0 &&
+         (std::is_base_of_v<detail::SelectCase, std::decay_t<Cases>> &&
+          ...)) std::size_t select(Cases&&... cases) {
   static_assert(((std::decay_t<Cases>::kIsDefault ? 1 : 0) + ...) <= 1,
                 "select() takes at most one on_default case");
   detail::SelectCase* const all[] = {&cases...};

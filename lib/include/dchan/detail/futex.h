@@ -50,8 +50,8 @@ inline void spin_pause() noexcept {
 
 // How many spin iterations a waiter should try before parking: 0 when this
 // process may run on one CPU only (spinning would only delay the thread it
-// waits for), otherwise about ten microseconds' worth (calibrated once: waking a
-// parked thread costs more than that on small VMs).
+// waits for), otherwise about ten microseconds' worth (calibrated once: waking
+// a parked thread costs more than that on small VMs).
 int spin_budget() noexcept;
 
 // The CPU the calling thread runs on (-1 if unknown). Cheap: glibc reads it

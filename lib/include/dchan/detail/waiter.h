@@ -204,7 +204,8 @@ class Waiter {
   // Adapts this thread's spin limit after a wait that had to give up the
   // CPU, from where the completer ran and how long the wait took since
   // `parked_at` (default-constructed: it completed while yielding).
-  void learn_after_park(std::chrono::steady_clock::time_point parked_at) noexcept;
+  void learn_after_park(
+      std::chrono::steady_clock::time_point parked_at) noexcept;
 
   static constexpr uint32_t kWaiting = 0;
   static constexpr uint32_t kClaimed = 1;
@@ -248,7 +249,8 @@ class ChanCore {
   void enqueue_locked(WaitNode* n) noexcept {
     n->chan = this;
     (n->is_send ? sendq_ : recvq_).push_back(n);
-    if (!watchq_.empty()) [[unlikely]] wake_watchers_locked();
+    if (!watchq_.empty()) [[unlikely]]
+      wake_watchers_locked();
   }
 
   // Readiness watchers (Chan::ready_async): a watch node's is_send says
@@ -271,7 +273,8 @@ class ChanCore {
     WaitNode* fired = watch_fired_;
     watch_fired_ = nullptr;
     lock_.unlock();
-    if (fired != nullptr) [[unlikely]] fire_all(fired, true);
+    if (fired != nullptr) [[unlikely]]
+      fire_all(fired, true);
   }
 
   Lock lock_;
@@ -280,11 +283,11 @@ class ChanCore {
   // broker channels uses it as its deadline. max() for other channels.
   std::chrono::steady_clock::time_point timer_deadline_ =
       std::chrono::steady_clock::time_point::max();
-  std::size_t count_ = 0;  // buffered values; guarded by lock_
-  bool closed_ = false;    // guarded by lock_
-  WaitQueue recvq_;        // guarded by lock_
-  WaitQueue sendq_;        // guarded by lock_
-  WaitQueue watchq_;       // guarded by lock_
+  std::size_t count_ = 0;            // buffered values; guarded by lock_
+  bool closed_ = false;              // guarded by lock_
+  WaitQueue recvq_;                  // guarded by lock_
+  WaitQueue sendq_;                  // guarded by lock_
+  WaitQueue watchq_;                 // guarded by lock_
   WaitNode* watch_fired_ = nullptr;  // guarded by lock_; see unlock()
 
  private:
