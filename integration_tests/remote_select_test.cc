@@ -156,6 +156,23 @@ TEST(RemoteSelect, ManySelectingReceiversGetEveryValueExactlyOnce) {
   for (int v = 0; v < 2 * kPerChannel; ++v) ASSERT_EQ(seen[v], 1) << v;
 }
 
+// A timer case whose value somebody else already took never fires again: the
+// broker select must not wait on it, but on its broker cases.
+TEST(RemoteSelect, ADrainedTimerDoesNotBlockTheBrokerCases) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> remote = client.chan<int64_t>("r", 0);
+  auto timer = after(10ms);
+  ASSERT_TRUE(timer.recv().has_value());  // drained
+  Process producer = worker("produce", broker, "r",
+                            {"--cap=0", "--from=8", "--count=1"});
+  std::optional<int64_t> got;
+  EXPECT_EQ(select(on_recv(remote, [&](auto v) { got = v; }), on_recv(timer)),
+            0u);
+  EXPECT_EQ(got, 8);
+  EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
+}
+
 TEST(RemoteSelect, MixedLocalAndBrokerCasesFireExactlyOne) {
   BrokerProcess broker;
   Client client = Client::connect(broker.address());

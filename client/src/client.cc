@@ -86,7 +86,8 @@ class BrokerChan final : public RemoteChan {
                                       v1::ServerFrame& answer) mutable {
           // An error answer (or a lost broker) wakes the select too: its
           // non-blocking attempt then reports the problem.
-          const bool ok = error.ok();
+          // ok=false: the broker is lost, or refused the watch.
+          const bool ok = error.ok() && answer.code() == 0;
           if (ok && answer.has_watch() &&
               answer.watch().outcome() == v1::OUTCOME_CANCELLED) {
             return;  // withdrawn: the select has moved on
@@ -110,7 +111,7 @@ class BrokerChan final : public RemoteChan {
       v1::SelectCase* sc = req->add_cases();
       sc->set_handle(static_cast<BrokerChan*>(c.chan)->handle_);
       sc->set_send(c.send);
-      if (c.send) sc->set_value(std::move(c.value));
+      if (c.send) sc->set_value(c.value);  // kept: the select may go again
     }
     v1::ServerFrame answer = conn_->call(f, deadline);
     const v1::SelectResponse& r = answer.select();

@@ -112,9 +112,18 @@ void Connection::enqueue(v1::ClientFrame frame) {
         writing_ = false;
         return;
       }
+      // Up to kMaxBatchBytes per message (a larger frame goes alone), so
+      // that a batch never exceeds the broker's --max_message_bytes.
       batch.Clear();
-      for (v1::ClientFrame& f : write_queue_) batch.add_frames()->Swap(&f);
-      write_queue_.clear();
+      std::size_t bytes = 0, taken = 0;
+      while (taken < write_queue_.size()) {
+        const std::size_t size = write_queue_[taken].ByteSizeLong();
+        if (taken > 0 && bytes + size > kMaxBatchBytes) break;
+        bytes += size;
+        batch.add_frames()->Swap(&write_queue_[taken]);
+        ++taken;
+      }
+      write_queue_.erase(write_queue_.begin(), write_queue_.begin() + taken);
     }
     if (!stream_->Write(batch)) {
       // The stream is broken; the reader sees it end and fails every call.
@@ -161,6 +170,14 @@ void Connection::read_loop() {
       finish(*call, absl::OkStatus());
     }
     batch.Clear();
+  }
+  // The stream is over. Stop writers, and wait for a Write in progress (it
+  // fails now) before Finish: the sync API allows no Write during Finish.
+  {
+    absl::MutexLock lock(&write_mu_);
+    writes_failed_ = true;
+    write_mu_.Await(absl::Condition(
+        +[](bool* writing) { return !*writing; }, &writing_));
   }
   const grpc::Status st = stream_->Finish();
   fail_all(absl::UnavailableError(

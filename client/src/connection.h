@@ -93,6 +93,7 @@ class Connection {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Status broken_ ABSL_GUARDED_BY(mu_);
 
+  static constexpr std::size_t kMaxBatchBytes = 1 << 20;
   absl::Mutex write_mu_;
   std::vector<v1::ClientFrame> write_queue_ ABSL_GUARDED_BY(write_mu_);
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;

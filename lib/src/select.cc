@@ -53,10 +53,20 @@ class LockSet {
   void lock_all() noexcept {
     for (ChanCore* c : cores_) c->lock_.lock();
   }
+  // Releases every lock, then fires the readiness watchers they woke:
+  // watcher callbacks never run while any channel is locked.
   void unlock_all() noexcept {
+    WaitNode* fired = nullptr;
     for (auto it = cores_.rbegin(); it != cores_.rend(); ++it) {
-      (*it)->unlock();
+      WaitNode* f = (*it)->release();
+      while (f != nullptr) {
+        WaitNode* next = f->next;
+        f->next = fired;
+        fired = f;
+        f = next;
+      }
     }
+    if (fired != nullptr) ChanCore::fire_all(fired, true);
   }
 
  private:
@@ -139,19 +149,7 @@ namespace {
 // earliest timer. `timers` are the timer cases' indices.
 std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
                              std::size_t default_index,
-                             const absl::InlinedVector<uint32_t, 4>& timers) {
-  // A timer that has fired already is a ready case: poll the timers first.
-  if (!timers.empty()) {
-    absl::InlinedVector<SelectCase*, 4> timer_cases;
-    for (uint32_t i : timers) timer_cases.push_back(cases[i]);
-    absl::InlinedVector<WaitNode, 4> unused(timer_cases.size());
-    const PollOutcome r = select_poll(timer_cases.data(), timer_cases.size(),
-                                      nullptr, unused.data());
-    if (r.kind == PollOutcome::kFired) {
-      timer_cases[r.index]->finish(r.ok);
-      return timers[r.index];
-    }
-  }
+                             absl::InlinedVector<uint32_t, 4> timers) {
   std::vector<RemoteSelectCase> remote;
   absl::InlinedVector<uint32_t, 8> index_of;  // remote case -> case index
   RemoteChan* via = nullptr;
@@ -166,37 +164,62 @@ std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
     remote.push_back(std::move(rc));
     index_of.push_back(static_cast<uint32_t>(i));
   }
-  auto deadline = RemoteChan::kNoDeadline;
-  for (uint32_t i : timers) {
-    deadline = std::min(deadline, cases[i]->core()->timer_deadline_);
-  }
-  if (default_index != n) deadline = RemoteChan::kNonBlocking;
-
-  RemoteSelectResult r = via->select(remote, deadline);
-  switch (r.status) {
-    case ChanStatus::kWouldBlock:
-      cases[default_index]->finish(true);
-      return default_index;
-    case ChanStatus::kTimeout: {
-      // Withdrawn at the earliest timer's deadline: a timer case fires.
+  for (;;) {
+    // A timer that has fired already is a ready case: poll the timers. One
+    // that fired and was drained by someone else will never be ready again:
+    // drop it (like a nil case).
+    if (!timers.empty()) {
       absl::InlinedVector<SelectCase*, 4> timer_cases;
       for (uint32_t i : timers) timer_cases.push_back(cases[i]);
-      return timers[select_cases(timer_cases.data(), timer_cases.size())];
+      absl::InlinedVector<WaitNode, 4> unused(timer_cases.size());
+      const PollOutcome r = select_poll(timer_cases.data(), timer_cases.size(),
+                                        nullptr, unused.data());
+      if (r.kind == PollOutcome::kFired) {
+        timer_cases[r.index]->finish(r.ok);
+        return timers[r.index];
+      }
+      timers.erase(std::remove_if(timers.begin(), timers.end(),
+                                  [&](uint32_t i) {
+                                    ChanCore* core = cases[i]->core();
+                                    core->lock_.lock();
+                                    const bool spent =
+                                        core->timer_fired_ && core->count_ == 0;
+                                    core->unlock();
+                                    return spent;
+                                  }),
+                   timers.end());
     }
-    case ChanStatus::kOk:
-    case ChanStatus::kClosed:
-      break;
-  }
-  const uint32_t fired = index_of[r.index];
-  SelectCase* c = cases[fired];
-  if (r.status == ChanStatus::kOk && c->kind() == SelectCase::Kind::kRecv) {
-    const absl::Status decoded = c->decode_recv(r.value);
-    if (!decoded.ok()) {
-      throw Error(decoded.code(), std::string(decoded.message()));
+    auto deadline = RemoteChan::kNoDeadline;
+    for (uint32_t i : timers) {
+      deadline = std::min(deadline, cases[i]->core()->timer_deadline_);
     }
+    if (default_index != n) deadline = RemoteChan::kNonBlocking;
+
+    RemoteSelectResult r = via->select(remote, deadline);
+    switch (r.status) {
+      case ChanStatus::kWouldBlock:
+        cases[default_index]->finish(true);
+        return default_index;
+      case ChanStatus::kTimeout:
+        // Withdrawn at the earliest timer's deadline: poll the timers again
+        // (the timer thread may be a moment late; then this goes round
+        // once more).
+        continue;
+      case ChanStatus::kOk:
+      case ChanStatus::kClosed:
+        break;
+    }
+    const uint32_t fired = index_of[r.index];
+    SelectCase* c = cases[fired];
+    if (r.status == ChanStatus::kOk && c->kind() == SelectCase::Kind::kRecv) {
+      const absl::Status decoded = c->decode_recv(r.value);
+      if (!decoded.ok()) {
+        throw Error(decoded.code(), std::string(decoded.message()));
+      }
+    }
+    c->finish(r.status == ChanStatus::kOk);
+    return fired;
   }
-  c->finish(r.status == ChanStatus::kOk);
-  return fired;
 }
 
 // Finishes broker case `i` with the outcome of a non-blocking attempt.
@@ -308,9 +331,14 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
       cases[k]->finish(box->w.ok());
       return k;
     }
-    // A broker case looked ready (or its broker was lost: the attempt
-    // throws kUnavailable). Nothing else can fire now: try it.
+    // A broker case looked ready (or its watch failed: then the attempt
+    // throws kUnavailable if the broker is lost). Nothing else can fire
+    // now: try it.
     if (try_broker_case(cases[k])) return k;
+    if (!box->w.ok()) {
+      throw Error(absl::StatusCode::kUnavailable,
+                  "dchan: the broker refused a select's readiness watch");
+    }
   }
 }
 
@@ -348,7 +376,7 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
     if (other_local || several_sessions) {
       return select_spanning(cases, n, default_index);
     }
-    return select_on_broker(cases, n, default_index, timers);
+    return select_on_broker(cases, n, default_index, std::move(timers));
   }
 
   Waiter w;

@@ -14,6 +14,17 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Delivers a timer's value. Capacity 1 and this is the only send: it never
+// blocks. Marked fired after the send, so that "fired and empty" means
+// somebody drained it (select_on_broker relies on that).
+void fire(Chan<Clock::time_point>& ch) {
+  ch.try_send(Clock::now());
+  detail::ChanCore* core = detail::state_of(ch);
+  core->lock_.lock();
+  core->timer_fired_ = true;
+  core->unlock();
+}
+
 class TimerService {
  public:
   static TimerService& get() {
@@ -54,8 +65,7 @@ class TimerService {
       Chan<Clock::time_point> ch = timers_.top().ch;
       timers_.pop();
       lock.unlock();
-      // Capacity 1 and this is the only send: it never blocks.
-      ch.try_send(Clock::now());
+      fire(ch);
       lock.lock();
     }
   }
@@ -73,7 +83,7 @@ Chan<std::chrono::steady_clock::time_point> after(
   const Clock::time_point when = detail::deadline_after(d);
   detail::state_of(ch)->timer_deadline_ = when;  // before anyone sees ch
   if (d <= Clock::duration::zero()) {
-    ch.try_send(Clock::now());
+    fire(ch);
   } else {
     TimerService::get().add(when, ch);
   }

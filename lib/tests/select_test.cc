@@ -297,6 +297,35 @@ TEST(Select, StressEveryValueIsReceivedExactlyOnce) {
   }
 }
 
+// A readiness watcher woken while a select registers on several channels
+// runs only after every channel lock is released: here its callback uses the
+// other channel of the select, which would deadlock under the lock.
+TEST(Select, WatcherCallbacksRunWithNoChannelLocked) {
+  auto a = make_chan<int>();
+  auto b = make_chan<int>();
+  const bool a_lower = detail::state_of(a) < detail::state_of(b);
+  Chan<int> hi = a_lower ? b : a;
+  Chan<int> lo = a_lower ? a : b;
+  std::atomic<bool> watcher_ran{false};
+  PendingOp watch = hi.ready_async(/*for_send=*/true, [&] {
+    lo.len();  // takes lo's lock
+    watcher_ran = true;
+  });
+  std::atomic<bool> selected{false};
+  std::thread selector([&] {
+    select(on_recv(a), on_recv(b));
+    selected = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + kLiveness;
+  while (!watcher_ran && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_TRUE(watcher_ran.load()) << "watcher deadlocked inside the select";
+  a.send(1);
+  selector.join();
+  EXPECT_TRUE(selected.load());
+}
+
 TEST(SelectAsync, FiresInlineWhenACaseIsReady) {
   auto a = make_chan<std::string>();
   auto b = make_chan<std::string>(1);

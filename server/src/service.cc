@@ -18,8 +18,12 @@ class StreamWriter final : public Outbox {
  public:
   using Reactor = grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>;
 
-  StreamWriter(Reactor* reactor, std::size_t max_bytes, std::size_t batch_bytes)
-      : reactor_(reactor), max_bytes_(max_bytes), batch_bytes_(batch_bytes) {}
+  StreamWriter(Reactor* reactor, uint64_t session_id, std::size_t max_bytes,
+               std::size_t batch_bytes)
+      : reactor_(reactor),
+        session_id_(session_id),
+        max_bytes_(max_bytes),
+        batch_bytes_(batch_bytes) {}
 
   // Called (once, with no lock held) when the queue overflows: the reactor
   // ends its session there and then.
@@ -27,62 +31,97 @@ class StreamWriter final : public Outbox {
     on_overflow_ = std::move(fn);
   }
 
-  bool push(v1::ServerFrame& frame) override {
+  bool push(v1::ServerFrame& frame,
+            const std::shared_ptr<ChannelObject>& returned_to) override {
+    std::deque<Queued> dropped;
     {
       absl::MutexLock lock(&mu_);
       if (reactor_ == nullptr || finish_wanted_) return false;
-      queued_bytes_ += frame.ByteSizeLong();
-      if (queued_bytes_ <= max_bytes_) {
-        queue_.push_back(std::move(frame));
+      const std::size_t size = frame.ByteSizeLong();
+      if (queued_bytes_ + size <= max_bytes_) {
+        queued_bytes_ += size;
+        queue_.push_back({std::move(frame), returned_to});
         maybe_write_locked();
         return true;
       }
       // The client is not reading: end the session rather than grow.
-      queue_.clear();
-      queued_bytes_ = 0;
-      finish_locked(grpc::Status(
+      dropped = finish_locked(grpc::Status(
           grpc::StatusCode::RESOURCE_EXHAUSTED,
           absl::StrCat("dchan-broker: over ", max_bytes_,
                        " bytes of answers queued for this session: the "
                        "client is not reading its stream")));
     }
+    return_values(dropped);
     if (on_overflow_) on_overflow_();
-    return false;  // not delivered: a received value goes back
+    return false;  // not queued: the caller returns its value
   }
 
   // The reactor's OnWriteDone.
   void on_write_done(bool ok) {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    if (!ok) {
-      queue_.clear();
-      queued_bytes_ = 0;
-      finish_locked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                 "dchan-broker: stream write failed"));
-      // No return: a finish wanted earlier waited for this write; do it now.
+    std::deque<Queued> dropped;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok) {
+        dropped =
+            finish_locked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                       "dchan-broker: stream write failed"));
+      }
+      // Also after a failure: a finish wanted earlier waited for this write.
+      maybe_write_locked();
     }
-    maybe_write_locked();
+    return_values(dropped);
   }
 
-  // Ends the stream with `status` once the write in flight (if any) is done.
+  // Ends the stream with `status` once the write in flight (if any) is done;
+  // answers still queued are not sent (their values go back).
   void finish(grpc::Status status) {
-    absl::MutexLock lock(&mu_);
-    finish_locked(std::move(status));
+    std::deque<Queued> dropped;
+    {
+      absl::MutexLock lock(&mu_);
+      dropped = finish_locked(std::move(status));
+    }
+    return_values(dropped);
   }
 
   // The reactor's OnDone: from now on push() refuses.
   void detach() {
-    absl::MutexLock lock(&mu_);
-    reactor_ = nullptr;
-    queue_.clear();
+    std::deque<Queued> dropped;
+    {
+      absl::MutexLock lock(&mu_);
+      reactor_ = nullptr;
+      dropped.swap(queue_);
+      queued_bytes_ = 0;
+    }
+    return_values(dropped);
   }
 
  private:
-  void finish_locked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finish_wanted_) return;
+  struct Queued {
+    v1::ServerFrame frame;
+    std::shared_ptr<ChannelObject> returned_to;  // set: it may hold a value
+  };
+
+  // Wants the stream finished; returns the answers that will now never be
+  // written.
+  std::deque<Queued> finish_locked(grpc::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::deque<Queued> dropped;
+    if (finish_wanted_) return dropped;
     finish_wanted_ = true;
     status_ = std::move(status);
+    dropped.swap(queue_);
+    queued_bytes_ = 0;
     maybe_write_locked();
+    return dropped;
+  }
+
+  // Values carried by answers that were queued but will not be written go
+  // back into their channels. No lock held.
+  void return_values(std::deque<Queued>& dropped) {
+    for (Queued& q : dropped) {
+      return_frame_value(q.frame, q.returned_to, session_id_);
+    }
   }
 
   void maybe_write_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -96,10 +135,10 @@ class StreamWriter final : public Outbox {
     batch_.Clear();
     std::size_t bytes = 0;
     while (!queue_.empty()) {
-      const std::size_t size = queue_.front().ByteSizeLong();
+      const std::size_t size = queue_.front().frame.ByteSizeLong();
       if (bytes > 0 && bytes + size > batch_bytes_) break;
       bytes += size;
-      batch_.add_frames()->Swap(&queue_.front());
+      batch_.add_frames()->Swap(&queue_.front().frame);
       queue_.pop_front();
     }
     queued_bytes_ -= std::min(queued_bytes_, bytes);
@@ -110,9 +149,10 @@ class StreamWriter final : public Outbox {
   absl::AnyInvocable<void()> on_overflow_;  // set before the first push
   absl::Mutex mu_;
   Reactor* reactor_ ABSL_GUARDED_BY(mu_);
+  const uint64_t session_id_;
   const std::size_t max_bytes_;
   const std::size_t batch_bytes_;
-  std::deque<v1::ServerFrame> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   std::size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;
@@ -129,7 +169,7 @@ class SessionReactor final
                  uint64_t id)
       : broker_(broker), id_(id) {
     writer_ = std::make_shared<StreamWriter>(
-        this, broker->options_.session_outbox_bytes,
+        this, id, broker->options_.session_outbox_bytes,
         broker->options_.batch_bytes);
     session_ = std::make_shared<server::Session>(id, context->peer(),
                                                  broker->registry_, writer_,
@@ -201,8 +241,17 @@ BrokerServer::Session(grpc::CallbackServerContext* context) {
 }
 
 void BrokerServer::add_session(const Live& live) {
-  absl::MutexLock lock(&mu_);
-  sessions_.emplace(live.session->id(), live);
+  {
+    absl::MutexLock lock(&mu_);
+    if (!shutting_down_) {
+      sessions_.emplace(live.session->id(), live);
+      return;
+    }
+  }
+  // Accepted while shut_down() ran: end it like the others.
+  live.session->end();
+  live.writer->finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                   "dchan-broker: shutting down"));
 }
 
 void BrokerServer::remove_session(uint64_t id) {

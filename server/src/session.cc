@@ -47,6 +47,27 @@ v1::ServerFrame recv_frame(uint64_t id, std::optional<std::string> value,
 
 // Sends a value that its session could not take back into its channel.
 void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
+                  uint64_t session_id);
+
+}  // namespace
+
+void return_frame_value(v1::ServerFrame& frame,
+                        const std::shared_ptr<ChannelObject>& returned_to,
+                        uint64_t session_id) {
+  if (returned_to == nullptr) return;
+  if (frame.has_recv() && frame.recv().outcome() == v1::OUTCOME_OK) {
+    return_value(returned_to, std::move(*frame.mutable_recv()->mutable_value()),
+                 session_id);
+  } else if (frame.has_select() && frame.select().outcome() == v1::OUTCOME_OK) {
+    return_value(returned_to,
+                 std::move(*frame.mutable_select()->mutable_value()),
+                 session_id);
+  }
+}
+
+namespace {
+
+void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
                   uint64_t session_id) {
   obj->chan.send_async(std::move(value), [obj, session_id](bool ok) {
     if (!ok) {
@@ -192,7 +213,7 @@ void Session::recv(uint64_t id, const v1::RecvRequest& req) {
   if (obj == nullptr) return;
   if (req.nonblocking()) {
     RecvResult<std::string> r = obj->chan.try_recv();
-    reply(recv_frame(id, std::move(r.value), to_outcome(r.status)));
+    deliver(recv_frame(id, std::move(r.value), to_outcome(r.status)), obj);
     return;
   }
   const uint64_t seq = begin_pending(id, v1::ClientFrame::kRecv);
@@ -292,7 +313,7 @@ void Session::select(uint64_t id, const v1::SelectRequest& req) {
     const bool got_value = o.value.has_value();
     if (got_value) r->set_value(*o.value);
     if (nonblocking) {
-      self->reply(std::move(f));
+      self->deliver(std::move(f), got_value ? objs[o.index] : nullptr);
     } else {
       self->finish_pending(id, seq, std::move(f),
                            got_value ? objs[o.index] : nullptr);
@@ -361,16 +382,18 @@ void Session::attach(uint64_t id, uint64_t seq, PendingOp op) {
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(id);
-    if (it != pending_.end() && it->second.seq == seq) {
-      if (ended_) {
-        pending_.erase(it);
-        withdraw = true;
-      } else {
-        it->second.op = op;
-      }
+    const bool ours = it != pending_.end() && it->second.seq == seq;
+    if (ended_) {
+      // end() ran while this operation was being set up (and cleared the
+      // table): withdraw it, or it would stay queued for good.
+      if (ours) pending_.erase(it);
+      withdraw = true;
+    } else if (ours) {
+      it->second.op = op;
     }
   }
-  // end() ran while this operation was being set up: withdraw it now.
+  // Harmless if it fired meanwhile: its answer found the session ended and
+  // returned any value it took.
   if (withdraw) op.cancel();
 }
 
@@ -384,16 +407,8 @@ void Session::finish_pending(
     if (it != pending_.end() && it->second.seq == seq) pending_.erase(it);
     live = !ended_;
   }
-  if (live && outbox_->push(frame)) return;
-  // Not delivered: a received value goes back into its channel.
-  if (returned_to == nullptr) return;
-  if (frame.has_recv() && frame.recv().outcome() == v1::OUTCOME_OK) {
-    return_value(returned_to, std::move(*frame.mutable_recv()->mutable_value()),
-                 id_);
-  } else if (frame.has_select() && frame.select().outcome() == v1::OUTCOME_OK) {
-    return_value(returned_to,
-                 std::move(*frame.mutable_select()->mutable_value()), id_);
-  }
+  if (live && outbox_->push(frame, returned_to)) return;
+  return_frame_value(frame, returned_to, id_);
 }
 
 void Session::end() {
@@ -411,7 +426,14 @@ void Session::end() {
   for (PendingOp& op : ops) op.cancel();
 }
 
-void Session::reply(v1::ServerFrame frame) { outbox_->push(frame); }
+void Session::reply(v1::ServerFrame frame) { outbox_->push(frame, nullptr); }
+
+void Session::deliver(v1::ServerFrame frame,
+                      const std::shared_ptr<ChannelObject>& returned_to) {
+  if (!outbox_->push(frame, returned_to)) {
+    return_frame_value(frame, returned_to, id_);
+  }
+}
 
 void Session::reply_error(uint64_t id, const absl::Status& status) {
   reply(error_frame(id, status));

@@ -44,7 +44,11 @@ class Outbox {
   virtual ~Outbox() = default;
   // Queues `frame` for the client, moving from it. Any thread; never
   // blocks. Returns false, leaving `frame` intact, when the stream has ended.
-  virtual bool push(v1::ServerFrame& frame) = 0;
+  // `returned_to`: for an answer that carries a received value, its
+  // channel; if the answer is dropped after it was queued (the stream ends
+  // first), the outbox hands the value back with return_frame_value().
+  virtual bool push(v1::ServerFrame& frame,
+                    const std::shared_ptr<ChannelObject>& returned_to) = 0;
 };
 
 struct SessionLimits {
@@ -102,6 +106,10 @@ class Session : public std::enable_shared_from_this<Session> {
                       const std::shared_ptr<ChannelObject>& returned_to);
 
   void reply(v1::ServerFrame frame);
+  // Like reply(), for an answer that may carry a value received from
+  // `returned_to`: if it cannot be queued, the value goes back.
+  void deliver(v1::ServerFrame frame,
+               const std::shared_ptr<ChannelObject>& returned_to);
   void reply_error(uint64_t id, const absl::Status& status);
 
   const uint64_t id_;
@@ -124,6 +132,13 @@ class Session : public std::enable_shared_from_this<Session> {
 
 // The error frame for `id`.
 v1::ServerFrame error_frame(uint64_t id, const absl::Status& status);
+
+// If `frame` answers a receive (or select) with a value taken from
+// `returned_to`, sends the value back into that channel (at the back); it
+// is dropped, with a log line, only if the channel was closed meanwhile.
+void return_frame_value(v1::ServerFrame& frame,
+                        const std::shared_ptr<ChannelObject>& returned_to,
+                        uint64_t session_id);
 
 }  // namespace dchan::server
 

@@ -13,7 +13,8 @@ namespace {
 
 class TestOutbox : public Outbox {
  public:
-  bool push(v1::ServerFrame& frame) override {
+  bool push(v1::ServerFrame& frame,
+            const std::shared_ptr<ChannelObject>&) override {
     absl::MutexLock lock(&mu_);
     if (refuse_) return false;
     frames_.push_back(std::move(frame));

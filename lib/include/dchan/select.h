@@ -34,7 +34,10 @@
 // looks ready first, it is tried without blocking while no other case can
 // fire, and the select starts over if another process took it first. Same
 // guarantees in every form: exactly one case fires, no other case consumes
-// or delivers anything.
+// or delivers anything. Known gap: such watches only see real senders and
+// receivers, so two spanning selects — one sending, one receiving on the
+// same unbuffered broker channel — do not meet each other (Go's would); a
+// buffered channel, or a plain send or receive on either side, does.
 //
 // For a set of cases known only at run time, put them in a
 // std::vector<dchan::Case> (each case converts to Case) and call
@@ -112,7 +115,12 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n);
 // caller). Otherwise, if `w` is set, registers nodes[i] for every channel
 // case on `w`. `nodes` has n entries.
 struct PollOutcome {
-  enum Kind { kFired, kRegistered, kWouldBlock, kNeverReady } kind;
+  enum Kind {
+    kFired,
+    kRegistered,
+    kWouldBlock,
+    kNeverReady
+  } kind = kWouldBlock;
   std::size_t index = 0;  // kFired: the case
   bool ok = false;        // kFired: false when its channel was closed
 };
@@ -389,11 +397,19 @@ PendingOp select_async(std::vector<AsyncSelectCase<T>> cases, bool nonblocking,
   // Keep the op alive from before its nodes are queued: a counterparty may
   // fire it as soon as select_poll drops the locks.
   op->arm(op);
-  const detail::PollOutcome r = detail::select_poll(
-      op->cases(), op->size(), nonblocking ? nullptr : op.get(), op->nodes());
+  detail::PollOutcome r;
+  try {
+    r = detail::select_poll(op->cases(), op->size(),
+                            nonblocking ? nullptr : op.get(), op->nodes());
+  } catch (...) {
+    op->arm(nullptr);
+    throw;
+  }
   switch (r.kind) {
     case detail::PollOutcome::kRegistered:
+      return PendingOp(std::move(op));
     case detail::PollOutcome::kNeverReady:
+      op->arm(nullptr);  // queued nowhere: only the caller's handle holds it
       return PendingOp(std::move(op));
     case detail::PollOutcome::kFired:
       op->complete_inline(r.index,

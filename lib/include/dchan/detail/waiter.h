@@ -268,19 +268,29 @@ class ChanCore {
   void wake_watchers_locked() noexcept;
 
   // Releases lock_, then completes the watchers woken meanwhile. Every
-  // unlock of a channel goes through here.
+  // unlock of a channel goes through here (or through release()).
   void unlock() noexcept {
+    WaitNode* fired = release();
+    if (fired != nullptr) [[unlikely]] {
+      fire_all(fired, true);
+    }
+  }
+
+  // Releases lock_ and hands back the watchers woken meanwhile, for the
+  // caller to fire_all() once it holds no channel lock at all (a select
+  // releasing several channels).
+  [[nodiscard]] WaitNode* release() noexcept {
     WaitNode* fired = watch_fired_;
     watch_fired_ = nullptr;
     lock_.unlock();
-    if (fired != nullptr) [[unlikely]]
-      fire_all(fired, true);
+    return fired;
   }
 
   Lock lock_;
   const std::size_t cap_;
   // For a channel made by after(): when its value arrives. A select over
   // broker channels uses it as its deadline. max() for other channels.
+  bool timer_fired_ = false;  // after(): its value was sent; guarded by lock_
   std::chrono::steady_clock::time_point timer_deadline_ =
       std::chrono::steady_clock::time_point::max();
   std::size_t count_ = 0;            // buffered values; guarded by lock_
