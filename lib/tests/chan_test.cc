@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "test_util.h"
 
 namespace dchan {
 namespace {
@@ -18,15 +19,7 @@ using namespace std::chrono_literals;
 // Generous bound for "this eventually happens" on a loaded 2-vCPU machine.
 constexpr auto kLiveness = 10s;
 
-template <class Pred>
-bool eventually(Pred pred) {
-  const auto deadline = std::chrono::steady_clock::now() + kLiveness;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test_util::eventually;
 
 void expect_panic(const std::function<void()>& fn, const std::string& msg) {
   try {

@@ -11,21 +11,14 @@
 #include "dchan/error.h"
 #include "dchan/go.h"
 #include "gtest/gtest.h"
+#include "test_util.h"
 
 namespace dchan {
 namespace {
 
 using namespace std::chrono_literals;
 
-template <class Cond>
-bool eventually(Cond cond, std::chrono::milliseconds limit = 5000ms) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!cond()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
-}
+using test_util::eventually;
 
 TEST(WaitGroup, WaitAtZeroReturnsAtOnce) {
   WaitGroup wg;
