@@ -20,7 +20,7 @@
 # the consumer + benchmark programs run); any failure exits non-zero at once.
 #
 # Environment: JOBS (default 2) parallel jobs for builds and ctest;
-# TEST_STAGES (default "build tsan clang install bench") the stages to run,
+# TEST_STAGES (default "build tsan clang asan install bench") the stages to run,
 # for quicker local iterations (install and bench need build's tree).
 set -Eeuo pipefail
 
