@@ -24,8 +24,6 @@
 // (UseManualTime). Reported time is wall time per round trip / per item.
 //
 // Run bench/run_chan.sh for the full comparison with Go.
-#include <sched.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -40,13 +38,12 @@
 #include <utility>
 #include <vector>
 
+#include "batch.h"
 #include "benchmark/benchmark.h"
 #include "dchan/chan.h"
 #include "dchan/select.h"
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------
 // Baseline: a bounded FIFO queue on std::mutex + std::condition_variable, as
@@ -157,35 +154,6 @@ class QueueGroup {
 // ---------------------------------------------------------------------------
 // Harness.
 
-// Runs one timed batch: spawns one thread per worker, waits until all are
-// running, then releases them and runs `driver` on this thread. Returns the
-// wall time from the release to the end of the last participant.
-double RunBatch(const std::vector<std::function<void()>>& workers,
-                const std::function<void()>& driver) {
-  const std::size_t n = workers.size();
-  std::atomic<std::size_t> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<Clock::time_point> finished(n);
-  std::vector<std::thread> threads;
-  threads.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      ready.fetch_add(1, std::memory_order_acq_rel);
-      while (!go.load(std::memory_order_acquire)) sched_yield();
-      workers[i]();
-      finished[i] = Clock::now();
-    });
-  }
-  while (ready.load(std::memory_order_acquire) < n) sched_yield();
-  const Clock::time_point start = Clock::now();
-  go.store(true, std::memory_order_release);
-  driver();
-  Clock::time_point end = Clock::now();
-  for (std::thread& t : threads) t.join();
-  for (const Clock::time_point& f : finished) end = std::max(end, f);
-  return std::chrono::duration<double>(end - start).count();
-}
-
 // Drives `state` in batches of `batch` iterations; `make_batch(n, workers,
 // driver)` fills in the participants of one batch of n iterations.
 template <class MakeBatch>
@@ -194,7 +162,7 @@ void RunBatched(benchmark::State& state, int64_t batch, MakeBatch make_batch) {
     std::vector<std::function<void()>> workers;
     std::function<void()> driver;
     make_batch(batch, workers, driver);
-    state.SetIterationTime(RunBatch(workers, driver));
+    state.SetIterationTime(dchan::bench::RunBatch(workers, driver).all);
   }
   state.SetItemsProcessed(state.iterations());
 }

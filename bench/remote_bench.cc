@@ -70,6 +70,7 @@
 #include <utility>
 #include <vector>
 
+#include "batch.h"
 #include "benchmark/benchmark.h"
 #include "dchan/client.h"
 #include "echo.grpc.pb.h"
@@ -284,46 +285,8 @@ std::unique_ptr<Echo::Stub> EchoStub() {
 // ---------------------------------------------------------------------------
 // Harness.
 
-struct BatchTimes {
-  double driver = 0;  // release to the end of the driver
-  double all = 0;     // release to the end of the last participant / `after`
-};
-
-// Spawns one thread per worker, waits until all are running, then releases
-// them and runs `driver` on this thread; after joining them runs `after` (if
-// any) still inside the timed span.
-BatchTimes RunBatch(const std::vector<std::function<void()>>& workers,
-                    const std::function<void()>& driver,
-                    const std::function<void()>& after) {
-  const std::size_t n = workers.size();
-  std::atomic<std::size_t> ready{0};
-  std::atomic<bool> go{false};
-  std::vector<Clock::time_point> finished(n);
-  std::vector<std::thread> threads;
-  threads.reserve(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] {
-      ready.fetch_add(1, std::memory_order_acq_rel);
-      while (!go.load(std::memory_order_acquire)) sched_yield();
-      workers[i]();
-      finished[i] = Clock::now();
-    });
-  }
-  while (ready.load(std::memory_order_acquire) < n) sched_yield();
-  const Clock::time_point start = Clock::now();
-  go.store(true, std::memory_order_release);
-  if (driver) driver();
-  const Clock::time_point driver_end = Clock::now();
-  Clock::time_point end = driver_end;
-  for (std::thread& t : threads) t.join();
-  for (const Clock::time_point& f : finished) end = std::max(end, f);
-  if (after) {
-    after();
-    end = Clock::now();
-  }
-  return {std::chrono::duration<double>(driver_end - start).count(),
-          std::chrono::duration<double>(end - start).count()};
-}
+using dchan::bench::BatchTimes;
+using dchan::bench::RunBatch;
 
 struct Batch {
   std::vector<std::function<void()>> workers;

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -33,6 +34,43 @@ bool has_line(const ProcessResult& r, const std::string& line) {
     if (l == line) return true;
   }
   return false;
+}
+
+// Three threads each loop on select(x, y, quit) until `quit` is closed;
+// `produce` (run on this thread) sends the values 0..total-1 between x and y
+// from elsewhere. Every value must be received exactly once.
+void expect_selectors_receive_each_value_once(
+    Chan<int64_t> x, Chan<int64_t> y, Chan<int64_t> quit, int total,
+    const std::function<void()>& produce) {
+  std::mutex mu;
+  std::vector<int> seen(total, 0);
+  std::atomic<int> received{0};
+  std::vector<std::thread> selectors;
+  for (int s = 0; s < 3; ++s) {
+    selectors.emplace_back([&] {
+      bool done = false;
+      auto take = [&](std::optional<int64_t> v) {
+        if (!v) return;
+        std::lock_guard<std::mutex> lock(mu);
+        ++seen[*v];
+        ++received;
+      };
+      while (!done) {
+        select(on_recv(x, take), on_recv(y, take),
+               on_recv(quit, [&](std::optional<int64_t>) { done = true; }));
+      }
+    });
+  }
+  produce();
+  const auto deadline = std::chrono::steady_clock::now() + kWorkerBound;
+  while (received.load() < total &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  quit.close();
+  for (auto& t : selectors) t.join();
+  EXPECT_EQ(received.load(), total);
+  for (int v = 0; v < total; ++v) ASSERT_EQ(seen[v], 1) << v;
 }
 
 TEST(RemoteSelect, ReceivesFromWhicheverChannelAnotherProcessFeeds) {
@@ -125,35 +163,9 @@ TEST(RemoteSelect, ManySelectingReceiversGetEveryValueExactlyOnce) {
       worker("produce", broker, "a", {"--cap=4", "--from=0", "--count=300"}));
   producers.push_back(
       worker("produce", broker, "b", {"--cap=0", "--from=300", "--count=300"}));
-  std::vector<int> seen(2 * kPerChannel, 0);
-  std::atomic<int> received{0};
-  std::vector<std::thread> selectors;
-  std::mutex mu;
-  for (int s = 0; s < 3; ++s) {
-    selectors.emplace_back([&] {
-      bool done = false;
-      auto take = [&](std::optional<int64_t> v) {
-        if (!v) return;
-        std::lock_guard<std::mutex> lock(mu);
-        ++seen[*v];
-        ++received;
-      };
-      while (!done) {
-        select(on_recv(a, take), on_recv(b, take),
-               on_recv(quit, [&](std::optional<int64_t>) { done = true; }));
-      }
-    });
-  }
-  for (Process& p : producers) EXPECT_EQ(p.wait(kWorkerBound).exit_code, 0);
-  const auto deadline = std::chrono::steady_clock::now() + kWorkerBound;
-  while (received.load() < 2 * kPerChannel &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(1ms);
-  }
-  quit.close();
-  for (auto& t : selectors) t.join();
-  EXPECT_EQ(received.load(), 2 * kPerChannel);
-  for (int v = 0; v < 2 * kPerChannel; ++v) ASSERT_EQ(seen[v], 1) << v;
+  expect_selectors_receive_each_value_once(a, b, quit, 2 * kPerChannel, [&] {
+    for (Process& p : producers) EXPECT_EQ(p.wait(kWorkerBound).exit_code, 0);
+  });
 }
 
 // A timer case whose value somebody else already took never fires again: the
@@ -164,8 +176,8 @@ TEST(RemoteSelect, ADrainedTimerDoesNotBlockTheBrokerCases) {
   Chan<int64_t> remote = client.chan<int64_t>("r", 0);
   auto timer = after(10ms);
   ASSERT_TRUE(timer.recv().has_value());  // drained
-  Process producer = worker("produce", broker, "r",
-                            {"--cap=0", "--from=8", "--count=1"});
+  Process producer =
+      worker("produce", broker, "r", {"--cap=0", "--from=8", "--count=1"});
   std::optional<int64_t> got;
   EXPECT_EQ(select(on_recv(remote, [&](auto v) { got = v; }), on_recv(timer)),
             0u);
@@ -250,36 +262,11 @@ TEST(RemoteSelect, MixedSelectorsGetEveryValueExactlyOnce) {
   std::thread local_producer([&] {
     for (int64_t v = kRemote; v < kRemote + kLocal; ++v) local.send(v);
   });
-  std::mutex mu;
-  std::vector<int> seen(kRemote + kLocal, 0);
-  std::atomic<int> received{0};
-  std::vector<std::thread> selectors;
-  for (int s = 0; s < 3; ++s) {
-    selectors.emplace_back([&] {
-      bool done = false;
-      auto take = [&](std::optional<int64_t> v) {
-        if (!v) return;
-        std::lock_guard<std::mutex> lock(mu);
-        ++seen[*v];
-        ++received;
-      };
-      while (!done) {
-        select(on_recv(remote, take), on_recv(local, take),
-               on_recv(quit, [&](auto) { done = true; }));
-      }
-    });
-  }
-  EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
-  local_producer.join();
-  const auto deadline = std::chrono::steady_clock::now() + kWorkerBound;
-  while (received.load() < kRemote + kLocal &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(1ms);
-  }
-  quit.close();
-  for (auto& t : selectors) t.join();
-  EXPECT_EQ(received.load(), kRemote + kLocal);
-  for (int v = 0; v < kRemote + kLocal; ++v) ASSERT_EQ(seen[v], 1) << v;
+  expect_selectors_receive_each_value_once(
+      remote, local, quit, kRemote + kLocal, [&] {
+        EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
+        local_producer.join();
+      });
 }
 
 }  // namespace
