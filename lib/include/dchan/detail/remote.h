@@ -1,9 +1,11 @@
-// dchan/detail/remote.h — the byte-level backend of a broker-hosted Chan<T>.
+// dchan/detail/remote.h — the byte-level backends of broker-hosted handles:
+// Chan<T> (RemoteChan), Mutex and RWMutex (RemoteLock), WaitGroup
+// (RemoteWaitGroup) and AtomicValue<T> (RemoteValue).
 //
-// Internal to dchan. lib declares this interface so that Chan<T> can be
-// backed by a broker without lib depending on gRPC; the client library
-// (client/) implements it. Chan<T> encodes and decodes values with
-// Codec<T> and calls these members; a local Chan<T> never touches them (one
+// Internal to dchan. lib declares these interfaces so that its handles can
+// be backed by a broker without lib depending on gRPC; the client library
+// (client/) implements them. Typed handles encode and decode values with
+// Codec<T> and call these members; a local handle never touches them (one
 // predictable branch per operation).
 //
 // Thread safety: implementations must allow every member to be called
@@ -14,6 +16,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -90,6 +94,80 @@ class RemoteChan {
   // Withdraws a watch; its callback may still run if it raced. Never
   // blocks, never throws.
   virtual void cancel_watch(uint64_t token) noexcept = 0;
+};
+
+// A broker-hosted lock: the backend of a remote Mutex (exclusive only) and
+// of a remote RWMutex. The lock is held by the client's session; every
+// thread of the client may release it.
+//
+// Loss: once the client suspects that its session is gone while it holds
+// the lock (the broker unreachable, or nothing heard from it for the
+// session TTL — the broker then releases the lock to the next waiter), the
+// acquisition's stop token is requested, and every later operation on this
+// lock throws dchan::Error with kAborted naming the lock and the token it
+// held.
+class RemoteLock {
+ public:
+  using Deadline = RemoteChan::Deadline;
+
+  virtual ~RemoteLock() = default;
+
+  // Takes the lock (`shared`: a read lock), waiting FIFO on the broker until
+  // `deadline` (RemoteChan::kNonBlocking: try once; kNoDeadline: no limit).
+  // Returns whether it is now held; on false, the request was withdrawn and
+  // nothing is held. Throws dchan::Error: kUnavailable (broker lost),
+  // kAborted (this lock was lost earlier, see above).
+  virtual bool lock(bool shared, Deadline deadline) = 0;
+
+  // Releases the lock (`shared`: one read lock) and returns once the broker
+  // has handed it on. Throws dchan::Error: kFailedPrecondition with Go's
+  // message when it is not held in that mode by this client; kAborted when
+  // it was lost while held; kUnavailable when the broker is lost.
+  virtual void unlock(bool shared) = 0;
+
+  // The fencing token of the current (or last) exclusive acquisition by
+  // this client; 0 before the first. Never blocks.
+  virtual uint64_t token() const noexcept = 0;
+
+  // A token whose stop is requested when the current acquisition is lost
+  // (see above). A token that can never stop (stop_possible() false) when
+  // the lock is not held. Never blocks.
+  virtual std::stop_token hold_token() const noexcept = 0;
+};
+
+// A broker-hosted WaitGroup.
+class RemoteWaitGroup {
+ public:
+  using Deadline = RemoteChan::Deadline;
+
+  virtual ~RemoteWaitGroup() = default;
+
+  // Adds `delta` on the broker and returns once it is counted there (a
+  // done() that returned is paid even if the process exits at once).
+  // Throws dchan::Error: kFailedPrecondition "sync: negative WaitGroup
+  // counter", kOutOfRange, kUnavailable.
+  virtual void add(int delta) = 0;
+
+  // Waits until the counter is zero or `deadline` (kNonBlocking: look
+  // once); returns whether it reached zero. Throws dchan::Error: kAborted
+  // when a participant was lost (the message names it), kUnavailable.
+  virtual bool wait(Deadline deadline) = 0;
+
+  // The counter on the broker now. Throws dchan::Error (kUnavailable).
+  virtual int count() = 0;
+};
+
+// A broker-hosted AtomicValue: bytes, linearizable on the broker. Every
+// member throws dchan::Error (kUnavailable) when the broker is lost.
+class RemoteValue {
+ public:
+  virtual ~RemoteValue() = default;
+  virtual std::optional<std::string> load() = 0;
+  // Stores `value`; returns the value it replaced.
+  virtual std::optional<std::string> swap(const std::string& value) = 0;
+  // Stores `desired` if a value is stored and its bytes equal `old`.
+  virtual bool compare_and_swap(const std::string& old,
+                                const std::string& desired) = 0;
 };
 
 }  // namespace detail
