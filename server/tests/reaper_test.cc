@@ -48,6 +48,11 @@ class ReaperTest : public ::testing::Test {
     return c;
   }
 
+  void TearDown() override {
+    absl::MutexLock lock(&mu_);
+    for (const std::shared_ptr<Session>& s : sessions_) s->end();
+  }
+
   Reaper::ListSessions lister() {
     return [this] {
       absl::MutexLock lock(&mu_);

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
@@ -28,7 +29,14 @@ class SessionTest : public ::testing::Test {
     Client c;
     c.session =
         std::make_shared<Session>(++ids_, "test", registry_, c.out, limits);
+    sessions_.push_back(c.session);
     return c;
+  }
+
+  // Ends every session, as the broker does when a stream ends: pending
+  // operations hold their session, so this also frees them.
+  void TearDown() override {
+    for (const std::shared_ptr<Session>& s : sessions_) s->end();
   }
 
   static uint64_t open(Client& c, const std::string& name,
@@ -141,6 +149,7 @@ class SessionTest : public ::testing::Test {
 
   Registry registry_;
   uint64_t ids_ = 0;
+  std::vector<std::shared_ptr<Session>> sessions_;
 };
 
 TEST_F(SessionTest, UnbufferedSendIsAnsweredOnlyOnceAReceiverHasTheValue) {
