@@ -35,7 +35,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JOBS="${JOBS:-2}"
-LOCAL_BASE="dchan-e2e/debian:bookworm-minbase"
+# The local base's recipe is make_local_base below: change the tag when the
+# recipe changes, so that machines which cached the old one make it anew.
+LOCAL_BASE="dchan-e2e/debian:bookworm-slim-1"
 BROKER_IMAGE="dchan-broker:e2e"
 WORKER_IMAGE="dchan-worker:e2e"
 BUILD_IMAGE_TAG="dchan-build:e2e"
@@ -195,7 +197,28 @@ make_local_base() {
       printf 'Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
     fi
   } > "${rootfs}/etc/apt/sources.list.d/debian.sources"
-  rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/lib/apt/lists/* \
+  # Slim like debian:bookworm-slim: no docs, man pages or translations, now
+  # or in packages installed later, and no apt caches left in layers.
+  cat > "${rootfs}/etc/dpkg/dpkg.cfg.d/docker" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/overrides/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+DPKG
+  cat > "${rootfs}/etc/apt/apt.conf.d/docker-clean" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+APT
+  find "${rootfs}/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  find "${rootfs}/usr/share/doc" -mindepth 1 -type d -empty -delete
+  rm -rf "${rootfs}"/usr/share/{groff,info,linda,locale,man}/* \
+         "${rootfs}"/var/cache/apt/* "${rootfs}"/var/lib/apt/lists/* \
          "${rootfs}"/var/log/* "${rootfs}"/tmp/*
   tar -C "${rootfs}" -c . | docker import \
     --change 'CMD ["bash"]' \
