@@ -17,13 +17,15 @@
 #               port until Docker reports it healthy (its HEALTHCHECK), then
 #               examples/hello_remote's receiver and sender as two worker
 #               containers; checks what the receiver printed.
-#   5. job      [issue 5] coordinator + 3 worker containers: the job
-#               completes; then again with one worker killed mid-job, and the
-#               coordinator must report the lost worker.
+#   5. job      examples/job_coordinator + 3 examples/job_worker containers
+#               against a fresh broker container: the batch completes (exit
+#               0, right summary); then again with worker-2's container killed
+#               mid-batch: the coordinator exits 1 naming "worker-2".
 #   6. compose  docker/compose.yaml with docker/compose.host.yaml (host
 #               networking, the same free port) through every compose found
 #               (Debian's docker-compose 1.29, the v2 plugin if present);
-#               `up --exit-code-from` the job's final service must exit 0.
+#               `up --exit-code-from coordinator` must exit 0 with the
+#               coordinator's right summary.
 #
 # Every container and compose project it starts is removed on exit, also on
 # failure or Ctrl-C. When the Docker engine cannot run here, it fails and
@@ -49,6 +51,7 @@ mkdir -p "${LOG}"
 export DOCKER_BUILDKIT=0
 START=$(date +%s)
 
+CHECKS=0   # end-to-end checks passed
 say() { echo "e2e [$(( $(date +%s) - START ))s]: $*"; }
 fail() { echo "e2e: FAILED: $*" >&2; exit 1; }
 
@@ -341,35 +344,84 @@ grep -q "received: hello 3 from pid" "${LOG}/hello-recv.log" \
   && grep -q "channel closed after 3 greetings" "${LOG}/hello-recv.log" \
   || fail "hello_remote's receiver did not get the 3 greetings and the close"
 say "hello_remote across containers: ok"
+CHECKS=$(( CHECKS + 1 ))
 
 # --------------------------------------------------------------------- 5. job
-# ISSUE 5: the job-coordination example (examples/job_coordinator.cc and
-# examples/job_worker.cc: a coordinator, 3 workers, a remote WaitGroup)
-# plugs in here once issue 5's remote WaitGroup is on main: run the job to
-# completion, then run it again and `docker kill` one worker mid-job; the
-# coordinator must exit non-zero naming the lost worker.
-
 docker rm -f "${PREFIX}-broker" "${PREFIX}-recv" "${PREFIX}-send" > /dev/null
+
+# Starts a fresh broker ("jobs" stays closed after a batch), three workers
+# (extra worker flags in $2) and the coordinator (--jobs=$3), containers
+# named ${PREFIX}-$1-*; sets JOB_ADDR.
+start_job() {
+  local run="$1" worker_flags="$2" jobs="$3"
+  PORT="$(free_port)"
+  JOB_ADDR="127.0.0.1:${PORT}"
+  start_broker "${PREFIX}-${run}-broker" "${PORT}"
+  for id in 1 2 3; do
+    # shellcheck disable=SC2086  # worker_flags: zero or more flags
+    start_worker "${PREFIX}-${run}-worker-${id}" job_worker \
+      --broker="${JOB_ADDR}" --id="${id}" ${worker_flags}
+  done
+  start_worker "${PREFIX}-${run}-coordinator" job_coordinator \
+    --broker="${JOB_ADDR}" --jobs="${jobs}" --workers=3
+}
+
+say "job: coordinator + 3 workers, the whole batch"
+start_job complete "" 30
+rc="$(wait_exit "${PREFIX}-complete-coordinator" 120)"
+docker logs "${PREFIX}-complete-coordinator" > "${LOG}/job-complete.log" 2>&1
+sed 's/^/  | /' "${LOG}/job-complete.log"
+[[ "${rc}" == 0 ]] || fail "job: the coordinator exited ${rc}"
+grep -q "coordinator: 30 jobs done (.*), sum of squares 9455: ok" "${LOG}/job-complete.log" \
+  || fail "job: no right summary from the coordinator"
+for id in 1 2 3; do
+  rc="$(wait_exit "${PREFIX}-complete-worker-${id}" 30)"
+  [[ "${rc}" == 0 ]] || fail "job: worker ${id} exited ${rc}"
+done
+say "job complete across containers: ok"
+CHECKS=$(( CHECKS + 1 ))
+
+say "job: worker-2's container killed mid-batch"
+start_job lost "--job_ms=200" 60
+for _ in $(seq 300); do
+  docker logs "${PREFIX}-lost-worker-2" 2>&1 | grep -q "worker-2: job" && break
+  sleep 0.1
+done
+docker logs "${PREFIX}-lost-worker-2" 2>&1 | grep -q "worker-2: job" \
+  || fail "job: worker-2 did no job"
+docker kill "${PREFIX}-lost-worker-2" > /dev/null
+rc="$(wait_exit "${PREFIX}-lost-coordinator" 60)"
+docker logs "${PREFIX}-lost-coordinator" > "${LOG}/job-lost.log" 2>&1
+sed 's/^/  | /' "${LOG}/job-lost.log"
+[[ "${rc}" == 1 ]] || fail "job: with worker-2 killed the coordinator exited ${rc}, not 1"
+grep -q 'coordinator: batch failed: .*participant "worker-2".* lost' "${LOG}/job-lost.log" \
+  || fail "job: the coordinator did not name the lost worker-2"
+say "job with a lost worker across containers: ok"
+CHECKS=$(( CHECKS + 1 ))
+for c in "${CONTAINERS[@]}"; do docker rm -f "${c}" > /dev/null 2>&1 || true; done
 
 # ----------------------------------------------------------------- 6. compose
 for compose in "${COMPOSES[@]}"; do
   PORT="$(free_port)"
-  project="${PREFIX}-$(echo "${compose}" | tr -c 'a-z0-9\n' '-')"
+  # docker-compose (v1) or docker compose (v2)
+  project="${PREFIX}-$([[ "${compose}" == docker-compose ]] && echo v1 || echo v2)"
   files=(-f "${ROOT}/docker/compose.yaml" -f "${ROOT}/docker/compose.host.yaml")
   export DCHAN_PORT="${PORT}" DCHAN_TAG=e2e
   COMPOSE_DOWN+=("${compose} -p ${project} ${files[*]} down --remove-orphans --timeout 5")
   say "${compose} ($(${compose} version --short 2>/dev/null || echo '?')): up on 127.0.0.1:${PORT}"
   rc=0
   timeout 180 ${compose} -p "${project}" "${files[@]}" up --no-build \
-    --exit-code-from receiver > "${LOG}/compose-${project}.log" 2>&1 || rc=$?
+    --exit-code-from coordinator > "${LOG}/compose-${project}.log" 2>&1 || rc=$?
   ${compose} -p "${project}" "${files[@]}" down --remove-orphans --timeout 5 \
     > /dev/null 2>&1 || true
-  sed 's/^/  | /' "${LOG}/compose-${project}.log" | tail -20
-  [[ ${rc} -eq 0 ]] || fail "${compose} up: the receiver exited ${rc}"
-  grep -q "channel closed after 3 greetings" "${LOG}/compose-${project}.log" \
-    || fail "${compose} up: the receiver did not get the 3 greetings and the close"
+  grep coordinator "${LOG}/compose-${project}.log" | sed 's/^/  | /'
+  [[ ${rc} -eq 0 ]] || fail "${compose} up: the coordinator exited ${rc}"
+  grep -q "coordinator: 30 jobs done (.*), sum of squares 9455: ok" \
+    "${LOG}/compose-${project}.log" \
+    || fail "${compose} up: no right summary from the coordinator"
   say "${compose}: ok"
+  CHECKS=$(( CHECKS + 1 ))
 done
 
 say "all green"
-echo "e2e: 1 passed, 0 failed"
+echo "e2e: ${CHECKS} checks passed"
