@@ -24,8 +24,8 @@
 #   6. compose  docker/compose.yaml with docker/compose.host.yaml (host
 #               networking, the same free port) through every compose found
 #               (Debian's docker-compose 1.29, the v2 plugin if present);
-#               `up --exit-code-from coordinator` must exit 0 with the
-#               coordinator's right summary.
+#               `up --exit-code-from coordinator coordinator` must exit 0 with
+#               the coordinator's right summary.
 #
 # Every container and compose project it starts is removed on exit, also on
 # failure or Ctrl-C. When the Docker engine cannot run here, it fails and
@@ -57,7 +57,8 @@ fail() { echo "e2e: FAILED: $*" >&2; exit 1; }
 
 # ------------------------------------------------------------ cleanup (trap)
 CONTAINERS=()        # names of containers started by this run
-COMPOSE_DOWN=()      # commands that take down compose projects started
+COMPOSE_FILES=(-f "${ROOT}/docker/compose.yaml" -f "${ROOT}/docker/compose.host.yaml")
+COMPOSE_PROJECTS=()  # "COMPOSE-COMMAND|PROJECT" of compose projects started
 DOCKERD_PID=""       # the dockerd this run started, if any
 cleanup() {
   local rc=$?
@@ -65,8 +66,10 @@ cleanup() {
   for c in "${CONTAINERS[@]}"; do
     docker rm -f "${c}" > /dev/null 2>&1
   done
-  for cmd in "${COMPOSE_DOWN[@]}"; do
-    eval "${cmd}" > /dev/null 2>&1
+  for p in "${COMPOSE_PROJECTS[@]}"; do
+    # ${p%%|*} is "docker-compose" or "docker compose": split on purpose.
+    ${p%%|*} -p "${p#*|}" "${COMPOSE_FILES[@]}" down --remove-orphans \
+      --timeout 5 > /dev/null 2>&1
   done
   if [[ -n "${DOCKERD_PID}" ]]; then
     say "stopping the dockerd this run started (pid ${DOCKERD_PID})"
@@ -249,9 +252,10 @@ say "bases: build ${BUILD_BASE}, runtime ${RUNTIME_BASE}"
 
 # ------------------------------------------------------------------ 3. images
 build_target() {
-  local target="$1" tag="$2" t0=$(date +%s)
+  local target="$1" tag="$2" t0
+  t0=$(date +%s)
   say "docker build --target ${target} -t ${tag}"
-  if ! docker build --network host -f "${ROOT}/docker/Dockerfile" \
+  if ! docker build --network host --force-rm -f "${ROOT}/docker/Dockerfile" \
        --build-arg BUILD_IMAGE="${BUILD_BASE}" \
        --build-arg BASE_IMAGE="${RUNTIME_BASE}" \
        --build-arg JOBS="${JOBS}" \
@@ -340,9 +344,10 @@ docker logs "${PREFIX}-send" > "${LOG}/hello-send.log" 2>&1
 sed 's/^/  recv| /' "${LOG}/hello-recv.log"
 [[ "${rc_send}" == 0 && "${rc_recv}" == 0 ]] \
   || fail "hello_remote exited ${rc_send} (send) / ${rc_recv} (recv)"
-grep -q "received: hello 3 from pid" "${LOG}/hello-recv.log" \
-  && grep -q "channel closed after 3 greetings" "${LOG}/hello-recv.log" \
-  || fail "hello_remote's receiver did not get the 3 greetings and the close"
+if ! grep -q "received: hello 3 from pid" "${LOG}/hello-recv.log" ||
+   ! grep -q "channel closed after 3 greetings" "${LOG}/hello-recv.log"; then
+  fail "hello_remote's receiver did not get the 3 greetings and the close"
+fi
 say "hello_remote across containers: ok"
 CHECKS=$(( CHECKS + 1 ))
 
@@ -382,7 +387,7 @@ say "job complete across containers: ok"
 CHECKS=$(( CHECKS + 1 ))
 
 say "job: worker-2's container killed mid-batch"
-start_job lost "--job_ms=200" 60
+start_job lost "--job_ms=200" 30
 for _ in $(seq 300); do
   docker logs "${PREFIX}-lost-worker-2" 2>&1 | grep -q "worker-2: job" && break
   sleep 0.1
@@ -401,20 +406,23 @@ CHECKS=$(( CHECKS + 1 ))
 for c in "${CONTAINERS[@]}"; do docker rm -f "${c}" > /dev/null 2>&1 || true; done
 
 # ----------------------------------------------------------------- 6. compose
+# shellcheck disable=SC2086  # ${compose} is one or two words, split on purpose
 for compose in "${COMPOSES[@]}"; do
   PORT="$(free_port)"
   # docker-compose (v1) or docker compose (v2)
   project="${PREFIX}-$([[ "${compose}" == docker-compose ]] && echo v1 || echo v2)"
-  files=(-f "${ROOT}/docker/compose.yaml" -f "${ROOT}/docker/compose.host.yaml")
   export DCHAN_PORT="${PORT}" DCHAN_TAG=e2e
-  COMPOSE_DOWN+=("${compose} -p ${project} ${files[*]} down --remove-orphans --timeout 5")
+  COMPOSE_PROJECTS+=("${compose}|${project}")
   say "${compose} ($(${compose} version --short 2>/dev/null || echo '?')): up on 127.0.0.1:${PORT}"
   rc=0
-  timeout 180 ${compose} -p "${project}" "${files[@]}" up --no-build \
-    --exit-code-from coordinator > "${LOG}/compose-${project}.log" 2>&1 || rc=$?
-  ${compose} -p "${project}" "${files[@]}" down --remove-orphans --timeout 5 \
+  timeout 180 ${compose} -p "${project}" "${COMPOSE_FILES[@]}" up --no-build \
+    --exit-code-from coordinator coordinator > "${LOG}/compose-${project}.log" 2>&1 \
+    || rc=$?
+  ${compose} -p "${project}" "${COMPOSE_FILES[@]}" logs --no-color \
+    > "${LOG}/compose-${project}-all.log" 2>&1 || true
+  ${compose} -p "${project}" "${COMPOSE_FILES[@]}" down --remove-orphans --timeout 5 \
     > /dev/null 2>&1 || true
-  grep coordinator "${LOG}/compose-${project}.log" | sed 's/^/  | /'
+  grep "coordinator: " "${LOG}/compose-${project}.log" | sed 's/^/  | /'
   [[ ${rc} -eq 0 ]] || fail "${compose} up: the coordinator exited ${rc}"
   grep -q "coordinator: 30 jobs done (.*), sum of squares 9455: ok" \
     "${LOG}/compose-${project}.log" \
