@@ -422,7 +422,8 @@ for compose in "${COMPOSES[@]}"; do
     > "${LOG}/compose-${project}-all.log" 2>&1 || true
   ${compose} -p "${project}" "${COMPOSE_FILES[@]}" down --remove-orphans --timeout 5 \
     > /dev/null 2>&1 || true
-  grep "coordinator: " "${LOG}/compose-${project}.log" | sed 's/^/  | /'
+  grep "coordinator: " "${LOG}/compose-${project}.log" \
+    | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/  | /'
   [[ ${rc} -eq 0 ]] || fail "${compose} up: the coordinator exited ${rc}"
   grep -q "coordinator: 30 jobs done (.*), sum of squares 9455: ok" \
     "${LOG}/compose-${project}.log" \
