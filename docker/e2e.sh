@@ -273,8 +273,10 @@ build_target broker "${BROKER_IMAGE}"
 docker image prune -f --filter label=dchan.e2e=1 > /dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' \
   | grep -E '^dchan-(broker|worker):e2e' | sed 's/^/e2e: image /'
-[[ "$(docker image inspect -f '{{.Config.User}}' "${BROKER_IMAGE}")" == dchan ]] \
-  || fail "${BROKER_IMAGE} does not run as the non-root user dchan"
+for image in "${BROKER_IMAGE}" "${WORKER_IMAGE}"; do
+  [[ "$(docker image inspect -f '{{.Config.User}}' "${image}")" == dchan ]] \
+    || fail "${image} does not run as the non-root user dchan"
+done
 
 # --------------------------------------------------------------------- 4. run
 # A TCP port nobody listens on, below the ephemeral range: 20000-32767.
