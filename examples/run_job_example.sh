@@ -13,19 +13,22 @@ out="$(mktemp -d)"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
 
-start_broker() {  # prints the broker's address
-  "${broker_bin}" --listen=127.0.0.1:0 > "${out}/broker$1" 2>&1 &
+# Starts a broker on a free loopback port (in this shell, so that the trap
+# stops it); sets addr to its address.
+start_broker() {
+  local log="${out}/broker$1"
+  "${broker_bin}" --listen=127.0.0.1:0 > "${log}" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    grep -q "listening on" "${out}/broker$1" && break
+    grep -q "listening on" "${log}" && break
     sleep 0.1
   done
-  sed -n 's/^dchan-broker listening on \([^ ]*\).*/\1/p' "${out}/broker$1"
+  addr="$(sed -n 's/^dchan-broker listening on \([^ ]*\).*/\1/p' "${log}")"
+  [[ -n "${addr}" ]] || { cat "${log}"; exit 1; }
 }
 
 # 1. A whole batch.
-addr="$(start_broker 1)"
-[[ -n "${addr}" ]] || { cat "${out}/broker1"; exit 1; }
+start_broker 1
 for id in 1 2 3; do
   "${worker}" --broker="${addr}" --id="${id}" > "${out}/w${id}" 2>&1 &
   pids+=($!)
@@ -36,8 +39,7 @@ cat "${out}/coordinator1"
 grep -q "coordinator: 30 jobs done (.*), sum of squares 9455: ok" "${out}/coordinator1"
 
 # 2. Worker 2 lost mid-batch.
-addr="$(start_broker 2)"
-[[ -n "${addr}" ]] || { cat "${out}/broker2"; exit 1; }
+start_broker 2
 for id in 1 2 3; do
   "${worker}" --broker="${addr}" --id="${id}" --job_ms=100 > "${out}/v${id}" 2>&1 &
   pids+=($!)
@@ -46,6 +48,7 @@ victim="${pids[-2]}"  # worker 2
 timeout 60 "${coordinator}" --broker="${addr}" --jobs=60 --workers=3 \
   > "${out}/coordinator2" 2>&1 &
 coordinator_pid=$!
+pids+=("${coordinator_pid}")
 for _ in $(seq 200); do
   grep -q "worker-2: job" "${out}/v2" && break
   sleep 0.05
