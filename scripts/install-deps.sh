@@ -4,8 +4,23 @@
 # installed it only asks dpkg and returns within a fraction of a second; it
 # runs `apt-get update` and `apt-get install` only for what is missing.
 #
+# `install-deps.sh --minimal` installs only what a Release build of the
+# broker, the client and the examples needs, without tests, benchmarks, clang
+# or Go (docker/Dockerfile's build stage uses it).
+#
 # Run as root (or as a user with sudo). Non-interactive.
 set -euo pipefail
+
+MINIMAL_PACKAGES=(
+  build-essential
+  cmake
+  pkg-config
+  libabsl-dev
+  libgrpc++-dev
+  libprotobuf-dev
+  protobuf-compiler
+  protobuf-compiler-grpc
+)
 
 PACKAGES=(
   build-essential
@@ -23,6 +38,12 @@ PACKAGES=(
   protobuf-compiler-grpc
   golang-go               # Go is a benchmark baseline
 )
+
+case "${1:-}" in
+  "") ;;
+  --minimal) PACKAGES=("${MINIMAL_PACKAGES[@]}") ;;
+  *) echo "usage: install-deps.sh [--minimal]" >&2; exit 2 ;;
+esac
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -15,13 +15,18 @@
 #   5. bench   every Google Benchmark binary in build/bench once with a tiny
 #              iteration count, and the Go baselines (bench/go*/) once each;
 #              no timing is asserted, this only keeps them working
+#   6. docker  docker/e2e.sh: the images of docker/Dockerfile, the broker
+#              and example programs in containers (host network, loopback),
+#              docker/compose.yaml through docker-compose; logs in
+#              build-docker/. Installs and starts Docker when needed.
 #
 # Ends with "summary: N passed, 0 failed" (N: ctest tests of every stage +
 # the consumer + benchmark programs run); any failure exits non-zero at once.
 #
 # Environment: JOBS (default 2) parallel jobs for builds and ctest;
-# TEST_STAGES (default "build tsan clang asan install bench") the stages to run,
-# for quicker local iterations (install and bench need build's tree).
+# TEST_STAGES (default "build tsan clang asan install bench docker") the stages
+# to run, for quicker local iterations (install and bench need build's tree;
+# docker needs nothing else).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +36,7 @@ START=$(date +%s)
 STAGE="setup"
 PASSED=0    # tests that passed, summed over every stage
 STAGES_DONE=()
-TEST_STAGES="${TEST_STAGES:-build tsan clang asan install bench}"
+TEST_STAGES="${TEST_STAGES:-build tsan clang asan install bench docker}"
 want() { [[ " ${TEST_STAGES} " == *" $1 "* ]]; }
 
 trap 'rc=$?; echo; echo "test.sh: FAILED in stage \"${STAGE}\" (exit ${rc}) after $(( $(date +%s) - START ))s" >&2' ERR
@@ -162,6 +167,19 @@ if want bench; then
   echo "bench: ${nbench} benchmark binaries / Go modules ran"
   PASSED=$(( PASSED + nbench ))
   STAGES_DONE+=(bench)
+fi
+
+# --------------------------------------------------------------- 6. docker
+if want docker; then
+  stage "docker (docker/e2e.sh, logs in build-docker/)"
+  rm -rf build-docker
+  mkdir -p build-docker
+  DCHAN_E2E_LOG="${ROOT}/build-docker" "${ROOT}/docker/e2e.sh" 2>&1 \
+    | tee build-docker/e2e.out
+  n="$(sed -n 's/^e2e: \([0-9]\+\) checks passed$/\1/p' build-docker/e2e.out | tail -1)"
+  [[ -n "${n}" ]] || { echo "test.sh: docker/e2e.sh did not report its checks" >&2; false; }
+  PASSED=$(( PASSED + n ))
+  STAGES_DONE+=(docker)
 fi
 
 STAGE="done"
