@@ -485,5 +485,54 @@ TEST(RemoteSyncApi, TypeAndKindMismatchesAreInvalidArgument) {
   m.unlock();
 }
 
+// Untimed, timed and non-blocking calls of many threads on two sessions, with
+// a short TTL so that pings (asynchronous calls) run all along: the read role
+// keeps moving between callers and the background reader, and nothing hangs
+// or is declared lost.
+TEST(RemoteSyncApi, MixedCallsOfManyThreadsWithFrequentPingsNeverHang) {
+  BrokerProcess broker({"--min_session_ttl_ms=100"});
+  ClientOptions o;
+  o.session_ttl = 200ms;
+  Client a = Client::connect(broker.address(), o);
+  Client b = Client::connect(broker.address(), o);
+  Mutex ma = a.mutex("m");
+  Mutex mb = b.mutex("m");
+  WaitGroup wg = a.wait_group("wg");
+  AtomicValue<int64_t> v = a.atomic_value<int64_t>("v");
+  v.store(0);
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> ops{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      Mutex m = t % 2 == 0 ? ma : mb;
+      while (!stop.load()) {
+        switch (t % 3) {
+          case 0:
+            if (m.try_lock_for(1ms)) m.unlock();
+            break;
+          case 1:
+            m.lock();
+            m.unlock();
+            break;
+          case 2:
+            (void)wg.count();
+            (void)wg.wait_for(1us);
+            (void)v.load();
+            break;
+        }
+        ++ops;
+      }
+    });
+  }
+  std::this_thread::sleep_for(3s);
+  stop = true;
+  for (auto& th : threads) th.join();
+  EXPECT_GT(ops.load(), 100);
+  EXPECT_FALSE(ma.hold_token().stop_possible());
+  ma.lock();  // the session is still alive: not lost meanwhile
+  ma.unlock();
+}
+
 }  // namespace
 }  // namespace dchan::testing

@@ -113,10 +113,13 @@ class RWMutexCore {
 RWMutex::RWMutex() : core_(std::make_shared<detail::RWMutexCore>()) {}
 
 // Each member takes one predictable branch: a local handle (core_ set) or a
-// broker-hosted one (remote_ set).
+// broker-hosted one (remote_ set). A remote call keeps its backend (and the
+// session) alive, as a blocked local one keeps its state: the process may
+// exit, destroying a global handle, while a thread waits on the broker.
 void RWMutex::lock() {
   if (core_ == nullptr) [[unlikely]] {
-    remote_->lock(false, detail::RemoteChan::kNoDeadline);
+    std::shared_ptr<detail::RemoteLock> keep = remote_;
+    keep->lock(false, detail::RemoteChan::kNoDeadline);
     return;
   }
   core_->lock(core_);
@@ -129,7 +132,8 @@ bool RWMutex::try_lock() {
 }
 void RWMutex::unlock() {
   if (core_ == nullptr) [[unlikely]] {
-    remote_->unlock(false);
+    std::shared_ptr<detail::RemoteLock> keep = remote_;
+    keep->unlock(false);
     return;
   }
   // The write unlock lets readers and writers in before it has finished with
@@ -139,7 +143,8 @@ void RWMutex::unlock() {
 }
 void RWMutex::lock_shared() {
   if (core_ == nullptr) [[unlikely]] {
-    remote_->lock(true, detail::RemoteChan::kNoDeadline);
+    std::shared_ptr<detail::RemoteLock> keep = remote_;
+    keep->lock(true, detail::RemoteChan::kNoDeadline);
     return;
   }
   core_->lock_shared(core_);
@@ -152,7 +157,8 @@ bool RWMutex::try_lock_shared() {
 }
 void RWMutex::unlock_shared() {
   if (core_ == nullptr) [[unlikely]] {
-    remote_->unlock(true);
+    std::shared_ptr<detail::RemoteLock> keep = remote_;
+    keep->unlock(true);
     return;
   }
   core_->unlock_shared(core_);

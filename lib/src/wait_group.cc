@@ -121,7 +121,8 @@ WaitGroup::WaitGroup() : core_(std::make_shared<detail::WaitGroupCore>()) {}
 // broker-hosted one (remote_ set).
 void WaitGroup::add(int delta) {
   if (core_ == nullptr) [[unlikely]] {
-    remote_->add(delta);
+    std::shared_ptr<detail::RemoteWaitGroup> keep = remote_;  // as in wait()
+    keep->add(delta);
     return;
   }
   core_->add(delta, core_);
@@ -131,7 +132,8 @@ void WaitGroup::add(int delta) {
 // global handle) while it is parked.
 void WaitGroup::wait() {
   if (core_ == nullptr) [[unlikely]] {
-    remote_->wait(detail::RemoteChan::kNoDeadline);
+    std::shared_ptr<detail::RemoteWaitGroup> keep = remote_;
+    keep->wait(detail::RemoteChan::kNoDeadline);
     return;
   }
   if (core_->is_zero()) return;
@@ -142,7 +144,8 @@ void WaitGroup::wait() {
 bool WaitGroup::wait_until_steady(
     std::chrono::steady_clock::time_point deadline) {
   if (core_ == nullptr) [[unlikely]] {
-    return remote_->wait(deadline);
+    std::shared_ptr<detail::RemoteWaitGroup> keep = remote_;
+    return keep->wait(deadline);
   }
   std::shared_ptr<detail::WaitGroupCore> keep = core_;
   return keep->wait_until(deadline);

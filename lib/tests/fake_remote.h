@@ -28,8 +28,11 @@ class FakeLock final : public detail::RemoteLock {
     auto free = [&] { return !writer_ && (shared || readers_ == 0); };
     if (deadline == detail::RemoteChan::kNonBlocking) {
       if (!free()) return false;
-    } else if (!cv_.wait_until(hold, deadline, free)) {
-      return false;
+    } else {
+      ++waiting_;
+      const bool got = cv_.wait_until(hold, deadline, free);
+      --waiting_;
+      if (!got) return false;
     }
     if (!writer_ && readers_ == 0) source_ = std::stop_source();
     if (shared) {
@@ -68,6 +71,12 @@ class FakeLock final : public detail::RemoteLock {
     return source_.get_token();
   }
 
+  // Threads blocked in lock().
+  int waiting() const {
+    std::lock_guard<std::mutex> hold(mu_);
+    return waiting_;
+  }
+
   // The session is lost while the lock is held.
   void lose() {
     std::stop_source source;
@@ -88,6 +97,7 @@ class FakeLock final : public detail::RemoteLock {
   std::condition_variable cv_;
   bool writer_ = false;
   int readers_ = 0;
+  int waiting_ = 0;
   uint64_t token_ = 0;
   bool lost_ = false;
   std::stop_source source_{std::nostopstate};

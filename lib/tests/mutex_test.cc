@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -425,6 +426,29 @@ TEST(Mutex, RemoteLossStopsTheHoldTokenAndLaterOperationsThrow) {
     EXPECT_EQ(e.code(), absl::StatusCode::kAborted);
   }
   hold.release();
+}
+
+// As a parked local lock() keeps the lock state alive, a remote one keeps
+// its backend (and so the client session) alive: the process may exit and
+// destroy a global handle while a thread waits on the broker.
+TEST(Mutex, ABlockedRemoteLockKeepsItsBackendAliveWhenTheHandleIsDestroyed) {
+  auto backend = std::make_shared<test_util::FakeLock>();
+  std::weak_ptr<test_util::FakeLock> weak = backend;
+  auto handle = std::make_unique<Mutex>(detail::make_remote_mutex(backend));
+  backend->lock(false, detail::RemoteChan::kNoDeadline);  // held elsewhere
+  Mutex* mu = handle.get();
+  std::thread waiter([mu] {
+    mu->lock();
+    // Taken: the backend is alive (the thread keeps it), so release it.
+  });
+  while (backend->waiting() == 0) std::this_thread::yield();
+  backend.reset();
+  handle.reset();  // the last handle: only the blocked thread keeps it now
+  std::shared_ptr<test_util::FakeLock> alive = weak.lock();
+  ASSERT_NE(alive, nullptr) << "the backend died under a blocked lock()";
+  alive->unlock(false);
+  waiter.join();
+  alive->unlock(false);  // the waiter's acquisition
 }
 
 }  // namespace

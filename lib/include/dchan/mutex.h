@@ -313,7 +313,9 @@ class Mutex {
 
   void lock_slow() {
     if (core_ == nullptr) [[unlikely]] {
-      remote_->lock(false, detail::RemoteChan::kNoDeadline);
+      // As below: the backend (and its session) outlive a blocked call.
+      std::shared_ptr<detail::RemoteLock> keep = remote_;
+      keep->lock(false, detail::RemoteChan::kNoDeadline);
       return;
     }
     // A blocked thread keeps the state alive: the process may exit (and
@@ -324,7 +326,8 @@ class Mutex {
 
   bool try_lock_slow_until(std::chrono::steady_clock::time_point deadline) {
     if (core_ == nullptr) [[unlikely]] {
-      return remote_->lock(false, deadline);
+      std::shared_ptr<detail::RemoteLock> keep = remote_;  // as in lock()
+      return keep->lock(false, deadline);
     }
     std::shared_ptr<detail::MutexCore> keep = core_;  // as in lock()
     return keep->try_lock_slow_until(deadline);
@@ -332,7 +335,8 @@ class Mutex {
 
   void unlock_slow(uint32_t state) {
     if (core_ == nullptr) [[unlikely]] {
-      remote_->unlock(false);
+      std::shared_ptr<detail::RemoteLock> keep = remote_;  // as in lock()
+      keep->unlock(false);
       return;
     }
     // Waking a waiter touches the state after the lock is free; another
