@@ -289,7 +289,9 @@ class Mutex {
   // Mutex, or a remote one not held, a token that never stops
   // (stop_possible() == false). Never blocks, never throws. Stop
   // callbacks run on the thread that notices the loss (a client-internal
-  // thread, or one calling into the lock): they must not block.
+  // thread, or one calling into the lock): they must not block, and must
+  // not drop the last handle of the Client (its threads cannot join
+  // themselves).
   std::stop_token hold_token() const noexcept {
     if (core_ != nullptr) [[likely]] {
       return std::stop_token();
