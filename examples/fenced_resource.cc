@@ -54,7 +54,9 @@ int main(int argc, char** argv) {
 
   dchan::Client stale = connect("stale-writer");
   dchan::Mutex stale_mu = stale.mutex("resource");
-  stale_mu.lock();  // then it stalls; the lock is gone when it wakes
+  // It takes the lock first, then stalls past its session TTL: the unlock
+  // stands in for the broker giving the lock away meanwhile.
+  stale_mu.lock();
   const uint64_t stale_token = stale_mu.token();
   stale_mu.unlock();
 
