@@ -166,21 +166,21 @@ TEST(RemoteSyncBadInput, NameOfAnotherKindIsInvalidArgumentNamingBoth) {
   expect_error([&] { (void)client.mutex("x").try_lock(); }, kInvalid,
                {"\"x\" is a channel, not a mutex"});
   expect_error([&] { (void)client.rw_mutex("x").try_lock(); }, kInvalid,
-               {"\"x\" is a channel", "mutex"});
+               {"\"x\" is a channel, not an RWMutex"});
   expect_error([&] { (void)client.wait_group("x").count(); }, kInvalid,
-               {"\"x\" is a channel", "wait group"});
+               {"\"x\" is a channel, not a WaitGroup"});
   expect_error([&] { (void)client.atomic_value<int64_t>("x").load(); },
-               kInvalid, {"\"x\" is a channel", "atomic value"});
+               kInvalid, {"\"x\" is a channel, not an AtomicValue"});
 
   Mutex m = client.mutex("m");
   m.lock();
   expect_error([&] { (void)client.rw_mutex("m").try_lock(); }, kInvalid,
-               {"\"m\" is a mutex"});
+               {"\"m\" is a mutex, not an RWMutex"});
   expect_error([&] { (void)client.chan<int64_t>("m", 1).try_recv(); }, kInvalid,
-               {"\"m\" is a mutex", "channel"});
+               {"\"m\" is a mutex, not a channel"});
   WaitGroup wg = client.wait_group("w");
   expect_error([&] { (void)client.mutex("w").try_lock(); }, kInvalid,
-               {"\"w\" is a wait group"});
+               {"\"w\" is a WaitGroup, not a mutex"});
 
   // The refused opens changed nothing.
   x.send(5);
