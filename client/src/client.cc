@@ -1,4 +1,5 @@
 // dchan::Client and the broker-backed channel backend (detail::RemoteChan).
+// The sync objects' backends are in sync.cc.
 #include "dchan/client.h"
 
 #include <memory>
@@ -161,5 +162,13 @@ Client Client::connect(const std::string& target, ClientOptions options) {
 }
 
 const std::string& Client::target() const noexcept { return conn_->target(); }
+
+const std::string& Client::name() const noexcept { return conn_->name(); }
+
+uint64_t Client::session_id() const noexcept { return conn_->session_id(); }
+
+std::chrono::milliseconds Client::session_ttl() const noexcept {
+  return conn_->session_ttl();
+}
 
 }  // namespace dchan

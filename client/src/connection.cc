@@ -1,8 +1,12 @@
 #include "connection.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "dchan/error.h"
 
 namespace dchan::detail {
@@ -10,6 +14,13 @@ namespace {
 
 [[noreturn]] void throw_status(const absl::Status& status) {
   throw Error(status.code(), std::string(status.message()));
+}
+
+// "hostname:pid", the default client name.
+std::string default_client_name() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(host[0] != '\0' ? host : "unknown", ":", ::getpid());
 }
 
 }  // namespace
@@ -39,16 +50,179 @@ Connection::Connection(const std::string& target, const ClientOptions& options)
   stub_ = v1::Broker::NewStub(channel_);
   stream_ = stub_->Session(&context_);
   reader_ = std::thread([this] { read_loop(); });
+  try {
+    hello(options, std::chrono::steady_clock::now() + options.connect_timeout);
+  } catch (...) {
+    shut_down();
+    throw;
+  }
+  pinger_ = std::thread([this] { ping_loop(); });
 }
 
-Connection::~Connection() {
+Connection::~Connection() { shut_down(); }
+
+void Connection::shut_down() {
+  if (pinger_.joinable()) {
+    {
+      absl::MutexLock lock(&ping_mu_);
+      ping_stop_ = true;
+    }
+    pinger_.join();
+  }
   {
     absl::MutexLock lock(&write_mu_);
-    // No user thread can be writing: each holds a reference while it does.
+    // No user thread can be writing: each holds a reference while it does
+    // (and the ping thread has stopped).
     if (!writes_failed_) stream_->WritesDone();
   }
   context_.TryCancel();
   reader_.join();
+}
+
+void Connection::hello(const ClientOptions& options,
+                       Clock::time_point deadline) {
+  name_ = options.name.empty() ? default_client_name() : options.name;
+  v1::ClientFrame f;
+  v1::HelloRequest* req = f.mutable_hello();
+  req->set_client_name(name_);
+  req->set_ttl_ms(
+      static_cast<uint64_t>(std::max<int64_t>(0, options.session_ttl.count())));
+  uint64_t id = 0;
+  std::shared_ptr<Call> call = start(f, &id);
+  if (!call->done.wait_until(deadline)) {
+    throw Error(absl::StatusCode::kUnavailable,
+                absl::StrCat("dchan: the broker at ", target_,
+                             " did not answer the session's Hello within ",
+                             options.connect_timeout.count(), " ms"));
+  }
+  if (!call->error.ok()) throw_status(call->error);
+  const v1::ServerFrame& answer = call->answer;
+  if (answer.code() != 0) {
+    throw Error(
+        static_cast<absl::StatusCode>(answer.code()),
+        absl::StrCat("dchan: the broker at ", target_,
+                     " refused the session's Hello: ", answer.message()));
+  }
+  if (!answer.has_hello() || answer.hello().ttl_ms() == 0) {
+    throw Error(absl::StatusCode::kInternal,
+                absl::StrCat("dchan: the broker at ", target_,
+                             " answered the Hello without a session TTL"));
+  }
+  session_id_ = answer.hello().session_id();
+  ttl_ = std::chrono::milliseconds(answer.hello().ttl_ms());
+}
+
+void Connection::note_heard(Clock::time_point sent) noexcept {
+  const Clock::rep t = sent.time_since_epoch().count();
+  Clock::rep seen = heard_.load(std::memory_order_relaxed);
+  while (seen < t &&
+         !heard_.compare_exchange_weak(seen, t, std::memory_order_relaxed)) {
+  }
+}
+
+bool Connection::check_session() noexcept {
+  if (ttl_.count() == 0) return false;  // not open yet (in the constructor)
+  const Clock::time_point now = Clock::now();
+  const Clock::time_point heard(
+      Clock::duration(heard_.load(std::memory_order_relaxed)));
+  if (now - heard < ttl_) return false;
+  lose_session(absl::UnavailableError(absl::StrCat(
+      "dchan: lost the session with the broker at ", target_,
+      ": nothing heard from it for ",
+      std::chrono::duration_cast<std::chrono::milliseconds>(now - heard)
+          .count(),
+      " ms (session TTL ", ttl_.count(), " ms)")));
+  return true;
+}
+
+void Connection::ping_loop() {
+  const Clock::duration interval =
+      std::max<Clock::duration>(ttl_ / 4, std::chrono::milliseconds(1));
+  Clock::time_point next_ping = Clock::now() + interval;
+  for (;;) {
+    const Clock::time_point now = Clock::now();
+    const Clock::time_point expiry =
+        Clock::time_point(
+            Clock::duration(heard_.load(std::memory_order_relaxed))) +
+        ttl_;
+    if (now >= expiry) {
+      if (check_session()) return;
+      continue;  // an answer arrived meanwhile
+    }
+    if (now >= next_ping) {
+      v1::ClientFrame ping;
+      ping.mutable_ping();
+      try {
+        // The reader notes the answer's arrival (note_heard).
+        call_async(ping, [](const absl::Status&, v1::ServerFrame&) {});
+      } catch (const Error&) {
+        return;  // the stream is broken: nothing left to keep alive
+      }
+      next_ping = now + interval;
+    }
+    const Clock::time_point wake = std::min(next_ping, expiry);
+    absl::MutexLock lock(&ping_mu_);
+    if (ping_mu_.AwaitWithTimeout(absl::Condition(&ping_stop_),
+                                  absl::FromChrono(wake - now))) {
+      return;
+    }
+  }
+}
+
+void Connection::lose_session(const absl::Status& why) {
+  notify_lost(why);  // first: a lock's users then see kAborted, not a bare
+                     // kUnavailable
+  {
+    absl::MutexLock lock(&mu_);
+    if (broken_.ok()) broken_ = why;  // later calls fail at once
+  }
+  context_.TryCancel();  // the reader fails the pending calls with `why`
+}
+
+void Connection::notify_lost(const absl::Status& why) {
+  std::vector<std::stop_source> to_stop;
+  {
+    absl::MutexLock lock(&shared_mu_);
+    if (!lost_.ok()) return;
+    lost_ = why;
+    for (auto& [key, shared] : shared_) {
+      shared.observer->session_lost(why, &to_stop);
+    }
+  }
+  for (std::stop_source& s : to_stop) s.request_stop();
+}
+
+absl::Status Connection::lost() {
+  absl::MutexLock lock(&shared_mu_);
+  return lost_;
+}
+
+std::shared_ptr<void> Connection::find_shared(const std::string& key) {
+  absl::MutexLock lock(&shared_mu_);
+  auto it = shared_.find(key);
+  return it == shared_.end() ? nullptr : it->second.object.lock();
+}
+
+std::shared_ptr<void> Connection::share(
+    const std::string& key, std::shared_ptr<void> object,
+    std::shared_ptr<SessionObserver> observer) {
+  absl::MutexLock lock(&shared_mu_);
+  Shared& slot = shared_[key];
+  if (std::shared_ptr<void> live = slot.object.lock()) return live;
+  // Empty, or left by an object whose destructor will unshare() its own
+  // observer only.
+  slot.object = object;
+  slot.observer = std::move(observer);
+  return object;
+}
+
+void Connection::unshare(const std::string& key,
+                         const SessionObserver* observer) noexcept {
+  absl::MutexLock lock(&shared_mu_);
+  auto it = shared_.find(key);
+  if (it != shared_.end() && it->second.observer.get() == observer) {
+    shared_.erase(it);
+  }
 }
 
 uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
@@ -166,6 +340,7 @@ void Connection::read_loop() {
         call = std::move(it->second);
         calls_.erase(it);
       }
+      note_heard(call->sent);
       call->answer.Swap(&f);
       finish(*call, absl::OkStatus());
     }
@@ -180,19 +355,27 @@ void Connection::read_loop() {
         +[](bool* writing) { return !*writing; }, &writing_));
   }
   const grpc::Status st = stream_->Finish();
-  fail_all(absl::UnavailableError(
+  const absl::Status lost = absl::UnavailableError(
       absl::StrCat("dchan: lost the broker at ", target_, ": ",
-                   st.ok() ? "stream ended" : st.error_message())));
+                   st.ok() ? "stream ended" : st.error_message()));
+  notify_lost(lost);  // no-op when the session was declared lost already
+  {
+    absl::MutexLock lock(&ping_mu_);
+    ping_stop_ = true;
+  }
+  fail_all(lost);
 }
 
 void Connection::fail_all(const absl::Status& status) {
   absl::flat_hash_map<uint64_t, std::shared_ptr<Call>> calls;
+  absl::Status why;
   {
     absl::MutexLock lock(&mu_);
-    broken_ = status;
+    if (broken_.ok()) broken_ = status;  // else: lose_session's reason
+    why = broken_;
     calls.swap(calls_);
   }
-  for (auto& [id, call] : calls) finish(*call, status);
+  for (auto& [id, call] : calls) finish(*call, why);
 }
 
 }  // namespace dchan::detail

@@ -8,13 +8,26 @@
 // answers off the stream and completes their Calls. When the stream ends,
 // every outstanding and later Call fails with kUnavailable.
 //
+// Liveness: the connection opens the session with a Hello (client name and
+// TTL) and keeps it alive from one background thread that sends a Ping every
+// TTL/4. It tracks when the broker last heard from this client *for sure*:
+// the send time of the latest request whose answer has arrived (the broker
+// received it after that). If that is older than the TTL — the broker may
+// have ended the session — or the stream breaks, the session is lost: the
+// session objects (the locks) are told first, so that their holders learn
+// of the loss before any call fails, then the stream is cancelled and every
+// pending and later call fails with kUnavailable. There is no reconnection:
+// a lost Connection stays broken.
+//
 // Thread safety: every public member may be called from any thread.
 #ifndef DCHAN_CLIENT_CONNECTION_H_
 #define DCHAN_CLIENT_CONNECTION_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,11 +43,30 @@
 
 namespace dchan::detail {
 
+// An object whose state belongs to the session, not to one handle (a lock
+// held by the session): it must learn when the session is lost.
+class SessionObserver {
+ public:
+  virtual ~SessionObserver() = default;
+
+  // The session is lost (`why`: kUnavailable, saying why). Called at most
+  // once, on the thread that noticed, under the Connection's registry lock:
+  // it must not block or call the Connection. Stop sources to request go to
+  // `to_stop`; they are requested once that lock is released (so that stop
+  // callbacks may do anything).
+  virtual void session_lost(
+      const absl::Status& why,
+      std::vector<std::stop_source>* to_stop) noexcept = 0;
+};
+
 class Connection {
  public:
   using Deadline = std::chrono::steady_clock::time_point;
 
-  // Connects; throws dchan::Error (kUnavailable) on failure.
+  // Connects and opens the session (Hello), then starts the reader and the
+  // ping thread. Throws dchan::Error: kUnavailable when the broker cannot be
+  // reached or does not answer the Hello within options.connect_timeout;
+  // the broker's refusal of the Hello otherwise.
   Connection(const std::string& target, const ClientOptions& options);
   ~Connection();
 
@@ -62,12 +94,44 @@ class Connection {
 
   const std::string& target() const noexcept { return target_; }
 
+  // The session: the client name sent in the Hello, the id and TTL the
+  // broker granted.
+  const std::string& name() const noexcept { return name_; }
+  uint64_t session_id() const noexcept { return session_id_; }
+  std::chrono::milliseconds session_ttl() const noexcept { return ttl_; }
+
+  // Declares the session lost now (and returns true) if nothing has been
+  // heard from the broker for the TTL; the ping thread would do so shortly.
+  // Cheap; lock operations call it first, so that a client resumed after a
+  // long stop (SIGSTOP) reports the loss instead of using a lock it may no
+  // longer hold. Idempotent.
+  bool check_session() noexcept;
+
+  // Why the session was lost (kUnavailable), or OK while it is not.
+  absl::Status lost();
+
+  // Session objects, one per key: share() registers `object` (found again
+  // by find_shared(key) while it lives) and `observer` (told when the
+  // session is lost, until unshare()). If a live object is registered under
+  // `key` already, nothing is registered and that object is returned;
+  // otherwise `object`. The registry keeps `observer` alive; `object` only
+  // weakly (it owns the Connection, the observer must not).
+  std::shared_ptr<void> find_shared(const std::string& key);
+  std::shared_ptr<void> share(const std::string& key,
+                              std::shared_ptr<void> object,
+                              std::shared_ptr<SessionObserver> observer);
+  void unshare(const std::string& key,
+               const SessionObserver* observer) noexcept;
+
  private:
+  using Clock = std::chrono::steady_clock;
+
   struct Call {
     Waiter done;
     v1::ServerFrame answer;
-    absl::Status error;  // the connection failed
-    Callback on_answer;  // set: an asynchronous call
+    absl::Status error;                     // the connection failed
+    Callback on_answer;                     // set: an asynchronous call
+    Clock::time_point sent = Clock::now();  // (about) when it was sent
   };
   // Completes `call` with its answer or `error`.
   static void finish(Call& call, const absl::Status& error);
@@ -79,6 +143,20 @@ class Connection {
   void read_loop();
   void fail_all(const absl::Status& status);
 
+  // Sends the Hello and waits for its answer until `deadline`; sets name_,
+  // session_id_ and ttl_. Throws dchan::Error.
+  void hello(const ClientOptions& options, Clock::time_point deadline);
+  // Stops the ping thread and the stream and joins the reader.
+  void shut_down();
+  // The ping thread: pings every ttl_/4, declares the loss at the TTL.
+  void ping_loop();
+  // Records that the broker heard a request sent at `sent`.
+  void note_heard(Clock::time_point sent) noexcept;
+  // The session is lost: tells the session objects (once), then fails every
+  // call with `why` and cancels the stream.
+  void lose_session(const absl::Status& why);
+  void notify_lost(const absl::Status& why);
+
   const std::string target_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Broker::Stub> stub_;
@@ -86,6 +164,25 @@ class Connection {
   std::unique_ptr<grpc::ClientReaderWriter<v1::ClientBatch, v1::ServerBatch>>
       stream_;
   std::thread reader_;
+
+  // The session (set by hello(), before any other thread reads them).
+  std::string name_;
+  uint64_t session_id_ = 0;
+  std::chrono::milliseconds ttl_{0};
+  // Clock::time_point::rep of the send time of the latest answered request.
+  std::atomic<Clock::rep> heard_{0};
+
+  std::thread pinger_;
+  absl::Mutex ping_mu_;
+  bool ping_stop_ ABSL_GUARDED_BY(ping_mu_) = false;
+
+  struct Shared {
+    std::weak_ptr<void> object;
+    std::shared_ptr<SessionObserver> observer;
+  };
+  absl::Mutex shared_mu_;
+  absl::flat_hash_map<std::string, Shared> shared_ ABSL_GUARDED_BY(shared_mu_);
+  absl::Status lost_ ABSL_GUARDED_BY(shared_mu_);  // set once
 
   absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Call>> calls_

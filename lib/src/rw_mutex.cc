@@ -112,17 +112,56 @@ class RWMutexCore {
 
 RWMutex::RWMutex() : core_(std::make_shared<detail::RWMutexCore>()) {}
 
-void RWMutex::lock() { core_->lock(core_); }
-bool RWMutex::try_lock() noexcept { return core_->try_lock(); }
+// Each member takes one predictable branch: a local handle (core_ set) or a
+// broker-hosted one (remote_ set).
+void RWMutex::lock() {
+  if (core_ == nullptr) [[unlikely]] {
+    remote_->lock(false, detail::RemoteChan::kNoDeadline);
+    return;
+  }
+  core_->lock(core_);
+}
+bool RWMutex::try_lock() {
+  if (core_ == nullptr) [[unlikely]] {
+    return remote_->lock(false, detail::RemoteChan::kNonBlocking);
+  }
+  return core_->try_lock();
+}
 void RWMutex::unlock() {
+  if (core_ == nullptr) [[unlikely]] {
+    remote_->unlock(false);
+    return;
+  }
   // The write unlock lets readers and writers in before it has finished with
   // the state; they may drop the last handle meanwhile.
   std::shared_ptr<detail::RWMutexCore> keep = core_;
   keep->unlock();
 }
-void RWMutex::lock_shared() { core_->lock_shared(core_); }
-bool RWMutex::try_lock_shared() noexcept { return core_->try_lock_shared(); }
-void RWMutex::unlock_shared() { core_->unlock_shared(core_); }
-uint64_t RWMutex::token() const noexcept { return core_->token(); }
+void RWMutex::lock_shared() {
+  if (core_ == nullptr) [[unlikely]] {
+    remote_->lock(true, detail::RemoteChan::kNoDeadline);
+    return;
+  }
+  core_->lock_shared(core_);
+}
+bool RWMutex::try_lock_shared() {
+  if (core_ == nullptr) [[unlikely]] {
+    return remote_->lock(true, detail::RemoteChan::kNonBlocking);
+  }
+  return core_->try_lock_shared();
+}
+void RWMutex::unlock_shared() {
+  if (core_ == nullptr) [[unlikely]] {
+    remote_->unlock(true);
+    return;
+  }
+  core_->unlock_shared(core_);
+}
+uint64_t RWMutex::token() const noexcept {
+  if (core_ == nullptr) [[unlikely]] {
+    return remote_->token();
+  }
+  return core_->token();
+}
 
 }  // namespace dchan

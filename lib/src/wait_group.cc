@@ -117,11 +117,23 @@ class WaitGroupCore {
 
 WaitGroup::WaitGroup() : core_(std::make_shared<detail::WaitGroupCore>()) {}
 
-void WaitGroup::add(int delta) { core_->add(delta, core_); }
+// Each member takes one predictable branch: a local handle (core_ set) or a
+// broker-hosted one (remote_ set).
+void WaitGroup::add(int delta) {
+  if (core_ == nullptr) [[unlikely]] {
+    remote_->add(delta);
+    return;
+  }
+  core_->add(delta, core_);
+}
 
 // A blocked waiter keeps the state alive: the process may exit (destroying a
 // global handle) while it is parked.
 void WaitGroup::wait() {
+  if (core_ == nullptr) [[unlikely]] {
+    remote_->wait(detail::RemoteChan::kNoDeadline);
+    return;
+  }
   if (core_->is_zero()) return;
   std::shared_ptr<detail::WaitGroupCore> keep = core_;
   keep->wait_until(std::chrono::steady_clock::time_point::max());
@@ -129,10 +141,18 @@ void WaitGroup::wait() {
 
 bool WaitGroup::wait_until_steady(
     std::chrono::steady_clock::time_point deadline) {
+  if (core_ == nullptr) [[unlikely]] {
+    return remote_->wait(deadline);
+  }
   std::shared_ptr<detail::WaitGroupCore> keep = core_;
   return keep->wait_until(deadline);
 }
 
-int WaitGroup::count() const noexcept { return core_->count(); }
+int WaitGroup::count() const {
+  if (core_ == nullptr) [[unlikely]] {
+    return remote_->count();
+  }
+  return core_->count();
+}
 
 }  // namespace dchan

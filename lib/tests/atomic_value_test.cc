@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "fake_remote.h"
 #include "gtest/gtest.h"
 
 namespace dchan {
@@ -152,6 +153,41 @@ TEST(AtomicValue, ReadersDoNotWaitForAWriterInProgress) {
   EXPECT_EQ(read.get(), 1);
   g_block_compare = false;
   EXPECT_EQ(v.load()->value, 2);
+}
+
+TEST(AtomicValue, LocalAtomicValueIsNotRemote) {
+  EXPECT_FALSE(AtomicValue<int>().is_remote());
+}
+
+TEST(AtomicValue, RemoteHandleEncodesThroughTheCodec) {
+  auto backend = std::make_shared<test_util::FakeValue>();
+  AtomicValue<int32_t> v = detail::make_remote_atomic_value<int32_t>(backend);
+  EXPECT_TRUE(v.is_remote());
+  EXPECT_EQ(v, AtomicValue<int32_t>(v));
+  EXPECT_NE(v, AtomicValue<int32_t>());
+  EXPECT_EQ(v.load(), std::nullopt);
+  EXPECT_FALSE(v.compare_and_swap(1, 2));  // nothing stored yet
+  v.store(7);
+  EXPECT_EQ(v.load(), 7);
+  EXPECT_EQ(backend->load(), std::string("\x07\0\0\0", 4));  // little-endian
+  EXPECT_EQ(v.swap(8), 7);
+  EXPECT_FALSE(v.compare_and_swap(7, 9));
+  EXPECT_TRUE(v.compare_and_swap(8, 9));
+  EXPECT_EQ(v.load(), 9);
+}
+
+TEST(AtomicValue, RemoteBytesTheCodecRejectsThrowDataLoss) {
+  auto backend = std::make_shared<test_util::FakeValue>();
+  AtomicValue<int32_t> v = detail::make_remote_atomic_value<int32_t>(backend);
+  backend->swap("xy");  // not 4 bytes
+  try {
+    v.load();
+    ADD_FAILURE() << "load decoded malformed bytes";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kDataLoss);
+  }
+  v.store(1);  // store does not decode what it replaces
+  EXPECT_EQ(v.load(), 1);
 }
 
 }  // namespace

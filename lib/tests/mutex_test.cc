@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "dchan/error.h"
+#include "fake_remote.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -366,6 +367,64 @@ TEST(Mutex, TokensAreStrictlyIncreasingAcrossContendingThreads) {
   for (std::size_t i = 1; i < seen.size(); ++i) {
     ASSERT_LT(seen[i - 1], seen[i]) << "at " << i;
   }
+}
+
+TEST(Mutex, LocalMutexIsNotRemoteAndItsHoldTokenNeverStops) {
+  Mutex mu;
+  EXPECT_FALSE(mu.is_remote());
+  EXPECT_FALSE(mu.hold_token().stop_possible());
+  std::lock_guard<Mutex> hold(mu);
+  EXPECT_FALSE(mu.hold_token().stop_possible());
+}
+
+TEST(Mutex, RemoteHandleRoutesEveryOperationToItsBackend) {
+  auto backend = std::make_shared<test_util::FakeLock>();
+  Mutex mu = detail::make_remote_mutex(backend);
+  Mutex copy = mu;
+  EXPECT_TRUE(mu.is_remote());
+  EXPECT_EQ(mu, copy);
+  EXPECT_NE(mu, Mutex());
+  EXPECT_EQ(mu, detail::make_remote_mutex(backend));  // same backend
+  EXPECT_NE(mu,
+            detail::make_remote_mutex(std::make_shared<test_util::FakeLock>()));
+  {
+    std::lock_guard<Mutex> hold(mu);
+    EXPECT_EQ(mu.token(), 1u);
+    EXPECT_TRUE(mu.hold_token().stop_possible());
+    EXPECT_FALSE(copy.try_lock());
+    EXPECT_FALSE(copy.try_lock_for(5ms));
+    EXPECT_FALSE(copy.try_lock_until(std::chrono::system_clock::now() + 5ms));
+  }
+  EXPECT_FALSE(mu.hold_token().stop_possible());
+  ASSERT_TRUE(copy.try_lock_for(1s));
+  EXPECT_EQ(copy.token(), 2u);
+  copy.unlock();
+  try {
+    mu.unlock();
+    ADD_FAILURE() << "unlock of an unlocked remote Mutex did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+TEST(Mutex, RemoteLossStopsTheHoldTokenAndLaterOperationsThrow) {
+  auto backend = std::make_shared<test_util::FakeLock>();
+  Mutex mu = detail::make_remote_mutex(backend);
+  std::unique_lock<Mutex> hold(mu);
+  std::stop_token held = mu.hold_token();
+  std::atomic<bool> told{false};
+  std::stop_callback on_loss(held, [&] { told = true; });
+  EXPECT_FALSE(told);
+  backend->lose();
+  EXPECT_TRUE(told);
+  EXPECT_TRUE(mu.hold_token().stop_requested());
+  try {
+    hold.unlock();
+    ADD_FAILURE() << "unlock of a lost lock did not throw";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kAborted);
+  }
+  hold.release();
 }
 
 }  // namespace

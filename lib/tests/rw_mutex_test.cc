@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dchan/error.h"
+#include "fake_remote.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -261,6 +262,45 @@ TEST(RWMutex, TokenIncreasesWithEveryWriteAcquisitionOnly) {
   for (std::size_t i = 1; i < seen.size(); ++i) {
     ASSERT_LT(seen[i - 1], seen[i]) << "at " << i;
   }
+}
+
+TEST(RWMutex, LocalRWMutexIsNotRemoteAndItsHoldTokenNeverStops) {
+  RWMutex mu;
+  EXPECT_FALSE(mu.is_remote());
+  EXPECT_FALSE(mu.hold_token().stop_possible());
+  std::shared_lock<RWMutex> read(mu);
+  EXPECT_FALSE(mu.hold_token().stop_possible());
+}
+
+TEST(RWMutex, RemoteHandleRoutesEveryOperationToItsBackend) {
+  auto backend = std::make_shared<test_util::FakeLock>();
+  RWMutex mu = detail::make_remote_rw_mutex(backend);
+  EXPECT_TRUE(mu.is_remote());
+  EXPECT_EQ(mu, RWMutex(mu));
+  EXPECT_NE(mu, RWMutex());
+  {
+    std::shared_lock<RWMutex> r1(mu);
+    std::shared_lock<RWMutex> r2(mu, std::try_to_lock);
+    EXPECT_TRUE(r2.owns_lock());
+    EXPECT_FALSE(mu.try_lock());
+    EXPECT_TRUE(mu.hold_token().stop_possible());
+    EXPECT_EQ(mu.token(), 0u);  // read locks do not count
+  }
+  {
+    std::lock_guard<RWMutex> w(mu);
+    EXPECT_EQ(mu.token(), 1u);
+    EXPECT_FALSE(mu.try_lock_shared());
+  }
+  try {
+    mu.unlock_shared();
+    ADD_FAILURE() << "unlock_shared of an unlocked remote RWMutex";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
+  }
+  mu.lock_shared();
+  backend->lose();
+  EXPECT_TRUE(mu.hold_token().stop_requested());
+  EXPECT_THROW(mu.unlock_shared(), Error);
 }
 
 }  // namespace

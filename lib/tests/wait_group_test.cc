@@ -10,6 +10,7 @@
 
 #include "dchan/error.h"
 #include "dchan/go.h"
+#include "fake_remote.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -194,6 +195,38 @@ TEST(WaitGroup, CopiesShareTheCounter) {
   b.done();
   moved.done();
   EXPECT_TRUE(a.wait_for(0ms));
+}
+
+TEST(WaitGroup, LocalWaitGroupIsNotRemote) {
+  EXPECT_FALSE(WaitGroup().is_remote());
+}
+
+TEST(WaitGroup, RemoteHandleRoutesEveryOperationToItsBackend) {
+  auto backend = std::make_shared<test_util::FakeWaitGroup>();
+  WaitGroup wg = detail::make_remote_wait_group(backend);
+  EXPECT_TRUE(wg.is_remote());
+  EXPECT_EQ(wg, WaitGroup(wg));
+  EXPECT_NE(wg, WaitGroup());
+  wg.add(2);
+  EXPECT_EQ(wg.count(), 2);
+  EXPECT_FALSE(wg.wait_for(5ms));
+  EXPECT_FALSE(wg.wait_until(std::chrono::system_clock::now() + 5ms));
+  std::thread worker([wg]() mutable {
+    wg.done();
+    wg.done();
+  });
+  wg.wait();
+  worker.join();
+  EXPECT_EQ(wg.count(), 0);
+  EXPECT_THROW(wg.done(), Error);
+  wg.add(1);
+  backend->fail();
+  try {
+    wg.wait();
+    ADD_FAILURE() << "wait on a failed remote WaitGroup returned";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kAborted);
+  }
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// dchan-broker: hosts named channels for dchan clients.
+// dchan-broker: hosts named channels, locks, wait groups and atomic values
+// for dchan clients.
 //
 //   dchan-broker [--listen=0.0.0.0:7070] [--max_message_bytes=...] ...
 //
@@ -33,6 +34,14 @@ ABSL_FLAG(int64_t, max_objects, 100000, "most named objects the broker holds");
 ABSL_FLAG(int64_t, max_capacity, 1 << 20, "largest channel capacity");
 ABSL_FLAG(int64_t, max_pending_per_session, 1000000,
           "most pending operations one session may have");
+ABSL_FLAG(int64_t, session_ttl_ms, 10000,
+          "a session from which no frame arrives for this long is ended (its "
+          "locks released, its wait group debts settled); a client's Hello "
+          "may ask for another TTL");
+ABSL_FLAG(int64_t, min_session_ttl_ms, 100,
+          "the shortest session TTL a client's Hello may ask for");
+ABSL_FLAG(int64_t, max_session_ttl_ms, 600000,
+          "the longest session TTL a client's Hello may ask for");
 ABSL_FLAG(int32_t, keepalive_time_ms, 5000,
           "interval of the broker's keepalive pings on an idle connection");
 ABSL_FLAG(int32_t, keepalive_timeout_ms, 5000,
@@ -40,7 +49,8 @@ ABSL_FLAG(int32_t, keepalive_timeout_ms, 5000,
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "dchan-broker hosts named channels for dchan clients.\n"
+      "dchan-broker hosts named channels, locks, wait groups and atomic "
+      "values for dchan clients.\n"
       "Usage: dchan-broker [--listen=HOST:PORT] [flags]");
   absl::ParseCommandLine(argc, argv);
 
@@ -58,6 +68,21 @@ int main(int argc, char** argv) {
   options.session.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
   options.session.max_pending = absl::GetFlag(FLAGS_max_pending_per_session);
   options.session_outbox_bytes = absl::GetFlag(FLAGS_session_outbox_bytes);
+  const int64_t ttl_ms = absl::GetFlag(FLAGS_session_ttl_ms);
+  const int64_t min_ttl_ms = absl::GetFlag(FLAGS_min_session_ttl_ms);
+  const int64_t max_ttl_ms = absl::GetFlag(FLAGS_max_session_ttl_ms);
+  if (min_ttl_ms <= 0 || min_ttl_ms > ttl_ms || ttl_ms > max_ttl_ms) {
+    std::fprintf(stderr,
+                 "dchan-broker: need 0 < --min_session_ttl_ms (%lld) <= "
+                 "--session_ttl_ms (%lld) <= --max_session_ttl_ms (%lld)\n",
+                 static_cast<long long>(min_ttl_ms),
+                 static_cast<long long>(ttl_ms),
+                 static_cast<long long>(max_ttl_ms));
+    return 2;
+  }
+  options.session.default_ttl = std::chrono::milliseconds(ttl_ms);
+  options.session.min_ttl = std::chrono::milliseconds(min_ttl_ms);
+  options.session.max_ttl = std::chrono::milliseconds(max_ttl_ms);
   dchan::server::BrokerServer broker(options);
 
   grpc::EnableDefaultHealthCheckService(true);

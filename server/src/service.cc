@@ -1,5 +1,6 @@
 #include "service.h"
 
+#include <algorithm>
 #include <deque>
 #include <string>
 #include <utility>
@@ -54,6 +55,11 @@ class StreamWriter final : public Outbox {
     return_values(dropped);
     if (on_overflow_) on_overflow_();
     return false;  // not queued: the caller returns its value
+  }
+
+  void finish(const absl::Status& status) override {
+    finish(grpc::Status(static_cast<grpc::StatusCode>(status.code()),
+                        std::string(status.message())));
   }
 
   // The reactor's OnWriteDone.
@@ -220,9 +226,15 @@ class SessionReactor final
 };
 
 BrokerServer::BrokerServer(BrokerOptions options)
-    : options_(options), registry_(options.registry) {}
+    : options_(options), registry_(options.registry), reaper_([this] {
+        std::vector<std::shared_ptr<server::Session>> sessions;
+        absl::MutexLock lock(&mu_);
+        sessions.reserve(sessions_.size());
+        for (const auto& [id, l] : sessions_) sessions.push_back(l.session);
+        return sessions;
+      }) {}
 
-BrokerServer::~BrokerServer() = default;
+BrokerServer::~BrokerServer() { reaper_.stop(); }
 
 grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>*
 BrokerServer::Session(grpc::CallbackServerContext* context) {
@@ -271,6 +283,7 @@ void BrokerServer::shut_down() {
     shutting_down_ = true;
     for (const auto& [id, l] : sessions_) live.push_back(l);
   }
+  reaper_.stop();
   for (Live& l : live) {
     l.session->end();
     l.writer->finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -281,17 +294,8 @@ void BrokerServer::shut_down() {
 grpc::ServerUnaryReactor* BrokerServer::ListObjects(
     grpc::CallbackServerContext* context, const v1::ListObjectsRequest*,
     v1::ListObjectsResponse* response) {
-  for (const auto& obj : registry_.channels()) {
-    const detail::ChanStats st = detail::stats_of(obj->chan);
-    v1::ObjectInfo* info = response->add_objects();
-    info->set_name(obj->name);
-    info->set_kind(v1::OBJECT_KIND_CHANNEL);
-    info->set_type_name(obj->type_name);
-    info->set_len(st.len);
-    info->set_cap(st.cap);
-    info->set_closed(st.closed);
-    info->set_blocked_senders(st.blocked_senders);
-    info->set_blocked_receivers(st.blocked_receivers);
+  for (const auto& obj : registry_.objects()) {
+    obj->describe(*response->add_objects());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
@@ -314,6 +318,9 @@ grpc::ServerUnaryReactor* BrokerServer::ListSessions(
     info->set_peer(s->peer());
     info->set_pending_requests(s->pending_count());
     info->set_open_handles(s->handle_count());
+    info->set_client_name(s->client_name());
+    info->set_ttl_ms(static_cast<uint64_t>(s->ttl().count()));
+    info->set_locks_held(s->locks_held());
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);

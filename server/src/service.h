@@ -14,6 +14,9 @@
 // returned to their channels, later frames ignored), and its stream
 // finished with RESOURCE_EXHAUSTED.
 //
+// Sessions that fall silent for their TTL are ended by one Reaper thread
+// (see reaper.h), their streams finished with UNAVAILABLE.
+//
 // Thread safety: all members may be called from any thread.
 #ifndef DCHAN_SERVER_SERVICE_H_
 #define DCHAN_SERVER_SERVICE_H_
@@ -27,6 +30,7 @@
 #include "absl/synchronization/mutex.h"
 #include "dchan/v1/broker.grpc.pb.h"
 #include "dchan/v1/inspect.grpc.pb.h"
+#include "reaper.h"
 #include "registry.h"
 #include "session.h"
 
@@ -65,7 +69,8 @@ class BrokerServer final : public v1::Broker::CallbackService,
 
   // Ends every session with UNAVAILABLE ("broker shutting down"): pending
   // operations are withdrawn and clients see their streams end. New
-  // sessions are refused from now on. Call before grpc::Server::Shutdown.
+  // sessions are refused from now on, and the reaper stops. Call before
+  // grpc::Server::Shutdown.
   void shut_down();
 
   Registry& registry() noexcept { return registry_; }
@@ -88,6 +93,9 @@ class BrokerServer final : public v1::Broker::CallbackService,
   absl::flat_hash_map<uint64_t, Live> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Last: stopped and destroyed before the members its sweeps read.
+  Reaper reaper_;
 };
 
 }  // namespace dchan::server

@@ -1,12 +1,16 @@
 #include "session.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "atomic_value.h"
 #include "dchan/error.h"
 #include "dchan/select.h"
+#include "lock.h"
+#include "wait_group.h"
 
 namespace dchan::server {
 namespace {
@@ -45,6 +49,43 @@ v1::ServerFrame recv_frame(uint64_t id, std::optional<std::string> value,
   return f;
 }
 
+v1::ServerFrame lock_frame(uint64_t id, v1::Outcome outcome, uint64_t token) {
+  v1::ServerFrame f;
+  f.set_id(id);
+  v1::LockResponse* r = f.mutable_lock();
+  r->set_outcome(outcome);
+  if (outcome == v1::OUTCOME_OK) r->set_token(token);
+  return f;
+}
+
+v1::ServerFrame wait_frame(uint64_t id, v1::Outcome outcome, int64_t count) {
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_wait()->set_outcome(outcome);
+  f.mutable_wait()->set_count(count);
+  return f;
+}
+
+// What a request needs its handle to be, for the wrong-kind error.
+template <class T>
+constexpr absl::string_view kind_needed();
+template <>
+constexpr absl::string_view kind_needed<ChannelObject>() {
+  return "a channel";
+}
+template <>
+constexpr absl::string_view kind_needed<LockObject>() {
+  return "a mutex or an RWMutex";
+}
+template <>
+constexpr absl::string_view kind_needed<WaitGroupObject>() {
+  return "a WaitGroup";
+}
+template <>
+constexpr absl::string_view kind_needed<ValueObject>() {
+  return "an AtomicValue";
+}
+
 // Sends a value that its session could not take back into its channel.
 void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
                   uint64_t session_id);
@@ -75,7 +116,7 @@ void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
           stderr,
           "dchan-broker: session %llu ended holding a value of "
           "channel \"%s\", which was closed meanwhile: value dropped\n",
-          static_cast<unsigned long long>(session_id), obj->name.c_str());
+          static_cast<unsigned long long>(session_id), obj->name().c_str());
     }
   });
 }
@@ -96,12 +137,19 @@ Session::Session(uint64_t id, std::string peer, Registry& registry,
       peer_(std::move(peer)),
       registry_(registry),
       outbox_(std::move(outbox)),
-      limits_(limits) {}
+      limits_(limits),
+      last_frame_(Clock::now().time_since_epoch().count()),
+      ttl_ms_(std::clamp(limits.default_ttl, limits.min_ttl, limits.max_ttl)
+                  .count()) {}
 
 Session::~Session() = default;
 
 void Session::handle(const v1::ClientFrame& frame) {
   if (ended_flag_.load(std::memory_order_acquire)) return;
+  last_frame_.store(Clock::now().time_since_epoch().count(),
+                    std::memory_order_relaxed);
+  const bool first_frame = first_frame_;
+  first_frame_ = false;
   const uint64_t id = frame.id();
   if (frame.op_case() == v1::ClientFrame::kCancel) {
     cancel(frame.cancel());
@@ -133,6 +181,37 @@ void Session::handle(const v1::ClientFrame& frame) {
     case v1::ClientFrame::kWatch:
       watch(id, frame.watch());
       return;
+    case v1::ClientFrame::kHello:
+      hello(id, frame.hello(), first_frame);
+      return;
+    case v1::ClientFrame::kPing: {
+      v1::ServerFrame f;
+      f.set_id(id);
+      f.mutable_ping();
+      reply(std::move(f));
+      return;
+    }
+    case v1::ClientFrame::kLock:
+      lock(id, frame.lock());
+      return;
+    case v1::ClientFrame::kUnlock:
+      unlock(id, frame.unlock());
+      return;
+    case v1::ClientFrame::kAdd:
+      add(id, frame.add());
+      return;
+    case v1::ClientFrame::kWait:
+      wait(id, frame.wait());
+      return;
+    case v1::ClientFrame::kLoad:
+      load(id, frame.load());
+      return;
+    case v1::ClientFrame::kSwap:
+      swap(id, frame.swap());
+      return;
+    case v1::ClientFrame::kCompareAndSwap:
+      compare_and_swap(id, frame.compare_and_swap());
+      return;
     case v1::ClientFrame::kCancel:
     case v1::ClientFrame::OP_NOT_SET:
       break;
@@ -141,30 +220,61 @@ void Session::handle(const v1::ClientFrame& frame) {
                       "the frame carries no operation this broker knows"));
 }
 
-void Session::open(uint64_t id, const v1::OpenRequest& req) {
-  if (req.kind() != v1::OBJECT_KIND_CHANNEL) {
-    reply_error(id, absl::InvalidArgumentError(absl::StrCat(
-                        "open \"", req.name(), "\": unsupported object kind ",
-                        v1::ObjectKind_Name(req.kind()))));
+void Session::hello(uint64_t id, const v1::HelloRequest& req,
+                    bool first_frame) {
+  if (!first_frame) {
+    reply_error(id, absl::FailedPreconditionError(
+                        "Hello must be the session's first frame"));
     return;
   }
+  if (req.client_name().size() > limits_.max_client_name_bytes) {
+    reply_error(id,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "client name is ", req.client_name().size(),
+                    " bytes; the limit is ", limits_.max_client_name_bytes)));
+    return;
+  }
+  std::chrono::milliseconds ttl = limits_.default_ttl;
+  if (req.ttl_ms() != 0) {
+    // Clamped before the conversion: a huge request cannot overflow.
+    ttl = std::chrono::milliseconds(static_cast<int64_t>(std::min<uint64_t>(
+        req.ttl_ms(), static_cast<uint64_t>(limits_.max_ttl.count()))));
+  }
+  ttl = std::clamp(ttl, limits_.min_ttl, limits_.max_ttl);
+  ttl_ms_.store(ttl.count(), std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&mu_);
+    client_name_ = req.client_name();
+  }
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_hello()->set_session_id(id_);
+  f.mutable_hello()->set_ttl_ms(static_cast<uint64_t>(ttl.count()));
+  reply(std::move(f));
+}
+
+void Session::open(uint64_t id, const v1::OpenRequest& req) {
   if (handles_.size() >= limits_.max_handles) {
     reply_error(id, absl::ResourceExhaustedError(
                         absl::StrCat("this session holds ", handles_.size(),
                                      " handles, its limit")));
     return;
   }
-  absl::StatusOr<std::shared_ptr<ChannelObject>> obj =
-      registry_.open_channel(req.name(), req.type_name(), req.capacity());
+  absl::StatusOr<std::shared_ptr<Object>> obj = registry_.open(req);
   if (!obj.ok()) {
     reply_error(id, obj.status());
     return;
   }
+  const bool tell_on_end = LockObject::is_kind((*obj)->kind()) ||
+                           WaitGroupObject::is_kind((*obj)->kind());
   const uint64_t handle = next_handle_++;
-  handles_.emplace(handle, *std::move(obj));
+  handles_.emplace(handle, *obj);
   {
     absl::MutexLock lock(&mu_);
     handles_count_ = handles_.size();
+    // After end() this object is never told; nothing can be recorded for
+    // this session on it either (see object.h).
+    if (tell_on_end && !ended_) tell_on_end_.insert(*std::move(obj));
   }
   v1::ServerFrame f;
   f.set_id(id);
@@ -172,7 +282,8 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
   reply(std::move(f));
 }
 
-std::shared_ptr<ChannelObject> Session::channel(uint64_t id, uint64_t handle) {
+template <class T>
+std::shared_ptr<T> Session::object(uint64_t id, uint64_t handle) {
   auto it = handles_.find(handle);
   if (it == handles_.end()) {
     reply_error(id,
@@ -180,19 +291,28 @@ std::shared_ptr<ChannelObject> Session::channel(uint64_t id, uint64_t handle) {
                                                  " (open the object first)")));
     return nullptr;
   }
-  return it->second;
+  const Object& obj = *it->second;
+  if (!T::is_kind(obj.kind())) {
+    reply_error(
+        id, absl::InvalidArgumentError(absl::StrCat(
+                "\"", obj.name(), "\" (handle ", handle, ") is ",
+                kind_with_article(obj.kind()), ", not ", kind_needed<T>())));
+    return nullptr;
+  }
+  return std::static_pointer_cast<T>(it->second);
+}
+
+bool Session::check_value_size(uint64_t id, const std::string& value) {
+  if (value.size() <= limits_.max_value_bytes) return true;
+  reply_error(id, absl::InvalidArgumentError(absl::StrCat(
+                      "value of ", value.size(), " bytes is over the limit of ",
+                      limits_.max_value_bytes)));
+  return false;
 }
 
 void Session::send(uint64_t id, const v1::SendRequest& req) {
-  std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
-  if (obj == nullptr) return;
-  if (req.value().size() > limits_.max_value_bytes) {
-    reply_error(
-        id, absl::InvalidArgumentError(absl::StrCat(
-                "value of ", req.value().size(), " bytes is over the limit of ",
-                limits_.max_value_bytes)));
-    return;
-  }
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
+  if (obj == nullptr || !check_value_size(id, req.value())) return;
   if (req.nonblocking()) {
     reply(send_frame(id, to_outcome(obj->chan.try_send(req.value()))));
     return;
@@ -209,7 +329,7 @@ void Session::send(uint64_t id, const v1::SendRequest& req) {
 }
 
 void Session::recv(uint64_t id, const v1::RecvRequest& req) {
-  std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr) return;
   if (req.nonblocking()) {
     RecvResult<std::string> r = obj->chan.try_recv();
@@ -227,7 +347,7 @@ void Session::recv(uint64_t id, const v1::RecvRequest& req) {
 }
 
 void Session::close(uint64_t id, const v1::CloseRequest& req) {
-  std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr) return;
   try {
     obj->chan.close();
@@ -242,16 +362,17 @@ void Session::close(uint64_t id, const v1::CloseRequest& req) {
 }
 
 void Session::cancel(const v1::CancelRequest& req) {
-  PendingOp op;
+  Withdraw withdraw;
   v1::ClientFrame::OpCase kind;
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(req.target());
     if (it == pending_.end()) return;  // unknown, or answered already
-    op = it->second.op;
+    withdraw = it->second.withdraw;
     kind = it->second.kind;
   }
-  if (!op.cancel()) return;  // it fired: its own answer is on its way
+  // Not withdrawn: it fired, and its own answer is on its way.
+  if (!withdraw || !withdraw()) return;
   {
     absl::MutexLock lock(&mu_);
     pending_.erase(req.target());
@@ -268,6 +389,12 @@ void Session::cancel(const v1::CancelRequest& req) {
       break;
     case v1::ClientFrame::kWatch:
       f.mutable_watch()->set_outcome(v1::OUTCOME_CANCELLED);
+      break;
+    case v1::ClientFrame::kLock:
+      f.mutable_lock()->set_outcome(v1::OUTCOME_CANCELLED);
+      break;
+    case v1::ClientFrame::kWait:
+      f.mutable_wait()->set_outcome(v1::OUTCOME_CANCELLED);
       break;
     default:
       f.mutable_recv()->set_outcome(v1::OUTCOME_CANCELLED);
@@ -288,15 +415,8 @@ void Session::select(uint64_t id, const v1::SelectRequest& req) {
   std::vector<std::shared_ptr<ChannelObject>> objs;
   cases.reserve(req.cases_size());
   for (const v1::SelectCase& c : req.cases()) {
-    std::shared_ptr<ChannelObject> obj = channel(id, c.handle());
-    if (obj == nullptr) return;
-    if (c.value().size() > limits_.max_value_bytes) {
-      reply_error(
-          id, absl::InvalidArgumentError(absl::StrCat(
-                  "value of ", c.value().size(), " bytes is over the limit of ",
-                  limits_.max_value_bytes)));
-      return;
-    }
+    std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, c.handle());
+    if (obj == nullptr || !check_value_size(id, c.value())) return;
     cases.push_back({obj->chan, c.send(), c.value()});
     objs.push_back(std::move(obj));
   }
@@ -325,7 +445,7 @@ void Session::select(uint64_t id, const v1::SelectRequest& req) {
 }
 
 void Session::stat(uint64_t id, const v1::StatRequest& req) {
-  std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr) return;
   const detail::ChanStats st = detail::stats_of(obj->chan);
   v1::ServerFrame f;
@@ -338,7 +458,7 @@ void Session::stat(uint64_t id, const v1::StatRequest& req) {
 }
 
 void Session::watch(uint64_t id, const v1::WatchRequest& req) {
-  std::shared_ptr<ChannelObject> obj = channel(id, req.handle());
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr) return;
   const uint64_t seq = begin_pending(id, v1::ClientFrame::kWatch);
   if (seq == 0) return;
@@ -350,6 +470,138 @@ void Session::watch(uint64_t id, const v1::WatchRequest& req) {
         self->finish_pending(id, seq, std::move(f), nullptr);
       });
   attach(id, seq, std::move(op));
+}
+
+void Session::lock(uint64_t id, const v1::LockRequest& req) {
+  std::shared_ptr<LockObject> obj = object<LockObject>(id, req.handle());
+  if (obj == nullptr) return;
+  if (req.nonblocking()) {
+    absl::StatusOr<LockObject::Request> r =
+        obj->lock(shared_from_this(), req.shared());
+    if (!r.ok()) {
+      reply_error(id, r.status());
+    } else {
+      reply(lock_frame(
+          id, r->granted ? v1::OUTCOME_OK : v1::OUTCOME_WOULD_BLOCK, r->token));
+    }
+    return;
+  }
+  const uint64_t seq = begin_pending(id, v1::ClientFrame::kLock);
+  if (seq == 0) return;
+  absl::StatusOr<LockObject::Request> r =
+      obj->lock(shared_from_this(), req.shared(),
+                [self = shared_from_this(), id, seq](uint64_t token) {
+                  self->finish_pending(
+                      id, seq, lock_frame(id, v1::OUTCOME_OK, token), nullptr);
+                });
+  if (!r.ok()) {
+    finish_pending(id, seq, error_frame(id, r.status()), nullptr);
+  } else if (r->granted) {
+    finish_pending(id, seq, lock_frame(id, v1::OUTCOME_OK, r->token), nullptr);
+  } else {
+    attach(id, seq,
+           [obj, ticket = r->ticket] { return obj->withdraw(ticket); });
+  }
+}
+
+void Session::unlock(uint64_t id, const v1::UnlockRequest& req) {
+  std::shared_ptr<LockObject> obj = object<LockObject>(id, req.handle());
+  if (obj == nullptr) return;
+  // Returns once the lock has been handed on: the next holder's answer is
+  // queued before this one.
+  const absl::Status st = obj->unlock(*this, req.shared(), req.token());
+  if (!st.ok()) {
+    reply_error(id, st);
+    return;
+  }
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_unlock();
+  reply(std::move(f));
+}
+
+void Session::add(uint64_t id, const v1::AddRequest& req) {
+  std::shared_ptr<WaitGroupObject> obj =
+      object<WaitGroupObject>(id, req.handle());
+  if (obj == nullptr) return;
+  const absl::StatusOr<int64_t> count = obj->add(*this, req.delta());
+  if (!count.ok()) {
+    reply_error(id, count.status());
+    return;
+  }
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_add()->set_count(*count);
+  reply(std::move(f));
+}
+
+void Session::wait(uint64_t id, const v1::WaitRequest& req) {
+  std::shared_ptr<WaitGroupObject> obj =
+      object<WaitGroupObject>(id, req.handle());
+  if (obj == nullptr) return;
+  using Result = WaitGroupObject::Wait::Result;
+  if (req.nonblocking()) {
+    absl::StatusOr<WaitGroupObject::Wait> w = obj->wait();
+    if (!w.ok()) {
+      reply_error(id, w.status());
+    } else {
+      reply(wait_frame(
+          id,
+          w->result == Result::kZero ? v1::OUTCOME_OK : v1::OUTCOME_WOULD_BLOCK,
+          w->count));
+    }
+    return;
+  }
+  const uint64_t seq = begin_pending(id, v1::ClientFrame::kWait);
+  if (seq == 0) return;
+  absl::StatusOr<WaitGroupObject::Wait> w =
+      obj->wait([self = shared_from_this(), id, seq](absl::Status st) {
+        self->finish_pending(
+            id, seq,
+            st.ok() ? wait_frame(id, v1::OUTCOME_OK, 0) : error_frame(id, st),
+            nullptr);
+      });
+  if (!w.ok()) {
+    finish_pending(id, seq, error_frame(id, w.status()), nullptr);
+  } else if (w->result == Result::kQueued) {
+    attach(id, seq,
+           [obj, ticket = w->ticket] { return obj->withdraw(ticket); });
+  } else {
+    finish_pending(id, seq, wait_frame(id, v1::OUTCOME_OK, 0), nullptr);
+  }
+}
+
+void Session::load(uint64_t id, const v1::LoadRequest& req) {
+  std::shared_ptr<ValueObject> obj = object<ValueObject>(id, req.handle());
+  if (obj == nullptr) return;
+  std::optional<std::string> v = obj->load();
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_load()->set_has_value(v.has_value());
+  if (v.has_value()) f.mutable_load()->set_value(*std::move(v));
+  reply(std::move(f));
+}
+
+void Session::swap(uint64_t id, const v1::SwapRequest& req) {
+  std::shared_ptr<ValueObject> obj = object<ValueObject>(id, req.handle());
+  if (obj == nullptr || !check_value_size(id, req.value())) return;
+  std::optional<std::string> old = obj->swap(req.value());
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_swap()->set_had_value(old.has_value());
+  if (old.has_value()) f.mutable_swap()->set_old(*std::move(old));
+  reply(std::move(f));
+}
+
+void Session::compare_and_swap(uint64_t id,
+                               const v1::CompareAndSwapRequest& req) {
+  std::shared_ptr<ValueObject> obj = object<ValueObject>(id, req.handle());
+  if (obj == nullptr || !check_value_size(id, req.desired())) return;
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_compare_and_swap()->set_swapped(
+      obj->compare_and_swap(req.old(), req.desired()));
+  reply(std::move(f));
 }
 
 uint64_t Session::begin_pending(uint64_t id, v1::ClientFrame::OpCase kind) {
@@ -378,7 +630,11 @@ uint64_t Session::begin_pending(uint64_t id, v1::ClientFrame::OpCase kind) {
 }
 
 void Session::attach(uint64_t id, uint64_t seq, PendingOp op) {
-  bool withdraw = false;
+  attach(id, seq, [op]() mutable { return op.cancel(); });
+}
+
+void Session::attach(uint64_t id, uint64_t seq, Withdraw withdraw) {
+  bool withdraw_now = false;
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(id);
@@ -387,14 +643,14 @@ void Session::attach(uint64_t id, uint64_t seq, PendingOp op) {
       // end() ran while this operation was being set up (and cleared the
       // table): withdraw it, or it would stay queued for good.
       if (ours) pending_.erase(it);
-      withdraw = true;
+      withdraw_now = true;
     } else if (ours) {
-      it->second.op = op;
+      it->second.withdraw = withdraw;
     }
   }
   // Harmless if it fired meanwhile: its answer found the session ended and
   // returned any value it took.
-  if (withdraw) op.cancel();
+  if (withdraw_now) withdraw();
 }
 
 void Session::finish_pending(
@@ -412,18 +668,53 @@ void Session::finish_pending(
 }
 
 void Session::end() {
-  std::vector<PendingOp> ops;
+  std::vector<Withdraw> withdraws;
+  std::vector<std::shared_ptr<Object>> objects;
   {
     absl::MutexLock lock(&mu_);
     if (ended_) return;
     ended_ = true;
     ended_flag_.store(true, std::memory_order_release);
-    ops.reserve(pending_.size());
-    for (auto& [id, p] : pending_) ops.push_back(std::move(p.op));
+    withdraws.reserve(pending_.size());
+    for (auto& [id, p] : pending_) withdraws.push_back(std::move(p.withdraw));
     pending_.clear();
+    objects.assign(tell_on_end_.begin(), tell_on_end_.end());
+    tell_on_end_.clear();
   }
   // An op that fired meanwhile finds ended_ and returns its value.
-  for (PendingOp& op : ops) op.cancel();
+  for (Withdraw& w : withdraws) {
+    if (w) w();
+  }
+  // live() is false from here on: nothing new is recorded for this session
+  // on these objects (see object.h).
+  for (const std::shared_ptr<Object>& obj : objects) obj->session_ended(*this);
+}
+
+bool Session::expire_if_silent(Clock::time_point now) {
+  const std::chrono::milliseconds ttl_now = ttl();
+  if (!live() || now - last_frame() <= ttl_now) return false;
+  std::fprintf(stderr,
+               "dchan-broker: %s expired: no frame for %lld ms; ending it\n",
+               describe().c_str(), static_cast<long long>(ttl_now.count()));
+  end();
+  outbox_->finish(absl::UnavailableError(
+      absl::StrCat("dchan-broker: session ", id_, " expired (no frame for ",
+                   ttl_now.count(), " ms)")));
+  return true;
+}
+
+std::string Session::describe() const {
+  const std::string name = client_name();
+  if (name.empty()) {
+    return absl::StrCat("participant (session ", id_, ", ", peer_, ")");
+  }
+  return absl::StrCat("participant \"", name, "\" (session ", id_, ", ", peer_,
+                      ")");
+}
+
+std::string Session::client_name() const {
+  absl::MutexLock lock(&mu_);
+  return client_name_;
 }
 
 void Session::reply(v1::ServerFrame frame) { outbox_->push(frame, nullptr); }
@@ -447,6 +738,21 @@ std::size_t Session::pending_count() const {
 std::size_t Session::handle_count() const {
   absl::MutexLock lock(&mu_);
   return handles_count_;
+}
+
+std::size_t Session::locks_held() const {
+  std::vector<std::shared_ptr<Object>> objects;
+  {
+    absl::MutexLock lock(&mu_);
+    objects.assign(tell_on_end_.begin(), tell_on_end_.end());
+  }
+  std::size_t n = 0;
+  for (const std::shared_ptr<Object>& obj : objects) {
+    if (LockObject::is_kind(obj->kind())) {
+      n += static_cast<const LockObject&>(*obj).holds_of(id_);
+    }
+  }
+  return n;
 }
 
 }  // namespace dchan::server

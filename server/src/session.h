@@ -4,36 +4,49 @@
 // A Session turns ClientFrames into operations on the registry's objects and
 // answers each request with one ServerFrame through its Outbox. A blocking
 // operation that cannot complete at once becomes a pending operation: a
-// callback waiter queued on the broker's channel (lib's recv_async /
-// send_async / select_async), never a parked thread. It is answered from the
-// thread of whichever party completes it.
+// callback waiter queued on the broker's object (lib's recv_async /
+// send_async / select_async for channels, a queued request record for locks
+// and wait groups), never a parked thread. It is answered from the thread of
+// whichever party completes it.
 //
-// When the session ends (end()), every pending operation is withdrawn. A
-// receive that completed for a session that has ended — or whose answer can
-// no longer be queued — returns its value to the channel (sent again, at the
-// back), so that a client that goes away does not take a value with it;
-// the value is dropped, with a log line, only if the channel was closed in
-// between. An answer already queued but not yet written when the stream
-// breaks is lost with the stream (delivery to a session is at most once).
+// When the session ends (end()), every pending operation is withdrawn, then
+// every lock and wait group it opened is told (Object::session_ended): its
+// locks are released and handed on, its queued lock requests dropped, its
+// wait group debts settled. A receive that completed for a session that has
+// ended — or whose answer can no longer be queued — returns its value to the
+// channel (sent again, at the back), so that a client that goes away does
+// not take a value with it; the value is dropped, with a log line, only if
+// the channel was closed in between. An answer already queued but not yet
+// written when the stream breaks is lost with the stream (delivery to a
+// session is at most once).
+//
+// Liveness: every frame received refreshes the session. A session that has
+// received no frame for its TTL (SessionLimits::default_ttl, or what its
+// Hello asked for, clamped to [min_ttl, max_ttl]) is ended by
+// expire_if_silent(), which a Reaper calls.
 //
 // Thread safety: handle() is called by one thread at a time (the stream's
-// reader) and never blocks; completions may run on any thread; end() may be
-// called from any thread, once.
+// reader) and never blocks; completions may run on any thread; end() and
+// expire_if_silent() may be called from any thread, any number of times.
 #ifndef DCHAN_SERVER_SESSION_H_
 #define DCHAN_SERVER_SESSION_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/chan.h"
 #include "dchan/v1/broker.pb.h"
+#include "object.h"
 #include "registry.h"
 
 namespace dchan::server {
@@ -49,6 +62,9 @@ class Outbox {
   // first), the outbox hands the value back with return_frame_value().
   virtual bool push(v1::ServerFrame& frame,
                     const std::shared_ptr<ChannelObject>& returned_to) = 0;
+  // Ends the stream with `status` (once the write in flight, if any, is
+  // done; answers still queued are dropped). Any thread; never blocks.
+  virtual void finish(const absl::Status& status) = 0;
 };
 
 struct SessionLimits {
@@ -56,31 +72,68 @@ struct SessionLimits {
   std::size_t max_pending = 1000000;
   std::size_t max_value_bytes = 4 << 20;
   std::size_t max_select_cases = 1024;
+  std::size_t max_client_name_bytes = 512;
+  // Session TTL: the default, and the bounds a Hello's request is clamped
+  // to.
+  std::chrono::milliseconds default_ttl{10000};
+  std::chrono::milliseconds min_ttl{100};
+  std::chrono::milliseconds max_ttl{600000};
 };
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session final : public Participant,
+                      public std::enable_shared_from_this<Session> {
  public:
+  using Clock = std::chrono::steady_clock;
+
   Session(uint64_t id, std::string peer, Registry& registry,
           std::shared_ptr<Outbox> outbox, SessionLimits limits = {});
-  ~Session();
+  ~Session() override;
 
   // Handles one request; see the file comment. Frames that arrive after
   // end() are dropped unanswered.
   void handle(const v1::ClientFrame& frame);
 
-  // Ends the session: withdraws every pending operation. Idempotent.
+  // Ends the session: withdraws every pending operation, releases its
+  // locks, settles its wait group debts. Idempotent. Does not finish the
+  // stream (the caller does).
   void end();
 
-  uint64_t id() const noexcept { return id_; }
+  // If no frame arrived for the session's TTL before `now`, ends it and
+  // finishes its stream with UNAVAILABLE "dchan-broker: session N expired
+  // (no frame for T ms)"; returns whether it did.
+  bool expire_if_silent(Clock::time_point now);
+
+  // Participant
+  uint64_t id() const noexcept override { return id_; }
+  bool live() const noexcept override {
+    return !ended_flag_.load(std::memory_order_acquire);
+  }
+  std::string describe() const override;
+
   const std::string& peer() const noexcept { return peer_; }
+  std::string client_name() const;
+  std::chrono::milliseconds ttl() const noexcept {
+    return std::chrono::milliseconds(ttl_ms_.load(std::memory_order_relaxed));
+  }
+  Clock::time_point last_frame() const noexcept {
+    return Clock::time_point(
+        Clock::duration(last_frame_.load(std::memory_order_relaxed)));
+  }
   std::size_t pending_count() const;
   std::size_t handle_count() const;
+  // Locks held (an exclusive hold counts 1, each read lock 1).
+  std::size_t locks_held() const;
 
  private:
+  // Withdraws a pending operation: true when withdrawn before it completed
+  // (its completion will never answer), false when it completed first.
+  // Never blocks on the completion.
+  using Withdraw = std::function<bool()>;
+
   struct Pending {
     uint64_t seq = 0;
     v1::ClientFrame::OpCase kind = v1::ClientFrame::OP_NOT_SET;
-    PendingOp op;
+    Withdraw withdraw;
   };
 
   void open(uint64_t id, const v1::OpenRequest& req);
@@ -91,14 +144,27 @@ class Session : public std::enable_shared_from_this<Session> {
   void select(uint64_t id, const v1::SelectRequest& req);
   void stat(uint64_t id, const v1::StatRequest& req);
   void watch(uint64_t id, const v1::WatchRequest& req);
+  void hello(uint64_t id, const v1::HelloRequest& req, bool first_frame);
+  void lock(uint64_t id, const v1::LockRequest& req);
+  void unlock(uint64_t id, const v1::UnlockRequest& req);
+  void add(uint64_t id, const v1::AddRequest& req);
+  void wait(uint64_t id, const v1::WaitRequest& req);
+  void load(uint64_t id, const v1::LoadRequest& req);
+  void swap(uint64_t id, const v1::SwapRequest& req);
+  void compare_and_swap(uint64_t id, const v1::CompareAndSwapRequest& req);
 
-  // The channel behind `handle`, or nullptr after answering NOT_FOUND.
-  std::shared_ptr<ChannelObject> channel(uint64_t id, uint64_t handle);
+  // The object of type T behind `handle`, or nullptr after answering
+  // NOT_FOUND (no such handle) or INVALID_ARGUMENT (another kind).
+  template <class T>
+  std::shared_ptr<T> object(uint64_t id, uint64_t handle);
+  // False after answering INVALID_ARGUMENT for a value over the limit.
+  bool check_value_size(uint64_t id, const std::string& value);
 
   // Reserves `id` as pending (answering the error itself when it can't);
   // returns the entry's sequence number, 0 on failure.
   uint64_t begin_pending(uint64_t id, v1::ClientFrame::OpCase kind);
-  // Stores the operation of a pending entry, unless it completed already.
+  // Stores how to withdraw a pending entry, unless it completed already.
+  void attach(uint64_t id, uint64_t seq, Withdraw withdraw);
   void attach(uint64_t id, uint64_t seq, PendingOp op);
   // Completes a pending entry and answers it. If the answer cannot be
   // delivered, a received value (if any) goes back into `chan`.
@@ -119,15 +185,24 @@ class Session : public std::enable_shared_from_this<Session> {
   const SessionLimits limits_;
 
   // Only touched by the reader thread (handle()).
-  absl::flat_hash_map<uint64_t, std::shared_ptr<ChannelObject>> handles_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Object>> handles_;
   uint64_t next_handle_ = 1;
+  bool first_frame_ = true;
+
+  // Clock::duration ticks of the last frame received.
+  std::atomic<Clock::rep> last_frame_;
+  std::atomic<int64_t> ttl_ms_;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  std::atomic<bool> ended_flag_{false};  // ended_, for handle()'s fast check
+  std::atomic<bool> ended_flag_{false};  // ended_, for lock-free checks
   std::size_t handles_count_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string client_name_ ABSL_GUARDED_BY(mu_);
+  // The locks and wait groups this session opened: told when it ends.
+  absl::flat_hash_set<std::shared_ptr<Object>> tell_on_end_
+      ABSL_GUARDED_BY(mu_);
 };
 
 // The error frame for `id`.

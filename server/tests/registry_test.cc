@@ -7,6 +7,17 @@
 namespace dchan::server {
 namespace {
 
+v1::OpenRequest request(const std::string& name, v1::ObjectKind kind,
+                        const std::string& type_name = "",
+                        bool forgive = false) {
+  v1::OpenRequest req;
+  req.set_name(name);
+  req.set_kind(kind);
+  req.set_type_name(type_name);
+  req.set_forgive(forgive);
+  return req;
+}
+
 TEST(Registry, FirstOpenCreatesLaterOpensShare) {
   Registry r;
   auto a = r.open_channel("jobs", "string", 10);
@@ -65,14 +76,80 @@ TEST(Registry, AFloodOfOpensStopsAtTheObjectLimit) {
   EXPECT_TRUE(r.open_channel("c7", "string", 0).ok());
 }
 
-TEST(Registry, ChannelsAreListedInNameOrder) {
+TEST(Registry, ObjectsOfEveryKindAreListedInNameOrder) {
   Registry r;
   ASSERT_TRUE(r.open_channel("b", "string", 0).ok());
+  ASSERT_TRUE(r.open(request("c", v1::OBJECT_KIND_MUTEX)).ok());
   ASSERT_TRUE(r.open_channel("a", "string", 0).ok());
-  auto all = r.channels();
-  ASSERT_EQ(all.size(), 2u);
-  EXPECT_EQ(all[0]->name, "a");
-  EXPECT_EQ(all[1]->name, "b");
+  auto all = r.objects();
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(all[0]->name(), "a");
+  EXPECT_EQ(all[1]->name(), "b");
+  EXPECT_EQ(all[2]->name(), "c");
+  EXPECT_EQ(all[2]->kind(), v1::OBJECT_KIND_MUTEX);
+}
+
+TEST(Registry, ANameDenotesOneKindAndAnotherKindIsRefusedNamingBoth) {
+  Registry r;
+  ASSERT_TRUE(r.open_channel("x", "string", 0).ok());
+  auto m = r.open(request("x", v1::OBJECT_KIND_MUTEX));
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(m.status().message(), "\"x\" is a channel, not a mutex");
+
+  ASSERT_TRUE(r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP)).ok());
+  auto rw = r.open(request("wg", v1::OBJECT_KIND_RW_MUTEX));
+  EXPECT_EQ(rw.status().message(), "\"wg\" is a WaitGroup, not an RWMutex");
+  auto ch = r.open_channel("wg", "string", 0);
+  EXPECT_EQ(ch.status().message(), "\"wg\" is a WaitGroup, not a channel");
+
+  ASSERT_TRUE(r.open(request("m", v1::OBJECT_KIND_MUTEX)).ok());
+  auto v = r.open(request("m", v1::OBJECT_KIND_ATOMIC_VALUE, "int64"));
+  EXPECT_EQ(v.status().message(), "\"m\" is a mutex, not an AtomicValue");
+  EXPECT_EQ(r.size(), 3u);
+}
+
+TEST(Registry, AtomicValueTypeMismatchIsRefusedNamingBoth) {
+  Registry r;
+  ASSERT_TRUE(r.open(request("v", v1::OBJECT_KIND_ATOMIC_VALUE, "int64")).ok());
+  auto again = r.open(request("v", v1::OBJECT_KIND_ATOMIC_VALUE, "int64"));
+  ASSERT_TRUE(again.ok());
+  auto t = r.open(request("v", v1::OBJECT_KIND_ATOMIC_VALUE, "string"));
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(t.status().message().find("int64"), std::string::npos);
+  EXPECT_NE(t.status().message().find("string"), std::string::npos);
+  EXPECT_EQ(
+      r.open(request("w", v1::OBJECT_KIND_ATOMIC_VALUE, "")).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Registry, WaitGroupForgiveMismatchIsRefusedNamingBoth) {
+  Registry r;
+  ASSERT_TRUE(r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP, "", true)).ok());
+  auto f = r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP, "", false));
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(f.status().message().find("forgive=true"), std::string::npos);
+  EXPECT_NE(f.status().message().find("forgive=false"), std::string::npos);
+  EXPECT_TRUE(r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP, "", true)).ok());
+}
+
+TEST(Registry, UnspecifiedOrUnknownKindIsRefusedAndCreatesNothing) {
+  Registry r;
+  EXPECT_EQ(r.open(request("x", v1::OBJECT_KIND_UNSPECIFIED)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      r.open(request("x", static_cast<v1::ObjectKind>(99))).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.size(), 0u);
+}
+
+TEST(Registry, TheObjectLimitCountsEveryKind) {
+  RegistryLimits limits;
+  limits.max_objects = 2;
+  Registry r(limits);
+  ASSERT_TRUE(r.open_channel("c", "string", 0).ok());
+  ASSERT_TRUE(r.open(request("m", v1::OBJECT_KIND_MUTEX)).ok());
+  EXPECT_EQ(r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP)).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/synchronization/mutex.h"
@@ -19,6 +20,17 @@ class TestOutbox : public Outbox {
     if (refuse_) return false;
     frames_.push_back(std::move(frame));
     return true;
+  }
+  void finish(const absl::Status& status) override {
+    absl::MutexLock lock(&mu_);
+    if (finished_.has_value()) return;
+    finished_ = status;
+    refuse_ = true;
+  }
+  // The status the stream was finished with, if it was.
+  std::optional<absl::Status> finished() {
+    absl::MutexLock lock(&mu_);
+    return finished_;
   }
   // The oldest answer not yet taken; fails the test if there is none.
   v1::ServerFrame take() {
@@ -42,6 +54,7 @@ class TestOutbox : public Outbox {
   absl::Mutex mu_;
   std::deque<v1::ServerFrame> frames_;
   bool refuse_ = false;
+  std::optional<absl::Status> finished_;
 };
 
 class SessionTest : public ::testing::Test {

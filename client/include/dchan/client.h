@@ -1,27 +1,48 @@
-// dchan/client.h — channels hosted by a dchan-broker, as plain dchan::Chan<T>.
+// dchan/client.h — channels and sync objects hosted by a dchan-broker, as
+// plain dchan::Chan<T>, Mutex, RWMutex, WaitGroup and AtomicValue<T>.
 //
 //   dchan::Client client = dchan::Client::connect("broker.example:7070");
 //   dchan::Chan<std::string> jobs = client.chan<std::string>("jobs", 100);
 //   jobs.send("build");                 // same type, same semantics as local
+//   dchan::Mutex mu = client.mutex("deploy");
+//   dchan::WaitGroup wg = client.wait_group("batch-42");
 //
 // A Client is a cheap, copyable handle to one session with one broker: one
 // gRPC stream shared by every object it hands out, on which all operations
 // of all threads are multiplexed (frames queued while a write is in flight
 // leave together as one message). The session ends when the last copy of
-// the Client and of every Chan it handed out is gone.
+// the Client and of every object it handed out is gone.
 //
 // Semantics of a broker channel are Go's, as for a local channel (see
 // <dchan/chan.h>): an unbuffered send returns once a receiver in some process
 // has the value; a buffered send once the broker holds it; close() closes it
 // for every process. A timed or non-blocking operation that gives up is
 // withdrawn on the broker: a withdrawn receive consumed nothing, a withdrawn
-// send delivered nothing.
+// send delivered nothing. The sync objects keep the semantics of the lib
+// types too; their remote specifics (locks held by the session, fencing
+// tokens, loss, WaitGroup participants) are documented in <dchan/mutex.h>,
+// <dchan/rw_mutex.h>, <dchan/wait_group.h> and <dchan/atomic_value.h>.
+// Every remote operation returns only after the broker has applied it.
+//
+// Sessions: the client opens its session with its name and a TTL
+// (ClientOptions) and sends a ping every TTL/4. A session from which the
+// broker hears nothing for the TTL (a process stopped, a partition) is ended
+// by the broker, which then releases its locks to the next waiter and
+// settles its WaitGroup debts. The client suspects the same on its own side:
+// when it has not heard from the broker for the TTL (counted from the send
+// time of its latest answered request, so it never suspects later than the
+// broker decides), or the stream breaks, it declares the session lost. Every
+// lock it holds then has its hold_token() stop requested and throws
+// dchan::Error kAborted on every later operation; every other operation of
+// the Client throws kUnavailable. A lost Client stays broken (no
+// reconnection): connect a new one.
 //
 // Failures: every operation throws dchan::Error with kUnavailable once the
 // broker is lost (connection refused or reset, or no keepalive answer within
-// keepalive_time + keepalive_timeout), also one that is blocked at that
-// moment — never a hang. Broker-side refusals keep the broker's status code
-// (kInvalidArgument for a type or capacity mismatch, naming both sides).
+// keepalive_time + keepalive_timeout, or the session lost as above), also
+// one that is blocked at that moment — never a hang. Broker-side refusals
+// keep the broker's status code (kInvalidArgument for a type, capacity or
+// kind mismatch, naming both sides).
 //
 // Thread safety: Client and the handles it returns may be used from any
 // number of threads.
@@ -30,16 +51,21 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <type_traits>
 
 #include "absl/status/status.h"
+#include "dchan/atomic_value.h"
 #include "dchan/chan.h"
 #include "dchan/codec.h"
 #include "dchan/error.h"
+#include "dchan/mutex.h"
+#include "dchan/rw_mutex.h"
 #include "dchan/select.h"
+#include "dchan/wait_group.h"
 #include "google/protobuf/message_lite.h"
 
 namespace dchan {
@@ -51,6 +77,22 @@ struct ClientOptions {
   // not answer one within keepalive_timeout is considered lost.
   std::chrono::milliseconds keepalive_time{1000};
   std::chrono::milliseconds keepalive_timeout{2000};
+  // The session's time to live: the broker ends a session it has heard
+  // nothing from for this long (releasing its locks), and the client
+  // declares it lost when it has heard nothing from the broker for this
+  // long. The broker clamps it to its --min/--max_session_ttl_ms; 0: the
+  // broker's default. Client::session_ttl() tells what was granted.
+  std::chrono::milliseconds session_ttl{10000};
+  // The client's name, shown in the broker's errors (a lost WaitGroup
+  // participant) and inspection; empty: "hostname:pid".
+  std::string name;
+};
+
+struct WaitGroupOptions {
+  // When a participant's session ends still owing Dones, count its debt as
+  // done (true) instead of failing every wait (false, the default). Every
+  // process must open the WaitGroup with the same setting.
+  bool forgive = false;
 };
 
 namespace detail {
@@ -58,12 +100,16 @@ class Connection;
 std::shared_ptr<RemoteChan> open_remote_chan(
     const std::shared_ptr<Connection>& conn, const std::string& name,
     const std::string& type_name, std::size_t capacity);
+std::shared_ptr<RemoteValue> open_remote_value(
+    const std::shared_ptr<Connection>& conn, const std::string& name,
+    const std::string& type_name);
 }  // namespace detail
 
 class Client {
  public:
-  // Connects to the broker at `target` ("host:port"). Throws dchan::Error
-  // (kUnavailable) if it cannot be reached within options.connect_timeout.
+  // Connects to the broker at `target` ("host:port") and opens the session
+  // (name and TTL). Throws dchan::Error (kUnavailable) if the broker cannot
+  // be reached, or does not answer, within options.connect_timeout.
   static Client connect(const std::string& target);
   static Client connect(const std::string& target, ClientOptions options);
 
@@ -79,8 +125,43 @@ class Client {
         detail::open_remote_chan(conn_, name, Codec<T>::type_name(), capacity));
   }
 
+  // Opens the broker lock `name` as a Mutex, creating it on first open.
+  // Every process that opens the name shares the lock; handles this Client
+  // returns for one name share its state and compare equal. The lock is held
+  // by this Client's session: any of its threads may unlock it. Throws
+  // dchan::Error: kInvalidArgument when `name` is another kind of object
+  // (e.g. an RWMutex or a channel), kUnavailable when the broker is lost.
+  Mutex mutex(const std::string& name);
+
+  // Opens the broker reader/writer lock `name` as an RWMutex. As mutex().
+  RWMutex rw_mutex(const std::string& name);
+
+  // Opens the broker WaitGroup `name`, creating it (counter zero) on first
+  // open. Throws dchan::Error: kInvalidArgument when `name` is another kind
+  // of object or exists with another `forgive` setting, kUnavailable when
+  // the broker is lost.
+  WaitGroup wait_group(const std::string& name, WaitGroupOptions options = {});
+
+  // Opens the broker AtomicValue `name` holding T (its Codec<T>::type_name()),
+  // creating it empty on first open. Throws dchan::Error: kInvalidArgument
+  // when it exists with another type name or `name` is another kind of
+  // object, kUnavailable when the broker is lost.
+  template <class T>
+  AtomicValue<T> atomic_value(const std::string& name) {
+    static_assert(kHasCodec<T>,
+                  "a broker AtomicValue's type needs a dchan::Codec<T>");
+    return detail::make_remote_atomic_value<T>(
+        detail::open_remote_value(conn_, name, Codec<T>::type_name()));
+  }
+
   // The broker address this client talks to.
   const std::string& target() const noexcept;
+
+  // This client's name (ClientOptions::name, or "hostname:pid"), its
+  // session id on the broker, and the session TTL the broker granted.
+  const std::string& name() const noexcept;
+  uint64_t session_id() const noexcept;
+  std::chrono::milliseconds session_ttl() const noexcept;
 
  private:
   explicit Client(std::shared_ptr<detail::Connection> conn)

@@ -32,6 +32,18 @@
 // load() calls that return its value, so everything the writer did before
 // storing is visible to such a reader.
 //
+// Remote AtomicValues: dchan::Client::atomic_value<T>(name) returns an
+// AtomicValue<T> hosted by a broker (see <dchan/client.h>), shared by every
+// process that opens the name with the same type name. T then also needs a
+// dchan::Codec<T> (see <dchan/codec.h>) and a default constructor. Every
+// operation is one round trip, linearizable on the broker, and returns once
+// the broker applied it. Values travel encoded, so compare_and_swap compares
+// the *encoded bytes* of `old` with those of the stored value, not T's ==
+// (the same for codecs that encode equal values equally, such as the
+// built-in ones; a protobuf message's encoding may differ for equal maps).
+// Remote operations may throw dchan::Error: kUnavailable (broker lost),
+// kDataLoss (stored bytes the codec rejects).
+//
 // Thread safety: every member function may be called concurrently from any
 // number of threads on copies of the same handle. A single AtomicValue
 // object (the handle itself) follows the usual rules for std::shared_ptr.
@@ -44,13 +56,20 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
 
+#include "dchan/codec.h"
 #include "dchan/detail/futex.h"
+#include "dchan/detail/remote.h"
+#include "dchan/error.h"
 
 namespace dchan {
+
+template <class T>
+class AtomicValue;
 
 namespace detail {
 
@@ -126,6 +145,9 @@ class AtomicValueState {
   std::mutex writers_mu_;
 };
 
+template <class T>
+AtomicValue<T> make_remote_atomic_value(std::shared_ptr<RemoteValue> remote);
+
 }  // namespace detail
 
 template <class T>
@@ -136,7 +158,7 @@ class AtomicValue {
                 "AtomicValue<T> needs a nothrow move constructor");
 
  public:
-  // A new, empty AtomicValue. Throws std::bad_alloc.
+  // A new, empty local AtomicValue. Throws std::bad_alloc.
   AtomicValue() : state_(std::make_shared<detail::AtomicValueState<T>>()) {}
 
   // Copies share the value; "moving" copies too.
@@ -145,36 +167,129 @@ class AtomicValue {
   ~AtomicValue() = default;
 
   // A copy of the value most recently stored, or std::nullopt before the
-  // first store. Never blocks (wait-free); throws only what copying T throws.
-  std::optional<T> load() const { return state_->load(); }
+  // first store. Local: never blocks (wait-free); throws only what copying T
+  // throws. Remote: asks the broker; throws as described above.
+  std::optional<T> load() const {
+    if (state_ == nullptr) [[unlikely]] {
+      return remote_load();
+    }
+    return state_->load();
+  }
 
-  // Replaces the value with `v`. Blocks on concurrent writers and until the
-  // readers still copying the previous value are done (a writer never makes
-  // a reader wait). Never throws (beyond std::system_error from std::mutex).
-  void store(T v) { state_->swap(std::move(v)); }
+  // Replaces the value with `v`. Local: blocks on concurrent writers and
+  // until the readers still copying the previous value are done (a writer
+  // never makes a reader wait); never throws (beyond std::system_error from
+  // std::mutex). Remote: returns once the broker stored it; throws
+  // kUnavailable.
+  void store(T v) {
+    if (state_ == nullptr) [[unlikely]] {
+      remote_->swap(encode(v));  // the old bytes are not decoded
+      return;
+    }
+    state_->swap(std::move(v));
+  }
 
   // As store(), and returns the previous value (std::nullopt if none).
-  std::optional<T> swap(T v) { return state_->swap(std::move(v)); }
+  std::optional<T> swap(T v) {
+    if (state_ == nullptr) [[unlikely]] {
+      return remote_swap(v);
+    }
+    return state_->swap(std::move(v));
+  }
 
   // Stores `desired` if the current value == `old`, atomically with respect
   // to other writers; returns whether it did. Before the first store there
   // is nothing to compare with, so it returns false (Go's CompareAndSwap(nil,
-  // new) has no typed counterpart: use store). Blocks as store(); throws
-  // what T's operator== throws.
+  // new) has no typed counterpart: use store). Local: blocks as store();
+  // throws what T's operator== throws. Remote: compares encoded bytes (see
+  // above); throws kUnavailable.
   bool compare_and_swap(const T& old,
                         T desired) requires std::equality_comparable<T> {
+    if (state_ == nullptr) [[unlikely]] {
+      return remote_compare_and_swap(old, desired);
+    }
     return state_->compare_and_swap(old, std::move(desired));
   }
 
+  // True for an AtomicValue hosted by a broker.
+  bool is_remote() const noexcept { return remote_ != nullptr; }
+
+  // Same value. Two handles to one broker AtomicValue obtained by separate
+  // opens compare unequal.
   friend bool operator==(const AtomicValue& a, const AtomicValue& b) noexcept {
-    return a.state_ == b.state_;
+    return a.state_ == b.state_ && a.remote_ == b.remote_;
   }
 
  private:
-  // Local state. (A broker-hosted AtomicValue will add its backend beside
-  // this pointer.)
+  // Remote handles exist only for types make_remote_atomic_value accepts.
+  static constexpr bool kRemotable =
+      kHasCodec<T> && std::is_default_constructible_v<T>;
+
+  friend AtomicValue detail::make_remote_atomic_value<T>(
+      std::shared_ptr<detail::RemoteValue>);
+  explicit AtomicValue(std::shared_ptr<detail::RemoteValue> remote)
+      : remote_(std::move(remote)) {}
+
+  // Remote paths: encode, call the backend, decode. Out of the local fast
+  // path's way.
+  static std::optional<T> decode(std::optional<std::string>& bytes) {
+    if (!bytes.has_value()) return std::nullopt;
+    if constexpr (kRemotable) {
+      T value{};
+      const absl::Status decoded = Codec<T>::decode(*bytes, value);
+      if (!decoded.ok()) {
+        throw Error(decoded.code(), std::string(decoded.message()));
+      }
+      return std::optional<T>(std::move(value));
+    } else {
+      throw_no_codec();
+    }
+  }
+  static std::string encode(const T& v) {
+    std::string bytes;
+    if constexpr (kRemotable) {
+      Codec<T>::encode(v, bytes);
+    } else {
+      (void)v;
+      throw_no_codec();
+    }
+    return bytes;
+  }
+  [[noreturn]] static void throw_no_codec() {
+    // make_remote_atomic_value requires a codec, so remote_ is never set.
+    throw Error(absl::StatusCode::kInternal,
+                "dchan: remote AtomicValue without codec");
+  }
+  std::optional<T> remote_load() const {
+    std::optional<std::string> bytes = remote_->load();
+    return decode(bytes);
+  }
+  std::optional<T> remote_swap(const T& v) {
+    std::optional<std::string> old = remote_->swap(encode(v));
+    return decode(old);
+  }
+  bool remote_compare_and_swap(const T& old, const T& desired) {
+    return remote_->compare_and_swap(encode(old), encode(desired));
+  }
+
+  // Exactly one is set: the local state, or the broker-hosted value.
   std::shared_ptr<detail::AtomicValueState<T>> state_;
+  std::shared_ptr<detail::RemoteValue> remote_;
 };
+
+namespace detail {
+
+// Used by the client library to hand out broker-hosted AtomicValues.
+template <class T>
+AtomicValue<T> make_remote_atomic_value(std::shared_ptr<RemoteValue> remote) {
+  static_assert(kHasCodec<T>,
+                "a broker AtomicValue's type needs a dchan::Codec<T>");
+  static_assert(std::is_default_constructible_v<T>,
+                "a broker AtomicValue's type needs a default constructor");
+  return AtomicValue<T>(std::move(remote));
+}
+
+}  // namespace detail
 
 }  // namespace dchan
 

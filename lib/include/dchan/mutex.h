@@ -44,6 +44,28 @@
 // Memory ordering: unlock() synchronises-with the lock() or try_lock*() that
 // next acquires the Mutex (release/acquire), as for std::mutex.
 //
+// Remote Mutexes: dchan::Client::mutex(name) returns a Mutex hosted by a
+// broker (see <dchan/client.h>), shared by every process that opens the name.
+// It is held by the client's session (any thread of that process may unlock
+// it), waiters queue FIFO on the broker, and token() is the broker's fencing
+// token (strictly increasing per name over the broker's life, across all
+// processes). Every operation returns only after the broker applied it: an
+// unlock() that returned has handed the lock on. Unlike a local Mutex, its
+// operations may throw dchan::Error:
+//   - kUnavailable: the broker is lost (no hang: also a blocked lock()).
+//   - kAborted: the lock was lost while held — the client suspected that its
+//     session ended (nothing heard from the broker for the session TTL, or
+//     the connection broke), so the broker has released or will release it
+//     to the next waiter. hold_token() is requested at that moment; every
+//     later operation on the lock throws kAborted naming it and its token.
+//   - kFailedPrecondition "sync: unlock of unlocked mutex" from the broker.
+// unlock() throws when it cannot confirm the release. With std::lock_guard
+// that throw happens in a noexcept destructor and terminates the process
+// (fail-stop: a critical section whose lock was lost never continues
+// silently). To handle the loss instead, use std::unique_lock and call
+// unlock() yourself inside try/catch, or watch hold_token() (e.g. with a
+// std::stop_callback) and fence writes with token().
+//
 // Thread safety: every member function may be called concurrently from any
 // number of threads on copies of the same handle. A single Mutex object (the
 // handle itself) follows the usual rules for std::shared_ptr.
@@ -55,8 +77,10 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stop_token>
 
 #include "dchan/detail/futex.h"
+#include "dchan/detail/remote.h"
 
 namespace dchan {
 
@@ -175,9 +199,16 @@ class MutexCore {
 
 }  // namespace detail
 
+class Mutex;
+
+namespace detail {
+// Used by the client library to hand out broker-hosted Mutexes.
+Mutex make_remote_mutex(std::shared_ptr<RemoteLock> remote);
+}  // namespace detail
+
 class Mutex {
  public:
-  // A new, unlocked Mutex. Allocates its state; throws std::bad_alloc.
+  // A new, unlocked local Mutex. Allocates its state; throws std::bad_alloc.
   Mutex() : core_(std::make_shared<detail::MutexCore>()) {}
 
   // Copies share the lock; "moving" copies too, so no handle is ever empty.
@@ -185,68 +216,139 @@ class Mutex {
   Mutex& operator=(const Mutex&) = default;
   ~Mutex() = default;
 
-  // Blocks until the Mutex is free and takes it. Spins briefly, then parks on
-  // a futex. Never throws (a lock held by this very thread deadlocks).
+  // Blocks until the Mutex is free and takes it. Local: parks on a futex;
+  // never throws (a lock held by this very thread deadlocks). Remote: waits
+  // FIFO on the broker; throws dchan::Error kUnavailable or kAborted (see
+  // the file comment).
   void lock() {
-    if (!core_->lock_fast()) {
-      // A blocked thread keeps the state alive: the process may exit (and
-      // destroy a global handle) while it is parked.
-      std::shared_ptr<detail::MutexCore> keep = core_;
-      keep->lock_slow_and_bump();
+    detail::MutexCore* c = core_.get();
+    if (c != nullptr && c->lock_fast()) [[likely]] {
+      return;
     }
+    lock_slow();
   }
 
-  // Takes the Mutex if it is free at once; never blocks, never throws. As in
-  // Go, it fails while the Mutex is being handed to a starving waiter.
-  bool try_lock() noexcept { return core_->try_lock(); }
+  // Takes the Mutex if it is free at once, never blocks on it. As in Go, it
+  // fails while the Mutex is being handed to a starving waiter. Local: never
+  // throws. Remote: one round trip to the broker; throws as lock().
+  bool try_lock() {
+    detail::MutexCore* c = core_.get();
+    if (c != nullptr) [[likely]] {
+      return c->try_lock();
+    }
+    return remote_->lock(false, detail::RemoteChan::kNonBlocking);
+  }
 
   // As lock(), but gives up after `timeout` (or at `deadline`, any clock):
   // returns whether the Mutex is now held. Blocks at most until the deadline
-  // (plus the time to leave the wait queue); never throws.
+  // (plus the time to leave the wait queue). Local: never throws. Remote:
+  // the request is withdrawn on the broker at the deadline (true if the
+  // broker granted it first); throws as lock().
   template <class Rep, class Period>
   bool try_lock_for(std::chrono::duration<Rep, Period> timeout) {
-    return core_->lock_fast() ||
-           try_lock_slow_until(detail::deadline_after(timeout));
+    detail::MutexCore* c = core_.get();
+    if (c != nullptr && c->lock_fast()) return true;
+    return try_lock_slow_until(detail::deadline_after(timeout));
   }
   template <class Clock, class Duration>
   bool try_lock_until(std::chrono::time_point<Clock, Duration> deadline) {
-    return core_->lock_fast() ||
-           try_lock_slow_until(detail::to_steady(deadline));
+    detail::MutexCore* c = core_.get();
+    if (c != nullptr && c->lock_fast()) return true;
+    return try_lock_slow_until(detail::to_steady(deadline));
   }
 
-  // Releases the Mutex, which may have been locked by any thread. Never
-  // blocks (it may wake a parked waiter). Throws dchan::Error "sync: unlock
-  // of unlocked mutex" (kFailedPrecondition) if the Mutex is not locked, and
-  // leaves it unchanged.
+  // Releases the Mutex, which may have been locked by any thread. Throws
+  // dchan::Error "sync: unlock of unlocked mutex" (kFailedPrecondition) if
+  // the Mutex is not locked, and leaves it unchanged. Local: never blocks (it
+  // may wake a parked waiter). Remote: returns once the broker has released
+  // the lock (handed it to the next waiter); also throws kAborted (lost
+  // while held) or kUnavailable — see the file comment on std::lock_guard.
   void unlock() {
-    uint32_t s;
-    if (!core_->unlock_fast(&s)) {
-      // Waking a waiter touches the state after the lock is free; another
-      // thread may by then have locked, unlocked and dropped its handle.
-      std::shared_ptr<detail::MutexCore> keep = core_;
-      keep->unlock_slow(s);
+    detail::MutexCore* c = core_.get();
+    uint32_t s = 0;
+    if (c != nullptr && c->unlock_fast(&s)) [[likely]] {
+      return;
     }
+    unlock_slow(s);
   }
 
-  // The fencing token of the current acquisition: 1 for the first, and
-  // strictly increasing with every lock()/try_lock*() that succeeds. Meant
-  // for the holder; never blocks, never throws.
-  uint64_t token() const noexcept { return core_->token(); }
+  // The fencing token of the current acquisition, strictly increasing with
+  // every lock()/try_lock*() that succeeds (local: 1 for the first; remote:
+  // the broker's token for this name, also increasing across processes).
+  // Meant for the holder; never blocks, never throws.
+  uint64_t token() const noexcept {
+    detail::MutexCore* c = core_.get();
+    if (c != nullptr) [[likely]] {
+      return c->token();
+    }
+    return remote_->token();
+  }
 
+  // A token whose stop is requested as soon as this client suspects that it
+  // lost the lock it holds (remote only: see the file comment). For a local
+  // Mutex, or a remote one not held, a token that never stops
+  // (stop_possible() == false). Never blocks, never throws.
+  std::stop_token hold_token() const noexcept {
+    if (core_ != nullptr) [[likely]] {
+      return std::stop_token();
+    }
+    return remote_->hold_token();
+  }
+
+  // True for a Mutex hosted by a broker.
+  bool is_remote() const noexcept { return remote_ != nullptr; }
+
+  // Same lock. Remote handles that one Client opened under the same name
+  // compare equal.
   friend bool operator==(const Mutex& a, const Mutex& b) noexcept {
-    return a.core_ == b.core_;
+    return a.core_ == b.core_ && a.remote_ == b.remote_;
   }
 
  private:
+  friend Mutex detail::make_remote_mutex(std::shared_ptr<detail::RemoteLock>);
+  explicit Mutex(std::shared_ptr<detail::RemoteLock> remote)
+      : remote_(std::move(remote)) {}
+
+  void lock_slow() {
+    if (core_ == nullptr) [[unlikely]] {
+      remote_->lock(false, detail::RemoteChan::kNoDeadline);
+      return;
+    }
+    // A blocked thread keeps the state alive: the process may exit (and
+    // destroy a global handle) while it is parked.
+    std::shared_ptr<detail::MutexCore> keep = core_;
+    keep->lock_slow_and_bump();
+  }
+
   bool try_lock_slow_until(std::chrono::steady_clock::time_point deadline) {
+    if (core_ == nullptr) [[unlikely]] {
+      return remote_->lock(false, deadline);
+    }
     std::shared_ptr<detail::MutexCore> keep = core_;  // as in lock()
     return keep->try_lock_slow_until(deadline);
   }
 
-  // Local lock state. (A broker-hosted Mutex will add its backend beside
-  // this pointer.)
+  void unlock_slow(uint32_t state) {
+    if (core_ == nullptr) [[unlikely]] {
+      remote_->unlock(false);
+      return;
+    }
+    // Waking a waiter touches the state after the lock is free; another
+    // thread may by then have locked, unlocked and dropped its handle.
+    std::shared_ptr<detail::MutexCore> keep = core_;
+    keep->unlock_slow(state);
+  }
+
+  // Exactly one is set: the local lock state, or the broker-hosted lock.
   std::shared_ptr<detail::MutexCore> core_;
+  std::shared_ptr<detail::RemoteLock> remote_;
 };
+
+namespace detail {
+inline Mutex make_remote_mutex(std::shared_ptr<RemoteLock> remote) {
+  return Mutex(std::move(remote));
+}
+}  // namespace detail
 
 }  // namespace dchan
 

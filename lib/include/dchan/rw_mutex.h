@@ -38,6 +38,21 @@
 // Memory ordering: unlock() synchronises-with every later acquisition;
 // unlock_shared() synchronises-with the next write acquisition.
 //
+// Remote RWMutexes: dchan::Client::rw_mutex(name) returns an RWMutex hosted
+// by a broker (see <dchan/client.h>). Locks are held by the client's session
+// (any thread of the process may release them); requests queue FIFO on the
+// broker, consecutive read requests at the head are granted together, and a
+// read request waits while a writer holds or waits for the lock. token() is
+// the broker's fencing token of the last write acquisition (strictly
+// increasing per name, across processes). Every operation returns once the
+// broker applied it, and may throw dchan::Error: kUnavailable (broker lost),
+// kAborted (the lock was lost while held: hold_token() was requested and every
+// later operation on it throws kAborted), and the broker's
+// kFailedPrecondition for unlocks of a lock not held in that mode. As for
+// Mutex, a throwing unlock() inside std::lock_guard / std::shared_lock
+// destructors terminates the process (fail-stop); unlock explicitly inside
+// try/catch, or watch hold_token(), to handle a loss.
+//
 // Thread safety: every member function may be called concurrently from any
 // number of threads on copies of the same handle. A single RWMutex object
 // (the handle itself) follows the usual rules for std::shared_ptr.
@@ -46,16 +61,24 @@
 
 #include <cstdint>
 #include <memory>
+#include <stop_token>
+
+#include "dchan/detail/remote.h"
 
 namespace dchan {
 
+class RWMutex;
+
 namespace detail {
 class RWMutexCore;
+// Used by the client library to hand out broker-hosted RWMutexes.
+RWMutex make_remote_rw_mutex(std::shared_ptr<RemoteLock> remote);
 }  // namespace detail
 
 class RWMutex {
  public:
-  // A new, unlocked RWMutex. Allocates its state; throws std::bad_alloc.
+  // A new, unlocked local RWMutex. Allocates its state; throws
+  // std::bad_alloc.
   RWMutex();
 
   // Copies share the lock; "moving" copies too, so no handle is ever empty.
@@ -64,47 +87,78 @@ class RWMutex {
   ~RWMutex() = default;
 
   // Takes the lock for writing: blocks first on other writers (a Mutex), then
-  // until the readers inside have left; new readers wait meanwhile. Never
-  // throws.
+  // until the readers inside have left; new readers wait meanwhile. Local:
+  // never throws. Remote: waits FIFO on the broker; throws dchan::Error
+  // kUnavailable or kAborted (see the file comment).
   void lock();
 
-  // Takes the write lock if nobody holds the lock in any mode; never blocks,
-  // never throws.
-  bool try_lock() noexcept;
+  // Takes the write lock if nobody holds the lock in any mode; never blocks
+  // on it. Local: never throws. Remote: one round trip; throws as lock().
+  bool try_lock();
 
   // Releases the write lock and lets the readers that queued behind it in.
-  // Never blocks. Throws dchan::Error "sync: Unlock of unlocked RWMutex" if
-  // it is not write-locked.
+  // Throws dchan::Error "sync: Unlock of unlocked RWMutex" if it is not
+  // write-locked. Local: never blocks. Remote: returns once the broker has
+  // released it; also throws kAborted (lost while held) or kUnavailable.
   void unlock();
 
   // Takes the lock for reading: returns at once unless a writer holds the
   // lock or is waiting for it, in which case it blocks until that writer has
-  // unlocked. Never throws.
+  // unlocked. Local: never throws. Remote: throws as lock().
   void lock_shared();
 
   // Takes a read lock unless a writer holds or waits for the lock; never
-  // blocks, never throws.
-  bool try_lock_shared() noexcept;
+  // blocks on it. Local: never throws. Remote: throws as lock().
+  bool try_lock_shared();
 
   // Releases one read lock; the last reader to leave lets a waiting writer
-  // in. Never blocks. Throws dchan::Error "sync: RUnlock of unlocked
-  // RWMutex" if no read lock is held.
+  // in. Throws dchan::Error "sync: RUnlock of unlocked RWMutex" if no read
+  // lock is held. Local: never blocks. Remote: returns once the broker has
+  // released it; also throws kAborted or kUnavailable.
   void unlock_shared();
 
   // The fencing token of the current write acquisition: strictly increasing
-  // with every successful lock()/try_lock(). Meant for the writer; never
-  // blocks, never throws.
+  // with every successful write lock (remote: the broker's token for this
+  // name, across processes). Read locks do not change it. Meant for the
+  // writer; never blocks, never throws.
   uint64_t token() const noexcept;
 
+  // A token whose stop is requested as soon as this client suspects that it
+  // lost the lock it holds (remote only, in either mode). For a local
+  // RWMutex, or a remote one not held, a token that never stops
+  // (stop_possible() == false). Never blocks, never throws.
+  std::stop_token hold_token() const noexcept {
+    if (core_ != nullptr) [[likely]] {
+      return std::stop_token();
+    }
+    return remote_->hold_token();
+  }
+
+  // True for an RWMutex hosted by a broker.
+  bool is_remote() const noexcept { return remote_ != nullptr; }
+
+  // Same lock. Remote handles that one Client opened under the same name
+  // compare equal.
   friend bool operator==(const RWMutex& a, const RWMutex& b) noexcept {
-    return a.core_ == b.core_;
+    return a.core_ == b.core_ && a.remote_ == b.remote_;
   }
 
  private:
-  // Local lock state. (A broker-hosted RWMutex will add its backend beside
-  // this pointer.)
+  friend RWMutex detail::make_remote_rw_mutex(
+      std::shared_ptr<detail::RemoteLock>);
+  explicit RWMutex(std::shared_ptr<detail::RemoteLock> remote)
+      : remote_(std::move(remote)) {}
+
+  // Exactly one is set: the local lock state, or the broker-hosted lock.
   std::shared_ptr<detail::RWMutexCore> core_;
+  std::shared_ptr<detail::RemoteLock> remote_;
 };
+
+namespace detail {
+inline RWMutex make_remote_rw_mutex(std::shared_ptr<RemoteLock> remote) {
+  return RWMutex(std::move(remote));
+}
+}  // namespace detail
 
 }  // namespace dchan
 

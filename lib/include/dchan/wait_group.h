@@ -31,6 +31,19 @@
 // (as for Go: "a call to Done synchronizes before the return of any Wait
 // call that it unblocks").
 //
+// Remote WaitGroups: dchan::Client::wait_group(name) returns a WaitGroup
+// hosted by a broker (see <dchan/client.h>), shared by every process that
+// opens the name: a coordinator add()s and wait()s, workers in other
+// processes done(). add() and done() return once the broker has counted
+// them (a worker that calls done() and exits at once has paid). The broker
+// tracks what each process added minus the Dones it did; when a process's
+// session ends still owing Dones, the counter drops by its debt and — unless
+// the WaitGroup was opened with `forgive` — the WaitGroup fails: every wait
+// blocked on it, and every later one until an add() starts a new round,
+// throws dchan::Error kAborted naming the lost participant. Its operations
+// may also throw kUnavailable when the broker is lost (no hang), and count()
+// asks the broker.
+//
 // Thread safety: every member function may be called concurrently from any
 // number of threads on copies of the same handle. A single WaitGroup object
 // (the handle itself) follows the usual rules for std::shared_ptr.
@@ -41,16 +54,21 @@
 #include <memory>
 
 #include "dchan/detail/futex.h"
+#include "dchan/detail/remote.h"
 
 namespace dchan {
 
+class WaitGroup;
+
 namespace detail {
 class WaitGroupCore;
+// Used by the client library to hand out broker-hosted WaitGroups.
+WaitGroup make_remote_wait_group(std::shared_ptr<RemoteWaitGroup> remote);
 }  // namespace detail
 
 class WaitGroup {
  public:
-  // A new WaitGroup with counter zero. Throws std::bad_alloc.
+  // A new local WaitGroup with counter zero. Throws std::bad_alloc.
   WaitGroup();
 
   // Copies share the WaitGroup; "moving" copies too.
@@ -59,21 +77,26 @@ class WaitGroup {
   ~WaitGroup() = default;
 
   // Adds `delta` (which may be negative) to the counter; when it reaches
-  // zero, wakes every waiter. Never blocks. Throws dchan::Error "sync:
-  // negative WaitGroup counter" (kFailedPrecondition) if the counter would go
-  // below zero, or kOutOfRange if it would exceed INT32_MAX; the counter is
-  // then unchanged.
+  // zero, wakes every waiter. Throws dchan::Error "sync: negative WaitGroup
+  // counter" (kFailedPrecondition) if the counter would go below zero, or
+  // kOutOfRange if it would exceed INT32_MAX; the counter is then unchanged.
+  // Local: never blocks. Remote: returns once the broker has applied it;
+  // also throws kUnavailable.
   void add(int delta);
 
   // add(-1). Throws as add().
   void done() { add(-1); }
 
-  // Blocks until the counter is zero (returns at once if it is). Spins
-  // briefly, then parks on a futex. Never throws.
+  // Blocks until the counter is zero (returns at once if it is). Local:
+  // spins briefly, then parks on a futex; never throws. Remote: throws
+  // dchan::Error kAborted when a participant was lost owing Dones (the
+  // message names it; not with `forgive`), kUnavailable when the broker is
+  // lost.
   void wait();
 
   // As wait(), but gives up after `timeout` / at `deadline` (any clock).
-  // Returns whether the counter reached zero. Never throws.
+  // Returns whether the counter reached zero. Local: never throws. Remote:
+  // the wait is withdrawn on the broker at the deadline; throws as wait().
   template <class Rep, class Period>
   bool wait_for(std::chrono::duration<Rep, Period> timeout) {
     return wait_until_steady(detail::deadline_after(timeout));
@@ -84,19 +107,37 @@ class WaitGroup {
   }
 
   // The counter now (for tests and diagnostics; it may change at once).
-  int count() const noexcept;
+  // Local: never throws. Remote: asks the broker; throws kUnavailable.
+  int count() const;
 
+  // True for a WaitGroup hosted by a broker.
+  bool is_remote() const noexcept { return remote_ != nullptr; }
+
+  // Same WaitGroup. Two handles to one broker WaitGroup obtained by separate
+  // opens compare unequal.
   friend bool operator==(const WaitGroup& a, const WaitGroup& b) noexcept {
-    return a.core_ == b.core_;
+    return a.core_ == b.core_ && a.remote_ == b.remote_;
   }
 
  private:
+  friend WaitGroup detail::make_remote_wait_group(
+      std::shared_ptr<detail::RemoteWaitGroup>);
+  explicit WaitGroup(std::shared_ptr<detail::RemoteWaitGroup> remote)
+      : remote_(std::move(remote)) {}
+
   bool wait_until_steady(std::chrono::steady_clock::time_point deadline);
 
-  // Local state. (A broker-hosted WaitGroup will add its backend beside this
-  // pointer.)
+  // Exactly one is set: the local state, or the broker-hosted WaitGroup.
   std::shared_ptr<detail::WaitGroupCore> core_;
+  std::shared_ptr<detail::RemoteWaitGroup> remote_;
 };
+
+namespace detail {
+inline WaitGroup make_remote_wait_group(
+    std::shared_ptr<RemoteWaitGroup> remote) {
+  return WaitGroup(std::move(remote));
+}
+}  // namespace detail
 
 }  // namespace dchan
 

@@ -1,0 +1,402 @@
+// The broker-backed sync objects: locks (detail::RemoteLock, behind remote
+// Mutex and RWMutex), wait groups (detail::RemoteWaitGroup) and atomic values
+// (detail::RemoteValue), and the Client members that open them.
+//
+// A lock is held by the session, not by a handle, so its client-side state
+// (how often it is held, the stop source of the current acquisition, whether
+// it was lost) is kept once per session and name: every handle this Client
+// returns for "x" shares one BrokerLock, found again through the
+// Connection's registry, which also tells the lock when the session is lost.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "connection.h"
+#include "dchan/client.h"
+#include "dchan/error.h"
+
+namespace dchan {
+namespace detail {
+namespace {
+
+using Deadline = RemoteChan::Deadline;
+constexpr Deadline kNoDeadline = RemoteChan::kNoDeadline;
+
+// Opens `req`'s object and returns its session-local handle. Throws
+// dchan::Error as Connection::call.
+uint64_t open_object(Connection& conn, v1::OpenRequest req) {
+  v1::ClientFrame f;
+  *f.mutable_open() = std::move(req);
+  return conn.call(f, kNoDeadline).open().handle();
+}
+
+// A timed operation whose deadline has passed already is tried once.
+bool is_nonblocking(Deadline deadline) {
+  return deadline == RemoteChan::kNonBlocking ||
+         (deadline != kNoDeadline &&
+          deadline <= std::chrono::steady_clock::now());
+}
+
+[[noreturn]] void throw_unexpected(const char* op, int outcome) {
+  throw Error(absl::StatusCode::kInternal,
+              absl::StrCat("dchan: the broker answered a ", op,
+                           " request with outcome ", outcome));
+}
+
+// What this client believes about one lock of its session. Shared by the
+// BrokerLock and the Connection's registry (which tells it of a loss); it
+// owns nothing of the Connection.
+class LockState final : public SessionObserver {
+ public:
+  explicit LockState(std::string name) : name_(std::move(name)) {}
+
+  void session_lost(const absl::Status& why,
+                    std::vector<std::stop_source>* to_stop) noexcept override {
+    absl::MutexLock lock(&mu_);
+    if (held_locked() && lost_.ok()) {
+      mark_lost_locked(why);
+      to_stop->push_back(source_);
+    }
+  }
+
+  // Throws the kAborted error of a lock lost earlier.
+  void throw_if_lost() {
+    std::stop_source source(std::nostopstate);
+    absl::Status lost;
+    {
+      absl::MutexLock lock(&mu_);
+      if (lost_.ok()) return;
+      lost = lost_;
+      source = source_;
+    }
+    throw_lost(source, lost);
+  }
+
+  // Handles `e`, thrown by an operation on this lock: a lost connection
+  // while the lock is believed held (or was lost already) is the loss of
+  // the lock (kAborted); anything else is rethrown as it is. Must be called
+  // from a catch block.
+  [[noreturn]] void rethrow(const Error& e) {
+    if (e.code() == absl::StatusCode::kUnavailable) {
+      std::stop_source source(std::nostopstate);
+      absl::Status lost;
+      {
+        absl::MutexLock lock(&mu_);
+        if (lost_.ok() && held_locked()) mark_lost_locked(e.status());
+        lost = lost_;
+        source = source_;
+      }
+      if (!lost.ok()) throw_lost(source, lost);
+    }
+    throw;
+  }
+
+  // The broker granted the lock (`shared`: a read lock) with `token`.
+  void acquired(bool shared, uint64_t token) {
+    absl::MutexLock lock(&mu_);
+    if (!held_locked()) source_ = std::stop_source();
+    if (shared) {
+      ++shared_;
+    } else {
+      ++exclusive_;
+      token_.store(token, std::memory_order_relaxed);
+    }
+  }
+
+  // The session was lost while the grant was on its way (acquired() came
+  // too late for session_lost to see it): mark and report it now.
+  [[noreturn]] void lost_on_grant(const absl::Status& why) {
+    std::stop_source source(std::nostopstate);
+    absl::Status lost;
+    {
+      absl::MutexLock lock(&mu_);
+      if (lost_.ok()) mark_lost_locked(why);
+      lost = lost_;
+      source = source_;
+    }
+    throw_lost(source, lost);
+  }
+
+  // The broker released one hold (`shared`: a read lock).
+  void released(bool shared) {
+    absl::MutexLock lock(&mu_);
+    int& count = shared ? shared_ : exclusive_;
+    if (count > 0) --count;
+    if (!held_locked()) source_ = std::stop_source(std::nostopstate);
+  }
+
+  // The token to send with an unlock (0: no check): the current exclusive
+  // acquisition's when this client believes it holds one.
+  uint64_t unlock_token(bool shared) {
+    absl::MutexLock lock(&mu_);
+    return !shared && exclusive_ > 0 ? token_.load(std::memory_order_relaxed)
+                                     : 0;
+  }
+
+  uint64_t token() const noexcept {
+    return token_.load(std::memory_order_relaxed);
+  }
+
+  std::stop_token hold_token() const noexcept {
+    absl::MutexLock lock(&mu_);
+    if (!held_locked() && lost_.ok()) return std::stop_token();
+    return source_.get_token();
+  }
+
+ private:
+  bool held_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return exclusive_ > 0 || shared_ > 0;
+  }
+
+  void mark_lost_locked(const absl::Status& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    lost_ = absl::AbortedError(absl::StrCat(
+        "dchan: lock \"", name_, "\" was lost while held (token ",
+        token_.load(std::memory_order_relaxed), "): ", why.message()));
+  }
+
+  // Requests the acquisition's stop before reporting the loss, so that a
+  // caller that catches the error finds hold_token() stopped.
+  [[noreturn]] static void throw_lost(std::stop_source& source,
+                                      const absl::Status& lost) {
+    source.request_stop();
+    throw Error(lost.code(), std::string(lost.message()));
+  }
+
+  const std::string name_;
+  mutable absl::Mutex mu_;
+  // Holds this client believes its session has: counts, not flags, because
+  // the thread that unlocks and the one the broker hands the lock to may
+  // record their answers in either order.
+  int exclusive_ ABSL_GUARDED_BY(mu_) = 0;
+  int shared_ ABSL_GUARDED_BY(mu_) = 0;
+  // The current acquisition's (while held; kept once lost).
+  std::stop_source source_ ABSL_GUARDED_BY(mu_){std::nostopstate};
+  absl::Status lost_ ABSL_GUARDED_BY(mu_);  // kAborted once lost
+  // The token of the last exclusive acquisition (written under mu_).
+  std::atomic<uint64_t> token_{0};
+};
+
+// A lock on the broker: the backend of a remote Mutex (exclusive only) or
+// RWMutex, one per session and name.
+class BrokerLock final : public RemoteLock {
+ public:
+  BrokerLock(std::shared_ptr<Connection> conn, uint64_t handle, std::string key,
+             std::shared_ptr<LockState> state)
+      : conn_(std::move(conn)),
+        handle_(handle),
+        key_(std::move(key)),
+        state_(std::move(state)) {}
+
+  ~BrokerLock() override { conn_->unshare(key_, state_.get()); }
+
+  bool lock(bool shared, Deadline deadline) override {
+    conn_->check_session();
+    state_->throw_if_lost();
+    const bool nonblocking = is_nonblocking(deadline);
+    v1::ClientFrame f;
+    v1::LockRequest* req = f.mutable_lock();
+    req->set_handle(handle_);
+    req->set_shared(shared);
+    req->set_nonblocking(nonblocking);
+    v1::ServerFrame answer;
+    try {
+      // A timed request is withdrawn at the deadline; the final answer
+      // decides (OK: granted before the withdrawal arrived).
+      answer = conn_->call(f, nonblocking ? kNoDeadline : deadline);
+    } catch (const Error& e) {
+      state_->rethrow(e);
+    }
+    switch (answer.lock().outcome()) {
+      case v1::OUTCOME_OK:
+        state_->acquired(shared, answer.lock().token());
+        if (const absl::Status lost = conn_->lost(); !lost.ok()) {
+          state_->lost_on_grant(lost);
+        }
+        return true;
+      case v1::OUTCOME_WOULD_BLOCK:
+      case v1::OUTCOME_CANCELLED:
+        return false;
+      default:
+        throw_unexpected("lock", answer.lock().outcome());
+    }
+  }
+
+  void unlock(bool shared) override {
+    conn_->check_session();
+    state_->throw_if_lost();
+    v1::ClientFrame f;
+    v1::UnlockRequest* req = f.mutable_unlock();
+    req->set_handle(handle_);
+    req->set_shared(shared);
+    req->set_token(state_->unlock_token(shared));
+    try {
+      conn_->call(f, kNoDeadline);
+    } catch (const Error& e) {
+      state_->rethrow(e);
+    }
+    state_->released(shared);
+  }
+
+  uint64_t token() const noexcept override { return state_->token(); }
+
+  std::stop_token hold_token() const noexcept override {
+    return state_->hold_token();
+  }
+
+ private:
+  const std::shared_ptr<Connection> conn_;
+  const uint64_t handle_;
+  const std::string key_;  // in the Connection's registry
+  const std::shared_ptr<LockState> state_;
+};
+
+std::shared_ptr<RemoteLock> open_remote_lock(
+    const std::shared_ptr<Connection>& conn, const std::string& name,
+    v1::ObjectKind kind) {
+  const std::string key = absl::StrCat(
+      kind == v1::OBJECT_KIND_RW_MUTEX ? "rw_mutex:" : "mutex:", name);
+  if (std::shared_ptr<void> found = conn->find_shared(key)) {
+    return std::static_pointer_cast<BrokerLock>(found);
+  }
+  v1::OpenRequest req;
+  req.set_name(name);
+  req.set_kind(kind);
+  const uint64_t handle = open_object(*conn, std::move(req));
+  auto state = std::make_shared<LockState>(name);
+  auto lock = std::make_shared<BrokerLock>(conn, handle, key, state);
+  // Another thread may have opened the name meanwhile: one of the two
+  // wins, the other's broker handle stays unused.
+  return std::static_pointer_cast<BrokerLock>(
+      conn->share(key, std::move(lock), std::move(state)));
+}
+
+class BrokerWaitGroup final : public RemoteWaitGroup {
+ public:
+  BrokerWaitGroup(std::shared_ptr<Connection> conn, uint64_t handle)
+      : conn_(std::move(conn)), handle_(handle) {}
+
+  void add(int delta) override { add_and_count(delta); }
+
+  bool wait(Deadline deadline) override {
+    const bool nonblocking = is_nonblocking(deadline);
+    v1::ClientFrame f;
+    v1::WaitRequest* req = f.mutable_wait();
+    req->set_handle(handle_);
+    req->set_nonblocking(nonblocking);
+    // A failed wait group is an error answer: kAborted naming the lost
+    // participant.
+    const v1::ServerFrame answer =
+        conn_->call(f, nonblocking ? kNoDeadline : deadline);
+    switch (answer.wait().outcome()) {
+      case v1::OUTCOME_OK:
+        return true;
+      case v1::OUTCOME_WOULD_BLOCK:
+      case v1::OUTCOME_CANCELLED:
+        return false;
+      default:
+        throw_unexpected("wait", answer.wait().outcome());
+    }
+  }
+
+  // An add of 0 changes nothing and answers the counter.
+  int count() override { return add_and_count(0); }
+
+ private:
+  int add_and_count(int delta) {
+    v1::ClientFrame f;
+    v1::AddRequest* req = f.mutable_add();
+    req->set_handle(handle_);
+    req->set_delta(delta);
+    return static_cast<int>(conn_->call(f, kNoDeadline).add().count());
+  }
+
+  const std::shared_ptr<Connection> conn_;
+  const uint64_t handle_;
+};
+
+class BrokerValue final : public RemoteValue {
+ public:
+  BrokerValue(std::shared_ptr<Connection> conn, uint64_t handle)
+      : conn_(std::move(conn)), handle_(handle) {}
+
+  std::optional<std::string> load() override {
+    v1::ClientFrame f;
+    f.mutable_load()->set_handle(handle_);
+    v1::ServerFrame answer = conn_->call(f, kNoDeadline);
+    if (!answer.load().has_value()) return std::nullopt;
+    return std::move(*answer.mutable_load()->mutable_value());
+  }
+
+  std::optional<std::string> swap(const std::string& value) override {
+    v1::ClientFrame f;
+    v1::SwapRequest* req = f.mutable_swap();
+    req->set_handle(handle_);
+    req->set_value(value);
+    v1::ServerFrame answer = conn_->call(f, kNoDeadline);
+    if (!answer.swap().had_value()) return std::nullopt;
+    return std::move(*answer.mutable_swap()->mutable_old());
+  }
+
+  bool compare_and_swap(const std::string& old,
+                        const std::string& desired) override {
+    v1::ClientFrame f;
+    v1::CompareAndSwapRequest* req = f.mutable_compare_and_swap();
+    req->set_handle(handle_);
+    req->set_old(old);
+    req->set_desired(desired);
+    return conn_->call(f, kNoDeadline).compare_and_swap().swapped();
+  }
+
+ private:
+  const std::shared_ptr<Connection> conn_;
+  const uint64_t handle_;
+};
+
+}  // namespace
+
+std::shared_ptr<RemoteValue> open_remote_value(
+    const std::shared_ptr<Connection>& conn, const std::string& name,
+    const std::string& type_name) {
+  v1::OpenRequest req;
+  req.set_name(name);
+  req.set_kind(v1::OBJECT_KIND_ATOMIC_VALUE);
+  req.set_type_name(type_name);
+  return std::make_shared<BrokerValue>(conn,
+                                       open_object(*conn, std::move(req)));
+}
+
+}  // namespace detail
+
+Mutex Client::mutex(const std::string& name) {
+  return detail::make_remote_mutex(
+      detail::open_remote_lock(conn_, name, v1::OBJECT_KIND_MUTEX));
+}
+
+RWMutex Client::rw_mutex(const std::string& name) {
+  return detail::make_remote_rw_mutex(
+      detail::open_remote_lock(conn_, name, v1::OBJECT_KIND_RW_MUTEX));
+}
+
+WaitGroup Client::wait_group(const std::string& name,
+                             WaitGroupOptions options) {
+  v1::OpenRequest req;
+  req.set_name(name);
+  req.set_kind(v1::OBJECT_KIND_WAIT_GROUP);
+  req.set_forgive(options.forgive);
+  const uint64_t handle = detail::open_object(*conn_, std::move(req));
+  return detail::make_remote_wait_group(
+      std::make_shared<detail::BrokerWaitGroup>(conn_, handle));
+}
+
+}  // namespace dchan

@@ -1,0 +1,101 @@
+// server/src/object.h — what every broker object shares, and the broker
+// channel.
+//
+// An Object is one named thing in the registry: a channel, a lock (MUTEX or
+// RW_MUTEX), a wait group or an atomic value. Its name and kind never
+// change. Objects that a session can hold something of — a lock it holds, a
+// wait group debt it owes — are told when the session ends
+// (session_ended()), so that they can release or settle it.
+//
+// Objects see sessions as Participants: an id, whether the session still
+// lives, and how to name it in an error message. An object that records
+// something on behalf of a session (a lock grant, a wait group debt) checks
+// live() under its own lock first: a session ends by setting live() false
+// and only then calling session_ended() on its objects (which takes that
+// same lock), so nothing is ever recorded for a session after its
+// session_ended() has run.
+//
+// Thread safety: every member of every object may be called concurrently.
+// Objects never call out (callbacks, other objects, the outbox) while they
+// hold their own lock.
+#ifndef DCHAN_SERVER_OBJECT_H_
+#define DCHAN_SERVER_OBJECT_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/strings/string_view.h"
+#include "dchan/chan.h"
+#include "dchan/v1/broker.pb.h"
+#include "dchan/v1/inspect.pb.h"
+
+namespace dchan::server {
+
+// A session, as the objects see it.
+class Participant {
+ public:
+  virtual ~Participant() = default;
+  virtual uint64_t id() const noexcept = 0;
+  // False once the session has ended; never true again after that.
+  virtual bool live() const noexcept = 0;
+  // Names the session in an error message: `participant "worker-2"
+  // (session 7, ipv4:127.0.0.1:4242)`.
+  virtual std::string describe() const = 0;
+};
+
+class Object {
+ public:
+  Object(std::string name, v1::ObjectKind kind)
+      : name_(std::move(name)), kind_(kind) {}
+  virtual ~Object() = default;
+  Object(const Object&) = delete;
+  Object& operator=(const Object&) = delete;
+
+  const std::string& name() const noexcept { return name_; }
+  v1::ObjectKind kind() const noexcept { return kind_; }
+
+  // Fills `info` for inspection: name, kind and the kind's own fields.
+  void describe(v1::ObjectInfo& info) const;
+
+  // `who` has ended (live() is already false): release or settle whatever
+  // this object holds for it. Called once per session for every object it
+  // opened; may hand things on to other sessions.
+  virtual void session_ended(const Participant& who) { (void)who; }
+
+ protected:
+  virtual void describe_kind(v1::ObjectInfo& info) const = 0;
+
+ private:
+  const std::string name_;
+  const v1::ObjectKind kind_;
+};
+
+// The kind as dchan's users know it, with its article: "a channel",
+// "a mutex", "an RWMutex", "a WaitGroup", "an AtomicValue".
+absl::string_view kind_with_article(v1::ObjectKind kind);
+
+// A broker-hosted channel: bytes, with the element type name it was made
+// with. Immutable after creation apart from the channel's own state.
+class ChannelObject final : public Object {
+ public:
+  static bool is_kind(v1::ObjectKind kind) {
+    return kind == v1::OBJECT_KIND_CHANNEL;
+  }
+
+  ChannelObject(std::string name, std::string type_name, uint64_t capacity)
+      : Object(std::move(name), v1::OBJECT_KIND_CHANNEL),
+        type_name(std::move(type_name)),
+        capacity(capacity),
+        chan(make_chan<std::string>(capacity)) {}
+
+  const std::string type_name;
+  const uint64_t capacity;
+  Chan<std::string> chan;
+
+ private:
+  void describe_kind(v1::ObjectInfo& info) const override;
+};
+
+}  // namespace dchan::server
+
+#endif  // DCHAN_SERVER_OBJECT_H_
