@@ -120,6 +120,8 @@ double expect_wait_fails_naming_lost_worker(
                      "participant was lost (returned "
                   << returned << ")";
   } catch (const Error& e) {
+    std::printf("wait() failed: %s: %s\n",
+                absl::StatusCodeToString(e.code()).c_str(), e.what());
     EXPECT_EQ(e.code(), absl::StatusCode::kAborted) << e.what();
     EXPECT_TRUE(absl::StrContains(e.what(), "\"worker-1\"")) << e.what();
     EXPECT_TRUE(absl::StrContains(e.what(), "jobs")) << e.what();

@@ -36,12 +36,16 @@
 // --client_name=N (ClientOptions::name; default: the client's "host:pid"):
 //
 //   lock-loop --broker=ADDR --lock=NAME --rounds=R --file=PATH --marker=PATH
-//            R times: lock the broker mutex, create MARKER with O_EXCL (it
-//            exists already: another process is inside too, an overlap),
-//            read "COUNTER TOKEN" from FILE (missing or empty: 0 0), check
-//            that this acquisition's fencing token is above TOKEN (else a
-//            regression), yield, write "COUNTER+1 token" back, remove
-//            MARKER, unlock. Prints "done rounds R overlaps O regressions G"
+//            [--go_file=PATH]
+//            opens the broker mutex, prints "ready", waits until GO_FILE
+//            exists (if given), then R times: lock, create MARKER with
+//            O_EXCL (it exists already: another process is inside too, an
+//            overlap), read "COUNTER TOKEN WRITER" from FILE (missing or
+//            empty: 0 0 0), check that this acquisition's fencing token is
+//            above TOKEN (else a regression), yield, write
+//            "COUNTER+1 token PID" back, remove MARKER, unlock. Prints
+//            "done rounds R overlaps O regressions G handovers H" (H: rounds
+//            in which FILE was last written by another process)
 //   lock-once --broker=ADDR --lock=NAME [--fence=PORT] [--payload=P]
 //            prints "ready", locks, prints "locked TOKEN at NS" (NS: the
 //            steady clock when lock() returned); with --fence writes
@@ -229,41 +233,57 @@ const char* code_name(const dchan::Error& e) {
 struct Ledger {
   int64_t counter = 0;
   uint64_t token = 0;
+  int64_t writer = 0;  // pid
 };
 
 bool read_ledger(int fd, Ledger* l) {
-  char buf[64] = {};
+  char buf[96] = {};
   const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
   if (n < 0) return false;
   if (n == 0) {
     *l = Ledger{};
     return true;
   }
-  long long c = 0;
+  long long c = 0, w = 0;
   unsigned long long t = 0;
-  if (std::sscanf(buf, "%lld %llu", &c, &t) != 2) return false;
+  if (std::sscanf(buf, "%lld %llu %lld", &c, &t, &w) != 3) return false;
   l->counter = c;
   l->token = t;
+  l->writer = w;
   return true;
 }
 
 bool write_ledger(int fd, const Ledger& l) {
-  char buf[64];
-  const int n = std::snprintf(buf, sizeof buf, "%020lld %020llu\n",
+  char buf[96];
+  const int n = std::snprintf(buf, sizeof buf, "%020lld %020llu %010lld\n",
                               static_cast<long long>(l.counter),
-                              static_cast<unsigned long long>(l.token));
+                              static_cast<unsigned long long>(l.token),
+                              static_cast<long long>(l.writer));
   return ::pwrite(fd, buf, static_cast<size_t>(n), 0) == n;
 }
 
+// Waits until `path` exists (returns at once for an empty path).
+void await_file(const std::string& path) {
+  if (path.empty()) return;
+  struct stat st;
+  while (::stat(path.c_str(), &st) != 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 int lock_loop(dchan::Client& client, const std::string& name, int64_t rounds,
-              const std::string& file, const std::string& marker) {
+              const std::string& file, const std::string& marker,
+              const std::string& go_file) {
   dchan::Mutex m = client.mutex(name);
   const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
     say("exception open %s: %s", file.c_str(), std::strerror(errno));
     return 4;
   }
-  int64_t overlaps = 0, regressions = 0;
+  const int64_t me = ::getpid();
+  say("ready");
+  await_file(go_file);
+  int64_t overlaps = 0, regressions = 0, handovers = 0;
   for (int64_t i = 0; i < rounds; ++i) {
     m.lock();
     const uint64_t token = m.token();
@@ -281,10 +301,12 @@ int lock_loop(dchan::Client& client, const std::string& name, int64_t rounds,
       return 4;
     }
     if (token <= l.token) ++regressions;
+    if (l.writer != 0 && l.writer != me) ++handovers;
     // Give a process that wrongly got the lock too a chance to interleave.
     std::this_thread::yield();
     l.counter += 1;
     l.token = token;
+    l.writer = me;
     if (!write_ledger(fd, l)) {
       say("exception cannot write %s", file.c_str());
       return 4;
@@ -293,9 +315,9 @@ int lock_loop(dchan::Client& client, const std::string& name, int64_t rounds,
     m.unlock();
   }
   ::close(fd);
-  say("done rounds %lld overlaps %lld regressions %lld",
+  say("done rounds %lld overlaps %lld regressions %lld handovers %lld",
       static_cast<long long>(rounds), static_cast<long long>(overlaps),
-      static_cast<long long>(regressions));
+      static_cast<long long>(regressions), static_cast<long long>(handovers));
   return 0;
 }
 
@@ -338,10 +360,7 @@ int hold_lock(dchan::Client& client, const std::string& name, int64_t fence,
   if (go_file.empty()) {
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
-  struct stat st;
-  while (::stat(go_file.c_str(), &st) != 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  await_file(go_file);
   // It believes it still holds the lock.
   for (int64_t i = 0; i < stale_writes; ++i) {
     say("fence %s",
@@ -428,6 +447,7 @@ int run_sync(const std::string& mode, Args& args) {
   if (mode == "lock-loop") {
     file = args.str("file");
     marker = args.str("marker");
+    go_file = args.str("go_file");
   }
   if (mode == "lock-once" || mode == "hold-lock") fence = args.num("fence", 0);
   if (mode == "lock-once") payload = args.str("payload", "write");
@@ -453,7 +473,7 @@ int run_sync(const std::string& mode, Args& args) {
   dchan::Client client = dchan::Client::connect(broker, options);
 
   if (mode == "lock-loop") {
-    return lock_loop(client, name, rounds, file, marker);
+    return lock_loop(client, name, rounds, file, marker, go_file);
   }
   if (mode == "lock-once") return lock_once(client, name, fence, payload);
   if (mode == "hold-lock") {
