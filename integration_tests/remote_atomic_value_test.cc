@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,13 +28,22 @@ TEST(RemoteAtomicValue, FourProcessesIncrementingByCompareAndSwapLoseNothing) {
   constexpr int kProcesses = 4;
   constexpr int kRounds = 200;
 
+  ScratchDir dir;
+  const std::string go_file = dir.file("go");
   std::vector<Process> workers;
   for (int i = 0; i < kProcesses; ++i) {
     workers.push_back(sync_worker(
         "cas-loop", broker,
         {"--value=counter", absl::StrCat("--rounds=", kRounds),
-         absl::StrCat("--client_name=incrementer-", i), "--timeout_s=150"}));
+         "--go_file=" + go_file, absl::StrCat("--client_name=incrementer-", i),
+         "--timeout_s=150"}));
   }
+  // All connected, then all released at once.
+  for (Process& w : workers) {
+    ASSERT_TRUE(w.wait_for_output("ready\n", kBrokerStateBound))
+        << w.wait(milliseconds(0));
+  }
+  { std::ofstream(go_file) << "go\n"; }
   int64_t retries = 0;
   for (const ProcessResult& r : wait_all(workers, seconds(160))) {
     EXPECT_EQ(r.exit_code, 0) << r;

@@ -70,10 +70,11 @@
 //            client name on the chan<string> READY (capacity 16), waits for
 //            a value or the close of the chan<int64> GO (unbuffered), then
 //            done(); prints "done"
-//   cas-loop --broker=ADDR --value=NAME --rounds=R
-//            R times: increments the broker AtomicValue<int64> (which must
-//            hold a value) with a load + compare_and_swap retry loop; prints
-//            "done rounds R retries N"
+//   cas-loop --broker=ADDR --value=NAME --rounds=R [--go_file=PATH]
+//            opens the value, prints "ready", waits until GO_FILE exists (if
+//            given), then R times: increments the broker AtomicValue<int64>
+//            (which must hold a value) with a load + compare_and_swap retry
+//            loop; prints "done rounds R retries N"
 //
 // Every mode also takes --timeout_s=S (default 60): a watchdog that ends the
 // process with exit code 5 if it is still running then, so that no worker
@@ -398,8 +399,11 @@ int wg_participant(dchan::Client& client, const std::string& name, bool forgive,
   return 0;
 }
 
-int cas_loop(dchan::Client& client, const std::string& name, int64_t rounds) {
+int cas_loop(dchan::Client& client, const std::string& name, int64_t rounds,
+             const std::string& go_file) {
   dchan::AtomicValue<int64_t> v = client.atomic_value<int64_t>(name);
+  say("ready");
+  await_file(go_file);
   int64_t retries = 0;
   for (int64_t i = 0; i < rounds; ++i) {
     for (;;) {
@@ -443,11 +447,11 @@ int run_sync(const std::string& mode, Args& args) {
   }
   if (mode == "lock-loop" || mode == "cas-loop") {
     rounds = args.num("rounds", 0);
+    go_file = args.str("go_file");
   }
   if (mode == "lock-loop") {
     file = args.str("file");
     marker = args.str("marker");
-    go_file = args.str("go_file");
   }
   if (mode == "lock-once" || mode == "hold-lock") fence = args.num("fence", 0);
   if (mode == "lock-once") payload = args.str("payload", "write");
@@ -482,7 +486,7 @@ int run_sync(const std::string& mode, Args& args) {
   if (mode == "wg-participant") {
     return wg_participant(client, name, forgive, ready, go, who);
   }
-  return cas_loop(client, name, rounds);
+  return cas_loop(client, name, rounds, go_file);
 }
 
 int run(const std::string& mode, Args& args) {
