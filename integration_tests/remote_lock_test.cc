@@ -152,6 +152,8 @@ TEST(RemoteMutex, FrozenHolderLearnsOfTheLossAndItsStaleWritesAreRejected) {
   const std::optional<std::string> unlock_error =
       after_prefix(h.out, "unlock error ABORTED ");
   ASSERT_TRUE(unlock_error.has_value()) << h;
+  std::printf("the thawed holder's unlock() failed: ABORTED %s\n",
+              unlock_error->c_str());
   EXPECT_TRUE(absl::StrContains(*unlock_error, "ledger")) << h;
   EXPECT_TRUE(absl::StrContains(*unlock_error, absl::StrCat(old_token))) << h;
 

@@ -56,14 +56,14 @@
 //            locks, prints "locked TOKEN" (and, with --fence, writes
 //            "WRITE TOKEN NAME-first" and prints "fence ANSWER"), prints
 //            "holding", then waits until GO_FILE exists (without
-//            --go_file: until killed or the watchdog). Then, holding the
-//            lock as far as it knows: K writes "WRITE TOKEN NAME-stale-I",
-//            each printing "fence ANSWER"; one unlock(), printing
-//            "unlock ok" or "unlock error CODE MESSAGE"; prints
-//            "hold_token stop_requested=0|1"; one try_lock(), printing
-//            "try_lock true|false" or "try_lock error CODE MESSAGE". When the
-//            hold token is stopped it prints "hold lost-at NS" at once (from
-//            the thread that stops it).
+//            --go_file: until killed or the watchdog). Then, at once, one
+//            unlock(), printing "unlock ok" or "unlock error CODE MESSAGE";
+//            prints "hold_token stop_requested=0|1"; makes K writes
+//            "WRITE TOKEN NAME-stale-I" with its old token, each printing
+//            "fence ANSWER"; one try_lock(), printing "try_lock true|false"
+//            or "try_lock error CODE MESSAGE". When the hold token is
+//            stopped it prints "hold lost-at NS" at once (from the thread
+//            that stops it).
 //   wg-participant --broker=ADDR --wg=NAME --ready=CHAN --go=CHAN
 //            [--forgive=1]
 //            add(1) on the broker WaitGroup, prints "added", sends its
@@ -362,11 +362,7 @@ int hold_lock(dchan::Client& client, const std::string& name, int64_t fence,
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   await_file(go_file);
-  // It believes it still holds the lock.
-  for (int64_t i = 0; i < stale_writes; ++i) {
-    say("fence %s",
-        fence_write(fence, token, absl::StrCat(who, "-stale-", i)).c_str());
-  }
+  // Its first step after the pause: release the lock it believes it holds.
   try {
     m.unlock();
     say("unlock ok");
@@ -374,6 +370,11 @@ int hold_lock(dchan::Client& client, const std::string& name, int64_t fence,
     say("unlock error %s %s", code_name(e), e.what());
   }
   say("hold_token stop_requested=%d", m.hold_token().stop_requested() ? 1 : 0);
+  // A careless holder that writes anyway, with its old token.
+  for (int64_t i = 0; i < stale_writes; ++i) {
+    say("fence %s",
+        fence_write(fence, token, absl::StrCat(who, "-stale-", i)).c_str());
+  }
   try {
     const bool got = m.try_lock();
     say("try_lock %s", got ? "true" : "false");
