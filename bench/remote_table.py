@@ -117,6 +117,8 @@ def main():
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for label, unit, remote, raw in WORKLOADS:
             r, g = res.get(remote), res.get(raw)
+            if not r:
+                continue  # not run (bench/run_remote.sh FILTER)
             reps.update(e["n"] for e in (r, g) if e and "n" in e)
             per_rtt = ""
             if unit == "msgs/s" and r and "us" in r and acked:
