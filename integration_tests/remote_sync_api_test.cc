@@ -262,10 +262,30 @@ TEST(RemoteMutex, BrokerKilledWhileHeldStopsTheHoldTokenAndUnlockAborts) {
   std::unique_lock<Mutex> hold(m);
   const uint64_t token = m.token();
   std::atomic<bool> told{false};
-  std::stop_callback on_loss(m.hold_token(), [&] { told = true; });
+  std::atomic<int> code_in_callback{-1};
+  std::atomic<int> other_code_in_callback{-1};
+  std::stop_callback on_loss(m.hold_token(), [&] {
+    // Runs on the thread that noticed (here the client's reader): an
+    // operation on the lost lock must fail at once, not wait on that thread.
+    try {
+      Mutex(m).unlock();
+    } catch (const Error& e) {
+      code_in_callback = static_cast<int>(e.code());
+    }
+    try {
+      WaitGroup(wg).count();  // another object: a call on the connection
+    } catch (const Error& e) {
+      other_code_in_callback = static_cast<int>(e.code());
+    }
+    told = true;
+  });
   broker.kill();
   ASSERT_TRUE(eventually([&] { return told.load(); }))
       << "the hold token was not stopped after the broker died";
+  EXPECT_EQ(code_in_callback.load(),
+            static_cast<int>(absl::StatusCode::kAborted));
+  EXPECT_EQ(other_code_in_callback.load(),
+            static_cast<int>(absl::StatusCode::kUnavailable));
   const std::string msg =
       expect_error([&] { hold.unlock(); }, absl::StatusCode::kAborted,
                    "dchan: lock \"lost\" was lost while held (token " +

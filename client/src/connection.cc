@@ -170,12 +170,14 @@ void Connection::ping_loop() {
 }
 
 void Connection::lose_session(const absl::Status& why) {
-  notify_lost(why);  // first: a lock's users then see kAborted, not a bare
-                     // kUnavailable
   {
     absl::MutexLock lock(&mu_);
-    if (broken_.ok()) broken_ = why;  // later calls fail at once
+    // Later calls fail at once — also one a stop callback makes while
+    // notify_lost runs on this thread. A lock operation that fails so while
+    // its lock is believed held reports the loss (kAborted) all the same.
+    if (broken_.ok()) broken_ = why;
   }
+  notify_lost(why);
   context_.TryCancel();  // the reader fails the pending calls with `why`
 }
 
@@ -355,9 +357,14 @@ void Connection::read_loop() {
         +[](bool* writing) { return !*writing; }, &writing_));
   }
   const grpc::Status st = stream_->Finish();
-  const absl::Status lost = absl::UnavailableError(
+  absl::Status lost = absl::UnavailableError(
       absl::StrCat("dchan: lost the broker at ", target_, ": ",
                    st.ok() ? "stream ended" : st.error_message()));
+  {
+    absl::MutexLock lock(&mu_);
+    if (broken_.ok()) broken_ = lost;  // else: lose_session's reason
+    lost = broken_;
+  }
   notify_lost(lost);  // no-op when the session was declared lost already
   {
     absl::MutexLock lock(&ping_mu_);

@@ -14,10 +14,11 @@
 // the send time of the latest request whose answer has arrived (the broker
 // received it after that). If that is older than the TTL — the broker may
 // have ended the session — or the stream breaks, the session is lost: the
-// session objects (the locks) are told first, so that their holders learn
-// of the loss before any call fails, then the stream is cancelled and every
-// pending and later call fails with kUnavailable. There is no reconnection:
-// a lost Connection stays broken.
+// connection is marked broken (later calls fail at once), the session
+// objects (the locks) are told — their stop callbacks run on the thread that
+// noticed, which may be the reader or the ping thread — then the stream is
+// cancelled and every pending call fails with kUnavailable. There is no
+// reconnection: a lost Connection stays broken.
 //
 // Thread safety: every public member may be called from any thread.
 #ifndef DCHAN_CLIENT_CONNECTION_H_
@@ -152,8 +153,9 @@ class Connection {
   void ping_loop();
   // Records that the broker heard a request sent at `sent`.
   void note_heard(Clock::time_point sent) noexcept;
-  // The session is lost: tells the session objects (once), then fails every
-  // call with `why` and cancels the stream.
+  // The session is lost: marks the connection broken with `why`, tells the
+  // session objects (once) and cancels the stream (the reader then fails
+  // the pending calls).
   void lose_session(const absl::Status& why);
   void notify_lost(const absl::Status& why);
 

@@ -693,9 +693,14 @@ void Session::end() {
 bool Session::expire_if_silent(Clock::time_point now) {
   const std::chrono::milliseconds ttl_now = ttl();
   if (!live() || now - last_frame() <= ttl_now) return false;
+  const std::string name = client_name();
+  const std::string who =
+      name.empty() ? peer_ : absl::StrCat("\"", name, "\", ", peer_);
   std::fprintf(stderr,
-               "dchan-broker: %s expired: no frame for %lld ms; ending it\n",
-               describe().c_str(), static_cast<long long>(ttl_now.count()));
+               "dchan-broker: session %llu (%s) expired: no frame for %lld "
+               "ms; ending it\n",
+               static_cast<unsigned long long>(id_), who.c_str(),
+               static_cast<long long>(ttl_now.count()));
   end();
   outbox_->finish(absl::UnavailableError(
       absl::StrCat("dchan-broker: session ", id_, " expired (no frame for ",

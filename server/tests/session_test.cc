@@ -1,61 +1,22 @@
 // The session core without gRPC: frames in, frames out.
 #include "session.h"
 
-#include <deque>
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "test_outbox.h"
 
 namespace dchan::server {
 namespace {
 
-class TestOutbox : public Outbox {
- public:
-  bool push(v1::ServerFrame& frame,
-            const std::shared_ptr<ChannelObject>&) override {
-    absl::MutexLock lock(&mu_);
-    if (refuse_) return false;
-    frames_.push_back(std::move(frame));
-    return true;
-  }
-  void finish(const absl::Status& status) override {
-    absl::MutexLock lock(&mu_);
-    if (finished_.has_value()) return;
-    finished_ = status;
-    refuse_ = true;
-  }
-  // The status the stream was finished with, if it was.
-  std::optional<absl::Status> finished() {
-    absl::MutexLock lock(&mu_);
-    return finished_;
-  }
-  // The oldest answer not yet taken; fails the test if there is none.
-  v1::ServerFrame take() {
-    absl::MutexLock lock(&mu_);
-    EXPECT_FALSE(frames_.empty()) << "no answer";
-    if (frames_.empty()) return {};
-    v1::ServerFrame f = std::move(frames_.front());
-    frames_.pop_front();
-    return f;
-  }
-  std::size_t size() {
-    absl::MutexLock lock(&mu_);
-    return frames_.size();
-  }
-  void refuse() {
-    absl::MutexLock lock(&mu_);
-    refuse_ = true;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::deque<v1::ServerFrame> frames_;
-  bool refuse_ = false;
-  std::optional<absl::Status> finished_;
-};
+using fakes::TestOutbox;
 
 class SessionTest : public ::testing::Test {
  protected:
@@ -68,7 +29,14 @@ class SessionTest : public ::testing::Test {
     Client c;
     c.session =
         std::make_shared<Session>(++ids_, "test", registry_, c.out, limits);
+    sessions_.push_back(c.session);
     return c;
+  }
+
+  // Ends every session, as the broker does when a stream ends: pending
+  // operations hold their session, so this also frees them.
+  void TearDown() override {
+    for (const std::shared_ptr<Session>& s : sessions_) s->end();
   }
 
   static uint64_t open(Client& c, const std::string& name,
@@ -104,6 +72,75 @@ class SessionTest : public ::testing::Test {
     c.session->handle(f);
   }
 
+  // Opens `name` as `kind`; returns the answer.
+  static v1::ServerFrame open_as(Client& c, const std::string& name,
+                                 v1::ObjectKind kind,
+                                 const std::string& type = "",
+                                 bool forgive = false) {
+    v1::ClientFrame f;
+    f.set_id(2000);
+    f.mutable_open()->set_name(name);
+    f.mutable_open()->set_kind(kind);
+    f.mutable_open()->set_type_name(type);
+    f.mutable_open()->set_forgive(forgive);
+    c.session->handle(f);
+    return c.out->take();
+  }
+
+  static uint64_t open_handle(Client& c, const std::string& name,
+                              v1::ObjectKind kind,
+                              const std::string& type = "") {
+    v1::ServerFrame r = open_as(c, name, kind, type);
+    EXPECT_EQ(r.code(), 0) << r.message();
+    return r.open().handle();
+  }
+
+  static void lock(Client& c, uint64_t id, uint64_t handle,
+                   bool nonblocking = false, bool shared = false) {
+    v1::ClientFrame f;
+    f.set_id(id);
+    f.mutable_lock()->set_handle(handle);
+    f.mutable_lock()->set_nonblocking(nonblocking);
+    f.mutable_lock()->set_shared(shared);
+    c.session->handle(f);
+  }
+
+  static void unlock(Client& c, uint64_t id, uint64_t handle,
+                     uint64_t token = 0, bool shared = false) {
+    v1::ClientFrame f;
+    f.set_id(id);
+    f.mutable_unlock()->set_handle(handle);
+    f.mutable_unlock()->set_token(token);
+    f.mutable_unlock()->set_shared(shared);
+    c.session->handle(f);
+  }
+
+  static void add(Client& c, uint64_t id, uint64_t handle, int64_t delta) {
+    v1::ClientFrame f;
+    f.set_id(id);
+    f.mutable_add()->set_handle(handle);
+    f.mutable_add()->set_delta(delta);
+    c.session->handle(f);
+  }
+
+  static void wait(Client& c, uint64_t id, uint64_t handle,
+                   bool nonblocking = false) {
+    v1::ClientFrame f;
+    f.set_id(id);
+    f.mutable_wait()->set_handle(handle);
+    f.mutable_wait()->set_nonblocking(nonblocking);
+    c.session->handle(f);
+  }
+
+  static void hello(Client& c, uint64_t id, const std::string& name,
+                    uint64_t ttl_ms = 0) {
+    v1::ClientFrame f;
+    f.set_id(id);
+    f.mutable_hello()->set_client_name(name);
+    f.mutable_hello()->set_ttl_ms(ttl_ms);
+    c.session->handle(f);
+  }
+
   static void cancel(Client& c, uint64_t target) {
     v1::ClientFrame f;
     f.mutable_cancel()->set_target(target);
@@ -112,6 +149,7 @@ class SessionTest : public ::testing::Test {
 
   Registry registry_;
   uint64_t ids_ = 0;
+  std::vector<std::shared_ptr<Session>> sessions_;
 };
 
 TEST_F(SessionTest, UnbufferedSendIsAnsweredOnlyOnceAReceiverHasTheValue) {
@@ -374,6 +412,309 @@ TEST_F(SessionTest, WatchAnswersOnReadinessAndConsumesNothing) {
   f = a.out->take();
   EXPECT_EQ(f.id(), 3u);
   EXPECT_EQ(f.watch().outcome(), v1::OUTCOME_CANCELLED);
+}
+
+constexpr int kInvalidArgument =
+    static_cast<int>(absl::StatusCode::kInvalidArgument);
+constexpr int kFailedPrecondition =
+    static_cast<int>(absl::StatusCode::kFailedPrecondition);
+
+TEST_F(SessionTest, HelloNamesTheClientAndGrantsAClampedTtl) {
+  SessionLimits limits;
+  limits.min_ttl = std::chrono::milliseconds(100);
+  limits.max_ttl = std::chrono::milliseconds(5000);
+  limits.default_ttl = std::chrono::milliseconds(2000);
+  Client a = connect(limits), b = connect(limits), c = connect(limits);
+  hello(a, 1, "host:42", 1);
+  v1::ServerFrame f = a.out->take();
+  ASSERT_EQ(f.code(), 0) << f.message();
+  EXPECT_EQ(f.hello().session_id(), a.session->id());
+  EXPECT_EQ(f.hello().ttl_ms(), 100u);
+  EXPECT_EQ(a.session->client_name(), "host:42");
+  EXPECT_EQ(a.session->ttl(), std::chrono::milliseconds(100));
+  hello(b, 1, "b", UINT64_MAX);
+  EXPECT_EQ(b.out->take().hello().ttl_ms(), 5000u);
+  hello(c, 1, "c", 0);
+  EXPECT_EQ(c.out->take().hello().ttl_ms(), 2000u) << "0 asks for the default";
+}
+
+TEST_F(SessionTest, HelloAfterTheFirstFrameIsFailedPrecondition) {
+  Client a = connect(), b = connect();
+  hello(a, 1, "first");
+  EXPECT_EQ(a.out->take().code(), 0);
+  hello(a, 2, "again");
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.code(), kFailedPrecondition);
+  EXPECT_EQ(a.session->client_name(), "first");
+
+  open(b, "ch");
+  hello(b, 3, "late");
+  EXPECT_EQ(b.out->take().code(), kFailedPrecondition);
+  EXPECT_EQ(b.session->client_name(), "");
+}
+
+TEST_F(SessionTest, PingIsAnsweredAtOnceAndRefreshesTheSession) {
+  Client a = connect();
+  const auto before = a.session->last_frame();
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  v1::ClientFrame f;
+  f.set_id(9);
+  f.mutable_ping();
+  a.session->handle(f);
+  v1::ServerFrame r = a.out->take();
+  EXPECT_EQ(r.id(), 9u);
+  EXPECT_TRUE(r.has_ping());
+  EXPECT_GT(a.session->last_frame(), before);
+}
+
+TEST_F(SessionTest, ASessionSilentForItsTtlExpiresWithUnavailable) {
+  SessionLimits limits;
+  limits.default_ttl = std::chrono::milliseconds(1000);
+  Client a = connect(limits);
+  const auto t0 = a.session->last_frame();
+  EXPECT_FALSE(
+      a.session->expire_if_silent(t0 + std::chrono::milliseconds(999)));
+  EXPECT_TRUE(a.session->live());
+  EXPECT_TRUE(
+      a.session->expire_if_silent(t0 + std::chrono::milliseconds(1001)));
+  EXPECT_FALSE(a.session->live());
+  ASSERT_TRUE(a.out->finished().has_value());
+  EXPECT_EQ(a.out->finished()->code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(a.out->finished()->message(),
+            "dchan-broker: session 1 expired (no frame for 1000 ms)");
+  EXPECT_FALSE(a.session->expire_if_silent(t0 + std::chrono::hours(1)))
+      << "an ended session expires once";
+}
+
+TEST_F(SessionTest, ANameOfAnotherKindAndAHandleOfAnotherKindAreRefused) {
+  Client a = connect();
+  const uint64_t ch = open(a, "x");
+  v1::ServerFrame f = open_as(a, "x", v1::OBJECT_KIND_MUTEX);
+  EXPECT_EQ(f.code(), kInvalidArgument);
+  EXPECT_EQ(f.message(), "\"x\" is a channel, not a mutex");
+
+  lock(a, 1, ch);
+  f = a.out->take();
+  EXPECT_EQ(f.code(), kInvalidArgument);
+  EXPECT_NE(f.message().find("is a channel, not a mutex or an RWMutex"),
+            std::string::npos)
+      << f.message();
+  const uint64_t m = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  send(a, 2, m, "v", true);
+  f = a.out->take();
+  EXPECT_EQ(f.code(), kInvalidArgument);
+  EXPECT_NE(f.message().find("is a mutex, not a channel"), std::string::npos);
+  add(a, 3, m, 1);
+  EXPECT_EQ(a.out->take().code(), kInvalidArgument);
+  lock(a, 4, m, false, /*shared=*/true);
+  EXPECT_EQ(a.out->take().code(), kInvalidArgument);
+  EXPECT_EQ(a.session->pending_count(), 0u);
+}
+
+TEST_F(SessionTest, AQueuedLockIsAnsweredWhenGrantedWithALargerToken) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, ha);
+  v1::ServerFrame f = a.out->take();
+  ASSERT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t t1 = f.lock().token();
+  EXPECT_EQ(a.session->locks_held(), 1u);
+  lock(b, 1, hb);
+  EXPECT_EQ(b.out->size(), 0u);
+  lock(b, 2, hb, /*nonblocking=*/true);
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  unlock(a, 2, ha, t1);
+  // By the time the unlock is answered, the lock has been handed on.
+  EXPECT_TRUE(a.out->take().has_unlock());
+  f = b.out->take();
+  EXPECT_EQ(f.id(), 1u);
+  EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
+  EXPECT_GT(f.lock().token(), t1);
+  EXPECT_EQ(a.session->locks_held(), 0u);
+  EXPECT_EQ(b.session->locks_held(), 1u);
+  EXPECT_EQ(b.session->pending_count(), 0u);
+}
+
+TEST_F(SessionTest, ACancelledLockRequestIsAnsweredCancelledAndNeverGranted) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, ha);
+  a.out->take();
+  lock(b, 5, hb);
+  cancel(b, 5);
+  v1::ServerFrame f = b.out->take();
+  EXPECT_EQ(f.id(), 5u);
+  ASSERT_TRUE(f.has_lock());
+  EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_CANCELLED);
+  unlock(a, 2, ha);
+  a.out->take();
+  EXPECT_EQ(b.out->size(), 0u);
+  EXPECT_EQ(b.session->locks_held(), 0u);
+  lock(a, 3, ha, /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+}
+
+TEST_F(SessionTest, AnEndedHolderHandsItsLockToTheNextLiveWaiter) {
+  Client a = connect(), b = connect(), c = connect();
+  const uint64_t ha = open_handle(a, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  const uint64_t hb = open_handle(b, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  const uint64_t hc = open_handle(c, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  lock(a, 1, ha, false, /*shared=*/true);
+  lock(a, 2, ha, false, /*shared=*/true);
+  lock(a, 3, ha);  // queued behind its own read locks
+  EXPECT_EQ(a.out->size(), 2u);
+  lock(b, 1, hb);
+  lock(c, 1, hc);
+  b.session->end();  // withdraws b's queued request
+  a.session->end();  // releases both read locks, withdraws its own request
+  v1::ServerFrame f = c.out->take();
+  EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(c.session->locks_held(), 1u);
+  EXPECT_EQ(b.out->size(), 0u);
+}
+
+TEST_F(SessionTest, UnlockNotHeldIsFailedPreconditionWithGosMessage) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  unlock(a, 1, ha);
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.code(), kFailedPrecondition);
+  EXPECT_EQ(f.message(), "sync: unlock of unlocked mutex");
+  lock(a, 2, ha);
+  const uint64_t t = a.out->take().lock().token();
+  unlock(b, 1, hb);
+  EXPECT_EQ(b.out->take().message(), "sync: unlock of unlocked mutex");
+  unlock(a, 3, ha, t + 1);
+  f = a.out->take();
+  EXPECT_EQ(f.code(), static_cast<int>(absl::StatusCode::kAborted));
+  EXPECT_EQ(a.session->locks_held(), 1u);
+}
+
+TEST_F(SessionTest, AWaitFailsNamingTheParticipantLostOwingDones) {
+  Client worker = connect(), coord = connect();
+  hello(worker, 1, "worker-2");
+  worker.out->take();
+  const uint64_t hw = open_handle(worker, "jobs", v1::OBJECT_KIND_WAIT_GROUP);
+  const uint64_t hc = open_handle(coord, "jobs", v1::OBJECT_KIND_WAIT_GROUP);
+  add(worker, 2, hw, 1);
+  EXPECT_EQ(worker.out->take().add().count(), 1);
+  wait(coord, 1, hc);
+  EXPECT_EQ(coord.out->size(), 0u);
+  worker.session->end();
+  v1::ServerFrame f = coord.out->take();
+  EXPECT_EQ(f.id(), 1u);
+  EXPECT_EQ(f.code(), static_cast<int>(absl::StatusCode::kAborted));
+  EXPECT_EQ(f.message(),
+            "dchan: WaitGroup \"jobs\": participant \"worker-2\" (session 1, "
+            "test) was lost owing 1 Done(s)");
+  wait(coord, 2, hc, /*nonblocking=*/true);
+  EXPECT_EQ(coord.out->take().code(),
+            static_cast<int>(absl::StatusCode::kAborted));
+}
+
+TEST_F(SessionTest, AForgivingWaitGroupReturnsWhenADebtorIsLost) {
+  Client worker = connect(), coord = connect();
+  v1::ServerFrame f =
+      open_as(worker, "jobs", v1::OBJECT_KIND_WAIT_GROUP, "", true);
+  const uint64_t hw = f.open().handle();
+  f = open_as(coord, "jobs", v1::OBJECT_KIND_WAIT_GROUP, "", false);
+  EXPECT_EQ(f.code(), kInvalidArgument) << "forgive must agree";
+  f = open_as(coord, "jobs", v1::OBJECT_KIND_WAIT_GROUP, "", true);
+  const uint64_t hc = f.open().handle();
+  add(worker, 1, hw, 2);
+  worker.out->take();
+  wait(coord, 1, hc);
+  worker.session->end();
+  f = coord.out->take();
+  EXPECT_EQ(f.code(), 0) << f.message();
+  EXPECT_EQ(f.wait().outcome(), v1::OUTCOME_OK);
+}
+
+TEST_F(SessionTest, WaitGroupCountsAndCancelsInItsOwnShape) {
+  Client a = connect();
+  const uint64_t h = open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP);
+  wait(a, 1, h, true);
+  EXPECT_EQ(a.out->take().wait().outcome(), v1::OUTCOME_OK);
+  add(a, 2, h, 3);
+  EXPECT_EQ(a.out->take().add().count(), 3);
+  add(a, 3, h, -4);
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.code(), kFailedPrecondition);
+  EXPECT_EQ(f.message(), "sync: negative WaitGroup counter");
+  add(a, 4, h, int64_t{1} << 40);
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kOutOfRange));
+  wait(a, 5, h, true);
+  f = a.out->take();
+  EXPECT_EQ(f.wait().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  EXPECT_EQ(f.wait().count(), 3);
+  wait(a, 6, h);
+  cancel(a, 6);
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 6u);
+  ASSERT_TRUE(f.has_wait());
+  EXPECT_EQ(f.wait().outcome(), v1::OUTCOME_CANCELLED);
+  add(a, 7, h, -3);
+  EXPECT_EQ(a.out->take().add().count(), 0);
+  EXPECT_EQ(a.out->size(), 0u) << "the cancelled wait was answered";
+}
+
+TEST_F(SessionTest, AtomicValueLoadSwapAndCompareAndSwap) {
+  SessionLimits limits;
+  limits.max_value_bytes = 8;
+  Client a = connect(limits), b = connect(limits);
+  const uint64_t h =
+      open_handle(a, "v", v1::OBJECT_KIND_ATOMIC_VALUE, "string");
+  v1::ServerFrame f = open_as(b, "v", v1::OBJECT_KIND_ATOMIC_VALUE, "int64");
+  EXPECT_EQ(f.code(), kInvalidArgument);
+  EXPECT_NE(f.message().find("string"), std::string::npos);
+  EXPECT_NE(f.message().find("int64"), std::string::npos);
+
+  v1::ClientFrame load;
+  load.set_id(1);
+  load.mutable_load()->set_handle(h);
+  a.session->handle(load);
+  EXPECT_FALSE(a.out->take().load().has_value());
+
+  v1::ClientFrame swap;
+  swap.set_id(2);
+  swap.mutable_swap()->set_handle(h);
+  swap.mutable_swap()->set_value("one");
+  a.session->handle(swap);
+  EXPECT_FALSE(a.out->take().swap().had_value());
+  swap.mutable_swap()->set_value("two");
+  a.session->handle(swap);
+  f = a.out->take();
+  EXPECT_TRUE(f.swap().had_value());
+  EXPECT_EQ(f.swap().old(), "one");
+
+  v1::ClientFrame cas;
+  cas.set_id(3);
+  cas.mutable_compare_and_swap()->set_handle(h);
+  cas.mutable_compare_and_swap()->set_old("one");
+  cas.mutable_compare_and_swap()->set_desired("three");
+  a.session->handle(cas);
+  EXPECT_FALSE(a.out->take().compare_and_swap().swapped());
+  cas.mutable_compare_and_swap()->set_old("two");
+  a.session->handle(cas);
+  EXPECT_TRUE(a.out->take().compare_and_swap().swapped());
+  a.session->handle(load);
+  f = a.out->take();
+  EXPECT_TRUE(f.load().has_value());
+  EXPECT_EQ(f.load().value(), "three");
+
+  swap.mutable_swap()->set_value("123456789");
+  a.session->handle(swap);
+  EXPECT_EQ(a.out->take().code(), kInvalidArgument);
+  cas.mutable_compare_and_swap()->set_old("three");
+  cas.mutable_compare_and_swap()->set_desired("123456789");
+  a.session->handle(cas);
+  EXPECT_EQ(a.out->take().code(), kInvalidArgument);
+  a.session->handle(load);
+  EXPECT_EQ(a.out->take().load().value(), "three");
 }
 
 }  // namespace

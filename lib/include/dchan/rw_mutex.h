@@ -126,7 +126,9 @@ class RWMutex {
   // A token whose stop is requested as soon as this client suspects that it
   // lost the lock it holds (remote only, in either mode). For a local
   // RWMutex, or a remote one not held, a token that never stops
-  // (stop_possible() == false). Never blocks, never throws.
+  // (stop_possible() == false). Never blocks, never throws. Stop
+  // callbacks run on the thread that notices the loss (a client-internal
+  // thread, or one calling into the lock): they must not block.
   std::stop_token hold_token() const noexcept {
     if (core_ != nullptr) [[likely]] {
       return std::stop_token();
