@@ -229,7 +229,7 @@ const char* code_name(const dchan::Error& e) {
   return s.c_str();
 }
 
-// "COUNTER TOKEN" in a fixed width, so that a rewrite never needs a
+// "COUNTER TOKEN WRITER" in a fixed width, so that a rewrite never needs a
 // truncate.
 struct Ledger {
   int64_t counter = 0;
