@@ -11,6 +11,8 @@
 //     rejects every write it still makes with its old token;
 //   - a waiter frozen while queued is skipped when the lock is handed on
 //     (the waiter's session is checked live at grant time, etcd-io/etcd#11456);
+//   - readers killed while a writer waits: their shared holds are released
+//     too, and the writer gets the RWMutex once the last one is gone;
 //   - 4 processes x 200 rounds on one lock and one shared file: no lost
 //     update, no overlap, tokens strictly increasing.
 //
@@ -222,6 +224,55 @@ TEST(RemoteMutex, FrozenQueuedWaiterIsSkippedWhenTheLockIsHandedOn) {
       << "a waiter whose session had ended was granted the lock\n"
       << f;
   EXPECT_EQ(f.exit_code, 3) << f;  // its lock() failed: the session is lost
+}
+
+// Session end releases shared holds too: a writer queued behind two reader
+// processes gets the RWMutex once both are killed, not before.
+TEST(RemoteRWMutex, KilledReaderProcessesReleaseTheirReadLocksToAQueuedWriter) {
+  BrokerProcess broker(short_ttl_broker_args());
+  // One exclusive acquisition first, so that tokens are not all zero.
+  Process first = sync_worker("lock-once", broker, {"--lock=rw", "--kind=rw"});
+  const ProcessResult f = first.wait(kWorkerBound);
+  ASSERT_EQ(f.exit_code, 0) << f;
+  const uint64_t first_token = locked_token(f.out);
+
+  std::vector<Process> readers;
+  for (int i = 0; i < 2; ++i) {
+    readers.push_back(sync_worker("hold-lock", broker,
+                                  {"--lock=rw", "--kind=rw-shared",
+                                   absl::StrCat("--client_name=reader-", i)}));
+  }
+  for (Process& r : readers) {
+    ASSERT_TRUE(r.wait_for_output("holding\n", kBrokerStateBound))
+        << r.wait(milliseconds(0));
+  }
+  Process writer = sync_worker(
+      "lock-once", broker, {"--lock=rw", "--kind=rw", "--client_name=writer"});
+  ASSERT_TRUE(
+      broker.wait_for_object("rw", queued_at_least(1), kBrokerStateBound))
+      << writer.wait(milliseconds(0));
+
+  readers[0].signal(SIGKILL);
+  // One reader still holds it: the writer keeps waiting.
+  ASSERT_TRUE(broker.wait_for_object(
+      "rw",
+      [](const ObjectState& s) {
+        return s.holder_sessions.size() == 1 && s.queued_lockers == 1;
+      },
+      kTtl + kLossSlack));
+  EXPECT_TRUE(writer.running()) << writer.wait(milliseconds(0));
+
+  readers[1].signal(SIGKILL);
+  const ProcessResult w = writer.wait(kTtl + kLossSlack);
+  ASSERT_FALSE(w.timed_out)
+      << "the writer did not get the lock after both readers were killed\n"
+      << w;
+  ASSERT_EQ(w.exit_code, 0) << w;
+  EXPECT_GT(locked_token(w.out), first_token) << w;
+  for (Process& r : readers) {
+    const ProcessResult res = r.wait(kWorkerBound);
+    EXPECT_EQ(res.term_signal, SIGKILL) << res;
+  }
 }
 
 TEST(RemoteMutex, FourProcessesContendingLoseNoUpdateAndNeverOverlap) {

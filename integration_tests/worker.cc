@@ -46,13 +46,14 @@
 //            "COUNTER+1 token PID" back, remove MARKER, unlock. Prints
 //            "done rounds R overlaps O regressions G handovers H" (H: rounds
 //            in which FILE was last written by another process)
-//   lock-once --broker=ADDR --lock=NAME [--fence=PORT] [--payload=P]
+//   lock-once --broker=ADDR --lock=NAME [--kind=K] [--fence=PORT]
+//            [--payload=P]
 //            prints "ready", locks, prints "locked TOKEN at NS" (NS: the
 //            steady clock when lock() returned); with --fence writes
 //            "WRITE TOKEN P" to the fenced resource on 127.0.0.1:PORT and
 //            prints "fence ANSWER"; unlocks, prints "unlocked"
-//   hold-lock --broker=ADDR --lock=NAME [--fence=PORT] [--go_file=PATH]
-//            [--stale_writes=K]
+//   hold-lock --broker=ADDR --lock=NAME [--kind=K] [--fence=PORT]
+//            [--go_file=PATH] [--stale_writes=K]
 //            locks, prints "locked TOKEN" (and, with --fence, writes
 //            "WRITE TOKEN NAME-first" and prints "fence ANSWER"), prints
 //            "holding", then waits until GO_FILE exists (without
@@ -64,6 +65,10 @@
 //            or "try_lock error CODE MESSAGE". When the hold token is
 //            stopped it prints "hold lost-at NS" at once (from the thread
 //            that stops it).
+//            (lock-once and hold-lock: --kind=mutex (default) takes a broker
+//            Mutex; --kind=rw an RWMutex exclusively; --kind=rw-shared an
+//            RWMutex shared, whose token is that of the last exclusive
+//            acquisition)
 //   wg-participant --broker=ADDR --wg=NAME --ready=CHAN --go=CHAN
 //            [--forgive=1]
 //            add(1) on the broker WaitGroup, prints "added", sends its
@@ -329,9 +334,62 @@ std::string fence_write(int64_t port, uint64_t token,
   return answer.value_or("(no answer)");
 }
 
-int lock_once(dchan::Client& client, const std::string& name, int64_t fence,
+// The lock of lock-once and hold-lock: a broker Mutex (--kind=mutex, the
+// default), or an RWMutex taken exclusively (--kind=rw) or shared
+// (--kind=rw-shared).
+class LockHandle {
+ public:
+  LockHandle(dchan::Client& client, const std::string& name,
+             const std::string& kind)
+      : shared_(kind == "rw-shared") {
+    if (kind == "mutex") {
+      mutex_.emplace(client.mutex(name));
+    } else {
+      rw_.emplace(client.rw_mutex(name));
+    }
+  }
+
+  void lock() {
+    if (mutex_) {
+      mutex_->lock();
+    } else if (shared_) {
+      rw_->lock_shared();
+    } else {
+      rw_->lock();
+    }
+  }
+  bool try_lock() {
+    if (mutex_) return mutex_->try_lock();
+    return shared_ ? rw_->try_lock_shared() : rw_->try_lock();
+  }
+  void unlock() {
+    if (mutex_) {
+      mutex_->unlock();
+    } else if (shared_) {
+      rw_->unlock_shared();
+    } else {
+      rw_->unlock();
+    }
+  }
+  uint64_t token() const { return mutex_ ? mutex_->token() : rw_->token(); }
+  std::stop_token hold_token() const {
+    return mutex_ ? mutex_->hold_token() : rw_->hold_token();
+  }
+
+ private:
+  const bool shared_;
+  std::optional<dchan::Mutex> mutex_;
+  std::optional<dchan::RWMutex> rw_;
+};
+
+bool is_lock_kind(const std::string& kind) {
+  return kind == "mutex" || kind == "rw" || kind == "rw-shared";
+}
+
+int lock_once(dchan::Client& client, const std::string& name,
+              const std::string& kind, int64_t fence,
               const std::string& payload) {
-  dchan::Mutex m = client.mutex(name);
+  LockHandle m(client, name, kind);
   say("ready");
   m.lock();
   const int64_t at = steady_now_ns();
@@ -344,10 +402,11 @@ int lock_once(dchan::Client& client, const std::string& name, int64_t fence,
   return 0;
 }
 
-int hold_lock(dchan::Client& client, const std::string& name, int64_t fence,
+int hold_lock(dchan::Client& client, const std::string& name,
+              const std::string& kind, int64_t fence,
               const std::string& go_file, int64_t stale_writes,
               const std::string& who) {
-  dchan::Mutex m = client.mutex(name);
+  LockHandle m(client, name, kind);
   m.lock();
   const uint64_t token = m.token();
   say("locked %llu", static_cast<unsigned long long>(token));
@@ -434,7 +493,7 @@ int run_sync(const std::string& mode, Args& args) {
   const std::string client_name = args.str("client_name");
   std::string name;
   int64_t rounds = 0, fence = 0, stale_writes = 0;
-  std::string file, marker, payload, go_file, ready, go;
+  std::string file, marker, payload, go_file, ready, go, kind = "mutex";
   bool forgive = false;
   if (mode == "lock-loop" || mode == "lock-once" || mode == "hold-lock") {
     name = args.str("lock");
@@ -454,7 +513,10 @@ int run_sync(const std::string& mode, Args& args) {
     file = args.str("file");
     marker = args.str("marker");
   }
-  if (mode == "lock-once" || mode == "hold-lock") fence = args.num("fence", 0);
+  if (mode == "lock-once" || mode == "hold-lock") {
+    fence = args.num("fence", 0);
+    kind = args.str("kind", "mutex");
+  }
   if (mode == "lock-once") payload = args.str("payload", "write");
   if (mode == "hold-lock") {
     go_file = args.str("go_file");
@@ -463,6 +525,7 @@ int run_sync(const std::string& mode, Args& args) {
   args.check_all_used();
   if (broker.empty() || name.empty() || rounds < 0 || ttl_ms < 0 ||
       (mode == "lock-loop" && (file.empty() || marker.empty())) ||
+      !is_lock_kind(kind) ||
       (mode == "wg-participant" && (ready.empty() || go.empty()))) {
     std::fprintf(stderr, "dchan-test-worker: %s: missing arguments\n",
                  mode.c_str());
@@ -480,9 +543,11 @@ int run_sync(const std::string& mode, Args& args) {
   if (mode == "lock-loop") {
     return lock_loop(client, name, rounds, file, marker, go_file);
   }
-  if (mode == "lock-once") return lock_once(client, name, fence, payload);
+  if (mode == "lock-once") {
+    return lock_once(client, name, kind, fence, payload);
+  }
   if (mode == "hold-lock") {
-    return hold_lock(client, name, fence, go_file, stale_writes, who);
+    return hold_lock(client, name, kind, fence, go_file, stale_writes, who);
   }
   if (mode == "wg-participant") {
     return wg_participant(client, name, forgive, ready, go, who);
