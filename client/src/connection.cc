@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "dchan/detail/futex.h"
 #include "dchan/error.h"
 
 namespace dchan::detail {
@@ -49,7 +50,7 @@ Connection::Connection(const std::string& target, const ClientOptions& options)
   }
   stub_ = v1::Broker::NewStub(channel_);
   stream_ = stub_->Session(&context_);
-  reader_ = std::thread([this] { read_loop(); });
+  background_reader_ = std::thread([this] { background_read_loop(); });
   try {
     hello(options, std::chrono::steady_clock::now() + options.connect_timeout);
   } catch (...) {
@@ -76,7 +77,32 @@ void Connection::shut_down() {
     if (!writes_failed_) stream_->WritesDone();
   }
   context_.TryCancel();
-  reader_.join();
+  // Read the stream to its end (nobody else is left to, unless the
+  // background reader holds the role for an asynchronous call): that
+  // finishes it and fails what is still outstanding.
+  bool read_to_end = false;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    mu_.Await(absl::Condition(
+        +[](Connection* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+          return !c->reading_ || c->stream_over_;
+        },
+        this));
+    if (!stream_over_) {
+      reading_ = true;
+      read_to_end = true;
+    }
+  }
+  if (read_to_end) {
+    v1::ServerBatch batch;
+    for (;;) {
+      read_once(batch);
+      absl::MutexLock lock(&mu_);
+      if (stream_over_) break;
+    }
+  }
+  background_reader_.join();
 }
 
 void Connection::hello(const ClientOptions& options,
@@ -87,9 +113,10 @@ void Connection::hello(const ClientOptions& options,
   req->set_client_name(name_);
   req->set_ttl_ms(
       static_cast<uint64_t>(std::max<int64_t>(0, options.session_ttl.count())));
-  uint64_t id = 0;
-  std::shared_ptr<Call> call = start(f, &id);
-  if (!call->done.wait_until(deadline)) {
+  // Others (the background reader) read for it: the wait is timed.
+  auto call = std::make_shared<Call>();
+  start(call, f);
+  if (!wait_answered(*call, deadline)) {
     throw Error(absl::StatusCode::kUnavailable,
                 absl::StrCat("dchan: the broker at ", target_,
                              " did not answer the session's Hello within ",
@@ -230,16 +257,7 @@ void Connection::unshare(const std::string& key,
 uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
   auto call = std::make_shared<Call>();
   call->on_answer = std::move(on_answer);
-  uint64_t id = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!broken_.ok()) throw_status(broken_);
-    id = next_id_++;
-    frame.set_id(id);
-    calls_.emplace(id, std::move(call));
-  }
-  enqueue(std::move(frame));
-  return id;
+  return start(call, frame);
 }
 
 void Connection::cancel(uint64_t id) noexcept {
@@ -254,22 +272,23 @@ void Connection::finish(Call& call, const absl::Status& error) {
     return;
   }
   call.error = error;
-  call.done.try_claim();
-  call.done.complete(0, error.ok());
+  call.state.store(kAnswered, std::memory_order_release);
+  futex_wake_all(call.state);
 }
 
-std::shared_ptr<Connection::Call> Connection::start(v1::ClientFrame& frame,
-                                                    uint64_t* id) {
-  auto call = std::make_shared<Call>();
+uint64_t Connection::start(const std::shared_ptr<Call>& call,
+                           v1::ClientFrame& frame) {
+  uint64_t id;
   {
     absl::MutexLock lock(&mu_);
     if (!broken_.ok()) throw_status(broken_);
-    *id = next_id_++;
-    frame.set_id(*id);
-    calls_.emplace(*id, call);
+    id = next_id_++;
+    frame.set_id(id);
+    calls_.emplace(id, call);
+    if (!call->self_reading) ++background_needed_;
   }
   enqueue(std::move(frame));
-  return call;
+  return id;
 }
 
 void Connection::enqueue(v1::ClientFrame frame) {
@@ -310,17 +329,21 @@ void Connection::enqueue(v1::ClientFrame frame) {
 }
 
 v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
-  uint64_t id = 0;
-  std::shared_ptr<Call> call = start(frame, &id);
-  if (deadline == Deadline::max() || deadline == Deadline::min()) {
-    call->done.wait();
-  } else if (!call->done.wait_until(deadline)) {
+  auto call = std::make_shared<Call>();
+  // A thread blocked in Read cannot honour a deadline: only untimed (and
+  // non-blocking, answered at once) calls read for themselves.
+  call->self_reading =
+      deadline == Deadline::max() || deadline == Deadline::min();
+  const uint64_t id = start(call, frame);
+  if (call->self_reading) {
+    wait_reading(call);
+  } else if (!wait_answered(*call, deadline)) {
     // Withdraw it; the broker then answers CANCELLED, or the result if the
     // operation completed first.
     v1::ClientFrame cancel;
     cancel.mutable_cancel()->set_target(id);
     enqueue(std::move(cancel));
-    call->done.wait();
+    wait_answered(*call, Deadline::max());
   }
   if (!call->error.ok()) throw_status(call->error);
   if (call->answer.code() != 0) {
@@ -330,26 +353,123 @@ v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
   return std::move(call->answer);
 }
 
-void Connection::read_loop() {
-  v1::ServerBatch batch;
-  while (stream_->Read(&batch)) {
-    for (v1::ServerFrame& f : *batch.mutable_frames()) {
-      std::shared_ptr<Call> call;
-      {
-        absl::MutexLock lock(&mu_);
-        auto it = calls_.find(f.id());
-        if (it == calls_.end()) continue;
-        call = std::move(it->second);
-        calls_.erase(it);
-      }
-      note_heard(call->sent);
-      call->answer.Swap(&f);
-      finish(*call, absl::OkStatus());
+bool Connection::wait_answered(Call& call, Deadline deadline) {
+  for (;;) {
+    if (call.state.load(std::memory_order_acquire) == kAnswered) return true;
+    if (deadline == Deadline::max()) {
+      futex_wait(call.state, kWaiting);
+    } else if (!futex_wait_until(call.state, kWaiting, deadline)) {
+      return call.state.load(std::memory_order_acquire) == kAnswered;
     }
-    batch.Clear();
   }
-  // The stream is over. Stop writers, and wait for a Write in progress (it
-  // fails now) before Finish: the sync API allows no Write during Finish.
+}
+
+void Connection::wait_reading(const std::shared_ptr<Call>& call) {
+  v1::ServerBatch batch;
+  for (;;) {
+    bool take = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (call->settled) break;
+      if (!reading_ && !stream_over_) {
+        reading_ = true;
+        take = true;
+      } else if (!stream_over_) {
+        idle_readers_.push_back(call);
+      }
+      // stream_over_: fail_all settles this call; wait for it below.
+    }
+    if (!take) {
+      uint32_t s;
+      while ((s = call->state.load(std::memory_order_acquire)) == kWaiting) {
+        futex_wait(call->state, kWaiting);
+      }
+      if (s == kAnswered) break;
+      // Handed the read role (kReader): reading_ stays true for us.
+      call->state.store(kWaiting, std::memory_order_relaxed);
+    }
+    read_once(batch);
+    release_read_role();
+  }
+  // The answer is published before `settled` is read under mu_, or by the
+  // kAnswered store; either way wait for the store.
+  while (call->state.load(std::memory_order_acquire) != kAnswered) {
+    futex_wait(call->state, call->state.load(std::memory_order_relaxed));
+  }
+}
+
+void Connection::read_once(v1::ServerBatch& batch) {
+  batch.Clear();
+  if (!stream_->Read(&batch)) {
+    end_stream();
+    return;
+  }
+  for (v1::ServerFrame& f : *batch.mutable_frames()) {
+    std::shared_ptr<Call> call;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = calls_.find(f.id());
+      if (it == calls_.end()) continue;
+      call = std::move(it->second);
+      calls_.erase(it);
+      call->settled = true;
+      if (!call->self_reading) --background_needed_;
+    }
+    note_heard(call->sent);
+    call->answer.Swap(&f);
+    finish(*call, absl::OkStatus());
+  }
+}
+
+void Connection::release_read_role() {
+  std::shared_ptr<Call> next;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stream_over_) {
+      reading_ = false;
+      return;
+    }
+    while (!idle_readers_.empty()) {
+      std::shared_ptr<Call> c = std::move(idle_readers_.front());
+      idle_readers_.pop_front();
+      if (!c->settled) {
+        next = std::move(c);
+        break;
+      }
+    }
+    // Handing over keeps reading_ set: nobody else may take the role in
+    // between. Otherwise the background reader sees reading_ clear (its
+    // condition is re-evaluated as mu_ is released).
+    if (next == nullptr) reading_ = false;
+  }
+  if (next != nullptr) {
+    next->state.store(kReader, std::memory_order_release);
+    futex_wake_all(next->state);
+  }
+}
+
+void Connection::background_read_loop() {
+  v1::ServerBatch batch;
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Connection* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return c->stream_over_ || c->stopping_ ||
+                   (!c->reading_ && c->background_needed_ > 0);
+          },
+          this));
+      if (stream_over_ || stopping_) return;
+      reading_ = true;
+    }
+    read_once(batch);
+    release_read_role();
+  }
+}
+
+void Connection::end_stream() {
+  // Stop writers, and wait for a Write in progress (it fails now) before
+  // Finish: the sync API allows no Write during Finish.
   {
     absl::MutexLock lock(&write_mu_);
     writes_failed_ = true;
@@ -375,12 +495,17 @@ void Connection::read_loop() {
 
 void Connection::fail_all(const absl::Status& status) {
   absl::flat_hash_map<uint64_t, std::shared_ptr<Call>> calls;
+  std::deque<std::shared_ptr<Call>> idle;
   absl::Status why;
   {
     absl::MutexLock lock(&mu_);
     if (broken_.ok()) broken_ = status;  // else: lose_session's reason
     why = broken_;
+    stream_over_ = true;
     calls.swap(calls_);
+    idle.swap(idle_readers_);
+    for (auto& [id, call] : calls) call->settled = true;
+    background_needed_ = 0;
   }
   for (auto& [id, call] : calls) finish(*call, why);
 }

@@ -4,9 +4,20 @@
 // Requests from any thread are multiplexed on the stream: each gets a fresh
 // request id and a Call to wait on. Writes are combined: the thread that
 // finds no write in progress becomes the writer and sends everything queued
-// meanwhile as one batch, until the queue is empty. One reader thread takes
-// answers off the stream and completes their Calls. When the stream ends,
-// every outstanding and later Call fails with kUnavailable.
+// meanwhile as one batch, until the queue is empty.
+//
+// Reads follow the leader/follower pattern: one thread at a time holds the
+// read role and takes answers off the stream, completing every Call they
+// answer. A thread blocked in an untimed call() takes the role itself when
+// it is free, so a lone caller writes its request and reads its answer on
+// its own thread, as a plain gRPC client would — no hand-off to another
+// thread, which costs tens of microseconds on small VMs. When the reader's
+// own answer arrives it passes the role to the next such caller still
+// waiting (FIFO). Callers that cannot read themselves — a timed call (a
+// blocked Read cannot honour a deadline) or an asynchronous one — are read
+// for by a background thread, which holds the role only while such calls
+// are outstanding and no caller holds it. When the stream ends, every
+// outstanding and later Call fails with kUnavailable.
 //
 // Liveness: the connection opens the session with a Hello (client name and
 // TTL) and keeps it alive from one background thread that sends a Ping every
@@ -16,7 +27,8 @@
 // have ended the session — or the stream breaks, the session is lost: the
 // connection is marked broken (later calls fail at once), the session
 // objects (the locks) are told — their stop callbacks run on the thread that
-// noticed, which may be the reader or the ping thread — then the stream is
+// noticed: the ping thread, or whichever thread holds the read role (see
+// above; possibly a user thread inside a call) — then the stream is
 // cancelled and every pending call fails with kUnavailable. There is no
 // reconnection: a lost Connection stays broken.
 //
@@ -27,6 +39,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -38,7 +51,6 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/client.h"
-#include "dchan/detail/waiter.h"
 #include "dchan/v1/broker.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
@@ -128,26 +140,52 @@ class Connection {
   using Clock = std::chrono::steady_clock;
 
   struct Call {
-    Waiter done;
+    // kWaiting, then kAnswered once `answer` or `error` is set, or kReader
+    // when the read role was handed to this call's (waiting) thread.
+    std::atomic<uint32_t> state{kWaiting};
     v1::ServerFrame answer;
     absl::Status error;                     // the connection failed
     Callback on_answer;                     // set: an asynchronous call
     Clock::time_point sent = Clock::now();  // (about) when it was sent
+    // Guarded by mu_. `self_reading`: its thread may take the read role
+    // (an untimed synchronous call). `settled`: answered (or failed).
+    bool self_reading = false;
+    bool settled = false;
   };
-  // Completes `call` with its answer or `error`.
+  static constexpr uint32_t kWaiting = 0;
+  static constexpr uint32_t kAnswered = 1;
+  static constexpr uint32_t kReader = 2;
+
+  // Completes `call` (already removed from calls_ and settled) with its
+  // answer or `error`.
   static void finish(Call& call, const absl::Status& error);
 
-  // Registers a call for `frame` under a fresh request id (*id) and sends
-  // it; `frame` is moved from.
-  std::shared_ptr<Call> start(v1::ClientFrame& frame, uint64_t* id);
+  // Registers `call` for `frame` under a fresh request id (returned) and
+  // sends it; `frame` is moved from.
+  uint64_t start(const std::shared_ptr<Call>& call, v1::ClientFrame& frame);
   void enqueue(v1::ClientFrame frame);
-  void read_loop();
+  // Waits for a self-reading call's answer, taking the read role when it is
+  // free or handed over.
+  void wait_reading(const std::shared_ptr<Call>& call);
+  // Waits for a call that others read for (kAnswered); false at `deadline`.
+  static bool wait_answered(Call& call, Deadline deadline);
+  // With the read role held: reads one batch and completes its calls, or
+  // ends the connection if the stream is over.
+  void read_once(v1::ServerBatch& batch);
+  // Gives the read role up: to the first waiting self-reading call, else to
+  // the background reader if it is needed.
+  void release_read_role();
+  void background_read_loop();
+  // The stream is over (the reader saw Read fail): finishes it and fails
+  // every call.
+  void end_stream();
   void fail_all(const absl::Status& status);
 
   // Sends the Hello and waits for its answer until `deadline`; sets name_,
   // session_id_ and ttl_. Throws dchan::Error.
   void hello(const ClientOptions& options, Clock::time_point deadline);
-  // Stops the ping thread and the stream and joins the reader.
+  // Stops the ping thread, ends the stream (reading it to its end unless a
+  // reader is at it) and joins the background reader.
   void shut_down();
   // The ping thread: pings every ttl_/4, declares the loss at the TTL.
   void ping_loop();
@@ -165,7 +203,7 @@ class Connection {
   grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientReaderWriter<v1::ClientBatch, v1::ServerBatch>>
       stream_;
-  std::thread reader_;
+  std::thread background_reader_;
 
   // The session (set by hello(), before any other thread reads them).
   std::string name_;
@@ -191,6 +229,14 @@ class Connection {
       ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::Status broken_ ABSL_GUARDED_BY(mu_);
+  // The read role (see the file comment).
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool stream_over_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Self-reading calls whose threads wait (settled ones are skipped).
+  std::deque<std::shared_ptr<Call>> idle_readers_ ABSL_GUARDED_BY(mu_);
+  // Outstanding calls nobody waits to read for: timed and asynchronous.
+  std::size_t background_needed_ ABSL_GUARDED_BY(mu_) = 0;
 
   static constexpr std::size_t kMaxBatchBytes = 1 << 20;
   absl::Mutex write_mu_;

@@ -17,6 +17,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -53,6 +54,10 @@ int main(int argc, char** argv) {
       "values for dchan clients.\n"
       "Usage: dchan-broker [--listen=HOST:PORT] [flags]");
   absl::ParseCommandLine(argc, argv);
+  // Debian's Abseil is built with absl::Mutex deadlock detection on, which
+  // records every lock acquisition in a process-wide graph under one global
+  // lock: off, as in optimised Abseil builds.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // SIGTERM/SIGINT are taken by sigwait below, so block them in every thread.
   sigset_t stop_signals;
