@@ -34,6 +34,18 @@
 //                         would cap the rate at one message per round trip;
 //                         oneway/remote/16x1 shows that cap). Time from
 //                         releasing the threads to the last message received.
+//   lock_unlock/remote    one Client, one broker Mutex, nobody else: lock()
+//                         then unlock(), each returning once the broker
+//                         answered (two round trips per op).
+//   lock_handoff/remote   hand-off between two processes: this process holds
+//                         a broker Mutex, a partner process (this binary,
+//                         re-executed, with a Client of its own) is queued on
+//                         it (checked with the broker's Inspect service before
+//                         timing); one op is from this process calling
+//                         unlock() to lock() returning in the partner
+//                         (CLOCK_MONOTONIC in both). The partner then reports
+//                         the time and unlocks, and this process relocks,
+//                         untimed.
 //   oneway/grpc/S         the baseline: S threads share one client-streaming
 //                         call, one Write per message (serialised by a mutex,
 //                         as gRPC allows one outstanding Write), the server
@@ -73,6 +85,7 @@
 #include "batch.h"
 #include "benchmark/benchmark.h"
 #include "dchan/client.h"
+#include "dchan/v1/inspect.grpc.pb.h"
 #include "echo.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 
@@ -90,6 +103,7 @@ using dchan::bench::Msg;
 constexpr std::size_t kPayloadBytes = 100;
 constexpr int64_t kRoundTripBatch = 256;
 constexpr int64_t kOneWayBatch = 2048;
+constexpr int64_t kHandoffBatch = 64;
 constexpr std::size_t kBufferCap = 1024;
 static_assert(kRoundTripBatch < static_cast<int64_t>(kBufferCap),
               "acked_send must never wait for buffer space");
@@ -492,6 +506,181 @@ void BM_GrpcOneWay(benchmark::State& state, int senders) {
   });
 }
 
+// ---------------------------------------------------------------------------
+// Locks.
+
+void BM_RemoteLockUnlock(benchmark::State& state) {
+  dchan::Client client = Connect();
+  dchan::Mutex m = client.mutex(UniqueName("lock"));
+  m.lock();  // warm-up: opens the lock on the broker
+  m.unlock();
+  Latencies lat;
+  RunBatched(state, kRoundTripBatch, [&](int64_t n, Batch& batch) {
+    batch.driver = [&, n] {
+      for (int64_t i = 0; i < n; ++i) {
+        const Clock::time_point t0 = Clock::now();
+        m.lock();
+        m.unlock();
+        lat.add(Clock::now() - t0);
+      }
+    };
+  });
+  lat.report(state);
+}
+
+constexpr const char* kPartnerFlag = "--dchan_bench_partner";
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             Clock::now().time_since_epoch())
+      .count();
+}
+
+// The partner's side of lock_handoff (runs in the re-executed binary): for
+// each 'L' byte on stdin, lock() (queued behind the benchmark), write the
+// steady clock at the grant (8 bytes) to stdout, unlock(). Ends at EOF.
+int PartnerMain(const std::string& address, const std::string& lock_name) {
+  std::thread([] {}).join();
+  dchan::Client client = dchan::Client::connect(address);
+  dchan::Mutex m = client.mutex(lock_name);
+  char cmd = 0;
+  while (read(STDIN_FILENO, &cmd, 1) == 1 && cmd == 'L') {
+    m.lock();
+    const int64_t granted = NowNs();
+    if (write(STDOUT_FILENO, &granted, sizeof granted) !=
+        static_cast<ssize_t>(sizeof granted)) {
+      return 1;
+    }
+    m.unlock();
+  }
+  return 0;
+}
+
+// The partner process, seen from the benchmark.
+class Partner {
+ public:
+  Partner(const std::string& address, const std::string& lock_name) {
+    char exe[4096];
+    const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) throw std::runtime_error("readlink /proc/self/exe failed");
+    exe[len] = '\0';
+    int to[2], from[2];
+    if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) {
+      throw std::runtime_error("pipe2 failed");
+    }
+    const pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      // Child: only async-signal-safe calls until exec.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      dup2(to[0], STDIN_FILENO);
+      dup2(from[1], STDOUT_FILENO);
+      execl(exe, exe, kPartnerFlag, address.c_str(), lock_name.c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    to_fd_ = to[1];
+    from_fd_ = from[0];
+  }
+  Partner(const Partner&) = delete;
+  Partner& operator=(const Partner&) = delete;
+  ~Partner() {
+    close(to_fd_);  // EOF: the partner's loop ends
+    const Clock::time_point deadline = Clock::now() + std::chrono::seconds(5);
+    int status = 0;
+    while (waitpid(pid_, &status, WNOHANG) == 0) {
+      if (Clock::now() > deadline) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, &status, 0);
+        break;
+      }
+      usleep(1000);
+    }
+    close(from_fd_);
+  }
+
+  // Asks the partner to lock.
+  void request_lock() {
+    const char cmd = 'L';
+    if (write(to_fd_, &cmd, 1) != 1) {
+      throw std::runtime_error("the partner process is gone");
+    }
+  }
+
+  // The steady clock (ns) at which the partner's lock() returned.
+  int64_t granted_at() {
+    int64_t ns = 0;
+    size_t got = 0;
+    while (got < sizeof ns) {
+      const ssize_t n =
+          read(from_fd_, reinterpret_cast<char*>(&ns) + got, sizeof ns - got);
+      if (n <= 0) throw std::runtime_error("the partner process is gone");
+      got += static_cast<size_t>(n);
+    }
+    return ns;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_fd_ = -1;
+  int from_fd_ = -1;
+};
+
+// Polls the broker's Inspect service until lock `name` has a queued locker.
+void AwaitQueuedLocker(dchan::v1::Inspect::Stub& inspect,
+                       const std::string& name) {
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::seconds(5));
+    dchan::v1::ListObjectsResponse resp;
+    if (inspect.ListObjects(&ctx, dchan::v1::ListObjectsRequest(), &resp)
+            .ok()) {
+      for (const dchan::v1::ObjectInfo& o : resp.objects()) {
+        if (o.name() == name && o.queued_lockers() > 0) return;
+      }
+    }
+    if (Clock::now() > deadline) {
+      throw std::runtime_error("the partner never queued on the lock");
+    }
+  }
+}
+
+void BM_RemoteLockHandoff(benchmark::State& state) {
+  const std::string name = UniqueName("handoff");
+  dchan::Client client = Connect();
+  dchan::Mutex m = client.mutex(name);
+  auto inspect = dchan::v1::Inspect::NewStub(grpc::CreateChannel(
+      g_broker.address(), grpc::InsecureChannelCredentials()));
+  Partner partner(g_broker.address(), name);
+  auto one_handoff = [&]() -> Clock::duration {
+    m.lock();
+    partner.request_lock();
+    AwaitQueuedLocker(*inspect, name);
+    const int64_t t0 = NowNs();
+    m.unlock();
+    return std::chrono::nanoseconds(partner.granted_at() - t0);
+  };
+  one_handoff();  // warm-up: the partner connects and opens the lock
+  Latencies lat;
+  while (state.KeepRunningBatch(kHandoffBatch)) {
+    Clock::duration total{};
+    for (int64_t i = 0; i < kHandoffBatch; ++i) {
+      const Clock::duration d = one_handoff();
+      lat.add(d);
+      total += d;
+    }
+    state.SetIterationTime(std::chrono::duration<double>(total).count());
+  }
+  state.SetItemsProcessed(state.iterations());
+  lat.report(state);
+}
+
 benchmark::internal::Benchmark* Register(
     const std::string& name, std::function<void(benchmark::State&)> fn) {
   return benchmark::RegisterBenchmark(name.c_str(), std::move(fn))
@@ -502,6 +691,14 @@ benchmark::internal::Benchmark* Register(
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == kPartnerFlag) {
+    try {
+      return PartnerMain(argv[2], argv[3]);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "remote_bench partner: %s\n", e.what());
+      return 1;
+    }
+  }
   // glibc uses real atomics only once a second thread has existed.
   std::thread([] {}).join();
   signal(SIGPIPE, SIG_IGN);
@@ -516,6 +713,8 @@ int main(int argc, char** argv) {
     Register("oneway/grpc/" + std::to_string(s),
              [s](benchmark::State& st) { BM_GrpcOneWay(st, s); });
   }
+  Register("lock_unlock/remote", BM_RemoteLockUnlock);
+  Register("lock_handoff/remote", BM_RemoteLockHandoff);
   // Diagnostics.
   Register("acked_send_alone/remote",
            [](benchmark::State& st) { BM_RemoteAckedSend(st, false); });

@@ -26,6 +26,10 @@ WORKLOADS = [
      "roundtrip/grpc"),
     ("acked send, sender alone (diag.)", "us", "acked_send_alone/remote",
      "roundtrip/grpc"),
+    ("lock + unlock, uncontended (2 round trips)", "us",
+     "lock_unlock/remote", "roundtrip/grpc"),
+    ("lock hand-off to another process (unlock → its lock returns)", "us",
+     "lock_handoff/remote", "roundtrip/grpc"),
     ("one-way, 1 sender", "msgs/s", "oneway/remote/1", "oneway/grpc/1"),
     ("one-way, 4 senders", "msgs/s", "oneway/remote/4", "oneway/grpc/4"),
     ("one-way, 16 senders", "msgs/s", "oneway/remote/16", "oneway/grpc/16"),
@@ -113,6 +117,8 @@ def main():
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for label, unit, remote, raw in WORKLOADS:
             r, g = res.get(remote), res.get(raw)
+            if not r:
+                continue  # not run (bench/run_remote.sh FILTER)
             reps.update(e["n"] for e in (r, g) if e and "n" in e)
             per_rtt = ""
             if unit == "msgs/s" and r and "us" in r and acked:

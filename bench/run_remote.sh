@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run_remote.sh — broker-backed channels (dchan::Client + dchan-broker)
-# vs raw gRPC streams, in one run, unpinned and pinned to one CPU; prints a
-# Markdown table of medians with ratios (docs/BENCHMARKS.md, issue 4).
+# and broker locks vs raw gRPC streams, in one run, unpinned and pinned to one
+# CPU; prints a Markdown table of medians with ratios (docs/BENCHMARKS.md,
+# issues 4 and 5).
 #
 # Usage: bench/run_remote.sh [BUILD_DIR]
 #   BUILD_DIR  reuse this CMake build tree (configured Release if it has no
@@ -10,10 +11,13 @@
 #   JOBS   parallel build jobs (default 2)
 #   REPS   repetitions per benchmark (default 5)
 #   OUT    where raw results and the table go (default BUILD_DIR/remote-results)
+#   FILTER a --benchmark_filter regex (default: every benchmark), e.g.
+#          'lock|roundtrip' for the lock rows and their baseline alone
 #
 # remote_bench starts its own dchan-broker (the one built in BUILD_DIR) and an
-# in-process gRPC echo server; under `taskset -c 0` the broker, both clients
-# and the baseline all inherit the pinning, i.e. share CPU 0.
+# in-process gRPC echo server (and, for lock_handoff, a partner process);
+# under `taskset -c 0` the broker, the clients, the partner and the baseline
+# all inherit the pinning, i.e. share CPU 0.
 #
 # Needs: cmake, g++, libbenchmark-dev, gRPC/protobuf dev packages, python3,
 # taskset.
@@ -24,6 +28,7 @@ BUILD="$(realpath -m "${1:-${ROOT}/build-bench}")"
 JOBS="${JOBS:-2}"
 REPS="${REPS:-5}"
 OUT="$(realpath -m "${OUT:-${BUILD}/remote-results}")"
+FILTER="${FILTER:-.}"
 
 fail() { echo "run_remote.sh: $*" >&2; exit 1; }
 for tool in cmake python3 taskset; do
@@ -62,7 +67,8 @@ mkdir -p "${OUT}"
   echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (before the run)"
 } | tee "${OUT}/machine.txt" >&2
 
-gbench_args=(--benchmark_repetitions="${REPS}"
+gbench_args=(--benchmark_filter="${FILTER}"
+             --benchmark_repetitions="${REPS}"
              --benchmark_report_aggregates_only=true
              --benchmark_format=json)
 

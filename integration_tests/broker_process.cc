@@ -286,30 +286,107 @@ ProcessResult BrokerProcess::stop(milliseconds timeout) {
   return process_.wait(timeout);
 }
 
-std::optional<ChanInfo> BrokerProcess::chan_info(const std::string& name) {
-  if (!process_.running()) return std::nullopt;
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
-  std::unique_ptr<dchan::v1::Inspect::Stub> stub =
-      dchan::v1::Inspect::NewStub(channel);
+namespace {
+
+std::unique_ptr<dchan::v1::Inspect::Stub> inspect_stub(
+    const std::string& address) {
+  return dchan::v1::Inspect::NewStub(
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+std::optional<dchan::v1::ObjectInfo> find_object(const std::string& address,
+                                                 const std::string& name) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   dchan::v1::ListObjectsResponse resp;
-  const grpc::Status s =
-      stub->ListObjects(&ctx, dchan::v1::ListObjectsRequest(), &resp);
+  const grpc::Status s = inspect_stub(address)->ListObjects(
+      &ctx, dchan::v1::ListObjectsRequest(), &resp);
   if (!s.ok()) return std::nullopt;
   for (const dchan::v1::ObjectInfo& o : resp.objects()) {
-    if (o.name() != name) continue;
-    ChanInfo info;
-    info.type_name = o.type_name();
-    info.len = o.len();
-    info.cap = o.cap();
-    info.closed = o.closed();
-    info.blocked_senders = o.blocked_senders();
-    info.blocked_receivers = o.blocked_receivers();
-    return info;
+    if (o.name() == name) return o;
   }
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<ChanInfo> BrokerProcess::chan_info(const std::string& name) {
+  if (!process_.running()) return std::nullopt;
+  const std::optional<dchan::v1::ObjectInfo> o = find_object(address_, name);
+  if (!o) return std::nullopt;
+  ChanInfo info;
+  info.type_name = o->type_name();
+  info.len = o->len();
+  info.cap = o->cap();
+  info.closed = o->closed();
+  info.blocked_senders = o->blocked_senders();
+  info.blocked_receivers = o->blocked_receivers();
+  return info;
+}
+
+std::optional<ObjectState> BrokerProcess::object_state(
+    const std::string& name) {
+  if (!process_.running()) return std::nullopt;
+  const std::optional<dchan::v1::ObjectInfo> o = find_object(address_, name);
+  if (!o) return std::nullopt;
+  ObjectState st;
+  st.type_name = o->type_name();
+  st.holder_sessions.assign(o->holder_sessions().begin(),
+                            o->holder_sessions().end());
+  st.token = o->token();
+  st.queued_lockers = o->queued_lockers();
+  st.count = o->count();
+  st.blocked_waiters = o->blocked_waiters();
+  st.failure = o->failure();
+  st.has_value = o->has_value();
+  return st;
+}
+
+bool BrokerProcess::wait_for_object(
+    const std::string& name,
+    const std::function<bool(const ObjectState&)>& pred, milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  for (;;) {
+    process_.read_available();  // keep the broker's pipes from filling
+    const std::optional<ObjectState> st = object_state(name);
+    if (st && pred(*st)) return true;
+    if (remaining(deadline).count() == 0) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+}
+
+std::optional<std::vector<SessionState>> BrokerProcess::sessions() {
+  if (!process_.running()) return std::nullopt;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  dchan::v1::ListSessionsResponse resp;
+  const grpc::Status s = inspect_stub(address_)->ListSessions(
+      &ctx, dchan::v1::ListSessionsRequest(), &resp);
+  if (!s.ok()) return std::nullopt;
+  std::vector<SessionState> out;
+  for (const dchan::v1::SessionInfo& si : resp.sessions()) {
+    SessionState st;
+    st.id = si.id();
+    st.peer = si.peer();
+    st.client_name = si.client_name();
+    st.ttl_ms = si.ttl_ms();
+    st.locks_held = si.locks_held();
+    out.push_back(std::move(st));
+  }
+  return out;
+}
+
+bool BrokerProcess::wait_for_sessions(
+    const std::function<bool(const std::vector<SessionState>&)>& pred,
+    milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  for (;;) {
+    process_.read_available();
+    const std::optional<std::vector<SessionState>> ss = sessions();
+    if (ss && pred(*ss)) return true;
+    if (remaining(deadline).count() == 0) return false;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
 }
 
 bool BrokerProcess::wait_for_chan(

@@ -120,6 +120,32 @@ struct ChanInfo {
   uint64_t blocked_receivers = 0;
 };
 
+// A snapshot of one broker lock, wait group or atomic value (Inspect).
+struct ObjectState {
+  std::string type_name;
+  // Locks: the sessions holding it, the token of the last exclusive
+  // acquisition, and the queued lock requests.
+  std::vector<uint64_t> holder_sessions;
+  uint64_t token = 0;
+  uint64_t queued_lockers = 0;
+  // Wait groups: the counter, blocked waits, and the failure message (empty
+  // while it has not failed).
+  int64_t count = 0;
+  uint64_t blocked_waiters = 0;
+  std::string failure;
+  // Atomic values: whether a value is stored.
+  bool has_value = false;
+};
+
+// A snapshot of one broker session (Inspect.ListSessions).
+struct SessionState {
+  uint64_t id = 0;
+  std::string peer;
+  std::string client_name;
+  uint64_t ttl_ms = 0;
+  uint64_t locks_held = 0;
+};
+
 // A dchan-broker child listening on 127.0.0.1 on a port it picked.
 class BrokerProcess {
  public:
@@ -170,6 +196,25 @@ class BrokerProcess {
   bool wait_for_chan(const std::string& name,
                      const std::function<bool(const ChanInfo&)>& pred,
                      std::chrono::milliseconds timeout);
+
+  // Asks the broker about lock, wait group or atomic value `name`: nullopt
+  // if it does not host it or cannot be asked.
+  std::optional<ObjectState> object_state(const std::string& name);
+
+  // Polls object_state(name) until `pred` holds for it: true then, false
+  // after `timeout`.
+  bool wait_for_object(const std::string& name,
+                       const std::function<bool(const ObjectState&)>& pred,
+                       std::chrono::milliseconds timeout);
+
+  // The broker's live sessions; nullopt if it cannot be asked.
+  std::optional<std::vector<SessionState>> sessions();
+
+  // Polls sessions() until `pred` holds for them: true then, false after
+  // `timeout`.
+  bool wait_for_sessions(
+      const std::function<bool(const std::vector<SessionState>&)>& pred,
+      std::chrono::milliseconds timeout);
 
  private:
   Process process_;

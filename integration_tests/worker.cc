@@ -31,6 +31,56 @@
 //   open     --broker=ADDR --chan=NAME --cap=N [--type=int64|string]
 //            opens the channel; prints "opened cap N"
 //
+// Locks, wait groups and atomic values (issue 5). These modes also take
+// --ttl_ms=T (ClientOptions::session_ttl; default: the client's) and
+// --client_name=N (ClientOptions::name; default: the client's "host:pid"):
+//
+//   lock-loop --broker=ADDR --lock=NAME --rounds=R --file=PATH --marker=PATH
+//            [--go_file=PATH]
+//            opens the broker mutex, prints "ready", waits until GO_FILE
+//            exists (if given), then R times: lock, create MARKER with
+//            O_EXCL (it exists already: another process is inside too, an
+//            overlap), read "COUNTER TOKEN WRITER" from FILE (missing or
+//            empty: 0 0 0), check that this acquisition's fencing token is
+//            above TOKEN (else a regression), yield, write
+//            "COUNTER+1 token PID" back, remove MARKER, unlock. Prints
+//            "done rounds R overlaps O regressions G handovers H" (H: rounds
+//            in which FILE was last written by another process)
+//   lock-once --broker=ADDR --lock=NAME [--kind=K] [--fence=PORT]
+//            [--payload=P]
+//            prints "ready", locks, prints "locked TOKEN at NS" (NS: the
+//            steady clock when lock() returned); with --fence writes
+//            "WRITE TOKEN P" to the fenced resource on 127.0.0.1:PORT and
+//            prints "fence ANSWER"; unlocks, prints "unlocked"
+//   hold-lock --broker=ADDR --lock=NAME [--kind=K] [--fence=PORT]
+//            [--go_file=PATH] [--stale_writes=K]
+//            locks, prints "locked TOKEN" (and, with --fence, writes
+//            "WRITE TOKEN NAME-first" and prints "fence ANSWER"), prints
+//            "holding", then waits until GO_FILE exists (without
+//            --go_file: until killed or the watchdog). Then, at once, one
+//            unlock(), printing "unlock ok" or "unlock error CODE MESSAGE";
+//            prints "hold_token stop_requested=0|1"; makes K writes
+//            "WRITE TOKEN NAME-stale-I" with its old token, each printing
+//            "fence ANSWER"; one try_lock(), printing "try_lock true|false"
+//            or "try_lock error CODE MESSAGE". When the hold token is
+//            stopped it prints "hold lost-at NS" at once (from the thread
+//            that stops it).
+//            (lock-once and hold-lock: --kind=mutex (default) takes a broker
+//            Mutex; --kind=rw an RWMutex exclusively; --kind=rw-shared an
+//            RWMutex shared, whose token is that of the last exclusive
+//            acquisition)
+//   wg-participant --broker=ADDR --wg=NAME --ready=CHAN --go=CHAN
+//            [--forgive=1]
+//            add(1) on the broker WaitGroup, prints "added", sends its
+//            client name on the chan<string> READY (capacity 16), waits for
+//            a value or the close of the chan<int64> GO (unbuffered), then
+//            done(); prints "done"
+//   cas-loop --broker=ADDR --value=NAME --rounds=R [--go_file=PATH]
+//            opens the value, prints "ready", waits until GO_FILE exists (if
+//            given), then R times: increments the broker AtomicValue<int64>
+//            (which must hold a value) with a load + compare_and_swap retry
+//            loop; prints "done rounds R retries N"
+//
 // Every mode also takes --timeout_s=S (default 60): a watchdog that ends the
 // process with exit code 5 if it is still running then, so that no worker
 // can outlive a broken test.
@@ -38,23 +88,31 @@
 // Exit codes: 0 done; 2 bad arguments; 3 a dchan::Error, after printing
 // "error CODE MESSAGE" (CODE as absl::StatusCodeToString: UNAVAILABLE,
 // INVALID_ARGUMENT, ...); 4 any other exception; 5 watchdog.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <type_traits>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "dchan/client.h"
+#include "fence_client.h"
 
 namespace {
 
@@ -125,6 +183,19 @@ class Args {
   std::map<std::string, bool> used_;
 };
 
+// Ends the process with exit code 5 after `timeout_s` seconds.
+void start_watchdog(int64_t timeout_s) {
+  std::thread([timeout_s] {
+    std::this_thread::sleep_for(std::chrono::seconds(timeout_s));
+    std::fprintf(stderr,
+                 "dchan-test-worker: watchdog: still running after %llds\n",
+                 static_cast<long long>(timeout_s));
+    std::fflush(stderr);
+    std::fflush(stdout);
+    ::_exit(5);
+  }).detach();
+}
+
 template <class T>
 void print_value(const T& v) {
   if constexpr (std::is_same_v<T, std::string>) {
@@ -154,7 +225,338 @@ int open_only(dchan::Client& client, const std::string& name, size_t cap) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------
+// Locks, wait groups, atomic values.
+
+const char* code_name(const dchan::Error& e) {
+  static thread_local std::string s;
+  s = absl::StatusCodeToString(e.code());
+  return s.c_str();
+}
+
+// "COUNTER TOKEN WRITER" in a fixed width, so that a rewrite never needs a
+// truncate.
+struct Ledger {
+  int64_t counter = 0;
+  uint64_t token = 0;
+  int64_t writer = 0;  // pid
+};
+
+bool read_ledger(int fd, Ledger* l) {
+  char buf[96] = {};
+  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  if (n < 0) return false;
+  if (n == 0) {
+    *l = Ledger{};
+    return true;
+  }
+  long long c = 0, w = 0;
+  unsigned long long t = 0;
+  if (std::sscanf(buf, "%lld %llu %lld", &c, &t, &w) != 3) return false;
+  l->counter = c;
+  l->token = t;
+  l->writer = w;
+  return true;
+}
+
+bool write_ledger(int fd, const Ledger& l) {
+  char buf[96];
+  const int n = std::snprintf(buf, sizeof buf, "%020lld %020llu %010lld\n",
+                              static_cast<long long>(l.counter),
+                              static_cast<unsigned long long>(l.token),
+                              static_cast<long long>(l.writer));
+  return ::pwrite(fd, buf, static_cast<size_t>(n), 0) == n;
+}
+
+// Waits until `path` exists (returns at once for an empty path).
+void await_file(const std::string& path) {
+  if (path.empty()) return;
+  struct stat st;
+  while (::stat(path.c_str(), &st) != 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+int lock_loop(dchan::Client& client, const std::string& name, int64_t rounds,
+              const std::string& file, const std::string& marker,
+              const std::string& go_file) {
+  dchan::Mutex m = client.mutex(name);
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    say("exception open %s: %s", file.c_str(), std::strerror(errno));
+    return 4;
+  }
+  const int64_t me = ::getpid();
+  say("ready");
+  await_file(go_file);
+  int64_t overlaps = 0, regressions = 0, handovers = 0;
+  for (int64_t i = 0; i < rounds; ++i) {
+    m.lock();
+    const uint64_t token = m.token();
+    const int mfd =
+        ::open(marker.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    const bool own_marker = mfd >= 0;
+    if (own_marker) {
+      ::close(mfd);
+    } else {
+      ++overlaps;  // another process is inside the critical section
+    }
+    Ledger l;
+    if (!read_ledger(fd, &l)) {
+      say("exception cannot read %s", file.c_str());
+      return 4;
+    }
+    if (token <= l.token) ++regressions;
+    if (l.writer != 0 && l.writer != me) ++handovers;
+    // Give a process that wrongly got the lock too a chance to interleave.
+    std::this_thread::yield();
+    l.counter += 1;
+    l.token = token;
+    l.writer = me;
+    if (!write_ledger(fd, l)) {
+      say("exception cannot write %s", file.c_str());
+      return 4;
+    }
+    if (own_marker) ::unlink(marker.c_str());
+    m.unlock();
+  }
+  ::close(fd);
+  say("done rounds %lld overlaps %lld regressions %lld handovers %lld",
+      static_cast<long long>(rounds), static_cast<long long>(overlaps),
+      static_cast<long long>(regressions), static_cast<long long>(handovers));
+  return 0;
+}
+
+std::string fence_write(int64_t port, uint64_t token,
+                        const std::string& payload) {
+  const std::optional<std::string> answer = dchan::testing::fence_request(
+      static_cast<int>(port), absl::StrCat("WRITE ", token, " ", payload));
+  return answer.value_or("(no answer)");
+}
+
+// The lock of lock-once and hold-lock: a broker Mutex (--kind=mutex, the
+// default), or an RWMutex taken exclusively (--kind=rw) or shared
+// (--kind=rw-shared).
+class LockHandle {
+ public:
+  LockHandle(dchan::Client& client, const std::string& name,
+             const std::string& kind)
+      : shared_(kind == "rw-shared") {
+    if (kind == "mutex") {
+      mutex_.emplace(client.mutex(name));
+    } else {
+      rw_.emplace(client.rw_mutex(name));
+    }
+  }
+
+  void lock() {
+    if (mutex_) {
+      mutex_->lock();
+    } else if (shared_) {
+      rw_->lock_shared();
+    } else {
+      rw_->lock();
+    }
+  }
+  bool try_lock() {
+    if (mutex_) return mutex_->try_lock();
+    return shared_ ? rw_->try_lock_shared() : rw_->try_lock();
+  }
+  void unlock() {
+    if (mutex_) {
+      mutex_->unlock();
+    } else if (shared_) {
+      rw_->unlock_shared();
+    } else {
+      rw_->unlock();
+    }
+  }
+  uint64_t token() const { return mutex_ ? mutex_->token() : rw_->token(); }
+  std::stop_token hold_token() const {
+    return mutex_ ? mutex_->hold_token() : rw_->hold_token();
+  }
+
+ private:
+  const bool shared_;
+  std::optional<dchan::Mutex> mutex_;
+  std::optional<dchan::RWMutex> rw_;
+};
+
+bool is_lock_kind(const std::string& kind) {
+  return kind == "mutex" || kind == "rw" || kind == "rw-shared";
+}
+
+int lock_once(dchan::Client& client, const std::string& name,
+              const std::string& kind, int64_t fence,
+              const std::string& payload) {
+  LockHandle m(client, name, kind);
+  say("ready");
+  m.lock();
+  const int64_t at = steady_now_ns();
+  const uint64_t token = m.token();
+  say("locked %llu at %lld", static_cast<unsigned long long>(token),
+      static_cast<long long>(at));
+  if (fence > 0) say("fence %s", fence_write(fence, token, payload).c_str());
+  m.unlock();
+  say("unlocked");
+  return 0;
+}
+
+int hold_lock(dchan::Client& client, const std::string& name,
+              const std::string& kind, int64_t fence,
+              const std::string& go_file, int64_t stale_writes,
+              const std::string& who) {
+  LockHandle m(client, name, kind);
+  m.lock();
+  const uint64_t token = m.token();
+  say("locked %llu", static_cast<unsigned long long>(token));
+  std::stop_callback on_loss(m.hold_token(), [] {
+    say("hold lost-at %lld", static_cast<long long>(steady_now_ns()));
+  });
+  if (fence > 0) {
+    say("fence %s", fence_write(fence, token, who + "-first").c_str());
+  }
+  say("holding");
+  if (go_file.empty()) {
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  await_file(go_file);
+  // Its first step after the pause: release the lock it believes it holds.
+  try {
+    m.unlock();
+    say("unlock ok");
+  } catch (const dchan::Error& e) {
+    say("unlock error %s %s", code_name(e), e.what());
+  }
+  say("hold_token stop_requested=%d", m.hold_token().stop_requested() ? 1 : 0);
+  // A careless holder that writes anyway, with its old token.
+  for (int64_t i = 0; i < stale_writes; ++i) {
+    say("fence %s",
+        fence_write(fence, token, absl::StrCat(who, "-stale-", i)).c_str());
+  }
+  try {
+    const bool got = m.try_lock();
+    say("try_lock %s", got ? "true" : "false");
+  } catch (const dchan::Error& e) {
+    say("try_lock error %s %s", code_name(e), e.what());
+  }
+  return 0;
+}
+
+int wg_participant(dchan::Client& client, const std::string& name, bool forgive,
+                   const std::string& ready_name, const std::string& go_name,
+                   const std::string& who) {
+  dchan::WaitGroup wg =
+      client.wait_group(name, dchan::WaitGroupOptions{.forgive = forgive});
+  dchan::Chan<std::string> ready = client.chan<std::string>(ready_name, 16);
+  dchan::Chan<int64_t> go = client.chan<int64_t>(go_name, 0);
+  wg.add(1);
+  say("added");
+  ready.send(who);
+  (void)go.recv();  // a value or the close
+  wg.done();
+  say("done");
+  return 0;
+}
+
+int cas_loop(dchan::Client& client, const std::string& name, int64_t rounds,
+             const std::string& go_file) {
+  dchan::AtomicValue<int64_t> v = client.atomic_value<int64_t>(name);
+  say("ready");
+  await_file(go_file);
+  int64_t retries = 0;
+  for (int64_t i = 0; i < rounds; ++i) {
+    for (;;) {
+      const std::optional<int64_t> old = v.load();
+      if (!old.has_value()) {
+        say("exception the atomic value holds nothing");
+        return 4;
+      }
+      if (v.compare_and_swap(*old, *old + 1)) break;
+      ++retries;
+    }
+  }
+  say("done rounds %lld retries %lld", static_cast<long long>(rounds),
+      static_cast<long long>(retries));
+  return 0;
+}
+
+bool is_sync_mode(const std::string& mode) {
+  return mode == "lock-loop" || mode == "lock-once" || mode == "hold-lock" ||
+         mode == "wg-participant" || mode == "cas-loop";
+}
+
+int run_sync(const std::string& mode, Args& args) {
+  const std::string broker = args.str("broker");
+  const int64_t timeout_s = args.num("timeout_s", 60);
+  const int64_t ttl_ms = args.num("ttl_ms", 0);
+  const std::string client_name = args.str("client_name");
+  std::string name;
+  int64_t rounds = 0, fence = 0, stale_writes = 0;
+  std::string file, marker, payload, go_file, ready, go, kind = "mutex";
+  bool forgive = false;
+  if (mode == "lock-loop" || mode == "lock-once" || mode == "hold-lock") {
+    name = args.str("lock");
+  } else if (mode == "wg-participant") {
+    name = args.str("wg");
+    ready = args.str("ready");
+    go = args.str("go");
+    forgive = args.num("forgive", 0) != 0;
+  } else {
+    name = args.str("value");
+  }
+  if (mode == "lock-loop" || mode == "cas-loop") {
+    rounds = args.num("rounds", 0);
+    go_file = args.str("go_file");
+  }
+  if (mode == "lock-loop") {
+    file = args.str("file");
+    marker = args.str("marker");
+  }
+  if (mode == "lock-once" || mode == "hold-lock") {
+    fence = args.num("fence", 0);
+    kind = args.str("kind", "mutex");
+  }
+  if (mode == "lock-once") payload = args.str("payload", "write");
+  if (mode == "hold-lock") {
+    go_file = args.str("go_file");
+    stale_writes = args.num("stale_writes", 0);
+  }
+  args.check_all_used();
+  if (broker.empty() || name.empty() || rounds < 0 || ttl_ms < 0 ||
+      (mode == "lock-loop" && (file.empty() || marker.empty())) ||
+      !is_lock_kind(kind) ||
+      (mode == "wg-participant" && (ready.empty() || go.empty()))) {
+    std::fprintf(stderr, "dchan-test-worker: %s: missing arguments\n",
+                 mode.c_str());
+    return 2;
+  }
+  start_watchdog(timeout_s);
+
+  dchan::ClientOptions options;
+  if (ttl_ms > 0) options.session_ttl = std::chrono::milliseconds(ttl_ms);
+  if (!client_name.empty()) options.name = client_name;
+  const std::string who =
+      client_name.empty() ? absl::StrCat("pid-", ::getpid()) : client_name;
+  dchan::Client client = dchan::Client::connect(broker, options);
+
+  if (mode == "lock-loop") {
+    return lock_loop(client, name, rounds, file, marker, go_file);
+  }
+  if (mode == "lock-once") {
+    return lock_once(client, name, kind, fence, payload);
+  }
+  if (mode == "hold-lock") {
+    return hold_lock(client, name, kind, fence, go_file, stale_writes, who);
+  }
+  if (mode == "wg-participant") {
+    return wg_participant(client, name, forgive, ready, go, who);
+  }
+  return cas_loop(client, name, rounds, go_file);
+}
+
 int run(const std::string& mode, Args& args) {
+  if (is_sync_mode(mode)) return run_sync(mode, args);
   const std::string broker = args.str("broker");
   const std::string name = args.str("chan");
   const int64_t cap = args.num("cap", 0);
@@ -184,15 +586,7 @@ int run(const std::string& mode, Args& args) {
     return 2;
   }
 
-  std::thread([timeout_s] {
-    std::this_thread::sleep_for(std::chrono::seconds(timeout_s));
-    std::fprintf(stderr,
-                 "dchan-test-worker: watchdog: still running after %llds\n",
-                 static_cast<long long>(timeout_s));
-    std::fflush(stderr);
-    std::fflush(stdout);
-    ::_exit(5);
-  }).detach();
+  start_watchdog(timeout_s);
 
   dchan::Client client = dchan::Client::connect(broker);
   const size_t ucap = static_cast<size_t>(cap);
