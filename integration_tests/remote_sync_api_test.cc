@@ -343,9 +343,19 @@ TEST(RemoteRWMutex, ReadersShareAndAWriterExcludes) {
     EXPECT_FALSE(ra.try_lock_shared());
     EXPECT_FALSE(ra.try_lock());
   }
+  uint64_t t2 = 0;
   {
     std::unique_lock<RWMutex> w(ra);
-    EXPECT_GT(ra.token(), t1);
+    t2 = ra.token();
+    EXPECT_GT(t2, t1);
+  }
+  {
+    // A read hold carries the last writer's token, in a session that never
+    // wrote too.
+    Client c = Client::connect(broker.address());
+    RWMutex rc = c.rw_mutex("table");
+    std::shared_lock<RWMutex> r(rc);
+    EXPECT_EQ(rc.token(), t2);
   }
   // A blocked reader is let in when the writer leaves.
   rb.lock();

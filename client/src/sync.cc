@@ -107,6 +107,9 @@ class LockState final : public SessionObserver {
     if (!held_locked()) source_ = std::stop_source();
     if (shared) {
       ++shared_;
+      // A read hold carries the last exclusive acquisition's token, as a
+      // local RWMutex's token() reads the last writer's.
+      if (exclusive_ == 0) token_.store(token, std::memory_order_relaxed);
     } else {
       ++exclusive_;
       token_.store(token, std::memory_order_relaxed);
