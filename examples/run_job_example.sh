@@ -13,22 +13,10 @@ out="$(mktemp -d)"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
 
-# Starts a broker on a free loopback port (in this shell, so that the trap
-# stops it); sets addr to its address.
-start_broker() {
-  local log="${out}/broker$1"
-  "${broker_bin}" --listen=127.0.0.1:0 > "${log}" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    grep -q "listening on" "${log}" && break
-    sleep 0.1
-  done
-  addr="$(sed -n 's/^dchan-broker listening on \([^ ]*\).*/\1/p' "${log}")"
-  [[ -n "${addr}" ]] || { cat "${log}"; exit 1; }
-}
+source "$(dirname "${BASH_SOURCE[0]}")/broker.sh"
 
 # 1. A whole batch.
-start_broker 1
+start_broker "${broker_bin}" "${out}/broker1"
 for id in 1 2 3; do
   "${worker}" --broker="${addr}" --id="${id}" > "${out}/w${id}" 2>&1 &
   pids+=($!)
@@ -39,7 +27,7 @@ cat "${out}/coordinator1"
 grep -q "coordinator: 30 jobs done (.*), sum of squares 9455: ok" "${out}/coordinator1"
 
 # 2. Worker 2 lost mid-batch.
-start_broker 2
+start_broker "${broker_bin}" "${out}/broker2"
 for id in 1 2 3; do
   "${worker}" --broker="${addr}" --id="${id}" --job_ms=100 > "${out}/v${id}" 2>&1 &
   pids+=($!)

@@ -6,15 +6,10 @@
 set -euo pipefail
 broker_bin="$1"; hello="$2"
 out="$(mktemp -d)"
-"${broker_bin}" --listen=127.0.0.1:0 > "${out}/broker" 2>&1 &
-broker_pid=$!
-trap 'kill ${broker_pid} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
-for _ in $(seq 100); do
-  grep -q "listening on" "${out}/broker" && break
-  sleep 0.1
-done
-addr="$(sed -n 's/^dchan-broker listening on \([^ ]*\).*/\1/p' "${out}/broker")"
-[[ -n "${addr}" ]] || { echo "broker did not start:"; cat "${out}/broker"; exit 1; }
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/broker.sh"
+start_broker "${broker_bin}" "${out}/broker"
 timeout 30 "${hello}" recv --broker="${addr}" > "${out}/recv" &
 recv_pid=$!
 timeout 30 "${hello}" send --broker="${addr}" --count=3

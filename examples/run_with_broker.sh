@@ -11,15 +11,10 @@ args=()
 while [[ $# -gt 0 && "$1" != "--" ]]; do args+=("$1"); shift; done
 [[ $# -gt 0 ]] && shift  # the "--"
 out="$(mktemp -d)"
-"${broker_bin}" --listen=127.0.0.1:0 > "${out}/broker" 2>&1 &
-broker_pid=$!
-trap 'kill ${broker_pid} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
-for _ in $(seq 100); do
-  grep -q "listening on" "${out}/broker" && break
-  sleep 0.1
-done
-addr="$(sed -n 's/^dchan-broker listening on \([^ ]*\).*/\1/p' "${out}/broker")"
-[[ -n "${addr}" ]] || { echo "broker did not start:"; cat "${out}/broker"; exit 1; }
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/broker.sh"
+start_broker "${broker_bin}" "${out}/broker"
 rc=0
 timeout 50 "${example}" --broker="${addr}" "${args[@]}" > "${out}/example" 2>&1 || rc=$?
 cat "${out}/example"

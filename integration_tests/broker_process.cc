@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -247,6 +249,18 @@ ProcessResult Process::wait(milliseconds timeout) {
   }
   close_pipes();
   return result_;
+}
+
+std::vector<ProcessResult> wait_all(std::vector<Process>& ps,
+                                    milliseconds bound) {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  std::vector<ProcessResult> results;
+  for (Process& p : ps) {
+    const auto left = std::chrono::duration_cast<milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    results.push_back(p.wait(std::max(left, milliseconds(0))));
+  }
+  return results;
 }
 
 BrokerProcess::BrokerProcess(std::vector<std::string> extra_args)

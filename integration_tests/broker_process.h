@@ -110,6 +110,11 @@ class Process {
   ProcessResult result_;
 };
 
+// Waits for every process in `ps` within one shared `bound` (see
+// Process::wait: a child still running at the deadline is killed).
+std::vector<ProcessResult> wait_all(std::vector<Process>& ps,
+                                    std::chrono::milliseconds bound);
+
 // A snapshot of one broker channel, from the broker's Inspect service.
 struct ChanInfo {
   std::string type_name;

@@ -54,19 +54,6 @@ Process worker(const std::string& mode, const BrokerProcess& broker,
   return Process::spawn(DCHAN_WORKER_PATH, args);
 }
 
-// Waits for every process in `ps` within one shared `bound`.
-std::vector<ProcessResult> wait_all(std::vector<Process>& ps,
-                                    milliseconds bound) {
-  const auto deadline = steady_clock::now() + bound;
-  std::vector<ProcessResult> results;
-  for (Process& p : ps) {
-    const auto left = std::chrono::duration_cast<milliseconds>(
-        deadline - steady_clock::now());
-    results.push_back(p.wait(std::max(left, milliseconds(0))));
-  }
-  return results;
-}
-
 // The numbers in a "count C sum S sumsq Q" line.
 struct Tally {
   int64_t count = 0, sum = 0, sumsq = 0;

@@ -142,19 +142,6 @@ inline int64_t steady_now_ns() {
       .count();
 }
 
-// Waits for every process in `ps` within one shared `bound`.
-inline std::vector<ProcessResult> wait_all(std::vector<Process>& ps,
-                                           milliseconds bound) {
-  const auto deadline = steady_clock::now() + bound;
-  std::vector<ProcessResult> results;
-  for (Process& p : ps) {
-    const auto left = std::chrono::duration_cast<milliseconds>(
-        deadline - steady_clock::now());
-    results.push_back(p.wait(std::max(left, milliseconds(0))));
-  }
-  return results;
-}
-
 // "n=10 min=.. p50=.. p99=.. max=.. ms" for delays in milliseconds (p99 of
 // a handful of trials is their maximum; printed, never asserted).
 inline std::string describe_delays(std::vector<double> ms) {
