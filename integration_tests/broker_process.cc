@@ -385,6 +385,7 @@ std::optional<std::vector<SessionState>> BrokerProcess::sessions() {
     st.client_name = si.client_name();
     st.ttl_ms = si.ttl_ms();
     st.locks_held = si.locks_held();
+    st.open_handles = si.open_handles();
     out.push_back(std::move(st));
   }
   return out;

@@ -149,6 +149,7 @@ struct SessionState {
   std::string client_name;
   uint64_t ttl_ms = 0;
   uint64_t locks_held = 0;
+  uint64_t open_handles = 0;
 };
 
 // A dchan-broker child listening on 127.0.0.1 on a port it picked.

@@ -477,6 +477,33 @@ TEST(RemoteAtomicValue, ConcurrentCompareAndSwapIncrementsLoseNothing) {
   EXPECT_EQ(a.atomic_value<int64_t>("ctr").load(), 2 * kPerThread);
 }
 
+TEST(RemoteSyncApi, HandlesAreReleasedWithTheirLastUser) {
+  // A session may hold 8 handles at once: far fewer than this test opens.
+  BrokerProcess broker({"--max_handles_per_session=8"});
+  Client a = Client::connect(broker.address());
+  Chan<std::string> kept = a.chan<std::string>("kept", 1);
+  for (int i = 0; i < 40; ++i) {
+    const std::string n = std::to_string(i);
+    Chan<std::string> ch = a.chan<std::string>("chan-" + n, 1);
+    ch.send(n);
+    EXPECT_EQ(ch.recv(), n);
+    Mutex mu = a.mutex("mutex-" + n);
+    { std::lock_guard<Mutex> hold(mu); }
+    WaitGroup wg = a.wait_group("wg-" + n);
+    wg.add(1);
+    wg.done();
+    AtomicValue<std::string> v = a.atomic_value<std::string>("value-" + n);
+    v.store(n);
+    EXPECT_EQ(v.load(), n);
+  }
+  kept.send("still open");
+  EXPECT_EQ(kept.recv(), "still open");
+  std::optional<std::vector<SessionState>> sessions = broker.sessions();
+  ASSERT_TRUE(sessions.has_value());
+  ASSERT_EQ(sessions->size(), 1u);
+  EXPECT_LE(sessions->front().open_handles, 2u);  // "kept" (+ at most one)
+}
+
 TEST(RemoteSyncApi, TypeAndKindMismatchesAreInvalidArgument) {
   BrokerProcess broker;
   Client a = Client::connect(broker.address());

@@ -38,6 +38,8 @@ class BrokerChan final : public RemoteChan {
              std::size_t capacity)
       : conn_(std::move(conn)), handle_(handle), cap_(capacity) {}
 
+  ~BrokerChan() override { conn_->release(handle_); }
+
   ChanStatus send(const std::string& value, Deadline deadline) override {
     v1::ClientFrame f;
     v1::SendRequest* req = f.mutable_send();

@@ -266,6 +266,16 @@ void Connection::cancel(uint64_t id) noexcept {
   enqueue(std::move(cancel));
 }
 
+void Connection::release(uint64_t handle) noexcept {
+  v1::ClientFrame f;
+  f.mutable_release()->set_handle(handle);
+  try {
+    call_async(f, [](const absl::Status&, v1::ServerFrame&) {});
+  } catch (...) {
+    // The session is gone, and its handles with it.
+  }
+}
+
 void Connection::finish(Call& call, const absl::Status& error) {
   if (call.on_answer) {
     std::move(call.on_answer)(error, call.answer);

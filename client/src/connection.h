@@ -105,6 +105,12 @@ class Connection {
   // result). Never blocks.
   void cancel(uint64_t id) noexcept;
 
+  // Tells the broker this session no longer uses `handle` (an object's
+  // last client-side user is gone), so that a long-lived session does not
+  // run into the broker's handle limit. Fire and forget: the answer is
+  // ignored, a lost broker too. Never blocks on the answer.
+  void release(uint64_t handle) noexcept;
+
   const std::string& target() const noexcept { return target_; }
 
   // The session: the client name sent in the Hello, the id and TTL the

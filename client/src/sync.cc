@@ -201,7 +201,10 @@ class BrokerLock final : public RemoteLock {
         key_(std::move(key)),
         state_(std::move(state)) {}
 
-  ~BrokerLock() override { conn_->unshare(key_, state_.get()); }
+  ~BrokerLock() override {
+    conn_->unshare(key_, state_.get());
+    conn_->release(handle_);
+  }
 
   bool lock(bool shared, Deadline deadline) override {
     conn_->check_session();
@@ -279,7 +282,7 @@ std::shared_ptr<RemoteLock> open_remote_lock(
   auto state = std::make_shared<LockState>(name);
   auto lock = std::make_shared<BrokerLock>(conn, handle, key, state);
   // Another thread may have opened the name meanwhile: one of the two
-  // wins, the other's broker handle stays unused.
+  // wins, the other's broker handle is released with its BrokerLock.
   return std::static_pointer_cast<BrokerLock>(
       conn->share(key, std::move(lock), std::move(state)));
 }
@@ -288,6 +291,8 @@ class BrokerWaitGroup final : public RemoteWaitGroup {
  public:
   BrokerWaitGroup(std::shared_ptr<Connection> conn, uint64_t handle)
       : conn_(std::move(conn)), handle_(handle) {}
+
+  ~BrokerWaitGroup() override { conn_->release(handle_); }
 
   void add(int delta) override { add_and_count(delta); }
 
@@ -332,6 +337,8 @@ class BrokerValue final : public RemoteValue {
  public:
   BrokerValue(std::shared_ptr<Connection> conn, uint64_t handle)
       : conn_(std::move(conn)), handle_(handle) {}
+
+  ~BrokerValue() override { conn_->release(handle_); }
 
   std::optional<std::string> load() override {
     v1::ClientFrame f;

@@ -35,6 +35,9 @@ ABSL_FLAG(int64_t, max_objects, 100000, "most named objects the broker holds");
 ABSL_FLAG(int64_t, max_capacity, 1 << 20, "largest channel capacity");
 ABSL_FLAG(int64_t, max_pending_per_session, 1000000,
           "most pending operations one session may have");
+ABSL_FLAG(int64_t, max_handles_per_session, 100000,
+          "most object handles one session may hold open at once (clients "
+          "release a handle when its last user is gone)");
 ABSL_FLAG(int64_t, session_ttl_ms, 10000,
           "a session from which no frame arrives for this long is ended (its "
           "locks released, its wait group debts settled); a client's Hello "
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
   options.registry.max_capacity = absl::GetFlag(FLAGS_max_capacity);
   options.session.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
   options.session.max_pending = absl::GetFlag(FLAGS_max_pending_per_session);
+  options.session.max_handles = absl::GetFlag(FLAGS_max_handles_per_session);
   options.session_outbox_bytes = absl::GetFlag(FLAGS_session_outbox_bytes);
   const int64_t ttl_ms = absl::GetFlag(FLAGS_session_ttl_ms);
   const int64_t min_ttl_ms = absl::GetFlag(FLAGS_min_session_ttl_ms);

@@ -212,6 +212,9 @@ void Session::handle(const v1::ClientFrame& frame) {
     case v1::ClientFrame::kCompareAndSwap:
       compare_and_swap(id, frame.compare_and_swap());
       return;
+    case v1::ClientFrame::kRelease:
+      release(id, frame.release());
+      return;
     case v1::ClientFrame::kCancel:
     case v1::ClientFrame::OP_NOT_SET:
       break;
@@ -279,6 +282,22 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
   v1::ServerFrame f;
   f.set_id(id);
   f.mutable_open()->set_handle(handle);
+  reply(std::move(f));
+}
+
+void Session::release(uint64_t id, const v1::ReleaseRequest& req) {
+  if (handles_.erase(req.handle()) == 0) {
+    reply_error(id, absl::NotFoundError(absl::StrCat(
+                        "unknown handle ", req.handle(), " (not open)")));
+    return;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    handles_count_ = handles_.size();
+  }
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_release();
   reply(std::move(f));
 }
 

@@ -152,6 +152,7 @@ class Session final : public Participant,
   void load(uint64_t id, const v1::LoadRequest& req);
   void swap(uint64_t id, const v1::SwapRequest& req);
   void compare_and_swap(uint64_t id, const v1::CompareAndSwapRequest& req);
+  void release(uint64_t id, const v1::ReleaseRequest& req);
 
   // The object of type T behind `handle`, or nullptr after answering
   // NOT_FOUND (no such handle) or INVALID_ARGUMENT (another kind).

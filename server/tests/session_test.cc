@@ -717,5 +717,46 @@ TEST_F(SessionTest, AtomicValueLoadSwapAndCompareAndSwap) {
   EXPECT_EQ(a.out->take().load().value(), "three");
 }
 
+TEST_F(SessionTest, AReleasedHandleIsNotFoundAndItsObjectLivesOn) {
+  SessionLimits limits;
+  limits.max_handles = 2;
+  Client a = connect(limits), b = connect();
+  const uint64_t hm = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, hm);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  v1::ClientFrame f;
+  f.set_id(2);
+  f.mutable_release()->set_handle(hm);
+  a.session->handle(f);
+  v1::ServerFrame r = a.out->take();
+  EXPECT_EQ(r.code(), 0) << r.message();
+  EXPECT_TRUE(r.has_release());
+  EXPECT_EQ(a.session->handle_count(), 0u);
+  // The handle is gone; the lock the session holds is not.
+  lock(a, 3, hm);
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_EQ(a.session->locks_held(), 1u);
+  f.set_id(4);
+  a.session->handle(f);  // released twice
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kNotFound));
+  // Released handles do not count against the limit: open and release
+  // more objects than it allows.
+  for (int i = 0; i < 5; ++i) {
+    const uint64_t h = open(a, "c" + std::to_string(i));
+    f.set_id(10 + i);
+    f.mutable_release()->set_handle(h);
+    a.session->handle(f);
+    EXPECT_EQ(a.out->take().code(), 0);
+  }
+  // The lock is still held by the session, which hands it on at its end.
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  lock(b, 1, hb);
+  EXPECT_EQ(b.out->size(), 0u);
+  a.session->end();
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_OK);
+}
+
 }  // namespace
 }  // namespace dchan::server

@@ -11,7 +11,12 @@
 // gRPC stream shared by every object it hands out, on which all operations
 // of all threads are multiplexed (frames queued while a write is in flight
 // leave together as one message). The session ends when the last copy of
-// the Client and of every object it handed out is gone.
+// the Client and of every object it handed out is gone. An object handed
+// out holds a handle on the broker while any copy of it lives; the last
+// copy releases it (the broker limits how many a session holds at once,
+// --max_handles_per_session), so a long-lived client may open objects per
+// job. Releasing a handle changes nothing else: a lock stays held until
+// unlocked or until the session ends.
 //
 // Semantics of a broker channel are Go's, as for a local channel (see
 // <dchan/chan.h>): an unbuffered send returns once a receiver in some process
