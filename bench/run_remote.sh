@@ -29,55 +29,17 @@ JOBS="${JOBS:-2}"
 REPS="${REPS:-5}"
 OUT="$(realpath -m "${OUT:-${BUILD}/remote-results}")"
 FILTER="${FILTER:-.}"
+source "${ROOT}/bench/common.sh"
+need cmake python3 taskset
 
-fail() { echo "run_remote.sh: $*" >&2; exit 1; }
-for tool in cmake python3 taskset; do
-  command -v "${tool}" > /dev/null || fail "${tool} not found"
-done
-
-# --- Build -----------------------------------------------------------------
-if [[ ! -f "${BUILD}/CMakeCache.txt" ]]; then
-  echo "run_remote.sh: configuring ${BUILD} (Release)" >&2
-  cmake -S "${ROOT}" -B "${BUILD}" -DCMAKE_BUILD_TYPE=Release \
-    -DDCHAN_BUILD_TESTS=OFF -DDCHAN_BUILD_BENCH=ON > /dev/null \
-    || fail "cmake configure failed"
-fi
-build_type="$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "${BUILD}/CMakeCache.txt")"
-[[ "${build_type}" == "Release" ]] \
-  || echo "run_remote.sh: warning: ${BUILD} is a '${build_type}' build, not Release" >&2
 # remote_bench depends on dchan-broker, so this builds the broker too.
-cmake --build "${BUILD}" -j "${JOBS}" --target remote_bench > /dev/null \
-  || fail "building remote_bench failed"
-BENCH="${BUILD}/bench/remote_bench"
-
+build_bench remote_bench
 mkdir -p "${OUT}"
 
-# --- Run -------------------------------------------------------------------
-# Results of different placements are only comparable within one run; keep
-# the machine otherwise idle.
-{
-  echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "commit:  $(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo n/a)$(
-    git -C "${ROOT}" diff --quiet HEAD -- lib client server proto 2>/dev/null \
-      || echo ' (lib/ client/ server/ or proto/ modified)')"
-  echo "nproc:   $(nproc)"
-  echo "cpu:     $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | sort | uniq -c | sed 's/^ *//')"
-  echo "kernel:  $(uname -r)"
-  echo "grpc:    $(dpkg-query -W -f '${Version}' libgrpc++-dev 2>/dev/null || echo n/a)"
-  echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (before the run)"
-} | tee "${OUT}/machine.txt" >&2
-
-gbench_args=(--benchmark_filter="${FILTER}"
-             --benchmark_repetitions="${REPS}"
-             --benchmark_report_aggregates_only=true
-             --benchmark_format=json)
-
-echo "run_remote.sh: remote_bench, unpinned" >&2
-"${BENCH}" "${gbench_args[@]}" > "${OUT}/remote_bench.unpinned.json"
-echo "run_remote.sh: remote_bench, taskset -c 0 (broker and baseline too)" >&2
-taskset -c 0 "${BENCH}" "${gbench_args[@]}" > "${OUT}/remote_bench.pinned.json"
-echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "${OUT}/machine.txt" >&2
-
-# --- Report ----------------------------------------------------------------
-python3 "${ROOT}/bench/remote_table.py" "${OUT}" | tee "${OUT}/table.md"
-echo "run_remote.sh: raw results in ${OUT}" >&2
+machine_info "lib client server proto" \
+  "grpc:    $(dpkg-query -W -f '${Version}' libgrpc++-dev 2>/dev/null || echo n/a)"
+# Under taskset -c 0 the broker, the partner and the baseline server run on
+# CPU 0 too.
+run_gbench "${BUILD}/bench/remote_bench" remote_bench \
+  --benchmark_filter="${FILTER}"
+report remote_table.py
