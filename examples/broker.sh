@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # examples/broker.sh — sourced by the run_*.sh scripts that ctest runs.
 #
 # start_broker BROKER_BIN LOG starts a broker on a free loopback port in the

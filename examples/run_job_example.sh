@@ -13,6 +13,7 @@ out="$(mktemp -d)"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
 
+# shellcheck source=examples/broker.sh
 source "$(dirname "${BASH_SOURCE[0]}")/broker.sh"
 
 # 1. A whole batch.

@@ -8,6 +8,7 @@ broker_bin="$1"; hello="$2"
 out="$(mktemp -d)"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
+# shellcheck source=examples/broker.sh
 source "$(dirname "${BASH_SOURCE[0]}")/broker.sh"
 start_broker "${broker_bin}" "${out}/broker"
 timeout 30 "${hello}" recv --broker="${addr}" > "${out}/recv" &

@@ -13,6 +13,7 @@ while [[ $# -gt 0 && "$1" != "--" ]]; do args+=("$1"); shift; done
 out="$(mktemp -d)"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "${out}"' EXIT
+# shellcheck source=examples/broker.sh
 source "$(dirname "${BASH_SOURCE[0]}")/broker.sh"
 start_broker "${broker_bin}" "${out}/broker"
 rc=0
