@@ -37,6 +37,17 @@ PACKAGES=(
   protobuf-compiler
   protobuf-compiler-grpc
   golang-go               # Go is a benchmark baseline
+  # bench/: what users would pick instead, each started by the benchmark on
+  # loopback (issue 7). The distributions' own services, if they start, are
+  # not used.
+  libconcurrentqueue-dev  # moodycamel::ConcurrentQueue, in-process baseline
+  libhiredis-dev          # Redis client for the LPUSH/BRPOP baseline
+  redis-server
+  nats-server
+  golang-github-nats-io-go-nats-dev   # nats.go for the NATS baseline program
+  etcd-server
+  etcd-client             # etcdctl
+  golang-etcd-server-dev  # etcd's Go client (clientv3/concurrency) for the lock baseline
 )
 
 case "${1:-}" in
