@@ -5,10 +5,14 @@
 //   produce  --broker=ADDR --chan=NAME --cap=N --from=A --count=K
 //            [--delay_ms=D]
 //            opens the channel, prints "ready", sleeps D ms (default 0),
-//            sends the int64 values A..A+K-1; prints "sent K"
-//   consume  --broker=ADDR --chan=NAME --cap=N
+//            sends the int64 values A..A+K-1; prints "sent K". With
+//            --window=W the handle pipelines its sends
+//            (RemoteChanOptions::send_window) and dchan::flush()es before
+//            printing "sent K"
+//   consume  --broker=ADDR --chan=NAME --cap=N [--batch=B]
 //            receives (range-for) until the channel is closed and drained;
-//            prints "count C sum S sumsq Q" (Q: sum of squares)
+//            prints "count C sum S sumsq Q" (Q: sum of squares); --batch=B
+//            receives in batches (RemoteChanOptions::recv_batch)
 //   close    --broker=ADDR --chan=NAME --cap=N
 //            closes the channel; prints "closed"
 //   recv-one --broker=ADDR --chan=NAME --cap=N [--type=int64|string]
@@ -562,12 +566,14 @@ int run(const std::string& mode, Args& args) {
   const int64_t cap = args.num("cap", 0);
   const std::string type = args.str("type", "int64");
   const int64_t timeout_s = args.num("timeout_s", 60);
-  int64_t from = 0, count = 0, value = 42, delay_ms = 0;
+  int64_t from = 0, count = 0, value = 42, delay_ms = 0, window = 0, batch = 0;
   if (mode == "produce") {
     from = args.num("from", 0);
     count = args.num("count", 0);
     delay_ms = args.num("delay_ms", 0);
+    window = args.num("window", 0);
   }
+  if (mode == "consume") batch = args.num("batch", 0);
   if (mode == "rendezvous-send" || mode == "send-for") {
     value = args.num("value", 42);
   }
@@ -578,7 +584,7 @@ int run(const std::string& mode, Args& args) {
     again = args.num("again", 0) != 0;
   }
   args.check_all_used();
-  if (broker.empty() || name.empty() || cap < 0 ||
+  if (broker.empty() || name.empty() || cap < 0 || window < 0 || batch < 0 ||
       (type != "int64" && type != "string")) {
     std::fprintf(stderr,
                  "dchan-test-worker: needs --broker, --chan, --cap >= 0, "
@@ -592,15 +598,18 @@ int run(const std::string& mode, Args& args) {
   const size_t ucap = static_cast<size_t>(cap);
 
   if (mode == "produce") {
-    dchan::Chan<int64_t> ch = client.chan<int64_t>(name, ucap);
+    dchan::Chan<int64_t> ch = client.chan<int64_t>(
+        name, ucap, {.send_window = static_cast<size_t>(window)});
     say("ready");
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
     for (int64_t v = from; v < from + count; ++v) ch.send(v);
+    dchan::flush(ch);
     say("sent %lld", static_cast<long long>(count));
     return 0;
   }
   if (mode == "consume") {
-    dchan::Chan<int64_t> ch = client.chan<int64_t>(name, ucap);
+    dchan::Chan<int64_t> ch = client.chan<int64_t>(
+        name, ucap, {.recv_batch = static_cast<size_t>(batch)});
     int64_t n = 0, sum = 0, sumsq = 0;
     for (int64_t v : ch) {
       ++n;

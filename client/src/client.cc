@@ -2,12 +2,19 @@
 // The sync objects' backends are in sync.cc.
 #include "dchan/client.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <deque>
 #include <memory>
 #include <string>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "connection.h"
+#include "dchan/detail/futex.h"
 
 namespace dchan {
 namespace detail {
@@ -31,47 +38,249 @@ ChanStatus to_status(v1::Outcome outcome) {
                            static_cast<int>(outcome)));
 }
 
-// A channel on the broker, reached through the session's connection.
+// The pipelined sends of one handle (RemoteChanOptions::send_window): how
+// many are unanswered, and the first error one met that nobody has been
+// told about yet. Shared with the answer callbacks, which may run after the
+// handle is gone.
+class SendWindow {
+ public:
+  SendWindow(std::string chan_name, uint32_t limit)
+      : chan_name_(std::move(chan_name)), limit_(limit) {}
+
+  // Takes a slot, waiting while `limit_` sends are unanswered.
+  void acquire() {
+    uint32_t cur = in_flight_.load();
+    for (;;) {
+      if (cur < limit_) {
+        if (in_flight_.compare_exchange_weak(cur, cur + 1)) return;
+        continue;
+      }
+      wait_for_change(cur);
+      cur = in_flight_.load();
+    }
+  }
+
+  // Gives back a slot whose send never left (it threw).
+  void cancel_one() { done_one(); }
+
+  // A pipelined send's answer (or the session's loss).
+  void on_answer(const absl::Status& lost, const v1::ServerFrame& answer) {
+    absl::Status err;
+    if (!lost.ok()) {
+      err = lost;
+    } else if (answer.code() != 0) {
+      err = absl::Status(static_cast<absl::StatusCode>(answer.code()),
+                         answer.message());
+    } else if (answer.send().outcome() == v1::OUTCOME_CLOSED) {
+      err = absl::FailedPreconditionError("send on closed channel");
+    }
+    if (!err.ok()) {
+      absl::MutexLock lock(&mu_);
+      if (error_.ok()) error_ = err;
+      ++failed_;
+      has_error_.store(true, std::memory_order_release);
+      if (orphaned_) log_locked();
+    }
+    done_one();
+  }
+
+  // Throws (once) the error pipelined sends met since the last report.
+  void report() {
+    if (!has_error_.load(std::memory_order_acquire)) return;
+    absl::Status err;
+    uint64_t failed;
+    {
+      absl::MutexLock lock(&mu_);
+      if (error_.ok()) return;
+      err = std::exchange(error_, absl::OkStatus());
+      failed = std::exchange(failed_, 0);
+      has_error_.store(false, std::memory_order_relaxed);
+    }
+    throw Error(err.code(), absl::StrCat(err.message(), " (", failed,
+                                         failed == 1 ? " pipelined send"
+                                                     : " pipelined sends",
+                                         " on channel \"", chan_name_,
+                                         "\" from this client failed)"));
+  }
+
+  // Waits until no send is unanswered, then report()s.
+  void flush() {
+    for (uint32_t cur; (cur = in_flight_.load()) != 0;) wait_for_change(cur);
+    report();
+  }
+
+  // The handle is gone: errors arriving from now on can only be logged.
+  void orphan() {
+    absl::MutexLock lock(&mu_);
+    orphaned_ = true;
+    if (!error_.ok()) log_locked();
+  }
+
+ private:
+  void wait_for_change(uint32_t seen) {
+    waiters_.fetch_add(1);
+    futex_wait(in_flight_, seen);
+    waiters_.fetch_sub(1);
+  }
+
+  void done_one() {
+    // seq_cst on both sides (with wait_for_change): either the waiter is
+    // seen here, or its futex_wait sees the new count.
+    in_flight_.fetch_sub(1);
+    if (waiters_.load() != 0) futex_wake_all(in_flight_);
+  }
+
+  void log_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::fprintf(stderr,
+                 "dchan: %llu pipelined send(s) on channel \"%s\" failed "
+                 "after its last handle was dropped: %s\n",
+                 static_cast<unsigned long long>(failed_), chan_name_.c_str(),
+                 error_.ToString().c_str());
+    error_ = absl::OkStatus();
+    failed_ = 0;
+  }
+
+  const std::string chan_name_;
+  const uint32_t limit_;
+  std::atomic<uint32_t> in_flight_{0};
+  std::atomic<uint32_t> waiters_{0};
+  std::atomic<bool> has_error_{false};
+  absl::Mutex mu_;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  uint64_t failed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool orphaned_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A channel on the broker, reached through the session's connection, with
+// the opt-in send window and receive batch (RemoteChanOptions).
 class BrokerChan final : public RemoteChan {
  public:
-  BrokerChan(std::shared_ptr<Connection> conn, uint64_t handle,
-             std::size_t capacity)
-      : conn_(std::move(conn)), handle_(handle), cap_(capacity) {}
+  BrokerChan(std::shared_ptr<Connection> conn, std::string name,
+             uint64_t handle, std::size_t capacity,
+             const RemoteChanOptions& options)
+      : conn_(std::move(conn)),
+        name_(std::move(name)),
+        handle_(handle),
+        cap_(capacity),
+        recv_batch_(static_cast<uint32_t>(
+            std::min<std::size_t>(options.recv_batch, kMaxRecvBatch))),
+        window_(options.send_window == 0
+                    ? nullptr
+                    : std::make_shared<SendWindow>(
+                          name_, static_cast<uint32_t>(std::min<std::size_t>(
+                                     options.send_window, kMaxSendWindow)))) {}
 
-  ~BrokerChan() override { conn_->release(handle_); }
+  ~BrokerChan() override {
+    if (window_ != nullptr) window_->orphan();
+    std::deque<std::string> held;
+    {
+      absl::MutexLock lock(&held_mu_);
+      held.swap(held_);
+    }
+    if (!held.empty()) {
+      // Hand the values not consumed back (before the release: the broker
+      // handles this session's frames in order).
+      v1::ClientFrame f;
+      v1::ReturnRequest* req = f.mutable_return_values();
+      req->set_handle(handle_);
+      for (std::string& v : held) req->add_values(std::move(v));
+      const std::size_t n = held.size();
+      try {
+        conn_->call_async(f, [n, name = name_](const absl::Status& error,
+                                               v1::ServerFrame& answer) {
+          if (error.ok() && answer.code() == 0) return;
+          std::fprintf(
+              stderr,
+              "dchan: %zu received value(s) of channel \"%s\" could "
+              "not be handed back to the broker: %s\n",
+              n, name.c_str(),
+              error.ok() ? answer.message().c_str() : error.ToString().c_str());
+        });
+      } catch (const Error& e) {
+        std::fprintf(stderr,
+                     "dchan: %zu received value(s) of channel \"%s\" could "
+                     "not be handed back to the broker: %s\n",
+                     n, name_.c_str(), e.what());
+      }
+    }
+    conn_->release(handle_);
+  }
 
   ChanStatus send(const std::string& value, Deadline deadline) override {
+    report();
     v1::ClientFrame f;
     v1::SendRequest* req = f.mutable_send();
     req->set_handle(handle_);
     req->set_value(value);
+    if (window_ != nullptr && deadline == kNoDeadline) {
+      window_->acquire();
+      try {
+        conn_->call_queued(f, [w = window_](const absl::Status& lost,
+                                            v1::ServerFrame& answer) {
+          w->on_answer(lost, answer);
+        });
+      } catch (...) {
+        window_->cancel_one();
+        throw;
+      }
+      return ChanStatus::kOk;
+    }
     req->set_nonblocking(deadline == kNonBlocking);
     const v1::ServerFrame answer = conn_->call(f, deadline);
     return to_status(answer.send().outcome());
   }
 
   ChanStatus recv(std::string& out, Deadline deadline) override {
+    if (recv_batch_ > 1) {
+      absl::MutexLock lock(&held_mu_);
+      if (!held_.empty()) {
+        out = std::move(held_.front());
+        held_.pop_front();
+        return ChanStatus::kOk;
+      }
+    }
+    report();
     v1::ClientFrame f;
     v1::RecvRequest* req = f.mutable_recv();
     req->set_handle(handle_);
     req->set_nonblocking(deadline == kNonBlocking);
+    if (recv_batch_ > 1) req->set_max_values(recv_batch_);
     v1::ServerFrame answer = conn_->call(f, deadline);
-    const ChanStatus st = to_status(answer.recv().outcome());
-    if (st == ChanStatus::kOk)
-      out = std::move(*answer.mutable_recv()->mutable_value());
+    v1::RecvResponse* r = answer.mutable_recv();
+    const ChanStatus st = to_status(r->outcome());
+    if (st == ChanStatus::kOk) {
+      out = std::move(*r->mutable_value());
+      if (r->more_values_size() > 0) {
+        absl::MutexLock lock(&held_mu_);
+        for (std::string& v : *r->mutable_more_values()) {
+          held_.push_back(std::move(v));
+        }
+      }
+    }
     return st;
   }
 
+  void flush() override {
+    if (window_ != nullptr) window_->flush();
+  }
+
   void close() override {
+    report();
     v1::ClientFrame f;
     f.mutable_close()->set_handle(handle_);
     conn_->call(f, kNoDeadline);  // throws "close of closed channel"
   }
 
+  // The broker channel's len, plus the values this handle holds (a batch
+  // receive's extras).
   std::size_t len() override {
+    report();
     v1::ClientFrame f;
     f.mutable_stat()->set_handle(handle_);
-    return static_cast<std::size_t>(conn_->call(f, kNoDeadline).stat().len());
+    const auto broker_len =
+        static_cast<std::size_t>(conn_->call(f, kNoDeadline).stat().len());
+    absl::MutexLock lock(&held_mu_);
+    return broker_len + held_.size();
   }
 
   std::size_t cap() const noexcept override { return cap_; }
@@ -103,6 +312,7 @@ class BrokerChan final : public RemoteChan {
 
   RemoteSelectResult select(std::vector<RemoteSelectCase>& cases,
                             Deadline deadline) override {
+    report();
     v1::ClientFrame f;
     v1::SelectRequest* req = f.mutable_select();
     req->set_nonblocking(deadline == kNonBlocking);
@@ -133,16 +343,31 @@ class BrokerChan final : public RemoteChan {
   }
 
  private:
+  static constexpr std::size_t kMaxRecvBatch = 4096;  // the broker's limit
+  static constexpr std::size_t kMaxSendWindow = 1 << 20;
+
+  // Throws the error pipelined sends met, if one is unreported.
+  void report() {
+    if (window_ != nullptr) window_->report();
+  }
+
   const std::shared_ptr<Connection> conn_;
+  const std::string name_;
   const uint64_t handle_;
   const std::size_t cap_;
+  const uint32_t recv_batch_;                 // > 1: batch receives
+  const std::shared_ptr<SendWindow> window_;  // set: pipelined sends
+  absl::Mutex held_mu_;
+  // A batch receive's extra values, in channel order.
+  std::deque<std::string> held_ ABSL_GUARDED_BY(held_mu_);
 };
 
 }  // namespace
 
 std::shared_ptr<RemoteChan> open_remote_chan(
     const std::shared_ptr<Connection>& conn, const std::string& name,
-    const std::string& type_name, std::size_t capacity) {
+    const std::string& type_name, std::size_t capacity,
+    const RemoteChanOptions& options) {
   v1::ClientFrame f;
   v1::OpenRequest* req = f.mutable_open();
   req->set_name(name);
@@ -150,7 +375,8 @@ std::shared_ptr<RemoteChan> open_remote_chan(
   req->set_type_name(type_name);
   req->set_capacity(capacity);
   const v1::ServerFrame answer = conn->call(f, RemoteChan::kNoDeadline);
-  return std::make_shared<BrokerChan>(conn, answer.open().handle(), capacity);
+  return std::make_shared<BrokerChan>(conn, name, answer.open().handle(),
+                                      capacity, options);
 }
 
 }  // namespace detail

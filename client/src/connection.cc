@@ -71,9 +71,17 @@ void Connection::shut_down() {
     pinger_.join();
   }
   {
+    // The writer thread writes what is queued, then stops.
+    absl::MutexLock lock(&write_mu_);
+    writer_stop_ = true;
+  }
+  if (writer_.joinable()) writer_.join();
+  {
     absl::MutexLock lock(&write_mu_);
     // No user thread can be writing: each holds a reference while it does
-    // (and the ping thread has stopped).
+    // (and the ping and writer threads have stopped).
+    write_mu_.Await(absl::Condition(
+        +[](bool* writing) { return !*writing; }, &writing_));
     if (!writes_failed_) stream_->WritesDone();
   }
   context_.TryCancel();
@@ -286,8 +294,14 @@ void Connection::finish(Call& call, const absl::Status& error) {
   futex_wake_all(call.state);
 }
 
+uint64_t Connection::call_queued(v1::ClientFrame& frame, Callback on_answer) {
+  auto call = std::make_shared<Call>();
+  call->on_answer = std::move(on_answer);
+  return start(call, frame, /*hand_off=*/true);
+}
+
 uint64_t Connection::start(const std::shared_ptr<Call>& call,
-                           v1::ClientFrame& frame) {
+                           v1::ClientFrame& frame, bool hand_off) {
   uint64_t id;
   {
     absl::MutexLock lock(&mu_);
@@ -297,18 +311,46 @@ uint64_t Connection::start(const std::shared_ptr<Call>& call,
     calls_.emplace(id, call);
     if (!call->self_reading) ++background_needed_;
   }
-  enqueue(std::move(frame));
+  enqueue(std::move(frame), hand_off);
   return id;
 }
 
-void Connection::enqueue(v1::ClientFrame frame) {
-  v1::ClientBatch batch;
+void Connection::enqueue(v1::ClientFrame frame, bool hand_off) {
   {
     absl::MutexLock lock(&write_mu_);
     write_queue_.push_back(std::move(frame));
     if (writing_) return;  // the writer in progress takes it along
     writing_ = true;
+    if (hand_off && !writer_stop_) {
+      if (!writer_started_) {
+        writer_started_ = true;
+        writer_ = std::thread([this] { writer_loop(); });
+      }
+      write_handed_ = true;
+      return;
+    }
   }
+  write_queued();
+}
+
+void Connection::writer_loop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&write_mu_);
+      write_mu_.Await(absl::Condition(
+          +[](Connection* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->write_mu_) {
+            return c->write_handed_ || c->writer_stop_;
+          },
+          this));
+      if (!write_handed_) return;  // stopping, nothing handed over
+      write_handed_ = false;
+    }
+    write_queued();
+  }
+}
+
+void Connection::write_queued() {
+  v1::ClientBatch batch;
   for (;;) {
     {
       absl::MutexLock lock(&write_mu_);

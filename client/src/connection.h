@@ -4,7 +4,12 @@
 // Requests from any thread are multiplexed on the stream: each gets a fresh
 // request id and a Call to wait on. Writes are combined: the thread that
 // finds no write in progress becomes the writer and sends everything queued
-// meanwhile as one batch, until the queue is empty.
+// meanwhile as one batch, until the queue is empty. A queued call
+// (call_queued: a pipelined send) does not write itself: it wakes a writer
+// thread, started on first use, so that a streaming producer keeps queueing
+// while that thread writes and its frames leave in batches. All frames go
+// through the one queue, so they reach the broker in the order they were
+// queued, whoever writes them.
 //
 // Reads follow the leader/follower pattern: one thread at a time holds the
 // read role and takes answers off the stream, completing every Call they
@@ -101,6 +106,11 @@ class Connection {
       absl::AnyInvocable<void(const absl::Status&, v1::ServerFrame&) &&>;
   uint64_t call_async(v1::ClientFrame& frame, Callback on_answer);
 
+  // As call_async, but the calling thread never writes: the frame is queued
+  // and the writer thread sends it (see the file comment). For callers
+  // that queue many frames in a row.
+  uint64_t call_queued(v1::ClientFrame& frame, Callback on_answer);
+
   // Withdraws request `id` (the broker answers it CANCELLED or with its
   // result). Never blocks.
   void cancel(uint64_t id) noexcept;
@@ -168,8 +178,15 @@ class Connection {
 
   // Registers `call` for `frame` under a fresh request id (returned) and
   // sends it; `frame` is moved from.
-  uint64_t start(const std::shared_ptr<Call>& call, v1::ClientFrame& frame);
-  void enqueue(v1::ClientFrame frame);
+  uint64_t start(const std::shared_ptr<Call>& call, v1::ClientFrame& frame,
+                 bool hand_off = false);
+  // Queues `frame`; with no write in progress, writes the queue on this
+  // thread, or (`hand_off`) has the writer thread write it.
+  void enqueue(v1::ClientFrame frame, bool hand_off = false);
+  // With writing_ taken: writes batches until the queue is empty, then
+  // clears writing_.
+  void write_queued();
+  void writer_loop();
   // Waits for a self-reading call's answer, taking the read role when it is
   // free or handed over.
   void wait_reading(const std::shared_ptr<Call>& call);
@@ -249,6 +266,13 @@ class Connection {
   std::vector<v1::ClientFrame> write_queue_ ABSL_GUARDED_BY(write_mu_);
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
   bool writes_failed_ ABSL_GUARDED_BY(write_mu_) = false;
+  // The writer thread (started by the first hand-off): woken by
+  // write_handed_, it writes the queue; it stops (writing what is queued
+  // first) at writer_stop_. Joined by shut_down().
+  std::thread writer_;
+  bool writer_started_ ABSL_GUARDED_BY(write_mu_) = false;
+  bool write_handed_ ABSL_GUARDED_BY(write_mu_) = false;
+  bool writer_stop_ ABSL_GUARDED_BY(write_mu_) = false;
 };
 
 }  // namespace dchan::detail

@@ -22,9 +22,13 @@
 #define DCHAN_SERVER_OBJECT_H_
 
 #include <cstdint>
+#include <deque>
+#include <optional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "dchan/chan.h"
 #include "dchan/v1/broker.pb.h"
 #include "dchan/v1/inspect.pb.h"
@@ -92,7 +96,18 @@ class ChannelObject final : public Object {
   const uint64_t capacity;
   Chan<std::string> chan;
 
+  // Values a client handed back (ReturnRequest) that found the channel
+  // closed: receives take them, oldest first, before they report the
+  // channel closed and drained. Only ever filled once `chan` is closed.
+  void keep_after_close(std::string value);
+  // The oldest such value, if any.
+  std::optional<std::string> take_after_close();
+  std::size_t after_close_count() const;
+
  private:
+  mutable absl::Mutex after_close_mu_;
+  std::deque<std::string> after_close_ ABSL_GUARDED_BY(after_close_mu_);
+
   void describe_kind(v1::ObjectInfo& info) const override;
 };
 

@@ -62,6 +62,20 @@ class StreamWriter final : public Outbox {
                         std::string(status.message())));
   }
 
+  // While corked, answers queue but no write starts: the reactor corks
+  // while it handles one incoming batch, so that the answers to that batch
+  // (and whatever else completes meanwhile) leave as one write instead of
+  // the first answer going alone. Only the reactor's reader calls these.
+  void cork() {
+    absl::MutexLock lock(&mu_);
+    corked_ = true;
+  }
+  void uncork() {
+    absl::MutexLock lock(&mu_);
+    corked_ = false;
+    maybe_write_locked();
+  }
+
   // The reactor's OnWriteDone.
   void on_write_done(bool ok) {
     std::deque<Queued> dropped;
@@ -132,6 +146,7 @@ class StreamWriter final : public Outbox {
 
   void maybe_write_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (reactor_ == nullptr || writing_ || finished_) return;
+    if (corked_ && !finish_wanted_) return;
     if (finish_wanted_) {
       finished_ = true;
       reactor_->Finish(status_);
@@ -161,6 +176,7 @@ class StreamWriter final : public Outbox {
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
   std::size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool corked_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
@@ -194,7 +210,9 @@ class SessionReactor final
       end(grpc::Status::OK);
       return;
     }
+    writer_->cork();
     for (const v1::ClientFrame& frame : in_.frames()) session_->handle(frame);
+    writer_->uncork();
     in_.Clear();
     StartRead(&in_);
   }

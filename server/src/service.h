@@ -7,7 +7,9 @@
 //   - dchan.v1.Inspect: unary ListObjects / ListSessions.
 //
 // Each stream has one write in flight; answers that complete meanwhile queue
-// behind it and leave together as one ServerBatch. The queue is bounded
+// behind it and leave together as one ServerBatch, as do the answers to one
+// incoming ClientBatch (the writer holds its write back while the batch is
+// handled, so the first answer does not leave alone). The queue is bounded
 // (BrokerOptions::session_outbox_bytes): a client that stops reading while
 // its answers pile up past the bound has its session ended at once, like
 // any other ended session (pending operations withdrawn, received values

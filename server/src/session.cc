@@ -97,8 +97,11 @@ void return_frame_value(v1::ServerFrame& frame,
                         uint64_t session_id) {
   if (returned_to == nullptr) return;
   if (frame.has_recv() && frame.recv().outcome() == v1::OUTCOME_OK) {
-    return_value(returned_to, std::move(*frame.mutable_recv()->mutable_value()),
-                 session_id);
+    v1::RecvResponse* r = frame.mutable_recv();
+    return_value(returned_to, std::move(*r->mutable_value()), session_id);
+    for (std::string& v : *r->mutable_more_values()) {
+      return_value(returned_to, std::move(v), session_id);
+    }
   } else if (frame.has_select() && frame.select().outcome() == v1::OUTCOME_OK) {
     return_value(returned_to,
                  std::move(*frame.mutable_select()->mutable_value()),
@@ -214,6 +217,9 @@ void Session::handle(const v1::ClientFrame& frame) {
       return;
     case v1::ClientFrame::kRelease:
       release(id, frame.release());
+      return;
+    case v1::ClientFrame::kReturnValues:
+      return_values(id, frame.return_values());
       return;
     case v1::ClientFrame::kCancel:
     case v1::ClientFrame::OP_NOT_SET:
@@ -332,14 +338,21 @@ bool Session::check_value_size(uint64_t id, const std::string& value) {
 void Session::send(uint64_t id, const v1::SendRequest& req) {
   std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr || !check_value_size(id, req.value())) return;
-  if (req.nonblocking()) {
-    reply(send_frame(id, to_outcome(obj->chan.try_send(req.value()))));
+  std::string value = req.value();
+  // First without blocking: when that succeeds (room in the buffer, or a
+  // receiver waiting) no sender is parked on the channel (Go's invariant),
+  // so answering at once keeps this session's sends in order, and the
+  // pending-operation bookkeeping is skipped. (`value` is moved from only
+  // on kOk.)
+  const ChanStatus st = obj->chan.try_send(std::move(value));
+  if (req.nonblocking() || st != ChanStatus::kWouldBlock) {
+    reply(send_frame(id, to_outcome(st)));
     return;
   }
   const uint64_t seq = begin_pending(id, v1::ClientFrame::kSend);
   if (seq == 0) return;
   PendingOp op = obj->chan.send_async(
-      req.value(), [self = shared_from_this(), id, seq](bool ok) {
+      std::move(value), [self = shared_from_this(), id, seq](bool ok) {
         self->finish_pending(
             id, seq, send_frame(id, ok ? v1::OUTCOME_OK : v1::OUTCOME_CLOSED),
             nullptr);
@@ -350,19 +363,75 @@ void Session::send(uint64_t id, const v1::SendRequest& req) {
 void Session::recv(uint64_t id, const v1::RecvRequest& req) {
   std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr) return;
-  if (req.nonblocking()) {
-    RecvResult<std::string> r = obj->chan.try_recv();
-    deliver(recv_frame(id, std::move(r.value), to_outcome(r.status)), obj);
+  const std::size_t max =
+      std::clamp<std::size_t>(req.max_values(), 1, limits_.max_recv_batch);
+  // First without blocking (a value available: no pending bookkeeping).
+  RecvResult<std::string> r = obj->chan.try_recv();
+  if (r.status == ChanStatus::kClosed) r.value = obj->take_after_close();
+  if (r.value.has_value() || req.nonblocking() ||
+      r.status == ChanStatus::kClosed) {
+    v1::ServerFrame f =
+        recv_frame(id, std::move(r.value),
+                   r.status == ChanStatus::kClosed ? v1::OUTCOME_CLOSED
+                                                   : v1::OUTCOME_WOULD_BLOCK);
+    fill_batch(*obj, f, max);
+    deliver(std::move(f), obj);
     return;
   }
   const uint64_t seq = begin_pending(id, v1::ClientFrame::kRecv);
   if (seq == 0) return;
-  PendingOp op = obj->chan.recv_async(
-      [self = shared_from_this(), id, seq, obj](std::optional<std::string> v) {
-        self->finish_pending(
-            id, seq, recv_frame(id, std::move(v), v1::OUTCOME_CLOSED), obj);
-      });
+  PendingOp op = obj->chan.recv_async([self = shared_from_this(), id, seq, obj,
+                                       max](std::optional<std::string> v) {
+    if (!v.has_value()) v = obj->take_after_close();
+    v1::ServerFrame f = recv_frame(id, std::move(v), v1::OUTCOME_CLOSED);
+    self->fill_batch(*obj, f, max);
+    self->finish_pending(id, seq, std::move(f), obj);
+  });
   attach(id, seq, std::move(op));
+}
+
+void Session::fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
+                         std::size_t max) const {
+  v1::RecvResponse* r = frame.mutable_recv();
+  if (max <= 1 || r->outcome() != v1::OUTCOME_OK) return;
+  std::size_t bytes = r->value().size();
+  for (std::size_t n = 1; n < max && bytes < limits_.max_batch_bytes; ++n) {
+    RecvResult<std::string> more = obj.chan.try_recv();
+    if (more.status == ChanStatus::kClosed) more.value = obj.take_after_close();
+    if (!more.value.has_value()) break;
+    bytes += more.value->size();
+    r->add_more_values(std::move(*more.value));
+  }
+}
+
+void Session::return_values(uint64_t id, const v1::ReturnRequest& req) {
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
+  if (obj == nullptr) return;
+  for (const std::string& v : req.values()) {
+    if (!check_value_size(id, v)) return;  // answered; nothing taken
+  }
+  for (const std::string& v : req.values()) {
+    std::string value = v;
+    // Moved from only on kOk.
+    const ChanStatus st = obj->chan.try_send(std::move(value));
+    if (st == ChanStatus::kOk) continue;
+    if (st == ChanStatus::kClosed) {
+      obj->keep_after_close(std::move(value));
+      continue;
+    }
+    // The buffer is full: wait for room behind the senders already parked
+    // (in order). The copy is kept for the case that the channel is closed
+    // meanwhile (the parked send then fails and gives nothing back).
+    auto keep = std::make_shared<std::string>(value);
+    obj->chan.send_async(std::move(value), [obj, keep](bool ok) {
+      if (!ok) obj->keep_after_close(std::move(*keep));
+    });
+  }
+  v1::ServerFrame f;
+  f.set_id(id);
+  f.mutable_return_values()->set_taken(
+      static_cast<uint64_t>(req.values_size()));
+  reply(std::move(f));
 }
 
 void Session::close(uint64_t id, const v1::CloseRequest& req) {
@@ -470,7 +539,7 @@ void Session::stat(uint64_t id, const v1::StatRequest& req) {
   v1::ServerFrame f;
   f.set_id(id);
   v1::StatResponse* r = f.mutable_stat();
-  r->set_len(st.len);
+  r->set_len(st.len + obj->after_close_count());
   r->set_cap(st.cap);
   r->set_closed(st.closed);
   reply(std::move(f));

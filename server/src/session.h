@@ -73,6 +73,11 @@ struct SessionLimits {
   std::size_t max_value_bytes = 4 << 20;
   std::size_t max_select_cases = 1024;
   std::size_t max_client_name_bytes = 512;
+  // A batch receive (RecvRequest.max_values) takes at most this many values,
+  // and further values only while the answer stays under max_batch_bytes
+  // (the first value always travels).
+  std::size_t max_recv_batch = 4096;
+  std::size_t max_batch_bytes = 1 << 20;
   // Session TTL: the default, and the bounds a Hello's request is clamped
   // to.
   std::chrono::milliseconds default_ttl{10000};
@@ -153,6 +158,12 @@ class Session final : public Participant,
   void swap(uint64_t id, const v1::SwapRequest& req);
   void compare_and_swap(uint64_t id, const v1::CompareAndSwapRequest& req);
   void release(uint64_t id, const v1::ReleaseRequest& req);
+  void return_values(uint64_t id, const v1::ReturnRequest& req);
+
+  // A batch receive: adds to `frame` (an OK receive answer) the values
+  // `obj` has available at once, up to `max` values in all.
+  void fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
+                  std::size_t max) const;
 
   // The object of type T behind `handle`, or nullptr after answering
   // NOT_FOUND (no such handle) or INVALID_ARGUMENT (another kind).

@@ -93,6 +93,63 @@ struct ClientOptions {
   std::string name;
 };
 
+// Opt-in pipelining for one broker channel handle (Client::chan). The
+// defaults keep Go's semantics: every send returns once the broker holds
+// the value (or a receiver took it), every receive fetches one value.
+struct RemoteChanOptions {
+  // Pipelined sends: up to `send_window` blocking send()s of this handle
+  // may be on their way to the broker at once. Such a send returns as soon
+  // as its frame is queued for the broker; it blocks only while
+  // `send_window` sends are unanswered (so the memory they hold is bounded).
+  // Frames keep their order: the sends of one Client reach the channel in
+  // the order they were made (the broker parks sends beyond the buffer, in
+  // order, as it does for acked sends). 0: every send waits for its answer.
+  //
+  // What can go wrong after such a send returned: the channel is closed
+  // before the broker takes the value ("send on closed channel"), or the
+  // session is lost (kUnavailable) before its answer arrives — then the
+  // value may or may not have reached the channel. Either error is
+  // reported, with how many sends it hit, by the next operation on this
+  // handle (any copy of it: send, recv, close, len, their try/timed forms,
+  // or dchan::flush), which throws it instead of doing its own work; it is
+  // reported once. dchan::flush(ch) waits until every pipelined send was
+  // answered and throws such an error: call it before relying on the
+  // values having arrived, and before dropping the last copy of the handle
+  // (an error that arrives after that can only be written to stderr).
+  // Timed and non-blocking sends (try_send, send_for, select) are never
+  // pipelined: they report their own outcome.
+  std::size_t send_window = 0;
+  // Batch receive: a blocking or timed recv() that finds nothing held
+  // locally asks the broker for up to `recv_batch` values; the broker
+  // waits for the first only and adds those available at that moment. The
+  // extra values wait in this handle for its next recv()s (any thread, in
+  // channel order; try_recv and timed recvs take them too). They are
+  // removed from the broker channel: other processes cannot receive them,
+  // and the broker's len() does not count them — this handle's len() adds
+  // them to the broker's. When the last copy of the handle goes, the values
+  // not consumed are handed back to the broker channel, at its back, in
+  // their order (if the channel was closed meanwhile, the broker still
+  // hands them to its next receives before reporting it drained). If this
+  // process dies or loses its session instead, up to recv_batch - 1 values
+  // fetched but not consumed are lost with it. After close() (by any
+  // process), recv() on this handle returns its local values first, then
+  // reports the channel closed once the broker channel is drained too. A
+  // select does not see the local values (they stay for recv()). 0 or 1:
+  // one value per request.
+  std::size_t recv_batch = 0;
+};
+
+// Waits until every pipelined send of `ch` (RemoteChanOptions::send_window)
+// has been answered by the broker, then throws the first error any of them
+// met (kFailedPrecondition "send on closed channel ..." or kUnavailable,
+// saying how many sends it hit). Returns at once for a local channel or a
+// handle without a send window. Blocks for as long as the broker parks
+// those sends (a full buffer), like a blocking send would.
+template <class T>
+void flush(const Chan<T>& ch) {
+  if (detail::RemoteChan* r = detail::remote_of(ch)) r->flush();
+}
+
 struct WaitGroupOptions {
   // When a participant's session ends still owing Dones, count its debt as
   // done (true) instead of failing every wait (false, the default). Every
@@ -104,7 +161,8 @@ namespace detail {
 class Connection;
 std::shared_ptr<RemoteChan> open_remote_chan(
     const std::shared_ptr<Connection>& conn, const std::string& name,
-    const std::string& type_name, std::size_t capacity);
+    const std::string& type_name, std::size_t capacity,
+    const RemoteChanOptions& options);
 std::shared_ptr<RemoteValue> open_remote_value(
     const std::shared_ptr<Connection>& conn, const std::string& name,
     const std::string& type_name);
@@ -124,10 +182,20 @@ class Client {
   // or capacity, kUnavailable when the broker is lost.
   template <class T>
   Chan<T> chan(const std::string& name, std::size_t capacity = 0) {
+    return chan<T>(name, capacity, RemoteChanOptions());
+  }
+
+  // The same, with opt-in pipelining for this handle (and its copies):
+  //   auto events = client.chan<Event>("events", 1024,
+  //                                    {.send_window = 256, .recv_batch = 64});
+  // See RemoteChanOptions for what changes, and dchan::flush.
+  template <class T>
+  Chan<T> chan(const std::string& name, std::size_t capacity,
+               RemoteChanOptions options) {
     static_assert(kHasCodec<T>,
                   "a broker channel's element type needs a dchan::Codec<T>");
-    return detail::make_remote_chan<T>(
-        detail::open_remote_chan(conn_, name, Codec<T>::type_name(), capacity));
+    return detail::make_remote_chan<T>(detail::open_remote_chan(
+        conn_, name, Codec<T>::type_name(), capacity, options));
   }
 
   // Opens the broker lock `name` as a Mutex, creating it on first open.

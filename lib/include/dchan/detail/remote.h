@@ -94,6 +94,12 @@ class RemoteChan {
   // Withdraws a watch; its callback may still run if it raced. Never
   // blocks, never throws.
   virtual void cancel_watch(uint64_t token) noexcept = 0;
+
+  // Waits until every send this backend let return before the broker
+  // answered it (a pipelined send) has been answered, then throws the
+  // first error such a send met, if any (see dchan::flush in
+  // <dchan/client.h>). A backend without pipelined sends returns at once.
+  virtual void flush() {}
 };
 
 // A broker-hosted lock: the backend of a remote Mutex (exclusive only) and

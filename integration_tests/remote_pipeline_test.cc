@@ -1,0 +1,328 @@
+// Opt-in pipelining of broker channels (RemoteChanOptions): pipelined sends
+// (send_window) and batch receives (recv_batch), against a real
+// dchan-broker on 127.0.0.1 and dchan-test-worker processes (see worker.cc).
+//
+// What is checked: per-producer order and exactly-once delivery with
+// windows, an error that hits sends already returned (a close, a killed
+// broker) reaching the producer, and batch-received values that are never
+// lost or duplicated — across consumer processes, when the handle holding
+// them is dropped (also after a close), and before a close is reported.
+// Every wait is bounded (liveness bounds, not performance assertions).
+#include <signal.h>
+
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "broker_process.h"
+#include "dchan/client.h"
+#include "gtest/gtest.h"
+
+#ifndef DCHAN_WORKER_PATH
+#error "DCHAN_WORKER_PATH must name the dchan-test-worker binary"
+#endif
+
+namespace dchan::testing {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr milliseconds kWorkerBound = seconds(60);
+constexpr milliseconds kBrokerStateBound = seconds(20);
+constexpr milliseconds kBrokerLossBound = seconds(30);
+
+Process worker(const std::string& mode, const BrokerProcess& broker,
+               const std::string& chan, std::vector<std::string> extra = {}) {
+  std::vector<std::string> args = {mode, "--broker=" + broker.address(),
+                                   "--chan=" + chan};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return Process::spawn(DCHAN_WORKER_PATH, args);
+}
+
+bool has_line(const ProcessResult& r, const std::string& line) {
+  for (const std::string& l : r.lines()) {
+    if (l == line) return true;
+  }
+  return false;
+}
+
+struct Tally {
+  int64_t count = 0, sum = 0, sumsq = 0;
+};
+
+bool parse_tally(const ProcessResult& r, Tally* t) {
+  for (const std::string& line : r.lines()) {
+    std::vector<std::string> f = absl::StrSplit(line, ' ');
+    if (f.size() == 6 && f[0] == "count" && f[2] == "sum" && f[4] == "sumsq") {
+      return absl::SimpleAtoi(f[1], &t->count) &&
+             absl::SimpleAtoi(f[3], &t->sum) &&
+             absl::SimpleAtoi(f[5], &t->sumsq);
+    }
+  }
+  return false;
+}
+
+// The error a call throws, or nullopt if it returns.
+template <class F>
+std::optional<Error> error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+// Values from a Chan<int64_t> in the order received, `n` of them (or fewer
+// if it is closed first).
+std::vector<int64_t> recv_n(Chan<int64_t>& ch, int n) {
+  std::vector<int64_t> got;
+  for (int i = 0; i < n; ++i) {
+    std::optional<int64_t> v = ch.recv();
+    if (!v.has_value()) break;
+    got.push_back(*v);
+  }
+  return got;
+}
+
+// Four producer processes pipeline their sends (window 32) into a channel
+// of capacity 8, so most sends are parked on the broker while later ones
+// are already on their way; a receiver here sees every producer's values
+// exactly once and in the order that producer sent them.
+TEST(RemotePipeline, PipelinedSendsKeepEachProducersOrder) {
+  BrokerProcess broker;
+  constexpr int kProducers = 4;
+  constexpr int64_t kPerProducer = 3000;
+  constexpr int64_t kStride = 1000000;
+  std::vector<Process> producers;
+  for (int i = 0; i < kProducers; ++i) {
+    producers.push_back(
+        worker("produce", broker, "ordered",
+               {"--cap=8", "--window=32", absl::StrCat("--from=", i * kStride),
+                absl::StrCat("--count=", kPerProducer)}));
+  }
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> ch = client.chan<int64_t>("ordered", 8);
+  std::vector<int64_t> next(kProducers, 0);
+  int64_t out_of_order = 0;
+  for (int64_t n = 0; n < kProducers * kPerProducer; ++n) {
+    RecvResult<int64_t> r = ch.recv_for(seconds(30));
+    ASSERT_TRUE(r.ok()) << "after " << n << " values: " << to_string(r.status);
+    const int64_t v = *r.value;
+    const int64_t p = v / kStride;
+    ASSERT_GE(p, 0);
+    ASSERT_LT(p, kProducers) << v;
+    if (v % kStride != next[p]) ++out_of_order;
+    next[p] = v % kStride + 1;
+  }
+  EXPECT_EQ(out_of_order, 0);
+  for (int p = 0; p < kProducers; ++p) EXPECT_EQ(next[p], kPerProducer) << p;
+  for (const ProcessResult& r : wait_all(producers, kWorkerBound)) {
+    EXPECT_EQ(r.exit_code, 0) << r;
+    EXPECT_TRUE(has_line(r, absl::StrCat("sent ", kPerProducer))) << r;
+  }
+  EXPECT_EQ(ch.try_recv().status, ChanStatus::kWouldBlock);
+}
+
+// Sends that returned (pipelined) but were parked on the broker when
+// another process closed the channel: the producer learns it from flush(),
+// with how many sends it hit; it is reported once.
+TEST(RemotePipeline, CloseWhileSendsInFlightIsReportedByFlush) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> ch = client.chan<int64_t>("closing", 1, {.send_window = 16});
+  for (int64_t v = 1; v <= 5; ++v) ch.send(v);  // 1 buffered, 4 parked
+  ASSERT_TRUE(broker.wait_for_chan(
+      "closing", [](const ChanInfo& c) { return c.blocked_senders == 4; },
+      kBrokerStateBound));
+  ASSERT_EQ(worker("close", broker, "closing", {"--cap=1"})
+                .wait(kWorkerBound)
+                .exit_code,
+            0);
+  const std::optional<Error> e = error_of([&] { flush(ch); });
+  ASSERT_TRUE(e.has_value()) << "flush() did not report the lost sends";
+  EXPECT_EQ(e->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(e->what(), "send on closed channel"))
+      << e->what();
+  EXPECT_TRUE(absl::StrContains(e->what(), "4 pipelined sends")) << e->what();
+  // Reported once; the buffered value is still there, then closed.
+  EXPECT_FALSE(error_of([&] { flush(ch); }).has_value());
+  EXPECT_EQ(ch.recv(), std::optional<int64_t>(1));
+  EXPECT_EQ(ch.recv(), std::nullopt);
+}
+
+// Without flush(): the next operation on the handle reports the error
+// instead of doing its own work — here a send, which would otherwise just
+// be pipelined again.
+TEST(RemotePipeline, CloseWhileSendsInFlightIsReportedByNextOperation) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> ch = client.chan<int64_t>("closing", 1, {.send_window = 16});
+  for (int64_t v = 1; v <= 3; ++v) ch.send(v);  // 1 buffered, 2 parked
+  ASSERT_TRUE(broker.wait_for_chan(
+      "closing", [](const ChanInfo& c) { return c.blocked_senders == 2; },
+      kBrokerStateBound));
+  Client other = Client::connect(broker.address());
+  other.chan<int64_t>("closing", 1).close();
+  // The CLOSED answers travel asynchronously: a send made before they
+  // arrive is pipelined (and fails too); keep sending until one throws.
+  std::optional<Error> e;
+  for (int i = 0; i < 1000 && !e.has_value(); ++i) {
+    e = error_of([&] { ch.send(100 + i); });
+    if (!e.has_value()) std::this_thread::sleep_for(milliseconds(5));
+  }
+  ASSERT_TRUE(e.has_value()) << "no operation reported the lost sends";
+  EXPECT_EQ(e->code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(e->what(), "send on closed channel"))
+      << e->what();
+  EXPECT_TRUE(absl::StrContains(e->what(), "pipelined send")) << e->what();
+}
+
+// The broker is killed while pipelined sends are parked on it and another
+// send waits for room in the full window: that send throws kUnavailable,
+// and flush() reports the loss — nothing hangs.
+TEST(RemotePipeline, BrokerKilledWithSendsInFlightSurfacesTheError) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> ch = client.chan<int64_t>("doomed", 1, {.send_window = 4});
+  for (int64_t v = 1; v <= 5; ++v) ch.send(v);  // 1 buffered, 4 in flight
+  ASSERT_TRUE(broker.wait_for_chan(
+      "doomed", [](const ChanInfo& c) { return c.blocked_senders == 4; },
+      kBrokerStateBound));
+  auto blocked = std::async(std::launch::async, [&] {
+    return error_of([&] { ch.send(6); });  // the window is full: waits
+  });
+  ASSERT_EQ(blocked.wait_for(milliseconds(200)), std::future_status::timeout)
+      << "a send returned with the window full";
+  broker.kill(SIGKILL);
+  ASSERT_EQ(blocked.wait_for(kBrokerLossBound), std::future_status::ready)
+      << "a send waiting for the window hung after the broker died";
+  const std::optional<Error> e6 = blocked.get();
+  // It throws itself (kUnavailable) — or, if the failed answers were
+  // counted first, reports them (kUnavailable too).
+  ASSERT_TRUE(e6.has_value());
+  EXPECT_EQ(e6->code(), absl::StatusCode::kUnavailable) << e6->what();
+  const std::optional<Error> e = error_of([&] {
+    flush(ch);
+    ch.send(7);
+  });
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->code(), absl::StatusCode::kUnavailable) << e->what();
+}
+
+// Four producers, four consumer processes receiving in batches of 16 from
+// a channel of capacity 8: every value is received exactly once (count,
+// sum and sum of squares), also those still held in a consumer when the
+// channel is closed.
+TEST(RemotePipeline, BatchReceiveDeliversExactlyOnceAcrossFourProcesses) {
+  BrokerProcess broker;
+  constexpr int kProducers = 4;
+  constexpr int kConsumers = 4;
+  constexpr int64_t kPerProducer = 2000;
+  std::vector<Process> consumers;
+  for (int i = 0; i < kConsumers; ++i) {
+    consumers.push_back(
+        worker("consume", broker, "jobs", {"--cap=8", "--batch=16"}));
+  }
+  std::vector<Process> producers;
+  for (int i = 0; i < kProducers; ++i) {
+    producers.push_back(
+        worker("produce", broker, "jobs",
+               {"--cap=8", i % 2 == 0 ? "--window=64" : "--window=0",
+                absl::StrCat("--from=", i * kPerProducer),
+                absl::StrCat("--count=", kPerProducer)}));
+  }
+  for (const ProcessResult& r : wait_all(producers, kWorkerBound)) {
+    ASSERT_EQ(r.exit_code, 0) << r;
+  }
+  {
+    Client client = Client::connect(broker.address());
+    client.chan<int64_t>("jobs", 8).close();
+  }
+  Tally total;
+  for (const ProcessResult& r : wait_all(consumers, kWorkerBound)) {
+    ASSERT_EQ(r.exit_code, 0) << r;
+    Tally t;
+    ASSERT_TRUE(parse_tally(r, &t)) << r;
+    total.count += t.count;
+    total.sum += t.sum;
+    total.sumsq += t.sumsq;
+  }
+  Tally want;
+  for (int64_t v = 0; v < kProducers * kPerProducer; ++v) {
+    ++want.count;
+    want.sum += v;
+    want.sumsq += v * v;
+  }
+  EXPECT_EQ(total.count, want.count);
+  EXPECT_EQ(total.sum, want.sum);
+  EXPECT_EQ(total.sumsq, want.sumsq);
+}
+
+// A handle that fetched a batch holds the extra values; len() counts them.
+// When its last copy goes, they go back to the broker channel at its back,
+// in their order, and another session receives them.
+TEST(RemotePipeline, UnconsumedBatchValuesReturnWhenTheHandleIsDropped) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("held", 16);
+  for (int64_t v = 1; v <= 10; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  {
+    Chan<int64_t> in = consumer.chan<int64_t>("held", 16, {.recv_batch = 8});
+    EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // holds 2..8
+    EXPECT_EQ(in.len(), 9u);                          // 7 held + 9, 10
+    EXPECT_EQ(out.len(), 2u);                         // the broker's
+  }  // the last copy goes: 2..8 go back
+  ASSERT_TRUE(broker.wait_for_chan(
+      "held", [](const ChanInfo& c) { return c.len == 9; }, kBrokerStateBound));
+  EXPECT_EQ(recv_n(out, 9), (std::vector<int64_t>{9, 10, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(out.try_recv().status, ChanStatus::kWouldBlock);
+}
+
+// The same after the channel was closed: the broker keeps the returned
+// values and hands them out before it reports the channel drained.
+TEST(RemotePipeline, UnconsumedBatchValuesSurviveACloseBeforeTheDrop) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("held", 16);
+  for (int64_t v = 1; v <= 6; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  {
+    Chan<int64_t> in = consumer.chan<int64_t>("held", 16, {.recv_batch = 4});
+    EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // holds 2..4
+    out.close();
+  }
+  ASSERT_TRUE(broker.wait_for_chan(
+      "held", [](const ChanInfo& c) { return c.len == 5; }, kBrokerStateBound));
+  EXPECT_EQ(recv_n(out, 6), (std::vector<int64_t>{5, 6, 2, 3, 4}));
+  EXPECT_EQ(out.try_recv().status, ChanStatus::kClosed);
+}
+
+// After a close, a batch-receiving handle first hands out what it holds,
+// then what the broker still buffers, then reports the close.
+TEST(RemotePipeline, CloseDrainsLocallyHeldValuesFirst) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("drain", 4);
+  for (int64_t v = 1; v <= 4; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in = consumer.chan<int64_t>("drain", 4, {.recv_batch = 3});
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // holds 2, 3
+  in.close();
+  EXPECT_EQ(recv_n(in, 10), (std::vector<int64_t>{2, 3, 4}));
+  EXPECT_EQ(in.recv(), std::nullopt);
+  EXPECT_EQ(in.len(), 0u);
+}
+
+}  // namespace
+}  // namespace dchan::testing
