@@ -27,7 +27,8 @@
 //   roundtrip/grpc        the baseline for both: one bidi stream, the client
 //                         Writes a message, the server echoes it, the client
 //                         Reads it (sync client, callback server).
-//   oneway/remote/S       S sender threads (1, 4, 16) share one Client, each
+//   oneway/remote/S       S sender threads (1, 4, 16, 64) share one Client,
+//   each
 //                         send()ing on a buffered(1024) channel; a second
 //                         Client drains it with S receiver threads (a receiver
 //                         thread has one recv() outstanding at a time, so one
@@ -46,6 +47,19 @@
 //                         (CLOCK_MONOTONIC in both). The partner then reports
 //                         the time and unlocks, and this process relocks,
 //                         untimed.
+//   stream/remote/W,B     streaming producer and consumer (issue 7): one
+//                         sender thread on one Client send()s with a send
+//                         window of W (RemoteChanOptions::send_window; 0:
+//                         acked sends), one receiver thread on another
+//                         Client recv()s with batches of up to B
+//                         (recv_batch), through a buffered(4096) channel.
+//                         Time to the last message received.
+//   stream/grpc/batched   its app-batched baseline: one thread writes 100
+//                         payloads per Write on one client-streaming call
+//                         (bench/echo.proto SinkBatch); time to the ack.
+//   bandwidth/remote, bandwidth/grpc  the same two with 64 KiB values
+//                         (W=64, B=16) and, raw, one 64 KiB Write each;
+//                         bytes per second.
 //   oneway/grpc/S         the baseline: S threads share one client-streaming
 //                         call, one Write per message (serialised by a mutex,
 //                         as gRPC allows one outstanding Write), the server
@@ -99,6 +113,7 @@ using Clock = std::chrono::steady_clock;
 using dchan::bench::Ack;
 using dchan::bench::Echo;
 using dchan::bench::Msg;
+using dchan::bench::MsgBatch;
 
 constexpr std::size_t kPayloadBytes = 100;
 constexpr int64_t kRoundTripBatch = 256;
@@ -244,6 +259,26 @@ class SinkReactor final : public grpc::ServerReadReactor<Msg> {
   uint64_t count_ = 0;
 };
 
+class BatchSinkReactor final : public grpc::ServerReadReactor<MsgBatch> {
+ public:
+  explicit BatchSinkReactor(Ack* ack) : ack_(ack) { StartRead(&msg_); }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ack_->set_count(count_);
+      Finish(grpc::Status::OK);
+      return;
+    }
+    count_ += static_cast<uint64_t>(msg_.payloads_size());
+    StartRead(&msg_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  Ack* const ack_;
+  MsgBatch msg_;
+  uint64_t count_ = 0;
+};
+
 class EchoService final : public Echo::CallbackService {
   grpc::ServerBidiReactor<Msg, Msg>* Pipe(
       grpc::CallbackServerContext*) override {
@@ -252,6 +287,10 @@ class EchoService final : public Echo::CallbackService {
   grpc::ServerReadReactor<Msg>* Sink(grpc::CallbackServerContext*,
                                      Ack* ack) override {
     return new SinkReactor(ack);
+  }
+  grpc::ServerReadReactor<MsgBatch>* SinkBatch(grpc::CallbackServerContext*,
+                                               Ack* ack) override {
+    return new BatchSinkReactor(ack);
   }
 };
 
@@ -507,6 +546,110 @@ void BM_GrpcOneWay(benchmark::State& state, int senders) {
 }
 
 // ---------------------------------------------------------------------------
+// Streaming throughput and bandwidth (issue 7): one producer, one consumer.
+
+benchmark::internal::Benchmark* Register(
+    const std::string& name, std::function<void(benchmark::State&)> fn);
+
+constexpr std::size_t kStreamCap = 4096;
+constexpr int64_t kStreamBatch = 1 << 16;
+constexpr int64_t kBandwidthBatch = 1024;
+constexpr std::size_t kBandwidthBytes = 64 << 10;
+constexpr int kRawBatch = 100;  // payloads per Write, app-batched baseline
+
+// One sender thread on one Client, one receiver thread on another, `bytes`
+// per value, through a buffered channel; the sender's handle pipelines with
+// `window` (0: acked sends), the receiver's fetches up to `batch` values.
+void BM_RemoteStream(benchmark::State& state, std::size_t window,
+                     std::size_t batch, std::size_t bytes, int64_t per_batch) {
+  dchan::Client tx_client = Connect();
+  dchan::Client rx_client = Connect();
+  const std::string name = UniqueName("stream");
+  dchan::Chan<std::string> tx =
+      tx_client.chan<std::string>(name, kStreamCap, {.send_window = window});
+  dchan::Chan<std::string> rx =
+      rx_client.chan<std::string>(name, kStreamCap, {.recv_batch = batch});
+  const std::string payload(bytes, 'x');
+  RunBatched(state, per_batch, [&](int64_t n, Batch& b) {
+    b.workers.push_back([=, &payload]() mutable {
+      for (int64_t i = 0; i < n; ++i) tx.send(payload);
+      dchan::flush(tx);  // every send answered: none failed
+    });
+    b.workers.push_back([=]() mutable {
+      for (int64_t i = 0; i < n; ++i) benchmark::DoNotOptimize(rx.recv());
+    });
+  });
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+
+// The raw baseline: one thread, one client-streaming call per batch, `per`
+// payloads of `bytes` per Write (per == 1: Sink, one Msg per Write).
+void BM_GrpcStream(benchmark::State& state, int per, std::size_t bytes,
+                   int64_t per_batch) {
+  std::unique_ptr<Echo::Stub> stub = EchoStub();
+  const std::string payload(bytes, 'x');
+  Msg one;
+  one.set_payload(payload);
+  MsgBatch many;
+  for (int i = 0; i < per; ++i) many.add_payloads(payload);
+  RunBatched(state, per_batch, [&](int64_t n, Batch& b) {
+    b.driver = [&, n] {
+      grpc::ClientContext context;
+      Ack ack;
+      bool ok = true;
+      if (per == 1) {
+        auto w = stub->Sink(&context, &ack);
+        for (int64_t i = 0; i < n && ok; ++i) ok = w->Write(one);
+        ok = w->WritesDone() && ok;
+        ok = w->Finish().ok() && ok;
+      } else {
+        auto w = stub->SinkBatch(&context, &ack);
+        for (int64_t i = 0; i < n && ok; i += per) {
+          if (n - i < per) {
+            MsgBatch tail;
+            for (int64_t j = i; j < n; ++j) tail.add_payloads(payload);
+            ok = w->Write(tail);
+          } else {
+            ok = w->Write(many);
+          }
+        }
+        ok = w->WritesDone() && ok;
+        ok = w->Finish().ok() && ok;
+      }
+      if (!ok || ack.count() != static_cast<uint64_t>(n)) {
+        state.SkipWithError("the sink did not ack every message");
+      }
+    };
+  });
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+
+void RegisterStreamBenchmarks() {
+  // Unbatched (acked sends, one value per receive), then opt-in batching.
+  Register("stream/remote/0,1", [](benchmark::State& st) {
+    BM_RemoteStream(st, 0, 1, kPayloadBytes, kOneWayBatch);
+  });
+  for (auto [w, b] : {std::pair<int, int>{256, 256}, {1024, 1024}}) {
+    Register("stream/remote/" + std::to_string(w) + "," + std::to_string(b),
+             [w, b](benchmark::State& st) {
+               BM_RemoteStream(st, w, b, kPayloadBytes, kStreamBatch);
+             });
+  }
+  Register("stream/grpc/per_write", [](benchmark::State& st) {
+    BM_GrpcStream(st, 1, kPayloadBytes, kOneWayBatch * 8);
+  });
+  Register("stream/grpc/batched", [](benchmark::State& st) {
+    BM_GrpcStream(st, kRawBatch, kPayloadBytes, kStreamBatch);
+  });
+  Register("bandwidth/remote", [](benchmark::State& st) {
+    BM_RemoteStream(st, 64, 16, kBandwidthBytes, kBandwidthBatch);
+  });
+  Register("bandwidth/grpc", [](benchmark::State& st) {
+    BM_GrpcStream(st, 1, kBandwidthBytes, kBandwidthBatch);
+  });
+}
+
+// ---------------------------------------------------------------------------
 // Locks.
 
 void BM_RemoteLockUnlock(benchmark::State& state) {
@@ -707,7 +850,7 @@ int main(int argc, char** argv) {
   Register("acked_send/remote",
            [](benchmark::State& st) { BM_RemoteAckedSend(st, true); });
   Register("roundtrip/grpc", BM_GrpcRoundTrip);
-  for (int s : {1, 4, 16}) {
+  for (int s : {1, 4, 16, 64}) {
     Register("oneway/remote/" + std::to_string(s),
              [s](benchmark::State& st) { BM_RemoteOneWay(st, s, s); });
     Register("oneway/grpc/" + std::to_string(s),
@@ -715,6 +858,7 @@ int main(int argc, char** argv) {
   }
   Register("lock_unlock/remote", BM_RemoteLockUnlock);
   Register("lock_handoff/remote", BM_RemoteLockHandoff);
+  RegisterStreamBenchmarks();
   // Diagnostics.
   Register("acked_send_alone/remote",
            [](benchmark::State& st) { BM_RemoteAckedSend(st, false); });

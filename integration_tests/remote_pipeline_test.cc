@@ -194,15 +194,21 @@ TEST(RemotePipeline, BrokerKilledWithSendsInFlightSurfacesTheError) {
   BrokerProcess broker;
   Client client = Client::connect(broker.address());
   Chan<int64_t> ch = client.chan<int64_t>("doomed", 1, {.send_window = 4});
-  for (int64_t v = 1; v <= 5; ++v) ch.send(v);  // 1 buffered, 4 in flight
+  for (int64_t v = 1; v <= 4; ++v) ch.send(v);  // 1 buffered, 3 parked
   ASSERT_TRUE(broker.wait_for_chan(
-      "doomed", [](const ChanInfo& c) { return c.blocked_senders == 4; },
+      "doomed", [](const ChanInfo& c) { return c.blocked_senders == 3; },
       kBrokerStateBound));
+  // At least 3 sends are unanswered (4 if value 1 shares a frame with the
+  // parked ones: a frame is answered once all its values are in), so of
+  // two more sends at least one waits for the window.
   auto blocked = std::async(std::launch::async, [&] {
-    return error_of([&] { ch.send(6); });  // the window is full: waits
+    return error_of([&] {
+      ch.send(5);
+      ch.send(6);
+    });
   });
-  ASSERT_EQ(blocked.wait_for(milliseconds(200)), std::future_status::timeout)
-      << "a send returned with the window full";
+  ASSERT_EQ(blocked.wait_for(milliseconds(300)), std::future_status::timeout)
+      << "two sends returned with the window full";
   broker.kill(SIGKILL);
   ASSERT_EQ(blocked.wait_for(kBrokerLossBound), std::future_status::ready)
       << "a send waiting for the window hung after the broker died";

@@ -42,7 +42,7 @@ ChanStatus to_status(v1::Outcome outcome) {
 // many are unanswered, and the first error one met that nobody has been
 // told about yet. Shared with the answer callbacks, which may run after the
 // handle is gone.
-class SendWindow {
+class SendWindow final : public PipelinedSends {
  public:
   SendWindow(std::string chan_name, uint32_t limit)
       : chan_name_(std::move(chan_name)), limit_(limit) {}
@@ -61,11 +61,14 @@ class SendWindow {
   }
 
   // Gives back a slot whose send never left (it threw).
-  void cancel_one() { done_one(); }
+  void cancel_one() { done(1); }
 
-  // A pipelined send's answer (or the session's loss).
-  void on_answer(const absl::Status& lost, const v1::ServerFrame& answer) {
+  // The answer to a frame of `values` pipelined sends (or the session's
+  // loss).
+  void answered(const absl::Status& lost, const v1::ServerFrame& answer,
+                uint32_t values) override {
     absl::Status err;
+    uint64_t failed = values;
     if (!lost.ok()) {
       err = lost;
     } else if (answer.code() != 0) {
@@ -73,15 +76,21 @@ class SendWindow {
                          answer.message());
     } else if (answer.send().outcome() == v1::OUTCOME_CLOSED) {
       err = absl::FailedPreconditionError("send on closed channel");
+      failed = values - std::min<uint64_t>(values, answer.send().sent());
+    } else if (answer.send().outcome() != v1::OUTCOME_OK) {
+      err = absl::InternalError(
+          absl::StrCat("dchan: the broker answered a pipelined send with "
+                       "outcome ",
+                       static_cast<int>(answer.send().outcome())));
     }
     if (!err.ok()) {
       absl::MutexLock lock(&mu_);
       if (error_.ok()) error_ = err;
-      ++failed_;
+      failed_ += failed;
       has_error_.store(true, std::memory_order_release);
       if (orphaned_) log_locked();
     }
-    done_one();
+    done(values);
   }
 
   // Throws (once) the error pipelined sends met since the last report.
@@ -123,10 +132,10 @@ class SendWindow {
     waiters_.fetch_sub(1);
   }
 
-  void done_one() {
+  void done(uint32_t n) {
     // seq_cst on both sides (with wait_for_change): either the waiter is
     // seen here, or its futex_wait sees the new count.
-    in_flight_.fetch_sub(1);
+    in_flight_.fetch_sub(n);
     if (waiters_.load() != 0) futex_wake_all(in_flight_);
   }
 
@@ -208,23 +217,20 @@ class BrokerChan final : public RemoteChan {
 
   ChanStatus send(const std::string& value, Deadline deadline) override {
     report();
-    v1::ClientFrame f;
-    v1::SendRequest* req = f.mutable_send();
-    req->set_handle(handle_);
-    req->set_value(value);
     if (window_ != nullptr && deadline == kNoDeadline) {
       window_->acquire();
       try {
-        conn_->call_queued(f, [w = window_](const absl::Status& lost,
-                                            v1::ServerFrame& answer) {
-          w->on_answer(lost, answer);
-        });
+        conn_->send_pipelined(handle_, value, window_);
       } catch (...) {
         window_->cancel_one();
         throw;
       }
       return ChanStatus::kOk;
     }
+    v1::ClientFrame f;
+    v1::SendRequest* req = f.mutable_send();
+    req->set_handle(handle_);
+    req->set_value(value);
     req->set_nonblocking(deadline == kNonBlocking);
     const v1::ServerFrame answer = conn_->call(f, deadline);
     return to_status(answer.send().outcome());

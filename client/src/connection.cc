@@ -300,8 +300,43 @@ uint64_t Connection::call_queued(v1::ClientFrame& frame, Callback on_answer) {
   return start(call, frame, /*hand_off=*/true);
 }
 
+void Connection::send_pipelined(uint64_t handle, const std::string& value,
+                                const std::shared_ptr<PipelinedSends>& sink) {
+  {
+    absl::MutexLock lock(&write_mu_);
+    OpenSend& o = open_send_;
+    // A queued frame means a writer is at it or has been woken: nothing
+    // else to do.
+    if (o.request != nullptr && o.handle == handle && o.sink == sink.get() &&
+        o.bytes + value.size() <= kMaxBatchBytes / 2 && !writes_failed_) {
+      o.request->add_more_values(value);
+      o.values->fetch_add(1, std::memory_order_release);
+      o.bytes += value.size();
+      return;
+    }
+  }
+  OpenSend open;
+  open.handle = handle;
+  open.sink = sink.get();
+  open.values = std::make_shared<std::atomic<uint32_t>>(1);
+  open.bytes = value.size();
+  v1::ClientFrame f;
+  v1::SendRequest* req = f.mutable_send();
+  req->set_handle(handle);
+  req->set_value(value);
+  auto call = std::make_shared<Call>();
+  // The count is read once the answer arrives: after the frame was written,
+  // so after its last value was appended (under write_mu_).
+  call->on_answer = [sink, values = open.values](const absl::Status& lost,
+                                                 v1::ServerFrame& answer) {
+    sink->answered(lost, answer, values->load(std::memory_order_acquire));
+  };
+  start(call, f, /*hand_off=*/true, &open);
+}
+
 uint64_t Connection::start(const std::shared_ptr<Call>& call,
-                           v1::ClientFrame& frame, bool hand_off) {
+                           v1::ClientFrame& frame, bool hand_off,
+                           OpenSend* open) {
   uint64_t id;
   {
     absl::MutexLock lock(&mu_);
@@ -311,14 +346,21 @@ uint64_t Connection::start(const std::shared_ptr<Call>& call,
     calls_.emplace(id, call);
     if (!call->self_reading) ++background_needed_;
   }
-  enqueue(std::move(frame), hand_off);
+  enqueue(std::move(frame), hand_off, open);
   return id;
 }
 
-void Connection::enqueue(v1::ClientFrame frame, bool hand_off) {
+void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open) {
   {
     absl::MutexLock lock(&write_mu_);
     write_queue_.push_back(std::move(frame));
+    // Only the last frame queued may take more values.
+    if (open != nullptr && !writes_failed_) {
+      open_send_ = std::move(*open);
+      open_send_.request = write_queue_.back().mutable_send();
+    } else {
+      open_send_ = OpenSend();
+    }
     if (writing_) return;  // the writer in progress takes it along
     writing_ = true;
     if (hand_off && !writer_stop_) {
@@ -354,6 +396,7 @@ void Connection::write_queued() {
   for (;;) {
     {
       absl::MutexLock lock(&write_mu_);
+      open_send_ = OpenSend();  // what the writer takes is sealed
       if (write_queue_.empty() || writes_failed_) {
         write_queue_.clear();
         writing_ = false;

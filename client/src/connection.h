@@ -77,6 +77,18 @@ class SessionObserver {
       std::vector<std::stop_source>* to_stop) noexcept = 0;
 };
 
+// Where the answers to a channel handle's pipelined sends go
+// (Connection::send_pipelined).
+class PipelinedSends {
+ public:
+  virtual ~PipelinedSends() = default;
+  // One frame of `values` pipelined sends was answered (`lost` OK), or the
+  // session was lost before its answer (`lost`: kUnavailable). Runs on the
+  // reader thread; must not block.
+  virtual void answered(const absl::Status& lost, const v1::ServerFrame& answer,
+                        uint32_t values) = 0;
+};
+
 class Connection {
  public:
   using Deadline = std::chrono::steady_clock::time_point;
@@ -110,6 +122,17 @@ class Connection {
   // and the writer thread sends it (see the file comment). For callers
   // that queue many frames in a row.
   uint64_t call_queued(v1::ClientFrame& frame, Callback on_answer);
+
+  // A pipelined send of `value` on broker channel `handle`: it is appended
+  // (SendRequest.more_values) to the last frame queued if that is a
+  // pipelined send on the same handle for the same `sink` that no writer has
+  // taken yet — so a streaming producer's sends leave as few frames, each
+  // answered once — else queued as a new frame (call_queued). The frame's
+  // answer goes to `sink`. Order is kept: nothing is appended to a frame
+  // that another frame follows. Throws dchan::Error (kUnavailable) if the
+  // broker is lost already.
+  void send_pipelined(uint64_t handle, const std::string& value,
+                      const std::shared_ptr<PipelinedSends>& sink);
 
   // Withdraws request `id` (the broker answers it CANCELLED or with its
   // result). Never blocks.
@@ -178,11 +201,23 @@ class Connection {
 
   // Registers `call` for `frame` under a fresh request id (returned) and
   // sends it; `frame` is moved from.
+  // The pipelined send frame last queued, while more values may be
+  // appended to it (see send_pipelined).
+  struct OpenSend {
+    v1::SendRequest* request = nullptr;  // in write_queue_.back(); or none
+    uint64_t handle = 0;
+    const PipelinedSends* sink = nullptr;
+    std::shared_ptr<std::atomic<uint32_t>> values;  // how many it carries
+    std::size_t bytes = 0;
+  };
+
   uint64_t start(const std::shared_ptr<Call>& call, v1::ClientFrame& frame,
-                 bool hand_off = false);
+                 bool hand_off = false, OpenSend* open = nullptr);
   // Queues `frame`; with no write in progress, writes the queue on this
-  // thread, or (`hand_off`) has the writer thread write it.
-  void enqueue(v1::ClientFrame frame, bool hand_off = false);
+  // thread, or (`hand_off`) has the writer thread write it. `open`: the
+  // frame is a pipelined send that may take more values.
+  void enqueue(v1::ClientFrame frame, bool hand_off = false,
+               OpenSend* open = nullptr);
   // With writing_ taken: writes batches until the queue is empty, then
   // clears writing_.
   void write_queued();
@@ -263,7 +298,8 @@ class Connection {
 
   static constexpr std::size_t kMaxBatchBytes = 1 << 20;
   absl::Mutex write_mu_;
-  std::vector<v1::ClientFrame> write_queue_ ABSL_GUARDED_BY(write_mu_);
+  std::deque<v1::ClientFrame> write_queue_ ABSL_GUARDED_BY(write_mu_);
+  OpenSend open_send_ ABSL_GUARDED_BY(write_mu_);
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
   bool writes_failed_ ABSL_GUARDED_BY(write_mu_) = false;
   // The writer thread (started by the first hand-off): woken by

@@ -338,6 +338,10 @@ bool Session::check_value_size(uint64_t id, const std::string& value) {
 void Session::send(uint64_t id, const v1::SendRequest& req) {
   std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr || !check_value_size(id, req.value())) return;
+  if (req.more_values_size() > 0) {
+    send_many(id, obj, req);
+    return;
+  }
   std::string value = req.value();
   // First without blocking: when that succeeds (room in the buffer, or a
   // receiver waiting) no sender is parked on the channel (Go's invariant),
@@ -358,6 +362,75 @@ void Session::send(uint64_t id, const v1::SendRequest& req) {
             nullptr);
       });
   attach(id, seq, std::move(op));
+}
+
+void Session::send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
+                        const v1::SendRequest& req) {
+  if (req.nonblocking()) {
+    reply_error(id, absl::InvalidArgumentError(
+                        "a non-blocking send carries one value"));
+    return;
+  }
+  for (const std::string& v : req.more_values()) {
+    if (!check_value_size(id, v)) return;  // answered; nothing sent
+  }
+  const std::size_t n = 1 + static_cast<std::size_t>(req.more_values_size());
+  auto value_at = [&req](std::size_t i) -> const std::string& {
+    return i == 0 ? req.value() : req.more_values(static_cast<int>(i - 1));
+  };
+  auto answer = [id](v1::Outcome outcome, std::size_t sent) {
+    v1::ServerFrame f = send_frame(id, outcome);
+    f.mutable_send()->set_sent(sent);
+    return f;
+  };
+  // As many as fit at once, as in send(); the first that does not fit and
+  // every one after it wait, each a parked sender in order (so that this
+  // session's later sends queue behind them).
+  std::size_t i = 0;
+  for (; i < n; ++i) {
+    std::string value = value_at(i);
+    const ChanStatus st = obj->chan.try_send(std::move(value));
+    if (st == ChanStatus::kWouldBlock) break;
+    if (st == ChanStatus::kClosed) {
+      reply(answer(v1::OUTCOME_CLOSED, i));
+      return;
+    }
+  }
+  if (i == n) {
+    reply(answer(v1::OUTCOME_OK, n));
+    return;
+  }
+  const uint64_t seq = begin_pending(id, v1::ClientFrame::kSend);
+  if (seq == 0) return;
+  struct Progress {
+    std::atomic<std::size_t> left;
+    std::atomic<std::size_t> sent;
+  };
+  auto progress = std::make_shared<Progress>();
+  progress->left.store(n - i);
+  progress->sent.store(i);
+  std::vector<PendingOp> ops;
+  ops.reserve(n - i);
+  for (; i < n; ++i) {
+    ops.push_back(obj->chan.send_async(
+        value_at(i),
+        [self = shared_from_this(), id, seq, n, progress, answer](bool ok) {
+          if (ok) progress->sent.fetch_add(1);
+          if (progress->left.fetch_sub(1) != 1) return;
+          const std::size_t sent = progress->sent.load();
+          self->finish_pending(
+              id, seq,
+              answer(sent == n ? v1::OUTCOME_OK : v1::OUTCOME_CLOSED, sent),
+              nullptr);
+        }));
+  }
+  // Withdrawn when any value was still waiting: the rest never answer (their
+  // count cannot reach zero), the cancel answers CANCELLED.
+  attach(id, seq, [ops = std::move(ops)]() mutable {
+    bool withdrew = false;
+    for (PendingOp& op : ops) withdrew = op.cancel() || withdrew;
+    return withdrew;
+  });
 }
 
 void Session::recv(uint64_t id, const v1::RecvRequest& req) {

@@ -159,6 +159,9 @@ class Session final : public Participant,
   void compare_and_swap(uint64_t id, const v1::CompareAndSwapRequest& req);
   void release(uint64_t id, const v1::ReleaseRequest& req);
   void return_values(uint64_t id, const v1::ReturnRequest& req);
+  // A blocking send with more_values.
+  void send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
+                 const v1::SendRequest& req);
 
   // A batch receive: adds to `frame` (an OK receive answer) the values
   // `obj` has available at once, up to `max` values in all.
