@@ -211,7 +211,9 @@ class SessionReactor final
       return;
     }
     writer_->cork();
-    for (const v1::ClientFrame& frame : in_.frames()) session_->handle(frame);
+    for (v1::ClientFrame& frame : *in_.mutable_frames()) {
+      session_->handle(std::move(frame));
+    }
     writer_->uncork();
     in_.Clear();
     StartRead(&in_);

@@ -148,6 +148,11 @@ Session::Session(uint64_t id, std::string peer, Registry& registry,
 Session::~Session() = default;
 
 void Session::handle(const v1::ClientFrame& frame) {
+  v1::ClientFrame copy = frame;
+  handle(std::move(copy));
+}
+
+void Session::handle(v1::ClientFrame&& frame) {
   if (ended_flag_.load(std::memory_order_acquire)) return;
   last_frame_.store(Clock::now().time_since_epoch().count(),
                     std::memory_order_relaxed);
@@ -167,7 +172,7 @@ void Session::handle(const v1::ClientFrame& frame) {
       open(id, frame.open());
       return;
     case v1::ClientFrame::kSend:
-      send(id, frame.send());
+      send(id, *frame.mutable_send());
       return;
     case v1::ClientFrame::kRecv:
       recv(id, frame.recv());
@@ -335,14 +340,14 @@ bool Session::check_value_size(uint64_t id, const std::string& value) {
   return false;
 }
 
-void Session::send(uint64_t id, const v1::SendRequest& req) {
+void Session::send(uint64_t id, v1::SendRequest& req) {
   std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr || !check_value_size(id, req.value())) return;
   if (req.more_values_size() > 0) {
     send_many(id, obj, req);
     return;
   }
-  std::string value = req.value();
+  std::string value = std::move(*req.mutable_value());
   // First without blocking: when that succeeds (room in the buffer, or a
   // receiver waiting) no sender is parked on the channel (Go's invariant),
   // so answering at once keeps this session's sends in order, and the
@@ -365,7 +370,7 @@ void Session::send(uint64_t id, const v1::SendRequest& req) {
 }
 
 void Session::send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
-                        const v1::SendRequest& req) {
+                        v1::SendRequest& req) {
   if (req.nonblocking()) {
     reply_error(id, absl::InvalidArgumentError(
                         "a non-blocking send carries one value"));
@@ -375,8 +380,9 @@ void Session::send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
     if (!check_value_size(id, v)) return;  // answered; nothing sent
   }
   const std::size_t n = 1 + static_cast<std::size_t>(req.more_values_size());
-  auto value_at = [&req](std::size_t i) -> const std::string& {
-    return i == 0 ? req.value() : req.more_values(static_cast<int>(i - 1));
+  auto value_at = [&req](std::size_t i) -> std::string& {
+    return i == 0 ? *req.mutable_value()
+                  : *req.mutable_more_values(static_cast<int>(i - 1));
   };
   auto answer = [id](v1::Outcome outcome, std::size_t sent) {
     v1::ServerFrame f = send_frame(id, outcome);
@@ -388,8 +394,8 @@ void Session::send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
   // session's later sends queue behind them).
   std::size_t i = 0;
   for (; i < n; ++i) {
-    std::string value = value_at(i);
-    const ChanStatus st = obj->chan.try_send(std::move(value));
+    // Moved from only on kOk (the value then waits below).
+    const ChanStatus st = obj->chan.try_send(std::move(value_at(i)));
     if (st == ChanStatus::kWouldBlock) break;
     if (st == ChanStatus::kClosed) {
       reply(answer(v1::OUTCOME_CLOSED, i));

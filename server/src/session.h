@@ -97,6 +97,9 @@ class Session final : public Participant,
   // Handles one request; see the file comment. Frames that arrive after
   // end() are dropped unanswered.
   void handle(const v1::ClientFrame& frame);
+  // The same, free to move the values it carries out of `frame` (the
+  // stream's reader, which reuses its buffer).
+  void handle(v1::ClientFrame&& frame);
 
   // Ends the session: withdraws every pending operation, releases its
   // locks, settles its wait group debts. Idempotent. Does not finish the
@@ -142,7 +145,7 @@ class Session final : public Participant,
   };
 
   void open(uint64_t id, const v1::OpenRequest& req);
-  void send(uint64_t id, const v1::SendRequest& req);
+  void send(uint64_t id, v1::SendRequest& req);  // moves the values out
   void recv(uint64_t id, const v1::RecvRequest& req);
   void close(uint64_t id, const v1::CloseRequest& req);
   void cancel(const v1::CancelRequest& req);
@@ -161,7 +164,7 @@ class Session final : public Participant,
   void return_values(uint64_t id, const v1::ReturnRequest& req);
   // A blocking send with more_values.
   void send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
-                 const v1::SendRequest& req);
+                 v1::SendRequest& req);
 
   // A batch receive: adds to `frame` (an OK receive answer) the values
   // `obj` has available at once, up to `max` values in all.
