@@ -758,5 +758,164 @@ TEST_F(SessionTest, AReleasedHandleIsNotFoundAndItsObjectLivesOn) {
   EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_OK);
 }
 
+// ---------------------------------------------------------------------------
+// Pipelining: sends with more_values, batch receives, returned values.
+
+v1::ClientFrame multi_send(uint64_t id, uint64_t handle,
+                           const std::vector<std::string>& values,
+                           bool nonblocking = false) {
+  v1::ClientFrame f;
+  f.set_id(id);
+  v1::SendRequest* req = f.mutable_send();
+  req->set_handle(handle);
+  req->set_nonblocking(nonblocking);
+  req->set_value(values.front());
+  for (std::size_t i = 1; i < values.size(); ++i) {
+    req->add_more_values(values[i]);
+  }
+  return f;
+}
+
+v1::ClientFrame batch_recv(uint64_t id, uint64_t handle, uint32_t max,
+                           bool nonblocking = false) {
+  v1::ClientFrame f;
+  f.set_id(id);
+  f.mutable_recv()->set_handle(handle);
+  f.mutable_recv()->set_max_values(max);
+  f.mutable_recv()->set_nonblocking(nonblocking);
+  return f;
+}
+
+// Every value of a recv answer, `value` then `more_values`.
+std::vector<std::string> values_of(const v1::ServerFrame& f) {
+  std::vector<std::string> out;
+  if (f.recv().outcome() != v1::OUTCOME_OK) return out;
+  out.push_back(f.recv().value());
+  for (const std::string& v : f.recv().more_values()) out.push_back(v);
+  return out;
+}
+
+// A receive takes parked senders' values too (Go's chanrecv refills the
+// buffer from them), so batches of two show the order.
+TEST_F(SessionTest, MultiValueSendWaitsForRoomInOrderAndIsAnsweredOnce) {
+  Client a = connect(), b = connect(), c = connect();
+  const uint64_t ha = open(a, "ch", "string", 2),
+                 hb = open(b, "ch", "string", 2),
+                 hc = open(c, "ch", "string", 2);
+  a.session->handle(multi_send(1, ha, {"1", "2", "3", "4"}));
+  EXPECT_EQ(a.out->size(), 0u) << "answered before 3 and 4 were in";
+  // Another session's send queues behind 3 and 4.
+  send(c, 9, hc, "5");
+  b.session->handle(batch_recv(2, hb, 2));
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"1", "2"}));
+  // Taking them moved 3 and 4 into the buffer: now all four are sent.
+  const v1::ServerFrame r = a.out->take();
+  EXPECT_EQ(r.id(), 1u);
+  EXPECT_EQ(r.send().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(r.send().sent(), 4u);
+  EXPECT_EQ(a.out->size(), 0u);
+  b.session->handle(batch_recv(3, hb, 2));
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"3", "4"}));
+  b.session->handle(batch_recv(4, hb, 2));
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"5"}));
+  EXPECT_EQ(c.out->take().send().outcome(), v1::OUTCOME_OK);
+}
+
+TEST_F(SessionTest, MultiValueSendCutOffByACloseSaysHowManyGotIn) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 1),
+                 hb = open(b, "ch", "string", 1);
+  a.session->handle(multi_send(1, ha, {"1", "2", "3"}));
+  v1::ClientFrame close;
+  close.set_id(2);
+  close.mutable_close()->set_handle(hb);
+  b.session->handle(close);
+  EXPECT_EQ(b.out->take().code(), 0);
+  const v1::ServerFrame r = a.out->take();
+  EXPECT_EQ(r.send().outcome(), v1::OUTCOME_CLOSED);
+  EXPECT_EQ(r.send().sent(), 1u);
+  // After a close, nothing gets in at all.
+  a.session->handle(multi_send(3, ha, {"4", "5"}));
+  const v1::ServerFrame r2 = a.out->take();
+  EXPECT_EQ(r2.send().outcome(), v1::OUTCOME_CLOSED);
+  EXPECT_EQ(r2.send().sent(), 0u);
+}
+
+TEST_F(SessionTest, MultiValueSendRefusesBadInputAndSendsNothing) {
+  SessionLimits limits;
+  limits.max_value_bytes = 4;
+  Client a = connect(limits);
+  const uint64_t h = open(a, "ch", "string", 8);
+  a.session->handle(multi_send(1, h, {"1", "2"}, /*nonblocking=*/true));
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  a.session->handle(multi_send(2, h, {"1", "toolong"}));
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  recv(a, 3, h, /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().recv().outcome(), v1::OUTCOME_WOULD_BLOCK);
+}
+
+TEST_F(SessionTest, BatchReceiveWaitsForOneThenTakesWhatIsThere) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 8),
+                 hb = open(b, "ch", "string", 8);
+  b.session->handle(batch_recv(1, hb, 3));
+  EXPECT_EQ(b.out->size(), 0u);
+  send(a, 2, ha, "1");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"1"}));
+  a.session->handle(multi_send(3, ha, {"2", "3", "4", "5"}));
+  EXPECT_EQ(a.out->take().send().sent(), 4u);
+  b.session->handle(batch_recv(4, hb, 3));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{"2", "3", "4"}));
+  b.session->handle(batch_recv(5, hb, 3, /*nonblocking=*/true));
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"5"}));
+}
+
+TEST_F(SessionTest, ReturnedValuesGoToTheBackAndOutliveAClose) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 2),
+                 hb = open(b, "ch", "string", 2);
+  send(a, 1, ha, "x");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+  v1::ClientFrame ret;
+  ret.set_id(2);
+  ret.mutable_return_values()->set_handle(hb);
+  for (const char* v : {"r1", "r2", "r3"})
+    ret.mutable_return_values()->add_values(v);
+  b.session->handle(ret);
+  EXPECT_EQ(b.out->take().return_values().taken(), 3u);
+  // "x" and "r1" are buffered, "r2" and "r3" wait for room; the close
+  // fails their sends, and the broker keeps them for the receivers.
+  v1::ClientFrame close;
+  close.set_id(3);
+  close.mutable_close()->set_handle(ha);
+  a.session->handle(close);
+  EXPECT_EQ(a.out->take().code(), 0);
+  v1::ClientFrame stat;
+  stat.set_id(4);
+  stat.mutable_stat()->set_handle(hb);
+  b.session->handle(stat);
+  EXPECT_EQ(b.out->take().stat().len(), 4u);
+  b.session->handle(batch_recv(5, hb, 10));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{"x", "r1", "r2", "r3"}));
+  recv(b, 6, hb);
+  EXPECT_EQ(b.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
+}
+
+TEST_F(SessionTest, ReturnToAnUnknownHandleIsNotFound) {
+  Client a = connect();
+  v1::ClientFrame ret;
+  ret.set_id(1);
+  ret.mutable_return_values()->set_handle(42);
+  ret.mutable_return_values()->add_values("v");
+  a.session->handle(ret);
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kNotFound));
+}
+
 }  // namespace
 }  // namespace dchan::server
