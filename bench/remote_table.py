@@ -18,7 +18,8 @@ import os
 import sys
 
 # (label, unit, remote benchmark, raw gRPC benchmark)
-#   unit "us": time per op; unit "msgs/s": throughput
+#   unit "us": time per op; unit "msgs/s": throughput; "MB/s": bandwidth
+#   (10^6 bytes per second)
 WORKLOADS = [
     ("unbuffered ping-pong, 2 Clients", "us", "pingpong/remote",
      "roundtrip/grpc"),
@@ -33,9 +34,21 @@ WORKLOADS = [
     ("one-way, 1 sender", "msgs/s", "oneway/remote/1", "oneway/grpc/1"),
     ("one-way, 4 senders", "msgs/s", "oneway/remote/4", "oneway/grpc/4"),
     ("one-way, 16 senders", "msgs/s", "oneway/remote/16", "oneway/grpc/16"),
+    ("one-way, 64 senders", "msgs/s", "oneway/remote/64", "oneway/grpc/64"),
     ("one-way, 16 senders, 1 receiver thread (diag.)", "msgs/s",
      "oneway/remote/16x1", "oneway/grpc/16"),
+    # Streaming producer -> consumer (one thread each), raw: one thread.
+    ("stream, acked sends, 1 value per recv (unbatched)", "msgs/s",
+     "stream/remote/0,1", "stream/grpc/per_write"),
+    ("stream, send window 256, recv batch 256", "msgs/s",
+     "stream/remote/256,256", "stream/grpc/batched"),
+    ("stream, send window 1024, recv batch 1024", "msgs/s",
+     "stream/remote/1024,1024", "stream/grpc/batched"),
+    ("bandwidth, 64 KiB values (window 64, batch 16)", "MB/s",
+     "bandwidth/remote", "bandwidth/grpc"),
 ]
+# Bytes per op of the MB/s rows.
+BYTES_PER_OP = {"MB/s": 64 * 1024}
 ACKED = "acked_send/remote"
 
 PLACEMENTS = [
@@ -80,7 +93,12 @@ def num(x):
 def cell(entry, unit):
     if not entry or "us" not in entry:
         return "n/a"
-    value = entry["us"] if unit == "us" else 1e6 / entry["us"]
+    if unit == "us":
+        value = entry["us"]
+    elif unit in BYTES_PER_OP:
+        value = BYTES_PER_OP[unit] / entry["us"]  # bytes per us = MB/s
+    else:
+        value = 1e6 / entry["us"]
     text = num(value)
     if "cv" in entry:
         text += f" (±{entry['cv'] * 100:.0f}%)"

@@ -27,7 +27,15 @@
 // types too; their remote specifics (locks held by the session, fencing
 // tokens, loss, WaitGroup participants) are documented in <dchan/mutex.h>,
 // <dchan/rw_mutex.h>, <dchan/wait_group.h> and <dchan/atomic_value.h>.
-// Every remote operation returns only after the broker has applied it.
+// Every remote operation returns only after the broker has applied it —
+// except the sends of a handle opened with a send window, which return once
+// queued (opt-in; see RemoteChanOptions).
+//
+// Throughput: a Client coalesces frames queued while a write is in flight
+// into one gRPC message, and the broker answers one incoming message with
+// one. Each acked send still costs its thread a round trip; a streaming
+// producer or consumer opts in to a send window (consecutive sends of one
+// handle travel as one frame, answered once) and batch receives.
 //
 // Sessions: the client opens its session with its name and a TTL
 // (ClientOptions) and sends a ping every TTL/4. A session from which the
