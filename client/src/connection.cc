@@ -294,12 +294,6 @@ void Connection::finish(Call& call, const absl::Status& error) {
   futex_wake_all(call.state);
 }
 
-uint64_t Connection::call_queued(v1::ClientFrame& frame, Callback on_answer) {
-  auto call = std::make_shared<Call>();
-  call->on_answer = std::move(on_answer);
-  return start(call, frame, /*hand_off=*/true);
-}
-
 void Connection::send_pipelined(uint64_t handle, const std::string& value,
                                 const std::shared_ptr<PipelinedSends>& sink) {
   {

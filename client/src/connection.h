@@ -4,12 +4,14 @@
 // Requests from any thread are multiplexed on the stream: each gets a fresh
 // request id and a Call to wait on. Writes are combined: the thread that
 // finds no write in progress becomes the writer and sends everything queued
-// meanwhile as one batch, until the queue is empty. A queued call
-// (call_queued: a pipelined send) does not write itself: it wakes a writer
+// meanwhile as one batch, until the queue is empty. A pipelined send
+// (send_pipelined) does not write itself: it wakes a writer
 // thread, started on first use, so that a streaming producer keeps queueing
 // while that thread writes and its frames leave in batches. All frames go
 // through the one queue, so they reach the broker in the order they were
-// queued, whoever writes them.
+// queued, whoever writes them. The destructor lets the writer thread write
+// what is queued and joins it (a write stalled by a broker that does not
+// read ends when the connection is declared lost).
 //
 // Reads follow the leader/follower pattern: one thread at a time holds the
 // read role and takes answers off the stream, completing every Call they
@@ -118,16 +120,12 @@ class Connection {
       absl::AnyInvocable<void(const absl::Status&, v1::ServerFrame&) &&>;
   uint64_t call_async(v1::ClientFrame& frame, Callback on_answer);
 
-  // As call_async, but the calling thread never writes: the frame is queued
-  // and the writer thread sends it (see the file comment). For callers
-  // that queue many frames in a row.
-  uint64_t call_queued(v1::ClientFrame& frame, Callback on_answer);
-
   // A pipelined send of `value` on broker channel `handle`: it is appended
   // (SendRequest.more_values) to the last frame queued if that is a
   // pipelined send on the same handle for the same `sink` that no writer has
   // taken yet — so a streaming producer's sends leave as few frames, each
-  // answered once — else queued as a new frame (call_queued). The frame's
+  // answered once — else queued as a new frame, written by the writer
+  // thread (see the file comment). The frame's
   // answer goes to `sink`. Order is kept: nothing is appended to a frame
   // that another frame follows. Throws dchan::Error (kUnavailable) if the
   // broker is lost already.
