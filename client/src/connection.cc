@@ -260,6 +260,14 @@ uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
   return start(call, frame);
 }
 
+uint64_t Connection::call_offer(v1::ClientFrame& frame, ClaimCallback on_claim,
+                                Callback on_answer) {
+  auto call = std::make_shared<Call>();
+  call->on_answer = std::move(on_answer);
+  call->on_claim = std::move(on_claim);
+  return start(call, frame);
+}
+
 void Connection::cancel(uint64_t id) noexcept {
   v1::ClientFrame cancel;
   cancel.mutable_cancel()->set_target(id);
@@ -416,6 +424,24 @@ void Connection::read_once(v1::ServerBatch& batch) {
   }
   for (v1::ServerFrame& f : *batch.mutable_frames()) {
     std::shared_ptr<Call> call;
+    if (f.has_offer_claim()) {
+      // A question about a pending offer, not its answer: the call stays.
+      // Only the reader (this thread) runs a call's callbacks, so on_claim
+      // cannot race with on_answer.
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = calls_.find(f.id());
+        if (it == calls_.end() || !it->second->on_claim) continue;
+        call = it->second;
+      }
+      v1::ClientFrame answer;
+      v1::ClaimAnswer* a = answer.mutable_claim_answer();
+      a->set_target(f.id());
+      a->set_claim(f.offer_claim().claim());
+      a->set_accept(call->on_claim());
+      enqueue(std::move(answer));
+      continue;
+    }
     {
       absl::MutexLock lock(&mu_);
       auto it = calls_.find(f.id());

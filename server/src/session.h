@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -47,6 +48,7 @@
 #include "dchan/chan.h"
 #include "dchan/v1/broker.pb.h"
 #include "object.h"
+#include "offer_book.h"
 #include "registry.h"
 
 namespace dchan::server {
@@ -81,6 +83,7 @@ struct SessionLimits {
 };
 
 class Session final : public Participant,
+                      public OfferOwner,
                       public std::enable_shared_from_this<Session> {
  public:
   using Clock = std::chrono::steady_clock;
@@ -110,6 +113,13 @@ class Session final : public Participant,
   }
   std::string describe() const override;
 
+  // OfferOwner
+  void ask_claim(uint64_t request_id, uint64_t claim) override;
+  void finish_offer(
+      uint64_t request_id, uint64_t seq, v1::Outcome outcome,
+      std::optional<std::string> value,
+      const std::shared_ptr<ChannelObject>& returned_to) override;
+
   const std::string& peer() const noexcept { return peer_; }
   std::string client_name() const;
   std::chrono::milliseconds ttl() const noexcept {
@@ -129,11 +139,14 @@ class Session final : public Participant,
   // (its completion will never answer), false when it completed first.
   // Never blocks on the completion.
   using Withdraw = std::function<bool()>;
+  // Passes a ClaimAnswer to a pending offer's book.
+  using AnswerClaim = std::function<absl::Status(uint64_t claim, bool accept)>;
 
   struct Pending {
     uint64_t seq = 0;
     v1::ClientFrame::OpCase kind = v1::ClientFrame::OP_NOT_SET;
     Withdraw withdraw;
+    AnswerClaim answer_claim;  // offers
   };
 
   void open(uint64_t id, const v1::OpenRequest& req);
@@ -144,6 +157,8 @@ class Session final : public Participant,
   void select(uint64_t id, const v1::SelectRequest& req);
   void stat(uint64_t id, const v1::StatRequest& req);
   void watch(uint64_t id, const v1::WatchRequest& req);
+  void offer(uint64_t id, const v1::OfferRequest& req);
+  void claim_answer(const v1::ClaimAnswer& req);
   void hello(uint64_t id, const v1::HelloRequest& req, bool first_frame);
   void lock(uint64_t id, const v1::LockRequest& req);
   void unlock(uint64_t id, const v1::UnlockRequest& req);
@@ -165,7 +180,8 @@ class Session final : public Participant,
   // returns the entry's sequence number, 0 on failure.
   uint64_t begin_pending(uint64_t id, v1::ClientFrame::OpCase kind);
   // Stores how to withdraw a pending entry, unless it completed already.
-  void attach(uint64_t id, uint64_t seq, Withdraw withdraw);
+  void attach(uint64_t id, uint64_t seq, Withdraw withdraw,
+              AnswerClaim answer_claim = nullptr);
   void attach(uint64_t id, uint64_t seq, PendingOp op);
   // Completes a pending entry and answers it. If the answer cannot be
   // delivered, a received value (if any) goes back into `chan`.
