@@ -339,7 +339,7 @@ std::optional<SpanTotals> span_totals(const ProcessResult& r) {
 TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
   BrokerProcess broker;
   constexpr int64_t kCount = 120, kTicks = 40;
-  constexpr auto kBound = std::chrono::seconds(120);
+  constexpr auto kBound = std::chrono::seconds(60);
   Client client = Client::connect(broker.address());
   Chan<int64_t> done = client.chan<int64_t>("done", 16);
   Chan<int64_t> quit = client.chan<int64_t>("quit", 0);
@@ -361,7 +361,7 @@ TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
                                      "--local=" + std::to_string(kTicks),
                                      "--timeout_every=" +
                                          std::to_string(s.timeout_every),
-                                     "--timeout_s=150"};
+                                     "--timeout_s=90"};
     if (!s.send.empty()) {
       ++senders;
       args.push_back("--send_chan=" + s.send);
