@@ -73,8 +73,14 @@ void Connection::shut_down() {
   {
     absl::MutexLock lock(&write_mu_);
     // No user thread can be writing: each holds a reference while it does
-    // (and the ping thread has stopped).
+    // (and the ping thread has stopped). The reader may still answer an
+    // offer's claim while it reads the stream to its end: from here on,
+    // such late frames are dropped (no Write after WritesDone), and one it
+    // is writing now is waited for.
+    write_mu_.Await(absl::Condition(
+        +[](bool* writing) { return !*writing; }, &writing_));
     if (!writes_failed_) stream_->WritesDone();
+    writes_failed_ = true;
   }
   context_.TryCancel();
   // Read the stream to its end (nobody else is left to, unless the
