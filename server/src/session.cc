@@ -408,6 +408,7 @@ void Session::cancel(const v1::CancelRequest& req) {
   {
     absl::MutexLock lock(&mu_);
     pending_.erase(req.target());
+    offer_claims_.erase(req.target());
   }
   // The answer to the withdrawn request itself, in its own shape.
   v1::ServerFrame f;
@@ -548,8 +549,8 @@ void Session::claim_answer(const v1::ClaimAnswer& req) {
   AnswerClaim answer;
   {
     absl::MutexLock lock(&mu_);
-    auto it = pending_.find(req.target());
-    if (it != pending_.end()) answer = it->second.answer_claim;
+    auto it = offer_claims_.find(req.target());
+    if (it != offer_claims_.end()) answer = it->second;
   }
   absl::Status st;
   if (!answer) {
@@ -761,11 +762,14 @@ void Session::attach(uint64_t id, uint64_t seq, Withdraw withdraw,
     if (ended_) {
       // end() ran while this operation was being set up (and cleared the
       // table): withdraw it, or it would stay queued for good.
-      if (ours) pending_.erase(it);
+      if (ours) {
+        pending_.erase(it);
+        offer_claims_.erase(id);
+      }
       withdraw_now = true;
     } else if (ours) {
       it->second.withdraw = withdraw;
-      it->second.answer_claim = std::move(answer_claim);
+      if (answer_claim) offer_claims_[id] = std::move(answer_claim);
     }
   }
   // Harmless if it fired meanwhile: its answer found the session ended and
@@ -780,7 +784,10 @@ void Session::finish_pending(
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(id);
-    if (it != pending_.end() && it->second.seq == seq) pending_.erase(it);
+    if (it != pending_.end() && it->second.seq == seq) {
+      pending_.erase(it);
+      offer_claims_.erase(id);
+    }
     live = !ended_;
   }
   if (live && outbox_->push(frame, returned_to)) return;
@@ -798,6 +805,7 @@ void Session::end() {
     withdraws.reserve(pending_.size());
     for (auto& [id, p] : pending_) withdraws.push_back(std::move(p.withdraw));
     pending_.clear();
+    offer_claims_.clear();
     objects.assign(tell_on_end_.begin(), tell_on_end_.end());
     tell_on_end_.clear();
   }

@@ -146,7 +146,6 @@ class Session final : public Participant,
     uint64_t seq = 0;
     v1::ClientFrame::OpCase kind = v1::ClientFrame::OP_NOT_SET;
     Withdraw withdraw;
-    AnswerClaim answer_claim;  // offers
   };
 
   void open(uint64_t id, const v1::OpenRequest& req);
@@ -212,6 +211,11 @@ class Session final : public Participant,
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  // Pending offers (a subset of pending_, by request id): where their
+  // ClaimAnswers go. Apart from Pending, which every blocked operation
+  // pays for.
+  absl::flat_hash_map<uint64_t, AnswerClaim> offer_claims_
+      ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> ended_flag_{false};  // ended_, for lock-free checks
