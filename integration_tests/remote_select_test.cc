@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -338,7 +339,7 @@ std::optional<SpanTotals> span_totals(const ProcessResult& r) {
 // tick too, and it all ends by itself.
 TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
   BrokerProcess broker;
-  constexpr int64_t kCount = 120, kTicks = 40;
+  constexpr int64_t kCount = 300, kTicks = 60;
   constexpr auto kBound = std::chrono::seconds(60);
   Client client = Client::connect(broker.address());
   Chan<int64_t> done = client.chan<int64_t>("done", 16);
@@ -406,6 +407,9 @@ TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
     total.sumsq += t->sumsq;
     total.timeouts += t->timeouts;
   }
+  std::printf("spanning stress: %lld values received, %lld after() cases fired\n",
+              static_cast<long long>(total.recv),
+              static_cast<long long>(total.timeouts));
   EXPECT_EQ(total.recv, want_count);
   EXPECT_EQ(total.sum, want_sum);
   EXPECT_EQ(total.sumsq, want_sumsq);
