@@ -250,6 +250,23 @@ TEST_F(OfferBookTest, AnAcceptWhosePartnerWasWithdrawnIsAborted) {
   EXPECT_EQ(book->size(), 0u);
 }
 
+// The first offer accepted, then its session ended (withdrawn) while the
+// second is asked: the second's accept is answered ABORTED, its refusal
+// leaves it refused; nothing is delivered.
+TEST_F(OfferBookTest, AnAcceptedOfferWithdrawnWhileItsPartnerIsAsked) {
+  auto book = make_book();
+  const uint64_t r = book->add(spec(a_, 1, 1, 1, false));
+  const uint64_t s = book->add(spec(b_, 2, 1, 2, true, "v"));
+  ASSERT_TRUE(book->answer(r, a_->asks()[0].claim, true).ok());
+  ASSERT_EQ(b_->asks().size(), 1u);
+  EXPECT_TRUE(book->withdraw(r));
+  EXPECT_TRUE(a_->finishes().empty()) << "withdrawn, not answered";
+  ASSERT_TRUE(book->answer(s, b_->asks()[0].claim, true).ok());
+  ASSERT_EQ(b_->finishes().size(), 1u);
+  EXPECT_EQ(b_->finishes()[0].outcome, v1::OUTCOME_ABORTED);
+  EXPECT_EQ(book->size(), 0u);
+}
+
 TEST_F(OfferBookTest, ACommitOnAClosedChannelAbortsBoth) {
   auto book = make_book();
   const uint64_t r = book->add(spec(a_, 1, 1, 1, false));
