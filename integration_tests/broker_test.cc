@@ -1048,11 +1048,13 @@ TEST(BrokerBadInput, BadClaimAnswersNeitherCrashNorWedgeTheBroker) {
   ASSERT_TRUE(s1.write({offer_frame(3, h1, false, 2)}));
   f = s1.read_one();
   ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
-  ASSERT_TRUE(s1.write({claim_answer_frame(3, f->offer_claim().claim(), true),
-                        claim_answer_frame(3, f->offer_claim().claim(), true)}));
+  ASSERT_TRUE(
+      s1.write({claim_answer_frame(3, f->offer_claim().claim(), true),
+                claim_answer_frame(3, f->offer_claim().claim(), true)}));
   f = s2.read_one();
   ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
-  ASSERT_TRUE(s2.write({claim_answer_frame(2, f->offer_claim().claim(), true)}));
+  ASSERT_TRUE(
+      s2.write({claim_answer_frame(2, f->offer_claim().claim(), true)}));
   std::vector<v1::ServerFrame> got;
   ASSERT_TRUE(s1.read(2, &got));
   // The second accept's error (id 0) and the commit, in either order.

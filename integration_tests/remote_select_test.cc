@@ -350,19 +350,17 @@ TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
     int timeout_every;
   };
   const std::vector<Spec> specs = {
-      {"x", "y", 0, 0},      {"y", "x", 100000, 3}, {"x", "", 200000, 5},
-      {"", "x", 0, 2},       {"y", "y", 300000, 0},
+      {"x", "y", 0, 0}, {"y", "x", 100000, 3}, {"x", "", 200000, 5},
+      {"", "x", 0, 2},  {"y", "y", 300000, 0},
   };
   std::vector<Process> ps;
   int senders = 0;
   int64_t want_count = 0, want_sum = 0, want_sumsq = 0;
   for (const Spec& s : specs) {
-    std::vector<std::string> args = {"--broker=" + broker.address(),
-                                     "--done=done",
-                                     "--local=" + std::to_string(kTicks),
-                                     "--timeout_every=" +
-                                         std::to_string(s.timeout_every),
-                                     "--timeout_s=90"};
+    std::vector<std::string> args = {
+        "--broker=" + broker.address(), "--done=done",
+        "--local=" + std::to_string(kTicks),
+        "--timeout_every=" + std::to_string(s.timeout_every), "--timeout_s=90"};
     if (!s.send.empty()) {
       ++senders;
       args.push_back("--send_chan=" + s.send);
@@ -407,9 +405,10 @@ TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
     total.sumsq += t->sumsq;
     total.timeouts += t->timeouts;
   }
-  std::printf("spanning stress: %lld values received, %lld after() cases fired\n",
-              static_cast<long long>(total.recv),
-              static_cast<long long>(total.timeouts));
+  std::printf(
+      "spanning stress: %lld values received, %lld after() cases fired\n",
+      static_cast<long long>(total.recv),
+      static_cast<long long>(total.timeouts));
   EXPECT_EQ(total.recv, want_count);
   EXPECT_EQ(total.sum, want_sum);
   EXPECT_EQ(total.sumsq, want_sumsq);

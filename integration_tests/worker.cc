@@ -122,13 +122,13 @@
 #include <cstring>
 #include <exception>
 #include <map>
-#include <span>
-#include <vector>
 #include <optional>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -559,9 +559,9 @@ int span_loop(Args& args) {
       if (v) ++ticks;
     }));
     if (timeout_every > 0 && ++round % timeout_every == 0) {
-      cases.emplace_back(dchan::on_recv(
-          dchan::after(std::chrono::milliseconds(1 + round % 3)),
-          [&](auto) { ++timeouts; }));
+      cases.emplace_back(
+          dchan::on_recv(dchan::after(std::chrono::milliseconds(1 + round % 3)),
+                         [&](auto) { ++timeouts; }));
     }
     dchan::select(std::span<dchan::Case>(cases));
     if (sending && next == from + count) done.send(1);
@@ -778,10 +778,11 @@ int run(const std::string& mode, Args& args) {
     dchan::Chan<int64_t> never = dchan::make_chan<int64_t>(0);
     say("ready");
     if (role == "send") {
-      dchan::select(dchan::on_send(ch, value, [&] {
-                      say("sent %lld", static_cast<long long>(value));
-                    }),
-                    dchan::on_recv(never, [](auto) { say("local fired"); }));
+      dchan::select(
+          dchan::on_send(
+              ch, value,
+              [&] { say("sent %lld", static_cast<long long>(value)); }),
+          dchan::on_recv(never, [](auto) { say("local fired"); }));
     } else {
       dchan::select(dchan::on_recv(ch,
                                    [](std::optional<int64_t> v) {

@@ -227,10 +227,10 @@ class FakeOfferBroker {
       return 0;  // never ready: only offers meet here
     }
     void cancel_watch(uint64_t) noexcept override {}
-    uint64_t offer(bool send, const std::string& value, uint64_t select_id,
-                   absl::AnyInvocable<bool()> claim,
-                   absl::AnyInvocable<void(detail::RemoteOfferResult) &&> done)
-        override {
+    uint64_t offer(
+        bool send, const std::string& value, uint64_t select_id,
+        absl::AnyInvocable<bool()> claim,
+        absl::AnyInvocable<void(detail::RemoteOfferResult) &&> done) override {
       return broker_->add(this, send, value, select_id, std::move(claim),
                           std::move(done));
     }
@@ -317,7 +317,8 @@ class FakeOfferBroker {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       Offer first, second;
-      cv_.wait(lock, [&] { return stop_ || take_pair_locked(&first, &second); });
+      cv_.wait(lock,
+               [&] { return stop_ || take_pair_locked(&first, &second); });
       if (stop_) return;
       claims_ += 1;
       lock.unlock();

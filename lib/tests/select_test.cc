@@ -441,9 +441,10 @@ TEST(SpanningSelect, TwoSpanningSelectsMeetThroughTheirOffers) {
   Chan<int64_t> local_a = make_chan<int64_t>(), local_b = make_chan<int64_t>();
   std::optional<int64_t> got;
   std::thread receiver([&] {
-    EXPECT_EQ(select(on_recv(remote, [&](std::optional<int64_t> v) { got = v; }),
-                     on_recv(local_b)),
-              0u);
+    EXPECT_EQ(
+        select(on_recv(remote, [&](std::optional<int64_t> v) { got = v; }),
+               on_recv(local_b)),
+        0u);
   });
   bool sent = false;
   EXPECT_EQ(select(on_send(remote, int64_t{7}, [&] { sent = true; }),
@@ -464,8 +465,8 @@ TEST(SpanningSelect, LocalCounterpartiesAndClaimsRaceAndExactlyOneCaseFires) {
   test_util::FakeOfferBroker broker;
   Chan<int64_t> remote = detail::make_remote_chan<int64_t>(
       std::make_shared<test_util::FakeOfferBroker::Chan>(&broker));
-  Chan<int64_t> local = make_chan<int64_t>();   // the sender's local case
-  Chan<int64_t> quit = make_chan<int64_t>();    // the receiver's local case
+  Chan<int64_t> local = make_chan<int64_t>();  // the sender's local case
+  Chan<int64_t> quit = make_chan<int64_t>();   // the receiver's local case
   std::thread feeder([&] {
     for (int64_t i = 0; i < kLocal; ++i) local.send(i);
   });

@@ -141,8 +141,7 @@ void OfferBook::ask_locked(uint64_t key, Offer& o, Actions& out) {
 }
 
 void OfferBook::finish_locked(uint64_t key, v1::Outcome outcome,
-                              std::optional<std::string> value,
-                              Actions& out) {
+                              std::optional<std::string> value, Actions& out) {
   auto it = offers_.find(key);
   if (it == offers_.end()) return;
   const Spec& spec = it->second.spec;

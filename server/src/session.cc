@@ -512,10 +512,10 @@ void Session::offer(uint64_t id, const v1::OfferRequest& req) {
   std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
   if (obj == nullptr || !check_value_size(id, req.value())) return;
   if (obj->capacity != 0) {
-    reply_error(id, absl::InvalidArgumentError(absl::StrCat(
-                        "\"", obj->name(), "\" is buffered (capacity ",
-                        obj->capacity,
-                        "): offers are for unbuffered channels only")));
+    reply_error(
+        id, absl::InvalidArgumentError(absl::StrCat(
+                "\"", obj->name(), "\" is buffered (capacity ", obj->capacity,
+                "): offers are for unbuffered channels only")));
     return;
   }
   if (req.select_id() == 0) {
@@ -563,10 +563,10 @@ void Session::claim_answer(const v1::ClaimAnswer& req) {
   if (!st.ok()) {
     // Id 0: the answer of no request (clients ignore it); the offer itself
     // is unaffected.
-    reply_error(0, absl::Status(st.code(),
-                                absl::StrCat("claim answer for request ",
-                                             req.target(), ": ", st.message(),
-                                             "; ignored")));
+    reply_error(
+        0, absl::Status(st.code(),
+                        absl::StrCat("claim answer for request ", req.target(),
+                                     ": ", st.message(), "; ignored")));
   }
 }
 

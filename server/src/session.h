@@ -115,10 +115,9 @@ class Session final : public Participant,
 
   // OfferOwner
   void ask_claim(uint64_t request_id, uint64_t claim) override;
-  void finish_offer(
-      uint64_t request_id, uint64_t seq, v1::Outcome outcome,
-      std::optional<std::string> value,
-      const std::shared_ptr<ChannelObject>& returned_to) override;
+  void finish_offer(uint64_t request_id, uint64_t seq, v1::Outcome outcome,
+                    std::optional<std::string> value,
+                    const std::shared_ptr<ChannelObject>& returned_to) override;
 
   const std::string& peer() const noexcept { return peer_; }
   std::string client_name() const;
@@ -214,8 +213,7 @@ class Session final : public Participant,
   // Pending offers (a subset of pending_, by request id): where their
   // ClaimAnswers go. Apart from Pending, which every blocked operation
   // pays for.
-  absl::flat_hash_map<uint64_t, AnswerClaim> offer_claims_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, AnswerClaim> offer_claims_ ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> ended_flag_{false};  // ended_, for lock-free checks

@@ -320,7 +320,7 @@ TEST_F(OfferBookTest, CrossingOffersOnTwoChannelsCommitExactlyOne) {
     for (int step = 0; step < 10; ++step) {
       for (auto [sel, seen, kx, ky] :
            {std::tuple<Select*, std::size_t*, uint64_t, uint64_t>{&a, &a_seen,
-                                                                ax, ay},
+                                                                  ax, ay},
             {&b, &b_seen, bx, by}}) {
         const auto asks = sel->owner->asks();
         for (; *seen < asks.size(); ++*seen) {

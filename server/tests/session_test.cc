@@ -761,8 +761,8 @@ TEST_F(SessionTest, AReleasedHandleIsNotFoundAndItsObjectLivesOn) {
 // --- Offers (spanning selects) ---------------------------------------------
 
 template <class C>
-void offer(C& c, uint64_t id, uint64_t handle, bool send,
-           uint64_t select_id, const std::string& value = "") {
+void offer(C& c, uint64_t id, uint64_t handle, bool send, uint64_t select_id,
+           const std::string& value = "") {
   v1::ClientFrame f;
   f.set_id(id);
   f.mutable_offer()->set_handle(handle);
@@ -773,8 +773,7 @@ void offer(C& c, uint64_t id, uint64_t handle, bool send,
 }
 
 template <class C>
-void claim_answer(C& c, uint64_t target, uint64_t claim,
-                  bool accept) {
+void claim_answer(C& c, uint64_t target, uint64_t claim, bool accept) {
   v1::ClientFrame f;  // id 0: a claim answer is not a request
   f.mutable_claim_answer()->set_target(target);
   f.mutable_claim_answer()->set_claim(claim);

@@ -120,10 +120,10 @@ class RemoteChan {
   // waiter claimed); it must not block. `done` runs once, on the reader
   // thread, with the offer's final answer. Returns a token for
   // cancel_offer(). Throws as send().
-  virtual uint64_t offer(bool send, const std::string& value,
-                         uint64_t select_id,
-                         absl::AnyInvocable<bool()> claim,
-                         absl::AnyInvocable<void(RemoteOfferResult) &&> done) = 0;
+  virtual uint64_t offer(
+      bool send, const std::string& value, uint64_t select_id,
+      absl::AnyInvocable<bool()> claim,
+      absl::AnyInvocable<void(RemoteOfferResult) &&> done) = 0;
   // Withdraws an offer: `done` then gets kCancelled, or the answer that
   // raced with the withdrawal. Never blocks, never throws.
   virtual void cancel_offer(uint64_t token) noexcept = 0;
