@@ -985,6 +985,114 @@ TEST(BrokerBadInput, CancelOfUnknownIdGetsNoAnswerAndTheSessionGoesOn) {
   expect_broker_serves(broker, "cancels of unknown ids");
 }
 
+v1::ClientFrame offer_frame(uint64_t id, uint64_t handle, bool send,
+                            uint64_t select_id, const std::string& value = "") {
+  v1::ClientFrame f;
+  f.set_id(id);
+  f.mutable_offer()->set_handle(handle);
+  f.mutable_offer()->set_send(send);
+  f.mutable_offer()->set_value(value);
+  f.mutable_offer()->set_select_id(select_id);
+  return f;
+}
+
+v1::ClientFrame claim_answer_frame(uint64_t target, uint64_t claim,
+                                   bool accept) {
+  v1::ClientFrame f;
+  f.mutable_claim_answer()->set_target(target);
+  f.mutable_claim_answer()->set_claim(claim);
+  f.mutable_claim_answer()->set_accept(accept);
+  return f;
+}
+
+// Spanning selects' offers (see broker.proto, Offers) with clients that
+// answer claims they were never asked, twice, late, or never (their claim
+// times out, or their session ends mid-match): each gets an error frame of
+// id 0 or the match is aborted; the broker stays up and the offers go on.
+TEST(BrokerBadInput, BadClaimAnswersNeitherCrashNorWedgeTheBroker) {
+  BrokerProcess broker({"--offer_claim_timeout_ms=300"});
+  RawSession s1(connect(broker.address()));
+  const uint64_t h1 = open_chan(s1, 1, "x", 0);
+  RawSession s2(connect(broker.address()));
+  const uint64_t h2 = open_chan(s2, 1, "x", 0);
+  ASSERT_NE(h1, 0u);
+  ASSERT_NE(h2, 0u);
+
+  // Never asked.
+  ASSERT_TRUE(s1.write({claim_answer_frame(4242, 1, true)}));
+  std::optional<v1::ServerFrame> f = s1.read_one();
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->id(), 0u);
+  EXPECT_EQ(f->code(), static_cast<int>(absl::StatusCode::kFailedPrecondition))
+      << f->DebugString();
+
+  // Never answered: s1 (the older session, asked first) stays silent; its
+  // claim times out and its offer is aborted.
+  ASSERT_TRUE(s1.write({offer_frame(2, h1, false, 1)}));
+  ASSERT_TRUE(s2.write({offer_frame(2, h2, true, 1, "v")}));
+  f = s1.read_one();
+  ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
+  const uint64_t stale_claim = f->offer_claim().claim();
+  f = s1.read_one();
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->id(), 2u);
+  EXPECT_EQ(f->offer().outcome(), v1::OUTCOME_ABORTED) << f->DebugString();
+  // Late.
+  ASSERT_TRUE(s1.write({claim_answer_frame(2, stale_claim, true)}));
+  f = s1.read_one();
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->id(), 0u);
+  EXPECT_NE(f->code(), kOk);
+
+  // s2's offer is open again and meets s1's next one; s1 accepts twice.
+  ASSERT_TRUE(s1.write({offer_frame(3, h1, false, 2)}));
+  f = s1.read_one();
+  ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
+  ASSERT_TRUE(
+      s1.write({claim_answer_frame(3, f->offer_claim().claim(), true),
+                claim_answer_frame(3, f->offer_claim().claim(), true)}));
+  f = s2.read_one();
+  ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
+  ASSERT_TRUE(
+      s2.write({claim_answer_frame(2, f->offer_claim().claim(), true)}));
+  std::vector<v1::ServerFrame> got;
+  ASSERT_TRUE(s1.read(2, &got));
+  // The second accept's error (id 0) and the commit, in either order.
+  if (got[0].id() != 0) std::swap(got[0], got[1]);
+  EXPECT_EQ(got[0].id(), 0u);
+  EXPECT_NE(got[0].code(), kOk);
+  EXPECT_EQ(got[1].id(), 3u);
+  EXPECT_EQ(got[1].offer().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(got[1].offer().value(), "v");
+  f = s2.read_one();
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->id(), 2u);
+  EXPECT_EQ(f->offer().outcome(), v1::OUTCOME_OK);
+
+  // Never, because its session ends: s2 accepts, s3 is asked and goes away.
+  {
+    RawSession s3(connect(broker.address()));
+    const uint64_t h3 = open_chan(s3, 1, "x", 0);
+    ASSERT_TRUE(s2.write({offer_frame(4, h2, true, 2, "w")}));
+    ASSERT_TRUE(s3.write({offer_frame(2, h3, false, 1)}));
+    f = s2.read_one();
+    ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
+    ASSERT_TRUE(
+        s2.write({claim_answer_frame(4, f->offer_claim().claim(), true)}));
+    f = s3.read_one();
+    ASSERT_TRUE(f.has_value() && f->has_offer_claim()) << f->DebugString();
+    EXPECT_TRUE(s3.finish().ok());
+  }
+  f = s2.read_one();
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->id(), 4u);
+  EXPECT_EQ(f->offer().outcome(), v1::OUTCOME_ABORTED) << f->DebugString();
+
+  EXPECT_TRUE(s1.finish().ok());
+  EXPECT_TRUE(s2.finish().ok());
+  expect_broker_serves(broker, "bad claim answers");
+}
+
 TEST(BrokerBadInput, OpenFloodIsRefusedPastMaxObjects) {
   constexpr int kMaxObjects = 50;
   constexpr int kOpens = 200;

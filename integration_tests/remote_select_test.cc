@@ -1,8 +1,11 @@
 // select over broker channels, against a real dchan-broker process and real
-// worker processes: one select on the broker, default and after() cases.
+// worker processes: one select on the broker, default and after() cases,
+// selects that span local and broker channels (and meet each other through
+// the broker's offers).
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -11,6 +14,8 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "broker_process.h"
 #include "dchan/client.h"
 #include "gtest/gtest.h"
@@ -267,6 +272,149 @@ TEST(RemoteSelect, MixedSelectorsGetEveryValueExactlyOnce) {
         EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
         local_producer.join();
       });
+}
+
+// Issue 4's gap: process A runs select(send on unbuffered broker channel,
+// recv on a local channel), process B select(recv on it, recv on another
+// local channel). Go's selects would meet; with only readiness watches they
+// blocked forever (each saw no real counterparty).
+TEST(RemoteSelect, TwoSpanningSelectsMeetOnAnUnbufferedBrokerChannel) {
+  BrokerProcess broker;
+  constexpr auto kBound = std::chrono::seconds(15);
+  for (int round = 0; round < 3; ++round) {
+    // Either may come first.
+    std::vector<Process> ps;
+    const std::string value = std::to_string(100 + round);
+    if (round % 2 == 0) {
+      ps.push_back(worker("span-one", broker, "x",
+                          {"--cap=0", "--role=send", "--value=" + value}));
+      ps.push_back(worker("span-one", broker, "x", {"--cap=0", "--role=recv"}));
+    } else {
+      ps.push_back(worker("span-one", broker, "x", {"--cap=0", "--role=recv"}));
+      ps.push_back(worker("span-one", broker, "x",
+                          {"--cap=0", "--role=send", "--value=" + value}));
+    }
+    const std::vector<ProcessResult> rs = wait_all(ps, kBound);
+    for (const ProcessResult& r : rs) {
+      ASSERT_FALSE(r.timed_out)
+          << "two spanning selects on one unbuffered broker channel did not "
+             "meet within "
+          << kBound.count() << " s (killed):\n"
+          << r;
+      EXPECT_EQ(r.exit_code, 0) << r;
+    }
+    const ProcessResult& sender = rs[round % 2 == 0 ? 0 : 1];
+    const ProcessResult& receiver = rs[round % 2 == 0 ? 1 : 0];
+    EXPECT_TRUE(has_line(sender, "sent " + value)) << sender;
+    EXPECT_TRUE(has_line(receiver, "got " + value)) << receiver;
+  }
+}
+
+// The totals a span-loop worker printed.
+struct SpanTotals {
+  int64_t sent = 0, recv = 0, sum = 0, sumsq = 0, local = 0, timeouts = 0;
+};
+
+std::optional<SpanTotals> span_totals(const ProcessResult& r) {
+  for (const std::string& line : r.lines()) {
+    std::vector<std::string> w = absl::StrSplit(line, ' ');
+    if (w.size() != 13 || w[0] != "span") continue;
+    SpanTotals t;
+    if (absl::SimpleAtoi(w[2], &t.sent) && absl::SimpleAtoi(w[4], &t.recv) &&
+        absl::SimpleAtoi(w[6], &t.sum) && absl::SimpleAtoi(w[8], &t.sumsq) &&
+        absl::SimpleAtoi(w[10], &t.local) &&
+        absl::SimpleAtoi(w[12], &t.timeouts)) {
+      return t;
+    }
+  }
+  return std::nullopt;
+}
+
+// Five processes loop on spanning selects over two unbuffered broker
+// channels x and y, each also over a local channel that a local thread
+// feeds, some with after() timeouts: senders and receivers mixed, two of
+// them sending on one channel and receiving on the other in the same select
+// (so their offers cross), one sending and receiving on y at once. Every
+// value must arrive exactly once (count, sum, sum of squares), every local
+// tick too, and it all ends by itself.
+TEST(RemoteSelect, SpanningSelectorsDeliverEveryValueExactlyOnce) {
+  BrokerProcess broker;
+  constexpr int64_t kCount = 300, kTicks = 60;
+  constexpr auto kBound = std::chrono::seconds(60);
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> done = client.chan<int64_t>("done", 16);
+  Chan<int64_t> quit = client.chan<int64_t>("quit", 0);
+  struct Spec {
+    std::string send, recv;
+    int64_t from;
+    int timeout_every;
+  };
+  const std::vector<Spec> specs = {
+      {"x", "y", 0, 0}, {"y", "x", 100000, 3}, {"x", "", 200000, 5},
+      {"", "x", 0, 2},  {"y", "y", 300000, 0},
+  };
+  std::vector<Process> ps;
+  int senders = 0;
+  int64_t want_count = 0, want_sum = 0, want_sumsq = 0;
+  for (const Spec& s : specs) {
+    std::vector<std::string> args = {
+        "--broker=" + broker.address(), "--done=done",
+        "--local=" + std::to_string(kTicks),
+        "--timeout_every=" + std::to_string(s.timeout_every), "--timeout_s=90"};
+    if (!s.send.empty()) {
+      ++senders;
+      args.push_back("--send_chan=" + s.send);
+      args.push_back("--from=" + std::to_string(s.from));
+      args.push_back("--count=" + std::to_string(kCount));
+      for (int64_t v = s.from; v < s.from + kCount; ++v) {
+        ++want_count;
+        want_sum += v;
+        want_sumsq += v * v;
+      }
+    }
+    if (!s.recv.empty()) {
+      args.push_back("--recv_chan=" + s.recv);
+      args.push_back("--quit=quit");
+    }
+    args.insert(args.begin(), "span-loop");
+    ps.push_back(Process::spawn(DCHAN_WORKER_PATH, args));
+  }
+  // Once every sender has sent everything (each value taken by a receiver:
+  // the channels are unbuffered), the receivers may stop.
+  const auto deadline = std::chrono::steady_clock::now() + kBound;
+  int finished = 0;
+  while (finished < senders) {
+    const RecvResult<int64_t> r = done.recv_until(deadline);
+    if (r.status != ChanStatus::kOk) break;
+    ++finished;
+  }
+  EXPECT_EQ(finished, senders)
+      << "senders did not finish within " << kBound.count() << " s";
+  quit.close();
+  const std::vector<ProcessResult> rs = wait_all(ps, std::chrono::seconds(30));
+  SpanTotals total;
+  for (std::size_t i = 0; i < rs.size(); ++i) {
+    const ProcessResult& r = rs[i];
+    ASSERT_EQ(r.exit_code, 0) << "worker " << i << ":\n" << r;
+    const std::optional<SpanTotals> t = span_totals(r);
+    ASSERT_TRUE(t.has_value()) << r;
+    EXPECT_EQ(t->local, kTicks) << r;
+    EXPECT_EQ(t->sent, specs[i].send.empty() ? 0 : kCount) << r;
+    total.recv += t->recv;
+    total.sum += t->sum;
+    total.sumsq += t->sumsq;
+    total.timeouts += t->timeouts;
+  }
+  std::printf(
+      "spanning stress: %lld values received, %lld after() cases fired\n",
+      static_cast<long long>(total.recv),
+      static_cast<long long>(total.timeouts));
+  EXPECT_EQ(total.recv, want_count);
+  EXPECT_EQ(total.sum, want_sum);
+  EXPECT_EQ(total.sumsq, want_sumsq);
+  // Nothing is left over on the broker.
+  EXPECT_EQ(client.chan<int64_t>("x", 0).try_recv().status,
+            ChanStatus::kWouldBlock);
 }
 
 }  // namespace

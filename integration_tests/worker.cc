@@ -35,6 +35,26 @@
 //   open     --broker=ADDR --chan=NAME --cap=N [--type=int64|string]
 //            opens the channel; prints "opened cap N"
 //
+// Spanning selects (a select over a broker channel and a local one):
+//
+//   span-one --broker=ADDR --chan=NAME --cap=N --role=send|recv [--value=V]
+//            prints "ready", then one select over the broker channel (send
+//            V, default 42, or receive) and a local channel nobody feeds;
+//            prints "sent V", "got V" or "closed"
+//   span-loop --broker=ADDR [--send_chan=X --from=A --count=K]
+//            [--recv_chan=Y --quit=Q] --done=D [--local=L]
+//            [--timeout_every=T]
+//            loops on one select over: a send of the next value of
+//            A..A+K-1 on the unbuffered broker channel X (until all are
+//            sent), a receive on the unbuffered broker channel Y and on the
+//            broker channel Q (closed: stop receiving), a receive on a local
+//            channel that a local thread feeds L ticks, and every T-th round
+//            an after(1..3 ms). A case that did not fire leaves its value to
+//            the next round. Once all K are sent it sends 1 on the broker
+//            channel D (capacity 16); it ends once all are sent, Q is closed
+//            (with Y) and all L ticks arrived. Prints "span sent K recv C
+//            sum S sumsq Q local L timeouts T"
+//
 // Locks, wait groups and atomic values (issue 5). These modes also take
 // --ttl_ms=T (ClientOptions::session_ttl; default: the client's) and
 // --client_name=N (ClientOptions::name; default: the client's "host:pid"):
@@ -107,10 +127,12 @@
 #include <exception>
 #include <map>
 #include <optional>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -485,6 +507,77 @@ int cas_loop(dchan::Client& client, const std::string& name, int64_t rounds,
   return 0;
 }
 
+// See span-loop in the file comment.
+int span_loop(Args& args) {
+  const std::string broker = args.str("broker");
+  const std::string send_name = args.str("send_chan");
+  const std::string recv_name = args.str("recv_chan");
+  const std::string quit_name = args.str("quit");
+  const std::string done_name = args.str("done");
+  const int64_t from = args.num("from", 0);
+  const int64_t count = args.num("count", 0);
+  const int64_t local_ticks = args.num("local", 0);
+  const int64_t timeout_every = args.num("timeout_every", 0);
+  const int64_t timeout_s = args.num("timeout_s", 60);
+  args.check_all_used();
+  if (broker.empty() || done_name.empty() ||
+      (recv_name.empty() != quit_name.empty()) ||
+      (send_name.empty() && count != 0)) {
+    std::fprintf(stderr,
+                 "dchan-test-worker: span-loop needs --broker, --done, "
+                 "--recv_chan with --quit, --send_chan with --count\n");
+    return 2;
+  }
+  start_watchdog(timeout_s);
+  dchan::Client client = dchan::Client::connect(broker);
+  dchan::Chan<int64_t> out, in, quit;  // nil unless given
+  if (!send_name.empty()) out = client.chan<int64_t>(send_name, 0);
+  if (!recv_name.empty()) {
+    in = client.chan<int64_t>(recv_name, 0);
+    quit = client.chan<int64_t>(quit_name, 0);
+  }
+  dchan::Chan<int64_t> done = client.chan<int64_t>(done_name, 16);
+  dchan::Chan<int64_t> local = dchan::make_chan<int64_t>(0);
+  std::thread ticker([&] {
+    for (int64_t i = 0; i < local_ticks; ++i) local.send(i);
+  });
+  int64_t next = from, got = 0, sum = 0, sumsq = 0, ticks = 0, timeouts = 0;
+  bool receiving = !recv_name.empty();
+  int64_t round = 0;
+  for (;;) {
+    const bool sending = next < from + count;
+    if (!sending && !receiving && ticks == local_ticks) break;
+    std::vector<dchan::Case> cases;
+    if (sending) cases.emplace_back(dchan::on_send(out, next, [&] { ++next; }));
+    if (receiving) {
+      cases.emplace_back(dchan::on_recv(in, [&](std::optional<int64_t> v) {
+        if (!v) return;
+        ++got;
+        sum += *v;
+        sumsq += *v * *v;
+      }));
+      cases.emplace_back(dchan::on_recv(
+          quit, [&](std::optional<int64_t>) { receiving = false; }));
+    }
+    cases.emplace_back(dchan::on_recv(local, [&](std::optional<int64_t> v) {
+      if (v) ++ticks;
+    }));
+    if (timeout_every > 0 && ++round % timeout_every == 0) {
+      cases.emplace_back(
+          dchan::on_recv(dchan::after(std::chrono::milliseconds(1 + round % 3)),
+                         [&](auto) { ++timeouts; }));
+    }
+    dchan::select(std::span<dchan::Case>(cases));
+    if (sending && next == from + count) done.send(1);
+  }
+  ticker.join();
+  say("span sent %lld recv %lld sum %lld sumsq %lld local %lld timeouts %lld",
+      static_cast<long long>(next - from), static_cast<long long>(got),
+      static_cast<long long>(sum), static_cast<long long>(sumsq),
+      static_cast<long long>(ticks), static_cast<long long>(timeouts));
+  return 0;
+}
+
 bool is_sync_mode(const std::string& mode) {
   return mode == "lock-loop" || mode == "lock-once" || mode == "hold-lock" ||
          mode == "wg-participant" || mode == "cas-loop";
@@ -561,6 +654,7 @@ int run_sync(const std::string& mode, Args& args) {
 
 int run(const std::string& mode, Args& args) {
   if (is_sync_mode(mode)) return run_sync(mode, args);
+  if (mode == "span-loop") return span_loop(args);
   const std::string broker = args.str("broker");
   const std::string name = args.str("chan");
   const int64_t cap = args.num("cap", 0);
@@ -574,9 +668,11 @@ int run(const std::string& mode, Args& args) {
     window = args.num("window", 0);
   }
   if (mode == "consume") batch = args.num("batch", 0);
-  if (mode == "rendezvous-send" || mode == "send-for") {
+  if (mode == "rendezvous-send" || mode == "send-for" || mode == "span-one") {
     value = args.num("value", 42);
   }
+  std::string role;
+  if (mode == "span-one") role = args.str("role");
   int64_t ms = 0;
   bool again = false;
   if (mode == "recv-for" || mode == "send-for") {
@@ -684,6 +780,29 @@ int run(const std::string& mode, Args& args) {
     ch.send(value);
     const int64_t t = steady_now_ns();
     say("sent-at %lld", static_cast<long long>(t));
+    return 0;
+  }
+  if (mode == "span-one") {
+    dchan::Chan<int64_t> ch = client.chan<int64_t>(name, ucap);
+    dchan::Chan<int64_t> never = dchan::make_chan<int64_t>(0);
+    say("ready");
+    if (role == "send") {
+      dchan::select(
+          dchan::on_send(
+              ch, value,
+              [&] { say("sent %lld", static_cast<long long>(value)); }),
+          dchan::on_recv(never, [](auto) { say("local fired"); }));
+    } else {
+      dchan::select(dchan::on_recv(ch,
+                                   [](std::optional<int64_t> v) {
+                                     if (v) {
+                                       print_value(*v);
+                                     } else {
+                                       say("closed");
+                                     }
+                                   }),
+                    dchan::on_recv(never, [](auto) { say("local fired"); }));
+    }
     return 0;
   }
   if (mode == "open") {

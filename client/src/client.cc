@@ -316,6 +316,51 @@ class BrokerChan final : public RemoteChan {
 
   void cancel_watch(uint64_t token) noexcept override { conn_->cancel(token); }
 
+  uint64_t offer(bool send, const std::string& value, uint64_t select_id,
+                 absl::AnyInvocable<bool()> claim,
+                 absl::AnyInvocable<void(RemoteOfferResult) &&> done) override {
+    v1::ClientFrame f;
+    v1::OfferRequest* req = f.mutable_offer();
+    req->set_handle(handle_);
+    req->set_send(send);
+    if (send) req->set_value(value);
+    req->set_select_id(select_id);
+    return conn_->call_offer(
+        f, std::move(claim),
+        [done = std::move(done)](const absl::Status& error,
+                                 v1::ServerFrame& answer) mutable {
+          RemoteOfferResult r;
+          if (!error.ok()) {
+            r.error = std::string(error.message());
+          } else if (answer.code() != 0) {
+            r.error = answer.message();
+          } else if (!answer.has_offer()) {
+            r.error = "dchan: the broker answered an offer with another frame";
+          } else {
+            switch (answer.offer().outcome()) {
+              case v1::OUTCOME_OK:
+                r.kind = RemoteOfferResult::kCommitted;
+                r.value = std::move(*answer.mutable_offer()->mutable_value());
+                break;
+              case v1::OUTCOME_ABORTED:
+                r.kind = RemoteOfferResult::kAborted;
+                break;
+              case v1::OUTCOME_CANCELLED:
+                r.kind = RemoteOfferResult::kCancelled;
+                break;
+              default:
+                r.error = absl::StrCat(
+                    "dchan: the broker answered an offer with outcome ",
+                    static_cast<int>(answer.offer().outcome()));
+                break;
+            }
+          }
+          std::move(done)(std::move(r));
+        });
+  }
+
+  void cancel_offer(uint64_t token) noexcept override { conn_->cancel(token); }
+
   RemoteSelectResult select(std::vector<RemoteSelectCase>& cases,
                             Deadline deadline) override {
     report();

@@ -79,10 +79,14 @@ void Connection::shut_down() {
   {
     absl::MutexLock lock(&write_mu_);
     // No user thread can be writing: each holds a reference while it does
-    // (and the ping and writer threads have stopped).
+    // (and the ping and writer threads have stopped). The reader may still
+    // answer an offer's claim while it reads the stream to its end: from
+    // here on, such late frames are dropped (no Write after WritesDone), and
+    // one it is writing now is waited for.
     write_mu_.Await(absl::Condition(
         +[](bool* writing) { return !*writing; }, &writing_));
     if (!writes_failed_) stream_->WritesDone();
+    writes_failed_ = true;
   }
   context_.TryCancel();
   // Read the stream to its end (nobody else is left to, unless the
@@ -265,6 +269,14 @@ void Connection::unshare(const std::string& key,
 uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
   auto call = std::make_shared<Call>();
   call->on_answer = std::move(on_answer);
+  return start(call, frame);
+}
+
+uint64_t Connection::call_offer(v1::ClientFrame& frame, ClaimCallback on_claim,
+                                Callback on_answer) {
+  auto call = std::make_shared<Call>();
+  call->on_answer = std::move(on_answer);
+  call->on_claim = std::move(on_claim);
   return start(call, frame);
 }
 
@@ -495,6 +507,24 @@ void Connection::read_once(v1::ServerBatch& batch) {
   }
   for (v1::ServerFrame& f : *batch.mutable_frames()) {
     std::shared_ptr<Call> call;
+    if (f.has_offer_claim()) {
+      // A question about a pending offer, not its answer: the call stays.
+      // Only the reader (this thread) runs a call's callbacks, so on_claim
+      // cannot race with on_answer.
+      {
+        absl::MutexLock lock(&mu_);
+        auto it = calls_.find(f.id());
+        if (it == calls_.end() || !it->second->on_claim) continue;
+        call = it->second;
+      }
+      v1::ClientFrame answer;
+      v1::ClaimAnswer* a = answer.mutable_claim_answer();
+      a->set_target(f.id());
+      a->set_claim(f.offer_claim().claim());
+      a->set_accept(call->on_claim());
+      enqueue(std::move(answer));
+      continue;
+    }
     {
       absl::MutexLock lock(&mu_);
       auto it = calls_.find(f.id());

@@ -132,6 +132,14 @@ class Connection {
   void send_pipelined(uint64_t handle, const std::string& value,
                       const std::shared_ptr<PipelinedSends>& sink);
 
+  // call_async for an OfferRequest: before its answer, the broker may ask
+  // claims about it (OfferClaim frames); `on_claim` runs on the reader
+  // thread for each, must not block, and returns whether to accept, which
+  // is sent back at once (a ClaimAnswer). Throws as call_async.
+  using ClaimCallback = absl::AnyInvocable<bool()>;
+  uint64_t call_offer(v1::ClientFrame& frame, ClaimCallback on_claim,
+                      Callback on_answer);
+
   // Withdraws request `id` (the broker answers it CANCELLED or with its
   // result). Never blocks.
   void cancel(uint64_t id) noexcept;
@@ -183,6 +191,7 @@ class Connection {
     v1::ServerFrame answer;
     absl::Status error;                     // the connection failed
     Callback on_answer;                     // set: an asynchronous call
+    ClaimCallback on_claim;                 // set: an offer (call_offer)
     Clock::time_point sent = Clock::now();  // (about) when it was sent
     // Guarded by mu_. `self_reading`: its thread may take the read role
     // (an untimed synchronous call). `settled`: answered (or failed).

@@ -1,7 +1,11 @@
 #include "dchan/select.h"
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -247,23 +251,47 @@ bool try_broker_case(SelectCase* c) {
 }
 
 // The waiter of a select that spans local channels and broker channels (or
-// several brokers), on the heap: broker watch callbacks may run after the
-// select has returned, and must find it alive (and claimed).
+// several brokers), on the heap: broker watch and offer callbacks may run
+// after the select has returned, and must find it alive (and claimed).
 struct SpanningWait {
-  explicit SpanningWait(std::size_t n) : nodes(n) {}
+  explicit SpanningWait(std::size_t n) : nodes(n), offers(n) {}
   Waiter w;
   absl::InlinedVector<WaitNode, 8> nodes;
+  // The final answers of the broker cases' offers, by case index; filled on
+  // the clients' reader threads.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::optional<RemoteOfferResult>> offers;  // guarded by mu
 };
+// fired_case() of a SpanningWait: a broker case's watch fired (it looked
+// ready), or the broker asked to commit a case's offer and this select
+// accepted.
 constexpr uint32_t kBrokerCaseFlag = 0x80000000u;
+constexpr uint32_t kOfferFlag = 0x40000000u;
+
+// A process-wide id per spanning select attempt, for its offers.
+uint64_t next_select_id() noexcept {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 
 // A select that spans local channels and broker channels, or several
-// brokers. Local cases are registered as usual; for each broker case the
-// broker is asked to watch for readiness (consuming nothing). Whatever
-// fires first claims the one waiter. A local case then simply runs; a
-// broker case is then tried without blocking — with the waiter claimed, no
-// other case can fire meanwhile — and if another party took the readiness
-// first, the select starts over. So exactly one case fires and no case that
-// did not fire consumes anything.
+// brokers. Local cases are registered as usual. For each broker case the
+// broker is asked to watch for readiness (consuming nothing) and, on an
+// unbuffered channel, the case is also offered to other spanning selects
+// (see "Offers" in proto/dchan/v1/broker.proto). Whatever fires first claims
+// the one waiter:
+//  - a local case simply runs;
+//  - a broker case's watch: the case is tried without blocking — with the
+//    waiter claimed, no other case can fire meanwhile — and if another party
+//    took the readiness first, the select starts over;
+//  - the broker's claim for an offer: the select accepts (the claim is the
+//    waiter's), withdraws everything else and waits for the broker's
+//    verdict: committed (the case fires) or aborted (start over).
+// So exactly one case fires and no case that did not fire consumes or
+// delivers anything. While the waiter is claimed for an offer the select is
+// "busy": local counterparties skip its stale nodes, and it polls again
+// after an abort.
 std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
                             std::size_t default_index) {
   absl::InlinedVector<uint32_t, 8> order(n);
@@ -296,8 +324,19 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
       return r.index;
     }
 
-    // 3. Watch the broker cases.
+    // 3. Watch the broker cases; offer those on unbuffered channels.
+    const uint64_t select_id = next_select_id();
     absl::InlinedVector<std::pair<uint32_t, uint64_t>, 8> watches;
+    absl::InlinedVector<std::pair<uint32_t, uint64_t>, 8> offers;
+    auto withdraw_broker_cases = [&](uint32_t watch_kept,
+                                     uint32_t offer_kept) noexcept {
+      for (auto [i, token] : watches) {
+        if (i != watch_kept) cases[i]->remote()->cancel_watch(token);
+      }
+      for (auto [i, token] : offers) {
+        if (i != offer_kept) cases[i]->remote()->cancel_offer(token);
+      }
+    };
     try {
       for (uint32_t i = 0; i < n; ++i) {
         RemoteChan* rc = cases[i]->remote();
@@ -307,13 +346,30 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
           if (box->w.try_claim()) box->w.complete(kBrokerCaseFlag | i, ok);
         });
         watches.emplace_back(i, token);
+        if (rc->cap() != 0) continue;
+        std::string bytes;
+        if (for_send) cases[i]->encode_send(bytes);
+        const uint64_t offer = rc->offer(
+            for_send, bytes, select_id,
+            [box, i] {
+              // Exactly as a local counterparty claims the select.
+              if (!box->w.try_claim()) return false;
+              box->w.complete(kOfferFlag | i, true);
+              return true;
+            },
+            [box, i](RemoteOfferResult result) {
+              std::lock_guard<std::mutex> lock(box->mu);
+              box->offers[i] = std::move(result);
+              box->cv.notify_all();
+            });
+        offers.emplace_back(i, offer);
       }
     } catch (...) {
       // A broker is lost. Unless a case fired meanwhile, give up.
       if (box->w.try_claim()) {
         box->w.mark_done_by_owner();
         select_withdraw(box->nodes.data(), n, n);
-        for (auto [i, token] : watches) cases[i]->remote()->cancel_watch(token);
+        withdraw_broker_cases(n, n);
         throw;
       }
     }
@@ -322,10 +378,35 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
     box->w.wait();
     const uint32_t fired = box->w.fired_case();
     const bool broker_case = (fired & kBrokerCaseFlag) != 0;
-    const uint32_t k = fired & ~kBrokerCaseFlag;
-    select_withdraw(box->nodes.data(), n, broker_case ? n : k);
-    for (auto [i, token] : watches) {
-      if (!(broker_case && i == k)) cases[i]->remote()->cancel_watch(token);
+    const bool offer_case = (fired & kOfferFlag) != 0;
+    const uint32_t k = fired & ~(kBrokerCaseFlag | kOfferFlag);
+    select_withdraw(box->nodes.data(), n, broker_case || offer_case ? n : k);
+    withdraw_broker_cases(broker_case ? k : n, offer_case ? k : n);
+    if (offer_case) {
+      // Accepted a claim for offer k: the broker commits or aborts it once
+      // the other select answered (or its claim timed out).
+      RemoteOfferResult result;
+      {
+        std::unique_lock<std::mutex> lock(box->mu);
+        box->cv.wait(lock, [&] { return box->offers[k].has_value(); });
+        result = std::move(*box->offers[k]);
+      }
+      switch (result.kind) {
+        case RemoteOfferResult::kCommitted:
+          if (cases[k]->kind() == SelectCase::Kind::kRecv) {
+            const absl::Status decoded = cases[k]->decode_recv(result.value);
+            if (!decoded.ok()) {
+              throw Error(decoded.code(), std::string(decoded.message()));
+            }
+          }
+          cases[k]->finish(true);
+          return k;
+        case RemoteOfferResult::kAborted:
+        case RemoteOfferResult::kCancelled:
+          continue;  // nothing happened: poll again
+        case RemoteOfferResult::kFailed:
+          throw Error(absl::StatusCode::kUnavailable, result.error);
+      }
     }
     if (!broker_case) {
       cases[k]->finish(box->w.ok());

@@ -7,12 +7,17 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "dchan/chan.h"
 #include "dchan/detail/remote.h"
 #include "dchan/error.h"
 
@@ -174,6 +179,190 @@ class FakeValue final : public detail::RemoteValue {
  private:
   std::mutex mu_;
   std::optional<std::string> value_;
+};
+
+// An unbuffered broker channel whose only counterparties are other spanning
+// selects' offers: a stand-in for the broker's offer book (server/src/
+// offer_book.h), so that lib's side of the offer/claim protocol runs under
+// ThreadSanitizer. Watches never fire and non-blocking operations find
+// nothing ready (there are no real senders or receivers). One "broker"
+// thread matches a send offer with a receive offer of another select and
+// asks both claims in turn (the one added first is asked first), as the
+// client's reader thread would: commit both, or abort the first if the
+// second refuses. Every channel made by one FakeOfferBroker shares its
+// thread, so claims on several channels are serialised, as on one client
+// connection.
+class FakeOfferBroker {
+ public:
+  FakeOfferBroker() : thread_([this] { run(); }) {}
+  ~FakeOfferBroker() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  class Chan final : public detail::RemoteChan {
+   public:
+    explicit Chan(FakeOfferBroker* broker) : broker_(broker) {}
+    ChanStatus send(const std::string&, Deadline deadline) override {
+      if (deadline != kNonBlocking) throw_unused();
+      return ChanStatus::kWouldBlock;
+    }
+    ChanStatus recv(std::string&, Deadline deadline) override {
+      if (deadline != kNonBlocking) throw_unused();
+      return ChanStatus::kWouldBlock;
+    }
+    void close() override { throw_unused(); }
+    std::size_t len() override { return 0; }
+    std::size_t cap() const noexcept override { return 0; }
+    const void* session() const noexcept override { return broker_; }
+    detail::RemoteSelectResult select(std::vector<detail::RemoteSelectCase>&,
+                                      Deadline) override {
+      throw_unused();
+    }
+    uint64_t watch(bool, absl::AnyInvocable<void(bool) &&>) override {
+      return 0;  // never ready: only offers meet here
+    }
+    void cancel_watch(uint64_t) noexcept override {}
+    uint64_t offer(
+        bool send, const std::string& value, uint64_t select_id,
+        absl::AnyInvocable<bool()> claim,
+        absl::AnyInvocable<void(detail::RemoteOfferResult) &&> done) override {
+      return broker_->add(this, send, value, select_id, std::move(claim),
+                          std::move(done));
+    }
+    void cancel_offer(uint64_t token) noexcept override {
+      broker_->cancel(token);
+    }
+
+   private:
+    [[noreturn]] static void throw_unused() {
+      throw Error(absl::StatusCode::kUnimplemented,
+                  "FakeOfferBroker::Chan: only offers");
+    }
+    FakeOfferBroker* const broker_;
+  };
+
+  // Claims asked so far, and aborts sent.
+  int claims() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return claims_;
+  }
+  int aborts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return aborts_;
+  }
+
+ private:
+  struct Offer {
+    Chan* chan;
+    bool send;
+    std::string value;
+    uint64_t select_id;
+    absl::AnyInvocable<bool()> claim;
+    absl::AnyInvocable<void(detail::RemoteOfferResult) &&> done;
+  };
+
+  uint64_t add(Chan* chan, bool send, const std::string& value,
+               uint64_t select_id, absl::AnyInvocable<bool()> claim,
+               absl::AnyInvocable<void(detail::RemoteOfferResult) &&> done) {
+    uint64_t token;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      token = next_++;
+      offers_.emplace(token, Offer{chan, send, value, select_id,
+                                   std::move(claim), std::move(done)});
+    }
+    cv_.notify_all();
+    return token;
+  }
+
+  void cancel(uint64_t token) {
+    std::optional<Offer> o;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = offers_.find(token);
+      if (it == offers_.end()) return;  // in a match, or answered
+      o.emplace(std::move(it->second));
+      offers_.erase(it);
+    }
+    detail::RemoteOfferResult r;
+    r.kind = detail::RemoteOfferResult::kCancelled;
+    std::move(o->done)(std::move(r));
+  }
+
+  // Takes a matching pair out of offers_ (first: the older), or false.
+  bool take_pair_locked(Offer* first, Offer* second) {
+    for (auto a = offers_.begin(); a != offers_.end(); ++a) {
+      for (auto b = std::next(a); b != offers_.end(); ++b) {
+        if (a->second.chan != b->second.chan ||
+            a->second.send == b->second.send ||
+            a->second.select_id == b->second.select_id) {
+          continue;
+        }
+        *first = std::move(a->second);
+        *second = std::move(b->second);
+        offers_.erase(b);
+        offers_.erase(a);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      Offer first, second;
+      cv_.wait(lock,
+               [&] { return stop_ || take_pair_locked(&first, &second); });
+      if (stop_) return;
+      claims_ += 1;
+      lock.unlock();
+      // Claims run without the lock: an accepting select withdraws its
+      // other offers (cancel) at once.
+      detail::RemoteOfferResult r;
+      if (!first.claim()) {
+        // Refused: its select withdraws it; the partner is offered again.
+        r.kind = detail::RemoteOfferResult::kCancelled;
+        std::move(first.done)(std::move(r));
+        lock.lock();
+        offers_.emplace(next_++, std::move(second));
+        continue;
+      }
+      lock.lock();
+      claims_ += 1;
+      lock.unlock();
+      if (!second.claim()) {
+        r.kind = detail::RemoteOfferResult::kAborted;
+        std::move(first.done)(std::move(r));
+        r = {};
+        r.kind = detail::RemoteOfferResult::kCancelled;
+        std::move(second.done)(std::move(r));
+        lock.lock();
+        aborts_ += 1;
+        continue;
+      }
+      detail::RemoteOfferResult sent, got;
+      sent.kind = got.kind = detail::RemoteOfferResult::kCommitted;
+      got.value = first.send ? first.value : second.value;
+      std::move((first.send ? first : second).done)(std::move(sent));
+      std::move((first.send ? second : first).done)(std::move(got));
+      lock.lock();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, Offer> offers_;  // guarded by mu_
+  uint64_t next_ = 1;                 // guarded by mu_
+  int claims_ = 0;                    // guarded by mu_
+  int aborts_ = 0;                    // guarded by mu_
+  bool stop_ = false;                 // guarded by mu_
+  std::thread thread_;                // last: starts after the rest
 };
 
 }  // namespace dchan::test_util

@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "fake_remote.h"
 #include "gtest/gtest.h"
 
 namespace dchan {
@@ -427,6 +428,117 @@ TEST(SelectAsync, ManyPendingSelectsEachGetExactlyOneValue) {
   std::set<std::string> distinct(got.begin(), got.end());
   EXPECT_EQ(distinct.size(), static_cast<std::size_t>(kSelects));
   EXPECT_EQ(distinct.count(""), 0u);
+}
+
+// --- Spanning selects and the broker's offers (a fake broker) -------------
+
+// Two selects that each mix a local channel with the same unbuffered broker
+// channel, one sending and one receiving, meet through their offers.
+TEST(SpanningSelect, TwoSpanningSelectsMeetThroughTheirOffers) {
+  test_util::FakeOfferBroker broker;
+  Chan<int64_t> remote = detail::make_remote_chan<int64_t>(
+      std::make_shared<test_util::FakeOfferBroker::Chan>(&broker));
+  Chan<int64_t> local_a = make_chan<int64_t>(), local_b = make_chan<int64_t>();
+  std::optional<int64_t> got;
+  std::thread receiver([&] {
+    EXPECT_EQ(
+        select(on_recv(remote, [&](std::optional<int64_t> v) { got = v; }),
+               on_recv(local_b)),
+        0u);
+  });
+  bool sent = false;
+  EXPECT_EQ(select(on_send(remote, int64_t{7}, [&] { sent = true; }),
+                   on_recv(local_a)),
+            0u);
+  receiver.join();
+  EXPECT_TRUE(sent);
+  EXPECT_EQ(got, 7);
+  EXPECT_GE(broker.claims(), 2);
+}
+
+// A sender's spanning select races a local counterparty on its local case
+// against the broker's claims on its offer, round after round: each round
+// exactly one case fires — every value reaches the receiver exactly once
+// and in order, every local value is taken exactly once — whatever wins.
+TEST(SpanningSelect, LocalCounterpartiesAndClaimsRaceAndExactlyOneCaseFires) {
+  constexpr int64_t kValues = 300, kLocal = 300;
+  test_util::FakeOfferBroker broker;
+  Chan<int64_t> remote = detail::make_remote_chan<int64_t>(
+      std::make_shared<test_util::FakeOfferBroker::Chan>(&broker));
+  Chan<int64_t> local = make_chan<int64_t>();  // the sender's local case
+  Chan<int64_t> quit = make_chan<int64_t>();   // the receiver's local case
+  std::thread feeder([&] {
+    for (int64_t i = 0; i < kLocal; ++i) local.send(i);
+  });
+  std::vector<int64_t> received;
+  std::thread receiver([&] {
+    bool done = false;
+    while (!done) {
+      select(on_recv(remote,
+                     [&](std::optional<int64_t> v) {
+                       ASSERT_TRUE(v.has_value());
+                       received.push_back(*v);
+                     }),
+             on_recv(quit, [&](std::optional<int64_t>) { done = true; }));
+    }
+  });
+  int64_t next = 0, locals = 0, local_sum = 0;
+  while (next < kValues || locals < kLocal) {
+    if (next < kValues) {
+      select(on_send(remote, next, [&] { ++next; }),
+             on_recv(local, [&](std::optional<int64_t> v) {
+               ++locals;
+               local_sum += *v;
+             }));
+    } else {
+      local_sum += *local.recv();
+      ++locals;
+    }
+  }
+  quit.close();
+  receiver.join();
+  feeder.join();
+  ASSERT_EQ(received.size(), static_cast<std::size_t>(kValues));
+  for (int64_t i = 0; i < kValues; ++i) ASSERT_EQ(received[i], i);
+  EXPECT_EQ(local_sum, kLocal * (kLocal - 1) / 2);
+}
+
+// Two selects each offering a send on one channel and a receive on the
+// other (their offers cross): every round ends with one commit, never a
+// deadlock; aborts only make a select poll again.
+TEST(SpanningSelect, CrossingOffersOnTwoChannelsNeverDeadlock) {
+  constexpr int kRounds = 200;
+  test_util::FakeOfferBroker broker;
+  Chan<int64_t> x = detail::make_remote_chan<int64_t>(
+      std::make_shared<test_util::FakeOfferBroker::Chan>(&broker));
+  Chan<int64_t> y = detail::make_remote_chan<int64_t>(
+      std::make_shared<test_util::FakeOfferBroker::Chan>(&broker));
+  Chan<int64_t> never_a = make_chan<int64_t>(), never_b = make_chan<int64_t>();
+  std::atomic<int64_t> fired_a{0}, fired_b{0}, sent_sum{0}, got_sum{0};
+  auto side = [&](Chan<int64_t> out, Chan<int64_t> in, Chan<int64_t> never,
+                  int64_t base, std::atomic<int64_t>& fired,
+                  std::atomic<int64_t>& sum) {
+    for (int r = 0; r < kRounds; ++r) {
+      select(on_send(out, base + r,
+                     [&, v = base + r] {
+                       ++fired;
+                       sent_sum += v;
+                     }),
+             on_recv(in,
+                     [&](std::optional<int64_t> v) {
+                       ++fired;
+                       sum += *v;
+                     }),
+             on_recv(never));
+    }
+  };
+  std::thread a([&] { side(x, y, never_a, 0, fired_a, got_sum); });
+  std::thread b([&] { side(y, x, never_b, 1000000, fired_b, got_sum); });
+  a.join();
+  b.join();
+  EXPECT_EQ(fired_a.load(), kRounds);
+  EXPECT_EQ(fired_b.load(), kRounds);
+  EXPECT_EQ(got_sum.load(), sent_sum.load());
 }
 
 }  // namespace

@@ -33,6 +33,9 @@ ABSL_FLAG(int64_t, session_outbox_bytes, 64 << 20,
           "is ended with RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_objects, 100000, "most named objects the broker holds");
 ABSL_FLAG(int64_t, max_capacity, 1 << 20, "largest channel capacity");
+ABSL_FLAG(int64_t, offer_claim_timeout_ms, 5000,
+          "how long a spanning select's offer claim may go unanswered "
+          "before it counts as a refusal (see broker.proto, Offers)");
 ABSL_FLAG(int64_t, max_pending_per_session, 1000000,
           "most pending operations one session may have");
 ABSL_FLAG(int64_t, max_handles_per_session, 100000,
@@ -73,6 +76,13 @@ int main(int argc, char** argv) {
   dchan::server::BrokerOptions options;
   options.registry.max_objects = absl::GetFlag(FLAGS_max_objects);
   options.registry.max_capacity = absl::GetFlag(FLAGS_max_capacity);
+  if (absl::GetFlag(FLAGS_offer_claim_timeout_ms) <= 0) {
+    std::fprintf(stderr,
+                 "dchan-broker: --offer_claim_timeout_ms must be positive\n");
+    return 2;
+  }
+  options.registry.offer_claim_timeout =
+      std::chrono::milliseconds(absl::GetFlag(FLAGS_offer_claim_timeout_ms));
   options.session.max_value_bytes = absl::GetFlag(FLAGS_max_value_bytes);
   options.session.max_pending = absl::GetFlag(FLAGS_max_pending_per_session);
   options.session.max_handles = absl::GetFlag(FLAGS_max_handles_per_session);

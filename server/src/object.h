@@ -21,8 +21,10 @@
 #ifndef DCHAN_SERVER_OBJECT_H_
 #define DCHAN_SERVER_OBJECT_H_
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -32,6 +34,7 @@
 #include "dchan/chan.h"
 #include "dchan/v1/broker.pb.h"
 #include "dchan/v1/inspect.pb.h"
+#include "offer_book.h"
 
 namespace dchan::server {
 
@@ -86,15 +89,20 @@ class ChannelObject final : public Object {
     return kind == v1::OBJECT_KIND_CHANNEL;
   }
 
-  ChannelObject(std::string name, std::string type_name, uint64_t capacity)
+  ChannelObject(std::string name, std::string type_name, uint64_t capacity,
+                std::chrono::milliseconds offer_claim_timeout =
+                    std::chrono::milliseconds(5000))
       : Object(std::move(name), v1::OBJECT_KIND_CHANNEL),
         type_name(std::move(type_name)),
         capacity(capacity),
-        chan(make_chan<std::string>(capacity)) {}
+        chan(make_chan<std::string>(capacity)),
+        offers(std::make_shared<OfferBook>(chan, offer_claim_timeout)) {}
 
   const std::string type_name;
   const uint64_t capacity;
   Chan<std::string> chan;
+  // Offers of spanning selects (unbuffered channels only).
+  const std::shared_ptr<OfferBook> offers;
 
   // Values a client handed back (ReturnRequest) that found the channel
   // closed: receives take them, oldest first, before they report the

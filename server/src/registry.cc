@@ -23,7 +23,7 @@ absl::StatusOr<std::shared_ptr<Object>> Registry::open(
         "the broker holds ", objects_.size(), " objects, its limit; \"",
         req.name(), "\" was not created"));
   }
-  std::shared_ptr<Object> obj = make(req);
+  std::shared_ptr<Object> obj = make(req, limits_);
   objects_.emplace(req.name(), obj);
   return obj;
 }
@@ -125,11 +125,13 @@ absl::Status Registry::check_match(const Object& existing,
   }
 }
 
-std::shared_ptr<Object> Registry::make(const v1::OpenRequest& req) {
+std::shared_ptr<Object> Registry::make(const v1::OpenRequest& req,
+                                       const RegistryLimits& limits) {
   switch (req.kind()) {
     case v1::OBJECT_KIND_CHANNEL:
       return std::make_shared<ChannelObject>(req.name(), req.type_name(),
-                                             req.capacity());
+                                             req.capacity(),
+                                             limits.offer_claim_timeout);
     case v1::OBJECT_KIND_MUTEX:
     case v1::OBJECT_KIND_RW_MUTEX:
       return std::make_shared<LockObject>(req.name(), req.kind());

@@ -11,6 +11,7 @@
 #ifndef DCHAN_SERVER_REGISTRY_H_
 #define DCHAN_SERVER_REGISTRY_H_
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -32,6 +33,9 @@ struct RegistryLimits {
   std::size_t max_type_name_bytes = 512;
   // A channel's buffer is allocated up front, as in Go: bound it.
   uint64_t max_capacity = 1 << 20;
+  // How long a channel's offer book waits for a client to answer a claim
+  // (see offer_book.h) before it counts as a refusal.
+  std::chrono::milliseconds offer_claim_timeout{5000};
 };
 
 class Registry {
@@ -60,7 +64,8 @@ class Registry {
   // An existing object and a request for it must agree.
   static absl::Status check_match(const Object& existing,
                                   const v1::OpenRequest& req);
-  static std::shared_ptr<Object> make(const v1::OpenRequest& req);
+  static std::shared_ptr<Object> make(const v1::OpenRequest& req,
+                                      const RegistryLimits& limits);
 
   const RegistryLimits limits_;
   mutable absl::Mutex mu_;

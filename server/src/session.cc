@@ -106,6 +106,11 @@ void return_frame_value(v1::ServerFrame& frame,
     return_value(returned_to,
                  std::move(*frame.mutable_select()->mutable_value()),
                  session_id);
+  } else if (frame.has_offer() && frame.offer().outcome() == v1::OUTCOME_OK) {
+    // Only receive offers' answers name a channel to return to.
+    return_value(returned_to,
+                 std::move(*frame.mutable_offer()->mutable_value()),
+                 session_id);
   }
 }
 
@@ -163,6 +168,10 @@ void Session::handle(v1::ClientFrame&& frame) {
     cancel(frame.cancel());
     return;
   }
+  if (frame.op_case() == v1::ClientFrame::kClaimAnswer) {
+    claim_answer(frame.claim_answer());
+    return;
+  }
   if (id == 0) {
     reply_error(0, absl::InvalidArgumentError("request id 0 is invalid"));
     return;
@@ -188,6 +197,9 @@ void Session::handle(v1::ClientFrame&& frame) {
       return;
     case v1::ClientFrame::kWatch:
       watch(id, frame.watch());
+      return;
+    case v1::ClientFrame::kOffer:
+      offer(id, frame.offer());
       return;
     case v1::ClientFrame::kHello:
       hello(id, frame.hello(), first_frame);
@@ -227,6 +239,7 @@ void Session::handle(v1::ClientFrame&& frame) {
       return_values(id, frame.return_values());
       return;
     case v1::ClientFrame::kCancel:
+    case v1::ClientFrame::kClaimAnswer:
     case v1::ClientFrame::OP_NOT_SET:
       break;
   }
@@ -543,6 +556,7 @@ void Session::cancel(const v1::CancelRequest& req) {
   {
     absl::MutexLock lock(&mu_);
     pending_.erase(req.target());
+    offer_claims_.erase(req.target());
   }
   // The answer to the withdrawn request itself, in its own shape.
   v1::ServerFrame f;
@@ -556,6 +570,9 @@ void Session::cancel(const v1::CancelRequest& req) {
       break;
     case v1::ClientFrame::kWatch:
       f.mutable_watch()->set_outcome(v1::OUTCOME_CANCELLED);
+      break;
+    case v1::ClientFrame::kOffer:
+      f.mutable_offer()->set_outcome(v1::OUTCOME_CANCELLED);
       break;
     case v1::ClientFrame::kLock:
       f.mutable_lock()->set_outcome(v1::OUTCOME_CANCELLED);
@@ -637,6 +654,89 @@ void Session::watch(uint64_t id, const v1::WatchRequest& req) {
         self->finish_pending(id, seq, std::move(f), nullptr);
       });
   attach(id, seq, std::move(op));
+}
+
+void Session::offer(uint64_t id, const v1::OfferRequest& req) {
+  std::shared_ptr<ChannelObject> obj = object<ChannelObject>(id, req.handle());
+  if (obj == nullptr || !check_value_size(id, req.value())) return;
+  if (obj->capacity != 0) {
+    reply_error(
+        id, absl::InvalidArgumentError(absl::StrCat(
+                "\"", obj->name(), "\" is buffered (capacity ", obj->capacity,
+                "): offers are for unbuffered channels only")));
+    return;
+  }
+  if (req.select_id() == 0) {
+    reply_error(id, absl::InvalidArgumentError("an offer needs a select_id"));
+    return;
+  }
+  const uint64_t seq = begin_pending(id, v1::ClientFrame::kOffer);
+  if (seq == 0) return;
+  OfferBook::Spec spec;
+  spec.owner = std::static_pointer_cast<OfferOwner>(shared_from_this());
+  spec.session_id = id_;
+  spec.select_id = req.select_id();
+  spec.request_id = id;
+  spec.seq = seq;
+  spec.send = req.send();
+  if (spec.send) {
+    spec.value = req.value();
+  } else {
+    spec.returned_to = obj;
+  }
+  std::shared_ptr<OfferBook> book = obj->offers;
+  const uint64_t key = book->add(std::move(spec));
+  attach(
+      id, seq, [book, key] { return book->withdraw(key); },
+      [book, key](uint64_t claim, bool accept) {
+        return book->answer(key, claim, accept);
+      });
+}
+
+void Session::claim_answer(const v1::ClaimAnswer& req) {
+  AnswerClaim answer;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = offer_claims_.find(req.target());
+    if (it != offer_claims_.end()) answer = it->second;
+  }
+  absl::Status st;
+  if (!answer) {
+    st = absl::FailedPreconditionError(
+        absl::StrCat("claim answer for request ", req.target(),
+                     ", which is not a pending offer"));
+  } else {
+    st = answer(req.claim(), req.accept());
+  }
+  if (!st.ok()) {
+    // Id 0: the answer of no request (clients ignore it); the offer itself
+    // is unaffected.
+    reply_error(
+        0, absl::Status(st.code(),
+                        absl::StrCat("claim answer for request ", req.target(),
+                                     ": ", st.message(), "; ignored")));
+  }
+}
+
+void Session::ask_claim(uint64_t request_id, uint64_t claim) {
+  v1::ServerFrame f;
+  f.set_id(request_id);
+  f.mutable_offer_claim()->set_claim(claim);
+  reply(std::move(f));
+}
+
+void Session::finish_offer(uint64_t request_id, uint64_t seq,
+                           v1::Outcome outcome,
+                           std::optional<std::string> value,
+                           const std::shared_ptr<ChannelObject>& returned_to) {
+  v1::ServerFrame f;
+  f.set_id(request_id);
+  v1::OfferResponse* r = f.mutable_offer();
+  r->set_outcome(outcome);
+  const bool got_value = value.has_value();
+  if (got_value) r->set_value(*std::move(value));
+  finish_pending(request_id, seq, std::move(f),
+                 got_value ? returned_to : nullptr);
 }
 
 void Session::lock(uint64_t id, const v1::LockRequest& req) {
@@ -800,7 +900,8 @@ void Session::attach(uint64_t id, uint64_t seq, PendingOp op) {
   attach(id, seq, [op]() mutable { return op.cancel(); });
 }
 
-void Session::attach(uint64_t id, uint64_t seq, Withdraw withdraw) {
+void Session::attach(uint64_t id, uint64_t seq, Withdraw withdraw,
+                     AnswerClaim answer_claim) {
   bool withdraw_now = false;
   {
     absl::MutexLock lock(&mu_);
@@ -809,10 +910,14 @@ void Session::attach(uint64_t id, uint64_t seq, Withdraw withdraw) {
     if (ended_) {
       // end() ran while this operation was being set up (and cleared the
       // table): withdraw it, or it would stay queued for good.
-      if (ours) pending_.erase(it);
+      if (ours) {
+        pending_.erase(it);
+        offer_claims_.erase(id);
+      }
       withdraw_now = true;
     } else if (ours) {
       it->second.withdraw = withdraw;
+      if (answer_claim) offer_claims_[id] = std::move(answer_claim);
     }
   }
   // Harmless if it fired meanwhile: its answer found the session ended and
@@ -827,7 +932,10 @@ void Session::finish_pending(
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(id);
-    if (it != pending_.end() && it->second.seq == seq) pending_.erase(it);
+    if (it != pending_.end() && it->second.seq == seq) {
+      pending_.erase(it);
+      offer_claims_.erase(id);
+    }
     live = !ended_;
   }
   if (live && outbox_->push(frame, returned_to)) return;
@@ -845,6 +953,7 @@ void Session::end() {
     withdraws.reserve(pending_.size());
     for (auto& [id, p] : pending_) withdraws.push_back(std::move(p.withdraw));
     pending_.clear();
+    offer_claims_.clear();
     objects.assign(tell_on_end_.begin(), tell_on_end_.end());
     tell_on_end_.clear();
   }

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -47,6 +48,7 @@
 #include "dchan/chan.h"
 #include "dchan/v1/broker.pb.h"
 #include "object.h"
+#include "offer_book.h"
 #include "registry.h"
 
 namespace dchan::server {
@@ -86,6 +88,7 @@ struct SessionLimits {
 };
 
 class Session final : public Participant,
+                      public OfferOwner,
                       public std::enable_shared_from_this<Session> {
  public:
   using Clock = std::chrono::steady_clock;
@@ -118,6 +121,12 @@ class Session final : public Participant,
   }
   std::string describe() const override;
 
+  // OfferOwner
+  void ask_claim(uint64_t request_id, uint64_t claim) override;
+  void finish_offer(uint64_t request_id, uint64_t seq, v1::Outcome outcome,
+                    std::optional<std::string> value,
+                    const std::shared_ptr<ChannelObject>& returned_to) override;
+
   const std::string& peer() const noexcept { return peer_; }
   std::string client_name() const;
   std::chrono::milliseconds ttl() const noexcept {
@@ -137,6 +146,8 @@ class Session final : public Participant,
   // (its completion will never answer), false when it completed first.
   // Never blocks on the completion.
   using Withdraw = std::function<bool()>;
+  // Passes a ClaimAnswer to a pending offer's book.
+  using AnswerClaim = std::function<absl::Status(uint64_t claim, bool accept)>;
 
   struct Pending {
     uint64_t seq = 0;
@@ -152,6 +163,8 @@ class Session final : public Participant,
   void select(uint64_t id, const v1::SelectRequest& req);
   void stat(uint64_t id, const v1::StatRequest& req);
   void watch(uint64_t id, const v1::WatchRequest& req);
+  void offer(uint64_t id, const v1::OfferRequest& req);
+  void claim_answer(const v1::ClaimAnswer& req);
   void hello(uint64_t id, const v1::HelloRequest& req, bool first_frame);
   void lock(uint64_t id, const v1::LockRequest& req);
   void unlock(uint64_t id, const v1::UnlockRequest& req);
@@ -182,7 +195,8 @@ class Session final : public Participant,
   // returns the entry's sequence number, 0 on failure.
   uint64_t begin_pending(uint64_t id, v1::ClientFrame::OpCase kind);
   // Stores how to withdraw a pending entry, unless it completed already.
-  void attach(uint64_t id, uint64_t seq, Withdraw withdraw);
+  void attach(uint64_t id, uint64_t seq, Withdraw withdraw,
+              AnswerClaim answer_claim = nullptr);
   void attach(uint64_t id, uint64_t seq, PendingOp op);
   // Completes a pending entry and answers it. If the answer cannot be
   // delivered, a received value (if any) goes back into `chan`.
@@ -213,6 +227,10 @@ class Session final : public Participant,
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  // Pending offers (a subset of pending_, by request id): where their
+  // ClaimAnswers go. Apart from Pending, which every blocked operation
+  // pays for.
+  absl::flat_hash_map<uint64_t, AnswerClaim> offer_claims_ ABSL_GUARDED_BY(mu_);
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> ended_flag_{false};  // ended_, for lock-free checks

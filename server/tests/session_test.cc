@@ -917,5 +917,151 @@ TEST_F(SessionTest, ReturnToAnUnknownHandleIsNotFound) {
             static_cast<int>(absl::StatusCode::kNotFound));
 }
 
+// --- Offers (spanning selects) ---------------------------------------------
+
+template <class C>
+void offer(C& c, uint64_t id, uint64_t handle, bool send, uint64_t select_id,
+           const std::string& value = "") {
+  v1::ClientFrame f;
+  f.set_id(id);
+  f.mutable_offer()->set_handle(handle);
+  f.mutable_offer()->set_send(send);
+  f.mutable_offer()->set_value(value);
+  f.mutable_offer()->set_select_id(select_id);
+  c.session->handle(f);
+}
+
+template <class C>
+void claim_answer(C& c, uint64_t target, uint64_t claim, bool accept) {
+  v1::ClientFrame f;  // id 0: a claim answer is not a request
+  f.mutable_claim_answer()->set_target(target);
+  f.mutable_claim_answer()->set_claim(claim);
+  f.mutable_claim_answer()->set_accept(accept);
+  c.session->handle(f);
+}
+
+TEST_F(SessionTest, OffersOfTwoSessionsMeetThroughTwoClaims) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "x"), hb = open(b, "x");
+  offer(a, 1, ha, /*send=*/false, 1);
+  EXPECT_EQ(a.out->size(), 0u);
+  offer(b, 2, hb, /*send=*/true, 1, "hello");
+  // a's session id is lower: a is asked first.
+  v1::ServerFrame q = a.out->take();
+  ASSERT_TRUE(q.has_offer_claim()) << q.DebugString();
+  EXPECT_EQ(q.id(), 1u);
+  EXPECT_EQ(b.out->size(), 0u);
+  claim_answer(a, 1, q.offer_claim().claim(), true);
+  v1::ServerFrame qb = b.out->take();
+  ASSERT_TRUE(qb.has_offer_claim()) << qb.DebugString();
+  claim_answer(b, 2, qb.offer_claim().claim(), true);
+  v1::ServerFrame ra = a.out->take(), rb = b.out->take();
+  EXPECT_EQ(ra.id(), 1u);
+  EXPECT_EQ(ra.offer().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(ra.offer().value(), "hello");
+  EXPECT_EQ(rb.id(), 2u);
+  EXPECT_EQ(rb.offer().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(a.session->pending_count(), 0u);
+  EXPECT_EQ(b.session->pending_count(), 0u);
+}
+
+TEST_F(SessionTest, ClaimAnswersNeverAskedTwiceOrLateAreIgnored) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "x"), hb = open(b, "x");
+  // Never asked: no such pending request at all, then an offer not asked.
+  claim_answer(a, 77, 1, true);
+  v1::ServerFrame e = a.out->take();
+  EXPECT_EQ(e.id(), 0u);
+  EXPECT_EQ(e.code(), static_cast<int>(absl::StatusCode::kFailedPrecondition))
+      << e.message();
+  offer(a, 1, ha, false, 1);
+  claim_answer(a, 1, 1, true);
+  e = a.out->take();
+  EXPECT_EQ(e.id(), 0u);
+  EXPECT_NE(e.code(), 0);
+  // A receive pending under the id is not an offer.
+  recv(a, 5, ha);
+  claim_answer(a, 5, 1, true);
+  e = a.out->take();
+  EXPECT_EQ(e.id(), 0u);
+  EXPECT_NE(e.code(), 0);
+
+  offer(b, 2, hb, true, 1, "v");
+  v1::ServerFrame q = a.out->take();
+  ASSERT_TRUE(q.has_offer_claim());
+  claim_answer(a, 1, q.offer_claim().claim(), true);
+  claim_answer(a, 1, q.offer_claim().claim(), true);  // twice
+  e = a.out->take();
+  EXPECT_EQ(e.id(), 0u);
+  EXPECT_NE(e.code(), 0);
+  v1::ServerFrame qb = b.out->take();
+  ASSERT_TRUE(qb.has_offer_claim());
+  claim_answer(b, 2, qb.offer_claim().claim(), true);
+  EXPECT_EQ(a.out->take().offer().value(), "v");
+  EXPECT_EQ(b.out->take().offer().outcome(), v1::OUTCOME_OK);
+  claim_answer(b, 2, qb.offer_claim().claim(), true);  // late
+  e = b.out->take();
+  EXPECT_EQ(e.id(), 0u);
+  EXPECT_NE(e.code(), 0);
+  // The sessions go on: the pending receive still works.
+  send(b, 3, hb, "after");
+  EXPECT_EQ(a.out->take().recv().value(), "after");
+  EXPECT_EQ(b.out->take().send().outcome(), v1::OUTCOME_OK);
+}
+
+TEST_F(SessionTest, ASessionEndingInAMatchAbortsItsPartner) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "x"), hb = open(b, "x");
+  offer(a, 1, ha, false, 1);
+  offer(b, 2, hb, true, 1, "v");
+  v1::ServerFrame q = a.out->take();
+  claim_answer(a, 1, q.offer_claim().claim(), true);
+  ASSERT_TRUE(b.out->take().has_offer_claim());
+  b.session->end();  // never answers
+  v1::ServerFrame ra = a.out->take();
+  EXPECT_EQ(ra.id(), 1u);
+  EXPECT_EQ(ra.offer().outcome(), v1::OUTCOME_ABORTED);
+  // b's value went nowhere: a later receiver finds nothing.
+  recv(a, 3, ha, /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().recv().outcome(), v1::OUTCOME_WOULD_BLOCK);
+}
+
+TEST_F(SessionTest, AReceivedOfferValueThatCannotBeDeliveredGoesBack) {
+  Client a = connect(), b = connect(), c = connect();
+  const uint64_t ha = open(a, "x"), hb = open(b, "x"), hc = open(c, "x");
+  offer(a, 1, ha, false, 1);
+  offer(b, 2, hb, true, 1, "kept");
+  claim_answer(a, 1, a.out->take().offer_claim().claim(), true);
+  a.out->refuse();  // a's stream has ended
+  claim_answer(b, 2, b.out->take().offer_claim().claim(), true);
+  EXPECT_EQ(b.out->take().offer().outcome(), v1::OUTCOME_OK);
+  recv(c, 3, hc);
+  v1::ServerFrame r = c.out->take();
+  EXPECT_EQ(r.recv().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(r.recv().value(), "kept");
+}
+
+TEST_F(SessionTest, OffersAreRefusedOnBufferedChannelsAndWithoutSelectId) {
+  Client a = connect();
+  const uint64_t h = open(a, "buffered", "string", 4);
+  offer(a, 1, h, true, 1, "v");
+  v1::ServerFrame e = a.out->take();
+  EXPECT_EQ(e.code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_NE(e.message().find("unbuffered"), std::string::npos) << e.message();
+  const uint64_t u = open(a, "u");
+  offer(a, 2, u, true, 0, "v");
+  EXPECT_EQ(a.out->take().code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  // Cancelled in its own shape.
+  offer(a, 3, u, true, 9, "v");
+  v1::ClientFrame cancel;
+  cancel.mutable_cancel()->set_target(3);
+  a.session->handle(cancel);
+  v1::ServerFrame c = a.out->take();
+  EXPECT_EQ(c.id(), 3u);
+  EXPECT_EQ(c.offer().outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(a.session->pending_count(), 0u);
+}
+
 }  // namespace
 }  // namespace dchan::server

@@ -29,15 +29,34 @@
 // broker session), plus any on_default and after() timer cases, runs as one
 // select on the broker; a timer case becomes the select's deadline there.
 // A select that mixes broker channels with other local channels, or spans
-// several Clients, registers on its local channels and asks each broker to
-// watch its cases for readiness (consuming nothing); when a broker case
-// looks ready first, it is tried without blocking while no other case can
-// fire, and the select starts over if another process took it first. Same
-// guarantees in every form: exactly one case fires, no other case consumes
-// or delivers anything. Known gap: such watches only see real senders and
-// receivers, so two spanning selects — one sending, one receiving on the
-// same unbuffered broker channel — do not meet each other (Go's would); a
-// buffered channel, or a plain send or receive on either side, does.
+// several Clients (a "spanning" select), registers on its local channels and
+// asks each broker to watch its cases for readiness (consuming nothing);
+// when a broker case looks ready first, it is tried without blocking while
+// no other case can fire, and the select starts over if another process
+// took it first. Watches see only real senders and receivers, so each case
+// on an unbuffered broker channel is also *offered* to other spanning
+// selects: two offers that can meet (a send and a receive of two selects)
+// are matched by the broker, which asks each select in turn to commit —
+// the select claims itself exactly as a local counterparty would, and then
+// belongs to that offer until the broker commits it (the case fires) or
+// aborts it (the other select refused or went away; the select polls every
+// case again). While claimed it is "busy": local counterparties skip it,
+// and it re-polls after an abort, so nothing waits on a busy select.
+// Claims are asked in one global order and never block the broker; an
+// unanswered claim times out (the broker's --offer_claim_timeout_ms). See
+// "Offers" in proto/dchan/v1/broker.proto. So two spanning selects — one
+// sending, one receiving on the same unbuffered broker channel — meet, as
+// in Go. Same guarantees in every form: exactly one case fires, no other
+// case consumes or delivers anything.
+// Offers are made for unbuffered broker channels only: on a buffered one
+// the watches see every readiness (a value to take, room to put one). A
+// spanning select with a default case polls once and offers nothing (as in
+// Go, it never waits for a partner); a broker-side select or a plain
+// operation is a real waiter, met through the watch. Progress: an accepted
+// claim is aborted only when the other select's attempt has ended (it fired,
+// accepted another claim, or timed out), so every abort follows some other
+// attempt's end; in theory, selects that keep restarting can abort each
+// other's matches more than once in a row before one commits.
 //
 // For a set of cases known only at run time, put them in a
 // std::vector<dchan::Case> (each case converts to Case) and call

@@ -47,6 +47,20 @@ struct RemoteSelectResult {
   std::string value;  // a received value
 };
 
+// The final answer to an offer (RemoteChan::offer).
+struct RemoteOfferResult {
+  enum Kind {
+    kCommitted,  // the select's claim was accepted and committed: a send
+                 // offer's value was delivered, a receive offer got `value`
+    kAborted,    // an accepted claim was not committed: nothing happened
+    kCancelled,  // withdrawn (cancel_offer): nothing happened
+    kFailed,     // the broker is lost or refused the offer (`error` says)
+  };
+  Kind kind = kFailed;
+  std::string value;  // kCommitted receive offers
+  std::string error;  // kFailed
+};
+
 class RemoteChan {
  public:
   using Deadline = std::chrono::steady_clock::time_point;
@@ -100,6 +114,25 @@ class RemoteChan {
   // first error such a send met, if any (see dchan::flush in
   // <dchan/client.h>). A backend without pipelined sends returns at once.
   virtual void flush() {}
+
+  // Unbuffered channels only: offers one case of a select that spans
+  // local channels or several brokers — a tentative send of `value`
+  // (`send`) or receive — so that another such select can meet it (see
+  // "Offers" in proto/dchan/v1/broker.proto). `select_id` names the
+  // select attempt, unique in this process; offers of one attempt never
+  // meet each other. For each claim the broker asks, `claim()` runs on the
+  // client's reader thread and answers whether the select accepts to fire
+  // this offer (it must then belong to this offer alone: the select's
+  // waiter claimed); it must not block. `done` runs once, on the reader
+  // thread, with the offer's final answer. Returns a token for
+  // cancel_offer(). Throws as send().
+  virtual uint64_t offer(
+      bool send, const std::string& value, uint64_t select_id,
+      absl::AnyInvocable<bool()> claim,
+      absl::AnyInvocable<void(RemoteOfferResult) &&> done) = 0;
+  // Withdraws an offer: `done` then gets kCancelled, or the answer that
+  // raced with the withdrawal. Never blocks, never throws.
+  virtual void cancel_offer(uint64_t token) noexcept = 0;
 };
 
 // A broker-hosted lock: the backend of a remote Mutex (exclusive only) and
