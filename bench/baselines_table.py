@@ -13,7 +13,7 @@ RESULTS_DIR holds, per placement P in (unpinned, pinned):
   go.P.jsonl             bench/remote_go output: one JSON object per
                          repetition (nats_rr, nats_pubsub, etcd_put,
                          etcd_lock, etcdctl_lock, etcdctl_put)
-and broker_scale.json (bench/broker_scale).
+and broker_scale.N.json (bench/broker_scale, one per repetition N).
 
 Prints Markdown: per placement one table whose rows put a dchan figure next
 to a baseline measured in the same run; the ratio is always time per op
@@ -224,16 +224,21 @@ def table(results, placement, title):
 
 
 def scale(results):
-    path = os.path.join(results, "broker_scale.json")
-    if not os.path.exists(path):
+    runs = []
+    for name in sorted(os.listdir(results)):
+        if name.startswith("broker_scale.") and name.endswith(".json"):
+            with open(os.path.join(results, name)) as f:
+                runs.append(json.load(f))
+    if not runs:
         return
-    with open(path) as f:
-        s = json.load(f)
     print("### Broker scale (`bench/broker_scale`, /proc/PID/status of the "
-          "dchan-broker)\n")
+          f"dchan-broker; median of {len(runs)} runs, a fresh broker each)\n")
     print("| broker state | threads | VmRSS (MiB) |")
     print("|---|---:|---:|")
-    for step in s["steps"]:
+    first = runs[0]
+    for i, step in enumerate(first["steps"]):
+        threads = statistics.median(r["steps"][i]["threads"] for r in runs)
+        rss = statistics.median(r["steps"][i]["rss_kib"] for r in runs)
         if step["what"] == "idle":
             label = "idle, no session"
         elif step["what"] == "sessions":
@@ -242,13 +247,18 @@ def scale(results):
                      f"{n:,} idle sessions (own connections)")
         else:
             label = (f"{step['n']:,} blocked remote receivers "
-                     f"({s['waiter_sessions']:,} of those sessions)")
-        print(f"| {label} | {step['threads']} "
-              f"| {step['rss_kib'] / 1024:,.1f} |")
+                     f"(from {first['waiter_sessions']:,} of those sessions)")
+        print(f"| {label} | {threads:g} | {rss / 1024:,.1f} |")
     print()
-    print(f"Per idle session (connection included): "
-          f"{s['bytes_per_session']:,.0f} bytes; per blocked remote "
-          f"waiter: {s['bytes_per_waiter']:,.0f} bytes.\n")
+
+    def spread(key):
+        v = [r[key] for r in runs]
+        return (f"{statistics.median(v):,.0f} bytes (runs: "
+                f"{min(v):,.0f}–{max(v):,.0f})")
+
+    print(f"Per idle session (its connection included): "
+          f"{spread('bytes_per_session')}; per blocked remote waiter: "
+          f"{spread('bytes_per_waiter')}.\n")
 
 
 def main():

@@ -37,8 +37,9 @@
 #   remote_bench    dchan's side (unless REMOTE_RESULTS): ping-pong, acked
 #                   send, lock + unlock, one-way throughput, raw gRPC round
 #                   trip.
-#   broker_scale    broker Threads / VmRSS from /proc at each step (once;
-#                   memory does not depend on the placement).
+#   broker_scale    broker Threads / VmRSS from /proc at each step, REPS
+#                   times (a fresh broker each; unpinned only: memory does
+#                   not depend on the placement).
 # Pinned (`taskset -c 0`): the servers are started under taskset too, so
 # clients and servers share CPU 0, as remote_bench's broker does; Go then
 # runs with GOMAXPROCS=1.
@@ -137,9 +138,9 @@ build_bench baseline_bench
 build_bench broker_scale
 [[ -n "${REMOTE_RESULTS}" ]] || build_bench remote_bench
 mkdir -p "${OUT}"
-rm -f "${OUT}"/*.json "${OUT}"/*.jsonl "${OUT}"/table.md
+rm -f "${OUT}"/*.json "${OUT}"/*.jsonl "${OUT}"/table.md "${OUT}"/*.log
 echo "${SCRIPT}: building bench/remote_go (GOPATH mode, Debian's Go packages)" >&2
-(cd "${ROOT}" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= \
+(cd "${ROOT}" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS='' \
    GOCACHE="${GOCACHE:-${BUILD}/go-cache}" \
    go build -o "${BUILD}/bench/remote_go" ./bench/remote_go) \
   || fail "building bench/remote_go failed"
@@ -202,12 +203,13 @@ else
     --benchmark_filter='^(pingpong/remote|acked_send/remote|acked_send_alone/remote|lock_unlock/remote|oneway/remote/.*|roundtrip/grpc)'
 fi
 
-echo "${SCRIPT}: broker_scale" >&2
-if [[ "${SMOKE}" == 1 ]]; then
-  "${BUILD}/bench/broker_scale" --sessions=1,4 --waiter_sessions=2 \
-    --waiters_per_session=10 > "${OUT}/broker_scale.json"
-else
-  "${BUILD}/bench/broker_scale" > "${OUT}/broker_scale.json"
-fi
+# A fresh broker per repetition; unpinned only.
+scale_args=()
+[[ "${SMOKE}" == 1 ]] &&
+  scale_args=('--sessions=1,4' --waiter_sessions=2 --waiters_per_session=10)
+for ((rep = 1; rep <= REPS; rep++)); do
+  echo "${SCRIPT}: broker_scale ${rep}/${REPS}" >&2
+  "${BUILD}/bench/broker_scale" "${scale_args[@]}" > "${OUT}/broker_scale.${rep}.json"
+done
 
 report baselines_table.py
