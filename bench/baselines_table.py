@@ -9,7 +9,7 @@ RESULTS_DIR holds, per placement P in (unpinned, pinned):
                          redis_echo, relay/grpc
   remote_bench.P.json    the same for dchan: pingpong/remote,
                          acked_send_alone/remote, acked_send/remote,
-                         lock_unlock/remote, oneway/remote/*, roundtrip/grpc
+                         lock_unlock/remote, oneway*/remote*, roundtrip/grpc
   go.P.jsonl             bench/remote_go output: one JSON object per
                          repetition (nats_rr, nats_pubsub, etcd_put,
                          etcd_lock, etcdctl_lock, etcdctl_put)
@@ -130,9 +130,10 @@ def pct(e, unit):
 
 
 def best_oneway(remote):
-    """The fastest oneway/remote/* row (most msgs/s) and its name."""
+    """The fastest one-way dchan row (oneway*/remote*: most msgs/s) and its
+    name, whatever variants (batched, pipelined) remote_bench has."""
     rows = [(e["us"], name) for name, e in remote.items()
-            if name.startswith("oneway/remote/") and "us" in e]
+            if name.startswith("oneway") and "/remote" in name and "us" in e]
     if not rows:
         return None, None
     us, name = min(rows)
@@ -189,6 +190,9 @@ def table(results, placement, title):
         ("lock + unlock, uncontended", lock,
          "`etcdctl lock` cycle − `etcdctl put` cycle", ctl_lock_over_put,
          "µs", "≤ 0.05"),
+        ("one-way throughput, 1 sender thread", remote.get("oneway/remote/1"),
+         "NATS pub/sub, 1 publisher → 1 subscriber", go.get("nats_pubsub"),
+         "msgs/s", "< 1"),
         (f"one-way throughput, best row (`{oneway_name or 'n/a'}`)", oneway,
          "NATS pub/sub, 1 publisher → 1 subscriber", go.get("nats_pubsub"),
          "msgs/s", "< 1 and ≥ 2M msgs/s"),
