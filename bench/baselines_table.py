@@ -209,7 +209,10 @@ def table(results, placement, title):
         reps.update(e["n"] for e in (d, b) if e and e.get("n"))
         r = "n/a"
         if d and b and "us" in d and "us" in b and b["us"] > 0:
-            r = f"{d['us'] / b['us']:.2f}"
+            x = d["us"] / b["us"]
+            r = f"{x:.3f}" if x < 0.1 else f"{x:.2f}"
+            if x < 1:
+                r += f" ({1 / x:.0f}× faster)" if x > 0 else ""
         shown = "µs/op" if unit == "µs" else unit
         print(f"| {dlabel} | {shown} | {cell(d, unit)} | {blabel} "
               f"| {cell(b, unit)} | {r} | {pct(d, unit)} | {pct(b, unit)} "
