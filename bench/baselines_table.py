@@ -12,7 +12,8 @@ RESULTS_DIR holds, per placement P in (unpinned, pinned):
                          lock_unlock/remote, oneway*/remote*, roundtrip/grpc
   go.P.jsonl             bench/remote_go output: one JSON object per
                          repetition (nats_rr, nats_pubsub, etcd_put,
-                         etcd_lock, etcdctl_lock, etcdctl_put)
+                         etcd_lock, etcd_lock_tmpfs, etcdctl_lock,
+                         etcdctl_put)
 and broker_scale.N.json (bench/broker_scale, one per repetition N).
 
 Prints Markdown: per placement one table whose rows put a dchan figure next
@@ -184,6 +185,9 @@ def table(results, placement, title):
         ("lock + unlock, uncontended", lock,
          "etcd lock API: concurrency.Mutex Lock+Unlock", go.get("etcd_lock"),
          "µs", "≤ 0.05 (20× faster)"),
+        ("lock + unlock, uncontended", lock,
+         "etcd lock API, etcd's data dir on tmpfs (no fsync to disk)",
+         go.get("etcd_lock_tmpfs"), "µs", "≤ 0.05"),
         ("lock + unlock, uncontended", lock,
          "`etcdctl lock L true` (process cycle)", go.get("etcdctl_lock"),
          "µs", "≤ 0.05"),

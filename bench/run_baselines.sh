@@ -20,7 +20,10 @@
 #                   passes it): dchan's rows come from there; without it
 #                   this script runs the remote_bench rows it needs itself.
 #   ETCD_DATA_PARENT  where etcd's temporary data dir goes (default TMPDIR
-#                   or /tmp; etcd fsyncs every write there)
+#                   or /tmp; etcd fsyncs every write there). A second etcd
+#                   with its data dir on tmpfs (/dev/shm) runs the lock API
+#                   again: etcd's cost without the disk, as dchan's
+#                   in-memory broker has none.
 #
 # What runs (100-byte payloads; every server is started here or by the
 # program, on a free loopback port, with a temporary data dir, and stopped
@@ -129,8 +132,28 @@ start_servers() {
   PIDS+=("$!")
   ETCD_ADDR="127.0.0.1:${etcd_port}"
 
+  ETCD_MEM_ADDR=""
+  if [[ -d /dev/shm && -w /dev/shm ]]; then
+    etcd_port="$(free_port)"
+    peer_port="$(free_port)"
+    data="$(mktemp -d /dev/shm/dchan-bench-etcd.XXXXXX)"
+    TMPDIRS+=("${data}")
+    "$@" etcd --name bench-mem --data-dir "${data}" \
+      --listen-client-urls "http://127.0.0.1:${etcd_port}" \
+      --advertise-client-urls "http://127.0.0.1:${etcd_port}" \
+      --listen-peer-urls "http://127.0.0.1:${peer_port}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${peer_port}" \
+      --initial-cluster "bench-mem=http://127.0.0.1:${peer_port}" \
+      > "${OUT}/etcd-tmpfs.${placement}.log" 2>&1 &
+    PIDS+=("$!")
+    ETCD_MEM_ADDR="127.0.0.1:${etcd_port}"
+  fi
+
   wait_for nats-server 20 port_open "${nats_port}"
   wait_for etcd 30 etcdctl --endpoints="${ETCD_ADDR}" endpoint health
+  if [[ -n "${ETCD_MEM_ADDR}" ]]; then
+    wait_for "etcd (tmpfs)" 30 etcdctl --endpoints="${ETCD_MEM_ADDR}" endpoint health
+  fi
 }
 
 # ------------------------------------------------------------ build
@@ -178,6 +201,12 @@ run_go() {
       -nats "${NATS_URL}" -etcd "${ETCD_ADDR}" "${small[@]}" "${w}" \
       >> "${OUT}/go.${placement}.jsonl"
   done
+  if [[ -n "${ETCD_MEM_ADDR}" ]]; then
+    echo "${SCRIPT}: remote_go etcd-lock (etcd on tmpfs), ${placement}" >&2
+    "${env_go[@]}" "$@" "${BUILD}/bench/remote_go" -reps "${REPS}" \
+      -etcd "${ETCD_MEM_ADDR}" -tag _tmpfs "${GO_SMALL[@]}" etcd-lock \
+      >> "${OUT}/go.${placement}.jsonl"
+  fi
 }
 
 for placement in unpinned pinned; do

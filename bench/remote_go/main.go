@@ -63,6 +63,7 @@ var (
 	reps      = flag.Int("reps", 5, "repetitions")
 	n         = flag.Int("n", 0, "ops per repetition (0: the workload's default)")
 	warmup    = flag.Int("warmup", 0, "untimed ops before each repetition (0: the workload's default)")
+	tag       = flag.String("tag", "", "appended to every record's bench name (e.g. _tmpfs)")
 	opTimeout = 10 * time.Second
 )
 
@@ -82,6 +83,7 @@ func fail(format string, args ...interface{}) {
 }
 
 func emit(r record) {
+	r.Bench += *tag
 	b, err := json.Marshal(r)
 	if err != nil {
 		fail("json: %v", err)
