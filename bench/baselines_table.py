@@ -215,8 +215,9 @@ def table(results, placement, title):
         if d and b and "us" in d and "us" in b and b["us"] > 0:
             x = d["us"] / b["us"]
             r = f"{x:.3f}" if x < 0.1 else f"{x:.2f}"
-            if x < 1:
-                r += f" ({1 / x:.0f}× faster)" if x > 0 else ""
+            if 0 < x < 1:
+                f = 1 / x
+                r += f" ({f:.0f}× faster)" if f >= 10 else f" ({f:.1f}× faster)"
         shown = "µs/op" if unit == "µs" else unit
         print(f"| {dlabel} | {shown} | {cell(d, unit)} | {blabel} "
               f"| {cell(b, unit)} | {r} | {pct(d, unit)} | {pct(b, unit)} "
