@@ -13,8 +13,10 @@
 #   4. install `cmake --install build` into a temporary prefix, then the
 #              find_package(dchan) consumer in tests/install_consumer/
 #   5. bench   every Google Benchmark binary in build/bench once with a tiny
-#              iteration count, and the Go baselines (bench/go*/) once each;
-#              no timing is asserted, this only keeps them working
+#              iteration count, the Go baselines (bench/go*/) once each, and
+#              bench/run_baselines.sh --smoke (Redis, NATS, etcd servers it
+#              starts itself); no timing is asserted, this only keeps them
+#              working
 #   6. docker  docker/e2e.sh: the images of docker/Dockerfile, the broker
 #              and example programs in containers (host network, loopback),
 #              docker/compose.yaml through docker-compose; logs in
@@ -164,7 +166,19 @@ if want bench; then
     fi
     nbench=$(( nbench + 1 ))
   done < <(find bench -name go.mod -not -path '*/vendor/*' 2>/dev/null | sort)
-  echo "bench: ${nbench} benchmark binaries / Go modules ran"
+  # The issue 7 remote baselines: bench/run_baselines.sh starts its own
+  # nats-server, etcd and (through baseline_bench) redis-server on loopback,
+  # builds bench/remote_go offline from Debian's Go packages, and runs every
+  # baseline, dchan's rows and broker_scale once with tiny counts.
+  echo "--- bench/run_baselines.sh --smoke build"
+  if ! "${ROOT}/bench/run_baselines.sh" --smoke "${ROOT}/build" \
+        < /dev/null > "${ROOT}/build/baselines-smoke.log" 2>&1; then
+    cat "${ROOT}/build/baselines-smoke.log" >&2
+    echo "test.sh: FAILED in stage \"${STAGE}\": bench/run_baselines.sh --smoke" >&2
+    exit 1
+  fi
+  nbench=$(( nbench + 1 ))
+  echo "bench: ${nbench} benchmark binaries / Go modules / baseline runs ran"
   PASSED=$(( PASSED + nbench ))
   STAGES_DONE+=(bench)
 fi

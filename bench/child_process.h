@@ -1,0 +1,148 @@
+// bench/child_process.h — the server processes a benchmark starts for itself
+// (redis-server, a relay, dchan-broker), and a free loopback port to give
+// them. Header-only; one thread at a time per ChildProcess.
+//
+// A child dies with the benchmark (PR_SET_PDEATHSIG), inherits its CPU
+// affinity (so `taskset -c 0` pins both), and is stopped with SIGTERM, then
+// SIGKILL after 5 s, by stop() or the destructor.
+#ifndef DCHAN_BENCH_CHILD_PROCESS_H_
+#define DCHAN_BENCH_CHILD_PROCESS_H_
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dchan::bench {
+
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess() { stop(); }
+
+  // Starts argv[0] (looked up in PATH unless it has a '/') with its stdout
+  // on a pipe (see read_line) and its stderr on ours. Throws
+  // std::runtime_error if it cannot fork; a failed exec shows as the child
+  // exiting with 127.
+  void start(const std::vector<std::string>& argv) {
+    stop();
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+    std::vector<char*> args;
+    for (const std::string& a : argv) {
+      args.push_back(const_cast<char*>(a.c_str()));
+    }
+    args.push_back(nullptr);
+    const pid_t parent = getpid();
+    pid_ = fork();
+    if (pid_ < 0) {
+      close(fds[0]);
+      close(fds[1]);
+      throw std::runtime_error("fork failed");
+    }
+    if (pid_ == 0) {
+      // Child: only async-signal-safe calls until exec.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      dup2(fds[1], STDOUT_FILENO);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    out_fd_ = fds[0];
+    name_ = argv.empty() ? std::string() : argv[0];
+  }
+
+  // The child's next stdout line (with its '\n'), within 20 s. Throws
+  // std::runtime_error if the child exits or stays silent.
+  std::string read_line() {
+    using Clock = std::chrono::steady_clock;
+    std::string line;
+    const Clock::time_point deadline = Clock::now() + std::chrono::seconds(20);
+    while (line.empty() || line.back() != '\n') {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - Clock::now());
+      pollfd p{out_fd_, POLLIN, 0};
+      if (left.count() <= 0 ||
+          poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+        throw std::runtime_error(name_ + " printed no line within 20 s");
+      }
+      char c;
+      if (read(out_fd_, &c, 1) != 1) {
+        throw std::runtime_error(name_ + " exited before printing a line");
+      }
+      line.push_back(c);
+    }
+    return line;
+  }
+
+  // True while the child has not exited.
+  bool running() {
+    int status = 0;
+    return pid_ > 0 && waitpid(pid_, &status, WNOHANG) == 0;
+  }
+
+  pid_t pid() const { return pid_; }
+
+  // SIGTERM, then SIGKILL if it has not exited within 5 s. Idempotent.
+  void stop() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int status = 0;
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while (waitpid(pid_, &status, WNOHANG) == 0) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          kill(pid_, SIGKILL);
+          waitpid(pid_, &status, 0);
+          break;
+        }
+        usleep(2000);
+      }
+      pid_ = -1;
+    }
+    if (out_fd_ >= 0) close(out_fd_);
+    out_fd_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  std::string name_;
+};
+
+// A loopback TCP port nobody listens on right now (the kernel's pick for an
+// ephemeral bind). Another process may take it before the server binds it;
+// the server then fails to start, and the caller reports that.
+inline int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error("socket failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    throw std::runtime_error("cannot bind a loopback port");
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+}  // namespace dchan::bench
+
+#endif  // DCHAN_BENCH_CHILD_PROCESS_H_

@@ -1,0 +1,316 @@
+// Command remote_go runs the Go-client baselines of bench/run_baselines.sh
+// (issue 7) against servers the script started on loopback: NATS
+// request-reply and pub/sub with nats.go, etcd put, the etcd lock API
+// (clientv3/concurrency.Mutex) and `etcdctl lock` cycles. Every message
+// carries a 100-byte payload.
+//
+// It is built offline from Debian's Go packages in GOPATH mode (this
+// directory has no go.mod on purpose; see bench/run_baselines.sh):
+//
+//	GO111MODULE=off GOPATH=/usr/share/gocode go build -o remote_go ./bench/remote_go
+//
+// Usage:
+//
+//	remote_go [flags] WORKLOAD
+//
+// WORKLOAD is one of
+//
+//	nats-rr       request-reply round trip: a requester connection calls
+//	              Request on a subject, a responder on a second connection
+//	              replies with the same payload
+//	nats-pubsub   one-way throughput: a publisher connection publishes -n
+//	              messages, a subscriber connection receives them; time from
+//	              the first Publish to the last message received
+//	etcd-put      one Put of a 100-byte value, waiting for its response
+//	etcd-lock     concurrency.Mutex Lock then Unlock, uncontended, on one
+//	              session (lease) created before timing
+//	etcdctl       wall time of `etcdctl lock NAME true` (acquire, run true,
+//	              release) and, for reference, of `etcdctl put KEY VALUE`:
+//	              a process start, a connection and the requests each
+//
+// Output: one JSON object per line and repetition on stdout, e.g.
+//
+//	{"bench":"nats_rr","rep":1,"ops":2000,"us_per_op":131.2,"p50_us":128.4,"p99_us":210.7}
+//	{"bench":"nats_pubsub","rep":1,"ops":200000,"msgs_per_s":2101234}
+//
+// Every latency workload times each op; us_per_op is the mean, p50/p99 the
+// percentiles of that repetition. Errors go to stderr with a non-zero exit.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.etcd.io/etcd/clientv3"
+	"go.etcd.io/etcd/clientv3/concurrency"
+)
+
+const payloadBytes = 100
+
+var (
+	natsURL   = flag.String("nats", "", "NATS URL, e.g. nats://127.0.0.1:4222")
+	etcdAddr  = flag.String("etcd", "", "etcd client endpoint, e.g. 127.0.0.1:2379")
+	etcdctl   = flag.String("etcdctl", "etcdctl", "the etcdctl binary")
+	reps      = flag.Int("reps", 5, "repetitions")
+	n         = flag.Int("n", 0, "ops per repetition (0: the workload's default)")
+	warmup    = flag.Int("warmup", 0, "untimed ops before each repetition (0: the workload's default)")
+	tag       = flag.String("tag", "", "appended to every record's bench name (e.g. _tmpfs)")
+	opTimeout = 10 * time.Second
+)
+
+type record struct {
+	Bench    string   `json:"bench"`
+	Rep      int      `json:"rep"`
+	Ops      int      `json:"ops"`
+	UsPerOp  *float64 `json:"us_per_op,omitempty"`
+	P50Us    *float64 `json:"p50_us,omitempty"`
+	P99Us    *float64 `json:"p99_us,omitempty"`
+	MsgsPerS *float64 `json:"msgs_per_s,omitempty"`
+}
+
+func fail(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "remote_go: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func emit(r record) {
+	r.Bench += *tag
+	b, err := json.Marshal(r)
+	if err != nil {
+		fail("json: %v", err)
+	}
+	fmt.Println(string(b))
+}
+
+// latencyRecord turns per-op durations into a record (mean, p50, p99).
+func latencyRecord(bench string, rep int, d []time.Duration) record {
+	var sum time.Duration
+	for _, x := range d {
+		sum += x
+	}
+	sorted := append([]time.Duration(nil), d...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	at := func(q float64) float64 {
+		i := int(q * float64(len(sorted)))
+		if i >= len(sorted) {
+			i = len(sorted) - 1
+		}
+		return float64(sorted[i].Nanoseconds()) / 1e3
+	}
+	mean := float64(sum.Nanoseconds()) / 1e3 / float64(len(d))
+	p50, p99 := at(0.50), at(0.99)
+	return record{Bench: bench, Rep: rep, Ops: len(d), UsPerOp: &mean, P50Us: &p50, P99Us: &p99}
+}
+
+// timeOps runs op `warm` times untimed, then `count` times timed, once per
+// repetition, emitting one latency record per repetition.
+func timeOps(bench string, count, warm int, op func() error) {
+	for rep := 1; rep <= *reps; rep++ {
+		for i := 0; i < warm; i++ {
+			if err := op(); err != nil {
+				fail("%s warm-up: %v", bench, err)
+			}
+		}
+		d := make([]time.Duration, 0, count)
+		for i := 0; i < count; i++ {
+			t0 := time.Now()
+			if err := op(); err != nil {
+				fail("%s: %v", bench, err)
+			}
+			d = append(d, time.Since(t0))
+		}
+		emit(latencyRecord(bench, rep, d))
+	}
+}
+
+func orDefault(v, def int) int {
+	if v > 0 {
+		return v
+	}
+	return def
+}
+
+func natsConnect() *nats.Conn {
+	if *natsURL == "" {
+		fail("-nats is required")
+	}
+	nc, err := nats.Connect(*natsURL, nats.Timeout(opTimeout))
+	if err != nil {
+		fail("nats connect %s: %v", *natsURL, err)
+	}
+	return nc
+}
+
+func natsRequestReply() {
+	responder, requester := natsConnect(), natsConnect()
+	defer responder.Close()
+	defer requester.Close()
+	if _, err := responder.Subscribe("bench.echo", func(m *nats.Msg) {
+		if err := m.Respond(m.Data); err != nil {
+			fmt.Fprintf(os.Stderr, "remote_go: respond: %v\n", err)
+		}
+	}); err != nil {
+		fail("subscribe: %v", err)
+	}
+	// The subscription is registered at the server once Flush returns.
+	if err := responder.Flush(); err != nil {
+		fail("flush: %v", err)
+	}
+	payload := make([]byte, payloadBytes)
+	timeOps("nats_rr", orDefault(*n, 2000), orDefault(*warmup, 100), func() error {
+		m, err := requester.Request("bench.echo", payload, opTimeout)
+		if err == nil && len(m.Data) != payloadBytes {
+			err = fmt.Errorf("reply of %d bytes", len(m.Data))
+		}
+		return err
+	})
+}
+
+func natsPubSub() {
+	count := orDefault(*n, 200000)
+	pub, subConn := natsConnect(), natsConnect()
+	defer pub.Close()
+	defer subConn.Close()
+	var got int64
+	done := make(chan struct{}, 1)
+	var target int64
+	sub, err := subConn.Subscribe("bench.stream", func(m *nats.Msg) {
+		if atomic.AddInt64(&got, 1) == atomic.LoadInt64(&target) {
+			done <- struct{}{}
+		}
+	})
+	if err != nil {
+		fail("subscribe: %v", err)
+	}
+	// No client-side drops: a dropped message would never arrive and the
+	// repetition would time out instead of reporting a wrong rate.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		fail("pending limits: %v", err)
+	}
+	if err := subConn.Flush(); err != nil {
+		fail("flush: %v", err)
+	}
+	payload := make([]byte, payloadBytes)
+	publish := func(k int) {
+		atomic.StoreInt64(&got, 0)
+		atomic.StoreInt64(&target, int64(k))
+		for i := 0; i < k; i++ {
+			if err := pub.Publish("bench.stream", payload); err != nil {
+				fail("publish: %v", err)
+			}
+		}
+		if err := pub.Flush(); err != nil {
+			fail("flush: %v", err)
+		}
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			dropped, _ := sub.Dropped()
+			fail("nats_pubsub: %d of %d messages arrived (%d dropped)", atomic.LoadInt64(&got), k, dropped)
+		}
+	}
+	publish(orDefault(*warmup, 10000))
+	for rep := 1; rep <= *reps; rep++ {
+		t0 := time.Now()
+		publish(count)
+		rate := float64(count) / time.Since(t0).Seconds()
+		emit(record{Bench: "nats_pubsub", Rep: rep, Ops: count, MsgsPerS: &rate})
+	}
+}
+
+func etcdClient() *clientv3.Client {
+	if *etcdAddr == "" {
+		fail("-etcd is required")
+	}
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{*etcdAddr}, DialTimeout: opTimeout})
+	if err != nil {
+		fail("etcd connect %s: %v", *etcdAddr, err)
+	}
+	return c
+}
+
+func etcdPut() {
+	c := etcdClient()
+	defer c.Close()
+	value := string(make([]byte, payloadBytes))
+	timeOps("etcd_put", orDefault(*n, 500), orDefault(*warmup, 20), func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		_, err := c.Put(ctx, "/bench/put", value)
+		return err
+	})
+}
+
+func etcdLock() {
+	c := etcdClient()
+	defer c.Close()
+	s, err := concurrency.NewSession(c, concurrency.WithTTL(60))
+	if err != nil {
+		fail("etcd session: %v", err)
+	}
+	defer s.Close()
+	m := concurrency.NewMutex(s, "/bench/lock")
+	timeOps("etcd_lock", orDefault(*n, 300), orDefault(*warmup, 10), func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		if err := m.Lock(ctx); err != nil {
+			return err
+		}
+		return m.Unlock(ctx)
+	})
+}
+
+func etcdctlCycles() {
+	if *etcdAddr == "" {
+		fail("-etcd is required")
+	}
+	endpoint := "--endpoints=" + *etcdAddr
+	run := func(args ...string) func() error {
+		return func() error {
+			out, err := exec.Command(*etcdctl, append([]string{endpoint}, args...)...).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%s %v: %v: %s", *etcdctl, args, err, out)
+			}
+			return nil
+		}
+	}
+	count, warm := orDefault(*n, 20), orDefault(*warmup, 2)
+	timeOps("etcdctl_lock", count, warm, run("lock", "/bench/ctl-lock", "true"))
+	timeOps("etcdctl_put", count, warm, run("put", "/bench/ctl-put", strings.Repeat("x", payloadBytes)))
+}
+
+func main() {
+	flag.Usage = func() {
+		fmt.Fprintf(os.Stderr, "usage: remote_go [flags] nats-rr|nats-pubsub|etcd-put|etcd-lock|etcdctl\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 || *reps < 1 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	switch flag.Arg(0) {
+	case "nats-rr":
+		natsRequestReply()
+	case "nats-pubsub":
+		natsPubSub()
+	case "etcd-put":
+		etcdPut()
+	case "etcd-lock":
+		etcdLock()
+	case "etcdctl":
+		etcdctlCycles()
+	default:
+		flag.Usage()
+		os.Exit(2)
+	}
+}
