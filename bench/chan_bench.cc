@@ -42,7 +42,8 @@
 //                       on one CPU: two context switches per round trip).
 //   floor_spin_pingpong   two sequence counters on separate cache lines,
 //                       each side spins on the other's: the cost of moving a
-//                       cache line between CPUs twice. Registered only when
+//                       cache line between CPUs twice (see SpinStep for the
+//                       escape when the CPUs are busy). Registered only when
 //                       the process may use two CPUs (pinned to one, a spin
 //                       only ends when the scheduler preempts the spinner).
 //
@@ -669,19 +670,21 @@ void BM_FloorFutexPingPong(benchmark::State& state) {
 }
 
 // Sequence counters on separate cache lines; each side waits for the
-// other's, calling kWaitStep between polls.
+// other's, calling kWaitStep(polls so far in this wait) between polls.
 struct alignas(64) PaddedSeq {
   std::atomic<int64_t> v{0};
 };
 
-template <void (*kWaitStep)()>
+template <void (*kWaitStep)(int64_t)>
 void BM_FloorPollPingPong(benchmark::State& state) {
   RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
     auto seqs = std::make_shared<std::array<PaddedSeq, 2>>();
     workers.push_back([=] {
       auto& [ping, pong] = *seqs;
       for (int64_t i = 1; i <= n; ++i) {
-        while (ping.v.load(std::memory_order_acquire) != i) kWaitStep();
+        for (int64_t k = 0; ping.v.load(std::memory_order_acquire) != i; ++k) {
+          kWaitStep(k);
+        }
         pong.v.store(i, std::memory_order_release);
       }
     });
@@ -689,20 +692,28 @@ void BM_FloorPollPingPong(benchmark::State& state) {
       auto& [ping, pong] = *seqs;
       for (int64_t i = 1; i <= n; ++i) {
         ping.v.store(i, std::memory_order_release);
-        while (pong.v.load(std::memory_order_acquire) != i) kWaitStep();
+        for (int64_t k = 0; pong.v.load(std::memory_order_acquire) != i; ++k) {
+          kWaitStep(k);
+        }
       }
     };
   });
 }
 
-void SpinStep() {
+// A pure spin while the partner runs on the other CPU (it answers within a
+// few hundred `pause`s). Only when both threads share a CPU (the other one
+// busy with something else) does a wait reach 1 << 14 polls; it then yields
+// every 1 << 14 polls, so that such a run ends in bounded time (a CI smoke
+// run on a busy machine) instead of one scheduler time slice per hand-off.
+void SpinStep(int64_t polls) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #elif defined(__aarch64__)
   asm volatile("yield" ::: "memory");
 #endif
+  if ((polls & ((1 << 14) - 1)) == (1 << 14) - 1) sched_yield();
 }
-void YieldStep() { sched_yield(); }
+void YieldStep(int64_t) { sched_yield(); }
 
 bool MayUseTwoCpus() {
   cpu_set_t set;
