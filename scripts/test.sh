@@ -14,7 +14,8 @@
 #              find_package(dchan) consumer in tests/install_consumer/
 #   5. bench   every Google Benchmark binary in build/bench once with a tiny
 #              iteration count, and the Go baselines (bench/go*/) once each;
-#              no timing is asserted, this only keeps them working
+#              the bench scripts parse (bash -n, py_compile); no timing is
+#              asserted, this only keeps them working
 #   6. docker  docker/e2e.sh: the images of docker/Dockerfile, the broker
 #              and example programs in containers (host network, loopback),
 #              docker/compose.yaml through docker-compose; logs in
@@ -164,6 +165,15 @@ if want bench; then
     fi
     nbench=$(( nbench + 1 ))
   done < <(find bench -name go.mod -not -path '*/vendor/*' 2>/dev/null | sort)
+  # The scripts of bench/run_all.sh: they only run in full outside CI, so at
+  # least check that they parse.
+  for script in bench/*.sh; do bash -n "${script}"; done
+  python3 - bench/*.py <<'PY'
+import sys
+for path in sys.argv[1:]:
+    with open(path) as f:
+        compile(f.read(), path, "exec")
+PY
   echo "bench: ${nbench} benchmark binaries / Go modules ran"
   PASSED=$(( PASSED + nbench ))
   STAGES_DONE+=(bench)
