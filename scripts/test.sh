@@ -133,8 +133,12 @@ if want bench; then
   if [[ -d build/bench ]]; then
     while IFS= read -r b; do
       # Only Google Benchmark binaries (linked statically or dynamically).
+      # (ldd's output is taken whole: `ldd | grep -q` under pipefail fails
+      # whenever grep exits before ldd has written everything, which skipped
+      # a benchmark binary at random.)
+      libs="$(ldd "${b}" 2>/dev/null || true)"
       if ! grep -qa benchmark_min_time "${b}" &&
-         ! { ldd "${b}" 2>/dev/null | grep -q libbenchmark; }; then
+         [[ "${libs}" != *libbenchmark* ]]; then
         echo "--- ${b}: not a Google Benchmark binary, skipped"
         continue
       fi
