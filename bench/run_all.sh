@@ -12,7 +12,7 @@
 #   BUILD_DIR  the Release tree to build in and reuse (default build-bench/
 #              in the repository)
 # Environment:
-#   QUICK=1    checks the pipeline end to end in about two minutes after the
+#   QUICK=1    checks the pipeline end to end in under a minute after the
 #              build: 2 repetitions, tiny minimum times; the figures are
 #              not worth reading and docs/ is left alone unless WRITE_DOC=1
 #   REPS       repetitions per benchmark (default 5; QUICK: 2)
