@@ -13,7 +13,9 @@ RESULTS_DIR is run_all.sh's output directory:
   baselines/  (bench/run_baselines.sh, if present) *.unpinned.jsonl and
              *.pinned.jsonl: one JSON object per repetition,
              {"bench": NAME, "rep": N, "ops": N, "us_per_op": X,
-              "p50_us": X, "p99_us": X}  or  {..., "msgs_per_s": X}
+              "p50_us": X, "p99_us": X}  or  {..., "msgs_per_s": X};
+             and Google Benchmark JSON, *.unpinned.json / *.pinned.json
+             (but not the remote_bench.*.json copies it may keep)
 A missing directory or file leaves its rows out (or n/a).
 
 Prints the Markdown section to stdout. With --doc, also replaces the text
@@ -79,6 +81,20 @@ def load_go(path):
         cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else None
         out[name] = {"ns": statistics.median(xs), "cv": cv, "p50": None,
                      "p99": None, "rate": False}
+    return out
+
+
+def load_ext(directory, placement):
+    """{bench: figure} from the baselines script's results: every
+    *.PLACEMENT.jsonl and (Google Benchmark) *.PLACEMENT.json in
+    `directory` but remote_bench's."""
+    if not os.path.isdir(directory):
+        return {}
+    out = load_jsonl(directory, placement)
+    for fn in sorted(os.listdir(directory)):
+        if (fn.endswith(f".{placement}.json") and
+                not fn.startswith("remote_bench.")):
+            out.update(load_gbench(os.path.join(directory, fn)))
     return out
 
 
@@ -184,16 +200,18 @@ SYNC = [
 # dchan row's first group. Unit "msgs/s": figures shown as rates.
 REMOTE = [
     ("acked send (one broker round trip)", "µs/op", r"acked_send/remote$",
-     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", 1.2)]),
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", 1.2),
+      ("etcd put", "ext", r"^etcd_put$", None)]),
     ("acked send, sender alone", "µs/op", r"acked_send_alone/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
     ("hand-off ping-pong, 2 processes", "µs/op", r"pingpong/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
+      ("raw gRPC relay A→relay→B→relay→A", "ext", r"^relay/grpc$", None),
       ("NATS request-reply", "ext", r"nats_rr", 1.0),
       ("Redis LPUSH/BRPOP echo", "ext", r"redis", 1.0)]),
     ("lock + unlock", "µs/op", r"lock_unlock/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
-      ("etcd lock", "ext", r"etcd.*lock", 0.05)]),
+      ("etcd lock", "ext", r"^etcd.*lock", 0.05)]),
     ("lock hand-off to another process", "µs/op", r"lock_handoff/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
     ("one-way, {0} senders", "msgs/s", r"oneway/remote/(\d+)(x\d+)?$",
@@ -300,7 +318,7 @@ def remote_rows(results):
     rem = {p: load_gbench(os.path.join(results, "remote",
                                        f"remote_bench.{p}.json"))
            for p in PLACEMENTS}
-    ext = {p: load_jsonl(os.path.join(results, "baselines"), p)
+    ext = {p: load_ext(os.path.join(results, "baselines"), p)
            for p in PLACEMENTS}
     rows, used_ext = [], set()
     names = sorted(set(rem["unpinned"]) | set(rem["pinned"]),

@@ -30,14 +30,17 @@
 #
 # The baselines script, if present, is called as
 #   OUT=DIR REPS=N QUICK=0|1 JOBS=N BENCH_MIN_TIME=REMOTE_MIN_TIME \
-#     bench/run_baselines.sh BUILD_DIR
-# and is expected to start and stop its own servers on loopback, run each
-# workload unpinned and under `taskset -c 0`, and leave in DIR one JSON
-# object per repetition (as bench/remote_go prints them: {"bench": NAME,
-# "rep": N, "ops": N, "us_per_op": X, "p50_us": X, "p99_us": X} or
-# {..., "msgs_per_s": X}) in files named *.unpinned.jsonl and
-# *.pinned.jsonl. bench/all_table.py pairs them with the dchan rows by name
-# (nats_rr, redis*, etcd*lock*, nats_pubsub).
+#     REMOTE_RESULTS=OUT/remote bench/run_baselines.sh [--smoke] BUILD_DIR
+# (--smoke with QUICK=1; REMOTE_RESULTS holds this run's remote_bench JSON,
+# so that it need not run remote_bench again) and is expected to start and
+# stop its own servers on loopback, run each workload unpinned and under
+# `taskset -c 0`, and leave in DIR one JSON object per repetition (as
+# bench/remote_go prints them: {"bench": NAME, "rep": N, "ops": N,
+# "us_per_op": X, "p50_us": X, "p99_us": X} or {..., "msgs_per_s": X}) in
+# files named *.unpinned.jsonl / *.pinned.jsonl, and/or Google Benchmark
+# JSON as *.unpinned.json / *.pinned.json. bench/all_table.py pairs them
+# with the dchan rows by name (nats_rr, redis*, relay/grpc, etcd_put,
+# etcd*lock*, nats_pubsub) and lists the others unpaired.
 #
 # Keep the machine otherwise idle while it runs: figures of a loaded
 # machine are not comparable (the header records the load average).
@@ -100,6 +103,11 @@ if [[ ! -f "${BUILD}/CMakeCache.txt" ]]; then
     -DDCHAN_BUILD_TESTS=OFF -DDCHAN_BUILD_BENCH=ON > "${OUT}/configure.log" \
     || { cat "${OUT}/configure.log" >&2; fail "cmake configure failed"; }
 fi
+# The baselines script's own programs, when this tree has them.
+all_targets="$(cmake --build "${BUILD}" --target help 2>/dev/null || true)"
+for t in baseline_bench broker_scale; do
+  [[ "${all_targets}" != *" ${t}"* ]] || BUILD_TARGETS+=("${t}")
+done
 echo "${SCRIPT}: building ${BUILD_TARGETS[*]} in ${BUILD} (-j${JOBS})" >&2
 cmake --build "${BUILD}" -j "${JOBS}" --target "${BUILD_TARGETS[@]}" \
   > "${OUT}/build.log" 2>&1 \
@@ -134,7 +142,10 @@ part sync "${BENCH_MIN_TIME}" "${ROOT}/bench/run_sync.sh"
 part remote "${REMOTE_MIN_TIME}" "${ROOT}/bench/run_remote.sh"
 if [[ -f "${ROOT}/bench/run_baselines.sh" ]]; then
   PARTS+=(baselines)
-  part baselines "${REMOTE_MIN_TIME}" bash "${ROOT}/bench/run_baselines.sh"
+  smoke=()
+  [[ "${QUICK}" != 1 ]] || smoke=(--smoke)
+  part baselines "${REMOTE_MIN_TIME}" env REMOTE_RESULTS="${OUT}/remote" \
+    bash "${ROOT}/bench/run_baselines.sh" "${smoke[@]}"
 else
   echo "${SCRIPT}: bench/run_baselines.sh not found: no Redis/NATS/etcd rows" >&2
 fi
