@@ -49,10 +49,14 @@ def load_gbench(path):
     with open(path) as f:
         data = json.load(f)
     out = {}
+    singles = {}  # one-repetition runs (smoke modes) report no aggregates
     for b in data["benchmarks"]:
-        if b.get("run_type") != "aggregate" or b.get("error_occurred"):
+        if b.get("error_occurred"):
             continue
         name = re.sub(r"/(manual_time|real_time)$", "", b["run_name"])
+        if b.get("run_type") != "aggregate":
+            singles.setdefault(name, []).append(b)
+            continue
         fig = out.setdefault(name, {"cv": None, "p50": None, "p99": None,
                                     "rate": False})
         agg = b["aggregate_name"]
@@ -62,6 +66,13 @@ def load_gbench(path):
             fig["p99"] = b.get("p99_us")
         elif agg == "cv":
             fig["cv"] = b["real_time"]
+    for name, runs in singles.items():
+        if name in out or len(runs) != 1:
+            continue
+        b = runs[0]
+        out[name] = {"ns": b["real_time"] * _TO_NS[b["time_unit"]],
+                     "cv": None, "p50": b.get("p50_us"),
+                     "p99": b.get("p99_us"), "rate": False}
     return {k: v for k, v in out.items() if "ns" in v}
 
 
