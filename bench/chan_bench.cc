@@ -1,13 +1,22 @@
 // bench/chan_bench.cc — dchan channels and select, each next to the same
-// workload on a plain std::mutex + std::condition_variable bounded queue,
-// measured in the same process and run.
+// workload on a plain std::mutex + std::condition_variable queue and (where
+// it has an equivalent) on moodycamel's lock-free queue, measured in the same
+// process and run; plus the floors of a thread hand-off on this machine.
 //
 // Workloads (one benchmark iteration = one round trip or one item):
 //   pingpong/*          A sends on ch1, B receives it and sends it back on
-//                       ch2; dchan unbuffered, baseline two capacity-1 queues.
-//   buffered_1p1c/*     one producer, one consumer, capacity 64.
+//                       ch2; dchan unbuffered, baselines two capacity-1
+//                       queues / two moodycamel BlockingConcurrentQueues.
+//   unbuffered_1p1c/*   one producer, one consumer, one way, unbuffered: a
+//                       send returns once the receiver took the value.
+//                       Baseline: a mutex+condvar rendezvous slot (moodycamel
+//                       has no rendezvous: no row).
+//   buffered_1p1c/*     one producer, one consumer, capacity 64. moodycamel:
+//                       BlockingConcurrentQueue bounded to 64 by a
+//                       LightweightSemaphore counting free slots.
 //   buffered_2p2c/*     two producers, two consumers, capacity 64; the last
-//                       producer closes, consumers drain until closed.
+//                       producer closes, consumers drain until closed
+//                       (moodycamel: it enqueues one end marker per consumer).
 //   select4_fanin/*     one producer feeds 4 capacity-64 channels round-robin;
 //                       the receiver selects over the 4. Baseline: 4 bounded
 //                       queues under one mutex, the receiver waits on one
@@ -16,6 +25,27 @@
 //                       (the op, or a receive on a quit channel that never
 //                       fires). Baseline: the capacity-1 ping-pong whose wait
 //                       predicates also test a quit flag.
+//   select_nonblock_empty/*  one thread: a 2-case receive select with
+//                       on_default on two empty channels (default fires).
+//                       Baselines: try_pop on two empty queues.
+//   select_nonblock_ready/*  one thread; one iteration = a select {send;
+//                       default} into a capacity-1 channel with room, then a
+//                       select {recv; default} taking the value back (both
+//                       cases ready). Baselines: try_push + try_pop.
+//
+// Floors (no queue at all; what a hand-off between two threads costs on this
+// machine; one iteration = one round trip, i.e. two hand-offs):
+//   floor_futex_pingpong  a turn word; each side flips it, FUTEX_WAKEs, and
+//                       FUTEX_WAITs (no spinning) until it flips back.
+//   floor_yield_pingpong  the same with sched_yield() instead of futex wait
+//                       (what a waiter that yields instead of parking pays;
+//                       on one CPU: two context switches per round trip).
+//   floor_spin_pingpong   two sequence counters on separate cache lines,
+//                       each side spins on the other's: the cost of moving a
+//                       cache line between CPUs twice (see SpinStep for the
+//                       escape when the CPUs are busy). Registered only when
+//                       the process may use two CPUs (pinned to one, a spin
+//                       only ends when the scheduler preempts the spinner).
 //
 // Timing: every benchmark runs batches of a fixed number of items. Each batch
 // spawns its partner threads (exactly the threads the workload names; no
@@ -24,10 +54,16 @@
 // (UseManualTime). Reported time is wall time per round trip / per item.
 //
 // Run bench/run_chan.sh for the full comparison with Go.
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +76,9 @@
 
 #include "batch.h"
 #include "benchmark/benchmark.h"
+#include "concurrentqueue/blockingconcurrentqueue.h"
+#include "concurrentqueue/concurrentqueue.h"
+#include "concurrentqueue/lightweightsemaphore.h"
 #include "dchan/chan.h"
 #include "dchan/select.h"
 
@@ -70,6 +109,27 @@ class BoundedQueue {
   std::optional<T> pop() {
     std::unique_lock<std::mutex> lock(mu_);
     not_empty_.wait(lock, [&] { return count_ > 0 || closed_; });
+    if (count_ == 0) return std::nullopt;
+    T v = std::move(buf_[head_]);
+    head_ = (head_ + 1) % buf_.size();
+    --count_;
+    lock.unlock();
+    not_full_.notify_one();
+    return v;
+  }
+
+  // Non-blocking forms: false / std::nullopt when full / empty (or closed).
+  bool try_push(T v) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (closed_ || count_ == buf_.size()) return false;
+    buf_[(head_ + count_) % buf_.size()] = std::move(v);
+    ++count_;
+    lock.unlock();
+    not_empty_.notify_one();
+    return true;
+  }
+  std::optional<T> try_pop() {
+    std::unique_lock<std::mutex> lock(mu_);
     if (count_ == 0) return std::nullopt;
     T v = std::move(buf_[head_]);
     head_ = (head_ + 1) % buf_.size();
@@ -151,6 +211,94 @@ class QueueGroup {
   std::size_t next_ = 0;
 };
 
+// Baseline for the unbuffered one-way workload: Go's unbuffered channel on
+// a std::mutex + two condvars. push() returns once a pop() took its value.
+// Thread-safe; close() makes pop() return std::nullopt and push() false.
+class Rendezvous {
+ public:
+  bool push(int v) {
+    std::unique_lock<std::mutex> lock(mu_);
+    space_.wait(lock, [&] { return !full_ || closed_; });
+    if (closed_) return false;
+    value_ = v;
+    full_ = true;
+    const uint64_t ticket = ++put_;
+    lock.unlock();
+    item_.notify_one();
+    lock.lock();
+    // Woken by pop() (the value was taken) or close().
+    space_.wait(lock, [&] { return taken_ >= ticket || closed_; });
+    return taken_ >= ticket;
+  }
+
+  std::optional<int> pop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    item_.wait(lock, [&] { return full_ || closed_; });
+    if (!full_) return std::nullopt;
+    const int v = value_;
+    full_ = false;
+    ++taken_;
+    lock.unlock();
+    space_.notify_all();  // the sender waiting for "taken", and next senders
+    return v;
+  }
+
+  void close() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closed_ = true;
+    }
+    item_.notify_all();
+    space_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable item_;   // a value is there (or closed)
+  std::condition_variable space_;  // the slot is free / a value was taken
+  int value_ = 0;                  // guarded by mu_
+  bool full_ = false;
+  bool closed_ = false;
+  uint64_t put_ = 0;
+  uint64_t taken_ = 0;
+};
+
+// moodycamel's BlockingConcurrentQueue (lock-free MPMC, a semaphore that
+// spins before it sleeps) bounded by a LightweightSemaphore counting free
+// slots, as one would build a Go-like bounded queue from it. It has no
+// close: close() enqueues an end marker for each of up to kMaxConsumers
+// consumers, and pop() returns std::nullopt on one (so each consumer must
+// stop at its first std::nullopt, as the workloads do). Values must not be
+// kEnd.
+class MoodyQueue {
+ public:
+  static constexpr int kEnd = INT_MIN;
+  static constexpr int kMaxConsumers = 4;
+
+  explicit MoodyQueue(std::size_t capacity)
+      : slots_(
+            static_cast<moodycamel::LightweightSemaphore::ssize_t>(capacity)) {}
+
+  void push(int v) {
+    slots_.wait();
+    q_.enqueue(v);
+  }
+  std::optional<int> pop() {
+    int v = 0;
+    q_.wait_dequeue(v);
+    if (v == kEnd) return std::nullopt;
+    slots_.signal();
+    return v;
+  }
+  void close() {
+    for (int i = 0; i < kMaxConsumers; ++i) q_.enqueue(kEnd);
+  }
+
+ private:
+  moodycamel::BlockingConcurrentQueue<int> q_;
+  moodycamel::LightweightSemaphore slots_;
+};
+
 // ---------------------------------------------------------------------------
 // Harness.
 
@@ -193,6 +341,32 @@ struct MutexCvImpl {
   static void close(Queue& q) { q->close(); }
 };
 
+struct MoodyImpl {
+  using Queue = std::shared_ptr<MoodyQueue>;
+  static constexpr std::size_t kPingPongCap = 1;
+  static Queue make(std::size_t cap) {
+    return std::make_shared<MoodyQueue>(cap);
+  }
+  static void send(Queue& q, int v) { q->push(v); }
+  static std::optional<int> recv(Queue& q) { return q->pop(); }
+  static void close(Queue& q) { q->close(); }
+};
+
+// The unbuffered one-way workload's two implementations.
+struct DchanRendezvousImpl {
+  using Queue = dchan::Chan<int>;
+  static Queue make() { return dchan::make_chan<int>(); }
+  static void send(Queue& q, int v) { q.send(v); }
+  static std::optional<int> recv(Queue& q) { return q.recv(); }
+};
+
+struct MutexCvRendezvousImpl {
+  using Queue = std::shared_ptr<Rendezvous>;
+  static Queue make() { return std::make_shared<Rendezvous>(); }
+  static void send(Queue& q, int v) { q->push(v); }
+  static std::optional<int> recv(Queue& q) { return q->pop(); }
+};
+
 // ---------------------------------------------------------------------------
 // Workloads.
 
@@ -211,6 +385,19 @@ void BM_PingPong(benchmark::State& state) {
         Impl::send(*ping, static_cast<int>(i));
         benchmark::DoNotOptimize(Impl::recv(*pong));
       }
+    };
+  });
+}
+
+template <class Impl>
+void BM_Unbuffered1P1C(benchmark::State& state) {
+  RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
+    auto q = std::make_shared<typename Impl::Queue>(Impl::make());
+    workers.push_back([=] {
+      for (int64_t i = 0; i < n; ++i) Impl::send(*q, static_cast<int>(i));
+    });
+    driver = [=] {
+      for (int64_t i = 0; i < n; ++i) benchmark::DoNotOptimize(Impl::recv(*q));
     };
   });
 }
@@ -367,8 +554,180 @@ void BM_SelectPingPong_MutexCv(benchmark::State& state) {
   });
 }
 
+// Non-blocking select, one thread (no partner; main() started and joined a
+// thread already, so atomics are real).
+void BM_SelectNonblockEmpty_Dchan(benchmark::State& state) {
+  auto a = dchan::make_chan<int>();
+  auto b = dchan::make_chan<int>();
+  int64_t defaults = 0;
+  for (auto _ : state) {
+    dchan::select(dchan::on_recv(a), dchan::on_recv(b),
+                  dchan::on_default([&] { ++defaults; }));
+  }
+  if (defaults != state.iterations()) state.SkipWithError("a case fired");
+}
+
+void BM_SelectNonblockEmpty_MutexCv(benchmark::State& state) {
+  BoundedQueue<int> a(1), b(1);
+  int64_t defaults = 0;
+  for (auto _ : state) {
+    if (!a.try_pop() && !b.try_pop()) ++defaults;
+  }
+  if (defaults != state.iterations()) state.SkipWithError("a queue popped");
+}
+
+void BM_SelectNonblockEmpty_Moody(benchmark::State& state) {
+  moodycamel::ConcurrentQueue<int> a, b;
+  int64_t defaults = 0;
+  for (auto _ : state) {
+    int v;
+    if (!a.try_dequeue(v) && !b.try_dequeue(v)) ++defaults;
+  }
+  if (defaults != state.iterations()) state.SkipWithError("a queue popped");
+}
+
+void BM_SelectNonblockReady_Dchan(benchmark::State& state) {
+  auto c = dchan::make_chan<int>(1);
+  int64_t sum = 0, defaults = 0;
+  int i = 0;
+  for (auto _ : state) {
+    dchan::select(dchan::on_send(c, i++),
+                  dchan::on_default([&] { ++defaults; }));
+    dchan::select(dchan::on_recv(c, [&](std::optional<int> v) { sum += *v; }),
+                  dchan::on_default([&] { ++defaults; }));
+  }
+  benchmark::DoNotOptimize(sum);
+  if (defaults != 0) state.SkipWithError("a default fired");
+}
+
+void BM_SelectNonblockReady_MutexCv(benchmark::State& state) {
+  BoundedQueue<int> c(1);
+  int64_t sum = 0, defaults = 0;
+  int i = 0;
+  for (auto _ : state) {
+    if (!c.try_push(i++)) ++defaults;
+    if (auto v = c.try_pop()) {
+      sum += *v;
+    } else {
+      ++defaults;
+    }
+  }
+  benchmark::DoNotOptimize(sum);
+  if (defaults != 0) state.SkipWithError("a default fired");
+}
+
+void BM_SelectNonblockReady_Moody(benchmark::State& state) {
+  moodycamel::ConcurrentQueue<int> c;
+  int64_t sum = 0, defaults = 0;
+  int i = 0;
+  for (auto _ : state) {
+    if (!c.try_enqueue(i++)) ++defaults;
+    int v;
+    if (c.try_dequeue(v)) {
+      sum += v;
+    } else {
+      ++defaults;
+    }
+  }
+  benchmark::DoNotOptimize(sum);
+  if (defaults != 0) state.SkipWithError("a default fired");
+}
+
+// ---------------------------------------------------------------------------
+// Floors: hand-offs between two threads with nothing else around them.
+
+void FutexWait(std::atomic<uint32_t>& word, uint32_t expected) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE,
+          expected, nullptr, nullptr, 0);
+}
+void FutexWake(std::atomic<uint32_t>& word) {
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, 1,
+          nullptr, nullptr, 0);
+}
+
+// turn: 0 = the driver's turn, 1 = the partner's. Each side hands the turn
+// over with a store and a FUTEX_WAKE, then sleeps in FUTEX_WAIT until the
+// turn comes back: every hand-off is a wake-up of a sleeping thread (or a
+// failed wait when the partner was quicker).
+void BM_FloorFutexPingPong(benchmark::State& state) {
+  RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
+    auto turn = std::make_shared<std::atomic<uint32_t>>(0);
+    workers.push_back([=] {
+      for (int64_t i = 0; i < n; ++i) {
+        while (turn->load(std::memory_order_acquire) == 0) FutexWait(*turn, 0);
+        turn->store(0, std::memory_order_release);
+        FutexWake(*turn);
+      }
+    });
+    driver = [=] {
+      for (int64_t i = 0; i < n; ++i) {
+        turn->store(1, std::memory_order_release);
+        FutexWake(*turn);
+        while (turn->load(std::memory_order_acquire) == 1) FutexWait(*turn, 1);
+      }
+    };
+  });
+}
+
+// Sequence counters on separate cache lines; each side waits for the
+// other's, calling kWaitStep(polls so far in this wait) between polls.
+struct alignas(64) PaddedSeq {
+  std::atomic<int64_t> v{0};
+};
+
+template <void (*kWaitStep)(int64_t)>
+void BM_FloorPollPingPong(benchmark::State& state) {
+  RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
+    auto seqs = std::make_shared<std::array<PaddedSeq, 2>>();
+    workers.push_back([=] {
+      auto& [ping, pong] = *seqs;
+      for (int64_t i = 1; i <= n; ++i) {
+        for (int64_t k = 0; ping.v.load(std::memory_order_acquire) != i; ++k) {
+          kWaitStep(k);
+        }
+        pong.v.store(i, std::memory_order_release);
+      }
+    });
+    driver = [=] {
+      auto& [ping, pong] = *seqs;
+      for (int64_t i = 1; i <= n; ++i) {
+        ping.v.store(i, std::memory_order_release);
+        for (int64_t k = 0; pong.v.load(std::memory_order_acquire) != i; ++k) {
+          kWaitStep(k);
+        }
+      }
+    };
+  });
+}
+
+// A pure spin while the partner runs on the other CPU (it answers within a
+// few hundred `pause`s). Only when both threads share a CPU (the other one
+// busy with something else) does a wait reach 1 << 14 polls; it then yields
+// every 1 << 14 polls, so that such a run ends in bounded time (a CI smoke
+// run on a busy machine) instead of one scheduler time slice per hand-off.
+void SpinStep(int64_t polls) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+  if ((polls & ((1 << 14) - 1)) == (1 << 14) - 1) sched_yield();
+}
+void YieldStep(int64_t) { sched_yield(); }
+
+bool MayUseTwoCpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  return sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) >= 2;
+}
+
 void Register(const char* name, void (*fn)(benchmark::State&)) {
   benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(
+      benchmark::kNanosecond);
+}
+
+void RegisterSingleThread(const char* name, void (*fn)(benchmark::State&)) {
+  benchmark::RegisterBenchmark(name, fn)->UseRealTime()->Unit(
       benchmark::kNanosecond);
 }
 
@@ -380,14 +739,37 @@ int main(int argc, char** argv) {
 
   Register("pingpong/dchan", BM_PingPong<DchanImpl>);
   Register("pingpong/mutex_cv", BM_PingPong<MutexCvImpl>);
+  Register("pingpong/moodycamel", BM_PingPong<MoodyImpl>);
+  Register("unbuffered_1p1c/dchan", BM_Unbuffered1P1C<DchanRendezvousImpl>);
+  Register("unbuffered_1p1c/mutex_cv",
+           BM_Unbuffered1P1C<MutexCvRendezvousImpl>);
   Register("buffered_1p1c/dchan", BM_Buffered1P1C<DchanImpl>);
   Register("buffered_1p1c/mutex_cv", BM_Buffered1P1C<MutexCvImpl>);
+  Register("buffered_1p1c/moodycamel", BM_Buffered1P1C<MoodyImpl>);
   Register("buffered_2p2c/dchan", BM_Buffered2P2C<DchanImpl>);
   Register("buffered_2p2c/mutex_cv", BM_Buffered2P2C<MutexCvImpl>);
+  Register("buffered_2p2c/moodycamel", BM_Buffered2P2C<MoodyImpl>);
   Register("select4_fanin/dchan", BM_Select4FanIn_Dchan);
   Register("select4_fanin/mutex_cv", BM_Select4FanIn_MutexCv);
   Register("select_pingpong/dchan", BM_SelectPingPong_Dchan);
   Register("select_pingpong/mutex_cv", BM_SelectPingPong_MutexCv);
+  RegisterSingleThread("select_nonblock_empty/dchan",
+                       BM_SelectNonblockEmpty_Dchan);
+  RegisterSingleThread("select_nonblock_empty/mutex_cv",
+                       BM_SelectNonblockEmpty_MutexCv);
+  RegisterSingleThread("select_nonblock_empty/moodycamel",
+                       BM_SelectNonblockEmpty_Moody);
+  RegisterSingleThread("select_nonblock_ready/dchan",
+                       BM_SelectNonblockReady_Dchan);
+  RegisterSingleThread("select_nonblock_ready/mutex_cv",
+                       BM_SelectNonblockReady_MutexCv);
+  RegisterSingleThread("select_nonblock_ready/moodycamel",
+                       BM_SelectNonblockReady_Moody);
+  Register("floor_futex_pingpong/raw", BM_FloorFutexPingPong);
+  Register("floor_yield_pingpong/raw", BM_FloorPollPingPong<YieldStep>);
+  if (MayUseTwoCpus()) {
+    Register("floor_spin_pingpong/raw", BM_FloorPollPingPong<SpinStep>);
+  }
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

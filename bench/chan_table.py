@@ -8,9 +8,10 @@ RESULTS_DIR holds, per placement P in (unpinned, pinned):
                      and --benchmark_report_aggregates_only=true
   go.P.txt           `go test -bench ... -count 5` output
 Prints one Markdown table per placement: the median of each workload for
-dchan, the mutex+condvar baseline and Go, the spread (cv = stddev / mean over
-the repetitions) and the ratios dchan / mutex+cv and dchan / Go. Standard
-library only.
+dchan, the mutex+condvar baseline, moodycamel's queue (where it has an
+equivalent) and Go, the spread (cv = stddev / mean over the repetitions) and
+the ratios dchan / baseline; then the hand-off floors of the same run.
+Standard library only.
 """
 
 import json
@@ -22,10 +23,20 @@ import sys
 # workload -> (unit, Go benchmark name)
 WORKLOADS = [
     ("pingpong", "ns/round trip", "ChanPingPong"),
+    ("unbuffered_1p1c", "ns/item", "ChanUnbuffered1P1C"),
     ("buffered_1p1c", "ns/item", "ChanBuffered1P1C"),
     ("buffered_2p2c", "ns/item", "ChanBuffered2P2C"),
     ("select4_fanin", "ns/item", "ChanSelect4FanIn"),
     ("select_pingpong", "ns/round trip", "ChanSelectPingPong"),
+    ("select_nonblock_empty", "ns/select", "ChanSelectNonblockEmpty"),
+    ("select_nonblock_ready", "ns/(send+recv)", "ChanSelectNonblockReady"),
+]
+
+# The hand-off floors (chan_bench floor_*/raw): (workload, what it is).
+FLOORS = [
+    ("floor_futex_pingpong", "futex wait/wake hand-off, no spin"),
+    ("floor_yield_pingpong", "sched_yield polling hand-off"),
+    ("floor_spin_pingpong", "pure spin hand-off (two atomics)"),
 ]
 
 PLACEMENTS = [
@@ -102,17 +113,28 @@ def main():
         cpp = load_gbench(cpp_path)
         go = load_go(go_path) if os.path.exists(go_path) else {}
         print(f"### {title}\n")
-        print("| workload | unit | dchan | mutex+condvar | Go "
-              "| dchan / mutex+condvar | dchan / Go |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("| workload | unit | dchan | mutex+condvar | moodycamel | Go "
+              "| dchan / mutex+condvar | dchan / moodycamel | dchan / Go |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for workload, unit, go_name in WORKLOADS:
             d = cpp.get((workload, "dchan"))
             m = cpp.get((workload, "mutex_cv"))
+            mc = cpp.get((workload, "moodycamel"))
             g = go.get(go_name)
-            reps.update(e["n"] for e in (d, m, g) if e and "n" in e)
-            print(f"| {workload} | {unit} | {cell(d)} | {cell(m)} | {cell(g)} "
-                  f"| {ratio(d, m)} | {ratio(d, g)} |")
+            reps.update(e["n"] for e in (d, m, mc, g) if e and "n" in e)
+            print(f"| {workload} | {unit} | {cell(d)} | {cell(m)} "
+                  f"| {cell(mc)} | {cell(g)} | {ratio(d, m)} "
+                  f"| {ratio(d, mc)} | {ratio(d, g)} |")
         print()
+        floors = [(w, what, cpp.get((w, "raw"))) for w, what in FLOORS]
+        if any(e for _, _, e in floors):
+            print("| floor (same run) | ns/round trip | dchan pingpong / floor |")
+            print("|---|---:|---:|")
+            d = cpp.get(("pingpong", "dchan"))
+            for w, what, e in floors:
+                shown = cell(e) if e else "n/a (needs 2 CPUs)"
+                print(f"| {w}: {what} | {shown} | {ratio(d, e)} |")
+            print()
     n = "/".join(str(r) for r in sorted(reps)) or "?"
     print(f"Medians of {n} repetitions, wall time; (±x%) is the coefficient "
           "of variation over the repetitions. Ratios below 1 mean dchan is "

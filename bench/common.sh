@@ -1,6 +1,11 @@
 # shellcheck shell=bash
 # bench/common.sh — what the run_*.sh benchmark scripts share; sourced, not
 # run. The caller sets ROOT, BUILD, JOBS, REPS and OUT first.
+#
+# Optional environment, for every script that sources this:
+#   BENCH_MIN_TIME  --benchmark_min_time of every Google Benchmark run
+#                   (seconds; default: the library's 0.5)
+#   GO_BENCHTIME    -test.benchtime of every Go benchmark run (default 1s)
 
 # The calling script's name, for messages.
 SCRIPT="$(basename "$0")"
@@ -66,6 +71,7 @@ run_gbench() {
   local -a args=("$@" --benchmark_repetitions="${REPS}"
                  --benchmark_report_aggregates_only=true
                  --benchmark_format=json)
+  [[ -z "${BENCH_MIN_TIME:-}" ]] || args+=(--benchmark_min_time="${BENCH_MIN_TIME}")
   echo "${SCRIPT}: ${name}, unpinned" >&2
   "${bench}" "${args[@]}" > "${OUT}/${name}.unpinned.json"
   echo "${SCRIPT}: ${name}, taskset -c 0" >&2
@@ -86,6 +92,7 @@ build_go_bench() {
 # OUT/go.unpinned.txt and OUT/go.pinned.txt.
 run_go_bench() {
   local -a args=(-test.run '^$' -test.bench "$2" -test.count "${REPS}")
+  [[ -z "${GO_BENCHTIME:-}" ]] || args+=(-test.benchtime "${GO_BENCHTIME}")
   echo "${SCRIPT}: Go, GOMAXPROCS=2 unpinned" >&2
   (cd "${OUT}" && GOMAXPROCS=2 "$1" "${args[@]}") > "${OUT}/go.unpinned.txt"
   echo "${SCRIPT}: Go, taskset -c 0" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/run_sync.sh — Mutex, WaitGroup, go() and AtomicValue: dchan vs
 # std:: / absl:: vs Go, in one run, unpinned and pinned to one CPU; prints a
-# Markdown table of medians with ratios (docs/BENCHMARKS.md, "sync").
+# Markdown table of medians with ratios (docs/BENCHMARKS.md).
+# bench/run_all.sh runs it as part of the whole suite.
 #
 # Usage: bench/run_sync.sh [BUILD_DIR]
 #   BUILD_DIR  reuse this CMake build tree (configured Release if it has no
@@ -11,6 +12,7 @@
 #   REPS   repetitions per benchmark (default 5)
 #   OUT    where raw results and the table go (default BUILD_DIR/sync-results)
 #   BENCH  use this sync_bench binary instead of building one
+#   BENCH_MIN_TIME, GO_BENCHTIME  see bench/common.sh
 #
 # Needs: cmake, g++, libbenchmark-dev, golang-go (optional), python3, taskset.
 set -euo pipefail

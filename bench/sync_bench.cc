@@ -7,6 +7,13 @@
 //                         lock and do lock(); ++counter; unlock() in a loop;
 //                         time per operation = wall time / all operations.
 //   wait_group_add_done/dchan  add(1); done() on one thread.
+//   wait_group_wake/*     two threads hand a turn back and forth through
+//                         WaitGroups: A done()s a[i] and wait()s on b[i], B
+//                         wait()s on a[i] and done()s b[i] (every group
+//                         starts at 1); one iteration = one round trip, two
+//                         wake-ups. Baseline: the same on a std::mutex +
+//                         std::condition_variable countdown (what
+//                         std::latch-like code does).
 //   go_spawn_wait/*       start one task and wait for it: dchan::go + a
 //                         WaitGroup vs std::thread + join().
 //   go_spawn64_wait/*     start 64 tasks, then wait for all; per task.
@@ -15,6 +22,8 @@
 //   atomic_value_load/*   load() while another thread stores continuously:
 //                         dchan::AtomicValue<int64_t> vs a std::mutex-guarded
 //                         std::optional vs std::atomic<std::shared_ptr>.
+//   atomic_value_store/*  store() while another thread load()s continuously;
+//                         same baselines.
 //
 // Multi-thread workloads run batches: each batch starts its threads, waits
 // until they are running, and times on the driver thread from releasing
@@ -23,7 +32,9 @@
 // Run bench/run_sync.sh for the full comparison with Go (bench/go/sync).
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -31,6 +42,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "batch.h"
 #include "benchmark/benchmark.h"
 #include "dchan/atomic_value.h"
 #include "dchan/go.h"
@@ -114,6 +126,79 @@ void BM_WaitGroupAddDone(benchmark::State& state) {
   for (auto _ : state) {
     wg.add(1);
     wg.done();
+  }
+}
+
+// A countdown latch on std::mutex + std::condition_variable: the baseline
+// for a WaitGroup used only as "wait until n done()s".
+class CvCountdown {
+ public:
+  explicit CvCountdown(int n) : count_(n) {}
+  void done() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (--count_ == 0) {
+      lock.unlock();
+      cv_.notify_all();
+    }
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return count_ == 0; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int count_;  // guarded by mu_
+};
+
+struct DchanGroups {
+  explicit DchanGroups(int64_t n) : a(n), b(n) {
+    for (auto& g : a) g.add(1);
+    for (auto& g : b) g.add(1);
+  }
+  std::vector<dchan::WaitGroup> a, b;
+};
+
+struct CvGroups {
+  explicit CvGroups(int64_t n) {
+    a.reserve(n);
+    b.reserve(n);
+    for (int64_t i = 0; i < n; ++i) {
+      a.push_back(std::make_unique<CvCountdown>(1));
+      b.push_back(std::make_unique<CvCountdown>(1));
+    }
+  }
+  std::vector<std::unique_ptr<CvCountdown>> a, b;
+};
+
+dchan::WaitGroup& At(std::vector<dchan::WaitGroup>& v, int64_t i) {
+  return v[i];
+}
+CvCountdown& At(std::vector<std::unique_ptr<CvCountdown>>& v, int64_t i) {
+  return *v[i];
+}
+
+// Batches of kWakeBatch round trips; the groups of a batch are made before
+// the timed span (dchan::bench::RunBatch times from the release).
+template <class Groups>
+void BM_WaitGroupWake(benchmark::State& state) {
+  constexpr int64_t kWakeBatch = 1 << 12;
+  while (state.KeepRunningBatch(kWakeBatch)) {
+    auto g = std::make_shared<Groups>(kWakeBatch);
+    std::vector<std::function<void()>> workers;
+    workers.push_back([g] {
+      for (int64_t i = 0; i < kWakeBatch; ++i) {
+        At(g->a, i).wait();
+        At(g->b, i).done();
+      }
+    });
+    state.SetIterationTime(dchan::bench::RunBatch(workers, [g] {
+                             for (int64_t i = 0; i < kWakeBatch; ++i) {
+                               At(g->a, i).done();
+                               At(g->b, i).wait();
+                             }
+                           }).all);
   }
 }
 
@@ -234,6 +319,61 @@ void BM_AtomicSharedPtrLoad(benchmark::State& state) {
   benchmark::DoNotOptimize(sum);
 }
 
+// AtomicValue store under a concurrent reader
+
+// Starts a thread that calls `load` until stopped.
+class Reader {
+ public:
+  template <class Load>
+  explicit Reader(Load load)
+      : thread_([this, load]() mutable {
+          int64_t sum = 0;
+          while (!stop_.load(std::memory_order_relaxed)) sum += load();
+          benchmark::DoNotOptimize(sum);
+        }) {}
+  ~Reader() {
+    stop_.store(true);
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+void BM_AtomicValueStore(benchmark::State& state) {
+  dchan::AtomicValue<int64_t> v;
+  v.store(0);
+  Reader reader([v] { return *v.load(); });
+  int64_t i = 0;
+  for (auto _ : state) v.store(++i);
+}
+
+void BM_MutexOptionalStore(benchmark::State& state) {
+  struct Guarded {
+    std::mutex mu;
+    std::optional<int64_t> value;
+  } g;
+  g.value = 0;
+  Reader reader([&g] {
+    std::lock_guard<std::mutex> hold(g.mu);
+    return *g.value;
+  });
+  int64_t i = 0;
+  for (auto _ : state) {
+    std::lock_guard<std::mutex> hold(g.mu);
+    g.value = ++i;
+  }
+}
+
+void BM_AtomicSharedPtrStore(benchmark::State& state) {
+  std::atomic<std::shared_ptr<const int64_t>> p(
+      std::make_shared<const int64_t>(0));
+  Reader reader([&p] { return *p.load(); });
+  int64_t i = 0;
+  for (auto _ : state) p.store(std::make_shared<const int64_t>(++i));
+}
+
 void Register() {
   using benchmark::RegisterBenchmark;
   RegisterBenchmark("mutex_uncontended/dchan",
@@ -258,6 +398,10 @@ void Register() {
                     BM_MutexContended<AbslLockable, 4>)
       ->UseManualTime();
   RegisterBenchmark("wait_group_add_done/dchan", BM_WaitGroupAddDone);
+  RegisterBenchmark("wait_group_wake/dchan", BM_WaitGroupWake<DchanGroups>)
+      ->UseManualTime();
+  RegisterBenchmark("wait_group_wake/mutex_cv", BM_WaitGroupWake<CvGroups>)
+      ->UseManualTime();
   RegisterBenchmark("go_spawn_wait/dchan", BM_GoSpawnWait)->UseRealTime();
   RegisterBenchmark("go_spawn_wait/std_thread", BM_ThreadSpawnJoin)
       ->UseRealTime();
@@ -271,6 +415,13 @@ void Register() {
       ->UseRealTime();
   RegisterBenchmark("atomic_value_load/std_atomic_shared_ptr",
                     BM_AtomicSharedPtrLoad)
+      ->UseRealTime();
+  RegisterBenchmark("atomic_value_store/dchan", BM_AtomicValueStore)
+      ->UseRealTime();
+  RegisterBenchmark("atomic_value_store/std_mutex", BM_MutexOptionalStore)
+      ->UseRealTime();
+  RegisterBenchmark("atomic_value_store/std_atomic_shared_ptr",
+                    BM_AtomicSharedPtrStore)
       ->UseRealTime();
 }
 

@@ -24,10 +24,12 @@ WORKLOADS = [
     ("mutex_contended_2", "SyncMutexContended2"),
     ("mutex_contended_4", "SyncMutexContended4"),
     ("wait_group_add_done", "SyncWaitGroupAddDone"),
+    ("wait_group_wake", "SyncWaitGroupWake"),
     ("go_spawn_wait", "SyncGoSpawnWait"),
     ("go_spawn64_wait", "SyncGoSpawn64Wait"),
     ("go_launch", "SyncGoLaunch"),
     ("atomic_value_load", "SyncAtomicValueLoad"),
+    ("atomic_value_store", "SyncAtomicValueStore"),
 ]
 
 PLACEMENTS = [

@@ -13,9 +13,10 @@
 #   4. install `cmake --install build` into a temporary prefix, then the
 #              find_package(dchan) consumer in tests/install_consumer/
 #   5. bench   every Google Benchmark binary in build/bench once with a tiny
-#              iteration count, the Go baselines (bench/go*/) once each, and
+#              iteration count, the Go baselines (bench/go*/) once each,
 #              bench/run_baselines.sh --smoke (Redis, NATS, etcd servers it
-#              starts itself); no timing is asserted, this only keeps them
+#              starts itself), and the bench scripts parse (bash -n,
+#              py_compile); no timing is asserted, this only keeps them
 #              working
 #   6. docker  docker/e2e.sh: the images of docker/Dockerfile, the broker
 #              and example programs in containers (host network, loopback),
@@ -134,8 +135,12 @@ if want bench; then
   if [[ -d build/bench ]]; then
     while IFS= read -r b; do
       # Only Google Benchmark binaries (linked statically or dynamically).
+      # (ldd's output is taken whole: `ldd | grep -q` under pipefail fails
+      # whenever grep exits before ldd has written everything, which skipped
+      # a benchmark binary at random.)
+      libs="$(ldd "${b}" 2>/dev/null || true)"
       if ! grep -qa benchmark_min_time "${b}" &&
-         ! { ldd "${b}" 2>/dev/null | grep -q libbenchmark; }; then
+         [[ "${libs}" != *libbenchmark* ]]; then
         echo "--- ${b}: not a Google Benchmark binary, skipped"
         continue
       fi
@@ -178,6 +183,15 @@ if want bench; then
     exit 1
   fi
   nbench=$(( nbench + 1 ))
+  # The scripts of bench/run_all.sh: they only run in full outside CI, so at
+  # least check that they parse.
+  for script in bench/*.sh; do bash -n "${script}"; done
+  python3 - bench/*.py <<'PY'
+import sys
+for path in sys.argv[1:]:
+    with open(path) as f:
+        compile(f.read(), path, "exec")
+PY
   echo "bench: ${nbench} benchmark binaries / Go modules / baseline runs ran"
   PASSED=$(( PASSED + nbench ))
   STAGES_DONE+=(bench)

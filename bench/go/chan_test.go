@@ -32,6 +32,25 @@ func BenchmarkChanPingPong(b *testing.B) {
 	close(ping)
 }
 
+// One producer, one consumer, one way, unbuffered (a send returns once the
+// receiver took the value).
+func BenchmarkChanUnbuffered1P1C(b *testing.B) {
+	ch := make(chan int)
+	n := b.N
+	b.ResetTimer()
+	go func() {
+		for i := 0; i < n; i++ {
+			ch <- i
+		}
+	}()
+	sum := 0
+	for i := 0; i < n; i++ {
+		sum += <-ch
+	}
+	b.StopTimer()
+	sink = sum
+}
+
 func BenchmarkChanBuffered1P1C(b *testing.B) {
 	ch := make(chan int, bufferCap)
 	n := b.N
@@ -146,6 +165,49 @@ func BenchmarkChanSelectPingPong(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	sink = sum
+}
+
+// One goroutine: a 2-case receive select with a default on two empty
+// channels; the default fires.
+func BenchmarkChanSelectNonblockEmpty(b *testing.B) {
+	c1 := make(chan int)
+	c2 := make(chan int)
+	defaults := 0
+	for i := 0; i < b.N; i++ {
+		select {
+		case <-c1:
+		case <-c2:
+		default:
+			defaults++
+		}
+	}
+	if defaults != b.N {
+		b.Fatal("a case fired")
+	}
+}
+
+// One goroutine; one op = a select {send; default} into a capacity-1 channel
+// with room, then a select {recv; default} taking the value back.
+func BenchmarkChanSelectNonblockReady(b *testing.B) {
+	c := make(chan int, 1)
+	sum, defaults := 0, 0
+	for i := 0; i < b.N; i++ {
+		select {
+		case c <- i:
+		default:
+			defaults++
+		}
+		select {
+		case v := <-c:
+			sum += v
+		default:
+			defaults++
+		}
+	}
+	if defaults != 0 {
+		b.Fatal("a default fired")
+	}
 	sink = sum
 }
 

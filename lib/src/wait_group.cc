@@ -11,6 +11,11 @@
 // new one starts with the same state between its load and that CAS waits
 // for the new round: Go's rule that a reused WaitGroup's new Add calls
 // happen after the previous Wait calls returned avoids it.)
+//
+// Before it parks, a waiter spins and yields as channel waiters do
+// (spin.h), and learns from where the round was ended: the add() that ends
+// a round records its CPU in completer_cpu_ (a hint; relaxed) before its
+// CAS.
 #include "dchan/wait_group.h"
 
 #include <atomic>
@@ -20,6 +25,7 @@
 
 #include "dchan/detail/futex.h"
 #include "dchan/error.h"
+#include "spin.h"
 
 namespace dchan {
 namespace detail {
@@ -49,6 +55,9 @@ class WaitGroupCore {
               ? 0
               : (uint64_t{static_cast<uint32_t>(next_count)} << 32) |
                     (s & kHasWaiters);
+      if (next_count == 0) {
+        completer_cpu_.store(current_cpu(), std::memory_order_relaxed);
+      }
       if (state_.compare_exchange_weak(s, next, std::memory_order_acq_rel,
                                        std::memory_order_relaxed)) {
         if (next_count == 0 && (s & kHasWaiters) != 0) {
@@ -63,12 +72,14 @@ class WaitGroupCore {
   bool wait_until(std::chrono::steady_clock::time_point deadline) {
     uint64_t s = state_.load(std::memory_order_acquire);
     if (counter(s) == 0) return true;
-    // Spin briefly: rounds are often about to end.
-    for (int i = spin_budget(); i > 0; --i) {
-      spin_pause();
-      s = state_.load(std::memory_order_acquire);
-      if (counter(s) == 0) return true;
+    // Spin and yield first: rounds are often about to end.
+    const SpinOutcome spun = spin_then_yield([this] { return is_zero(); });
+    if (spun == SpinOutcome::kSpun) return true;
+    if (spun == SpinOutcome::kYielded) {
+      learn_after_wait(completer_cpu_.load(std::memory_order_relaxed), {});
+      return true;
     }
+    const auto parked_at = std::chrono::steady_clock::now();
     uint32_t gen;
     for (;;) {
       gen = generation_.load(std::memory_order_acquire);
@@ -91,6 +102,7 @@ class WaitGroupCore {
         return generation_.load(std::memory_order_acquire) != gen;
       }
     }
+    learn_after_wait(completer_cpu_.load(std::memory_order_relaxed), parked_at);
     return true;
   }
 
@@ -111,6 +123,7 @@ class WaitGroupCore {
 
   std::atomic<uint64_t> state_{0};
   std::atomic<uint32_t> generation_{0};
+  std::atomic<int> completer_cpu_{-1};  // where the last round ended
 };
 
 }  // namespace detail

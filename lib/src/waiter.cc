@@ -1,8 +1,6 @@
 #include "dchan/detail/waiter.h"
 
-#include <sched.h>
-
-#include <algorithm>
+#include "spin.h"
 
 namespace dchan::detail {
 
@@ -25,57 +23,21 @@ void Lock::lock_slow() noexcept {
   }
 }
 
-namespace {
-
-// Before parking, a waiter yields its CPU a few times: when the thread that
-// will complete it runs on the same CPU (always so in a process pinned to one
-// CPU), a yield lets it run at the cost of one system call, where a park
-// would cost a futex wait plus a futex wake.
-constexpr int kYieldsBeforePark = 8;
-
-// Spinning pays only while the completing thread runs on another CPU. Each
-// thread adapts how long it spins: it halves its limit when a wait turns out
-// to have been completed from its own CPU (the spin only delayed the
-// completer), and doubles it, up to spin_budget(), when a spin succeeds or a
-// wait that parked was completed from another CPU soon after.
-constexpr int kMinSpins = 32;
-thread_local int t_spin_limit = -1;
-
-int& spin_limit() noexcept {
-  if (t_spin_limit < 0) t_spin_limit = spin_budget();
-  return t_spin_limit;
-}
-
-}  // namespace
-
 int Waiter::spin_then_yield() noexcept {
-  int& limit = spin_limit();
-  for (int i = 0; i < limit; ++i) {
-    if (done()) {
-      if (i > limit / 2) limit = std::min(spin_budget(), limit * 2);
+  switch (detail::spin_then_yield([this] { return done(); })) {
+    case SpinOutcome::kSpun:
       return kSpun;
-    }
-    spin_pause();
+    case SpinOutcome::kYielded:
+      return kYielded;
+    case SpinOutcome::kMustPark:
+      break;
   }
-  for (int i = 0; i < kYieldsBeforePark; ++i) {
-    if (done()) return kYielded;
-    sched_yield();
-  }
-  return done() ? kYielded : kMustPark;
+  return kMustPark;
 }
 
 void Waiter::learn_after_park(
     std::chrono::steady_clock::time_point parked_at) noexcept {
-  const int budget = spin_budget();
-  if (budget == 0) return;
-  int& limit = spin_limit();
-  if (completer_cpu_ >= 0 && completer_cpu_ == current_cpu()) {
-    limit = std::max(kMinSpins, limit / 2);
-  } else if (parked_at == std::chrono::steady_clock::time_point() ||
-             std::chrono::steady_clock::now() - parked_at <
-                 std::chrono::microseconds(50)) {
-    limit = std::min(budget, limit * 2);
-  }
+  learn_after_wait(completer_cpu_, parked_at);
 }
 
 void Waiter::wait() noexcept {

@@ -40,6 +40,66 @@ TEST(Select, DefaultRunsOnlyWhenNothingIsReady) {
   EXPECT_FALSE(ran_default);
 }
 
+// A single channel case with a default takes a shorter path than other
+// selects (a non-blocking send or receive, as in Go); it must keep every
+// rule of select, with the default first or last.
+TEST(Select, OneCaseWithDefaultKeepsSelectSemantics) {
+  // Receive: empty -> default; a buffered value; a blocked sender's value;
+  // closed and drained -> the case with nullopt.
+  auto a = make_chan<int>(1);
+  std::optional<int> got = -1;
+  int defaults = 0;
+  auto recv_a = [&] {
+    return select(on_recv(a, [&](std::optional<int> v) { got = v; }),
+                  on_default([&] { ++defaults; }));
+  };
+  EXPECT_EQ(recv_a(), 1u);
+  EXPECT_EQ(defaults, 1);
+  a.send(7);
+  EXPECT_EQ(recv_a(), 0u);
+  EXPECT_EQ(got, 7);
+  auto u = make_chan<int>();
+  std::thread sender(
+      [&] { EXPECT_EQ(u.send_for(8, kLiveness), ChanStatus::kOk); });
+  // Default first: the receive is case 1.
+  const auto give_up = std::chrono::steady_clock::now() + kLiveness;
+  while (select(on_default(),
+                on_recv(u, [&](std::optional<int> x) { got = x; })) != 1 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::yield();
+  }
+  sender.join();
+  EXPECT_EQ(got, 8);
+  a.close();
+  EXPECT_EQ(recv_a(), 0u);
+  EXPECT_EQ(got, std::nullopt);
+  EXPECT_EQ(defaults, 1);
+
+  // Send: room -> sent; full -> default (the value not delivered); a
+  // blocked receiver takes it; closed -> panic.
+  auto b = make_chan<int>(1);
+  EXPECT_EQ(select(on_send(b, 1), on_default()), 0u);
+  EXPECT_EQ(select(on_default(), on_send(b, 2)), 0u);  // default first: 0
+  EXPECT_EQ(b.len(), 1u);
+  EXPECT_EQ(*b.recv(), 1);
+  auto v = make_chan<int>();
+  std::optional<int> taken;
+  std::thread receiver([&] { taken = v.recv_for(kLiveness).value; });
+  while (select(on_send(v, 9), on_default()) != 0 &&
+         std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::yield();
+  }
+  receiver.join();
+  EXPECT_EQ(taken, 9);
+  b.close();
+  EXPECT_THROW(select(on_send(b, 3), on_default()), Error);
+
+  // The nil channel: always the default.
+  Chan<int> nil;
+  EXPECT_EQ(select(on_recv(nil), on_default()), 1u);
+  EXPECT_EQ(select(on_default(), on_send(nil, 1)), 0u);
+}
+
 TEST(Select, BlocksUntilACaseIsReady) {
   auto a = make_chan<int>();
   auto b = make_chan<std::string>();

@@ -1,5 +1,8 @@
 #include "dchan/wait_group.h"
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -129,6 +132,70 @@ TEST(WaitGroup, IsReusableForManyRounds) {
   int expected = 0;
   for (int round = 1; round <= 100; ++round) expected += round % 7 + 1;
   EXPECT_EQ(total.load(), expected);
+}
+
+// Two threads hand a turn back and forth through fresh WaitGroups, with
+// every wait going through the spin / yield / park steps and the spin limit
+// adapting to where the rounds end. `same_cpu`: both threads are bound to
+// one CPU, so every wait that does not spin it out must yield or park for
+// the other thread to run. Each side checks it sees the other's write of
+// the previous round.
+void HandTurnsThroughWaitGroups(bool same_cpu) {
+  constexpr int kRounds = 2000;
+  std::vector<WaitGroup> a(kRounds), b(kRounds);
+  for (int i = 0; i < kRounds; ++i) {
+    a[i].add(1);
+    b[i].add(1);
+  }
+  int last_a = -1, last_b = -1;  // written before done(), read after wait()
+  // With same_cpu, the driver binds itself to the CPU it runs on and the
+  // partner to the same one.
+  std::atomic<int> cpu{-1};
+  auto bind_to = [](int c) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(c, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  };
+  std::thread partner([&] {
+    if (same_cpu) {
+      while (cpu.load() < 0) std::this_thread::yield();
+      ASSERT_EQ(bind_to(cpu.load()), 0);
+    }
+    for (int i = 0; i < kRounds; ++i) {
+      if (i % 3 == 0) {
+        ASSERT_TRUE(a[i].wait_for(std::chrono::seconds(60)));
+      } else {
+        a[i].wait();
+      }
+      ASSERT_EQ(last_a, i);
+      last_b = i;
+      b[i].done();
+    }
+  });
+  cpu_set_t before;  // the test thread's affinity, restored at the end
+  ASSERT_EQ(pthread_getaffinity_np(pthread_self(), sizeof before, &before), 0);
+  if (same_cpu) {
+    const int c = sched_getcpu();
+    ASSERT_EQ(bind_to(c), 0);
+    cpu.store(c);
+  }
+  for (int i = 0; i < kRounds; ++i) {
+    last_a = i;
+    a[i].done();
+    b[i].wait();
+    EXPECT_EQ(last_b, i);
+  }
+  partner.join();
+  EXPECT_EQ(pthread_setaffinity_np(pthread_self(), sizeof before, &before), 0);
+}
+
+TEST(WaitGroup, HandsTurnsBackAndForthBetweenTwoThreads) {
+  HandTurnsThroughWaitGroups(/*same_cpu=*/false);
+}
+
+TEST(WaitGroup, HandsTurnsBackAndForthBetweenTwoThreadsOnOneCpu) {
+  HandTurnsThroughWaitGroups(/*same_cpu=*/true);
 }
 
 TEST(WaitGroup, WaitForTimesOutWhileTheCounterIsPositive) {

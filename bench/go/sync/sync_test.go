@@ -63,6 +63,39 @@ func BenchmarkSyncWaitGroupAddDone(b *testing.B) {
 	}
 }
 
+// Two goroutines hand a turn back and forth through WaitGroups: A Done()s
+// a[i] and Wait()s on b[i], B Wait()s on a[i] and Done()s b[i] (every group
+// starts at 1). One op = one round trip (two wake-ups). Batches of 4096 as
+// in sync_bench; making a batch's groups is not timed.
+func BenchmarkSyncWaitGroupWake(b *testing.B) {
+	const batch = 4096
+	b.StopTimer()
+	for done := 0; done < b.N; done += batch {
+		k := batch
+		if b.N-done < k {
+			k = b.N - done
+		}
+		wa := make([]sync.WaitGroup, k)
+		wb := make([]sync.WaitGroup, k)
+		for i := 0; i < k; i++ {
+			wa[i].Add(1)
+			wb[i].Add(1)
+		}
+		b.StartTimer()
+		go func() {
+			for i := 0; i < k; i++ {
+				wa[i].Wait()
+				wb[i].Done()
+			}
+		}()
+		for i := 0; i < k; i++ {
+			wa[i].Done()
+			wb[i].Wait()
+		}
+		b.StopTimer()
+	}
+}
+
 // Start one goroutine and wait for it.
 func BenchmarkSyncGoSpawnWait(b *testing.B) {
 	for i := 0; i < b.N; i++ {
@@ -118,3 +151,28 @@ func BenchmarkSyncAtomicValueLoad(b *testing.B) {
 	<-stopped
 	_ = sum
 }
+
+// Store while another goroutine loads continuously.
+func BenchmarkSyncAtomicValueStore(b *testing.B) {
+	var v atomic.Value
+	v.Store(int64(0))
+	var stop atomic.Bool
+	stopped := make(chan struct{})
+	go func() {
+		var sum int64
+		for !stop.Load() {
+			sum += v.Load().(int64)
+		}
+		sinkInt = sum
+		close(stopped)
+	}()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		v.Store(int64(i))
+	}
+	b.StopTimer()
+	stop.Store(true)
+	<-stopped
+}
+
+var sinkInt int64

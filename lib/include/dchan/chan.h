@@ -36,9 +36,12 @@
 // kDataLoss for bytes the codec rejects). recv_async and send_async are for
 // local channels only.
 //
-// Blocked threads spin for about ten microseconds before parking on a futex
-// (waking a parked thread on another CPU costs tens of microseconds on small
-// VMs); they do not spin when the process may run on one CPU only.
+// Blocked threads spin for up to about ten microseconds, then yield a few
+// times, before parking on a futex (waking a parked thread on another CPU
+// costs tens of microseconds on small VMs). Each thread shortens its spin
+// when its waits are completed from its own CPU (spinning then only delays
+// the thread it waits for); they do not spin when the process may run on one
+// CPU only.
 #ifndef DCHAN_CHAN_H_
 #define DCHAN_CHAN_H_
 

@@ -82,6 +82,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -298,6 +299,32 @@ requires(sizeof...(Cases) > 0 &&
   static_assert(((std::decay_t<Cases>::kIsDefault ? 1 : 0) + ...) <= 1,
                 "select() takes at most one on_default case");
   detail::SelectCase* const all[] = {&cases...};
+  if constexpr (sizeof...(Cases) == 2 &&
+                ((std::decay_t<Cases>::kIsDefault ? 1 : 0) + ...) == 1) {
+    // One channel case and a default (Go compiles this to a non-blocking
+    // send or receive): try that case under its channel's lock, as the
+    // general engine's first pass would, without the engine.
+    constexpr std::size_t kChan =
+        std::tuple_element_t<0, std::tuple<std::decay_t<Cases>...>>::kIsDefault
+            ? 1
+            : 0;
+    auto cases_tuple = std::forward_as_tuple(cases...);
+    auto& c = std::get<kChan>(cases_tuple);  // a final class: no virtual calls
+    if (detail::ChanCore* core = c.core()) {
+      detail::WaitNode* to_fire = nullptr;
+      core->lock_.lock();
+      const ChanStatus st = c.try_locked(&to_fire);
+      core->unlock();
+      if (st != ChanStatus::kWouldBlock) {
+        detail::fire(to_fire);
+        c.finish(st == ChanStatus::kOk);
+        return kChan;
+      }
+      std::get<1 - kChan>(cases_tuple).finish(true);
+      return 1 - kChan;
+    }
+    // The nil channel or a broker channel: the general engine.
+  }
   return detail::select_cases(all, sizeof...(Cases));
 }
 

@@ -88,7 +88,8 @@ class WaitGroup {
   void done() { add(-1); }
 
   // Blocks until the counter is zero (returns at once if it is). Local:
-  // spins briefly, then parks on a futex; never throws. Remote: throws
+  // spins and yields briefly as a blocked channel operation does (see
+  // chan.h), then parks on a futex; never throws. Remote: throws
   // dchan::Error kAborted when a participant was lost owing Dones (the
   // message names it; not with `forgive`), kUnavailable when the broker is
   // lost.

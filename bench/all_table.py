@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""The one table of bench/run_all.sh: every dchan figure next to its
+baselines from the same run, unpinned and pinned, as ratios.
+
+Usage: all_table.py RESULTS_DIR [--doc DOC.md]
+
+RESULTS_DIR is run_all.sh's output directory:
+  run.txt                    the run's header lines (date, machine, commit,
+                             command, ...), printed as they are
+  chan/  chan_bench.{unpinned,pinned}.json, go.{unpinned,pinned}.txt
+  sync/  sync_bench.{unpinned,pinned}.json, go.{unpinned,pinned}.txt
+  remote/  remote_bench.{unpinned,pinned}.json
+  baselines/  (bench/run_baselines.sh, if present) *.unpinned.jsonl and
+             *.pinned.jsonl: one JSON object per repetition,
+             {"bench": NAME, "rep": N, "ops": N, "us_per_op": X,
+              "p50_us": X, "p99_us": X}  or  {..., "msgs_per_s": X};
+             and Google Benchmark JSON, *.unpinned.json / *.pinned.json
+             (but not the remote_bench.*.json copies it may keep)
+A missing directory or file leaves its rows out (or n/a).
+
+Prints the Markdown section to stdout. With --doc, also replaces the text
+between the lines `<!-- run_all:begin -->` and `<!-- run_all:end -->` of DOC
+with it (the markers must be there). Standard library only.
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+PLACEMENTS = ("unpinned", "pinned")
+BEGIN = "<!-- run_all:begin -->"
+END = "<!-- run_all:end -->"
+
+_TO_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+_GO_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op")
+
+# ---------------------------------------------------------------- loading
+# A figure: {"ns": median time per op, "cv": fraction or None,
+#            "p50": µs or None, "p99": µs or None, "rate": bool}
+# ("rate": shown as ops/s; the ratio is still time per op).
+
+
+def load_gbench(path):
+    """{benchmark name (no /manual_time etc.): figure} from gbench JSON."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    singles = {}  # one-repetition runs (smoke modes) report no aggregates
+    for b in data["benchmarks"]:
+        if b.get("error_occurred"):
+            continue
+        name = re.sub(r"/(manual_time|real_time)$", "", b["run_name"])
+        if b.get("run_type") != "aggregate":
+            singles.setdefault(name, []).append(b)
+            continue
+        fig = out.setdefault(name, {"cv": None, "p50": None, "p99": None,
+                                    "rate": False})
+        agg = b["aggregate_name"]
+        if agg == "median":
+            fig["ns"] = b["real_time"] * _TO_NS[b["time_unit"]]
+            fig["p50"] = b.get("p50_us")
+            fig["p99"] = b.get("p99_us")
+        elif agg == "cv":
+            fig["cv"] = b["real_time"]
+    for name, runs in singles.items():
+        if name in out or len(runs) != 1:
+            continue
+        b = runs[0]
+        out[name] = {"ns": b["real_time"] * _TO_NS[b["time_unit"]],
+                     "cv": None, "p50": b.get("p50_us"),
+                     "p99": b.get("p99_us"), "rate": False}
+    return {k: v for k, v in out.items() if "ns" in v}
+
+
+def load_go(path):
+    """{Go benchmark name without "Benchmark": figure} from go test text."""
+    if not os.path.exists(path):
+        return {}
+    runs = {}
+    with open(path) as f:
+        for line in f:
+            m = _GO_LINE.match(line.strip())
+            if m:
+                runs.setdefault(m.group(1), []).append(float(m.group(2)))
+    out = {}
+    for name, xs in runs.items():
+        mean = statistics.fmean(xs)
+        cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else None
+        out[name] = {"ns": statistics.median(xs), "cv": cv, "p50": None,
+                     "p99": None, "rate": False}
+    return out
+
+
+def load_ext(directory, placement):
+    """{bench: figure} from the baselines script's results: every
+    *.PLACEMENT.jsonl and (Google Benchmark) *.PLACEMENT.json in
+    `directory` but remote_bench's."""
+    if not os.path.isdir(directory):
+        return {}
+    out = load_jsonl(directory, placement)
+    for fn in sorted(os.listdir(directory)):
+        if (fn.endswith(f".{placement}.json") and
+                not fn.startswith("remote_bench.")):
+            out.update(load_gbench(os.path.join(directory, fn)))
+    return out
+
+
+def load_jsonl(directory, placement):
+    """{bench: figure} from every *.PLACEMENT.jsonl in `directory`."""
+    recs = {}
+    if not os.path.isdir(directory):
+        return {}
+    for fn in sorted(os.listdir(directory)):
+        if not fn.endswith(f".{placement}.jsonl"):
+            continue
+        with open(os.path.join(directory, fn)) as f:
+            for line in f:
+                line = line.strip()
+                if not line.startswith("{"):
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "bench" in r:
+                    recs.setdefault(r["bench"], []).append(r)
+    out = {}
+    for name, rs in recs.items():
+        if all(r.get("msgs_per_s") for r in rs):
+            xs = [1e9 / r["msgs_per_s"] for r in rs]
+            rate = True
+        elif all(r.get("us_per_op") for r in rs):
+            xs = [r["us_per_op"] * 1e3 for r in rs]
+            rate = False
+        else:
+            continue
+        mean = statistics.fmean(xs)
+        cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else None
+
+        def med(key):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            return statistics.median(vals) if vals else None
+
+        out[name] = {"ns": statistics.median(xs), "cv": cv,
+                     "p50": med("p50_us"), "p99": med("p99_us"), "rate": rate}
+    return out
+
+
+# ------------------------------------------------------------ the pairings
+# In process: (area, workload label, unit, dchan benchmark, [(baseline label,
+# source, name)], target) — source "cpp" (same binary) or "go".
+# A target (issue 7) is a maximum for dchan / that baseline's time ratio.
+CHAN = [
+    ("pingpong", "ns/round trip",
+     [("mutex+condvar", "mutex_cv"), ("moodycamel", "moodycamel")],
+     "ChanPingPong", 1.0),
+    ("unbuffered_1p1c", "ns/item", [("mutex+condvar", "mutex_cv")],
+     "ChanUnbuffered1P1C", None),
+    ("buffered_1p1c", "ns/item",
+     [("mutex+condvar", "mutex_cv"), ("moodycamel", "moodycamel")],
+     "ChanBuffered1P1C", 1.0),
+    ("buffered_2p2c", "ns/item",
+     [("mutex+condvar", "mutex_cv"), ("moodycamel", "moodycamel")],
+     "ChanBuffered2P2C", None),
+    ("select4_fanin", "ns/item", [("mutex+condvar", "mutex_cv")],
+     "ChanSelect4FanIn", None),
+    ("select_pingpong", "ns/round trip", [("mutex+condvar", "mutex_cv")],
+     "ChanSelectPingPong", 1.0),
+    ("select_nonblock_empty", "ns/select",
+     [("mutex+condvar try_pop", "mutex_cv"),
+      ("moodycamel try_dequeue", "moodycamel")],
+     "ChanSelectNonblockEmpty", None),
+    ("select_nonblock_ready", "ns/(send+recv)",
+     [("mutex+condvar try", "mutex_cv"), ("moodycamel try", "moodycamel")],
+     "ChanSelectNonblockReady", None),
+]
+
+SYNC = [
+    ("mutex_uncontended", "ns/op", [("std::mutex", "std"), ("absl", "absl")],
+     "SyncMutexUncontended", {"std": 1.2}),
+    ("mutex_contended_2", "ns/op", [("std::mutex", "std"), ("absl", "absl")],
+     "SyncMutexContended2", {"std": 1.2}),
+    ("mutex_contended_4", "ns/op", [("std::mutex", "std"), ("absl", "absl")],
+     "SyncMutexContended4", {"std": 1.2}),
+    ("wait_group_add_done", "ns/op", [], "SyncWaitGroupAddDone", None),
+    ("wait_group_wake", "ns/round trip", [("mutex+condvar", "mutex_cv")],
+     "SyncWaitGroupWake", None),
+    ("go_spawn_wait", "ns/task", [("std::thread", "std_thread")],
+     "SyncGoSpawnWait", None),
+    ("go_spawn64_wait", "ns/task", [("std::thread", "std_thread")],
+     "SyncGoSpawn64Wait", None),
+    ("go_launch", "ns/task", [], "SyncGoLaunch", None),
+    ("atomic_value_load", "ns/op",
+     [("std::mutex", "std_mutex"),
+      ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
+     "SyncAtomicValueLoad", None),
+    ("atomic_value_store", "ns/op",
+     [("std::mutex", "std_mutex"),
+      ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
+     "SyncAtomicValueStore", None),
+]
+
+# Remote: (label, unit, dchan benchmark regex, [(baseline label, source,
+# regex, target)]). Sources: "remote" (remote_bench's raw gRPC rows) and
+# "ext" (run_baselines.sh). A dchan regex may match several rows (each gets
+# its own); "{1}" in a baseline regex and "{0}" in the label stand for the
+# dchan row's first group. Unit "msgs/s": figures shown as rates.
+REMOTE = [
+    ("acked send (one broker round trip)", "µs/op", r"acked_send/remote$",
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", 1.2),
+      ("etcd put", "ext", r"^etcd_put$", None)]),
+    ("acked send, sender alone", "µs/op", r"acked_send_alone/remote$",
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
+    ("hand-off ping-pong, 2 processes", "µs/op", r"pingpong/remote$",
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
+      ("raw gRPC relay A→relay→B→relay→A", "ext", r"^relay/grpc$", None),
+      ("NATS request-reply", "ext", r"nats_rr", 1.0),
+      ("Redis LPUSH/BRPOP echo", "ext", r"redis", 1.0)]),
+    ("lock + unlock", "µs/op", r"lock_unlock/remote$",
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
+      ("etcd lock", "ext", r"^etcd.*lock", 0.05)]),
+    ("lock hand-off to another process", "µs/op", r"lock_handoff/remote$",
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
+    ("one-way, {0} senders", "msgs/s", r"oneway/remote/(\d+)(x\d+)?$",
+     [("raw gRPC stream", "remote", r"oneway/grpc/{1}$", None),
+      ("NATS pub/sub", "ext", r"nats_pubsub", 1.0)]),
+]
+
+
+# --------------------------------------------------------------- printing
+
+
+def num(x):
+    if x >= 1e4:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def show(fig, unit_us=False):
+    """A figure's cell: the median (± cv)."""
+    if not fig:
+        return "–"
+    if fig["rate"]:
+        v = 1e9 / fig["ns"]
+        text = (f"{v / 1e6:.2f}M/s" if v >= 1e6 else f"{v / 1e3:.0f}K/s")
+    else:
+        text = num(fig["ns"] / 1e3 if unit_us else fig["ns"])
+    if fig.get("cv") is not None:
+        text += f" ±{fig['cv'] * 100:.0f}%"
+    return text
+
+
+def ratio(a, b, target=None):
+    if not a or not b:
+        return "–"
+    r = a["ns"] / b["ns"]
+    text = f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
+    if target is not None:
+        text += " ✓" if r <= target else " ✗"
+    return text
+
+
+def row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def floor_rows(results):
+    """The hand-off floors, next to dchan's ping-pong of the same run."""
+    rows = []
+    cpp = {p: load_gbench(os.path.join(results, "chan",
+                                       f"chan_bench.{p}.json"))
+           for p in PLACEMENTS}
+    for floor, label in (("floor_futex_pingpong", "futex hand-off floor"),
+                         ("floor_yield_pingpong", "sched_yield hand-off floor"),
+                         ("floor_spin_pingpong", "spin hand-off floor")):
+        if not any(cpp[p].get(f"{floor}/raw") for p in PLACEMENTS):
+            continue
+        cells = ["chan", "pingpong", "ns/round trip", label]
+        for p in PLACEMENTS:
+            d = cpp[p].get("pingpong/dchan")
+            f = cpp[p].get(f"{floor}/raw")
+            cells += [show(d), show(f) if f else "n/a", ratio(d, f)]
+        cells.append("")
+        rows.append(cells)
+    return rows
+
+
+def in_process_rows(results):
+    """Table rows (lists of cells) for chan and sync."""
+    rows = []
+    for area, sub, bench, specs in (("chan", "chan", "chan_bench", CHAN),
+                                    ("sync", "sync", "sync_bench", SYNC)):
+        cpp = {p: load_gbench(os.path.join(results, sub, f"{bench}.{p}.json"))
+               for p in PLACEMENTS}
+        go = {p: load_go(os.path.join(results, sub, f"go.{p}.txt"))
+              for p in PLACEMENTS}
+        if not any(cpp.values()):
+            continue
+        for workload, unit, bases, go_name, target in specs:
+            pairs = [(label, lambda p, v=variant: cpp[p].get(
+                f"{workload}/{v}")) for label, variant in bases]
+            pairs.append(("Go", lambda p, g=go_name: go[p].get(g)))
+            for label, get in pairs:
+                if not any(get(p) for p in PLACEMENTS):
+                    continue
+                if isinstance(target, dict):
+                    t = next((v for k, v in target.items()
+                              if dict(bases).get(label) == k), None)
+                else:
+                    t = target if label == "Go" else None
+                cells = [area, workload, unit, label]
+                for p in PLACEMENTS:
+                    d = cpp[p].get(f"{workload}/dchan")
+                    cells += [show(d), show(get(p)), ratio(d, get(p), t)]
+                cells.append(f"≤ {t:g}" if t is not None else "")
+                rows.append(cells)
+        if area == "chan":
+            rows += floor_rows(results)
+    return rows
+
+
+def remote_rows(results):
+    rem = {p: load_gbench(os.path.join(results, "remote",
+                                       f"remote_bench.{p}.json"))
+           for p in PLACEMENTS}
+    ext = {p: load_ext(os.path.join(results, "baselines"), p)
+           for p in PLACEMENTS}
+    rows, used_ext = [], set()
+    names = sorted(set(rem["unpinned"]) | set(rem["pinned"]),
+                   key=lambda n: [int(t) if t.isdigit() else t
+                                  for t in re.split(r"(\d+)", n)])
+
+    def as_unit(fig, unit):
+        return dict(fig, rate=True) if fig and unit == "msgs/s" else fig
+
+    for label, unit, dchan_re, bases in REMOTE:
+        for name in names:
+            m = re.match(dchan_re, name)
+            if not m:
+                continue
+            groups = [g or "" for g in m.groups()]
+            group = groups[0] if groups else ""
+            shown = label.format(group)
+            if len(groups) > 1 and groups[1]:  # oneway/remote/16x1
+                shown += f", {groups[1][1:]} receiver thread(s)"
+            paired = False
+            for blabel, source, bre, target in bases:
+                bre = bre.replace("{1}", re.escape(group))
+                src = rem if source == "remote" else ext
+                for bname in sorted(set(src["unpinned"]) | set(src["pinned"])):
+                    if not re.search(bre, bname):
+                        continue
+                    if source == "ext":
+                        used_ext.add(bname)
+                    cells = ["remote", shown, unit,
+                             blabel if source == "remote"
+                             else f"{blabel} (`{bname}`)"]
+                    for p in PLACEMENTS:
+                        d = as_unit(rem[p].get(name), unit)
+                        b = as_unit(src[p].get(bname), unit)
+                        cells += [show(d, True), show(b, True),
+                                  ratio(d, b, target)]
+                    cells.append(f"≤ {target:g}" if target is not None
+                                 else "")
+                    rows.append(cells)
+                    paired = True
+            if not paired:
+                cells = ["remote", shown, unit, "–"]
+                for p in PLACEMENTS:
+                    cells += [show(as_unit(rem[p].get(name), unit), True),
+                              "–", "–"]
+                cells.append("")
+                rows.append(cells)
+    # External baselines no dchan row claimed: listed, unpaired.
+    for bname in sorted(set(ext["unpinned"]) | set(ext["pinned"])):
+        if bname in used_ext:
+            continue
+        rate = any((ext[p].get(bname) or {}).get("rate") for p in PLACEMENTS)
+        cells = ["remote", "(no dchan row)", "msgs/s" if rate else "µs/op",
+                 f"`{bname}`"]
+        for p in PLACEMENTS:
+            cells += ["–", show(ext[p].get(bname), True), "–"]
+        cells.append("")
+        rows.append(cells)
+    return rows
+
+
+def render(results):
+    lines = []
+    header = os.path.join(results, "run.txt")
+    if os.path.exists(header):
+        with open(header) as f:
+            lines.append("```")
+            lines += [l.rstrip("\n") for l in f]
+            lines.append("```")
+            lines.append("")
+    lines.append(row(["area", "workload", "unit", "baseline",
+                      "dchan unpinned", "baseline unpinned", "ratio unpinned",
+                      "dchan pinned", "baseline pinned", "ratio pinned",
+                      "target"]))
+    lines.append("|" + "---|" * 3 + "---|" + "---:|" * 6 + "---|")
+    for cells in in_process_rows(results) + remote_rows(results):
+        lines.append(row(cells))
+    lines.append("")
+    lines.append(
+        "Medians over the repetitions (±x%: coefficient of variation); "
+        "remote figures in µs (or messages/s), in-process in ns. Ratio = "
+        "dchan / baseline in time per op: below 1 dchan is faster. ✓/✗: "
+        "issue 7's target for that pair, met or not in this run. Pinned = "
+        "`taskset -c 0` for the bench, its partner processes, the broker and "
+        "the baseline servers alike (Go then runs with GOMAXPROCS=1); "
+        "unpinned Go runs with GOMAXPROCS=2. The floors row is the same run's "
+        "bare hand-off between two threads (n/a: a spin needs two CPUs).")
+    return "\n".join(lines) + "\n"
+
+
+def write_doc(doc, text):
+    with open(doc) as f:
+        content = f.read()
+    b, e = content.find(BEGIN), content.find(END)
+    if b < 0 or e < b:
+        sys.exit(f"all_table.py: {doc} lacks the {BEGIN} / {END} markers")
+    content = content[: b + len(BEGIN)] + "\n" + text + content[e:]
+    with open(doc, "w") as f:
+        f.write(content)
+
+
+def main():
+    args = sys.argv[1:]
+    doc = None
+    if len(args) == 3 and args[1] == "--doc":
+        doc = args[2]
+        args = args[:1]
+    if len(args) != 1:
+        sys.exit(__doc__)
+    text = render(args[0])
+    sys.stdout.write(text)
+    if doc:
+        write_doc(doc, text)
+
+
+if __name__ == "__main__":
+    main()

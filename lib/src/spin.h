@@ -1,0 +1,67 @@
+// spin.h — how a blocked dchan thread waits before it parks (private to lib).
+//
+// Waking a thread parked on another vCPU costs tens of microseconds on small
+// VMs, so a waiter first spins, then yields its CPU a few times, and only
+// then parks. Spinning pays only while the thread that will complete the
+// wait runs on another CPU; when it shares the waiter's CPU, the spin only
+// delays it. So each thread keeps one adaptive spin limit, shared by all its
+// waits (channel operations, selects, WaitGroup::wait): it halves it when a
+// wait turns out to have been completed from its own CPU and doubles it, up
+// to spin_budget(), when a spin succeeds late or a wait that parked was
+// completed from another CPU soon after. A process that may run on one CPU
+// only never spins (spin_budget() is 0) and goes straight to the yields.
+//
+// Thread-compatible: the limit is thread-local.
+#ifndef DCHAN_LIB_SRC_SPIN_H_
+#define DCHAN_LIB_SRC_SPIN_H_
+
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "dchan/detail/futex.h"
+
+namespace dchan::detail {
+
+// How often a waiter yields before it parks: when the completing thread
+// runs on the same CPU (always so in a process pinned to one CPU), a yield
+// lets it run at the cost of one system call, where a park costs a futex
+// wait plus a futex wake.
+inline constexpr int kYieldsBeforePark = 8;
+
+// The calling thread's current spin limit (initialised to spin_budget()).
+int& thread_spin_limit() noexcept;
+
+enum class SpinOutcome { kSpun, kYielded, kMustPark };
+
+// Polls `done()` while spinning up to the thread's limit, then while
+// yielding kYieldsBeforePark times. kSpun / kYielded: done() became true in
+// that phase; kMustPark: it is still false.
+template <class Done>
+SpinOutcome spin_then_yield(Done done) noexcept {
+  int& limit = thread_spin_limit();
+  for (int i = 0; i < limit; ++i) {
+    if (done()) {
+      if (i > limit / 2) limit = std::min(spin_budget(), limit * 2);
+      return SpinOutcome::kSpun;
+    }
+    spin_pause();
+  }
+  for (int i = 0; i < kYieldsBeforePark; ++i) {
+    if (done()) return SpinOutcome::kYielded;
+    sched_yield();
+  }
+  return done() ? SpinOutcome::kYielded : SpinOutcome::kMustPark;
+}
+
+// Adapts the thread's limit after a wait that had to give up the CPU:
+// `completer_cpu` is where the completing thread ran (-1: unknown),
+// `parked_at` when the waiter parked (default-constructed: the wait
+// completed while yielding).
+void learn_after_wait(int completer_cpu,
+                      std::chrono::steady_clock::time_point parked_at) noexcept;
+
+}  // namespace dchan::detail
+
+#endif  // DCHAN_LIB_SRC_SPIN_H_
