@@ -210,10 +210,14 @@ SYNC = [
 # its own); "{1}" in a baseline regex and "{0}" in the label stand for the
 # dchan row's first group. Unit "msgs/s": figures shown as rates.
 REMOTE = [
-    ("acked send (one broker round trip)", "µs/op", r"acked_send/remote$",
+    # Issue 7's "acked send round trip" is one request and its answer: the
+    # sender alone. With a consumer draining at the same time, pinned runs
+    # put the consumer's work on the sender's CPU too.
+    ("acked send, sender alone", "µs/op", r"acked_send_alone/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", 1.2),
       ("etcd put", "ext", r"^etcd_put$", None)]),
-    ("acked send, sender alone", "µs/op", r"acked_send_alone/remote$",
+    ("acked send, a consumer draining meanwhile", "µs/op",
+     r"acked_send/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
     ("hand-off ping-pong, 2 processes", "µs/op", r"pingpong/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
@@ -225,10 +229,34 @@ REMOTE = [
       ("etcd lock", "ext", r"^etcd.*lock", 0.05)]),
     ("lock hand-off to another process", "µs/op", r"lock_handoff/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
-    ("one-way, {0} senders", "msgs/s", r"oneway/remote/(\d+)(x\d+)?$",
+    ("one-way acked sends, {0} senders", "msgs/s",
+     r"oneway/remote/(\d+)(x\d+)?$",
      [("raw gRPC stream", "remote", r"oneway/grpc/{1}$", None),
+      ("NATS pub/sub", "ext", r"nats_pubsub", None)]),
+    # Issue 7's "one-way throughput with automatic batching": one producer
+    # with RemoteChanOptions::send_window {0}, one consumer with recv_batch
+    # {1} (0,1: plain acked sends and single receives).
+    ("one-way stream, send window {0}, recv batch {1}", "msgs/s",
+     r"stream/remote/(0),(\d+)$",
+     [("raw gRPC stream, one Write per message", "remote",
+       r"stream/grpc/per_write$", None),
+      ("NATS pub/sub", "ext", r"nats_pubsub", None)]),
+    ("one-way stream, send window {0}, recv batch {1}", "msgs/s",
+     r"stream/remote/([1-9]\d*),(\d+)$",
+     [("raw gRPC stream, one Write per message", "remote",
+       r"stream/grpc/per_write$", None),
+      ("raw gRPC stream, 100 messages per Write", "remote",
+       r"stream/grpc/batched$", None),
       ("NATS pub/sub", "ext", r"nats_pubsub", 1.0)]),
+    # Target: at least 650 MB/s (an absolute figure, not a ratio).
+    ("bandwidth, 64 KiB values", "MB/s", r"bandwidth/remote$",
+     [("raw gRPC stream, 64 KiB messages", "remote", r"bandwidth/grpc$",
+       None)]),
 ]
+
+# Bytes per op of the MB/s rows, and absolute targets (MB/s at least).
+BYTES_PER_OP = {"MB/s": 64 * 1024}
+MIN_MBPS = {"bandwidth, 64 KiB values": 650}
 
 
 # --------------------------------------------------------------- printing
@@ -246,7 +274,9 @@ def show(fig, unit_us=False):
     """A figure's cell: the median (± cv)."""
     if not fig:
         return "–"
-    if fig["rate"]:
+    if fig.get("bytes"):
+        text = f"{fig['bytes'] * 1e3 / fig['ns']:.0f} MB/s"
+    elif fig["rate"]:
         v = 1e9 / fig["ns"]
         text = (f"{v / 1e6:.2f}M/s" if v >= 1e6 else f"{v / 1e3:.0f}K/s")
     else:
@@ -337,6 +367,8 @@ def remote_rows(results):
                                   for t in re.split(r"(\d+)", n)])
 
     def as_unit(fig, unit):
+        if fig and unit in BYTES_PER_OP:
+            return dict(fig, bytes=BYTES_PER_OP[unit])
         return dict(fig, rate=True) if fig and unit == "msgs/s" else fig
 
     for label, unit, dchan_re, bases in REMOTE:
@@ -346,8 +378,9 @@ def remote_rows(results):
                 continue
             groups = [g or "" for g in m.groups()]
             group = groups[0] if groups else ""
-            shown = label.format(group)
-            if len(groups) > 1 and groups[1]:  # oneway/remote/16x1
+            shown = label.format(*groups)
+            if "{1}" not in label and len(groups) > 1 and groups[1]:
+                # oneway/remote/16x1
                 shown += f", {groups[1][1:]} receiver thread(s)"
             paired = False
             for blabel, source, bre, target in bases:
@@ -366,8 +399,20 @@ def remote_rows(results):
                         b = as_unit(src[p].get(bname), unit)
                         cells += [show(d, True), show(b, True),
                                   ratio(d, b, target)]
-                    cells.append(f"≤ {target:g}" if target is not None
-                                 else "")
+                    if label in MIN_MBPS:
+                        floor = MIN_MBPS[label]
+                        marks = []
+                        for p in PLACEMENTS:
+                            d = as_unit(rem[p].get(name), unit)
+                            if d:
+                                mbps = d["bytes"] * 1e3 / d["ns"]
+                                marks.append(
+                                    f"{p} {'✓' if mbps >= floor else '✗'}")
+                        cells.append(f"dchan ≥ {floor} MB/s: "
+                                     + ", ".join(marks))
+                    else:
+                        cells.append(f"≤ {target:g}" if target is not None
+                                     else "")
                     rows.append(cells)
                     paired = True
             if not paired:

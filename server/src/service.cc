@@ -19,10 +19,9 @@ class StreamWriter final : public Outbox {
  public:
   using Reactor = grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>;
 
-  StreamWriter(Reactor* reactor, uint64_t session_id, std::size_t max_bytes,
+  StreamWriter(Reactor* reactor, std::size_t max_bytes,
                std::size_t batch_bytes)
       : reactor_(reactor),
-        session_id_(session_id),
         max_bytes_(max_bytes),
         batch_bytes_(batch_bytes) {}
 
@@ -140,7 +139,7 @@ class StreamWriter final : public Outbox {
   // back into their channels. No lock held.
   void return_values(std::deque<Queued>& dropped) {
     for (Queued& q : dropped) {
-      return_frame_value(q.frame, q.returned_to, session_id_);
+      return_frame_value(q.frame, q.returned_to);
     }
   }
 
@@ -170,7 +169,6 @@ class StreamWriter final : public Outbox {
   absl::AnyInvocable<void()> on_overflow_;  // set before the first push
   absl::Mutex mu_;
   Reactor* reactor_ ABSL_GUARDED_BY(mu_);
-  const uint64_t session_id_;
   const std::size_t max_bytes_;
   const std::size_t batch_bytes_;
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
@@ -191,7 +189,7 @@ class SessionReactor final
                  uint64_t id)
       : broker_(broker), id_(id) {
     writer_ = std::make_shared<StreamWriter>(
-        this, id, broker->options_.session_outbox_bytes,
+        this, broker->options_.session_outbox_bytes,
         broker->options_.batch_bytes);
     session_ = std::make_shared<server::Session>(id, context->peer(),
                                                  broker->registry_, writer_,

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "atomic_value.h"
 #include "dchan/error.h"
 #include "dchan/select.h"
@@ -86,50 +87,46 @@ constexpr absl::string_view kind_needed<ValueObject>() {
   return "an AtomicValue";
 }
 
-// Sends a value that its session could not take back into its channel.
-void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
-                  uint64_t session_id);
-
-}  // namespace
-
-void return_frame_value(v1::ServerFrame& frame,
-                        const std::shared_ptr<ChannelObject>& returned_to,
-                        uint64_t session_id) {
-  if (returned_to == nullptr) return;
-  if (frame.has_recv() && frame.recv().outcome() == v1::OUTCOME_OK) {
-    v1::RecvResponse* r = frame.mutable_recv();
-    return_value(returned_to, std::move(*r->mutable_value()), session_id);
-    for (std::string& v : *r->mutable_more_values()) {
-      return_value(returned_to, std::move(v), session_id);
-    }
-  } else if (frame.has_select() && frame.select().outcome() == v1::OUTCOME_OK) {
-    return_value(returned_to,
-                 std::move(*frame.mutable_select()->mutable_value()),
-                 session_id);
-  } else if (frame.has_offer() && frame.offer().outcome() == v1::OUTCOME_OK) {
-    // Only receive offers' answers name a channel to return to.
-    return_value(returned_to,
-                 std::move(*frame.mutable_offer()->mutable_value()),
-                 session_id);
+// Sends a value that its session could not take back into its channel, at
+// the back; if the channel is closed (now or while the value waits for
+// room), the channel keeps it for its next receives (keep_after_close), as
+// for a ReturnRequest: a value is never dropped.
+void return_value(const std::shared_ptr<ChannelObject>& obj,
+                  std::string value) {
+  // Moved from only on kOk.
+  const ChanStatus st = obj->chan.try_send(std::move(value));
+  if (st == ChanStatus::kOk) return;
+  if (st == ChanStatus::kClosed) {
+    obj->keep_after_close(std::move(value));
+    return;
   }
-}
-
-namespace {
-
-void return_value(const std::shared_ptr<ChannelObject>& obj, std::string value,
-                  uint64_t session_id) {
-  obj->chan.send_async(std::move(value), [obj, session_id](bool ok) {
-    if (!ok) {
-      std::fprintf(
-          stderr,
-          "dchan-broker: session %llu ended holding a value of "
-          "channel \"%s\", which was closed meanwhile: value dropped\n",
-          static_cast<unsigned long long>(session_id), obj->name().c_str());
-    }
+  // The parked send gives nothing back if a close fails it: keep a copy.
+  auto keep = std::make_shared<std::string>(value);
+  obj->chan.send_async(std::move(value), [obj, keep](bool ok) {
+    if (!ok) obj->keep_after_close(std::move(*keep));
   });
 }
 
 }  // namespace
+
+void return_frame_value(v1::ServerFrame& frame,
+                        const std::shared_ptr<ChannelObject>& returned_to) {
+  if (returned_to == nullptr) return;
+  if (frame.has_recv() && frame.recv().outcome() == v1::OUTCOME_OK) {
+    v1::RecvResponse* r = frame.mutable_recv();
+    return_value(returned_to, std::move(*r->mutable_value()));
+    for (std::string& v : *r->mutable_more_values()) {
+      return_value(returned_to, std::move(v));
+    }
+  } else if (frame.has_select() && frame.select().outcome() == v1::OUTCOME_OK) {
+    return_value(returned_to,
+                 std::move(*frame.mutable_select()->mutable_value()));
+  } else if (frame.has_offer() && frame.offer().outcome() == v1::OUTCOME_OK) {
+    // Only receive offers' answers name a channel to return to.
+    return_value(returned_to,
+                 std::move(*frame.mutable_offer()->mutable_value()));
+  }
+}
 
 v1::ServerFrame error_frame(uint64_t id, const absl::Status& status) {
   v1::ServerFrame f;
@@ -483,7 +480,7 @@ void Session::recv(uint64_t id, const v1::RecvRequest& req) {
 }
 
 void Session::fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
-                         std::size_t max) const {
+                         std::size_t max) {
   v1::RecvResponse* r = frame.mutable_recv();
   if (max <= 1 || r->outcome() != v1::OUTCOME_OK) return;
   std::size_t bytes = r->value().size();
@@ -494,6 +491,8 @@ void Session::fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
     bytes += more.value->size();
     r->add_more_values(std::move(*more.value));
   }
+  batch_extras_.fetch_add(static_cast<uint64_t>(r->more_values_size()),
+                          std::memory_order_relaxed);
 }
 
 void Session::return_values(uint64_t id, const v1::ReturnRequest& req) {
@@ -502,6 +501,20 @@ void Session::return_values(uint64_t id, const v1::ReturnRequest& req) {
   for (const std::string& v : req.values()) {
     if (!check_value_size(id, v)) return;  // answered; nothing taken
   }
+  // Only values this session took in batches can come back.
+  const auto n = static_cast<uint64_t>(req.values_size());
+  uint64_t held = batch_extras_.load(std::memory_order_relaxed);
+  do {
+    if (n > held) {
+      reply(error_frame(
+          id, absl::FailedPreconditionError(absl::StrFormat(
+                  "ReturnRequest hands back %d values, but this session "
+                  "holds only %d values from batch receives",
+                  n, held))));
+      return;
+    }
+  } while (!batch_extras_.compare_exchange_weak(held, held - n,
+                                                std::memory_order_relaxed));
   for (const std::string& v : req.values()) {
     std::string value = v;
     // Moved from only on kOk.
@@ -939,7 +952,7 @@ void Session::finish_pending(
     live = !ended_;
   }
   if (live && outbox_->push(frame, returned_to)) return;
-  return_frame_value(frame, returned_to, id_);
+  return_frame_value(frame, returned_to);
 }
 
 void Session::end() {
@@ -1003,7 +1016,7 @@ void Session::reply(v1::ServerFrame frame) { outbox_->push(frame, nullptr); }
 void Session::deliver(v1::ServerFrame frame,
                       const std::shared_ptr<ChannelObject>& returned_to) {
   if (!outbox_->push(frame, returned_to)) {
-    return_frame_value(frame, returned_to, id_);
+    return_frame_value(frame, returned_to);
   }
 }
 

@@ -15,8 +15,9 @@
 // wait group debts settled. A receive that completed for a session that has
 // ended — or whose answer can no longer be queued — returns its value to the
 // channel (sent again, at the back), so that a client that goes away does
-// not take a value with it; the value is dropped, with a log line, only if
-// the channel was closed in between. An answer already queued but not yet
+// not take a value with it; if the channel was closed in between, the
+// channel keeps the value for its next receives (as for values a client
+// hands back, ReturnRequest). An answer already queued but not yet
 // written when the stream breaks is lost with the stream (delivery to a
 // session is at most once).
 //
@@ -180,9 +181,10 @@ class Session final : public Participant,
                  v1::SendRequest& req);
 
   // A batch receive: adds to `frame` (an OK receive answer) the values
-  // `obj` has available at once, up to `max` values in all.
+  // `obj` has available at once, up to `max` values in all, and counts the
+  // extra ones in batch_extras_.
   void fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
-                  std::size_t max) const;
+                  std::size_t max);
 
   // The object of type T behind `handle`, or nullptr after answering
   // NOT_FOUND (no such handle) or INVALID_ARGUMENT (another kind).
@@ -224,6 +226,10 @@ class Session final : public Participant,
   // Clock::duration ticks of the last frame received.
   std::atomic<Clock::rep> last_frame_;
   std::atomic<int64_t> ttl_ms_;
+  // Values handed out as a batch receive's extras (more_values) and not
+  // handed back yet (ReturnRequest): a session can return only values it
+  // took, so returns cannot grow a channel beyond what was in it.
+  std::atomic<uint64_t> batch_extras_{0};
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
@@ -244,12 +250,12 @@ class Session final : public Participant,
 // The error frame for `id`.
 v1::ServerFrame error_frame(uint64_t id, const absl::Status& status);
 
-// If `frame` answers a receive (or select) with a value taken from
-// `returned_to`, sends the value back into that channel (at the back); it
-// is dropped, with a log line, only if the channel was closed meanwhile.
+// If `frame` answers a receive (or select, or receive offer) with values
+// taken from `returned_to`, sends them back into that channel (at the back);
+// if the channel is closed meanwhile, the channel keeps them for its next
+// receives (ChannelObject::keep_after_close).
 void return_frame_value(v1::ServerFrame& frame,
-                        const std::shared_ptr<ChannelObject>& returned_to,
-                        uint64_t session_id);
+                        const std::shared_ptr<ChannelObject>& returned_to);
 
 }  // namespace dchan::server
 

@@ -878,10 +878,17 @@ TEST_F(SessionTest, ReturnedValuesGoToTheBackAndOutliveAClose) {
   Client a = connect(), b = connect();
   const uint64_t ha = open(a, "ch", "string", 2),
                  hb = open(b, "ch", "string", 2);
-  send(a, 1, ha, "x");
+  // b takes r0 and, as a batch's extras, r1..r3 (two of them were parked
+  // sends of a).
+  a.session->handle(multi_send(1, ha, {"r0", "r1", "r2", "r3"}));
+  b.session->handle(batch_recv(2, hb, 4));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{"r0", "r1", "r2", "r3"}));
+  EXPECT_EQ(a.out->take().send().sent(), 4u);
+  send(a, 3, ha, "x");
   EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
   v1::ClientFrame ret;
-  ret.set_id(2);
+  ret.set_id(4);
   ret.mutable_return_values()->set_handle(hb);
   for (const char* v : {"r1", "r2", "r3"})
     ret.mutable_return_values()->add_values(v);
@@ -890,20 +897,85 @@ TEST_F(SessionTest, ReturnedValuesGoToTheBackAndOutliveAClose) {
   // "x" and "r1" are buffered, "r2" and "r3" wait for room; the close
   // fails their sends, and the broker keeps them for the receivers.
   v1::ClientFrame close;
-  close.set_id(3);
+  close.set_id(5);
   close.mutable_close()->set_handle(ha);
   a.session->handle(close);
   EXPECT_EQ(a.out->take().code(), 0);
   v1::ClientFrame stat;
-  stat.set_id(4);
+  stat.set_id(6);
   stat.mutable_stat()->set_handle(hb);
   b.session->handle(stat);
   EXPECT_EQ(b.out->take().stat().len(), 4u);
-  b.session->handle(batch_recv(5, hb, 10));
+  b.session->handle(batch_recv(7, hb, 10));
   EXPECT_EQ(values_of(b.out->take()),
             (std::vector<std::string>{"x", "r1", "r2", "r3"}));
-  recv(b, 6, hb);
+  recv(b, 8, hb);
   EXPECT_EQ(b.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
+}
+
+TEST_F(SessionTest, ASessionCanReturnOnlyValuesItTookInBatches) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 4),
+                 hb = open(b, "ch", "string", 4);
+  // Never took anything: a return would add values out of thin air.
+  v1::ClientFrame ret;
+  ret.set_id(1);
+  ret.mutable_return_values()->set_handle(hb);
+  ret.mutable_return_values()->add_values("forged");
+  b.session->handle(ret);
+  EXPECT_EQ(b.out->take().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  // Takes v1 and, as extras, v2 and v3: it may return two values, once.
+  a.session->handle(multi_send(2, ha, {"v1", "v2", "v3"}));
+  EXPECT_EQ(a.out->take().send().sent(), 3u);
+  b.session->handle(batch_recv(3, hb, 3));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{"v1", "v2", "v3"}));
+  ret.set_id(4);
+  ret.mutable_return_values()->add_values("v3");  // now "forged", "v3"
+  ret.mutable_return_values()->add_values("v4");  // three values: too many
+  b.session->handle(ret);
+  EXPECT_EQ(b.out->take().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  ret.mutable_return_values()->clear_values();
+  ret.mutable_return_values()->add_values("v2");
+  ret.mutable_return_values()->add_values("v3");
+  ret.set_id(5);
+  b.session->handle(ret);
+  EXPECT_EQ(b.out->take().return_values().taken(), 2u);
+  ret.set_id(6);
+  b.session->handle(ret);  // already handed back
+  EXPECT_EQ(b.out->take().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  b.session->handle(batch_recv(7, hb, 10, /*nonblocking=*/true));
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"v2", "v3"}));
+}
+
+TEST_F(SessionTest, AValueItsSessionCouldNotTakeOutlivesAClose) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 1),
+                 hb = open(b, "ch", "string", 1);
+  send(a, 1, ha, "v1");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+  send(a, 2, ha, "v2");  // parked: the buffer is full
+  EXPECT_EQ(a.out->size(), 0u);
+  // b's stream can take no more answers: the v1 it receives goes back into
+  // the channel, where v2 took its place, so it waits for room ...
+  b.out->refuse();
+  recv(b, 1, hb, /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+  // ... and a close fails that wait: the channel keeps v1 for its receivers.
+  v1::ClientFrame close;
+  close.set_id(3);
+  close.mutable_close()->set_handle(ha);
+  a.session->handle(close);
+  EXPECT_EQ(a.out->take().code(), 0);
+  recv(a, 4, ha);
+  EXPECT_EQ(a.out->take().recv().value(), "v2");
+  recv(a, 5, ha);
+  EXPECT_EQ(a.out->take().recv().value(), "v1");
+  recv(a, 6, ha);
+  EXPECT_EQ(a.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
 }
 
 TEST_F(SessionTest, ReturnToAnUnknownHandleIsNotFound) {
