@@ -55,6 +55,7 @@
 #include "batch.h"
 #include "benchmark/benchmark.h"
 #include "child_process.h"
+#include "latencies.h"
 #include "grpcpp/grpcpp.h"
 #include "hiredis/hiredis.h"
 #include "relay.grpc.pb.h"
@@ -65,7 +66,9 @@ using Clock = std::chrono::steady_clock;
 using dchan::bench::ChildProcess;
 using dchan::bench::Frame;
 using dchan::bench::FreeLoopbackPort;
+using dchan::bench::Latencies;
 using dchan::bench::Relay;
+using dchan::bench::UniqueName;
 
 constexpr std::size_t kPayloadBytes = 100;
 constexpr int64_t kRoundTripBatch = 256;
@@ -317,14 +320,7 @@ class RelayServer {
  public:
   void start(const std::string& self) {
     process_.start({self, kRelayServerFlag});
-    const std::string line = process_.read_line();
-    const std::string key = "listening on ";
-    const std::size_t at = line.find(key);
-    if (at == std::string::npos) {
-      throw std::runtime_error("unexpected relay output: " + line);
-    }
-    address_ = line.substr(at + key.size());
-    address_.erase(address_.find_last_not_of(" \n") + 1);
+    address_ = dchan::bench::ReadListenAddress(process_);
   }
   void stop() { process_.stop(); }
   const std::string& address() const { return address_; }
@@ -343,33 +339,6 @@ RelayServer g_relay;
 bool g_redis_started = false;
 bool g_relay_started = false;
 
-// Per-op latencies of one repetition, reported as percentiles.
-class Latencies {
- public:
-  Latencies() { ns_.reserve(1 << 16); }
-  void add(Clock::duration d) {
-    ns_.push_back(std::chrono::duration<double, std::nano>(d).count());
-  }
-  void report(benchmark::State& state) {
-    if (ns_.empty()) return;
-    std::sort(ns_.begin(), ns_.end());
-    auto at = [&](double q) {
-      const std::size_t i = static_cast<std::size_t>(q * ns_.size());
-      return ns_[std::min(i, ns_.size() - 1)] / 1e3;
-    };
-    state.counters["p50_us"] = at(0.50);
-    state.counters["p99_us"] = at(0.99);
-  }
-
- private:
-  std::vector<double> ns_;
-};
-
-std::string UniqueName(const char* what) {
-  static std::atomic<int> n{0};
-  return std::string("bench-") + what + "-" + std::to_string(getpid()) + "-" +
-         std::to_string(n.fetch_add(1));
-}
 
 // Runs batches of round trips: `partner(n)` on a thread of its own serves
 // n + 1 round trips, `one(i)` is the driver's round trip i (i < 0: the

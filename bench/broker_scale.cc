@@ -240,13 +240,12 @@ int main(int argc, char** argv) {
   broker.start(
       {path != nullptr ? path : DCHAN_BROKER_PATH, "--listen=127.0.0.1:0"});
   // "dchan-broker listening on HOST:PORT (in-memory)"
-  const std::string line = broker.read_line();
-  const std::string key = "listening on ";
-  const std::size_t at = line.find(key);
-  if (at == std::string::npos) Die("unexpected broker output: " + line);
-  const std::size_t begin = at + key.size();
-  const std::string address =
-      line.substr(begin, line.find_first_of(" \n", begin) - begin);
+  std::string address;
+  try {
+    address = dchan::bench::ReadListenAddress(broker);
+  } catch (const std::exception& e) {
+    Die(e.what());
+  }
   const pid_t pid = broker.pid();
 
   std::vector<std::string> rows;

@@ -1,6 +1,7 @@
 // bench/child_process.h — the server processes a benchmark starts for itself
-// (redis-server, a relay, dchan-broker), and a free loopback port to give
-// them. Header-only; one thread at a time per ChildProcess.
+// (redis-server, a relay, dchan-broker), the address they report, and a
+// free loopback port to give them. Header-only; one thread at a time per
+// ChildProcess.
 //
 // A child dies with the benchmark (PR_SET_PDEATHSIG), inherits its CPU
 // affinity (so `taskset -c 0` pins both), and is stopped with SIGTERM, then
@@ -123,6 +124,20 @@ class ChildProcess {
   int out_fd_ = -1;
   std::string name_;
 };
+
+// The HOST:PORT of the "... listening on HOST:PORT ..." line a server
+// prints first (dchan-broker, the relay), read from `child`'s stdout.
+// Throws std::runtime_error if the first line is something else.
+inline std::string ReadListenAddress(ChildProcess& child) {
+  const std::string line = child.read_line();
+  const std::string key = "listening on ";
+  const std::size_t at = line.find(key);
+  if (at == std::string::npos) {
+    throw std::runtime_error("unexpected server output: " + line);
+  }
+  const std::size_t begin = at + key.size();
+  return line.substr(begin, line.find_first_of(" \n", begin) - begin);
+}
 
 // A loopback TCP port nobody listens on right now (the kernel's pick for an
 // ephemeral bind). Another process may take it before the server binds it;

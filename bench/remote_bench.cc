@@ -75,7 +75,6 @@
 // Run bench/run_remote.sh for the full comparison (5 repetitions, unpinned and
 // pinned, ratio table). A tiny run (CI): --benchmark_min_time=0.001.
 #include <fcntl.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -98,6 +97,8 @@
 #include <vector>
 
 #include "batch.h"
+#include "child_process.h"
+#include "latencies.h"
 #include "benchmark/benchmark.h"
 #include "dchan/client.h"
 #include "dchan/v1/inspect.grpc.pb.h"
@@ -113,8 +114,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using dchan::bench::Ack;
 using dchan::bench::Echo;
+using dchan::bench::Latencies;
 using dchan::bench::Msg;
 using dchan::bench::MsgBatch;
+using dchan::bench::UniqueName;
 
 constexpr std::size_t kPayloadBytes = 100;
 constexpr int64_t kRoundTripBatch = 256;
@@ -130,89 +133,11 @@ const std::string& Payload() {
 }
 
 // ---------------------------------------------------------------------------
-// The broker, as a child process.
+// The broker, as a child process (it dies with the benchmark and inherits
+// its CPU affinity), and its address.
 
-class BrokerProcess {
- public:
-  // Starts `path --listen=127.0.0.1:0` and reads its address from its first
-  // stdout line. Throws std::runtime_error on failure.
-  void start(const std::string& path) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      // Child: only async-signal-safe calls until exec.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(1);
-      dup2(fds[1], STDOUT_FILENO);
-      execl(path.c_str(), path.c_str(), "--listen=127.0.0.1:0",
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(fds[1]);
-    out_fd_ = fds[0];
-    std::string line;
-    const Clock::time_point deadline = Clock::now() + std::chrono::seconds(20);
-    while (line.find('\n') == std::string::npos) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - Clock::now());
-      pollfd p{out_fd_, POLLIN, 0};
-      if (left.count() <= 0 ||
-          poll(&p, 1, static_cast<int>(left.count())) <= 0) {
-        stop();
-        throw std::runtime_error("dchan-broker did not report its address");
-      }
-      char buf[256];
-      const ssize_t got = read(out_fd_, buf, sizeof buf);
-      if (got <= 0) {
-        stop();
-        throw std::runtime_error("dchan-broker " + path +
-                                 " exited before listening");
-      }
-      line.append(buf, static_cast<std::size_t>(got));
-    }
-    // "dchan-broker listening on HOST:PORT (in-memory)"
-    const std::string key = "listening on ";
-    const std::size_t at = line.find(key);
-    if (at == std::string::npos) {
-      stop();
-      throw std::runtime_error("unexpected dchan-broker output: " + line);
-    }
-    const std::size_t begin = at + key.size();
-    address_ = line.substr(begin, line.find_first_of(" \n", begin) - begin);
-  }
-
-  // SIGTERM, then SIGKILL if it has not exited within 5 s.
-  void stop() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      int status = 0;
-      const Clock::time_point deadline = Clock::now() + std::chrono::seconds(5);
-      while (waitpid(pid_, &status, WNOHANG) == 0) {
-        if (Clock::now() > deadline) {
-          kill(pid_, SIGKILL);
-          waitpid(pid_, &status, 0);
-          break;
-        }
-        usleep(2000);
-      }
-      pid_ = -1;
-    }
-    if (out_fd_ >= 0) close(out_fd_);
-    out_fd_ = -1;
-  }
-
-  const std::string& address() const { return address_; }
-
- private:
-  pid_t pid_ = -1;
-  int out_fd_ = -1;
-  std::string address_;
-};
-
-BrokerProcess g_broker;
+dchan::bench::ChildProcess g_broker;
+std::string g_broker_address;
 
 // ---------------------------------------------------------------------------
 // The raw gRPC baseline server (callback API).
@@ -362,35 +287,8 @@ void RunBatched(benchmark::State& state, int64_t batch, MakeBatch make_batch) {
   state.SetItemsProcessed(state.iterations());
 }
 
-// Per-op latencies of one repetition, reported as percentiles.
-class Latencies {
- public:
-  Latencies() { ns_.reserve(1 << 16); }
-  void add(Clock::duration d) {
-    ns_.push_back(std::chrono::duration<double, std::nano>(d).count());
-  }
-  void report(benchmark::State& state) {
-    if (ns_.empty()) return;
-    std::sort(ns_.begin(), ns_.end());
-    auto at = [&](double q) {
-      const std::size_t i = static_cast<std::size_t>(q * ns_.size());
-      return ns_[std::min(i, ns_.size() - 1)] / 1e3;
-    };
-    state.counters["p50_us"] = at(0.50);
-    state.counters["p99_us"] = at(0.99);
-  }
 
- private:
-  std::vector<double> ns_;
-};
-
-std::string UniqueName(const char* what) {
-  static std::atomic<int> n{0};
-  return std::string("bench-") + what + "-" + std::to_string(getpid()) + "-" +
-         std::to_string(n.fetch_add(1));
-}
-
-dchan::Client Connect() { return dchan::Client::connect(g_broker.address()); }
+dchan::Client Connect() { return dchan::Client::connect(g_broker_address); }
 
 // ---------------------------------------------------------------------------
 // Workloads.
@@ -805,8 +703,8 @@ void BM_RemoteLockHandoff(benchmark::State& state) {
   dchan::Client client = Connect();
   dchan::Mutex m = client.mutex(name);
   auto inspect = dchan::v1::Inspect::NewStub(grpc::CreateChannel(
-      g_broker.address(), grpc::InsecureChannelCredentials()));
-  Partner partner(g_broker.address(), name);
+      g_broker_address, grpc::InsecureChannelCredentials()));
+  Partner partner(g_broker_address, name);
   auto one_handoff = [&]() -> Clock::duration {
     m.lock();
     partner.request_lock();
@@ -878,7 +776,9 @@ int main(int argc, char** argv) {
   int rc = 0;
   try {
     // The broker first, before this process has gRPC's threads (fork).
-    g_broker.start(broker_path != nullptr ? broker_path : DCHAN_BROKER_PATH);
+    g_broker.start({broker_path != nullptr ? broker_path : DCHAN_BROKER_PATH,
+                    "--listen=127.0.0.1:0"});
+    g_broker_address = dchan::bench::ReadListenAddress(g_broker);
     g_echo.start();
     benchmark::RunSpecifiedBenchmarks();
   } catch (const std::exception& e) {
