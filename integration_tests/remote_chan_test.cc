@@ -22,14 +22,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "broker_process.h"
+#include "chan_test_util.h"
 #include "dchan/client.h"
 #include "gtest/gtest.h"
-
-#ifndef DCHAN_WORKER_PATH
-#error "DCHAN_WORKER_PATH must name the dchan-test-worker binary"
-#endif
 
 namespace dchan::testing {
 namespace {
@@ -45,55 +41,6 @@ constexpr milliseconds kBrokerStateBound = seconds(20);
 // Broker loss must reach a blocked client within this (liveness, not speed:
 // the client's keepalive alone would notice within ~3 s).
 constexpr milliseconds kBrokerLossBound = seconds(30);
-
-Process worker(const std::string& mode, const BrokerProcess& broker,
-               const std::string& chan, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {mode, "--broker=" + broker.address(),
-                                   "--chan=" + chan};
-  args.insert(args.end(), extra.begin(), extra.end());
-  return Process::spawn(DCHAN_WORKER_PATH, args);
-}
-
-// The numbers in a "count C sum S sumsq Q" line.
-struct Tally {
-  int64_t count = 0, sum = 0, sumsq = 0;
-};
-
-bool parse_tally(const ProcessResult& r, Tally* t) {
-  for (const std::string& line : r.lines()) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() == 6 && f[0] == "count" && f[2] == "sum" && f[4] == "sumsq") {
-      return absl::SimpleAtoi(f[1], &t->count) &&
-             absl::SimpleAtoi(f[3], &t->sum) &&
-             absl::SimpleAtoi(f[5], &t->sumsq);
-    }
-  }
-  return false;
-}
-
-Tally expected_tally(int64_t from, int64_t count) {
-  Tally t;
-  for (int64_t v = from; v < from + count; ++v) {
-    ++t.count;
-    t.sum += v;
-    t.sumsq += v * v;
-  }
-  return t;
-}
-
-bool has_line(const ProcessResult& r, const std::string& line) {
-  for (const std::string& l : r.lines()) {
-    if (l == line) return true;
-  }
-  return false;
-}
-
-bool has_line_starting(const ProcessResult& r, const std::string& prefix) {
-  for (const std::string& l : r.lines()) {
-    if (absl::StartsWith(l, prefix)) return true;
-  }
-  return false;
-}
 
 auto blocked_receivers_at_least(uint64_t n) {
   return [n](const ChanInfo& c) { return c.blocked_receivers >= n; };

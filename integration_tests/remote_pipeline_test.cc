@@ -19,16 +19,11 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "broker_process.h"
+#include "chan_test_util.h"
 #include "dchan/client.h"
 #include "gtest/gtest.h"
-
-#ifndef DCHAN_WORKER_PATH
-#error "DCHAN_WORKER_PATH must name the dchan-test-worker binary"
-#endif
 
 namespace dchan::testing {
 namespace {
@@ -39,37 +34,6 @@ using std::chrono::seconds;
 constexpr milliseconds kWorkerBound = seconds(60);
 constexpr milliseconds kBrokerStateBound = seconds(20);
 constexpr milliseconds kBrokerLossBound = seconds(30);
-
-Process worker(const std::string& mode, const BrokerProcess& broker,
-               const std::string& chan, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {mode, "--broker=" + broker.address(),
-                                   "--chan=" + chan};
-  args.insert(args.end(), extra.begin(), extra.end());
-  return Process::spawn(DCHAN_WORKER_PATH, args);
-}
-
-bool has_line(const ProcessResult& r, const std::string& line) {
-  for (const std::string& l : r.lines()) {
-    if (l == line) return true;
-  }
-  return false;
-}
-
-struct Tally {
-  int64_t count = 0, sum = 0, sumsq = 0;
-};
-
-bool parse_tally(const ProcessResult& r, Tally* t) {
-  for (const std::string& line : r.lines()) {
-    std::vector<std::string> f = absl::StrSplit(line, ' ');
-    if (f.size() == 6 && f[0] == "count" && f[2] == "sum" && f[4] == "sumsq") {
-      return absl::SimpleAtoi(f[1], &t->count) &&
-             absl::SimpleAtoi(f[3], &t->sum) &&
-             absl::SimpleAtoi(f[5], &t->sumsq);
-    }
-  }
-  return false;
-}
 
 // The error a call throws, or nullopt if it returns.
 template <class F>
@@ -263,12 +227,7 @@ TEST(RemotePipeline, BatchReceiveDeliversExactlyOnceAcrossFourProcesses) {
     total.sum += t.sum;
     total.sumsq += t.sumsq;
   }
-  Tally want;
-  for (int64_t v = 0; v < kProducers * kPerProducer; ++v) {
-    ++want.count;
-    want.sum += v;
-    want.sumsq += v * v;
-  }
+  const Tally want = expected_tally(0, kProducers * kPerProducer);
   EXPECT_EQ(total.count, want.count);
   EXPECT_EQ(total.sum, want.sum);
   EXPECT_EQ(total.sumsq, want.sumsq);

@@ -13,10 +13,10 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "broker_process.h"
+#include "chan_test_util.h"
 #include "dchan/client.h"
 #include "gtest/gtest.h"
 
@@ -25,21 +25,6 @@ namespace {
 
 using namespace std::chrono_literals;
 constexpr auto kWorkerBound = std::chrono::seconds(30);
-
-Process worker(const std::string& mode, const BrokerProcess& broker,
-               const std::string& chan, std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {mode, "--broker=" + broker.address(),
-                                   "--chan=" + chan};
-  args.insert(args.end(), extra.begin(), extra.end());
-  return Process::spawn(DCHAN_WORKER_PATH, args);
-}
-
-bool has_line(const ProcessResult& r, const std::string& line) {
-  for (const std::string& l : r.lines()) {
-    if (l == line) return true;
-  }
-  return false;
-}
 
 // Three threads each loop on select(x, y, quit) until `quit` is closed;
 // `produce` (run on this thread) sends the values 0..total-1 between x and y
