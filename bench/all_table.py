@@ -23,18 +23,18 @@ between the lines `<!-- run_all:begin -->` and `<!-- run_all:end -->` of DOC
 with it (the markers must be there). Standard library only.
 """
 
-import json
 import os
 import re
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gbench  # noqa: E402  (bench/gbench.py)
+
 PLACEMENTS = ("unpinned", "pinned")
 BEGIN = "<!-- run_all:begin -->"
 END = "<!-- run_all:end -->"
 
-_TO_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
-_GO_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op")
 
 # ---------------------------------------------------------------- loading
 # A figure: {"ns": median time per op, "cv": fraction or None,
@@ -42,57 +42,20 @@ _GO_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op")
 # ("rate": shown as ops/s; the ratio is still time per op).
 
 
+def figure(entry):
+    """A figure from a gbench.load_gbench / load_go entry."""
+    return {"ns": entry["ns"], "cv": entry.get("cv"), "p50": entry.get("p50"),
+            "p99": entry.get("p99"), "rate": False}
+
+
 def load_gbench(path):
     """{benchmark name (no /manual_time etc.): figure} from gbench JSON."""
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        data = json.load(f)
-    out = {}
-    singles = {}  # one-repetition runs (smoke modes) report no aggregates
-    for b in data["benchmarks"]:
-        if b.get("error_occurred"):
-            continue
-        name = re.sub(r"/(manual_time|real_time)$", "", b["run_name"])
-        if b.get("run_type") != "aggregate":
-            singles.setdefault(name, []).append(b)
-            continue
-        fig = out.setdefault(name, {"cv": None, "p50": None, "p99": None,
-                                    "rate": False})
-        agg = b["aggregate_name"]
-        if agg == "median":
-            fig["ns"] = b["real_time"] * _TO_NS[b["time_unit"]]
-            fig["p50"] = b.get("p50_us")
-            fig["p99"] = b.get("p99_us")
-        elif agg == "cv":
-            fig["cv"] = b["real_time"]
-    for name, runs in singles.items():
-        if name in out or len(runs) != 1:
-            continue
-        b = runs[0]
-        out[name] = {"ns": b["real_time"] * _TO_NS[b["time_unit"]],
-                     "cv": None, "p50": b.get("p50_us"),
-                     "p99": b.get("p99_us"), "rate": False}
-    return {k: v for k, v in out.items() if "ns" in v}
+    return {k: figure(e) for k, e in gbench.load_gbench(path).items()}
 
 
 def load_go(path):
     """{Go benchmark name without "Benchmark": figure} from go test text."""
-    if not os.path.exists(path):
-        return {}
-    runs = {}
-    with open(path) as f:
-        for line in f:
-            m = _GO_LINE.match(line.strip())
-            if m:
-                runs.setdefault(m.group(1), []).append(float(m.group(2)))
-    out = {}
-    for name, xs in runs.items():
-        mean = statistics.fmean(xs)
-        cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else None
-        out[name] = {"ns": statistics.median(xs), "cv": cv, "p50": None,
-                     "p99": None, "rate": False}
-    return out
+    return {k: figure(e) for k, e in gbench.load_go(path).items()}
 
 
 def load_ext(directory, placement):
@@ -115,19 +78,8 @@ def load_jsonl(directory, placement):
     if not os.path.isdir(directory):
         return {}
     for fn in sorted(os.listdir(directory)):
-        if not fn.endswith(f".{placement}.jsonl"):
-            continue
-        with open(os.path.join(directory, fn)) as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "bench" in r:
-                    recs.setdefault(r["bench"], []).append(r)
+        if fn.endswith(f".{placement}.jsonl"):
+            gbench.read_jsonl(os.path.join(directory, fn), recs)
     out = {}
     for name, rs in recs.items():
         if all(r.get("msgs_per_s") for r in rs):
@@ -138,8 +90,7 @@ def load_jsonl(directory, placement):
             rate = False
         else:
             continue
-        mean = statistics.fmean(xs)
-        cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else None
+        cv = gbench.cv(xs)
 
         def med(key):
             vals = [r[key] for r in rs if r.get(key) is not None]
@@ -263,11 +214,7 @@ MIN_MBPS = {"bandwidth, 64 KiB values": 650}
 
 
 def num(x):
-    if x >= 1e4:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+    return gbench.num(x, group=1e4)
 
 
 def show(fig, unit_us=False):

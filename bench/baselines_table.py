@@ -29,7 +29,8 @@ import os
 import statistics
 import sys
 
-_TO_US = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gbench  # noqa: E402  (bench/gbench.py)
 
 PLACEMENTS = [
     ("unpinned", "Unpinned (2 vCPUs; Go clients with GOMAXPROCS=2)"),
@@ -40,50 +41,14 @@ PLACEMENTS = [
 
 def load_gbench(path):
     """{name: {"us": median us/op, "cv", "p50", "p99", "n"}} or {}."""
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        data = json.load(f)
-    out = {}
-    single = {}  # one repetition: Google Benchmark reports no aggregates
-    for b in data["benchmarks"]:
-        name = b["run_name"]
-        if name.endswith("/manual_time"):
-            name = name[: -len("/manual_time")]
-        if b.get("run_type") != "aggregate":
-            single.setdefault(name, []).append(b)
-            continue
-        e = out.setdefault(name, {})
-        e["n"] = b.get("repetitions", 0)
-        agg = b["aggregate_name"]
-        if agg == "median":
-            e["us"] = b["real_time"] * _TO_US[b["time_unit"]]
-            if "p50_us" in b:
-                e["p50"], e["p99"] = b["p50_us"], b["p99_us"]
-        elif agg == "cv":
-            e["cv"] = b["real_time"]
-    for name, runs in single.items():
-        if name in out or len(runs) != 1:
-            continue
-        b = runs[0]
-        e = out[name] = {"n": 1,
-                         "us": b["real_time"] * _TO_US[b["time_unit"]]}
-        if "p50_us" in b:
-            e["p50"], e["p99"] = b["p50_us"], b["p99_us"]
-    return out
+    return gbench.load_gbench(path, unit="us")
 
 
 def load_go(path):
     """{bench: {"us": median us/op, "cv", "p50", "p99", "n"}} or {}."""
     if not os.path.exists(path):
         return {}
-    reps = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                r = json.loads(line)
-                reps.setdefault(r["bench"], []).append(r)
+    reps = gbench.read_jsonl(path)
     out = {}
     for name, rs in reps.items():
         if "msgs_per_s" in rs[0]:
@@ -100,10 +65,7 @@ def load_go(path):
     return out
 
 
-def num(x):
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+num = gbench.num
 
 
 def value(e, unit):
@@ -117,17 +79,11 @@ def value(e, unit):
 def cell(e, unit):
     if not e or "us" not in e:
         return "n/a"
-    text = value(e, unit)
-    if "cv" in e:
-        text += f" (±{e['cv'] * 100:.0f}%)"
-    return text
+    return value(e, unit) + gbench.spread(e)
 
 
 def pct(e, unit):
-    if not e or "p50" not in e:
-        return ""
-    scale = 1e-3 if unit == "ms" else 1.0
-    return f"{num(e['p50'] * scale)} / {num(e['p99'] * scale)}"
+    return gbench.percentiles(e, 1e-3 if unit == "ms" else 1.0)
 
 
 def best_oneway(remote):

@@ -14,11 +14,11 @@ the ratios dchan / baseline; then the hand-off floors of the same run.
 Standard library only.
 """
 
-import json
 import os
-import re
-import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gbench  # noqa: E402  (bench/gbench.py)
 
 # workload -> (unit, Go benchmark name)
 WORKLOADS = [
@@ -44,43 +44,29 @@ PLACEMENTS = [
     ("pinned", "Pinned to one CPU (`taskset -c 0`; Go then picks GOMAXPROCS=1)"),
 ]
 
-_GO_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op")
-_TO_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 
 def load_gbench(path):
-    """{(workload, impl): {"median": ns, "cv": fraction}} from gbench JSON."""
-    with open(path) as f:
-        data = json.load(f)
-    out = {}
-    for b in data["benchmarks"]:
-        if b.get("run_type") != "aggregate":
-            continue
-        parts = b["run_name"].split("/")  # e.g. pingpong/dchan/manual_time
-        key = (parts[0], parts[1])
-        agg = b["aggregate_name"]
-        entry = out.setdefault(key, {})
-        entry["n"] = b.get("repetitions", 0)
-        if agg == "median":
-            entry["median"] = b["real_time"] * _TO_NS[b["time_unit"]]
-        elif agg == "cv":
-            entry["cv"] = b["real_time"]  # a fraction
-    return out
+    """{(workload, impl): {"median": ns, "cv": fraction, "n"}} from gbench
+    JSON."""
+    return {k: median(e)
+            for k, e in gbench.by_variant(gbench.load_gbench(
+                path, singles=False)).items()}
 
 
 def load_go(path):
-    """{GoName: {"median": ns, "cv": fraction}} from `go test -bench` text."""
-    samples = {}
-    with open(path) as f:
-        for line in f:
-            m = _GO_LINE.match(line)
-            if m:
-                samples.setdefault(m.group(1), []).append(float(m.group(2)))
-    out = {}
-    for name, xs in samples.items():
-        mean = statistics.fmean(xs)
-        cv = statistics.stdev(xs) / mean if len(xs) > 1 and mean else 0.0
-        out[name] = {"median": statistics.median(xs), "cv": cv, "n": len(xs)}
+    """{GoName: {"median": ns, "cv": fraction, "n"}} from `go test -bench`
+    text (cv 0 for a single run)."""
+    return {k: median(e, 0.0) for k, e in gbench.load_go(path).items()}
+
+
+def median(entry, cv=None):
+    """A gbench entry with its "ns" as "median" (and `cv` if it has none)."""
+    out = {"median": entry["ns"], "n": entry["n"]}
+    if entry.get("cv") is not None:
+        out["cv"] = entry["cv"]
+    elif cv is not None:
+        out["cv"] = cv
     return out
 
 
@@ -89,15 +75,11 @@ def cell(entry):
         return "n/a"
     m = entry["median"]
     text = f"{m:,.0f}" if m >= 100 else f"{m:.1f}"
-    if "cv" in entry:
-        text += f" (±{entry['cv'] * 100:.0f}%)"
-    return text
+    return text + gbench.spread(entry)
 
 
 def ratio(a, b):
-    if not a or not b or "median" not in a or "median" not in b:
-        return "n/a"
-    return f"{a['median'] / b['median']:.2f}"
+    return gbench.ratio(a, b, "median")
 
 
 def main():

@@ -13,9 +13,11 @@ for the round trips the medians of the per-repetition p50 and p99 latencies.
 Standard library only.
 """
 
-import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gbench  # noqa: E402  (bench/gbench.py)
 
 # (label, unit, remote benchmark, raw gRPC benchmark)
 #   unit "us": time per op; unit "msgs/s": throughput; "MB/s": bandwidth
@@ -59,37 +61,13 @@ PLACEMENTS = [
                "baseline server all on CPU 0)"),
 ]
 
-_TO_US = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}
-
 
 def load(path):
     """{benchmark: {"us": median us/op, "cv": .., "p50": .., "p99": ..}}."""
-    with open(path) as f:
-        data = json.load(f)
-    out = {}
-    for b in data["benchmarks"]:
-        if b.get("run_type") != "aggregate":
-            continue
-        name = b["run_name"]
-        if name.endswith("/manual_time"):
-            name = name[: -len("/manual_time")]
-        entry = out.setdefault(name, {})
-        entry["n"] = b.get("repetitions", 0)
-        agg = b["aggregate_name"]
-        if agg == "median":
-            entry["us"] = b["real_time"] * _TO_US[b["time_unit"]]
-            for c in ("p50_us", "p99_us"):
-                if c in b:
-                    entry[c[:3]] = b[c]
-        elif agg == "cv":
-            entry["cv"] = b["real_time"]
-    return out
+    return gbench.load_gbench(path, unit="us", singles=False)
 
 
-def num(x):
-    if x >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+num = gbench.num
 
 
 def cell(entry, unit):
@@ -101,22 +79,14 @@ def cell(entry, unit):
         value = BYTES_PER_OP[unit] / entry["us"]  # bytes per us = MB/s
     else:
         value = 1e6 / entry["us"]
-    text = num(value)
-    if "cv" in entry:
-        text += f" (±{entry['cv'] * 100:.0f}%)"
-    return text
+    return num(value) + gbench.spread(entry)
 
 
-def pct(entry):
-    if not entry or "p50" not in entry:
-        return ""
-    return f"{num(entry['p50'])} / {num(entry['p99'])}"
+pct = gbench.percentiles
 
 
 def ratio(a, b):
-    if not a or not b or "us" not in a or "us" not in b:
-        return "n/a"
-    return f"{a['us'] / b['us']:.2f}"
+    return gbench.ratio(a, b, "us")
 
 
 def main():

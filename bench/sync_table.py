@@ -12,11 +12,11 @@ operation of dchan, of each C++ baseline (with the ratio dchan / baseline)
 and of Go (with dchan / Go). Standard library only.
 """
 
-import json
 import os
-import re
-import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gbench  # noqa: E402  (bench/gbench.py)
 
 # workload -> Go benchmark name
 WORKLOADS = [
@@ -37,36 +37,18 @@ PLACEMENTS = [
     ("pinned", "Pinned to one CPU (`taskset -c 0`; Go then picks GOMAXPROCS=1)"),
 ]
 
-_GO_LINE = re.compile(r"^Benchmark(\w+?)(?:-\d+)?\s+\d+\s+([0-9.]+) ns/op")
-_TO_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 
 def load_gbench(path):
     """{(workload, variant): (median_ns, cv)} from a Google Benchmark JSON."""
-    with open(path) as f:
-        data = json.load(f)
-    medians, cvs = {}, {}
-    for b in data["benchmarks"]:
-        if b.get("run_type") != "aggregate":
-            continue
-        parts = b["run_name"].split("/")
-        key = (parts[0], parts[1])
-        if b["aggregate_name"] == "median":
-            medians[key] = b["real_time"] * _TO_NS[b["time_unit"]]
-        elif b["aggregate_name"] == "cv":
-            cvs[key] = b["real_time"]
-    return {k: (v, cvs.get(k)) for k, v in medians.items()}
+    return {k: (e["ns"], e.get("cv"))
+            for k, e in gbench.by_variant(gbench.load_gbench(
+                path, singles=False)).items()}
 
 
 def load_go(path):
     """{name: median_ns} from `go test -bench` output."""
-    runs = {}
-    with open(path) as f:
-        for line in f:
-            m = _GO_LINE.match(line.strip())
-            if m:
-                runs.setdefault(m.group(1), []).append(float(m.group(2)))
-    return {k: statistics.median(v) for k, v in runs.items()}
+    return {k: e["ns"] for k, e in gbench.load_go(path).items()}
 
 
 def fmt_ns(ns):
@@ -85,8 +67,7 @@ def ratio(a, b):
 
 def table(results_dir, placement):
     cpp = load_gbench(os.path.join(results_dir, f"sync_bench.{placement}.json"))
-    go_path = os.path.join(results_dir, f"go.{placement}.txt")
-    go = load_go(go_path) if os.path.exists(go_path) else {}
+    go = load_go(os.path.join(results_dir, f"go.{placement}.txt"))
     lines = [
         "| workload | dchan (cv) | C++ baselines: time, dchan / baseline "
         "| Go | dchan / Go |",
