@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "broker_process.h"
+#include "gtest/gtest.h"
 
 #ifndef DCHAN_WORKER_PATH
 #error "DCHAN_WORKER_PATH must name the dchan-test-worker binary"
@@ -66,6 +67,22 @@ inline bool parse_tally(const ProcessResult& r, Tally* t) {
     }
   }
   return false;
+}
+
+// Adds up the tallies of `results` into `total`; fails naming the process
+// that did not exit 0 or printed no tally.
+inline ::testing::AssertionResult sum_tallies(
+    const std::vector<ProcessResult>& results, Tally* total) {
+  for (const ProcessResult& r : results) {
+    Tally t;
+    if (r.exit_code != 0 || !parse_tally(r, &t)) {
+      return ::testing::AssertionFailure() << "no tally from " << r;
+    }
+    total->count += t.count;
+    total->sum += t.sum;
+    total->sumsq += t.sumsq;
+  }
+  return ::testing::AssertionSuccess();
 }
 
 // The tally of the values from, from + 1, ..., from + count - 1.

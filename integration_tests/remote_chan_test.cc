@@ -135,14 +135,7 @@ TEST(RemoteChan, FourProducersFourConsumersDeliverEveryValueExactlyOnce) {
   }
 
   Tally total;
-  for (const ProcessResult& r : wait_all(consumers, kWorkerBound)) {
-    ASSERT_EQ(r.exit_code, 0) << r;
-    Tally t;
-    ASSERT_TRUE(parse_tally(r, &t)) << r;
-    total.count += t.count;
-    total.sum += t.sum;
-    total.sumsq += t.sumsq;
-  }
+  ASSERT_TRUE(sum_tallies(wait_all(consumers, kWorkerBound), &total));
   // Count, sum and sum of squares of 0..4K-1 together: a lost value and a
   // duplicated one do not cancel out.
   const Tally want = expected_tally(0, kProducers * kPerProducer);

@@ -219,14 +219,7 @@ TEST(RemotePipeline, BatchReceiveDeliversExactlyOnceAcrossFourProcesses) {
     client.chan<int64_t>("jobs", 8).close();
   }
   Tally total;
-  for (const ProcessResult& r : wait_all(consumers, kWorkerBound)) {
-    ASSERT_EQ(r.exit_code, 0) << r;
-    Tally t;
-    ASSERT_TRUE(parse_tally(r, &t)) << r;
-    total.count += t.count;
-    total.sum += t.sum;
-    total.sumsq += t.sumsq;
-  }
+  ASSERT_TRUE(sum_tallies(wait_all(consumers, kWorkerBound), &total));
   const Tally want = expected_tally(0, kProducers * kPerProducer);
   EXPECT_EQ(total.count, want.count);
   EXPECT_EQ(total.sum, want.sum);
