@@ -35,24 +35,15 @@ func BenchmarkChanPingPong(b *testing.B) {
 // One producer, one consumer, one way, unbuffered (a send returns once the
 // receiver took the value).
 func BenchmarkChanUnbuffered1P1C(b *testing.B) {
-	ch := make(chan int)
-	n := b.N
-	b.ResetTimer()
-	go func() {
-		for i := 0; i < n; i++ {
-			ch <- i
-		}
-	}()
-	sum := 0
-	for i := 0; i < n; i++ {
-		sum += <-ch
-	}
-	b.StopTimer()
-	sink = sum
+	run1P1C(b, make(chan int))
 }
 
 func BenchmarkChanBuffered1P1C(b *testing.B) {
-	ch := make(chan int, bufferCap)
+	run1P1C(b, make(chan int, bufferCap))
+}
+
+// run1P1C: one goroutine sends b.N values on ch, this one receives them.
+func run1P1C(b *testing.B, ch chan int) {
 	n := b.N
 	b.ResetTimer()
 	go func() {
