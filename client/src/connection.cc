@@ -431,6 +431,8 @@ void Connection::write_queued() {
         ++taken;
       }
       write_queue_.erase(write_queue_.begin(), write_queue_.begin() + taken);
+      ++written_.writes;
+      written_.frames += taken;
     }
     if (!stream_->Write(batch)) {
       // The stream is broken; the reader sees it end and fails every call.
@@ -438,6 +440,11 @@ void Connection::write_queued() {
       writes_failed_ = true;
     }
   }
+}
+
+Connection::WriteCounts Connection::write_counts() {
+  absl::MutexLock lock(&write_mu_);
+  return written_;
 }
 
 v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {

@@ -157,6 +157,14 @@ class Connection {
 
   const std::string& target() const noexcept { return target_; }
 
+  // What the stream has carried so far: ClientBatch writes and the frames
+  // in them (for tests and diagnostics).
+  struct WriteCounts {
+    uint64_t writes = 0;
+    uint64_t frames = 0;
+  };
+  WriteCounts write_counts();
+
   // The session: the client name sent in the Hello, the id and TTL the
   // broker granted.
   const std::string& name() const noexcept { return name_; }
@@ -330,6 +338,7 @@ class Connection {
   OpenSend open_send_ ABSL_GUARDED_BY(write_mu_);
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
   bool writes_failed_ ABSL_GUARDED_BY(write_mu_) = false;
+  WriteCounts written_ ABSL_GUARDED_BY(write_mu_);
   // The writer thread (started by the first hand-off): woken by
   // write_handed_, it writes the queue; it stops (writing what is queued
   // first) at writer_stop_. Joined by shut_down().
