@@ -45,6 +45,8 @@ TEST(Connection, CallersWokenTogetherWriteTheirNextFramesTogether) {
   const Connection::WriteCounts after = conn.write_counts();
   const uint64_t frames = after.frames - before.frames;
   const uint64_t writes = after.writes - before.writes;
+  RecordProperty("frames", static_cast<int>(frames));
+  RecordProperty("writes", static_cast<int>(writes));
   EXPECT_GE(frames, uint64_t{kThreads} * kCallsPerThread);
   // Each write that wakes k callers is followed by one write of their k
   // next frames, not k writes: with 16 callers, far more than 2 frames per
