@@ -330,6 +330,8 @@ class Connection {
   // Synchronous calls answered by another thread whose callers have not yet
   // returned from call() (counted_woken).
   std::atomic<int> woken_{0};
+  // A bound, not the usual wait: a woken caller returns within a few µs of
+  // getting a CPU, so this lets dozens of them run first on one CPU.
   static constexpr std::chrono::microseconds kLinger{100};
 
   static constexpr std::size_t kMaxBatchBytes = 1 << 20;
