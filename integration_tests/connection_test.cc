@@ -51,8 +51,8 @@ TEST(Connection, CallersWokenTogetherWriteTheirNextFramesTogether) {
   // Each write that wakes k callers is followed by one write of their k
   // next frames, not k writes: with 16 callers, far more than 2 frames per
   // write on average (about 1.3 when each woken caller wrote alone).
-  EXPECT_GE(frames, 2 * writes) << frames << " frames in " << writes
-                                << " writes";
+  EXPECT_GE(frames, 2 * writes)
+      << frames << " frames in " << writes << " writes";
 }
 
 TEST(Connection, AckedSendsFromManyThreadsKeepOrderAndArriveOnce) {
