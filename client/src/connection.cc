@@ -352,11 +352,13 @@ uint64_t Connection::start(const std::shared_ptr<Call>& call,
     calls_.emplace(id, call);
     if (!call->self_reading) ++background_needed_;
   }
-  enqueue(std::move(frame), hand_off, open);
+  // A synchronous caller's frame may wait for woken callers' frames.
+  enqueue(std::move(frame), hand_off, open, /*linger=*/call->in_call);
   return id;
 }
 
-void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open) {
+void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open,
+                         bool linger) {
   {
     absl::MutexLock lock(&write_mu_);
     write_queue_.push_back(std::move(frame));
@@ -378,7 +380,16 @@ void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open) {
       return;
     }
   }
+  if (linger) linger_for_woken();
   write_queued();
+}
+
+void Connection::linger_for_woken() const {
+  if (woken_.load(std::memory_order_relaxed) <= 0) return;
+  const Clock::time_point until = Clock::now() + kLinger;
+  do {
+    std::this_thread::yield();
+  } while (woken_.load(std::memory_order_relaxed) > 0 && Clock::now() < until);
 }
 
 void Connection::writer_loop() {
@@ -420,6 +431,8 @@ void Connection::write_queued() {
         ++taken;
       }
       write_queue_.erase(write_queue_.begin(), write_queue_.begin() + taken);
+      ++written_.writes;
+      written_.frames += taken;
     }
     if (!stream_->Write(batch)) {
       // The stream is broken; the reader sees it end and fails every call.
@@ -429,8 +442,14 @@ void Connection::write_queued() {
   }
 }
 
+Connection::WriteCounts Connection::write_counts() {
+  absl::MutexLock lock(&write_mu_);
+  return written_;
+}
+
 v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
   auto call = std::make_shared<Call>();
+  call->in_call = true;
   // A thread blocked in Read cannot honour a deadline: only untimed (and
   // non-blocking, answered at once) calls read for themselves.
   call->self_reading =
@@ -446,6 +465,7 @@ v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
     enqueue(std::move(cancel));
     wait_answered(*call, Deadline::max());
   }
+  if (call->counted_woken) woken_.fetch_sub(1, std::memory_order_relaxed);
   if (!call->error.ok()) throw_status(call->error);
   if (call->answer.code() != 0) {
     throw Error(static_cast<absl::StatusCode>(call->answer.code()),
@@ -489,7 +509,7 @@ void Connection::wait_reading(const std::shared_ptr<Call>& call) {
       // Handed the read role (kReader): reading_ stays true for us.
       call->state.store(kWaiting, std::memory_order_relaxed);
     }
-    read_once(batch);
+    read_once(batch, call.get());
     release_read_role();
   }
   // The answer is published before `settled` is read under mu_, or by the
@@ -499,7 +519,7 @@ void Connection::wait_reading(const std::shared_ptr<Call>& call) {
   }
 }
 
-void Connection::read_once(v1::ServerBatch& batch) {
+void Connection::read_once(v1::ServerBatch& batch, const Call* own) {
   batch.Clear();
   if (!stream_->Read(&batch)) {
     end_stream();
@@ -535,6 +555,10 @@ void Connection::read_once(v1::ServerBatch& batch) {
       if (!call->self_reading) --background_needed_;
     }
     note_heard(call->sent);
+    if (call->in_call && call.get() != own) {
+      call->counted_woken = true;
+      woken_.fetch_add(1, std::memory_order_relaxed);
+    }
     call->answer.Swap(&f);
     finish(*call, absl::OkStatus());
   }

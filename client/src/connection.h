@@ -4,7 +4,12 @@
 // Requests from any thread are multiplexed on the stream: each gets a fresh
 // request id and a Call to wait on. Writes are combined: the thread that
 // finds no write in progress becomes the writer and sends everything queued
-// meanwhile as one batch, until the queue is empty. A pipelined send
+// meanwhile as one batch, until the queue is empty. A caller about to write
+// first lets callers that a reader has just woken with their answers run,
+// for a bounded while (kLinger), when any have not yet returned from call():
+// with acked sends from many threads, those callers' next frames then join
+// its write instead of each leaving alone (one sendmsg per frame). A lone
+// caller never waits so: nobody else has been woken. A pipelined send
 // (send_pipelined) does not write itself: it wakes a writer
 // thread, started on first use, so that a streaming producer keeps queueing
 // while that thread writes and its frames leave in batches. All frames go
@@ -152,6 +157,14 @@ class Connection {
 
   const std::string& target() const noexcept { return target_; }
 
+  // What the stream has carried so far: ClientBatch writes and the frames
+  // in them (for tests and diagnostics).
+  struct WriteCounts {
+    uint64_t writes = 0;
+    uint64_t frames = 0;
+  };
+  WriteCounts write_counts();
+
   // The session: the client name sent in the Hello, the id and TTL the
   // broker granted.
   const std::string& name() const noexcept { return name_; }
@@ -193,6 +206,11 @@ class Connection {
     Callback on_answer;                     // set: an asynchronous call
     ClaimCallback on_claim;                 // set: an offer (call_offer)
     Clock::time_point sent = Clock::now();  // (about) when it was sent
+    // `in_call`: made by call(), whose caller waits for it and, once
+    // answered, uncounts it from woken_ if `counted_woken` — set (before the
+    // answer is published) when another thread answered it.
+    bool in_call = false;
+    bool counted_woken = false;
     // Guarded by mu_. `self_reading`: its thread may take the read role
     // (an untimed synchronous call). `settled`: answered (or failed).
     bool self_reading = false;
@@ -222,9 +240,14 @@ class Connection {
                  bool hand_off = false, OpenSend* open = nullptr);
   // Queues `frame`; with no write in progress, writes the queue on this
   // thread, or (`hand_off`) has the writer thread write it. `open`: the
-  // frame is a pipelined send that may take more values.
+  // frame is a pipelined send that may take more values. `linger`: before
+  // writing, let woken callers queue their frames (linger_for_woken).
   void enqueue(v1::ClientFrame frame, bool hand_off = false,
-               OpenSend* open = nullptr);
+               OpenSend* open = nullptr, bool linger = false);
+  // While callers woken with an answer have not returned from call(), and
+  // for at most kLinger, yields the CPU to them, so that their next frames
+  // are queued before this thread writes. Returns at once when none are.
+  void linger_for_woken() const;
   // With writing_ taken: writes batches until the queue is empty, then
   // clears writing_.
   void write_queued();
@@ -235,8 +258,9 @@ class Connection {
   // Waits for a call that others read for (kAnswered); false at `deadline`.
   static bool wait_answered(Call& call, Deadline deadline);
   // With the read role held: reads one batch and completes its calls, or
-  // ends the connection if the stream is over.
-  void read_once(v1::ServerBatch& batch);
+  // ends the connection if the stream is over. `own`: the call of the
+  // reading thread (not counted in woken_), if any.
+  void read_once(v1::ServerBatch& batch, const Call* own = nullptr);
   // Gives the read role up: to the first waiting self-reading call, else to
   // the background reader if it is needed.
   void release_read_role();
@@ -303,12 +327,20 @@ class Connection {
   // Outstanding calls nobody waits to read for: timed and asynchronous.
   std::size_t background_needed_ ABSL_GUARDED_BY(mu_) = 0;
 
+  // Synchronous calls answered by another thread whose callers have not yet
+  // returned from call() (counted_woken).
+  std::atomic<int> woken_{0};
+  // A bound, not the usual wait: a woken caller returns within a few µs of
+  // getting a CPU, so this lets dozens of them run first on one CPU.
+  static constexpr std::chrono::microseconds kLinger{100};
+
   static constexpr std::size_t kMaxBatchBytes = 1 << 20;
   absl::Mutex write_mu_;
   std::deque<v1::ClientFrame> write_queue_ ABSL_GUARDED_BY(write_mu_);
   OpenSend open_send_ ABSL_GUARDED_BY(write_mu_);
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
   bool writes_failed_ ABSL_GUARDED_BY(write_mu_) = false;
+  WriteCounts written_ ABSL_GUARDED_BY(write_mu_);
   // The writer thread (started by the first hand-off): woken by
   // write_handed_, it writes the queue; it stops (writing what is queued
   // first) at writer_stop_. Joined by shut_down().

@@ -33,7 +33,10 @@
 //
 // Throughput: a Client coalesces frames queued while a write is in flight
 // into one gRPC message, and the broker answers one incoming message with
-// one. Each acked send still costs its thread a round trip; a streaming
+// one. Acked calls from many threads share writes: a thread about to write
+// first lets the threads just woken with their answers queue their next
+// frames (a wait of at most ~100 µs, never taken by a lone caller). Each
+// acked send still costs its thread a round trip; a streaming
 // producer or consumer opts in to a send window (consecutive sends of one
 // handle travel as one frame, answered once) and batch receives.
 //
