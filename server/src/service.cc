@@ -40,7 +40,7 @@ class StreamWriter final : public Outbox {
       const std::size_t size = frame.ByteSizeLong();
       if (queued_bytes_ + size <= max_bytes_) {
         queued_bytes_ += size;
-        queue_.push_back({std::move(frame), returned_to});
+        queue_.push_back({std::move(frame), returned_to, size});
         maybe_write_locked();
         return true;
       }
@@ -119,6 +119,7 @@ class StreamWriter final : public Outbox {
   struct Queued {
     v1::ServerFrame frame;
     std::shared_ptr<ChannelObject> returned_to;  // set: it may hold a value
+    std::size_t bytes;  // frame.ByteSizeLong(), once (it walks every value)
   };
 
   // Wants the stream finished; returns the answers that will now never be
@@ -155,7 +156,7 @@ class StreamWriter final : public Outbox {
     batch_.Clear();
     std::size_t bytes = 0;
     while (!queue_.empty()) {
-      const std::size_t size = queue_.front().frame.ByteSizeLong();
+      const std::size_t size = queue_.front().bytes;
       if (bytes > 0 && bytes + size > batch_bytes_) break;
       bytes += size;
       batch_.add_frames()->Swap(&queue_.front().frame);
