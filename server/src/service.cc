@@ -15,7 +15,8 @@
 namespace dchan::server {
 namespace {
 
-using SessionStream = grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+using SessionStream =
+    grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
 
 // Received values of at least this many bytes leave as slices of their own
 // buffers; smaller ones are copied into the batch's encoding (a slice per
@@ -24,10 +25,10 @@ constexpr std::size_t kOwnSliceBytes = 16 << 10;
 
 // Protobuf wire format: a length-delimited field is its tag byte
 // (field number << 3 | 2), the length as a varint, then the bytes.
-constexpr char kBatchFramesTag = (1 << 3) | 2;    // ServerBatch.frames
-constexpr char kFrameRecvTag = (6 << 3) | 2;      // ServerFrame.recv
-constexpr char kRecvValueTag = (2 << 3) | 2;      // RecvResponse.value
-constexpr char kRecvMoreValuesTag = (3 << 3) | 2; // RecvResponse.more_values
+constexpr char kBatchFramesTag = (1 << 3) | 2;     // ServerBatch.frames
+constexpr char kFrameRecvTag = (6 << 3) | 2;       // ServerFrame.recv
+constexpr char kRecvValueTag = (2 << 3) | 2;       // RecvResponse.value
+constexpr char kRecvMoreValuesTag = (3 << 3) | 2;  // RecvResponse.more_values
 
 void put_varint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
@@ -400,7 +401,7 @@ class SessionReactor final : public SessionStream {
   // moves on into the channels). An idle session holds no block.
   google::protobuf::Arena arena_{read_arena_options()};
   v1::ClientBatch* in_ = nullptr;  // on arena_
-  grpc::ByteBuffer in_bytes_;       // the read in flight, parsed into in_
+  grpc::ByteBuffer in_bytes_;      // the read in flight, parsed into in_
 };
 
 BrokerServer::BrokerServer(BrokerOptions options)

@@ -440,22 +440,21 @@ void Session::send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
   parked->n = n;
   parked->left.store(n - i);
   parked->sent.store(i);
+  auto on_done = [parked](bool ok) {
+    if (ok) parked->sent.fetch_add(1);
+    if (parked->left.fetch_sub(1) != 1) return;
+    const std::size_t sent = parked->sent.load();
+    parked->session->finish_pending(
+        parked->id, parked->seq,
+        send_many_frame(parked->id,
+                        sent == parked->n ? v1::OUTCOME_OK : v1::OUTCOME_CLOSED,
+                        sent),
+        nullptr);
+  };
   std::vector<PendingOp> ops;
   ops.reserve(n - i);
   for (; i < n; ++i) {
-    ops.push_back(
-        obj->chan.send_async(std::move(value_at(i)), [parked](bool ok) {
-          if (ok) parked->sent.fetch_add(1);
-          if (parked->left.fetch_sub(1) != 1) return;
-          const std::size_t sent = parked->sent.load();
-          parked->session->finish_pending(
-              parked->id, parked->seq,
-              send_many_frame(
-                  parked->id,
-                  sent == parked->n ? v1::OUTCOME_OK : v1::OUTCOME_CLOSED,
-                  sent),
-              nullptr);
-        }));
+    ops.push_back(obj->chan.send_async(std::move(value_at(i)), on_done));
   }
   // Withdrawn when any value was still waiting: the rest never answer (their
   // count cannot reach zero), the cancel answers CANCELLED.
