@@ -282,12 +282,14 @@ class StreamWriter final : public Outbox {
     // The frames of this batch: at most batch_bytes_, and at least one.
     std::size_t n = 0;
     std::size_t bytes = 0;
+    std::size_t copied = 0;  // what the encoder copies (not large values)
     for (const Queued& q : queue_) {
       if (n > 0 && bytes + q.bytes > batch_bytes_) break;
       bytes += q.bytes;
+      copied += has_large_value(q.frame) ? 64 : q.bytes + 16;
       ++n;
     }
-    BatchEncoder encoder(bytes + 16 * n);
+    BatchEncoder encoder(copied);
     for (std::size_t i = 0; i < n; ++i) {
       encoder.add(queue_.front().frame);
       queue_.pop_front();
