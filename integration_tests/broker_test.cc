@@ -1168,6 +1168,69 @@ TEST(BrokerBadInput, BatchOfThousandsOfFramesIsAnsweredInFull) {
   expect_broker_serves(broker, "a batch of 10,000 frames");
 }
 
+// The broker encodes receive answers that carry large values (16 KiB and
+// more) itself, each such value a slice of its own buffer: small, large,
+// empty and threshold-sized values, alone and in batches, mixed with
+// small answers in one stream message, arrive whole and in order.
+TEST(BrokerWire, LargeValuesArriveWholeInPlainAndBatchReceives) {
+  BrokerProcess broker;
+  RawSession s(connect(broker.address()));
+  const uint64_t h = open_chan(s, 1, "large", 16);
+  ASSERT_NE(h, 0u);
+  const std::vector<std::size_t> sizes = {16383,     16384, 100 << 10, 5, 0,
+                                          20000,     1,     64 << 10,  7};
+  std::vector<std::string> values;
+  std::vector<v1::ClientFrame> sends;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    std::string v(sizes[i], static_cast<char>('a' + i));
+    if (!v.empty()) v.back() = static_cast<char>('0' + i);  // an end marker
+    values.push_back(v);
+    sends.push_back(send_frame(10 + i, h, std::move(v), true));
+  }
+  ASSERT_TRUE(s.write(std::move(sends)));
+  std::vector<v1::ServerFrame> sent;
+  ASSERT_TRUE(s.read(sizes.size(), &sent));
+  for (const v1::ServerFrame& f : sent) {
+    ASSERT_EQ(f.send().outcome(), v1::OUTCOME_OK) << f.DebugString();
+  }
+  auto batch_recv = [h](uint64_t id, uint32_t max) {
+    v1::ClientFrame f = recv_frame(id, h, false);
+    f.mutable_recv()->set_max_values(max);
+    return f;
+  };
+  // One write: the answers leave together, as one ServerBatch.
+  ASSERT_TRUE(s.write({recv_frame(30, h, false), stat_frame(31, h),
+                       batch_recv(32, 3), batch_recv(33, 3),
+                       recv_frame(34, h, false), batch_recv(35, 8)}));
+  std::vector<v1::ServerFrame> got;
+  ASSERT_TRUE(s.read(6, &got));
+  auto values_of = [](const v1::ServerFrame& f) {
+    std::vector<std::string> out = {f.recv().value()};
+    for (const std::string& v : f.recv().more_values()) out.push_back(v);
+    return out;
+  };
+  using Values = std::vector<std::string>;
+  ASSERT_EQ(got[0].id(), 30u);
+  EXPECT_EQ(values_of(got[0]), Values({values[0]}));
+  ASSERT_EQ(got[1].id(), 31u);
+  EXPECT_EQ(got[1].stat().len(), 8u);
+  ASSERT_EQ(got[2].id(), 32u);
+  EXPECT_EQ(values_of(got[2]), Values({values[1], values[2], values[3]}));
+  ASSERT_EQ(got[3].id(), 33u);
+  EXPECT_EQ(values_of(got[3]), Values({values[4], values[5], values[6]}));
+  ASSERT_EQ(got[4].id(), 34u);
+  EXPECT_EQ(values_of(got[4]), Values({values[7]}));
+  ASSERT_EQ(got[5].id(), 35u);
+  EXPECT_EQ(values_of(got[5]), Values({values[8]}));
+  for (const v1::ServerFrame& f : got) {
+    EXPECT_EQ(f.code(), kOk) << f.message();
+    if (f.has_recv()) {
+      EXPECT_EQ(f.recv().outcome(), v1::OUTCOME_OK);
+    }
+  }
+  EXPECT_TRUE(s.finish().ok());
+}
+
 // Bytes that no protobuf parser accepts as a ClientBatch: an 11-byte
 // varint tag.
 const std::string& garbage() {

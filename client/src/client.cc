@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -15,6 +16,7 @@
 #include "absl/synchronization/mutex.h"
 #include "connection.h"
 #include "dchan/detail/futex.h"
+#include "dchan/detail/waiter.h"
 
 namespace dchan {
 namespace detail {
@@ -183,7 +185,7 @@ class BrokerChan final : public RemoteChan {
     if (window_ != nullptr) window_->orphan();
     std::deque<std::string> held;
     {
-      absl::MutexLock lock(&held_mu_);
+      std::lock_guard<detail::Lock> lock(held_mu_);
       held.swap(held_);
     }
     if (!held.empty()) {
@@ -238,7 +240,7 @@ class BrokerChan final : public RemoteChan {
 
   ChanStatus recv(std::string& out, Deadline deadline) override {
     if (recv_batch_ > 1) {
-      absl::MutexLock lock(&held_mu_);
+      std::lock_guard<detail::Lock> lock(held_mu_);
       if (!held_.empty()) {
         out = std::move(held_.front());
         held_.pop_front();
@@ -257,7 +259,7 @@ class BrokerChan final : public RemoteChan {
     if (st == ChanStatus::kOk) {
       out = std::move(*r->mutable_value());
       if (r->more_values_size() > 0) {
-        absl::MutexLock lock(&held_mu_);
+        std::lock_guard<detail::Lock> lock(held_mu_);
         for (std::string& v : *r->mutable_more_values()) {
           held_.push_back(std::move(v));
         }
@@ -285,7 +287,7 @@ class BrokerChan final : public RemoteChan {
     f.mutable_stat()->set_handle(handle_);
     const auto broker_len =
         static_cast<std::size_t>(conn_->call(f, kNoDeadline).stat().len());
-    absl::MutexLock lock(&held_mu_);
+    std::lock_guard<detail::Lock> lock(held_mu_);
     return broker_len + held_.size();
   }
 
@@ -408,9 +410,13 @@ class BrokerChan final : public RemoteChan {
   const std::size_t cap_;
   const uint32_t recv_batch_;                 // > 1: batch receives
   const std::shared_ptr<SendWindow> window_;  // set: pipelined sends
-  absl::Mutex held_mu_;
-  // A batch receive's extra values, in channel order.
-  std::deque<std::string> held_ ABSL_GUARDED_BY(held_mu_);
+  // Taken once per value received: lib's futex lock, not an absl::Mutex
+  // (Debian's Abseil keeps its deadlock-detection bookkeeping on, a global
+  // lock per acquisition, which a streaming consumer paid on every value).
+  // Never held while anything blocks.
+  detail::Lock held_mu_;
+  // A batch receive's extra values, in channel order. Guarded by held_mu_.
+  std::deque<std::string> held_;
 };
 
 }  // namespace

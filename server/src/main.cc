@@ -110,8 +110,7 @@ int main(int argc, char** argv) {
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(
-      static_cast<dchan::v1::Broker::CallbackService*>(&broker));
+  builder.RegisterService(static_cast<dchan::server::BrokerService*>(&broker));
   builder.RegisterService(
       static_cast<dchan::v1::Inspect::CallbackService*>(&broker));
   // Without this, gRPC sets SO_REUSEPORT and a second broker on the same

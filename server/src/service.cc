@@ -8,8 +8,134 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/arena.h"
+#include "grpcpp/support/proto_buffer_reader.h"
+#include "grpcpp/support/slice.h"
 
 namespace dchan::server {
+namespace {
+
+using SessionStream =
+    grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
+
+// Received values of at least this many bytes leave as slices of their own
+// buffers; smaller ones are copied into the batch's encoding (a slice per
+// small value would cost more than the copy).
+constexpr std::size_t kOwnSliceBytes = 16 << 10;
+
+// Protobuf wire format: a length-delimited field is its tag byte
+// (field number << 3 | 2), the length as a varint, then the bytes.
+constexpr char kBatchFramesTag = (1 << 3) | 2;     // ServerBatch.frames
+constexpr char kFrameRecvTag = (6 << 3) | 2;       // ServerFrame.recv
+constexpr char kRecvValueTag = (2 << 3) | 2;       // RecvResponse.value
+constexpr char kRecvMoreValuesTag = (3 << 3) | 2;  // RecvResponse.more_values
+
+void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+std::size_t varint_size(uint64_t v) {
+  std::size_t n = 1;
+  for (; v >= 0x80; v >>= 7) ++n;
+  return n;
+}
+
+bool has_large_value(const v1::ServerFrame& frame) {
+  if (!frame.has_recv()) return false;
+  const v1::RecvResponse& r = frame.recv();
+  if (r.value().size() >= kOwnSliceBytes) return true;
+  for (const std::string& v : r.more_values()) {
+    if (v.size() >= kOwnSliceBytes) return true;
+  }
+  return false;
+}
+
+// Encodes frames as one ServerBatch message, the bytes a client parses as
+// v1::ServerBatch. A receive answer that carries a large value is encoded
+// as the frame without its values followed by a second `recv` field that
+// holds them (a parser merges repeated occurrences of a message field, so
+// the client sees one RecvResponse), and each large value is a slice that
+// owns the value's buffer: the value is not copied on its way out.
+class BatchEncoder {
+ public:
+  explicit BatchEncoder(std::size_t reserve) { bytes_.reserve(reserve); }
+
+  // Appends `frame`, moving large values out of it.
+  void add(v1::ServerFrame& frame) {
+    if (!has_large_value(frame)) {
+      const std::size_t size = frame.ByteSizeLong();
+      bytes_.push_back(kBatchFramesTag);
+      put_varint(bytes_, size);
+      const std::size_t at = bytes_.size();
+      bytes_.resize(at + size);
+      frame.SerializeWithCachedSizesToArray(
+          reinterpret_cast<uint8_t*>(&bytes_[at]));
+      return;
+    }
+    v1::RecvResponse* r = frame.mutable_recv();
+    std::vector<std::string> values;
+    values.reserve(1 + static_cast<std::size_t>(r->more_values_size()));
+    values.push_back(std::move(*r->mutable_value()));
+    for (std::string& v : *r->mutable_more_values()) {
+      values.push_back(std::move(v));
+    }
+    r->clear_value();
+    r->clear_more_values();
+    std::size_t values_size = 0;
+    for (const std::string& v : values) {
+      values_size += 1 + varint_size(v.size()) + v.size();
+    }
+    const std::size_t rest_size = frame.ByteSizeLong();
+    bytes_.push_back(kBatchFramesTag);
+    put_varint(bytes_, rest_size + 1 + varint_size(values_size) + values_size);
+    const std::size_t at = bytes_.size();
+    bytes_.resize(at + rest_size);
+    frame.SerializeWithCachedSizesToArray(
+        reinterpret_cast<uint8_t*>(&bytes_[at]));
+    bytes_.push_back(kFrameRecvTag);
+    put_varint(bytes_, values_size);
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      bytes_.push_back(i == 0 ? kRecvValueTag : kRecvMoreValuesTag);
+      put_varint(bytes_, values[i].size());
+      if (values[i].size() >= kOwnSliceBytes) {
+        cut();
+        add_slice(std::move(values[i]));
+      } else {
+        bytes_.append(values[i]);
+      }
+    }
+  }
+
+  // The batch encoded so far.
+  grpc::ByteBuffer finish() {
+    cut();
+    return grpc::ByteBuffer(slices_.data(), slices_.size());
+  }
+
+ private:
+  void cut() {
+    if (bytes_.empty()) return;
+    add_slice(std::move(bytes_));
+    bytes_.clear();
+  }
+
+  // A slice that owns `bytes` (freed when gRPC is done with it).
+  void add_slice(std::string bytes) {
+    auto* owned = new std::string(std::move(bytes));
+    slices_.emplace_back(
+        owned->data(), owned->size(),
+        [](void* p) { delete static_cast<std::string*>(p); }, owned);
+  }
+
+  std::string bytes_;  // the slice being filled
+  std::vector<grpc::Slice> slices_;
+};
+
+}  // namespace
 
 // The write side of one session stream: a bounded queue of answers behind
 // one write in flight (the WatchReactor pattern). Shared between the reactor
@@ -17,7 +143,7 @@ namespace dchan::server {
 // is done, push() refuses.
 class StreamWriter final : public Outbox {
  public:
-  using Reactor = grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>;
+  using Reactor = SessionStream;
 
   StreamWriter(Reactor* reactor, std::size_t max_bytes,
                std::size_t batch_bytes)
@@ -40,7 +166,7 @@ class StreamWriter final : public Outbox {
       const std::size_t size = frame.ByteSizeLong();
       if (queued_bytes_ + size <= max_bytes_) {
         queued_bytes_ += size;
-        queue_.push_back({std::move(frame), returned_to});
+        queue_.push_back({std::move(frame), returned_to, size});
         maybe_write_locked();
         return true;
       }
@@ -119,6 +245,7 @@ class StreamWriter final : public Outbox {
   struct Queued {
     v1::ServerFrame frame;
     std::shared_ptr<ChannelObject> returned_to;  // set: it may hold a value
+    std::size_t bytes;  // frame.ByteSizeLong(), once (it walks every value)
   };
 
   // Wants the stream finished; returns the answers that will now never be
@@ -152,15 +279,22 @@ class StreamWriter final : public Outbox {
       return;
     }
     if (queue_.empty()) return;
-    batch_.Clear();
+    // The frames of this batch: at most batch_bytes_, and at least one.
+    std::size_t n = 0;
     std::size_t bytes = 0;
-    while (!queue_.empty()) {
-      const std::size_t size = queue_.front().frame.ByteSizeLong();
-      if (bytes > 0 && bytes + size > batch_bytes_) break;
-      bytes += size;
-      batch_.add_frames()->Swap(&queue_.front().frame);
+    std::size_t copied = 0;  // what the encoder copies (not large values)
+    for (const Queued& q : queue_) {
+      if (n > 0 && bytes + q.bytes > batch_bytes_) break;
+      bytes += q.bytes;
+      copied += has_large_value(q.frame) ? 64 : q.bytes + 16;
+      ++n;
+    }
+    BatchEncoder encoder(copied);
+    for (std::size_t i = 0; i < n; ++i) {
+      encoder.add(queue_.front().frame);
       queue_.pop_front();
     }
+    batch_ = encoder.finish();
     queued_bytes_ -= std::min(queued_bytes_, bytes);
     writing_ = true;
     reactor_->StartWrite(&batch_);
@@ -178,12 +312,19 @@ class StreamWriter final : public Outbox {
   bool finish_wanted_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
-  v1::ServerBatch batch_;  // the write in flight; touched only when !writing_
+  grpc::ByteBuffer batch_;  // the write in flight; touched only when !writing_
 };
 
+// Blocks of up to 32 KiB: a batch of a thousand values takes a dozen.
+// (Frees of 64 KiB and more make glibc consolidate its fast bins.)
+google::protobuf::ArenaOptions read_arena_options() {
+  google::protobuf::ArenaOptions options;
+  options.max_block_size = 32 << 10;
+  return options;
+}
+
 // One client's Session stream.
-class SessionReactor final
-    : public grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch> {
+class SessionReactor final : public SessionStream {
  public:
   SessionReactor(BrokerServer* broker, grpc::CallbackServerContext* context,
                  uint64_t id)
@@ -199,7 +340,8 @@ class SessionReactor final
           if (auto s = session.lock()) s->end();
         });
     broker_->add_session({session_, writer_});
-    StartRead(&in_);
+    in_ = google::protobuf::Arena::CreateMessage<v1::ClientBatch>(&arena_);
+    StartRead(&in_bytes_);
   }
 
   void OnReadDone(bool ok) override {
@@ -208,13 +350,27 @@ class SessionReactor final
       end(grpc::Status::OK);
       return;
     }
+    bool parsed;
+    {
+      grpc::ProtoBufferReader reader(&in_bytes_);
+      parsed = in_->ParseFromZeroCopyStream(&reader);
+    }
+    in_bytes_.Clear();
+    if (!parsed) {
+      // Not a ClientBatch: ended as if the client had half-closed (what
+      // gRPC's own deserialization reports for a typed stream).
+      end(grpc::Status::OK);
+      return;
+    }
     writer_->cork();
-    for (v1::ClientFrame& frame : *in_.mutable_frames()) {
+    for (v1::ClientFrame& frame : *in_->mutable_frames()) {
       session_->handle(std::move(frame));
     }
     writer_->uncork();
-    in_.Clear();
-    StartRead(&in_);
+    // Nothing refers to the batch any more (values were moved out of it).
+    arena_.Reset();
+    in_ = google::protobuf::Arena::CreateMessage<v1::ClientBatch>(&arena_);
+    StartRead(&in_bytes_);
   }
 
   void OnWriteDone(bool ok) override { writer_->on_write_done(ok); }
@@ -240,7 +396,14 @@ class SessionReactor final
   const uint64_t id_;
   std::shared_ptr<StreamWriter> writer_;
   std::shared_ptr<server::Session> session_;
-  v1::ClientBatch in_;
+  // Each incoming batch is parsed into this arena, reset once the batch is
+  // handled: its frames and the string objects of its values take a few
+  // arena blocks instead of about two heap allocations per value (the
+  // values' bytes still live in their own heap buffers, which handle()
+  // moves on into the channels). An idle session holds no block.
+  google::protobuf::Arena arena_{read_arena_options()};
+  v1::ClientBatch* in_ = nullptr;  // on arena_
+  grpc::ByteBuffer in_bytes_;      // the read in flight, parsed into in_
 };
 
 BrokerServer::BrokerServer(BrokerOptions options)
@@ -254,14 +417,12 @@ BrokerServer::BrokerServer(BrokerOptions options)
 
 BrokerServer::~BrokerServer() { reaper_.stop(); }
 
-grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>*
-BrokerServer::Session(grpc::CallbackServerContext* context) {
+SessionStream* BrokerServer::Session(grpc::CallbackServerContext* context) {
   uint64_t id;
   {
     absl::MutexLock lock(&mu_);
     if (shutting_down_) {
-      using Refuse = grpc::internal::FinishOnlyReactor<
-          grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>>;
+      using Refuse = grpc::internal::FinishOnlyReactor<SessionStream>;
       return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                      "dchan-broker: shutting down"));
     }

@@ -32,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "dchan/v1/broker.grpc.pb.h"
 #include "dchan/v1/inspect.grpc.pb.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "reaper.h"
 #include "registry.h"
 #include "session.h"
@@ -49,14 +50,21 @@ struct BrokerOptions {
 
 class StreamWriter;
 
-class BrokerServer final : public v1::Broker::CallbackService,
+// The Session stream is served raw (grpc::ByteBuffer): the broker parses
+// ClientBatch itself and encodes ServerBatch itself, so that large received
+// values leave as slices of their own buffers instead of being copied into
+// one serialized message (see StreamWriter in service.cc).
+using BrokerService =
+    v1::Broker::WithRawCallbackMethod_Session<v1::Broker::Service>;
+
+class BrokerServer final : public BrokerService,
                            public v1::Inspect::CallbackService {
  public:
   explicit BrokerServer(BrokerOptions options = {});
   ~BrokerServer() override;
 
   // dchan.v1.Broker
-  grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>* Session(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
       grpc::CallbackServerContext* context) override;
 
   // dchan.v1.Inspect

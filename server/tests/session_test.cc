@@ -841,6 +841,42 @@ TEST_F(SessionTest, MultiValueSendCutOffByACloseSaysHowManyGotIn) {
   EXPECT_EQ(r2.send().sent(), 0u);
 }
 
+// Values that wait are moved into the channel, not copied: long values (no
+// small-string buffer) arrive whole and in order, whether they fitted at
+// once or waited; receives that free room part by part let the parked ones
+// in one by one; a close then fails the rest, and the answer counts exactly
+// the values that got in — which stay receivable, in order, after the close.
+TEST_F(SessionTest, MultiValueSendPartlyTakenThenClosedKeepsWhatGotIn) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 2),
+                 hb = open(b, "ch", "string", 2);
+  std::vector<std::string> values;
+  for (char c : std::string("abcdefg")) values.push_back(std::string(100, c));
+  a.session->handle(multi_send(1, ha, values));  // 2 in, 5 parked
+  EXPECT_EQ(a.out->size(), 0u);
+  recv(b, 2, hb);  // takes a, lets c in
+  EXPECT_EQ(b.out->take().recv().value(), values[0]);
+  b.session->handle(batch_recv(3, hb, 2));  // takes b, c; lets d, e in
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{values[1], values[2]}));
+  EXPECT_EQ(a.out->size(), 0u) << "answered while f and g still wait";
+  v1::ClientFrame close;
+  close.set_id(4);
+  close.mutable_close()->set_handle(hb);
+  b.session->handle(close);
+  EXPECT_EQ(b.out->take().code(), 0);
+  const v1::ServerFrame r = a.out->take();
+  EXPECT_EQ(r.id(), 1u);
+  EXPECT_EQ(r.send().outcome(), v1::OUTCOME_CLOSED);
+  EXPECT_EQ(r.send().sent(), 5u);
+  EXPECT_EQ(a.out->size(), 0u) << "answered more than once";
+  b.session->handle(batch_recv(5, hb, 8));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{values[3], values[4]}));
+  recv(b, 6, hb);
+  EXPECT_EQ(b.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
+}
+
 TEST_F(SessionTest, MultiValueSendRefusesBadInputAndSendsNothing) {
   SessionLimits limits;
   limits.max_value_bytes = 4;

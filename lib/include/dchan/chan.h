@@ -51,6 +51,7 @@
 #include <memory>
 #include <new>
 #include <optional>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -524,6 +525,11 @@ class Chan {
     if constexpr (kHasCodec<T>) {
       std::string bytes;
       const ChanStatus st = remote_->recv(bytes, deadline);
+      if constexpr (std::is_same_v<T, std::string>) {
+        // The bytes are the value: moved, not decoded into a copy.
+        if (st == ChanStatus::kOk) out.emplace(std::move(bytes));
+        return st;
+      }
       if (st == ChanStatus::kOk) {
         T value{};
         const absl::Status decoded = Codec<T>::decode(bytes, value);
