@@ -12,8 +12,8 @@
 //     with RESOURCE_EXHAUSTED once its answers pass --session_outbox_bytes,
 //     and the broker's memory stays bounded meanwhile;
 //   - bad input: each answered by an error frame (or, for a message that is
-//     not a ClientBatch, by the end of the stream), and the broker then
-//     still serves a fresh client;
+//     not a ClientBatch, by ending the stream with INVALID_ARGUMENT), and
+//     the broker then still serves a fresh client;
 //   - the standard gRPC health and reflection services;
 //   - graceful shutdown: SIGTERM ends every session with UNAVAILABLE and
 //     the broker exits 0 within a bound.
@@ -1248,8 +1248,13 @@ TEST(BrokerBadInput, GarbageMessageEndsTheStreamAndTheBrokerLivesOn) {
     RawStreamCall call(broker.address(), "/dchan.v1.Broker/Session",
                        {garbage()}, /*half_close=*/false, seconds(10));
     const RawCallResult r = call.wait();
-    EXPECT_NE(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
-        << "the broker kept a stream open after an unparseable message";
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << "DEADLINE_EXCEEDED: the broker kept a stream open after an "
+           "unparseable message; got: "
+        << r.status.error_message();
+    EXPECT_TRUE(absl::StrContains(r.status.error_message(),
+                                  "not a dchan.v1.ClientBatch"))
+        << r.status.error_message();
     EXPECT_TRUE(r.responses.empty());
     std::printf("garbage message: stream ended with status %d \"%s\"\n",
                 static_cast<int>(r.status.error_code()),

@@ -357,9 +357,11 @@ class SessionReactor final : public SessionStream {
     }
     in_bytes_.Clear();
     if (!parsed) {
-      // Not a ClientBatch: ended as if the client had half-closed (what
-      // gRPC's own deserialization reports for a typed stream).
-      end(grpc::Status::OK);
+      // Not a ClientBatch: nothing in it can be answered, so the session
+      // ends, saying why.
+      end(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "dchan-broker: a Session stream message is not a "
+                       "dchan.v1.ClientBatch"));
       return;
     }
     writer_->cork();
