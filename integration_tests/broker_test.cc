@@ -1177,8 +1177,8 @@ TEST(BrokerWire, LargeValuesArriveWholeInPlainAndBatchReceives) {
   RawSession s(connect(broker.address()));
   const uint64_t h = open_chan(s, 1, "large", 16);
   ASSERT_NE(h, 0u);
-  const std::vector<std::size_t> sizes = {16383,     16384, 100 << 10, 5, 0,
-                                          20000,     1,     64 << 10,  7};
+  const std::vector<std::size_t> sizes = {16383, 16384, 100 << 10, 5, 0,
+                                          20000, 1,     64 << 10,  7};
   std::vector<std::string> values;
   std::vector<v1::ClientFrame> sends;
   for (std::size_t i = 0; i < sizes.size(); ++i) {

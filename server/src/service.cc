@@ -145,11 +145,8 @@ class StreamWriter final : public Outbox {
  public:
   using Reactor = SessionStream;
 
-  StreamWriter(Reactor* reactor, std::size_t max_bytes,
-               std::size_t batch_bytes)
-      : reactor_(reactor),
-        max_bytes_(max_bytes),
-        batch_bytes_(batch_bytes) {}
+  StreamWriter(Reactor* reactor, std::size_t max_bytes, std::size_t batch_bytes)
+      : reactor_(reactor), max_bytes_(max_bytes), batch_bytes_(batch_bytes) {}
 
   // Called (once, with no lock held) when the queue overflows: the reactor
   // ends its session there and then.
