@@ -321,6 +321,81 @@ TEST(RemoteMutex, SilentBrokerPastTheTtlMakesTheClientDeclareTheLoss) {
                "nothing heard from it for");
 }
 
+TEST(RemoteMutex, UnlockReturnsAtOnceAndALossBeforeItsAnswerIsThrownNext) {
+  BrokerProcess broker;
+  ClientOptions o;
+  o.session_ttl = 500ms;
+  o.keepalive_time = 60s;  // the client's own TTL check notices the loss
+  o.keepalive_timeout = 60s;
+  Client a = Client::connect(broker.address(), o);
+  Mutex m = a.mutex("m");
+  RWMutex rw = a.rw_mutex("rw");
+  m.lock();
+  rw.lock_shared();
+  const uint64_t token = m.token();
+  broker.signal(SIGSTOP);
+  // Neither waits for the frozen broker (they would throw the loss here).
+  m.unlock();
+  rw.unlock_shared();
+  EXPECT_FALSE(m.hold_token().stop_possible());  // released, as far as
+  EXPECT_FALSE(rw.hold_token().stop_possible());  // this client knows
+  // Any call waits for the loss, declared at the TTL.
+  expect_error([&] { a.wait_group("probe"); }, absl::StatusCode::kUnavailable);
+  broker.signal(SIGCONT);
+  // The broker never confirmed the releases: the locks were lost while
+  // held, and every operation on them says so.
+  const std::string msg = "dchan: lock \"m\" was lost while held (token " +
+                          std::to_string(token) + "): ";
+  expect_error([&] { m.lock(); }, absl::StatusCode::kAborted, msg);
+  expect_error([&] { m.try_lock(); }, absl::StatusCode::kAborted, msg);
+  expect_error([&] { rw.lock_shared(); }, absl::StatusCode::kAborted,
+               "dchan: lock \"rw\" was lost while held");
+}
+
+TEST(RemoteMutex, DroppingTheLastHandleAfterUnlockWaitsUntilItIsApplied) {
+  BrokerProcess broker;
+  Client a = Client::connect(broker.address());
+  Client b = Client::connect(broker.address());
+  for (int i = 0; i < 50; ++i) {
+    {
+      Mutex m = a.mutex("m");
+      m.lock();
+      m.unlock();
+    }  // waits for the unlock's answer
+    Mutex mb = b.mutex("m");
+    ASSERT_TRUE(mb.try_lock()) << "round " << i;
+    mb.unlock();
+  }
+}
+
+TEST(RemoteMutex, AnotherSessionsUnlockHandsTheLockOnWhileWaitingForNothing) {
+  BrokerProcess broker;
+  Client a = Client::connect(broker.address());
+  Client b = Client::connect(broker.address());
+  Mutex ma = a.mutex("m");
+  Mutex mb = b.mutex("m");
+  AtomicValue<int64_t> inside = a.atomic_value<int64_t>("inside");
+  AtomicValue<int64_t> total = b.atomic_value<int64_t>("total");
+  inside.store(0);
+  total.store(0);
+  constexpr int kRounds = 200;
+  auto work = [](Mutex m, AtomicValue<int64_t> in, AtomicValue<int64_t> sum) {
+    for (int i = 0; i < kRounds; ++i) {
+      m.lock();
+      // Nobody else inside: the unlock before this lock was applied first.
+      EXPECT_TRUE(in.compare_and_swap(0, 1));
+      sum.store(sum.load().value_or(0) + 1);
+      EXPECT_TRUE(in.compare_and_swap(1, 0));
+      m.unlock();
+    }
+  };
+  std::thread ta(work, ma, inside, a.atomic_value<int64_t>("total"));
+  std::thread tb(work, mb, b.atomic_value<int64_t>("inside"), total);
+  ta.join();
+  tb.join();
+  EXPECT_EQ(total.load(), std::optional<int64_t>(2 * kRounds));
+}
+
 TEST(RemoteRWMutex, ReadersShareAndAWriterExcludes) {
   BrokerProcess broker;
   Client a = Client::connect(broker.address());
