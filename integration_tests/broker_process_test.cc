@@ -4,8 +4,10 @@
 // has ended.
 //
 // The killed test process is this binary re-run with a filter that selects
-// BrokerProcessHelper.StartsABrokerAndWaits, which is skipped otherwise.
+// BrokerProcessHelper.StartsABrokerAndWaits and kHelperEnv set; without
+// that variable the helper skips itself.
 #include <signal.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -29,6 +31,7 @@ using std::chrono::seconds;
 using std::chrono::steady_clock;
 
 constexpr char kHelper[] = "BrokerProcessHelper.StartsABrokerAndWaits";
+constexpr char kHelperEnv[] = "DCHAN_BROKER_PROCESS_TEST_HELPER";
 
 // The state letter and parent of process `pid` from /proc (nullopt: no
 // such process).
@@ -60,7 +63,7 @@ std::string self_path() {
 }
 
 TEST(BrokerProcessHelper, StartsABrokerAndWaits) {
-  if (::testing::GTEST_FLAG(filter) != kHelper) {
+  if (::getenv(kHelperEnv) == nullptr) {
     GTEST_SKIP() << "the test process BrokerProcess.DiesWith... kills";
   }
   BrokerProcess broker;
@@ -70,9 +73,11 @@ TEST(BrokerProcessHelper, StartsABrokerAndWaits) {
 }
 
 TEST(BrokerProcess, DiesWithATestProcessKilledBySigkill) {
+  ::setenv(kHelperEnv, "1", 1);  // children inherit the environment
   Process test_process =
       Process::spawn(self_path(), {std::string("--gtest_filter=") + kHelper});
-  ASSERT_TRUE(test_process.wait_for_output("\n", seconds(30)))
+  ::unsetenv(kHelperEnv);
+  ASSERT_TRUE(test_process.wait_for_output("broker ", seconds(30)))
       << test_process.wait(milliseconds(0));
   pid_t broker_pid = 0;
   const std::string& out = test_process.output_so_far();

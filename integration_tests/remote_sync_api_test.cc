@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -61,6 +62,16 @@ bool eventually(const std::function<bool()>& cond,
     std::this_thread::sleep_for(1ms);
   }
   return true;
+}
+
+// Whether process `pid` is stopped (SIGSTOP has taken effect).
+bool is_stopped(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const size_t close = line.rfind(')');  // "PID (COMM) STATE ..."
+  return close != std::string::npos && close + 2 < line.size() &&
+         line[close + 2] == 'T';
 }
 
 ClientOptions named(const std::string& name) {
@@ -334,6 +345,7 @@ TEST(RemoteMutex, UnlockReturnsAtOnceAndALossBeforeItsAnswerIsThrownNext) {
   rw.lock_shared();
   const uint64_t token = m.token();
   broker.signal(SIGSTOP);
+  ASSERT_TRUE(eventually([&] { return is_stopped(broker.pid()); }));
   // Neither waits for the frozen broker (they would throw the loss here).
   m.unlock();
   rw.unlock_shared();
