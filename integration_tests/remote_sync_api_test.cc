@@ -74,6 +74,11 @@ bool is_stopped(pid_t pid) {
          line[close + 2] == 'T';
 }
 
+// Returns once the broker has applied every request `c` sent so far: an
+// unlock returns before that (only `c`'s own later requests are sure to
+// come after it), so another session's try_lock needs this first.
+void settle(Client& c) { c.wait_group("settle").count(); }
+
 ClientOptions named(const std::string& name) {
   ClientOptions o;
   o.name = name;
@@ -117,6 +122,7 @@ TEST(RemoteMutex, LockTryLockAndUnlockAcrossTwoSessions) {
   EXPECT_GE(steady_clock::now() - start, 100ms);
   EXPECT_FALSE(mb.try_lock_until(std::chrono::system_clock::now() + 20ms));
   ma.unlock();
+  settle(a);
 
   ASSERT_TRUE(mb.try_lock());
   const uint64_t t2 = mb.token();
@@ -160,9 +166,11 @@ TEST(RemoteMutex, TimedOutLockIsWithdrawnAndTakesNothing) {
   ma.lock();
   EXPECT_FALSE(mb.try_lock_for(50ms));  // queued, then withdrawn
   ma.unlock();
+  settle(a);
   // Had b's request stayed queued, it would hold the lock now.
   ASSERT_TRUE(mc.try_lock());
   mc.unlock();
+  settle(c);
   ASSERT_TRUE(mb.try_lock());  // b holds nothing it does not know of
   mb.unlock();
 }
@@ -218,6 +226,7 @@ TEST(RemoteMutex, WorksWithStandardLockTypes) {
     std::scoped_lock both(x, y);
     EXPECT_FALSE(b.mutex("y").try_lock());
   }
+  settle(a);
   EXPECT_TRUE(b.mutex("y").try_lock());
   b.mutex("y").unlock();  // any handle of the holding session may unlock
 }
