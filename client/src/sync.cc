@@ -246,9 +246,10 @@ class LockState final : public SessionObserver {
 
   const std::string name_;
   mutable absl::Mutex mu_;
-  // Holds this client believes its session has: counts, not flags, because
-  // the thread that unlocks and the one the broker hands the lock to may
-  // record their answers in either order.
+  // Holds this client believes its session has: counts, not flags (a
+  // session may hold several read locks). A release is recorded before its
+  // unlock is sent, so before the broker can hand the lock to another
+  // thread of this session.
   int exclusive_ ABSL_GUARDED_BY(mu_) = 0;
   int shared_ ABSL_GUARDED_BY(mu_) = 0;
   int unconfirmed_ ABSL_GUARDED_BY(mu_) = 0;  // unlocks not answered yet
