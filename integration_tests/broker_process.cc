@@ -76,7 +76,9 @@ class Forker {
   }
 
  private:
-  Forker() { std::thread([this] { loop(); }).detach(); }
+  Forker() {
+    std::thread([this] { loop(); }).detach();
+  }
 
   void loop() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -191,9 +193,9 @@ Process Process::spawn(const std::string& path,
       }
     }
     p.pid_ = -1;
-    throw std::runtime_error(absl::StrCat(
-        exec_error != 0 ? "exec " : "fork ", path, ": ",
-        std::strerror(exec_error != 0 ? exec_error : fork_error)));
+    throw std::runtime_error(
+        absl::StrCat(exec_error != 0 ? "exec " : "fork ", path, ": ",
+                     std::strerror(exec_error != 0 ? exec_error : fork_error)));
   }
   p.out_fd_ = out_pipe[0];
   p.err_fd_ = err_pipe[0];

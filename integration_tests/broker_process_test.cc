@@ -6,6 +6,8 @@
 // The killed test process is this binary re-run with a filter that selects
 // BrokerProcessHelper.StartsABrokerAndWaits and kHelperEnv set; without
 // that variable the helper skips itself.
+#include "broker_process.h"
+
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -19,7 +21,6 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
-#include "broker_process.h"
 #include "dchan/client.h"
 #include "gtest/gtest.h"
 
@@ -83,8 +84,8 @@ TEST(BrokerProcess, DiesWithATestProcessKilledBySigkill) {
   const std::string& out = test_process.output_so_far();
   const size_t at = out.find("broker ");
   ASSERT_NE(at, std::string::npos) << out;
-  ASSERT_TRUE(absl::SimpleAtoi(
-      out.substr(at + 7, out.find('\n', at) - at - 7), &broker_pid))
+  ASSERT_TRUE(absl::SimpleAtoi(out.substr(at + 7, out.find('\n', at) - at - 7),
+                               &broker_pid))
       << out;
   const std::optional<ProcStat> before = proc_stat(broker_pid);
   ASSERT_TRUE(before.has_value());

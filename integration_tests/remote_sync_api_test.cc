@@ -358,7 +358,7 @@ TEST(RemoteMutex, UnlockReturnsAtOnceAndALossBeforeItsAnswerIsThrownNext) {
   // Neither waits for the frozen broker (they would throw the loss here).
   m.unlock();
   rw.unlock_shared();
-  EXPECT_FALSE(m.hold_token().stop_possible());  // released, as far as
+  EXPECT_FALSE(m.hold_token().stop_possible());   // released, as far as
   EXPECT_FALSE(rw.hold_token().stop_possible());  // this client knows
   // Any call waits for the loss, declared at the TTL.
   expect_error([&] { a.wait_group("probe"); }, absl::StatusCode::kUnavailable);

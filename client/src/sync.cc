@@ -252,7 +252,7 @@ class LockState final : public SessionObserver {
   // thread of this session.
   int exclusive_ ABSL_GUARDED_BY(mu_) = 0;
   int shared_ ABSL_GUARDED_BY(mu_) = 0;
-  int unconfirmed_ ABSL_GUARDED_BY(mu_) = 0;  // unlocks not answered yet
+  int unconfirmed_ ABSL_GUARDED_BY(mu_) = 0;        // unlocks not answered yet
   absl::Status unlock_error_ ABSL_GUARDED_BY(mu_);  // not thrown yet
   bool orphaned_ ABSL_GUARDED_BY(mu_) = false;      // see orphan()
   // The current acquisition's (while held; kept once lost).
