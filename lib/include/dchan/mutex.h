@@ -54,7 +54,9 @@
 // (Go's Unlock never blocks): it records the release, queues the request
 // and returns; the session's requests are applied in order, so every later
 // operation of this client sees it, and the lock is handed on when the
-// broker gets it. Dropping the last handle of the lock waits for the
+// broker gets it; another session (another process, or another Client of
+// this one) may briefly still find it held, so a try_lock() there right
+// after can fail. Dropping the last handle of the lock waits for the
 // answers of its unlocks. Unlike a local Mutex, its operations may throw
 // dchan::Error:
 //   - kUnavailable: the broker is lost (no hang: also a blocked lock()).
@@ -70,12 +72,12 @@
 // next operation on the lock throws kAborted; any other error answer to an
 // unlock is thrown (once) by the next operation on the lock; with no handle
 // left, either is logged to stderr. unlock() itself throws when the lock was
-// lost before it was called. With std::lock_guard
-// that throw happens in a noexcept destructor and terminates the process
-// (fail-stop: a critical section whose lock was lost never continues
-// silently). To handle the loss instead, use std::unique_lock and call
-// unlock() yourself inside try/catch, or watch hold_token() (e.g. with a
-// std::stop_callback) and fence writes with token().
+// lost before it was called. With std::lock_guard that throw happens in a
+// noexcept destructor and terminates the process (fail-stop: a critical
+// section whose lock was lost never continues silently). To handle the loss
+// instead, use std::unique_lock and call unlock() yourself inside try/catch,
+// or watch hold_token() (e.g. with a std::stop_callback) and fence writes
+// with token().
 //
 // Thread safety: every member function may be called concurrently from any
 // number of threads on copies of the same handle. A single Mutex object (the
