@@ -377,16 +377,24 @@ TEST(RemoteMutex, DroppingTheLastHandleAfterUnlockWaitsUntilItIsApplied) {
   BrokerProcess broker;
   Client a = Client::connect(broker.address());
   Client b = Client::connect(broker.address());
-  for (int i = 0; i < 50; ++i) {
-    {
-      Mutex m = a.mutex("m");
-      m.lock();
-      m.unlock();
-    }  // waits for the unlock's answer
-    Mutex mb = b.mutex("m");
-    ASSERT_TRUE(mb.try_lock()) << "round " << i;
-    mb.unlock();
-  }
+  Mutex mb = b.mutex("m");
+  std::optional<Mutex> m = a.mutex("m");
+  m->lock();
+  broker.signal(SIGSTOP);
+  ASSERT_TRUE(eventually([&] { return is_stopped(broker.pid()); }));
+  m->unlock();  // returns: it does not wait for the frozen broker
+  std::atomic<bool> dropped{false};
+  std::thread dropper([&] {
+    m.reset();  // the last handle: waits for the unlock's answer
+    dropped = true;
+  });
+  // No answer can come while the broker is frozen (however long this is).
+  std::this_thread::sleep_for(200ms);
+  EXPECT_FALSE(dropped.load());
+  broker.signal(SIGCONT);
+  dropper.join();
+  EXPECT_TRUE(mb.try_lock());  // the unlock was applied before it returned
+  mb.unlock();
 }
 
 TEST(RemoteMutex, AnotherSessionsUnlockHandsTheLockOnWhileWaitingForNothing) {
