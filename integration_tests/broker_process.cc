@@ -4,14 +4,17 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -47,6 +50,55 @@ void close_fd(int& fd) noexcept {
   fd = -1;
 }
 
+// Runs fork() on one thread that lives as long as the process: a child's
+// PR_SET_PDEATHSIG fires when the *thread* that forked it exits, so forking
+// on a test's short-lived std::thread would kill the child with it.
+class Forker {
+ public:
+  static Forker& get() {
+    static Forker* forker = new Forker;  // never destroyed: nor its thread
+    return *forker;
+  }
+
+  // Runs `fork_child` (which forks and returns the pid, or -1 with errno)
+  // on the forker thread; returns its result, errno as it left it.
+  pid_t run(const std::function<pid_t()>& fork_child) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return job_ == nullptr; });
+    job_ = &fork_child;
+    done_ = false;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return done_; });
+    job_ = nullptr;
+    cv_.notify_all();
+    errno = error_;
+    return pid_;
+  }
+
+ private:
+  Forker() {
+    std::thread([this] { loop(); }).detach();
+  }
+
+  void loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return job_ != nullptr && !done_; });
+      pid_ = (*job_)();
+      error_ = errno;
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const std::function<pid_t()>* job_ = nullptr;  // set: one to run
+  bool done_ = false;
+  pid_t pid_ = -1;
+  int error_ = 0;
+};
+
 }  // namespace
 
 std::vector<std::string> ProcessResult::lines() const {
@@ -78,13 +130,15 @@ Process Process::spawn(const std::string& path,
     throw std::runtime_error(absl::StrCat("pipe2: ", std::strerror(e)));
   }
 
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  // dup2 onto 1 and 2 clears close-on-exec there; the originals close at
-  // exec because they are O_CLOEXEC.
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], 2);
+  // The child writes exec's errno here if exec fails; it closes at exec.
+  int exec_pipe[2];
+  if (::pipe2(exec_pipe, O_CLOEXEC) != 0) {
+    const int e = errno;
+    for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) {
+      ::close(fd);
+    }
+    throw std::runtime_error(absl::StrCat("pipe2: ", std::strerror(e)));
+  }
 
   std::vector<std::string> argv_storage;
   argv_storage.reserve(args.size() + 1);
@@ -96,17 +150,52 @@ Process Process::spawn(const std::string& path,
 
   Process p;
   p.started_ = steady_clock::now();
-  const int rc = ::posix_spawn(&p.pid_, path.c_str(), &actions, nullptr,
-                               argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
+  const pid_t parent = ::getpid();
+  // The child dies with this process (PR_SET_PDEATHSIG), so that a test
+  // that crashes or is killed leaves no broker or worker behind. Between
+  // fork and exec it makes async-signal-safe calls only.
+  p.pid_ = Forker::get().run([&]() -> pid_t {
+    const pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) {
+      _exit(127);  // the parent is gone already (or cannot be followed)
+    }
+    const int devnull = ::open("/dev/null", O_RDONLY);
+    // dup2 onto 0, 1 and 2 clears close-on-exec there; the originals close
+    // at exec because they are O_CLOEXEC.
+    if (devnull < 0 || ::dup2(devnull, 0) < 0 || ::dup2(out_pipe[1], 1) < 0 ||
+        ::dup2(err_pipe[1], 2) < 0) {
+      _exit(127);
+    }
+    ::execve(path.c_str(), argv.data(), environ);
+    const int e = errno;
+    (void)!::write(exec_pipe[1], &e, sizeof e);
+    _exit(127);
+  });
+  const int fork_error = errno;
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
-  if (rc != 0) {
+  ::close(exec_pipe[1]);
+  int exec_error = 0;
+  if (p.pid_ > 0) {
+    // EOF: exec succeeded (the pipe closed at exec).
+    while (::read(exec_pipe[0], &exec_error, sizeof exec_error) < 0 &&
+           errno == EINTR) {
+    }
+  }
+  ::close(exec_pipe[0]);
+  if (p.pid_ <= 0 || exec_error != 0) {
     ::close(out_pipe[0]);
     ::close(err_pipe[0]);
+    if (p.pid_ > 0) {
+      int status = 0;
+      while (::waitpid(p.pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
     p.pid_ = -1;
     throw std::runtime_error(
-        absl::StrCat("posix_spawn ", path, ": ", std::strerror(rc)));
+        absl::StrCat(exec_error != 0 ? "exec " : "fork ", path, ": ",
+                     std::strerror(exec_error != 0 ? exec_error : fork_error)));
   }
   p.out_fd_ = out_pipe[0];
   p.err_fd_ = err_pipe[0];

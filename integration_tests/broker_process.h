@@ -9,9 +9,11 @@
 //
 // Every process is bounded in time and reaped: wait() kills a child that
 // outlives its timeout (and says so in the result), and a Process or
-// BrokerProcess destroyed while its child runs kills and reaps it. Children
-// get /dev/null as stdin; their stdout and stderr are captured through
-// close-on-exec pipes (so that one child never holds another's pipe open).
+// BrokerProcess destroyed while its child runs kills and reaps it; a test
+// process that dies without that (a crash, SIGKILL) takes its children with
+// it (PR_SET_PDEATHSIG). Children get /dev/null as stdin; their stdout and
+// stderr are captured through close-on-exec pipes (so that one child never
+// holds another's pipe open).
 //
 // Thread safety: none; a Process or BrokerProcess belongs to one thread (the
 // test's). Distinct objects may be used from distinct threads.
@@ -50,8 +52,10 @@ std::ostream& operator<<(std::ostream& os, const ProcessResult& r);
 // child that still runs.
 class Process {
  public:
-  // Spawns `path` with `args` (argv[1..]) using posix_spawn. Throws
-  // std::runtime_error if it cannot be spawned.
+  // Starts `path` with `args` (argv[1..]): fork (on one long-lived thread,
+  // so that the child's PR_SET_PDEATHSIG SIGKILL fires only when this
+  // process ends) and exec. Throws std::runtime_error if it cannot fork or
+  // exec.
   static Process spawn(const std::string& path,
                        const std::vector<std::string>& args);
 

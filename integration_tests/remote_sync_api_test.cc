@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -63,6 +64,21 @@ bool eventually(const std::function<bool()>& cond,
   return true;
 }
 
+// Whether process `pid` is stopped (SIGSTOP has taken effect).
+bool is_stopped(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  const size_t close = line.rfind(')');  // "PID (COMM) STATE ..."
+  return close != std::string::npos && close + 2 < line.size() &&
+         line[close + 2] == 'T';
+}
+
+// Returns once the broker has applied every request `c` sent so far: an
+// unlock returns before that (only `c`'s own later requests are sure to
+// come after it), so another session's try_lock needs this first.
+void settle(Client& c) { c.wait_group("settle").count(); }
+
 ClientOptions named(const std::string& name) {
   ClientOptions o;
   o.name = name;
@@ -106,6 +122,7 @@ TEST(RemoteMutex, LockTryLockAndUnlockAcrossTwoSessions) {
   EXPECT_GE(steady_clock::now() - start, 100ms);
   EXPECT_FALSE(mb.try_lock_until(std::chrono::system_clock::now() + 20ms));
   ma.unlock();
+  settle(a);
 
   ASSERT_TRUE(mb.try_lock());
   const uint64_t t2 = mb.token();
@@ -149,9 +166,11 @@ TEST(RemoteMutex, TimedOutLockIsWithdrawnAndTakesNothing) {
   ma.lock();
   EXPECT_FALSE(mb.try_lock_for(50ms));  // queued, then withdrawn
   ma.unlock();
+  settle(a);
   // Had b's request stayed queued, it would hold the lock now.
   ASSERT_TRUE(mc.try_lock());
   mc.unlock();
+  settle(c);
   ASSERT_TRUE(mb.try_lock());  // b holds nothing it does not know of
   mb.unlock();
 }
@@ -207,6 +226,7 @@ TEST(RemoteMutex, WorksWithStandardLockTypes) {
     std::scoped_lock both(x, y);
     EXPECT_FALSE(b.mutex("y").try_lock());
   }
+  settle(a);
   EXPECT_TRUE(b.mutex("y").try_lock());
   b.mutex("y").unlock();  // any handle of the holding session may unlock
 }
@@ -319,6 +339,90 @@ TEST(RemoteMutex, SilentBrokerPastTheTtlMakesTheClientDeclareTheLoss) {
                "nothing heard from it for");
   expect_error([&] { a.rw_mutex("other"); }, absl::StatusCode::kUnavailable,
                "nothing heard from it for");
+}
+
+TEST(RemoteMutex, UnlockReturnsAtOnceAndALossBeforeItsAnswerIsThrownNext) {
+  BrokerProcess broker;
+  ClientOptions o;
+  o.session_ttl = 500ms;
+  o.keepalive_time = 60s;  // the client's own TTL check notices the loss
+  o.keepalive_timeout = 60s;
+  Client a = Client::connect(broker.address(), o);
+  Mutex m = a.mutex("m");
+  RWMutex rw = a.rw_mutex("rw");
+  m.lock();
+  rw.lock_shared();
+  const uint64_t token = m.token();
+  broker.signal(SIGSTOP);
+  ASSERT_TRUE(eventually([&] { return is_stopped(broker.pid()); }));
+  // Neither waits for the frozen broker (they would throw the loss here).
+  m.unlock();
+  rw.unlock_shared();
+  EXPECT_FALSE(m.hold_token().stop_possible());   // released, as far as
+  EXPECT_FALSE(rw.hold_token().stop_possible());  // this client knows
+  // Any call waits for the loss, declared at the TTL.
+  expect_error([&] { a.wait_group("probe"); }, absl::StatusCode::kUnavailable);
+  broker.signal(SIGCONT);
+  // The broker never confirmed the releases: the locks were lost while
+  // held, and every operation on them says so.
+  const std::string msg = "dchan: lock \"m\" was lost while held (token " +
+                          std::to_string(token) + "): ";
+  expect_error([&] { m.lock(); }, absl::StatusCode::kAborted, msg);
+  expect_error([&] { m.try_lock(); }, absl::StatusCode::kAborted, msg);
+  expect_error([&] { rw.lock_shared(); }, absl::StatusCode::kAborted,
+               "dchan: lock \"rw\" was lost while held");
+}
+
+TEST(RemoteMutex, DroppingTheLastHandleAfterUnlockWaitsUntilItIsApplied) {
+  BrokerProcess broker;
+  Client a = Client::connect(broker.address());
+  Client b = Client::connect(broker.address());
+  Mutex mb = b.mutex("m");
+  std::optional<Mutex> m = a.mutex("m");
+  m->lock();
+  broker.signal(SIGSTOP);
+  ASSERT_TRUE(eventually([&] { return is_stopped(broker.pid()); }));
+  m->unlock();  // returns: it does not wait for the frozen broker
+  std::atomic<bool> dropped{false};
+  std::thread dropper([&] {
+    m.reset();  // the last handle: waits for the unlock's answer
+    dropped = true;
+  });
+  // No answer can come while the broker is frozen (however long this is).
+  std::this_thread::sleep_for(200ms);
+  EXPECT_FALSE(dropped.load());
+  broker.signal(SIGCONT);
+  dropper.join();
+  EXPECT_TRUE(mb.try_lock());  // the unlock was applied before it returned
+  mb.unlock();
+}
+
+TEST(RemoteMutex, AnotherSessionsUnlockHandsTheLockOnWhileWaitingForNothing) {
+  BrokerProcess broker;
+  Client a = Client::connect(broker.address());
+  Client b = Client::connect(broker.address());
+  Mutex ma = a.mutex("m");
+  Mutex mb = b.mutex("m");
+  AtomicValue<int64_t> inside = a.atomic_value<int64_t>("inside");
+  AtomicValue<int64_t> total = b.atomic_value<int64_t>("total");
+  inside.store(0);
+  total.store(0);
+  constexpr int kRounds = 200;
+  auto work = [](Mutex m, AtomicValue<int64_t> in, AtomicValue<int64_t> sum) {
+    for (int i = 0; i < kRounds; ++i) {
+      m.lock();
+      // Nobody else inside: the unlock before this lock was applied first.
+      EXPECT_TRUE(in.compare_and_swap(0, 1));
+      sum.store(sum.load().value_or(0) + 1);
+      EXPECT_TRUE(in.compare_and_swap(1, 0));
+      m.unlock();
+    }
+  };
+  std::thread ta(work, ma, inside, a.atomic_value<int64_t>("total"));
+  std::thread tb(work, mb, b.atomic_value<int64_t>("inside"), total);
+  ta.join();
+  tb.join();
+  EXPECT_EQ(total.load(), std::optional<int64_t>(2 * kRounds));
 }
 
 TEST(RemoteRWMutex, ReadersShareAndAWriterExcludes) {

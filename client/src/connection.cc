@@ -272,6 +272,13 @@ uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
   return start(call, frame);
 }
 
+uint64_t Connection::call_lazy(v1::ClientFrame& frame, Callback on_answer) {
+  auto call = std::make_shared<Call>();
+  call->on_answer = std::move(on_answer);
+  call->self_reading = true;  // nobody waits: not for the background reader
+  return start(call, frame);
+}
+
 uint64_t Connection::call_offer(v1::ClientFrame& frame, ClaimCallback on_claim,
                                 Callback on_answer) {
   auto call = std::make_shared<Call>();

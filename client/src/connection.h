@@ -125,6 +125,13 @@ class Connection {
       absl::AnyInvocable<void(const absl::Status&, v1::ServerFrame&) &&>;
   uint64_t call_async(v1::ClientFrame& frame, Callback on_answer);
 
+  // call_async for an answer nobody is in a hurry for: no thread is woken
+  // to read it. It is read by whichever reader reads next — a later call's
+  // own thread (the common case: no context switch of its own), or the
+  // background reader for a timed or asynchronous call, at the latest for
+  // the next ping (TTL/4). A remote unlock uses it.
+  uint64_t call_lazy(v1::ClientFrame& frame, Callback on_answer);
+
   // A pipelined send of `value` on broker channel `handle`: it is appended
   // (SendRequest.more_values) to the last frame queued if that is a
   // pipelined send on the same handle for the same `sink` that no writer has
@@ -212,7 +219,9 @@ class Connection {
     bool in_call = false;
     bool counted_woken = false;
     // Guarded by mu_. `self_reading`: its thread may take the read role
-    // (an untimed synchronous call). `settled`: answered (or failed).
+    // (an untimed synchronous call), or (call_lazy) no thread waits for it;
+    // either way the background reader is not needed for it. `settled`:
+    // answered (or failed).
     bool self_reading = false;
     bool settled = false;
   };

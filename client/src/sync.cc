@@ -7,9 +7,20 @@
 // it was lost) is kept once per session and name: every handle this Client
 // returns for "x" shares one BrokerLock, found again through the
 // Connection's registry, which also tells the lock when the session is lost.
+//
+// An unlock of a lock this client holds does not wait for the broker: the
+// client records the release, queues the frame (call_lazy, so no thread is
+// woken for its answer) and returns. The session stream is ordered, so the
+// broker applies it before any later request of this client. Its answer is
+// read by whichever reader comes next; an error answer, or the session's
+// loss before the answer, is remembered by the lock's LockState and thrown
+// by the next operation on that lock (the loss as kAborted, as for a lock
+// lost while held: the release was never confirmed); once no handle is
+// left to throw it from, it is logged to stderr.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <optional>
 #include <stop_token>
@@ -63,19 +74,24 @@ class LockState final : public SessionObserver {
   void session_lost(const absl::Status& why,
                     std::vector<std::stop_source>* to_stop) noexcept override {
     absl::MutexLock lock(&mu_);
-    if (held_locked() && lost_.ok()) {
+    if (at_stake_locked() && lost_.ok()) {
       mark_lost_locked(why);
       to_stop->push_back(source_);
     }
   }
 
-  // Throws the kAborted error of a lock lost earlier.
-  void throw_if_lost() {
+  // Throws the kAborted error of a lock lost earlier (every time), else the
+  // error an unlock's answer brought since the last call (once).
+  void throw_if_failed() {
     std::stop_source source(std::nostopstate);
     absl::Status lost;
     {
       absl::MutexLock lock(&mu_);
-      if (lost_.ok()) return;
+      if (lost_.ok()) {
+        if (unlock_error_.ok()) return;
+        const absl::Status err = std::exchange(unlock_error_, absl::OkStatus());
+        throw Error(err.code(), std::string(err.message()));
+      }
       lost = lost_;
       source = source_;
     }
@@ -92,7 +108,7 @@ class LockState final : public SessionObserver {
       absl::Status lost;
       {
         absl::MutexLock lock(&mu_);
-        if (lost_.ok() && held_locked()) mark_lost_locked(e.status());
+        if (lost_.ok() && at_stake_locked()) mark_lost_locked(e.status());
         lost = lost_;
         source = source_;
       }
@@ -130,20 +146,59 @@ class LockState final : public SessionObserver {
     throw_lost(source, lost);
   }
 
-  // The broker released one hold (`shared`: a read lock).
-  void released(bool shared) {
+  // Starts the release of one hold (`shared`: a read lock) that this client
+  // believes it has: records it as released and unconfirmed, and returns
+  // the token to send with the unlock (0: no check; the exclusive
+  // acquisition's otherwise). nullopt, changing nothing, when it has no
+  // such hold as far as it knows (then only the broker can tell: a handle
+  // dropped and opened again forgets the holds).
+  std::optional<uint64_t> start_unlock(bool shared) {
     absl::MutexLock lock(&mu_);
     int& count = shared ? shared_ : exclusive_;
-    if (count > 0) --count;
+    if (count == 0) return std::nullopt;
+    --count;
+    ++unconfirmed_;
     if (!held_locked()) source_ = std::stop_source(std::nostopstate);
+    return shared ? 0 : token_.load(std::memory_order_relaxed);
   }
 
-  // The token to send with an unlock (0: no check): the current exclusive
-  // acquisition's when this client believes it holds one.
-  uint64_t unlock_token(bool shared) {
+  // The answer to an unlock start_unlock() began: `lost` not OK when the
+  // session was lost before it (or it could not be sent), else `answer`
+  // (an error answer or OK). Runs on a reader thread: does not block.
+  void unlock_answered(const absl::Status& lost,
+                       const v1::ServerFrame& answer) {
     absl::MutexLock lock(&mu_);
-    return !shared && exclusive_ > 0 ? token_.load(std::memory_order_relaxed)
-                                     : 0;
+    --unconfirmed_;
+    absl::Status err;
+    if (!lost.ok()) {
+      // The broker may not have applied it: the lock was held when the
+      // session went, as if the unlock had never been called.
+      if (lost_.ok()) mark_lost_locked(lost);
+      err = lost_;
+    } else if (answer.code() != 0) {
+      err = absl::Status(
+          static_cast<absl::StatusCode>(answer.code()),
+          absl::StrCat("dchan: an earlier unlock of lock \"", name_,
+                       "\" failed on the broker: ", answer.message()));
+      if (unlock_error_.ok()) unlock_error_ = err;
+    } else {
+      return;
+    }
+    if (orphaned_) log_locked(err);
+  }
+
+  // Unlocks whose answer has not arrived.
+  int unconfirmed() const {
+    absl::MutexLock lock(&mu_);
+    return unconfirmed_;
+  }
+
+  // No handle is left to throw an unlock's error from: it is logged
+  // instead (those that came already and were not thrown, too).
+  void orphan() {
+    absl::MutexLock lock(&mu_);
+    orphaned_ = true;
+    if (!unlock_error_.ok()) log_locked(std::exchange(unlock_error_, {}));
   }
 
   uint64_t token() const noexcept {
@@ -159,6 +214,19 @@ class LockState final : public SessionObserver {
  private:
   bool held_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return exclusive_ > 0 || shared_ > 0;
+  }
+
+  // Whether losing the session now loses a hold: one this client has, or
+  // one whose release the broker has not confirmed.
+  bool at_stake_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return held_locked() || unconfirmed_ > 0;
+  }
+
+  void log_locked(const absl::Status& err) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::fprintf(stderr,
+                 "dchan: an unlock of lock \"%s\" failed after its last "
+                 "handle was dropped: %s\n",
+                 name_.c_str(), err.ToString().c_str());
   }
 
   void mark_lost_locked(const absl::Status& why)
@@ -178,11 +246,15 @@ class LockState final : public SessionObserver {
 
   const std::string name_;
   mutable absl::Mutex mu_;
-  // Holds this client believes its session has: counts, not flags, because
-  // the thread that unlocks and the one the broker hands the lock to may
-  // record their answers in either order.
+  // Holds this client believes its session has: counts, not flags (a
+  // session may hold several read locks). A release is recorded before its
+  // unlock is sent, so before the broker can hand the lock to another
+  // thread of this session.
   int exclusive_ ABSL_GUARDED_BY(mu_) = 0;
   int shared_ ABSL_GUARDED_BY(mu_) = 0;
+  int unconfirmed_ ABSL_GUARDED_BY(mu_) = 0;        // unlocks not answered yet
+  absl::Status unlock_error_ ABSL_GUARDED_BY(mu_);  // not thrown yet
+  bool orphaned_ ABSL_GUARDED_BY(mu_) = false;      // see orphan()
   // The current acquisition's (while held; kept once lost).
   std::stop_source source_ ABSL_GUARDED_BY(mu_){std::nostopstate};
   absl::Status lost_ ABSL_GUARDED_BY(mu_);  // kAborted once lost
@@ -203,12 +275,26 @@ class BrokerLock final : public RemoteLock {
 
   ~BrokerLock() override {
     conn_->unshare(key_, state_.get());
-    conn_->release(handle_);
+    if (state_->unconfirmed() > 0) {
+      // Wait for the unlocks' answers (the stream is ordered: they come
+      // before the release's), so that an error among them can still be
+      // logged and a Client destroyed next does not cut them off.
+      v1::ClientFrame f;
+      f.mutable_release()->set_handle(handle_);
+      try {
+        conn_->call(f, kNoDeadline);
+      } catch (const Error&) {
+        // The session is lost: the unlocks' callbacks report it.
+      }
+    } else {
+      conn_->release(handle_);
+    }
+    state_->orphan();
   }
 
   bool lock(bool shared, Deadline deadline) override {
     conn_->check_session();
-    state_->throw_if_lost();
+    state_->throw_if_failed();
     const bool nonblocking = is_nonblocking(deadline);
     v1::ClientFrame f;
     v1::LockRequest* req = f.mutable_lock();
@@ -238,20 +324,37 @@ class BrokerLock final : public RemoteLock {
     }
   }
 
+  // Returns without waiting for the broker when this client holds the lock
+  // (see the file comment).
   void unlock(bool shared) override {
     conn_->check_session();
-    state_->throw_if_lost();
+    state_->throw_if_failed();
     v1::ClientFrame f;
     v1::UnlockRequest* req = f.mutable_unlock();
     req->set_handle(handle_);
     req->set_shared(shared);
-    req->set_token(state_->unlock_token(shared));
+    const std::optional<uint64_t> token = state_->start_unlock(shared);
+    if (!token.has_value()) {
+      // Not held, as far as this client knows: the broker decides and
+      // answers misuse (Go's message) at once.
+      try {
+        conn_->call(f, kNoDeadline);
+      } catch (const Error& e) {
+        state_->rethrow(e);
+      }
+      return;
+    }
+    req->set_token(*token);
     try {
-      conn_->call(f, kNoDeadline);
+      conn_->call_lazy(f, [state = state_](const absl::Status& lost,
+                                           v1::ServerFrame& answer) {
+        state->unlock_answered(lost, answer);
+      });
     } catch (const Error& e) {
+      // Not sent: the session is lost.
+      state_->unlock_answered(e.status(), v1::ServerFrame());
       state_->rethrow(e);
     }
-    state_->released(shared);
   }
 
   uint64_t token() const noexcept override { return state_->token(); }

@@ -27,6 +27,7 @@ bool OfferBook::withdraw(uint64_t key) {
     absl::MutexLock lock(&mu_);
     auto it = offers_.find(key);
     if (it == offers_.end()) return false;  // answered already
+    forget_claim_locked(it->second);
     release_partner_locked(it->second, out);
     offers_.erase(it);
     match_locked(out);
@@ -48,7 +49,7 @@ absl::Status OfferBook::answer(uint64_t key, uint64_t claim, bool accept) {
           "or its offer is gone)"));
     }
     Offer& o = it->second;
-    o.claim = 0;
+    forget_claim_locked(o);
     if (!accept) {
       refused_locked(key, /*abort_it=*/false, out);
     } else {
@@ -89,6 +90,7 @@ void OfferBook::expire(uint64_t key, uint64_t claim) {
         it->second.claim != claim) {
       return;  // answered in time
     }
+    forget_claim_locked(it->second);
     refused_locked(key, /*abort_it=*/true, out);
     match_locked(out);
   }
@@ -98,6 +100,11 @@ void OfferBook::expire(uint64_t key, uint64_t claim) {
 std::size_t OfferBook::size() const {
   absl::MutexLock lock(&mu_);
   return offers_.size();
+}
+
+std::size_t OfferBook::timed_claims() const {
+  absl::MutexLock lock(&mu_);
+  return claim_deadlines_.size();
 }
 
 std::size_t OfferBook::open_count() const {
@@ -138,12 +145,43 @@ void OfferBook::ask_locked(uint64_t key, Offer& o, Actions& out) {
   o.state = State::kAsked;
   o.claim = next_claim_++;
   out.asks.push_back({o.spec.owner, key, o.spec.request_id, o.claim});
+  const auto when = std::chrono::steady_clock::now() + claim_timeout_;
+  claim_deadlines_.emplace(o.claim, ClaimDeadline{when, key});
+  if (!timer_armed_) {
+    timer_armed_ = true;
+    out.arm_timer_at = when;
+  }
+}
+
+void OfferBook::forget_claim_locked(Offer& o) {
+  if (o.claim == 0) return;
+  claim_deadlines_.erase(o.claim);
+  o.claim = 0;
+}
+
+void OfferBook::on_claim_timer() {
+  std::vector<std::pair<uint64_t, uint64_t>> due;  // (key, claim)
+  Actions out;
+  {
+    absl::MutexLock lock(&mu_);
+    const auto now = std::chrono::steady_clock::now();
+    auto it = claim_deadlines_.begin();
+    while (it != claim_deadlines_.end() && it->second.when <= now) {
+      due.emplace_back(it->second.key, it->first);
+      it = claim_deadlines_.erase(it);
+    }
+    timer_armed_ = it != claim_deadlines_.end();
+    if (timer_armed_) out.arm_timer_at = it->second.when;
+  }
+  for (const auto& [key, claim] : due) expire(key, claim);
+  run(out);
 }
 
 void OfferBook::finish_locked(uint64_t key, v1::Outcome outcome,
                               std::optional<std::string> value, Actions& out) {
   auto it = offers_.find(key);
   if (it == offers_.end()) return;
+  forget_claim_locked(it->second);
   const Spec& spec = it->second.spec;
   out.finishes.push_back({spec.owner, spec.request_id, spec.seq, outcome,
                           std::move(value), spec.returned_to});
@@ -187,11 +225,13 @@ void OfferBook::run(Actions& actions) {
     if (std::shared_ptr<OfferOwner> owner = a.owner.lock()) {
       owner->ask_claim(a.request_id, a.claim);
     }
+  }
+  if (actions.arm_timer_at.has_value()) {
     // An unanswered claim (also one whose owner is gone) expires.
-    after(claim_timeout_)
-        .recv_async([book = weak_from_this(), key = a.key, claim = a.claim](
+    after(*actions.arm_timer_at - std::chrono::steady_clock::now())
+        .recv_async([book = weak_from_this()](
                         std::optional<std::chrono::steady_clock::time_point>) {
-          if (std::shared_ptr<OfferBook> b = book.lock()) b->expire(key, claim);
+          if (std::shared_ptr<OfferBook> b = book.lock()) b->on_claim_timer();
         });
   }
   for (Actions::Finish& f : actions.finishes) {

@@ -113,6 +113,9 @@ class OfferBook : public std::enable_shared_from_this<OfferBook> {
   // inspection.
   std::size_t size() const;
   std::size_t open_count() const;
+  // Claims whose timeout the book tracks: the outstanding ones (an answered
+  // claim is forgotten at once), for tests.
+  std::size_t timed_claims() const;
 
  private:
   enum class State { kOpen, kReserved, kAsked, kAccepted, kRefused };
@@ -137,6 +140,8 @@ class OfferBook : public std::enable_shared_from_this<OfferBook> {
     };
     std::vector<Ask> asks;
     std::vector<Finish> finishes;
+    // Set: start the claim timer, to fire then.
+    std::optional<std::chrono::steady_clock::time_point> arm_timer_at;
   };
 
   // Pairs open send and receive offers of different selects and asks the
@@ -155,6 +160,11 @@ class OfferBook : public std::enable_shared_from_this<OfferBook> {
   // partner is aborted if it had accepted, else open again.
   void release_partner_locked(Offer& o, Actions& out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Offer `o`'s claim, if one is outstanding, is over (answered, or the
+  // offer leaves the book): its timeout is no longer tracked.
+  void forget_claim_locked(Offer& o) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The claim timer fired: expires the claims due, re-arms for the next.
+  void on_claim_timer();
   void run(Actions& actions);
 
   const Chan<std::string> chan_;
@@ -165,6 +175,16 @@ class OfferBook : public std::enable_shared_from_this<OfferBook> {
   std::map<uint64_t, Offer> offers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_key_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t next_claim_ ABSL_GUARDED_BY(mu_) = 1;
+  // Claim timeouts: one after() timer at a time for the earliest
+  // outstanding claim, not one per claim (each would live for the whole
+  // claim_timeout_ however soon the claim was answered). By claim id, which
+  // is also deadline order (one timeout for all).
+  struct ClaimDeadline {
+    std::chrono::steady_clock::time_point when;
+    uint64_t key;
+  };
+  std::map<uint64_t, ClaimDeadline> claim_deadlines_ ABSL_GUARDED_BY(mu_);
+  bool timer_armed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace dchan::server

@@ -188,6 +188,43 @@ TEST_F(OfferBookTest, AnUnansweredClaimTimesOutAsARefusalAndIsAborted) {
   EXPECT_FALSE(book->withdraw(s));
 }
 
+TEST_F(OfferBookTest, AnsweredClaimsAreNoLongerTimed) {
+  auto book = make_book();  // 10 s: nothing expires during the test
+  for (uint64_t i = 1; i <= 1000; ++i) {
+    const uint64_t r = book->add(spec(a_, 1, i, 2 * i, false));
+    const uint64_t s = book->add(spec(b_, 2, i, 2 * i + 1, true, "v"));
+    ASSERT_EQ(a_->asks().size(), i);
+    ASSERT_TRUE(book->answer(r, a_->asks().back().claim, true).ok());
+    ASSERT_EQ(b_->asks().size(), i);
+    EXPECT_EQ(book->timed_claims(), 1u);  // only b's, outstanding
+    ASSERT_TRUE(book->answer(s, b_->asks().back().claim, true).ok());
+    EXPECT_EQ(book->timed_claims(), 0u);
+  }
+  EXPECT_EQ(book->size(), 0u);
+  // A withdrawn offer's claim is forgotten too.
+  const uint64_t r = book->add(spec(a_, 1, 9999, 1, false));
+  book->add(spec(b_, 2, 9999, 2, true, "v"));
+  EXPECT_EQ(book->timed_claims(), 1u);
+  EXPECT_TRUE(book->withdraw(r));
+  EXPECT_EQ(book->timed_claims(), 0u);
+}
+
+TEST_F(OfferBookTest, AClaimAskedAfterAnAnsweredOneStillTimesOut) {
+  auto book = make_book(50ms);
+  // The first claim arms the timer and is answered at once (refused).
+  const uint64_t r1 = book->add(spec(a_, 1, 1, 1, false));
+  book->add(spec(b_, 2, 1, 2, true, "v"));
+  ASSERT_EQ(a_->asks().size(), 1u);
+  ASSERT_TRUE(book->answer(r1, a_->asks()[0].claim, false).ok());
+  // The next one, never answered, expires all the same.
+  book->add(spec(a_, 1, 2, 3, false));
+  ASSERT_EQ(a_->asks().size(), 2u);
+  ASSERT_TRUE(a_->await_finishes(1, 5s));
+  EXPECT_EQ(a_->finishes()[0].request_id, 3u);
+  EXPECT_EQ(a_->finishes()[0].outcome, v1::OUTCOME_ABORTED);
+  EXPECT_EQ(book->timed_claims(), 0u);
+}
+
 TEST_F(OfferBookTest, AnswersNeverAskedRepeatedOrForGoneOffersAreRefused) {
   auto book = make_book();
   const uint64_t r = book->add(spec(a_, 1, 1, 1, false));

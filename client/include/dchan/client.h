@@ -29,7 +29,14 @@
 // <dchan/rw_mutex.h>, <dchan/wait_group.h> and <dchan/atomic_value.h>.
 // Every remote operation returns only after the broker has applied it —
 // except the sends of a handle opened with a send window, which return once
-// queued (opt-in; see RemoteChanOptions).
+// queued (opt-in; see RemoteChanOptions), and the unlock of a lock this
+// session holds, which returns once its frame is queued, as Go's Unlock
+// never blocks: the session's requests reach the broker in order, so every
+// later request of this Client (a lock of the same name, too) is applied
+// after it; a process that learns of the unlock by other means may briefly
+// still find the lock held. A failure of such an unlock (the session lost
+// before the broker applied it) is thrown by the next operation on that
+// lock, logged to stderr if no handle of it is left (see <dchan/mutex.h>).
 //
 // Throughput: a Client coalesces frames queued while a write is in flight
 // into one gRPC message, and the broker answers one incoming message with

@@ -49,22 +49,35 @@
 // It is held by the client's session (any thread of that process may unlock
 // it), waiters queue FIFO on the broker, and token() is the broker's fencing
 // token (strictly increasing per name over the broker's life, across all
-// processes). Every operation returns only after the broker applied it: an
-// unlock() that returned has handed the lock on. Unlike a local Mutex, its
-// operations may throw dchan::Error:
+// processes). lock() and try_lock*() return only after the broker applied
+// them. unlock() of a lock this session holds does not wait for the broker
+// (Go's Unlock never blocks): it records the release, queues the request
+// and returns; the session's requests are applied in order, so every later
+// operation of this client sees it, and the lock is handed on when the
+// broker gets it; another session (another process, or another Client of
+// this one) may briefly still find it held, so a try_lock() there right
+// after can fail. Dropping the last handle of the lock waits for the
+// answers of its unlocks. Unlike a local Mutex, its operations may throw
+// dchan::Error:
 //   - kUnavailable: the broker is lost (no hang: also a blocked lock()).
 //   - kAborted: the lock was lost while held — the client suspected that its
 //     session ended (nothing heard from the broker for the session TTL, or
 //     the connection broke), so the broker has released or will release it
 //     to the next waiter. hold_token() is requested at that moment; every
 //     later operation on the lock throws kAborted naming it and its token.
-//   - kFailedPrecondition "sync: unlock of unlocked mutex" from the broker.
-// unlock() throws when it cannot confirm the release. With std::lock_guard
-// that throw happens in a noexcept destructor and terminates the process
-// (fail-stop: a critical section whose lock was lost never continues
-// silently). To handle the loss instead, use std::unique_lock and call
-// unlock() yourself inside try/catch, or watch hold_token() (e.g. with a
-// std::stop_callback) and fence writes with token().
+//   - kFailedPrecondition "sync: unlock of unlocked mutex" from the broker,
+//     at once: an unlock of a lock this client does not believe it holds
+//     waits for the broker's answer.
+// An unlock whose answer never came (the session lost first) is a loss: the
+// next operation on the lock throws kAborted; any other error answer to an
+// unlock is thrown (once) by the next operation on the lock; with no handle
+// left, either is logged to stderr. unlock() itself throws when the lock was
+// lost before it was called. With std::lock_guard that throw happens in a
+// noexcept destructor and terminates the process (fail-stop: a critical
+// section whose lock was lost never continues silently). To handle the loss
+// instead, use std::unique_lock and call unlock() yourself inside try/catch,
+// or watch hold_token() (e.g. with a std::stop_callback) and fence writes
+// with token().
 //
 // Thread safety: every member function may be called concurrently from any
 // number of threads on copies of the same handle. A single Mutex object (the

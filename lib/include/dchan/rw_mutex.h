@@ -44,8 +44,10 @@
 // broker, consecutive read requests at the head are granted together, and a
 // read request waits while a writer holds or waits for the lock. token() is
 // the broker's fencing token of the last write acquisition (strictly
-// increasing per name, across processes). Every operation returns once the
-// broker applied it, and may throw dchan::Error: kUnavailable (broker lost),
+// increasing per name, across processes). Unlocks of holds this session has
+// return without waiting for the broker, as for Mutex (an error they meet
+// is thrown by the next operation on the lock); every other operation
+// returns once the broker applied it. Operations may throw dchan::Error: kUnavailable (broker lost),
 // kAborted (the lock was lost while held: hold_token() was requested and every
 // later operation on it throws kAborted), and the broker's
 // kFailedPrecondition for unlocks of a lock not held in that mode. As for

@@ -158,10 +158,14 @@ class RemoteLock {
   // kAborted (this lock was lost earlier, see above).
   virtual bool lock(bool shared, Deadline deadline) = 0;
 
-  // Releases the lock (`shared`: one read lock) and returns once the broker
-  // has handed it on. Throws dchan::Error: kFailedPrecondition with Go's
-  // message when it is not held in that mode by this client; kAborted when
-  // it was lost while held; kUnavailable when the broker is lost.
+  // Releases the lock (`shared`: one read lock). When this client holds it
+  // in that mode, returns once the request is queued (the broker applies it
+  // before any later request of this client); an error answer, or the
+  // session's loss before the answer, is thrown by the next operation on
+  // the lock (kAborted for the loss). Otherwise asks the broker and throws
+  // dchan::Error kFailedPrecondition with Go's message when it is not held.
+  // Throws kAborted when the lock was lost while held; kUnavailable when the
+  // broker is lost.
   virtual void unlock(bool shared) = 0;
 
   // The fencing token of the current (or last) exclusive acquisition by
