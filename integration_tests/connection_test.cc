@@ -3,18 +3,21 @@
 // dchan-broker on 127.0.0.1.
 //
 // What is checked: callers that a reader wakes with their answers get their
-// next frames written together, not one write each; and acked sends from
+// next frames written together, not one write each; acked sends from
 // many threads on one Client keep each thread's order and deliver every
-// value exactly once. No timing assertions: the write counts are what the
-// Connection reports.
+// value exactly once; a quiet call (call_quiet: a quiet unlock) is
+// confirmed by the answer to a later request, or gets its refusal. No
+// timing assertions: the write counts are what the Connection reports.
 #include "connection.h"
 
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "broker_process.h"
 #include "dchan/client.h"
 #include "gtest/gtest.h"
@@ -53,6 +56,75 @@ TEST(Connection, CallersWokenTogetherWriteTheirNextFramesTogether) {
   // write on average (about 1.3 when each woken caller wrote alone).
   EXPECT_GE(frames, 2 * writes)
       << frames << " frames in " << writes << " writes";
+}
+
+// What a quiet call's callback got.
+struct QuietOutcome {
+  bool called = false;
+  absl::Status lost;
+  int code = -1;
+  std::string message;
+};
+
+Connection::Callback record(QuietOutcome& into) {
+  return [&into](const absl::Status& lost, v1::ServerFrame& answer) {
+    into.called = true;
+    into.lost = lost;
+    into.code = answer.code();
+    into.message = answer.message();
+  };
+}
+
+TEST(Connection, AQuietUnlockIsConfirmedByALaterAnswerOrGetsItsRefusal) {
+  BrokerProcess broker;
+  Connection conn(broker.address(), ClientOptions{});
+  const auto untimed = Connection::Deadline::max();
+  v1::ClientFrame open;
+  open.mutable_open()->set_name("m");
+  open.mutable_open()->set_kind(v1::OBJECT_KIND_MUTEX);
+  const uint64_t handle = conn.call(open, untimed).open().handle();
+  auto unlock = [&](uint64_t token) {
+    v1::ClientFrame f;
+    f.mutable_unlock()->set_handle(handle);
+    f.mutable_unlock()->set_token(token);
+    f.mutable_unlock()->set_quiet(true);
+    return f;
+  };
+  auto ping = [&] {
+    v1::ClientFrame f;
+    f.mutable_ping();
+    conn.call(f, untimed);
+  };
+
+  v1::ClientFrame lock;
+  lock.mutable_lock()->set_handle(handle);
+  const uint64_t token = conn.call(lock, untimed).lock().token();
+  QuietOutcome ok;
+  v1::ClientFrame f = unlock(token);
+  conn.call_quiet(f, record(ok));
+  // The broker does not answer it; the ping's answer, read by this thread,
+  // confirms it before call() returns.
+  ping();
+  EXPECT_TRUE(ok.called) << "a later answer did not confirm the quiet unlock";
+  EXPECT_TRUE(ok.lost.ok()) << ok.lost;
+  EXPECT_EQ(ok.code, 0);
+
+  // Not held any more: refused, and the refusal reaches the callback.
+  QuietOutcome refused;
+  f = unlock(0);
+  conn.call_quiet(f, record(refused));
+  ping();
+  ASSERT_TRUE(refused.called);
+  EXPECT_TRUE(refused.lost.ok()) << refused.lost;
+  EXPECT_EQ(refused.code,
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(refused.message, "sync: unlock of unlocked mutex");
+
+  // Held again by this session: the lock was released by the first unlock.
+  v1::ClientFrame try_lock;
+  try_lock.mutable_lock()->set_handle(handle);
+  try_lock.mutable_lock()->set_nonblocking(true);
+  EXPECT_EQ(conn.call(try_lock, untimed).lock().outcome(), v1::OUTCOME_OK);
 }
 
 TEST(Connection, AckedSendsFromManyThreadsKeepOrderAndArriveOnce) {

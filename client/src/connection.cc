@@ -272,11 +272,17 @@ uint64_t Connection::call_async(v1::ClientFrame& frame, Callback on_answer) {
   return start(call, frame);
 }
 
-uint64_t Connection::call_lazy(v1::ClientFrame& frame, Callback on_answer) {
+uint64_t Connection::call_quiet(v1::ClientFrame& frame, Callback on_answer) {
   auto call = std::make_shared<Call>();
   call->on_answer = std::move(on_answer);
   call->self_reading = true;  // nobody waits: not for the background reader
-  return start(call, frame);
+  call->quiet = true;
+  const uint64_t id = start(call, frame);
+  absl::MutexLock lock(&mu_);
+  // Unless refused (or failed) already. An answer read before this that
+  // would have confirmed it only delays the confirmation to the next one.
+  if (!call->settled) quiet_.emplace(call->queued.load(), call);
+  return id;
 }
 
 uint64_t Connection::call_offer(v1::ClientFrame& frame, ClaimCallback on_claim,
@@ -356,18 +362,21 @@ uint64_t Connection::start(const std::shared_ptr<Call>& call,
     if (!broken_.ok()) throw_status(broken_);
     id = next_id_++;
     frame.set_id(id);
+    call->id = id;
     calls_.emplace(id, call);
     if (!call->self_reading) ++background_needed_;
   }
   // A synchronous caller's frame may wait for woken callers' frames.
-  enqueue(std::move(frame), hand_off, open, /*linger=*/call->in_call);
+  enqueue(std::move(frame), hand_off, open, /*linger=*/call->in_call,
+          call.get());
   return id;
 }
 
 void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open,
-                         bool linger) {
+                         bool linger, Call* call) {
   {
     absl::MutexLock lock(&write_mu_);
+    if (call != nullptr) call->queued.store(++queued_);
     write_queue_.push_back(std::move(frame));
     // Only the last frame queued may take more values.
     if (open != nullptr && !writes_failed_) {
@@ -552,6 +561,7 @@ void Connection::read_once(v1::ServerBatch& batch, const Call* own) {
       enqueue(std::move(answer));
       continue;
     }
+    std::vector<std::shared_ptr<Call>> confirmed;  // quiet calls before it
     {
       absl::MutexLock lock(&mu_);
       auto it = calls_.find(f.id());
@@ -560,6 +570,18 @@ void Connection::read_once(v1::ServerBatch& batch, const Call* own) {
       calls_.erase(it);
       call->settled = true;
       if (!call->self_reading) --background_needed_;
+      const uint64_t queued = call->queued.load();
+      if (call->quiet) quiet_.erase(queued);
+      while (!quiet_.empty() && quiet_.begin()->first < queued) {
+        std::shared_ptr<Call> q = std::move(quiet_.begin()->second);
+        quiet_.erase(quiet_.begin());
+        calls_.erase(q->id);
+        q->settled = true;
+        confirmed.push_back(std::move(q));
+      }
+    }
+    for (const std::shared_ptr<Call>& q : confirmed) {
+      finish(*q, absl::OkStatus());  // q->answer: empty, code 0
     }
     note_heard(call->sent);
     if (call->in_call && call.get() != own) {
@@ -653,6 +675,7 @@ void Connection::fail_all(const absl::Status& status) {
     why = broken_;
     stream_over_ = true;
     calls.swap(calls_);
+    quiet_.clear();  // each is in `calls` too
     idle.swap(idle_readers_);
     for (auto& [id, call] : calls) call->settled = true;
     background_needed_ = 0;

@@ -52,6 +52,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -125,12 +126,16 @@ class Connection {
       absl::AnyInvocable<void(const absl::Status&, v1::ServerFrame&) &&>;
   uint64_t call_async(v1::ClientFrame& frame, Callback on_answer);
 
-  // call_async for an answer nobody is in a hurry for: no thread is woken
-  // to read it. It is read by whichever reader reads next — a later call's
-  // own thread (the common case: no context switch of its own), or the
-  // background reader for a timed or asynchronous call, at the latest for
-  // the next ping (TTL/4). A remote unlock uses it.
-  uint64_t call_lazy(v1::ClientFrame& frame, Callback on_answer);
+  // call_async for a request the broker answers only when it refuses it
+  // (an UnlockRequest with `quiet` set), and whose outcome nobody is in a
+  // hurry for: no thread is woken for it. `on_answer` gets the refusal, or
+  // an empty OK answer once an answer arrives to any request queued after
+  // this one (the broker handles a session's requests in order and answers
+  // in the order it produces answers, so the refusal would have come
+  // first), or the loss of the broker. Confirmation comes with the next
+  // answer the stream carries: a later call's, at the latest the next
+  // ping's (TTL/4). A remote unlock uses it.
+  uint64_t call_quiet(v1::ClientFrame& frame, Callback on_answer);
 
   // A pipelined send of `value` on broker channel `handle`: it is appended
   // (SendRequest.more_values) to the last frame queued if that is a
@@ -218,8 +223,13 @@ class Connection {
     // answer is published) when another thread answered it.
     bool in_call = false;
     bool counted_woken = false;
+    // Its place in the write queue (1, 2, …; set when queued, before it can
+    // be written), and whether it is a call_quiet.
+    std::atomic<uint64_t> queued{0};
+    bool quiet = false;
+    uint64_t id = 0;  // its request id (set by start())
     // Guarded by mu_. `self_reading`: its thread may take the read role
-    // (an untimed synchronous call), or (call_lazy) no thread waits for it;
+    // (an untimed synchronous call), or (call_quiet) no thread waits for it;
     // either way the background reader is not needed for it. `settled`:
     // answered (or failed).
     bool self_reading = false;
@@ -251,8 +261,10 @@ class Connection {
   // thread, or (`hand_off`) has the writer thread write it. `open`: the
   // frame is a pipelined send that may take more values. `linger`: before
   // writing, let woken callers queue their frames (linger_for_woken).
+  // `call`: the frame's call, told its place in the queue.
   void enqueue(v1::ClientFrame frame, bool hand_off = false,
-               OpenSend* open = nullptr, bool linger = false);
+               OpenSend* open = nullptr, bool linger = false,
+               Call* call = nullptr);
   // While callers woken with an answer have not returned from call(), and
   // for at most kLinger, yields the CPU to them, so that their next frames
   // are queued before this thread writes. Returns at once when none are.
@@ -335,6 +347,9 @@ class Connection {
   std::deque<std::shared_ptr<Call>> idle_readers_ ABSL_GUARDED_BY(mu_);
   // Outstanding calls nobody waits to read for: timed and asynchronous.
   std::size_t background_needed_ ABSL_GUARDED_BY(mu_) = 0;
+  // Unanswered call_quiet calls by their place in the write queue: an
+  // answer to a call queued later confirms them (see call_quiet).
+  std::map<uint64_t, std::shared_ptr<Call>> quiet_ ABSL_GUARDED_BY(mu_);
 
   // Synchronous calls answered by another thread whose callers have not yet
   // returned from call() (counted_woken).
@@ -349,6 +364,7 @@ class Connection {
   OpenSend open_send_ ABSL_GUARDED_BY(write_mu_);
   bool writing_ ABSL_GUARDED_BY(write_mu_) = false;
   bool writes_failed_ ABSL_GUARDED_BY(write_mu_) = false;
+  uint64_t queued_ ABSL_GUARDED_BY(write_mu_) = 0;  // calls' frames queued
   WriteCounts written_ ABSL_GUARDED_BY(write_mu_);
   // The writer thread (started by the first hand-off): woken by
   // write_handed_, it writes the queue; it stops (writing what is queued

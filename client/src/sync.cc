@@ -9,10 +9,12 @@
 // Connection's registry, which also tells the lock when the session is lost.
 //
 // An unlock of a lock this client holds does not wait for the broker: the
-// client records the release, queues the frame (call_lazy, so no thread is
-// woken for its answer) and returns. The session stream is ordered, so the
-// broker applies it before any later request of this client. Its answer is
-// read by whichever reader comes next; an error answer, or the session's
+// client records the release, queues the frame and returns. The session
+// stream is ordered, so the broker applies it before any later request of
+// this client. It is sent `quiet` (Connection::call_quiet): the broker
+// answers it only if it refuses it, and the next answer the stream carries
+// to a later request confirms it, so an unlock costs no answer frame and
+// wakes no thread. A refusal, or the session's
 // loss before the answer, is remembered by the lock's LockState and thrown
 // by the next operation on that lock (the loss as kAborted, as for a lock
 // lost while held: the release was never confirmed); once no handle is
@@ -345,9 +347,10 @@ class BrokerLock final : public RemoteLock {
       return;
     }
     req->set_token(*token);
+    req->set_quiet(true);
     try {
-      conn_->call_lazy(f, [state = state_](const absl::Status& lost,
-                                           v1::ServerFrame& answer) {
+      conn_->call_quiet(f, [state = state_](const absl::Status& lost,
+                                            v1::ServerFrame& answer) {
         state->unlock_answered(lost, answer);
       });
     } catch (const Error& e) {

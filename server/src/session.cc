@@ -810,6 +810,7 @@ void Session::unlock(uint64_t id, const v1::UnlockRequest& req) {
     reply_error(id, st);
     return;
   }
+  if (req.quiet()) return;  // answered only when refused
   v1::ServerFrame f;
   f.set_id(id);
   f.mutable_unlock();

@@ -106,12 +106,14 @@ class SessionTest : public ::testing::Test {
   }
 
   static void unlock(Client& c, uint64_t id, uint64_t handle,
-                     uint64_t token = 0, bool shared = false) {
+                     uint64_t token = 0, bool shared = false,
+                     bool quiet = false) {
     v1::ClientFrame f;
     f.set_id(id);
     f.mutable_unlock()->set_handle(handle);
     f.mutable_unlock()->set_token(token);
     f.mutable_unlock()->set_shared(shared);
+    f.mutable_unlock()->set_quiet(quiet);
     c.session->handle(f);
   }
 
@@ -591,6 +593,26 @@ TEST_F(SessionTest, UnlockNotHeldIsFailedPreconditionWithGosMessage) {
   f = a.out->take();
   EXPECT_EQ(f.code(), static_cast<int>(absl::StatusCode::kAborted));
   EXPECT_EQ(a.session->locks_held(), 1u);
+}
+
+TEST_F(SessionTest, AQuietUnlockIsAnsweredOnlyWhenRefused) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, ha);
+  const uint64_t t = a.out->take().lock().token();
+  lock(b, 1, hb);  // queued behind a
+  EXPECT_EQ(b.out->size(), 0u);
+  unlock(a, 2, ha, t, /*shared=*/false, /*quiet=*/true);
+  EXPECT_EQ(a.out->size(), 0u) << "a quiet unlock that succeeded was answered";
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_OK);  // handed on
+  EXPECT_EQ(a.session->locks_held(), 0u);
+  // Refused: answered, with Go's message, like a plain unlock.
+  unlock(a, 3, ha, 0, /*shared=*/false, /*quiet=*/true);
+  const v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.id(), 3u);
+  EXPECT_EQ(f.code(), kFailedPrecondition);
+  EXPECT_EQ(f.message(), "sync: unlock of unlocked mutex");
 }
 
 TEST_F(SessionTest, AWaitFailsNamingTheParticipantLostOwingDones) {
