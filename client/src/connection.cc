@@ -366,14 +366,12 @@ uint64_t Connection::start(const std::shared_ptr<Call>& call,
     calls_.emplace(id, call);
     if (!call->self_reading) ++background_needed_;
   }
-  // A synchronous caller's frame may wait for woken callers' frames.
-  enqueue(std::move(frame), hand_off, open, /*linger=*/call->in_call,
-          call.get());
+  enqueue(std::move(frame), hand_off, open, call.get());
   return id;
 }
 
 void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open,
-                         bool linger, Call* call) {
+                         Call* call) {
   {
     absl::MutexLock lock(&write_mu_);
     if (call != nullptr) call->queued.store(++queued_);
@@ -396,7 +394,8 @@ void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open,
       return;
     }
   }
-  if (linger) linger_for_woken();
+  // A synchronous caller's frame may wait for woken callers' frames.
+  if (call != nullptr && call->in_call) linger_for_woken();
   write_queued();
 }
 

@@ -259,12 +259,11 @@ class Connection {
                  bool hand_off = false, OpenSend* open = nullptr);
   // Queues `frame`; with no write in progress, writes the queue on this
   // thread, or (`hand_off`) has the writer thread write it. `open`: the
-  // frame is a pipelined send that may take more values. `linger`: before
-  // writing, let woken callers queue their frames (linger_for_woken).
-  // `call`: the frame's call, told its place in the queue.
+  // frame is a pipelined send that may take more values. `call`: the
+  // frame's call, told its place in the queue; a synchronous one (in_call)
+  // first lets woken callers queue their frames (linger_for_woken).
   void enqueue(v1::ClientFrame frame, bool hand_off = false,
-               OpenSend* open = nullptr, bool linger = false,
-               Call* call = nullptr);
+               OpenSend* open = nullptr, Call* call = nullptr);
   // While callers woken with an answer have not returned from call(), and
   // for at most kLinger, yields the CPU to them, so that their next frames
   // are queued before this thread writes. Returns at once when none are.
