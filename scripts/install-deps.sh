@@ -37,6 +37,8 @@ PACKAGES=(
   protobuf-compiler
   protobuf-compiler-grpc
   golang-go               # Go is a benchmark baseline
+  iproute2                # `ip netns`/veth: integration_tests/netns_test.cc
+  iptables                # netns_test cuts a host off with DROP rules
   # bench/: what users would pick instead, each started by the benchmark on
   # loopback (issue 7). The distributions' own services, if they start, are
   # not used.
