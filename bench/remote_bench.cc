@@ -528,7 +528,7 @@ void RegisterStreamBenchmarks() {
   Register("stream/remote/0,1", [](benchmark::State& st) {
     BM_RemoteStream(st, 0, 1, kPayloadBytes, kOneWayBatch);
   });
-  for (auto [w, b] : {std::pair<int, int>{256, 256}, {1024, 1024}}) {
+  for (auto [w, b] : {std::pair<int, int>{256, 256}, {1024, 1024}, {4096, 4096}}) {
     Register("stream/remote/" + std::to_string(w) + "," + std::to_string(b),
              [w, b](benchmark::State& st) {
                BM_RemoteStream(st, w, b, kPayloadBytes, kStreamBatch);

@@ -217,12 +217,12 @@ class BrokerChan final : public RemoteChan {
     conn_->release(handle_);
   }
 
-  ChanStatus send(const std::string& value, Deadline deadline) override {
+  ChanStatus send(std::string value, Deadline deadline) override {
     report();
     if (window_ != nullptr && deadline == kNoDeadline) {
       window_->acquire();
       try {
-        conn_->send_pipelined(handle_, value, window_);
+        conn_->send_pipelined(handle_, std::move(value), window_);
       } catch (...) {
         window_->cancel_one();
         throw;
@@ -232,7 +232,7 @@ class BrokerChan final : public RemoteChan {
     v1::ClientFrame f;
     v1::SendRequest* req = f.mutable_send();
     req->set_handle(handle_);
-    req->set_value(value);
+    req->set_value(std::move(value));
     req->set_nonblocking(deadline == kNonBlocking);
     const v1::ServerFrame answer = conn_->call(f, deadline);
     return to_status(answer.send().outcome());

@@ -319,7 +319,7 @@ void Connection::finish(Call& call, const absl::Status& error) {
   futex_wake_all(call.state);
 }
 
-void Connection::send_pipelined(uint64_t handle, const std::string& value,
+void Connection::send_pipelined(uint64_t handle, std::string value,
                                 const std::shared_ptr<PipelinedSends>& sink) {
   {
     absl::MutexLock lock(&write_mu_);
@@ -328,9 +328,9 @@ void Connection::send_pipelined(uint64_t handle, const std::string& value,
     // else to do.
     if (o.request != nullptr && o.handle == handle && o.sink == sink.get() &&
         o.bytes + value.size() <= kMaxBatchBytes / 2 && !writes_failed_) {
-      o.request->add_more_values(value);
-      o.values->fetch_add(1, std::memory_order_release);
       o.bytes += value.size();
+      o.request->add_more_values(std::move(value));
+      o.values->fetch_add(1, std::memory_order_release);
       return;
     }
   }
@@ -342,7 +342,7 @@ void Connection::send_pipelined(uint64_t handle, const std::string& value,
   v1::ClientFrame f;
   v1::SendRequest* req = f.mutable_send();
   req->set_handle(handle);
-  req->set_value(value);
+  req->set_value(std::move(value));
   auto call = std::make_shared<Call>();
   // The count is read once the answer arrives: after the frame was written,
   // so after its last value was appended (under write_mu_).

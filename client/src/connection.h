@@ -146,7 +146,7 @@ class Connection {
   // answer goes to `sink`. Order is kept: nothing is appended to a frame
   // that another frame follows. Throws dchan::Error (kUnavailable) if the
   // broker is lost already.
-  void send_pipelined(uint64_t handle, const std::string& value,
+  void send_pipelined(uint64_t handle, std::string value,
                       const std::shared_ptr<PipelinedSends>& sink);
 
   // call_async for an OfferRequest: before its answer, the broker may ask

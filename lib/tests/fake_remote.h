@@ -207,7 +207,7 @@ class FakeOfferBroker {
   class Chan final : public detail::RemoteChan {
    public:
     explicit Chan(FakeOfferBroker* broker) : broker_(broker) {}
-    ChanStatus send(const std::string&, Deadline deadline) override {
+    ChanStatus send(std::string, Deadline deadline) override {
       if (deadline != kNonBlocking) throw_unused();
       return ChanStatus::kWouldBlock;
     }

@@ -280,7 +280,8 @@ class Chan {
     detail::ChanState<T>* s = state_.get();
     if (s == nullptr) [[unlikely]] {
       if (remote_ == nullptr) detail::block_forever();
-      if (remote_send(value, detail::RemoteChan::kNoDeadline) ==
+      if (remote_send_owned(std::move(value),
+                            detail::RemoteChan::kNoDeadline) ==
           ChanStatus::kClosed) {
         detail::throw_panic("send on closed channel");
       }
@@ -511,13 +512,24 @@ class Chan {
     if constexpr (kHasCodec<T>) {
       std::string bytes;
       Codec<T>::encode(value, bytes);
-      return remote_->send(bytes, deadline);
+      return remote_->send(std::move(bytes), deadline);
     } else {
       // make_remote_chan requires a codec, so remote_ is never set here.
       (void)value;
       (void)deadline;
       throw Error(absl::StatusCode::kInternal,
                   "dchan: remote Chan without codec");
+    }
+  }
+  // A send whose value is the callee's to consume (send(T value)): a
+  // string's bytes are the encoding, so they move on to the backend
+  // uncopied.
+  ChanStatus remote_send_owned(T&& value,
+                               detail::RemoteChan::Deadline deadline) {
+    if constexpr (std::is_same_v<T, std::string>) {
+      return remote_->send(std::move(value), deadline);
+    } else {
+      return remote_send(value, deadline);
     }
   }
   ChanStatus remote_recv(std::optional<T>& out,

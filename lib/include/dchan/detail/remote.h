@@ -74,7 +74,9 @@ class RemoteChan {
   // Sends `value`: kOk, kWouldBlock (non-blocking), kTimeout or kClosed. On
   // kTimeout the send was withdrawn on the broker and delivered nothing.
   // Throws dchan::Error for remote failures (kUnavailable: broker lost).
-  virtual ChanStatus send(const std::string& value, Deadline deadline) = 0;
+  // `value` is taken by value so that the encoded bytes move into the
+  // request frame instead of being copied there.
+  virtual ChanStatus send(std::string value, Deadline deadline) = 0;
 
   // Receives into `out`: kOk, kWouldBlock, kTimeout or kClosed (closed and
   // drained). On kTimeout the receive was withdrawn and consumed nothing.
