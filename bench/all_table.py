@@ -202,7 +202,10 @@ REMOTE = [
     # Target: at least 650 MB/s (an absolute figure, not a ratio).
     ("bandwidth, 64 KiB values", "MB/s", r"bandwidth/remote$",
      [("raw gRPC stream, 64 KiB messages", "remote", r"bandwidth/grpc$",
-       None)]),
+       None),
+      # The same two hops as through the broker, with nothing in between.
+      ("raw gRPC relay A→relay→B, 64 KiB messages", "ext",
+       r"^relay_bandwidth/grpc$", None)]),
 ]
 
 # Bytes per op of the MB/s rows, and absolute targets (MB/s at least).

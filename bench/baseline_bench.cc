@@ -12,6 +12,10 @@
 //                  process: the floor for dchan's unbuffered ping-pong
 //                  through the broker (two hops), where remote_bench's
 //                  roundtrip/grpc is one hop.
+//   relay_bandwidth/grpc
+//                  64 KiB values one way, A -> relay server -> B (one
+//                  iteration per value, batches of 1,024): the floor for
+//                  dchan's 64 KiB bandwidth through the broker.
 //
 // The servers are child processes this program starts on loopback and stops
 // at exit (and that die with it: PR_SET_PDEATHSIG):
@@ -454,6 +458,45 @@ void BM_RelayPingPong(benchmark::State& state) {
       });
 }
 
+// One-way 64 KiB values A -> relay -> B: the same two gRPC hops a value
+// takes through the broker (producer -> broker -> consumer), with no channel
+// in between, no acknowledgements and no flow control beyond gRPC's own.
+// The floor for dchan's "bandwidth, 64 KiB values" row.
+constexpr std::size_t kBandwidthBytes = 64 << 10;
+constexpr int64_t kBandwidthBatch = 1024;
+
+void BM_RelayBandwidth(benchmark::State& state) {
+  if (!g_relay_started) {
+    g_relay.start(g_self);
+    g_relay_started = true;
+  }
+  const std::string room = UniqueName("room");
+  RelayStream a(g_relay.address(), room);
+  RelayStream b(g_relay.address(), room);
+  Frame value;
+  value.set_payload(std::string(kBandwidthBytes, 'x'));
+  while (state.KeepRunningBatch(kBandwidthBatch)) {
+    const int64_t n = kBandwidthBatch;
+    const dchan::bench::BatchTimes t = dchan::bench::RunBatch(
+        {[&b, n] {
+          Frame f;
+          for (int64_t i = 0; i < n; ++i) {
+            b.read(&f);
+            if (f.payload().size() != kBandwidthBytes) {
+              Die("relay: the payload changed");
+            }
+          }
+        }},
+        [&a, &value, n] {
+          for (int64_t i = 0; i < n; ++i) a.write(value);
+        });
+    state.SetIterationTime(t.all);
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() *
+                          static_cast<int64_t>(kBandwidthBytes));
+}
+
 void Register(const char* name, void (*fn)(benchmark::State&)) {
   benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(
       benchmark::kMicrosecond);
@@ -477,6 +520,7 @@ int main(int argc, char** argv) {
 
   Register("redis_echo", BM_RedisEcho);
   Register("relay/grpc", BM_RelayPingPong);
+  Register("relay_bandwidth/grpc", BM_RelayBandwidth);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   int rc = 0;
