@@ -310,6 +310,86 @@ TEST(RemoteSelect, SpansTwoClientsSessions) {
   EXPECT_EQ(x.try_send(1), ChanStatus::kWouldBlock);  // x's case withdrawn
 }
 
+// One channel on each of two brokers, both ready: exactly one case fires and
+// the other channel keeps its value; then the choice between them, made by
+// the client's spanning select, is random too.
+TEST(RemoteSelect, TwoBrokersBothReadyFireExactlyOneCase) {
+  BrokerProcess b1, b2;
+  Client c1 = Client::connect(b1.address());
+  Client c2 = Client::connect(b2.address());
+  Chan<int64_t> x = c1.chan<int64_t>("x", 1);
+  Chan<int64_t> y = c2.chan<int64_t>("y", 1);
+  x.send(10);
+  y.send(20);
+  int fired = 0;
+  std::optional<int64_t> got;
+  const std::size_t i = select(on_recv(x,
+                                       [&](std::optional<int64_t> v) {
+                                         ++fired;
+                                         got = v;
+                                       }),
+                               on_recv(y, [&](std::optional<int64_t> v) {
+                                 ++fired;
+                                 got = v;
+                               }));
+  ASSERT_LT(i, 2u);
+  EXPECT_EQ(fired, 1);
+  EXPECT_EQ(got, i == 0 ? 10 : 20);
+  // The other case consumed nothing: its value is still on its broker.
+  Chan<int64_t>& other = i == 0 ? y : x;
+  const RecvResult<int64_t> left = other.try_recv();
+  EXPECT_EQ(left.status, ChanStatus::kOk);
+  EXPECT_EQ(left.value, i == 0 ? 20 : 10);
+  EXPECT_EQ(x.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(y.try_recv().status, ChanStatus::kWouldBlock);
+
+  const std::array<int, 2> counts = count_choices_between_ready_cases(
+      c1.chan<int64_t>("x2", 1), c2.chan<int64_t>("y2", 1));
+  EXPECT_GE(counts[0], kMinShare) << counts[0] << " vs " << counts[1];
+  EXPECT_GE(counts[1], kMinShare) << counts[0] << " vs " << counts[1];
+}
+
+// Nothing is ready on either broker until another thread sends on the
+// second broker's channel: that case fires, and the first broker's case is
+// withdrawn (no receiver left behind, nothing consumed).
+TEST(RemoteSelect, TwoBrokersFireTheCaseThatBecomesReadyLater) {
+  BrokerProcess b1, b2;
+  Client c1 = Client::connect(b1.address());
+  Client c2 = Client::connect(b2.address());
+  for (int64_t cap : {0, 1}) {
+    SCOPED_TRACE("capacity " + std::to_string(cap));
+    const std::string name = "c" + std::to_string(cap);
+    Chan<int64_t> x = c1.chan<int64_t>(name, cap);
+    Chan<int64_t> y = c2.chan<int64_t>(name, cap);
+    std::thread sender([&] {
+      std::this_thread::sleep_for(100ms);
+      y.send(cap + 30);
+    });
+    std::optional<int64_t> got;
+    const std::size_t i = select(
+        on_recv(x, [&](std::optional<int64_t>) { ADD_FAILURE() << "x fired"; }),
+        on_recv(y, [&](std::optional<int64_t> v) { got = v; }),
+        on_recv(after(30s)));
+    sender.join();
+    EXPECT_EQ(i, 1u);
+    EXPECT_EQ(got, cap + 30);
+    EXPECT_TRUE(b1.wait_for_chan(
+        name,
+        [](const ChanInfo& c) {
+          return c.blocked_receivers == 0 && c.len == 0;
+        },
+        10s));
+    EXPECT_TRUE(b2.wait_for_chan(
+        name,
+        [](const ChanInfo& c) { return c.blocked_senders == 0 && c.len == 0; },
+        10s));
+    // x's withdrawn case takes nothing sent later.
+    std::thread later([&] { x.send(cap + 40); });
+    EXPECT_EQ(x.recv(), cap + 40);
+    later.join();
+  }
+}
+
 TEST(RemoteSelect, MixedSelectorsGetEveryValueExactlyOnce) {
   BrokerProcess broker;
   constexpr int kRemote = 200, kLocal = 200;
