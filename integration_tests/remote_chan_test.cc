@@ -11,9 +11,11 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -25,6 +27,8 @@
 #include "broker_process.h"
 #include "chan_test_util.h"
 #include "dchan/client.h"
+#include "dchan/v1/broker.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 namespace dchan::testing {
@@ -426,6 +430,86 @@ TEST(RemoteChan, ConnectWithoutBrokerFailsWithUnavailable) {
   EXPECT_FALSE(r.timed_out) << r;
   EXPECT_EQ(r.exit_code, 3) << r;
   EXPECT_TRUE(has_line_starting(r, "error UNAVAILABLE")) << r;
+}
+
+// A broker frozen with SIGSTOP: the kernel still accepts the connection,
+// but nothing answers (not even HTTP/2's SETTINGS, so the transport never
+// becomes ready). connect() gives up within its connect_timeout with
+// UNAVAILABLE naming the target; the bound here only guards against a hang.
+TEST(RemoteChan, ConnectToFrozenBrokerFailsWithUnavailable) {
+  BrokerProcess broker;
+  broker.signal(SIGSTOP);
+  ClientOptions o;
+  o.connect_timeout = milliseconds(500);
+  const steady_clock::time_point start = steady_clock::now();
+  try {
+    Client::connect(broker.address(), o);
+    ADD_FAILURE() << "connected to a frozen broker";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnavailable) << e.what();
+    EXPECT_TRUE(absl::StrContains(e.what(), broker.address())) << e.what();
+  }
+  EXPECT_LT(steady_clock::now() - start, seconds(10)) << "connect hung";
+  const ProcessResult b = broker.kill(SIGKILL);  // ends a stopped process
+  EXPECT_EQ(b.term_signal, SIGKILL) << b;
+}
+
+// A Broker service (a real gRPC server in this process) that takes the
+// session stream and reads it, but never answers: a connect gets its
+// transport at once and then waits for the Hello's answer.
+class SilentSession
+    : public grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch> {
+ public:
+  SilentSession() { StartRead(&in_); }
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      StartRead(&in_);
+    } else {
+      finish_once();
+    }
+  }
+  void OnCancel() override { finish_once(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void finish_once() {
+    if (!finished_.exchange(true)) Finish(grpc::Status::OK);
+  }
+  v1::ClientBatch in_;
+  std::atomic<bool> finished_{false};
+};
+
+class SilentBroker final : public v1::Broker::CallbackService {
+  grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>* Session(
+      grpc::CallbackServerContext*) override {
+    return new SilentSession();
+  }
+};
+
+TEST(RemoteChan, ConnectToABrokerThatNeverAnswersTheHelloFailsWithUnavailable) {
+  SilentBroker service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  ASSERT_NE(port, 0);
+  const std::string target = absl::StrCat("127.0.0.1:", port);
+  ClientOptions o;
+  o.connect_timeout = milliseconds(500);
+  const steady_clock::time_point start = steady_clock::now();
+  try {
+    Client::connect(target, o);
+    ADD_FAILURE() << "connected to a broker that never answered";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnavailable) << e.what();
+    EXPECT_TRUE(absl::StrContains(e.what(), target)) << e.what();
+    EXPECT_TRUE(absl::StrContains(e.what(), "Hello")) << e.what();
+  }
+  EXPECT_LT(steady_clock::now() - start, seconds(10)) << "connect hung";
+  server->Shutdown(std::chrono::system_clock::now());
 }
 
 TEST(RemoteChan, TypeMismatchBetweenProcessesIsInvalidArgument) {
