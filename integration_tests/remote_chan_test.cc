@@ -212,6 +212,47 @@ TEST(RemoteChan, CloseWakesReceiversBlockedInOtherProcesses) {
   }
 }
 
+// Close wakes senders blocked in other processes too: two on an unbuffered
+// channel, one on a full buffered channel. Each send panics (Go's "send on
+// closed channel", FAILED_PRECONDITION) instead of staying blocked, and the
+// value already buffered is still received after the close.
+TEST(RemoteChan, CloseWakesSendersBlockedInOtherProcesses) {
+  BrokerProcess broker;
+  std::vector<Process> senders;
+  for (int i = 0; i < 2; ++i) {
+    senders.push_back(worker("rendezvous-send", broker, "gate",
+                             {"--cap=0", absl::StrCat("--value=", i)}));
+  }
+  // The first value fills the buffer; the second send blocks.
+  senders.push_back(
+      worker("produce", broker, "full", {"--cap=1", "--from=7", "--count=2"}));
+  ASSERT_TRUE(broker.wait_for_chan("gate", blocked_senders_at_least(2),
+                                   kBrokerStateBound));
+  ASSERT_TRUE(broker.wait_for_chan("full", blocked_senders_at_least(1),
+                                   kBrokerStateBound));
+  for (Process& s : senders) ASSERT_TRUE(s.running());
+
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> gate = client.chan<int64_t>("gate", 0);
+  Chan<int64_t> full = client.chan<int64_t>("full", 1);
+  gate.close();
+  full.close();
+
+  for (const ProcessResult& r : wait_all(senders, kWorkerBound)) {
+    EXPECT_FALSE(r.timed_out) << "a blocked sender was not woken\n" << r;
+    EXPECT_EQ(r.exit_code, 3) << r;
+    EXPECT_TRUE(has_line_starting(
+        r, "error FAILED_PRECONDITION send on closed channel"))
+        << r;
+    EXPECT_FALSE(has_line_starting(r, "sent")) << r;
+  }
+  // Nothing was delivered on the unbuffered channel; the buffered value
+  // outlives the close.
+  EXPECT_EQ(gate.recv(), std::nullopt);
+  EXPECT_EQ(full.recv(), 7);
+  EXPECT_EQ(full.recv(), std::nullopt);
+}
+
 // A receive that timed out is withdrawn on the broker: the next value goes
 // to the receiver's next receive, not to the abandoned one (it would be lost).
 TEST(RemoteChan, TimedOutReceiveInAnotherProcessConsumesNothing) {
