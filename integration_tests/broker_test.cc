@@ -1331,7 +1331,12 @@ TEST(BrokerServices, ReflectionListsTheBrokerServices) {
 // ===========================================================================
 // 5. Graceful shutdown.
 
-TEST(BrokerShutdown, SigtermEndsSessionsWithUnavailableAndExitsZero) {
+// Sends `sig` (SIGTERM or SIGINT, named `sig_name` in the broker's output) to
+// a broker with blocked receivers, a blocked sender and a blocked select:
+// every session ends with UNAVAILABLE, nothing is answered on the way out,
+// and the broker exits 0.
+void expect_stop_signal_ends_sessions_with_unavailable(int sig,
+                                                       const char* sig_name) {
   BrokerProcess broker;
   constexpr milliseconds kExitBound = seconds(10);
   std::vector<std::unique_ptr<RawSession>> sessions;
@@ -1357,8 +1362,8 @@ TEST(BrokerShutdown, SigtermEndsSessionsWithUnavailableAndExitsZero) {
       "results", [](const ChanInfo& c) { return c.blocked_senders == 1; },
       kBrokerStateBound));
 
-  const auto sigterm_at = steady_clock::now();
-  broker.signal(SIGTERM);
+  const auto signalled_at = steady_clock::now();
+  broker.signal(sig);
   for (auto& s : sessions) {
     std::vector<v1::ServerFrame> got;
     const grpc::Status st = s->await_end(&got);
@@ -1372,14 +1377,25 @@ TEST(BrokerShutdown, SigtermEndsSessionsWithUnavailableAndExitsZero) {
   // a stream may stay open until gRPC's shutdown grace (2 s in main.cc)
   // cancels it, so the exit takes 10 ms to ~2 s.
   const ProcessResult r = broker.wait(kExitBound);
-  const auto took = steady_clock::now() - sigterm_at;
+  const auto took = steady_clock::now() - signalled_at;
   EXPECT_FALSE(r.timed_out) << r;
   EXPECT_EQ(r.exit_code, 0) << r;
-  EXPECT_TRUE(absl::StrContains(r.out, "SIGTERM, shutting down")) << r;
+  EXPECT_TRUE(
+      absl::StrContains(r.out, absl::StrCat(sig_name, ", shutting down")))
+      << r;
   EXPECT_LT(took, kExitBound);
-  std::printf("broker exited %d, %lld ms after SIGTERM\n", r.exit_code,
+  std::printf("broker exited %d, %lld ms after %s\n", r.exit_code,
               static_cast<long long>(
-                  std::chrono::duration_cast<milliseconds>(took).count()));
+                  std::chrono::duration_cast<milliseconds>(took).count()),
+              sig_name);
+}
+
+TEST(BrokerShutdown, SigtermEndsSessionsWithUnavailableAndExitsZero) {
+  expect_stop_signal_ends_sessions_with_unavailable(SIGTERM, "SIGTERM");
+}
+
+TEST(BrokerShutdown, SigintEndsSessionsWithUnavailableAndExitsZero) {
+  expect_stop_signal_ends_sessions_with_unavailable(SIGINT, "SIGINT");
 }
 
 // Shutdown must not wait on a client: one that stopped reading (a write to

@@ -11,9 +11,11 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -25,6 +27,8 @@
 #include "broker_process.h"
 #include "chan_test_util.h"
 #include "dchan/client.h"
+#include "dchan/v1/broker.grpc.pb.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 namespace dchan::testing {
@@ -206,6 +210,47 @@ TEST(RemoteChan, CloseWakesReceiversBlockedInOtherProcesses) {
     EXPECT_EQ(res.exit_code, 0) << res;
     EXPECT_TRUE(has_line(res, "closed")) << res;
   }
+}
+
+// Close wakes senders blocked in other processes too: two on an unbuffered
+// channel, one on a full buffered channel. Each send panics (Go's "send on
+// closed channel", FAILED_PRECONDITION) instead of staying blocked, and the
+// value already buffered is still received after the close.
+TEST(RemoteChan, CloseWakesSendersBlockedInOtherProcesses) {
+  BrokerProcess broker;
+  std::vector<Process> senders;
+  for (int i = 0; i < 2; ++i) {
+    senders.push_back(worker("rendezvous-send", broker, "gate",
+                             {"--cap=0", absl::StrCat("--value=", i)}));
+  }
+  // The first value fills the buffer; the second send blocks.
+  senders.push_back(
+      worker("produce", broker, "full", {"--cap=1", "--from=7", "--count=2"}));
+  ASSERT_TRUE(broker.wait_for_chan("gate", blocked_senders_at_least(2),
+                                   kBrokerStateBound));
+  ASSERT_TRUE(broker.wait_for_chan("full", blocked_senders_at_least(1),
+                                   kBrokerStateBound));
+  for (Process& s : senders) ASSERT_TRUE(s.running());
+
+  Client client = Client::connect(broker.address());
+  Chan<int64_t> gate = client.chan<int64_t>("gate", 0);
+  Chan<int64_t> full = client.chan<int64_t>("full", 1);
+  gate.close();
+  full.close();
+
+  for (const ProcessResult& r : wait_all(senders, kWorkerBound)) {
+    EXPECT_FALSE(r.timed_out) << "a blocked sender was not woken\n" << r;
+    EXPECT_EQ(r.exit_code, 3) << r;
+    EXPECT_TRUE(has_line_starting(
+        r, "error FAILED_PRECONDITION send on closed channel"))
+        << r;
+    EXPECT_FALSE(has_line_starting(r, "sent")) << r;
+  }
+  // Nothing was delivered on the unbuffered channel; the buffered value
+  // outlives the close.
+  EXPECT_EQ(gate.recv(), std::nullopt);
+  EXPECT_EQ(full.recv(), 7);
+  EXPECT_EQ(full.recv(), std::nullopt);
 }
 
 // A receive that timed out is withdrawn on the broker: the next value goes
@@ -426,6 +471,86 @@ TEST(RemoteChan, ConnectWithoutBrokerFailsWithUnavailable) {
   EXPECT_FALSE(r.timed_out) << r;
   EXPECT_EQ(r.exit_code, 3) << r;
   EXPECT_TRUE(has_line_starting(r, "error UNAVAILABLE")) << r;
+}
+
+// A broker frozen with SIGSTOP: the kernel still accepts the connection,
+// but nothing answers (not even HTTP/2's SETTINGS, so the transport never
+// becomes ready). connect() gives up within its connect_timeout with
+// UNAVAILABLE naming the target; the bound here only guards against a hang.
+TEST(RemoteChan, ConnectToFrozenBrokerFailsWithUnavailable) {
+  BrokerProcess broker;
+  broker.signal(SIGSTOP);
+  ClientOptions o;
+  o.connect_timeout = milliseconds(500);
+  const steady_clock::time_point start = steady_clock::now();
+  try {
+    Client::connect(broker.address(), o);
+    ADD_FAILURE() << "connected to a frozen broker";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnavailable) << e.what();
+    EXPECT_TRUE(absl::StrContains(e.what(), broker.address())) << e.what();
+  }
+  EXPECT_LT(steady_clock::now() - start, seconds(10)) << "connect hung";
+  const ProcessResult b = broker.kill(SIGKILL);  // ends a stopped process
+  EXPECT_EQ(b.term_signal, SIGKILL) << b;
+}
+
+// A Broker service (a real gRPC server in this process) that takes the
+// session stream and reads it, but never answers: a connect gets its
+// transport at once and then waits for the Hello's answer.
+class SilentSession
+    : public grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch> {
+ public:
+  SilentSession() { StartRead(&in_); }
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      StartRead(&in_);
+    } else {
+      finish_once();
+    }
+  }
+  void OnCancel() override { finish_once(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void finish_once() {
+    if (!finished_.exchange(true)) Finish(grpc::Status::OK);
+  }
+  v1::ClientBatch in_;
+  std::atomic<bool> finished_{false};
+};
+
+class SilentBroker final : public v1::Broker::CallbackService {
+  grpc::ServerBidiReactor<v1::ClientBatch, v1::ServerBatch>* Session(
+      grpc::CallbackServerContext*) override {
+    return new SilentSession();
+  }
+};
+
+TEST(RemoteChan, ConnectToABrokerThatNeverAnswersTheHelloFailsWithUnavailable) {
+  SilentBroker service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  ASSERT_NE(port, 0);
+  const std::string target = absl::StrCat("127.0.0.1:", port);
+  ClientOptions o;
+  o.connect_timeout = milliseconds(500);
+  const steady_clock::time_point start = steady_clock::now();
+  try {
+    Client::connect(target, o);
+    ADD_FAILURE() << "connected to a broker that never answered";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kUnavailable) << e.what();
+    EXPECT_TRUE(absl::StrContains(e.what(), target)) << e.what();
+    EXPECT_TRUE(absl::StrContains(e.what(), "Hello")) << e.what();
+  }
+  EXPECT_LT(steady_clock::now() - start, seconds(10)) << "connect hung";
+  server->Shutdown(std::chrono::system_clock::now());
 }
 
 TEST(RemoteChan, TypeMismatchBetweenProcessesIsInvalidArgument) {

@@ -2,6 +2,7 @@
 // worker processes: one select on the broker, default and after() cases,
 // selects that span local and broker channels (and meet each other through
 // the broker's offers).
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -61,6 +62,75 @@ void expect_selectors_receive_each_value_once(
   for (auto& t : selectors) t.join();
   EXPECT_EQ(received.load(), total);
   for (int v = 0; v < total; ++v) ASSERT_EQ(seen[v], 1) << v;
+}
+
+// Runs select(recv a, recv b) kRounds times with both channels ready every
+// time (each is buffered and holds a value; the one that fired is refilled
+// before the next round) and returns how often each case fired. Go picks
+// uniformly among ready cases, so with a fair choice the count of case 0 is
+// Binomial(kRounds, 1/2).
+constexpr int kRounds = 200;
+// Each case must fire at least 20% of the rounds: 40 of 200. For a fair
+// coin, P(X < 40) = 4.2e-19 for X ~ Binomial(200, 1/2) (exact sum), so the
+// test fails by chance with probability 8.3e-19 per run of 200 rounds
+// (either case short), far below 1e-9. A select that always took the first
+// (or last) ready case fires one case 200 times and the other never.
+constexpr int kMinShare = kRounds / 5;
+
+std::array<int, 2> count_choices_between_ready_cases(Chan<int64_t> a,
+                                                     Chan<int64_t> b) {
+  a.send(0);
+  b.send(1);
+  std::array<int, 2> fired{0, 0};
+  for (int round = 0; round < kRounds; ++round) {
+    std::optional<int64_t> got;
+    const std::size_t i =
+        select(on_recv(a, [&](std::optional<int64_t> v) { got = v; }),
+               on_recv(b, [&](std::optional<int64_t> v) { got = v; }));
+    // The value came from the case that fired: nothing else was consumed.
+    EXPECT_EQ(got, static_cast<int64_t>(i)) << "round " << round;
+    if (i > 1) {
+      ADD_FAILURE() << "case " << i << " fired";
+      break;
+    }
+    ++fired[i];
+    (i == 0 ? a : b).send(static_cast<int64_t>(i));  // ready again
+  }
+  // Each channel still holds exactly its one value.
+  EXPECT_EQ(a.try_recv().value, 0);
+  EXPECT_EQ(b.try_recv().value, 1);
+  EXPECT_EQ(a.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(b.try_recv().status, ChanStatus::kWouldBlock);
+  return fired;
+}
+
+// Both cases on one session: the broker runs the select and makes the
+// choice.
+TEST(RemoteSelect, ChoosesRandomlyAmongReadyBrokerCases) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  const std::array<int, 2> fired = count_choices_between_ready_cases(
+      client.chan<int64_t>("a", 1), client.chan<int64_t>("b", 1));
+  EXPECT_GE(fired[0], kMinShare) << fired[0] << " vs " << fired[1];
+  EXPECT_GE(fired[1], kMinShare) << fired[0] << " vs " << fired[1];
+}
+
+// A local and a broker case: the client polls them in random order. Both
+// orders of the cases, so that neither "first" nor "last" passes.
+TEST(RemoteSelect, ChoosesRandomlyBetweenReadyLocalAndBrokerCases) {
+  BrokerProcess broker;
+  Client client = Client::connect(broker.address());
+  for (bool local_first : {true, false}) {
+    Chan<int64_t> local = make_chan<int64_t>(1);
+    Chan<int64_t> remote = client.chan<int64_t>(local_first ? "r1" : "r2", 1);
+    const std::array<int, 2> fired =
+        local_first ? count_choices_between_ready_cases(local, remote)
+                    : count_choices_between_ready_cases(remote, local);
+    EXPECT_GE(fired[0], kMinShare) << "local first: " << local_first << "; "
+                                   << fired[0] << " vs " << fired[1];
+    EXPECT_GE(fired[1], kMinShare) << "local first: " << local_first << "; "
+                                   << fired[0] << " vs " << fired[1];
+  }
 }
 
 TEST(RemoteSelect, ReceivesFromWhicheverChannelAnotherProcessFeeds) {
@@ -238,6 +308,86 @@ TEST(RemoteSelect, SpansTwoClientsSessions) {
   EXPECT_EQ(got, 3);
   EXPECT_EQ(producer.wait(kWorkerBound).exit_code, 0);
   EXPECT_EQ(x.try_send(1), ChanStatus::kWouldBlock);  // x's case withdrawn
+}
+
+// One channel on each of two brokers, both ready: exactly one case fires and
+// the other channel keeps its value; then the choice between them, made by
+// the client's spanning select, is random too.
+TEST(RemoteSelect, TwoBrokersBothReadyFireExactlyOneCase) {
+  BrokerProcess b1, b2;
+  Client c1 = Client::connect(b1.address());
+  Client c2 = Client::connect(b2.address());
+  Chan<int64_t> x = c1.chan<int64_t>("x", 1);
+  Chan<int64_t> y = c2.chan<int64_t>("y", 1);
+  x.send(10);
+  y.send(20);
+  int fired = 0;
+  std::optional<int64_t> got;
+  const std::size_t i = select(on_recv(x,
+                                       [&](std::optional<int64_t> v) {
+                                         ++fired;
+                                         got = v;
+                                       }),
+                               on_recv(y, [&](std::optional<int64_t> v) {
+                                 ++fired;
+                                 got = v;
+                               }));
+  ASSERT_LT(i, 2u);
+  EXPECT_EQ(fired, 1);
+  EXPECT_EQ(got, i == 0 ? 10 : 20);
+  // The other case consumed nothing: its value is still on its broker.
+  Chan<int64_t>& other = i == 0 ? y : x;
+  const RecvResult<int64_t> left = other.try_recv();
+  EXPECT_EQ(left.status, ChanStatus::kOk);
+  EXPECT_EQ(left.value, i == 0 ? 20 : 10);
+  EXPECT_EQ(x.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(y.try_recv().status, ChanStatus::kWouldBlock);
+
+  const std::array<int, 2> counts = count_choices_between_ready_cases(
+      c1.chan<int64_t>("x2", 1), c2.chan<int64_t>("y2", 1));
+  EXPECT_GE(counts[0], kMinShare) << counts[0] << " vs " << counts[1];
+  EXPECT_GE(counts[1], kMinShare) << counts[0] << " vs " << counts[1];
+}
+
+// Nothing is ready on either broker until another thread sends on the
+// second broker's channel: that case fires, and the first broker's case is
+// withdrawn (no receiver left behind, nothing consumed).
+TEST(RemoteSelect, TwoBrokersFireTheCaseThatBecomesReadyLater) {
+  BrokerProcess b1, b2;
+  Client c1 = Client::connect(b1.address());
+  Client c2 = Client::connect(b2.address());
+  for (int64_t cap : {0, 1}) {
+    SCOPED_TRACE("capacity " + std::to_string(cap));
+    const std::string name = "c" + std::to_string(cap);
+    Chan<int64_t> x = c1.chan<int64_t>(name, cap);
+    Chan<int64_t> y = c2.chan<int64_t>(name, cap);
+    std::thread sender([&] {
+      std::this_thread::sleep_for(100ms);
+      y.send(cap + 30);
+    });
+    std::optional<int64_t> got;
+    const std::size_t i = select(
+        on_recv(x, [&](std::optional<int64_t>) { ADD_FAILURE() << "x fired"; }),
+        on_recv(y, [&](std::optional<int64_t> v) { got = v; }),
+        on_recv(after(30s)));
+    sender.join();
+    EXPECT_EQ(i, 1u);
+    EXPECT_EQ(got, cap + 30);
+    EXPECT_TRUE(b1.wait_for_chan(
+        name,
+        [](const ChanInfo& c) {
+          return c.blocked_receivers == 0 && c.len == 0;
+        },
+        10s));
+    EXPECT_TRUE(b2.wait_for_chan(
+        name,
+        [](const ChanInfo& c) { return c.blocked_senders == 0 && c.len == 0; },
+        10s));
+    // x's withdrawn case takes nothing sent later.
+    std::thread later([&] { x.send(cap + 40); });
+    EXPECT_EQ(x.recv(), cap + 40);
+    later.join();
+  }
 }
 
 TEST(RemoteSelect, MixedSelectorsGetEveryValueExactlyOnce) {

@@ -40,9 +40,13 @@ Connection::Connection(const std::string& target, const ClientOptions& options)
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   channel_ = grpc::CreateCustomChannel(
       target, grpc::InsecureChannelCredentials(), args);
-  const auto deadline =
-      std::chrono::system_clock::now() + options.connect_timeout;
-  if (!channel_->WaitForConnected(deadline)) {
+  // One deadline for the whole connect: the transport's readiness and the
+  // Hello's answer share options.connect_timeout (each getting all of it
+  // could take twice as long). WaitForConnected wants a system_clock time,
+  // the Hello a steady one: the same moment on both clocks.
+  const Clock::time_point deadline = Clock::now() + options.connect_timeout;
+  if (!channel_->WaitForConnected(std::chrono::system_clock::now() +
+                                  options.connect_timeout)) {
     throw Error(
         absl::StatusCode::kUnavailable,
         absl::StrCat("dchan: cannot reach the broker at ", target, " within ",
@@ -52,7 +56,7 @@ Connection::Connection(const std::string& target, const ClientOptions& options)
   stream_ = stub_->Session(&context_);
   background_reader_ = std::thread([this] { background_read_loop(); });
   try {
-    hello(options, std::chrono::steady_clock::now() + options.connect_timeout);
+    hello(options, deadline);
   } catch (...) {
     shut_down();
     throw;
@@ -131,7 +135,8 @@ void Connection::hello(const ClientOptions& options,
   if (!wait_answered(*call, deadline)) {
     throw Error(absl::StatusCode::kUnavailable,
                 absl::StrCat("dchan: the broker at ", target_,
-                             " did not answer the session's Hello within ",
+                             " did not answer the session's Hello within "
+                             "the connect timeout of ",
                              options.connect_timeout.count(), " ms"));
   }
   if (!call->error.ok()) throw_status(call->error);

@@ -94,7 +94,8 @@
 namespace dchan {
 
 struct ClientOptions {
-  // How long connect() waits for the broker.
+  // How long connect() waits for the broker: one deadline for reaching it
+  // and for its answer to the session's Hello.
   std::chrono::milliseconds connect_timeout{5000};
   // Keepalive pings on the connection, also while idle: a broker that does
   // not answer one within keepalive_timeout is considered lost.
