@@ -20,6 +20,7 @@ MINIMAL_PACKAGES=(
   libprotobuf-dev
   protobuf-compiler
   protobuf-compiler-grpc
+  libgoogle-perftools-dev  # tcmalloc for dchan-broker (server/CMakeLists.txt)
 )
 
 PACKAGES=(
@@ -36,6 +37,7 @@ PACKAGES=(
   libprotobuf-dev
   protobuf-compiler
   protobuf-compiler-grpc
+  libgoogle-perftools-dev  # tcmalloc for dchan-broker (server/CMakeLists.txt)
   golang-go               # Go is a benchmark baseline
   iproute2                # `ip netns`/veth: integration_tests/netns_test.cc
   iptables                # netns_test cuts a host off with DROP rules
