@@ -381,6 +381,8 @@ class SessionReactor final : public SessionStream {
   void OnDone() override {
     writer_->detach();
     session_->end();
+    // No reaction runs any more: handle() cannot race the drop.
+    session_->drop_handles();
     broker_->remove_session(id_);
     delete this;
   }

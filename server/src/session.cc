@@ -315,15 +315,21 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
 }
 
 void Session::release(uint64_t id, const v1::ReleaseRequest& req) {
-  if (handles_.erase(req.handle()) == 0) {
+  auto it = handles_.find(req.handle());
+  if (it == handles_.end()) {
     reply_error(id, absl::NotFoundError(absl::StrCat(
                         "unknown handle ", req.handle(), " (not open)")));
     return;
   }
+  const std::string name = it->second->name();
+  handles_.erase(it);  // our reference goes first: see Registry
   {
     absl::MutexLock lock(&mu_);
     handles_count_ = handles_.size();
   }
+  // Before the answer: a client that reopens the name once released finds
+  // it forgotten (if it was idle).
+  registry_.forget_if_idle(name);
   v1::ServerFrame f;
   f.set_id(id);
   f.mutable_release();
@@ -994,6 +1000,29 @@ void Session::end() {
   // live() is false from here on: nothing new is recorded for this session
   // on these objects (see object.h).
   for (const std::shared_ptr<Object>& obj : objects) obj->session_ended(*this);
+  std::vector<std::string> names;
+  names.reserve(objects.size());
+  for (const std::shared_ptr<Object>& obj : objects) {
+    names.push_back(obj->name());
+  }
+  absl::MutexLock lock(&mu_);
+  told_names_ = std::move(names);
+}
+
+void Session::drop_handles() {
+  std::vector<std::string> names;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!ended_) return;  // handle() may still run
+    names = std::move(told_names_);
+    told_names_.clear();
+    handles_count_ = 0;
+  }
+  names.reserve(names.size() + handles_.size());
+  for (const auto& [handle, obj] : handles_) names.push_back(obj->name());
+  // Our references go first: see Registry.
+  handles_.clear();
+  for (const std::string& name : names) registry_.forget_if_idle(name);
 }
 
 bool Session::expire_if_silent(Clock::time_point now) {
