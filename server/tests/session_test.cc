@@ -143,6 +143,16 @@ class SessionTest : public ::testing::Test {
     c.session->handle(f);
   }
 
+  static void release(Client& c, uint64_t handle) {
+    v1::ClientFrame f;
+    f.set_id(3000);
+    f.mutable_release()->set_handle(handle);
+    c.session->handle(f);
+    v1::ServerFrame r = c.out->take();
+    EXPECT_EQ(r.code(), 0) << r.message();
+    EXPECT_TRUE(r.has_release());
+  }
+
   static void cancel(Client& c, uint64_t target) {
     v1::ClientFrame f;
     f.mutable_cancel()->set_target(target);
@@ -1191,6 +1201,135 @@ TEST_F(SessionTest, OffersAreRefusedOnBufferedChannelsAndWithoutSelectId) {
   EXPECT_EQ(c.id(), 3u);
   EXPECT_EQ(c.offer().outcome(), v1::OUTCOME_CANCELLED);
   EXPECT_EQ(a.session->pending_count(), 0u);
+}
+
+TEST_F(SessionTest, ReleasingTheLastHandleForgetsAnIdleChannel) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "c"), hb = open(b, "c");
+  send(a, 1, ha, "x", /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  release(a, ha);
+  EXPECT_EQ(registry_.size(), 1u);  // b holds it
+  release(b, hb);
+  EXPECT_EQ(registry_.size(), 0u);
+  // The name is free again, for another capacity.
+  const uint64_t h = open(a, "c", "string", 4);
+  send(a, 2, h, "x");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+}
+
+TEST_F(SessionTest, ReleaseKeepsAChannelThatHoldsAValueOrIsClosed) {
+  Client a = connect(), b = connect();
+  const uint64_t hbuf = open(a, "buf", "string", 1);
+  send(a, 1, hbuf, "kept");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+  const uint64_t hdone = open(a, "done");
+  v1::ClientFrame close;
+  close.set_id(2);
+  close.mutable_close()->set_handle(hdone);
+  a.session->handle(close);
+  EXPECT_TRUE(a.out->take().has_close());
+  release(a, hbuf);
+  release(a, hdone);
+  EXPECT_EQ(registry_.size(), 2u);
+  // Another capacity is refused: it is the same channel.
+  EXPECT_EQ(open_as(b, "buf", v1::OBJECT_KIND_CHANNEL, "string").code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  recv(b, 1, open(b, "buf", "string", 1));
+  EXPECT_EQ(b.out->take().recv().value(), "kept");
+  recv(b, 2, open(b, "done"));
+  EXPECT_EQ(b.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
+}
+
+TEST_F(SessionTest, APendingReceiveKeepsItsChannelAfterItsHandleIsReleased) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "c");
+  recv(a, 1, ha);
+  release(a, ha);
+  EXPECT_EQ(registry_.size(), 1u);
+  send(b, 1, open(b, "c"), "x");
+  EXPECT_EQ(b.out->take().send().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(a.out->take().recv().value(), "x");
+}
+
+TEST_F(SessionTest, AHeldLockAStoredValueAndAnOwedWaitGroupAreKept) {
+  Client a = connect(), b = connect();
+  const uint64_t hm = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, hm);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t hv =
+      open_handle(a, "v", v1::OBJECT_KIND_ATOMIC_VALUE, "string");
+  v1::ClientFrame swap;
+  swap.set_id(2);
+  swap.mutable_swap()->set_handle(hv);
+  swap.mutable_swap()->set_value("stored");
+  a.session->handle(swap);
+  EXPECT_FALSE(a.out->take().swap().had_value());
+  const uint64_t hw = open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP);
+  add(a, 3, hw, 1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  release(a, hm);
+  release(a, hv);
+  release(a, hw);
+  EXPECT_EQ(registry_.size(), 3u);
+
+  lock(b, 1, open_handle(b, "m", v1::OBJECT_KIND_MUTEX), /*nonblocking=*/true);
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  v1::ClientFrame load;
+  load.set_id(2);
+  load.mutable_load()->set_handle(
+      open_handle(b, "v", v1::OBJECT_KIND_ATOMIC_VALUE, "string"));
+  b.session->handle(load);
+  EXPECT_EQ(b.out->take().load().value(), "stored");
+  wait(b, 3, open_handle(b, "wg", v1::OBJECT_KIND_WAIT_GROUP),
+       /*nonblocking=*/true);
+  EXPECT_EQ(b.out->take().wait().outcome(), v1::OUTCOME_WOULD_BLOCK);
+}
+
+TEST_F(SessionTest, AnEndedSessionsIdleObjectsAreForgottenOnceItsHandlesDrop) {
+  Client a = connect(), b = connect();
+  recv(a, 1, open(a, "c"));  // withdrawn by the end
+  const uint64_t hm = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 2, hm);  // released by the end
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t hw = open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP);
+  add(a, 3, hw, 1);
+  add(a, 4, hw, -1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  EXPECT_EQ(a.out->take().code(), 0);
+  // A lock whose handle was released while the session lived: forgotten
+  // at the end too.
+  const uint64_t hr = open_handle(a, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  release(a, hr);
+  // Still open elsewhere: kept.
+  open(b, "shared");
+  open(a, "shared");
+  a.session->end();
+  EXPECT_EQ(registry_.size(), 5u);  // the handles are still there
+  a.session->drop_handles();
+  EXPECT_EQ(registry_.size(), 1u);
+  EXPECT_EQ(registry_.objects()[0]->name(), "shared");
+  EXPECT_EQ(a.session->handle_count(), 0u);
+}
+
+TEST_F(SessionTest, AWaitGroupFailedByAnEndedDebtorIsKept) {
+  Client a = connect(), b = connect();
+  add(a, 1, open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP), 1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  a.session->end();
+  a.session->drop_handles();
+  EXPECT_EQ(registry_.size(), 1u);
+  wait(b, 1, open_handle(b, "wg", v1::OBJECT_KIND_WAIT_GROUP));
+  EXPECT_EQ(b.out->take().code(), static_cast<int>(absl::StatusCode::kAborted));
+}
+
+TEST_F(SessionTest, DropHandlesBeforeEndDoesNothing) {
+  Client a = connect();
+  const uint64_t h = open(a, "c");
+  a.session->drop_handles();
+  EXPECT_EQ(registry_.size(), 1u);
+  send(a, 1, h, "x", /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
 }
 
 }  // namespace
