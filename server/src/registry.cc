@@ -178,6 +178,19 @@ std::vector<std::shared_ptr<Object>> Registry::objects() const {
   return out;
 }
 
+std::vector<v1::ObjectInfo> Registry::describe_all() const {
+  std::vector<v1::ObjectInfo> out;
+  {
+    absl::MutexLock lock(&mu_);
+    out.resize(objects_.size());
+    std::size_t i = 0;
+    for (const auto& [name, obj] : objects_) obj->describe(out[i++]);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.name() < b.name(); });
+  return out;
+}
+
 std::size_t Registry::size() const {
   absl::MutexLock lock(&mu_);
   return objects_.size();

@@ -78,8 +78,14 @@ class Registry {
   // own references first. Call with no object's lock held.
   bool forget_if_idle(const std::string& name);
 
-  // Every object, in name order, for inspection.
+  // Every object, in name order (for tests: the references returned keep
+  // the objects from being forgotten while they are held).
   std::vector<std::shared_ptr<Object>> objects() const;
+
+  // Every object described (Object::describe), in name order, for
+  // inspection. Described under mu_, so that an inspection never holds a
+  // reference that would keep an object from being forgotten.
+  std::vector<v1::ObjectInfo> describe_all() const;
 
   std::size_t size() const;
 

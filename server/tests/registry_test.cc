@@ -2,6 +2,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "atomic_value.h"
 #include "fake_participant.h"
@@ -271,6 +272,21 @@ TEST(Registry, ALocksTokensContinueAboveThoseOfForgottenLocks) {
     ASSERT_TRUE(r.forget_if_idle("m"));
   }
   EXPECT_EQ(last, 6u);
+}
+
+TEST(Registry, DescribeAllListsEveryObjectInNameOrderAndKeepsNoReference) {
+  Registry r;
+  ASSERT_TRUE(r.open_channel("b", "string", 3).ok());
+  ASSERT_TRUE(r.open(request("a", v1::OBJECT_KIND_MUTEX)).ok());
+  const std::vector<v1::ObjectInfo> all = r.describe_all();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].name(), "a");
+  EXPECT_EQ(all[0].kind(), v1::OBJECT_KIND_MUTEX);
+  EXPECT_EQ(all[1].name(), "b");
+  EXPECT_EQ(all[1].cap(), 3u);
+  // What inspection saw does not keep the objects.
+  EXPECT_TRUE(r.forget_if_idle("a"));
+  EXPECT_TRUE(r.forget_if_idle("b"));
 }
 
 }  // namespace
