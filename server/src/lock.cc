@@ -125,6 +125,15 @@ std::size_t LockObject::queued() const {
   return queue_.size();
 }
 
+bool LockObject::involves(uint64_t session_id) const {
+  absl::MutexLock lock(&mu_);
+  if (writer_ == session_id || readers_.contains(session_id)) return true;
+  for (const auto& [ticket, w] : queue_) {
+    if (w.who->id() == session_id) return true;
+  }
+  return false;
+}
+
 bool LockObject::idle() const {
   absl::MutexLock lock(&mu_);
   return !writer_.has_value() && reader_holds_ == 0 && queue_.empty();

@@ -103,6 +103,8 @@ class LockObject final : public Object {
   // Unlocked and nothing queued (the token is not state a user can tell
   // apart: see the file comment).
   bool idle() const override;
+  // Holds or queued requests of `session_id`.
+  bool involves(uint64_t session_id) const override;
 
  private:
   struct Waiter {

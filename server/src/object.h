@@ -81,6 +81,14 @@ class Object {
   // only reference); false when in doubt.
   virtual bool idle() const { return false; }
 
+  // Whether the object holds something for session `session_id` that
+  // session_ended() would settle (a lock hold or queued request, a wait
+  // group debt); true when in doubt.
+  virtual bool involves(uint64_t session_id) const {
+    (void)session_id;
+    return true;
+  }
+
  protected:
   virtual void describe_kind(v1::ObjectInfo& info) const = 0;
 

@@ -44,7 +44,6 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/chan.h"
@@ -247,8 +246,10 @@ class Session final : public Participant,
   std::atomic<bool> ended_flag_{false};  // ended_, for lock-free checks
   std::size_t handles_count_ ABSL_GUARDED_BY(mu_) = 0;
   std::string client_name_ ABSL_GUARDED_BY(mu_);
-  // The locks and wait groups this session opened: told when it ends.
-  absl::flat_hash_set<std::shared_ptr<Object>> tell_on_end_
+  // The locks and wait groups this session opened, with how many of its
+  // handles refer to each: told when it ends. One is dropped when its last
+  // handle is released while it holds nothing for this session.
+  absl::flat_hash_map<std::shared_ptr<Object>, std::size_t> tell_on_end_
       ABSL_GUARDED_BY(mu_);
   // Their names, once end() has told them and dropped them: drop_handles()
   // asks the registry to forget them too (a handle released earlier was

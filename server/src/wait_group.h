@@ -83,6 +83,8 @@ class WaitGroupObject final : public Object {
 
   // Counter zero, not failed, no queued wait.
   bool idle() const override;
+  // A debt of `session_id`.
+  bool involves(uint64_t session_id) const override;
 
  private:
   void describe_kind(v1::ObjectInfo& info) const override;

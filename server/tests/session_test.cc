@@ -1297,9 +1297,11 @@ TEST_F(SessionTest, AnEndedSessionsIdleObjectsAreForgottenOnceItsHandlesDrop) {
   add(a, 4, hw, -1);
   EXPECT_EQ(a.out->take().code(), 0);
   EXPECT_EQ(a.out->take().code(), 0);
-  // A lock whose handle was released while the session lived: forgotten
-  // at the end too.
+  // A lock whose handle was released while the session held it: forgotten
+  // at the end too, once released.
   const uint64_t hr = open_handle(a, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  lock(a, 5, hr);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
   release(a, hr);
   // Still open elsewhere: kept.
   open(b, "shared");
@@ -1330,6 +1332,46 @@ TEST_F(SessionTest, DropHandlesBeforeEndDoesNothing) {
   EXPECT_EQ(registry_.size(), 1u);
   send(a, 1, h, "x", /*nonblocking=*/true);
   EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
+}
+
+TEST_F(SessionTest, ALockOrWaitGroupIsForgottenAtReleaseOnlyWhenFree) {
+  Client a = connect(), b = connect();
+  const uint64_t free_lock = open_handle(a, "free", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, free_lock);
+  const uint64_t token = a.out->take().lock().token();
+  unlock(a, 2, free_lock, token);
+  EXPECT_EQ(a.out->take().code(), 0);
+  release(a, free_lock);
+  EXPECT_EQ(registry_.size(), 0u);
+
+  // Held (or owed) when released: kept, and still settled at the end.
+  const uint64_t held = open_handle(a, "held", v1::OBJECT_KIND_MUTEX);
+  lock(a, 3, held);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t owed = open_handle(a, "owed", v1::OBJECT_KIND_WAIT_GROUP);
+  add(a, 4, owed, 1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  // Two handles to one lock: released once, the other still holds it.
+  const uint64_t twice1 = open_handle(a, "twice", v1::OBJECT_KIND_MUTEX);
+  const uint64_t twice2 = open_handle(a, "twice", v1::OBJECT_KIND_MUTEX);
+  release(a, held);
+  release(a, owed);
+  release(a, twice1);
+  EXPECT_EQ(registry_.size(), 3u);
+  lock(a, 5, twice2);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  release(a, twice2);  // held: kept
+
+  const uint64_t hb = open_handle(b, "held", v1::OBJECT_KIND_MUTEX);
+  lock(b, 1, hb);  // queued behind a's hold
+  EXPECT_EQ(b.out->size(), 0u);
+  a.session->end();  // releases "held" and "twice", fails "owed"
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_OK);
+  wait(b, 2, open_handle(b, "owed", v1::OBJECT_KIND_WAIT_GROUP));
+  EXPECT_EQ(b.out->take().code(), static_cast<int>(absl::StatusCode::kAborted));
+  a.session->drop_handles();
+  // "twice" goes; "held" is b's, "owed" has failed.
+  EXPECT_EQ(registry_.size(), 2u);
 }
 
 }  // namespace
