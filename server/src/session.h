@@ -21,6 +21,10 @@
 // written when the stream breaks is lost with the stream (delivery to a
 // session is at most once).
 //
+// Dropping a handle (a ReleaseRequest, or drop_handles() once the session
+// has ended and its stream is done) asks the registry to forget the object
+// if that left it unreferenced and idle (registry.h).
+//
 // Liveness: every frame received refreshes the session. A session that has
 // received no frame for its TTL (SessionLimits::default_ttl, or what its
 // Hello asked for, clamped to [min_ttl, max_ttl]) is ended by
