@@ -14,6 +14,9 @@
 //   - bad input: each answered by an error frame (or, for a message that is
 //     not a ClientBatch, by ending the stream with INVALID_ARGUMENT), and
 //     the broker then still serves a fresh client;
+//   - forgetting: objects nobody holds, left as a fresh open would make
+//     them, are forgotten (so --max_objects bounds the objects kept, not
+//     the names ever used); the others are kept;
 //   - the standard gRPC health and reflection services;
 //   - graceful shutdown: SIGTERM ends every session with UNAVAILABLE and
 //     the broker exits 0 within a bound.
@@ -42,6 +45,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "broker_process.h"
@@ -145,6 +149,25 @@ bool wait_for_session_count(const std::string& address, int n,
   for (;;) {
     const auto s = list_sessions(address);
     if (s && s->sessions_size() == n) return true;
+    if (steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+// Polls ListObjects until channel `name` has no blocked receiver, or is not
+// listed at all: a channel nobody holds any more, with no waiter, is
+// forgotten.
+bool wait_for_no_receivers(const std::string& address, const std::string& name,
+                           milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  for (;;) {
+    if (const auto objects = list_objects(address)) {
+      const auto& all = objects->objects();
+      const auto it = std::find_if(
+          all.begin(), all.end(),
+          [&](const v1::ObjectInfo& o) { return o.name() == name; });
+      if (it == all.end() || it->blocked_receivers() == 0) return true;
+    }
     if (steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(milliseconds(20));
   }
@@ -766,9 +789,7 @@ TEST(BrokerBackpressure,
       kBrokerStateBound));
   int64_t peak = 0;
   ask_without_reading(stalled, big, 64, broker, &peak);
-  EXPECT_TRUE(broker.wait_for_chan(
-      "other", [](const ChanInfo& c) { return c.blocked_receivers == 0; },
-      seconds(5)))
+  EXPECT_TRUE(wait_for_no_receivers(broker.address(), "other", seconds(5)))
       << "the ended session still has a receiver queued on \"other\"";
 }
 
@@ -790,9 +811,8 @@ TEST(BrokerBackpressure, StalledClientThatGoesAwayLeavesNoSessionBehind) {
 
   EXPECT_TRUE(wait_for_session_count(broker.address(), 0, kBrokerStateBound))
       << "the stalled session outlived its client";
-  EXPECT_TRUE(broker.wait_for_chan(
-      "other", [](const ChanInfo& c) { return c.blocked_receivers == 0; },
-      kBrokerStateBound))
+  EXPECT_TRUE(
+      wait_for_no_receivers(broker.address(), "other", kBrokerStateBound))
       << "the gone client's receive is still queued on \"other\"";
   expect_broker_serves(broker, "a stalled client went away");
 }
@@ -1097,8 +1117,11 @@ TEST(BrokerBadInput, OpenFloodIsRefusedPastMaxObjects) {
   constexpr int kMaxObjects = 50;
   constexpr int kOpens = 200;
   BrokerProcess broker({absl::StrCat("--max_objects=", kMaxObjects)});
-  // The probe's channel first, so later probes open an existing name.
-  expect_broker_serves(broker, "nothing");
+  // A session that holds the probe's channel, so that it stays (an idle
+  // channel nobody holds is forgotten) and later probes open an existing
+  // name.
+  RawSession holder(connect(broker.address()));
+  open_chan(holder, 1, "probe", 1);
   RawSession s(connect(broker.address()));
   std::vector<v1::ClientFrame> frames;
   for (int i = 1; i <= kOpens; ++i) {
@@ -1129,14 +1152,204 @@ TEST(BrokerBadInput, OpenFloodIsRefusedPastMaxObjects) {
   const auto st = s.call(stat_frame(kOpens + 1, 49));
   ASSERT_TRUE(st.has_value());
   EXPECT_EQ(st->code(), kOk) << st->DebugString();
-  EXPECT_TRUE(s.finish().ok());
-  // Existing objects still open for others (the probe); new ones do not.
+  // While the flood's session holds its objects, existing objects still
+  // open for others (the probe); new ones do not.
   expect_broker_serves(broker, "an open flood");
   RawSession t(connect(broker.address()));
   const auto more = t.call(open_frame(1, "one-more", 0));
   ASSERT_TRUE(more.has_value());
   EXPECT_EQ(more->code(), kResourceExhausted);
   EXPECT_TRUE(t.finish().ok());
+  EXPECT_TRUE(s.finish().ok());
+  EXPECT_TRUE(holder.finish().ok());
+}
+
+// ---------------------------------------------------------------------------
+// Forgetting: an object nobody holds, in the state a fresh open would
+// create, is forgotten, so per-job names do not fill the broker for good.
+
+v1::ClientFrame release_frame(uint64_t id, uint64_t handle) {
+  v1::ClientFrame f;
+  f.set_id(id);
+  f.mutable_release()->set_handle(handle);
+  return f;
+}
+
+// The names ListObjects reports, in its (name) order.
+std::vector<std::string> object_names(const std::string& address) {
+  std::vector<std::string> names;
+  const auto objects = list_objects(address);
+  EXPECT_TRUE(objects.has_value());
+  if (!objects) return names;
+  for (const v1::ObjectInfo& o : objects->objects()) names.push_back(o.name());
+  return names;
+}
+
+// Polls ListObjects until it reports exactly `names` (in name order).
+bool wait_for_objects(const std::string& address,
+                      const std::vector<std::string>& names,
+                      milliseconds timeout) {
+  const auto deadline = steady_clock::now() + timeout;
+  for (;;) {
+    if (object_names(address) == names) return true;
+    if (steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+// Opens `n` channels "<prefix>-1".."<prefix>-n" in one batch, with request
+// ids and handles from `first_id`; returns how many were refused
+// RESOURCE_EXHAUSTED (the others must succeed).
+int open_many(RawSession& s, uint64_t first_id, const std::string& prefix,
+              int n) {
+  std::vector<v1::ClientFrame> frames;
+  for (int i = 1; i <= n; ++i) {
+    frames.push_back(open_frame(first_id + i - 1, absl::StrCat(prefix, "-", i),
+                                /*cap=*/0));
+  }
+  EXPECT_TRUE(s.write(std::move(frames)));
+  std::vector<v1::ServerFrame> got;
+  EXPECT_TRUE(s.read(n, &got));
+  int exhausted = 0;
+  for (const v1::ServerFrame& f : got) {
+    if (f.code() == kResourceExhausted) {
+      ++exhausted;
+    } else {
+      EXPECT_EQ(f.code(), kOk) << f.DebugString();
+    }
+  }
+  return exhausted;
+}
+
+TEST(BrokerObjects, DroppedIdleObjectsAreForgottenAndOthersKept) {
+  constexpr int kMaxObjects = 50;
+  BrokerProcess broker({absl::StrCat("--max_objects=", kMaxObjects)});
+  const std::string& address = broker.address();
+
+  // A client uses kMaxObjects names once and goes away: the broker forgets
+  // them all (they were left as they were made).
+  {
+    RawSession s(connect(address));
+    EXPECT_EQ(open_many(s, 1, "job", kMaxObjects), 0);
+    EXPECT_EQ(open_many(s, 100, "over", 1), 1);  // the limit holds
+    EXPECT_TRUE(s.finish().ok());
+  }
+  ASSERT_TRUE(wait_for_objects(address, {}, kBrokerStateBound))
+      << "still listed: " << object_names(address).size();
+
+  // New names open again; released one by one (ReleaseRequest), they are
+  // forgotten before the release is answered.
+  RawSession s(connect(address));
+  EXPECT_EQ(open_many(s, 1, "next", kMaxObjects), 0);
+  for (uint64_t h = 1; h <= kMaxObjects; ++h) {
+    const auto r = s.call(release_frame(100 + h, h));
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->code(), kOk) << r->DebugString();
+  }
+  EXPECT_EQ(object_names(address), std::vector<std::string>{});
+
+  // Objects left in another state than a fresh open's are kept once their
+  // handles are released.
+  uint64_t id = 200;
+  auto ok = [&](v1::ClientFrame f) {
+    const auto r = s.call(std::move(f));
+    EXPECT_TRUE(r.has_value());
+    if (!r) return v1::ServerFrame();
+    EXPECT_EQ(r->code(), kOk) << r->DebugString();
+    return *r;
+  };
+  const uint64_t closed = open_chan(s, ++id, "kept-closed", 0);
+  ok(close_frame(++id, closed));
+  const uint64_t buffered = open_chan(s, ++id, "kept-buffered", 2);
+  EXPECT_EQ(ok(send_frame(++id, buffered, "v", true)).send().outcome(),
+            v1::OUTCOME_OK);
+  v1::ClientFrame f = open_frame(++id, "kept-lock", 0, v1::OBJECT_KIND_MUTEX);
+  const uint64_t lock = ok(f).open().handle();
+  f.Clear();
+  f.set_id(++id);
+  f.mutable_lock()->set_handle(lock);
+  EXPECT_EQ(ok(f).lock().outcome(), v1::OUTCOME_OK);
+  f = open_frame(++id, "kept-value", 0, v1::OBJECT_KIND_ATOMIC_VALUE);
+  const uint64_t value = ok(f).open().handle();
+  f.Clear();
+  f.set_id(++id);
+  f.mutable_swap()->set_handle(value);
+  f.mutable_swap()->set_value("stored");
+  ok(f);
+  f = open_frame(++id, "kept-wg", 0, v1::OBJECT_KIND_WAIT_GROUP);
+  const uint64_t wg = ok(f).open().handle();
+  f.Clear();
+  f.set_id(++id);
+  f.mutable_add()->set_handle(wg);
+  f.mutable_add()->set_delta(1);
+  ok(f);
+  const uint64_t reshaped = open_chan(s, ++id, "reshaped", 0);
+  for (uint64_t h : {closed, buffered, lock, value, wg, reshaped}) {
+    ok(release_frame(++id, h));
+  }
+  EXPECT_EQ(object_names(address),
+            (std::vector<std::string>{"kept-buffered", "kept-closed",
+                                      "kept-lock", "kept-value", "kept-wg"}));
+
+  // Another session sees what they were left with; the forgotten channel
+  // opens with another capacity.
+  {
+    RawSession t(connect(address));
+    uint64_t tid = 0;
+    auto t_ok = [&](v1::ClientFrame g) {
+      const auto r = t.call(std::move(g));
+      EXPECT_TRUE(r.has_value());
+      if (!r) return v1::ServerFrame();
+      EXPECT_EQ(r->code(), kOk) << r->DebugString();
+      return *r;
+    };
+    const uint64_t tc = open_chan(t, ++tid, "kept-closed", 0);
+    EXPECT_EQ(t_ok(recv_frame(++tid, tc, true)).recv().outcome(),
+              v1::OUTCOME_CLOSED);
+    const uint64_t tb = open_chan(t, ++tid, "kept-buffered", 2);
+    EXPECT_EQ(t_ok(recv_frame(++tid, tb, true)).recv().value(), "v");
+    const auto wrong = t.call(open_frame(++tid, "kept-buffered", 5));
+    ASSERT_TRUE(wrong.has_value());
+    EXPECT_EQ(wrong->code(), kInvalidArgument);  // still capacity 2
+    v1::ClientFrame g =
+        open_frame(++tid, "kept-lock", 0, v1::OBJECT_KIND_MUTEX);
+    const uint64_t tl = t_ok(g).open().handle();
+    g.Clear();
+    g.set_id(++tid);
+    g.mutable_lock()->set_handle(tl);
+    g.mutable_lock()->set_nonblocking(true);
+    EXPECT_EQ(t_ok(g).lock().outcome(), v1::OUTCOME_WOULD_BLOCK);
+    g = open_frame(++tid, "kept-value", 0, v1::OBJECT_KIND_ATOMIC_VALUE);
+    const uint64_t tv = t_ok(g).open().handle();
+    g.Clear();
+    g.set_id(++tid);
+    g.mutable_load()->set_handle(tv);
+    EXPECT_EQ(t_ok(g).load().value(), "stored");
+    g = open_frame(++tid, "kept-wg", 0, v1::OBJECT_KIND_WAIT_GROUP);
+    const uint64_t tw = t_ok(g).open().handle();
+    g.Clear();
+    g.set_id(++tid);
+    g.mutable_wait()->set_handle(tw);
+    g.mutable_wait()->set_nonblocking(true);
+    EXPECT_EQ(t_ok(g).wait().outcome(), v1::OUTCOME_WOULD_BLOCK);
+    const uint64_t tr = open_chan(t, ++tid, "reshaped", 7);
+    EXPECT_EQ(t_ok(send_frame(++tid, tr, "x", true)).send().outcome(),
+              v1::OUTCOME_OK);
+    EXPECT_TRUE(t.finish().ok());
+  }
+
+  // s ends: its lock is released (then idle: forgotten), its wait group
+  // debt fails the wait group (kept); the drained buffer goes, the closed
+  // channel, the stored value and the buffered "reshaped" stay.
+  EXPECT_TRUE(s.finish().ok());
+  const std::vector<std::string> kept = {"kept-closed", "kept-value", "kept-wg",
+                                         "reshaped"};
+  ASSERT_TRUE(wait_for_objects(address, kept, kBrokerStateBound))
+      << "listed: " << absl::StrJoin(object_names(address), ", ");
+  RawSession u(connect(address));
+  EXPECT_EQ(open_many(u, 1, "last", kMaxObjects - 4), 0);
+  EXPECT_EQ(open_many(u, 100, "over", 1), 1);
+  EXPECT_TRUE(u.finish().ok());
 }
 
 TEST(BrokerBadInput, BatchOfThousandsOfFramesIsAnsweredInFull) {

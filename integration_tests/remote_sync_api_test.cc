@@ -611,12 +611,14 @@ TEST(RemoteSyncApi, HandlesAreReleasedWithTheirLastUser) {
 TEST(RemoteSyncApi, TypeAndKindMismatchesAreInvalidArgument) {
   BrokerProcess broker;
   Client a = Client::connect(broker.address());
-  a.atomic_value<int64_t>("v");
+  // Held: an object nobody holds, left as it was made, is forgotten, and
+  // its name is then free for another type or kind (below).
+  AtomicValue<int64_t> v = a.atomic_value<int64_t>("v");
   expect_error([&] { a.atomic_value<std::string>("v"); },
                absl::StatusCode::kInvalidArgument);
-  a.chan<int>("c");
+  std::optional<Chan<int>> c = a.chan<int>("c");
   expect_error([&] { a.mutex("c"); }, absl::StatusCode::kInvalidArgument);
-  a.mutex("m");
+  Mutex held = a.mutex("m");
   expect_error([&] { a.rw_mutex("m"); }, absl::StatusCode::kInvalidArgument);
   expect_error([&] { a.wait_group("m"); }, absl::StatusCode::kInvalidArgument);
   expect_error([&] { a.chan<int>("m"); }, absl::StatusCode::kInvalidArgument);
@@ -624,6 +626,12 @@ TEST(RemoteSyncApi, TypeAndKindMismatchesAreInvalidArgument) {
   Mutex m = a.mutex("m");
   m.lock();
   m.unlock();
+  // Dropped while empty, the channel is forgotten (its release goes ahead
+  // of the next open on the session): "c" can now be a mutex.
+  c.reset();
+  Mutex now_a_mutex = a.mutex("c");
+  now_a_mutex.lock();
+  now_a_mutex.unlock();
 }
 
 // Untimed, timed and non-blocking calls of many threads on two sessions, with

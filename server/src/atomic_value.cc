@@ -24,6 +24,11 @@ bool ValueObject::compare_and_swap(const std::string& old,
   return true;
 }
 
+bool ValueObject::idle() const {
+  absl::MutexLock lock(&mu_);
+  return !value_.has_value();
+}
+
 void ValueObject::describe_kind(v1::ObjectInfo& info) const {
   info.set_type_name(type_name);
   absl::MutexLock lock(&mu_);

@@ -36,6 +36,9 @@ class ValueObject final : public Object {
   // Stores `desired` if a value is stored and its bytes equal `old`.
   bool compare_and_swap(const std::string& old, std::string desired);
 
+  // Never stored.
+  bool idle() const override;
+
  private:
   void describe_kind(v1::ObjectInfo& info) const override;
 

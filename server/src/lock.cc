@@ -7,8 +7,9 @@
 
 namespace dchan::server {
 
-LockObject::LockObject(std::string name, v1::ObjectKind kind)
-    : Object(std::move(name), kind) {}
+LockObject::LockObject(std::string name, v1::ObjectKind kind,
+                       uint64_t last_token)
+    : Object(std::move(name), kind), token_(last_token) {}
 
 absl::StatusOr<LockObject::Request> LockObject::lock(
     std::shared_ptr<const Participant> who, bool shared, OnGrant on_grant) {
@@ -122,6 +123,20 @@ uint64_t LockObject::token() const {
 std::size_t LockObject::queued() const {
   absl::MutexLock lock(&mu_);
   return queue_.size();
+}
+
+bool LockObject::involves(uint64_t session_id) const {
+  absl::MutexLock lock(&mu_);
+  if (writer_ == session_id || readers_.contains(session_id)) return true;
+  for (const auto& [ticket, w] : queue_) {
+    if (w.who->id() == session_id) return true;
+  }
+  return false;
+}
+
+bool LockObject::idle() const {
+  absl::MutexLock lock(&mu_);
+  return !writer_.has_value() && reader_holds_ == 0 && queue_.empty();
 }
 
 bool LockObject::holders_allow_locked(bool shared) const {

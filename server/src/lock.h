@@ -17,8 +17,12 @@
 // granted (the bug of etcd-io/etcd#11456); so is an immediate request.
 //
 // Fencing token: every exclusive acquisition increments the lock's token
-// (the first gets 1), so tokens are strictly increasing over the broker's
-// life; a shared acquisition gets the token of the last exclusive one.
+// (the first gets 1, or one more than the construction's `last_token`), so
+// tokens are strictly increasing over the broker's life; a shared
+// acquisition gets the token of the last exclusive one. The registry makes a
+// lock whose name may have been used by a lock it has forgotten with a
+// `last_token` at least that lock's last token, so that a name's tokens never
+// go back.
 //
 // Thread safety: every member may be called concurrently; callbacks run on
 // the calling thread after the lock's mutex is released.
@@ -60,8 +64,9 @@ class LockObject final : public Object {
     uint64_t ticket = 0;  // when queued: for withdraw(); 0 when not queued
   };
 
-  // `kind` is OBJECT_KIND_MUTEX or OBJECT_KIND_RW_MUTEX.
-  LockObject(std::string name, v1::ObjectKind kind);
+  // `kind` is OBJECT_KIND_MUTEX or OBJECT_KIND_RW_MUTEX; the first
+  // exclusive acquisition gets token `last_token` + 1.
+  LockObject(std::string name, v1::ObjectKind kind, uint64_t last_token = 0);
 
   bool rw() const noexcept { return kind() == v1::OBJECT_KIND_RW_MUTEX; }
 
@@ -94,6 +99,12 @@ class LockObject final : public Object {
   // The token of the last exclusive acquisition (0 before the first).
   uint64_t token() const;
   std::size_t queued() const;
+
+  // Unlocked and nothing queued (the token is not state a user can tell
+  // apart: see the file comment).
+  bool idle() const override;
+  // Holds or queued requests of `session_id`.
+  bool involves(uint64_t session_id) const override;
 
  private:
   struct Waiter {

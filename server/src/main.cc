@@ -31,7 +31,13 @@ ABSL_FLAG(int64_t, max_value_bytes, 4 << 20, "largest channel value");
 ABSL_FLAG(int64_t, session_outbox_bytes, 64 << 20,
           "answers queued for a client that does not read before its session "
           "is ended with RESOURCE_EXHAUSTED");
-ABSL_FLAG(int64_t, max_objects, 100000, "most named objects the broker holds");
+ABSL_FLAG(int64_t, max_objects, 100000,
+          "most named objects the broker holds; past it, opens of new names "
+          "are refused with RESOURCE_EXHAUSTED. An object nobody holds that "
+          "is as a fresh open would make it (channel open and empty, lock "
+          "free, WaitGroup at zero, AtomicValue never stored) is forgotten "
+          "and does not count; its name may then be reopened with another "
+          "kind, type or capacity");
 ABSL_FLAG(int64_t, max_capacity, 1 << 20, "largest channel capacity");
 ABSL_FLAG(int64_t, offer_claim_timeout_ms, 5000,
           "how long a spanning select's offer claim may go unanswered "

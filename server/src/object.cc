@@ -35,6 +35,14 @@ void ChannelObject::describe_kind(v1::ObjectInfo& info) const {
   info.set_blocked_receivers(st.blocked_receivers);
 }
 
+bool ChannelObject::idle() const {
+  if (offers->size() != 0) return false;
+  const detail::ChanStats st = detail::stats_of(chan);
+  // after_close_ is only filled once closed, so !closed covers it.
+  return !st.closed && st.len == 0 && st.blocked_senders == 0 &&
+         st.blocked_receivers == 0 && st.watchers == 0;
+}
+
 void ChannelObject::keep_after_close(std::string value) {
   absl::MutexLock lock(&after_close_mu_);
   after_close_.push_back(std::move(value));

@@ -15,9 +15,15 @@
 // same lock), so nothing is ever recorded for a session after its
 // session_ended() has run.
 //
+// Forgetting: the registry forgets an object that nobody refers to and that
+// is idle() — in the state a fresh open would create — so that names used
+// once do not fill the broker (see registry.h).
+//
 // Thread safety: every member of every object may be called concurrently.
 // Objects never call out (callbacks, other objects, the outbox) while they
-// hold their own lock.
+// hold their own lock. Lock order: the registry's mutex, then an object's
+// locks (Registry::forget_if_idle calls idle() under it); nothing takes the
+// registry's mutex while it holds an object's lock.
 #ifndef DCHAN_SERVER_OBJECT_H_
 #define DCHAN_SERVER_OBJECT_H_
 
@@ -69,6 +75,20 @@ class Object {
   // opened; may hand things on to other sessions.
   virtual void session_ended(const Participant& who) { (void)who; }
 
+  // Whether the object is in the state a fresh open would create: nothing
+  // stored, held, queued or closed. Only meaningful while nobody else can
+  // reach the object (the registry asks under its mutex once it holds the
+  // only reference); false when in doubt.
+  virtual bool idle() const { return false; }
+
+  // Whether the object holds something for session `session_id` that
+  // session_ended() would settle (a lock hold or queued request, a wait
+  // group debt); true when in doubt.
+  virtual bool involves(uint64_t session_id) const {
+    (void)session_id;
+    return true;
+  }
+
  protected:
   virtual void describe_kind(v1::ObjectInfo& info) const = 0;
 
@@ -111,6 +131,10 @@ class ChannelObject final : public Object {
   // The oldest such value, if any.
   std::optional<std::string> take_after_close();
   std::size_t after_close_count() const;
+
+  // Open, empty, and nobody waits on it: no parked sender or receiver, no
+  // readiness watcher, no select offer.
+  bool idle() const override;
 
  private:
   mutable absl::Mutex after_close_mu_;

@@ -23,7 +23,7 @@ absl::StatusOr<std::shared_ptr<Object>> Registry::open(
         "the broker holds ", objects_.size(), " objects, its limit; \"",
         req.name(), "\" was not created"));
   }
-  std::shared_ptr<Object> obj = make(req, limits_);
+  std::shared_ptr<Object> obj = make_locked(req);
   objects_.emplace(req.name(), obj);
   return obj;
 }
@@ -125,16 +125,16 @@ absl::Status Registry::check_match(const Object& existing,
   }
 }
 
-std::shared_ptr<Object> Registry::make(const v1::OpenRequest& req,
-                                       const RegistryLimits& limits) {
+std::shared_ptr<Object> Registry::make_locked(const v1::OpenRequest& req) {
   switch (req.kind()) {
     case v1::OBJECT_KIND_CHANNEL:
       return std::make_shared<ChannelObject>(req.name(), req.type_name(),
                                              req.capacity(),
-                                             limits.offer_claim_timeout);
+                                             limits_.offer_claim_timeout);
     case v1::OBJECT_KIND_MUTEX:
     case v1::OBJECT_KIND_RW_MUTEX:
-      return std::make_shared<LockObject>(req.name(), req.kind());
+      return std::make_shared<LockObject>(req.name(), req.kind(),
+                                          forgotten_token_);
     case v1::OBJECT_KIND_WAIT_GROUP:
       return std::make_shared<WaitGroupObject>(req.name(), req.forgive());
     case v1::OBJECT_KIND_ATOMIC_VALUE:
@@ -142,6 +142,28 @@ std::shared_ptr<Object> Registry::make(const v1::OpenRequest& req,
     default:
       return nullptr;  // refused by check_request()
   }
+}
+
+bool Registry::forget_if_idle(const std::string& name) {
+  std::shared_ptr<Object> doomed;  // destroyed with mu_ free
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = objects_.find(name);
+    // use_count() == 1: ours is the only reference, and no other can be
+    // taken while we hold mu_ (see the file comment).
+    if (it == objects_.end() || it->second.use_count() != 1 ||
+        !it->second->idle()) {
+      return false;
+    }
+    if (LockObject::is_kind(it->second->kind())) {
+      forgotten_token_ =
+          std::max(forgotten_token_,
+                   static_cast<const LockObject&>(*it->second).token());
+    }
+    doomed = std::move(it->second);
+    objects_.erase(it);
+  }
+  return true;
 }
 
 std::vector<std::shared_ptr<Object>> Registry::objects() const {
@@ -153,6 +175,19 @@ std::vector<std::shared_ptr<Object>> Registry::objects() const {
   }
   std::sort(out.begin(), out.end(),
             [](const auto& a, const auto& b) { return a->name() < b->name(); });
+  return out;
+}
+
+std::vector<v1::ObjectInfo> Registry::describe_all() const {
+  std::vector<v1::ObjectInfo> out;
+  {
+    absl::MutexLock lock(&mu_);
+    out.resize(objects_.size());
+    std::size_t i = 0;
+    for (const auto& [name, obj] : objects_) obj->describe(out[i++]);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.name() < b.name(); });
   return out;
 }
 

@@ -5,9 +5,30 @@
 // open, with its kind and its settings (a channel's element type name and
 // capacity, an atomic value's type name, a wait group's `forgive`); a later
 // open must agree on all of them or is refused with INVALID_ARGUMENT naming
-// both sides. Objects live as long as the broker.
+// both sides.
 //
-// Thread safety: every member may be called concurrently.
+// Forgetting: an object that no session holds a handle to and that is in the
+// state a fresh open would create (Object::idle(): a channel open, empty and
+// waited on by nobody; a lock unlocked with nothing queued; a wait group at
+// zero, not failed, with no waiter; an atomic value never stored) is
+// forgotten when its last handle goes (forget_if_idle(), which sessions call
+// when they drop a handle). Reopening the name then creates an identical
+// object — except that it may be made with other settings (kind, type name,
+// capacity, forgive), and that a lock's fencing tokens continue above those
+// of the locks forgotten before it (tokens per name never go back). Every
+// other object lives as long as the broker and counts against max_objects.
+//
+// "Nobody holds it" is exact: every reference to an object is a shared_ptr
+// copied, ultimately, from the registry's own, which is only read under
+// mu_. So when, under mu_, the registry's reference is the only one
+// (use_count() == 1), nobody else can reach the object — no handle, no
+// pending operation's callback, no answer queued with a value to return to
+// it, no inspection in progress — and nobody can until mu_ is released.
+// Anything that still refers to it only makes the registry keep it (a
+// later drop of a handle to it checks again).
+//
+// Thread safety: every member may be called concurrently. Lock order: mu_,
+// then an object's own locks (idle()); see object.h.
 #ifndef DCHAN_SERVER_REGISTRY_H_
 #define DCHAN_SERVER_REGISTRY_H_
 
@@ -52,8 +73,19 @@ class Registry {
   absl::StatusOr<std::shared_ptr<ChannelObject>> open_channel(
       const std::string& name, const std::string& type_name, uint64_t capacity);
 
-  // Every object, in name order, for inspection.
+  // Forgets the object named `name` if nobody else refers to it and it is
+  // idle (see the file comment); returns whether it did. Callers drop their
+  // own references first. Call with no object's lock held.
+  bool forget_if_idle(const std::string& name);
+
+  // Every object, in name order (for tests: the references returned keep
+  // the objects from being forgotten while they are held).
   std::vector<std::shared_ptr<Object>> objects() const;
+
+  // Every object described (Object::describe), in name order, for
+  // inspection. Described under mu_, so that an inspection never holds a
+  // reference that would keep an object from being forgotten.
+  std::vector<v1::ObjectInfo> describe_all() const;
 
   std::size_t size() const;
 
@@ -64,13 +96,16 @@ class Registry {
   // An existing object and a request for it must agree.
   static absl::Status check_match(const Object& existing,
                                   const v1::OpenRequest& req);
-  static std::shared_ptr<Object> make(const v1::OpenRequest& req,
-                                      const RegistryLimits& limits);
+  std::shared_ptr<Object> make_locked(const v1::OpenRequest& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RegistryLimits limits_;
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Object>> objects_
       ABSL_GUARDED_BY(mu_);
+  // The highest fencing token of any lock forgotten so far: a new lock's
+  // tokens start above it, in case its name was that lock's.
+  uint64_t forgotten_token_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace dchan::server

@@ -381,6 +381,8 @@ class SessionReactor final : public SessionStream {
   void OnDone() override {
     writer_->detach();
     session_->end();
+    // No reaction runs any more: handle() cannot race the drop.
+    session_->drop_handles();
     broker_->remove_session(id_);
     delete this;
   }
@@ -472,8 +474,8 @@ void BrokerServer::shut_down() {
 grpc::ServerUnaryReactor* BrokerServer::ListObjects(
     grpc::CallbackServerContext* context, const v1::ListObjectsRequest*,
     v1::ListObjectsResponse* response) {
-  for (const auto& obj : registry_.objects()) {
-    obj->describe(*response->add_objects());
+  for (v1::ObjectInfo& info : registry_.describe_all()) {
+    *response->add_objects() = std::move(info);
   }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);

@@ -306,7 +306,7 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
     handles_count_ = handles_.size();
     // After end() this object is never told; nothing can be recorded for
     // this session on it either (see object.h).
-    if (tell_on_end && !ended_) tell_on_end_.insert(*std::move(obj));
+    if (tell_on_end && !ended_) ++tell_on_end_[*std::move(obj)];
   }
   v1::ServerFrame f;
   f.set_id(id);
@@ -315,15 +315,34 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
 }
 
 void Session::release(uint64_t id, const v1::ReleaseRequest& req) {
-  if (handles_.erase(req.handle()) == 0) {
+  auto it = handles_.find(req.handle());
+  if (it == handles_.end()) {
     reply_error(id, absl::NotFoundError(absl::StrCat(
                         "unknown handle ", req.handle(), " (not open)")));
     return;
   }
+  std::shared_ptr<Object> obj = std::move(it->second);
+  handles_.erase(it);
+  // A lock or wait group is told when this session ends — unless this was
+  // the session's last handle to it and it holds nothing for the session.
+  // That answer is final: only this session's requests (on a handle, on
+  // this thread) could record something new for it there.
+  const bool told =
+      LockObject::is_kind(obj->kind()) || WaitGroupObject::is_kind(obj->kind());
+  const bool involved = told && obj->involves(id_);
   {
     absl::MutexLock lock(&mu_);
     handles_count_ = handles_.size();
+    auto t = told ? tell_on_end_.find(obj) : tell_on_end_.end();
+    if (t != tell_on_end_.end() && --t->second == 0 && !involved) {
+      tell_on_end_.erase(t);
+    }
   }
+  const std::string name = obj->name();
+  obj.reset();  // our references go first: see Registry
+  // Before the answer: a client that reopens the name once released finds
+  // it forgotten (if it was idle).
+  registry_.forget_if_idle(name);
   v1::ServerFrame f;
   f.set_id(id);
   f.mutable_release();
@@ -984,7 +1003,8 @@ void Session::end() {
     for (auto& [id, p] : pending_) withdraws.push_back(std::move(p.withdraw));
     pending_.clear();
     offer_claims_.clear();
-    objects.assign(tell_on_end_.begin(), tell_on_end_.end());
+    objects.reserve(tell_on_end_.size());
+    for (const auto& [obj, handles] : tell_on_end_) objects.push_back(obj);
     tell_on_end_.clear();
   }
   // An op that fired meanwhile finds ended_ and returns its value.
@@ -994,6 +1014,29 @@ void Session::end() {
   // live() is false from here on: nothing new is recorded for this session
   // on these objects (see object.h).
   for (const std::shared_ptr<Object>& obj : objects) obj->session_ended(*this);
+  std::vector<std::string> names;
+  names.reserve(objects.size());
+  for (const std::shared_ptr<Object>& obj : objects) {
+    names.push_back(obj->name());
+  }
+  absl::MutexLock lock(&mu_);
+  told_names_ = std::move(names);
+}
+
+void Session::drop_handles() {
+  std::vector<std::string> names;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!ended_) return;  // handle() may still run
+    names = std::move(told_names_);
+    told_names_.clear();
+    handles_count_ = 0;
+  }
+  names.reserve(names.size() + handles_.size());
+  for (const auto& [handle, obj] : handles_) names.push_back(obj->name());
+  // Our references go first: see Registry.
+  handles_.clear();
+  for (const std::string& name : names) registry_.forget_if_idle(name);
 }
 
 bool Session::expire_if_silent(Clock::time_point now) {
@@ -1055,7 +1098,7 @@ std::size_t Session::locks_held() const {
   std::vector<std::shared_ptr<Object>> objects;
   {
     absl::MutexLock lock(&mu_);
-    objects.assign(tell_on_end_.begin(), tell_on_end_.end());
+    for (const auto& [obj, handles] : tell_on_end_) objects.push_back(obj);
   }
   std::size_t n = 0;
   for (const std::shared_ptr<Object>& obj : objects) {

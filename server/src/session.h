@@ -21,6 +21,10 @@
 // written when the stream breaks is lost with the stream (delivery to a
 // session is at most once).
 //
+// Dropping a handle (a ReleaseRequest, or drop_handles() once the session
+// has ended and its stream is done) asks the registry to forget the object
+// if that left it unreferenced and idle (registry.h).
+//
 // Liveness: every frame received refreshes the session. A session that has
 // received no frame for its TTL (SessionLimits::default_ttl, or what its
 // Hello asked for, clamped to [min_ttl, max_ttl]) is ended by
@@ -40,10 +44,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/chan.h"
@@ -107,8 +111,13 @@ class Session final : public Participant,
 
   // Ends the session: withdraws every pending operation, releases its
   // locks, settles its wait group debts. Idempotent. Does not finish the
-  // stream (the caller does).
+  // stream (the caller does), and keeps the handles (drop_handles()).
   void end();
+
+  // After end(), once handle() can no longer be called (the stream's
+  // OnDone): drops every handle, and asks the registry to forget the
+  // objects this session held that are now idle (see registry.h).
+  void drop_handles();
 
   // If no frame arrived for the session's TTL before `now`, ends it and
   // finishes its stream with UNAVAILABLE "dchan-broker: session N expired
@@ -183,8 +192,7 @@ class Session final : public Participant,
   // A batch receive: adds to `frame` (an OK receive answer) the values
   // `obj` has available at once, up to `max` values in all, and counts the
   // extra ones in batch_extras_.
-  void fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
-                  std::size_t max);
+  void fill_batch(ChannelObject& obj, v1::ServerFrame& frame, std::size_t max);
 
   // The object of type T behind `handle`, or nullptr after answering
   // NOT_FOUND (no such handle) or INVALID_ARGUMENT (another kind).
@@ -242,9 +250,15 @@ class Session final : public Participant,
   std::atomic<bool> ended_flag_{false};  // ended_, for lock-free checks
   std::size_t handles_count_ ABSL_GUARDED_BY(mu_) = 0;
   std::string client_name_ ABSL_GUARDED_BY(mu_);
-  // The locks and wait groups this session opened: told when it ends.
-  absl::flat_hash_set<std::shared_ptr<Object>> tell_on_end_
+  // The locks and wait groups this session opened, with how many of its
+  // handles refer to each: told when it ends. One is dropped when its last
+  // handle is released while it holds nothing for this session.
+  absl::flat_hash_map<std::shared_ptr<Object>, std::size_t> tell_on_end_
       ABSL_GUARDED_BY(mu_);
+  // Their names, once end() has told them and dropped them: drop_handles()
+  // asks the registry to forget them too (a handle released earlier was
+  // not the last reference while tell_on_end_ held one).
+  std::vector<std::string> told_names_ ABSL_GUARDED_BY(mu_);
 };
 
 // The error frame for `id`.

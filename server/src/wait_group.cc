@@ -150,4 +150,15 @@ void WaitGroupObject::describe_kind(v1::ObjectInfo& info) const {
   info.set_failure(failure_);
 }
 
+bool WaitGroupObject::involves(uint64_t session_id) const {
+  absl::MutexLock lock(&mu_);
+  return debts_.contains(session_id);
+}
+
+bool WaitGroupObject::idle() const {
+  absl::MutexLock lock(&mu_);
+  // Debts add up to the counter, so a zero counter means no debt either.
+  return count_ == 0 && failure_.empty() && waiters_.empty() && debts_.empty();
+}
+
 }  // namespace dchan::server

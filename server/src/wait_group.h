@@ -81,6 +81,11 @@ class WaitGroupObject final : public Object {
   // The failure message, empty while the wait group has not failed.
   std::string failure() const;
 
+  // Counter zero, not failed, no queued wait.
+  bool idle() const override;
+  // A debt of `session_id`.
+  bool involves(uint64_t session_id) const override;
+
  private:
   void describe_kind(v1::ObjectInfo& info) const override;
 

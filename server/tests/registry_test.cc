@@ -1,8 +1,14 @@
 #include "registry.h"
 
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "atomic_value.h"
+#include "fake_participant.h"
 #include "gtest/gtest.h"
+#include "lock.h"
+#include "wait_group.h"
 
 namespace dchan::server {
 namespace {
@@ -150,6 +156,137 @@ TEST(Registry, TheObjectLimitCountsEveryKind) {
   ASSERT_TRUE(r.open(request("m", v1::OBJECT_KIND_MUTEX)).ok());
   EXPECT_EQ(r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP)).status().code(),
             absl::StatusCode::kResourceExhausted);
+}
+
+TEST(Registry, AnIdleObjectNobodyHoldsIsForgottenAndItsNameIsFreeAgain) {
+  RegistryLimits limits;
+  limits.max_objects = 2;
+  Registry r(limits);
+  ASSERT_TRUE(r.open_channel("a", "string", 0).ok());
+  ASSERT_TRUE(r.open(request("b", v1::OBJECT_KIND_MUTEX)).ok());
+  ASSERT_EQ(r.open_channel("c", "string", 0).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(r.forget_if_idle("a"));
+  EXPECT_TRUE(r.forget_if_idle("b"));
+  EXPECT_EQ(r.size(), 0u);
+  EXPECT_TRUE(r.open_channel("c", "string", 0).ok());
+  // A forgotten name can come back as another kind, type or capacity.
+  EXPECT_TRUE(r.open_channel("a", "int64", 7).ok());
+  EXPECT_FALSE(r.forget_if_idle("no such name"));
+}
+
+TEST(Registry, AnObjectSomeoneHoldsIsNotForgotten) {
+  Registry r;
+  auto held = r.open_channel("c", "string", 0);
+  ASSERT_TRUE(held.ok());
+  EXPECT_FALSE(r.forget_if_idle("c"));
+  EXPECT_EQ(r.size(), 1u);
+  // A pending operation's callback (here: a copy) counts like a handle.
+  std::shared_ptr<ChannelObject> copy = *held;
+  held->reset();
+  EXPECT_FALSE(r.forget_if_idle("c"));
+  copy.reset();
+  EXPECT_TRUE(r.forget_if_idle("c"));
+}
+
+TEST(Registry, ObjectsNotInTheirInitialStateAreKept) {
+  Registry r;
+  auto who = fakes::FakeParticipant::make(1, "w");
+  PendingOp watch;
+  {
+    auto closed = r.open_channel("closed", "string", 0);
+    ASSERT_TRUE(closed.ok());
+    (*closed)->chan.close();
+    auto buffered = r.open_channel("buffered", "string", 2);
+    ASSERT_TRUE(buffered.ok());
+    ASSERT_EQ((*buffered)->chan.try_send("v"), ChanStatus::kOk);
+    auto waited = r.open_channel("waited", "string", 0);
+    ASSERT_TRUE(waited.ok());
+    watch = (*waited)->chan.ready_async(false, [] {});
+    auto m = r.open(request("locked", v1::OBJECT_KIND_MUTEX));
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(static_cast<LockObject&>(**m).lock(who, false)->granted);
+    auto wg = r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP));
+    ASSERT_TRUE(wg.ok());
+    ASSERT_TRUE(static_cast<WaitGroupObject&>(**wg).add(*who, 1).ok());
+    auto v = r.open(request("value", v1::OBJECT_KIND_ATOMIC_VALUE, "string"));
+    ASSERT_TRUE(v.ok());
+    static_cast<ValueObject&>(**v).swap("stored");
+  }
+  for (const char* name :
+       {"closed", "buffered", "waited", "locked", "wg", "value"}) {
+    EXPECT_FALSE(r.forget_if_idle(name)) << name;
+  }
+  EXPECT_EQ(r.size(), 6u);
+  // What a reopen sees is what was left.
+  auto closed = r.open_channel("closed", "string", 0);
+  ASSERT_TRUE(closed.ok());
+  EXPECT_TRUE(detail::stats_of((*closed)->chan).closed);
+  auto buffered = r.open_channel("buffered", "string", 2);
+  ASSERT_TRUE(buffered.ok());
+  EXPECT_EQ((*buffered)->chan.try_recv().value, "v");
+  auto wg = r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP));
+  ASSERT_TRUE(wg.ok());
+  EXPECT_EQ(static_cast<WaitGroupObject&>(**wg).count(), 1);
+  // Back in their initial state, they go.
+  buffered->reset();
+  EXPECT_TRUE(r.forget_if_idle("buffered"));
+  ASSERT_TRUE(static_cast<WaitGroupObject&>(**wg).add(*who, -1).ok());
+  wg->reset();
+  EXPECT_TRUE(r.forget_if_idle("wg"));
+  ASSERT_TRUE(watch.cancel());
+  EXPECT_TRUE(r.forget_if_idle("waited"));
+  closed->reset();
+  EXPECT_FALSE(r.forget_if_idle("closed"));
+}
+
+TEST(Registry, AFailedWaitGroupIsKept) {
+  Registry r;
+  auto who = fakes::FakeParticipant::make(1, "w");
+  {
+    auto wg = r.open(request("wg", v1::OBJECT_KIND_WAIT_GROUP));
+    ASSERT_TRUE(wg.ok());
+    ASSERT_TRUE(static_cast<WaitGroupObject&>(**wg).add(*who, 1).ok());
+    who->end(**wg);  // ends owing: the wait group fails, at zero
+    EXPECT_EQ(static_cast<WaitGroupObject&>(**wg).count(), 0);
+  }
+  EXPECT_FALSE(r.forget_if_idle("wg"));
+}
+
+TEST(Registry, ALocksTokensContinueAboveThoseOfForgottenLocks) {
+  Registry r;
+  auto who = fakes::FakeParticipant::make(1, "w");
+  uint64_t last = 0;
+  for (int round = 0; round < 3; ++round) {
+    auto m = r.open(request("m", v1::OBJECT_KIND_MUTEX));
+    ASSERT_TRUE(m.ok());
+    auto& lock = static_cast<LockObject&>(**m);
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<LockObject::Request> got = lock.lock(who, false);
+      ASSERT_TRUE(got.ok() && got->granted);
+      EXPECT_GT(got->token, last);
+      last = got->token;
+      ASSERT_TRUE(lock.unlock(*who, false, got->token).ok());
+    }
+    m->reset();
+    ASSERT_TRUE(r.forget_if_idle("m"));
+  }
+  EXPECT_EQ(last, 6u);
+}
+
+TEST(Registry, DescribeAllListsEveryObjectInNameOrderAndKeepsNoReference) {
+  Registry r;
+  ASSERT_TRUE(r.open_channel("b", "string", 3).ok());
+  ASSERT_TRUE(r.open(request("a", v1::OBJECT_KIND_MUTEX)).ok());
+  const std::vector<v1::ObjectInfo> all = r.describe_all();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0].name(), "a");
+  EXPECT_EQ(all[0].kind(), v1::OBJECT_KIND_MUTEX);
+  EXPECT_EQ(all[1].name(), "b");
+  EXPECT_EQ(all[1].cap(), 3u);
+  // What inspection saw does not keep the objects.
+  EXPECT_TRUE(r.forget_if_idle("a"));
+  EXPECT_TRUE(r.forget_if_idle("b"));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The session core without gRPC: frames in, frames out.
 #include "session.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -141,6 +142,16 @@ class SessionTest : public ::testing::Test {
     f.mutable_hello()->set_client_name(name);
     f.mutable_hello()->set_ttl_ms(ttl_ms);
     c.session->handle(f);
+  }
+
+  static void release(Client& c, uint64_t handle) {
+    v1::ClientFrame f;
+    f.set_id(3000);
+    f.mutable_release()->set_handle(handle);
+    c.session->handle(f);
+    v1::ServerFrame r = c.out->take();
+    EXPECT_EQ(r.code(), 0) << r.message();
+    EXPECT_TRUE(r.has_release());
   }
 
   static void cancel(Client& c, uint64_t target) {
@@ -1191,6 +1202,210 @@ TEST_F(SessionTest, OffersAreRefusedOnBufferedChannelsAndWithoutSelectId) {
   EXPECT_EQ(c.id(), 3u);
   EXPECT_EQ(c.offer().outcome(), v1::OUTCOME_CANCELLED);
   EXPECT_EQ(a.session->pending_count(), 0u);
+}
+
+TEST_F(SessionTest, ReleasingTheLastHandleForgetsAnIdleChannel) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "c"), hb = open(b, "c");
+  send(a, 1, ha, "x", /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  release(a, ha);
+  EXPECT_EQ(registry_.size(), 1u);  // b holds it
+  release(b, hb);
+  EXPECT_EQ(registry_.size(), 0u);
+  // The name is free again, for another capacity.
+  const uint64_t h = open(a, "c", "string", 4);
+  send(a, 2, h, "x");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+}
+
+TEST_F(SessionTest, ReleaseKeepsAChannelThatHoldsAValueOrIsClosed) {
+  Client a = connect(), b = connect();
+  const uint64_t hbuf = open(a, "buf", "string", 1);
+  send(a, 1, hbuf, "kept");
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+  const uint64_t hdone = open(a, "done");
+  v1::ClientFrame close;
+  close.set_id(2);
+  close.mutable_close()->set_handle(hdone);
+  a.session->handle(close);
+  EXPECT_TRUE(a.out->take().has_close());
+  release(a, hbuf);
+  release(a, hdone);
+  EXPECT_EQ(registry_.size(), 2u);
+  // Another capacity is refused: it is the same channel.
+  EXPECT_EQ(open_as(b, "buf", v1::OBJECT_KIND_CHANNEL, "string").code(),
+            static_cast<int>(absl::StatusCode::kInvalidArgument));
+  recv(b, 1, open(b, "buf", "string", 1));
+  EXPECT_EQ(b.out->take().recv().value(), "kept");
+  recv(b, 2, open(b, "done"));
+  EXPECT_EQ(b.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
+}
+
+TEST_F(SessionTest, APendingReceiveKeepsItsChannelAfterItsHandleIsReleased) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "c");
+  recv(a, 1, ha);
+  release(a, ha);
+  EXPECT_EQ(registry_.size(), 1u);
+  send(b, 1, open(b, "c"), "x");
+  EXPECT_EQ(b.out->take().send().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(a.out->take().recv().value(), "x");
+}
+
+TEST_F(SessionTest, AHeldLockAStoredValueAndAnOwedWaitGroupAreKept) {
+  Client a = connect(), b = connect();
+  const uint64_t hm = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, hm);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t hv =
+      open_handle(a, "v", v1::OBJECT_KIND_ATOMIC_VALUE, "string");
+  v1::ClientFrame swap;
+  swap.set_id(2);
+  swap.mutable_swap()->set_handle(hv);
+  swap.mutable_swap()->set_value("stored");
+  a.session->handle(swap);
+  EXPECT_FALSE(a.out->take().swap().had_value());
+  const uint64_t hw = open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP);
+  add(a, 3, hw, 1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  release(a, hm);
+  release(a, hv);
+  release(a, hw);
+  EXPECT_EQ(registry_.size(), 3u);
+
+  lock(b, 1, open_handle(b, "m", v1::OBJECT_KIND_MUTEX), /*nonblocking=*/true);
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  v1::ClientFrame load;
+  load.set_id(2);
+  load.mutable_load()->set_handle(
+      open_handle(b, "v", v1::OBJECT_KIND_ATOMIC_VALUE, "string"));
+  b.session->handle(load);
+  EXPECT_EQ(b.out->take().load().value(), "stored");
+  wait(b, 3, open_handle(b, "wg", v1::OBJECT_KIND_WAIT_GROUP),
+       /*nonblocking=*/true);
+  EXPECT_EQ(b.out->take().wait().outcome(), v1::OUTCOME_WOULD_BLOCK);
+}
+
+TEST_F(SessionTest, AnEndedSessionsIdleObjectsAreForgottenOnceItsHandlesDrop) {
+  Client a = connect(), b = connect();
+  recv(a, 1, open(a, "c"));  // withdrawn by the end
+  const uint64_t hm = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 2, hm);  // released by the end
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t hw = open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP);
+  add(a, 3, hw, 1);
+  add(a, 4, hw, -1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  EXPECT_EQ(a.out->take().code(), 0);
+  // A lock whose handle was released while the session held it: forgotten
+  // at the end too, once released.
+  const uint64_t hr = open_handle(a, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  lock(a, 5, hr);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  release(a, hr);
+  // Still open elsewhere: kept.
+  open(b, "shared");
+  open(a, "shared");
+  a.session->end();
+  EXPECT_EQ(registry_.size(), 5u);  // the handles are still there
+  a.session->drop_handles();
+  EXPECT_EQ(registry_.size(), 1u);
+  EXPECT_EQ(registry_.objects()[0]->name(), "shared");
+  EXPECT_EQ(a.session->handle_count(), 0u);
+}
+
+TEST_F(SessionTest, AWaitGroupFailedByAnEndedDebtorIsKept) {
+  Client a = connect(), b = connect();
+  add(a, 1, open_handle(a, "wg", v1::OBJECT_KIND_WAIT_GROUP), 1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  a.session->end();
+  a.session->drop_handles();
+  EXPECT_EQ(registry_.size(), 1u);
+  wait(b, 1, open_handle(b, "wg", v1::OBJECT_KIND_WAIT_GROUP));
+  EXPECT_EQ(b.out->take().code(), static_cast<int>(absl::StatusCode::kAborted));
+}
+
+TEST_F(SessionTest, DropHandlesBeforeEndDoesNothing) {
+  Client a = connect();
+  const uint64_t h = open(a, "c");
+  a.session->drop_handles();
+  EXPECT_EQ(registry_.size(), 1u);
+  send(a, 1, h, "x", /*nonblocking=*/true);
+  EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
+}
+
+TEST_F(SessionTest, ALockOrWaitGroupIsForgottenAtReleaseOnlyWhenFree) {
+  Client a = connect(), b = connect();
+  const uint64_t free_lock = open_handle(a, "free", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, free_lock);
+  const uint64_t token = a.out->take().lock().token();
+  unlock(a, 2, free_lock, token);
+  EXPECT_EQ(a.out->take().code(), 0);
+  release(a, free_lock);
+  EXPECT_EQ(registry_.size(), 0u);
+
+  // Held (or owed) when released: kept, and still settled at the end.
+  const uint64_t held = open_handle(a, "held", v1::OBJECT_KIND_MUTEX);
+  lock(a, 3, held);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  const uint64_t owed = open_handle(a, "owed", v1::OBJECT_KIND_WAIT_GROUP);
+  add(a, 4, owed, 1);
+  EXPECT_EQ(a.out->take().code(), 0);
+  // Two handles to one lock: released once, the other still holds it.
+  const uint64_t twice1 = open_handle(a, "twice", v1::OBJECT_KIND_MUTEX);
+  const uint64_t twice2 = open_handle(a, "twice", v1::OBJECT_KIND_MUTEX);
+  release(a, held);
+  release(a, owed);
+  release(a, twice1);
+  EXPECT_EQ(registry_.size(), 3u);
+  lock(a, 5, twice2);
+  EXPECT_EQ(a.out->take().lock().outcome(), v1::OUTCOME_OK);
+  release(a, twice2);  // held: kept
+
+  const uint64_t hb = open_handle(b, "held", v1::OBJECT_KIND_MUTEX);
+  lock(b, 1, hb);  // queued behind a's hold
+  EXPECT_EQ(b.out->size(), 0u);
+  a.session->end();  // releases "held" and "twice", fails "owed"
+  EXPECT_EQ(b.out->take().lock().outcome(), v1::OUTCOME_OK);
+  wait(b, 2, open_handle(b, "owed", v1::OBJECT_KIND_WAIT_GROUP));
+  EXPECT_EQ(b.out->take().code(), static_cast<int>(absl::StatusCode::kAborted));
+  a.session->drop_handles();
+  // "twice" goes; "held" is b's, "owed" has failed.
+  EXPECT_EQ(registry_.size(), 2u);
+}
+
+// Sessions on several threads open, use and release one name at once: an
+// open never gets a channel that is being forgotten, and nothing forgotten
+// held a value — every value sent is received exactly once.
+TEST_F(SessionTest, ConcurrentOpensAndReleasesOfOneNameLoseNoValue) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 2000;
+  std::vector<Client> clients;
+  for (int t = 0; t < kThreads; ++t) clients.push_back(connect());
+  std::atomic<int64_t> sent{0}, received{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      Client& c = clients[t];
+      for (int i = 0; i < kRounds; ++i) {
+        const uint64_t h = open(c, "shared", "string", 1);
+        send(c, 1, h, "v", /*nonblocking=*/true);
+        if (c.out->take().send().outcome() == v1::OUTCOME_OK) ++sent;
+        if (i % 2 == 0) {
+          recv(c, 2, h, /*nonblocking=*/true);
+          if (c.out->take().recv().outcome() == v1::OUTCOME_OK) ++received;
+        }
+        release(c, h);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  Client last = connect();
+  recv(last, 1, open(last, "shared", "string", 1), /*nonblocking=*/true);
+  if (last.out->take().recv().outcome() == v1::OUTCOME_OK) ++received;
+  EXPECT_GT(sent.load(), 0);
+  EXPECT_EQ(sent.load(), received.load());
 }
 
 }  // namespace

@@ -198,7 +198,15 @@ class Client {
   // Opens the broker channel `name` with element type T (its
   // Codec<T>::type_name()) and `capacity`, creating it on first open. Throws
   // dchan::Error: kInvalidArgument when it exists with another element type
-  // or capacity, kUnavailable when the broker is lost.
+  // or capacity, kResourceExhausted when creating it would pass the
+  // broker's object limit, kUnavailable when the broker is lost.
+  //
+  // Broker objects live by name, until the broker forgets them: one that
+  // nobody holds any more (every handle dropped, every holder's session
+  // ended) and that is as a fresh open would make it — a channel open and
+  // empty with no waiter, a lock free, a WaitGroup at zero and not failed,
+  // an AtomicValue never stored — is forgotten, and its name may then be
+  // opened afresh with another type, capacity or kind. Others stay.
   template <class T>
   Chan<T> chan(const std::string& name, std::size_t capacity = 0) {
     return chan<T>(name, capacity, RemoteChanOptions());

@@ -688,6 +688,8 @@ struct ChanStats {
   bool closed = false;
   std::size_t blocked_senders = 0;
   std::size_t blocked_receivers = 0;
+  // Readiness watchers (the broker's WatchRequest).
+  std::size_t watchers = 0;
 };
 
 template <class T>
@@ -701,6 +703,7 @@ ChanStats stats_of(const Chan<T>& ch) noexcept {
   st.closed = s->closed_;
   st.blocked_senders = s->sendq_.size();
   st.blocked_receivers = s->recvq_.size();
+  st.watchers = s->watchq_.size();
   s->unlock();
   return st;
 }
