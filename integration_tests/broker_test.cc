@@ -973,32 +973,42 @@ TEST(BrokerBadInput, ReusedPendingIdIsRefusedAndTheFirstRequestStands) {
   expect_broker_serves(broker, "a reused request id");
 }
 
-TEST(BrokerBadInput, CancelOfUnknownIdGetsNoAnswerAndTheSessionGoesOn) {
+TEST(BrokerBadInput, CancelOfUnknownIdGetsNotFoundAndTheSessionGoesOn) {
   BrokerProcess broker;
   RawSession s(connect(broker.address()));
   const uint64_t h = open_chan(s, 1, "c", 0);
   ASSERT_NE(h, 0u);
   // A cancel for an id never used, one for an id already answered (1), then
-  // a stat: the stat's answer is the only one.
+  // a stat: each cancel is refused with NOT_FOUND naming its target.
   ASSERT_TRUE(
       s.write({cancel_frame(9, 4242), cancel_frame(10, 1), stat_frame(11, h)}));
-  auto f = s.read_one();
-  ASSERT_TRUE(f.has_value());
-  EXPECT_EQ(f->id(), 11u) << "a cancel was answered: " << f->DebugString();
-  EXPECT_EQ(f->code(), kOk);
-  // For contrast, a cancel of a real pending receive does answer (it,
-  // CANCELLED), and that is the only answer again.
+  std::vector<v1::ServerFrame> got;
+  ASSERT_TRUE(s.read(3, &got));
+  EXPECT_EQ(got[0].id(), 9u) << got[0].DebugString();
+  EXPECT_EQ(got[0].code(), static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(absl::StrContains(got[0].message(), "no request 4242 is pending"))
+      << got[0].message();
+  EXPECT_EQ(got[1].id(), 10u) << got[1].DebugString();
+  EXPECT_EQ(got[1].code(), static_cast<int>(absl::StatusCode::kNotFound));
+  EXPECT_TRUE(absl::StrContains(got[1].message(), "no request 1 is pending"))
+      << got[1].message();
+  EXPECT_EQ(got[2].id(), 11u) << got[2].DebugString();
+  EXPECT_EQ(got[2].code(), kOk);
+  // A cancel of a real pending receive: the receive answers CANCELLED, then
+  // the cancel OK (withdrawn).
   ASSERT_TRUE(s.write({recv_frame(12, h, false)}));
   ASSERT_TRUE(broker.wait_for_chan(
       "c", [](const ChanInfo& c) { return c.blocked_receivers == 1; },
       kBrokerStateBound));
-  ASSERT_TRUE(s.write(
-      {cancel_frame(13, 4243), cancel_frame(14, 12), stat_frame(15, h)}));
-  std::vector<v1::ServerFrame> got;
-  ASSERT_TRUE(s.read(2, &got));
+  ASSERT_TRUE(s.write({cancel_frame(14, 12), stat_frame(15, h)}));
+  got.clear();
+  ASSERT_TRUE(s.read(3, &got));
   EXPECT_EQ(got[0].id(), 12u) << got[0].DebugString();
   EXPECT_EQ(got[0].recv().outcome(), v1::OUTCOME_CANCELLED);
-  EXPECT_EQ(got[1].id(), 15u) << got[1].DebugString();
+  EXPECT_EQ(got[1].id(), 14u) << got[1].DebugString();
+  EXPECT_EQ(got[1].code(), kOk);
+  EXPECT_TRUE(got[1].cancel().withdrawn());
+  EXPECT_EQ(got[2].id(), 15u) << got[2].DebugString();
   std::vector<v1::ServerFrame> rest;
   EXPECT_TRUE(s.finish(&rest).ok());
   EXPECT_TRUE(rest.empty()) << rest.front().DebugString();

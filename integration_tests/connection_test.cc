@@ -6,7 +6,8 @@
 // next frames written together, not one write each; acked sends from
 // many threads on one Client keep each thread's order and deliver every
 // value exactly once; a quiet call (call_quiet: a quiet unlock) is
-// confirmed by the answer to a later request, or gets its refusal. No
+// confirmed by the answer to a later request, or gets its refusal; a
+// timed-out call's cancel is answered and leaves nothing pending. No
 // timing assertions: the write counts are what the Connection reports.
 #include "connection.h"
 
@@ -125,6 +126,46 @@ TEST(Connection, AQuietUnlockIsConfirmedByALaterAnswerOrGetsItsRefusal) {
   try_lock.mutable_lock()->set_handle(handle);
   try_lock.mutable_lock()->set_nonblocking(true);
   EXPECT_EQ(conn.call(try_lock, untimed).lock().outcome(), v1::OUTCOME_OK);
+}
+
+// A call whose deadline passes is cancelled; the broker answers the cancel
+// too, and nothing stays pending on either side.
+TEST(Connection, ATimedOutCallAndItsCancelLeaveNothingPending) {
+  BrokerProcess broker;
+  Connection conn(broker.address(), ClientOptions{});
+  const auto untimed = Connection::Deadline::max();
+  v1::ClientFrame open;
+  open.mutable_open()->set_name("c");
+  open.mutable_open()->set_kind(v1::OBJECT_KIND_CHANNEL);
+  open.mutable_open()->set_type_name("string");
+  const uint64_t handle = conn.call(open, untimed).open().handle();
+  auto ping = [&] {
+    v1::ClientFrame f;
+    f.mutable_ping();
+    conn.call(f, untimed);
+  };
+  for (int i = 0; i < 3; ++i) {
+    v1::ClientFrame recv;
+    recv.mutable_recv()->set_handle(handle);
+    const v1::ServerFrame got = conn.call(
+        recv, std::chrono::steady_clock::now() + std::chrono::milliseconds(5));
+    EXPECT_EQ(got.recv().outcome(), v1::OUTCOME_CANCELLED);
+  }
+  // The broker answers in the order it handles requests: once the ping is
+  // answered, so is every cancel before it.
+  ping();
+  EXPECT_EQ(conn.pending_calls(), 0u) << "a cancel is still awaiting its answer";
+
+  // A cancel of a request answered already: NOT_FOUND, ignored.
+  v1::ClientFrame f;
+  f.mutable_ping();
+  const uint64_t answered = conn.call_async(
+      f, [](const absl::Status&, v1::ServerFrame&) {});
+  ping();
+  conn.cancel(answered);
+  ping();
+  EXPECT_EQ(conn.pending_calls(), 0u);
+  EXPECT_TRUE(conn.lost().ok()) << conn.lost();
 }
 
 TEST(Connection, AckedSendsFromManyThreadsKeepOrderAndArriveOnce) {

@@ -299,9 +299,15 @@ uint64_t Connection::call_offer(v1::ClientFrame& frame, ClaimCallback on_claim,
 }
 
 void Connection::cancel(uint64_t id) noexcept {
-  v1::ClientFrame cancel;
-  cancel.mutable_cancel()->set_target(id);
-  enqueue(std::move(cancel));
+  v1::ClientFrame f;
+  f.mutable_cancel()->set_target(id);
+  try {
+    // The cancel's own answer says nothing the target's answer does not:
+    // NOT_FOUND only means the target's answer won the race.
+    call_async(f, [](const absl::Status&, v1::ServerFrame&) {});
+  } catch (...) {
+    // The broker is lost: the target fails with it.
+  }
 }
 
 void Connection::release(uint64_t handle) noexcept {
@@ -467,6 +473,11 @@ Connection::WriteCounts Connection::write_counts() {
   return written_;
 }
 
+std::size_t Connection::pending_calls() {
+  absl::MutexLock lock(&mu_);
+  return calls_.size();
+}
+
 v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
   auto call = std::make_shared<Call>();
   call->in_call = true;
@@ -480,9 +491,7 @@ v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
   } else if (!wait_answered(*call, deadline)) {
     // Withdraw it; the broker then answers CANCELLED, or the result if the
     // operation completed first.
-    v1::ClientFrame cancel;
-    cancel.mutable_cancel()->set_target(id);
-    enqueue(std::move(cancel));
+    cancel(id);
     wait_answered(*call, Deadline::max());
   }
   if (call->counted_woken) woken_.fetch_sub(1, std::memory_order_relaxed);

@@ -158,7 +158,7 @@ class Connection {
                       Callback on_answer);
 
   // Withdraws request `id` (the broker answers it CANCELLED or with its
-  // result). Never blocks.
+  // result). The cancel's own answer is ignored. Never blocks.
   void cancel(uint64_t id) noexcept;
 
   // Tells the broker this session no longer uses `handle` (an object's
@@ -176,6 +176,9 @@ class Connection {
     uint64_t frames = 0;
   };
   WriteCounts write_counts();
+
+  // How many requests await their answers (for tests and diagnostics).
+  std::size_t pending_calls();
 
   // The session: the client name sent in the Hello, the id and TTL the
   // broker granted.

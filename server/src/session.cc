@@ -170,7 +170,7 @@ void Session::handle(v1::ClientFrame&& frame) {
   first_frame_ = false;
   const uint64_t id = frame.id();
   if (frame.op_case() == v1::ClientFrame::kCancel) {
-    cancel(frame.cancel());
+    cancel(id, frame.cancel());
     return;
   }
   if (frame.op_case() == v1::ClientFrame::kClaimAnswer) {
@@ -589,18 +589,48 @@ void Session::close(uint64_t id, const v1::CloseRequest& req) {
   reply(std::move(f));
 }
 
-void Session::cancel(const v1::CancelRequest& req) {
+void Session::cancel(uint64_t id, const v1::CancelRequest& req) {
   Withdraw withdraw;
   v1::ClientFrame::OpCase kind;
+  bool pending, id_in_use;
   {
     absl::MutexLock lock(&mu_);
     auto it = pending_.find(req.target());
-    if (it == pending_.end()) return;  // unknown, or answered already
-    withdraw = it->second.withdraw;
-    kind = it->second.kind;
+    pending = it != pending_.end();
+    id_in_use = id != 0 && pending_.contains(id);
+    if (pending) {
+      withdraw = it->second.withdraw;
+      kind = it->second.kind;
+    }
+  }
+  if (id_in_use) {
+    // Its answer would be taken for the pending request's.
+    reply_error(id, absl::InvalidArgumentError(absl::StrCat(
+                        "cancel: request id ", id, " is already pending")));
+    return;
+  }
+  // The cancel's own answer; id 0 (the old, unanswered form) gets none.
+  auto answer = [&](bool withdrawn) {
+    if (id == 0) return;
+    v1::ServerFrame f;
+    f.set_id(id);
+    f.mutable_cancel()->set_withdrawn(withdrawn);
+    reply(std::move(f));
+  };
+  if (!pending) {
+    if (id != 0) {
+      reply_error(id, absl::NotFoundError(absl::StrCat(
+                          "cancel: no request ", req.target(),
+                          " is pending in this session (answered already, "
+                          "or never made)")));
+    }
+    return;
   }
   // Not withdrawn: it fired, and its own answer is on its way.
-  if (!withdraw || !withdraw()) return;
+  if (!withdraw || !withdraw()) {
+    answer(false);
+    return;
+  }
   {
     absl::MutexLock lock(&mu_);
     pending_.erase(req.target());
@@ -633,6 +663,7 @@ void Session::cancel(const v1::CancelRequest& req) {
       break;
   }
   reply(std::move(f));
+  answer(true);
 }
 
 void Session::select(uint64_t id, const v1::SelectRequest& req) {

@@ -169,7 +169,7 @@ class Session final : public Participant,
   void send(uint64_t id, v1::SendRequest& req);  // moves the values out
   void recv(uint64_t id, const v1::RecvRequest& req);
   void close(uint64_t id, const v1::CloseRequest& req);
-  void cancel(const v1::CancelRequest& req);
+  void cancel(uint64_t id, const v1::CancelRequest& req);
   void select(uint64_t id, const v1::SelectRequest& req);
   void stat(uint64_t id, const v1::StatRequest& req);
   void watch(uint64_t id, const v1::WatchRequest& req);

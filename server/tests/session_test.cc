@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "test_outbox.h"
 
@@ -18,6 +19,13 @@ namespace dchan::server {
 namespace {
 
 using fakes::TestOutbox;
+using ::testing::HasSubstr;
+
+constexpr int kInvalidArgument =
+    static_cast<int>(absl::StatusCode::kInvalidArgument);
+constexpr int kFailedPrecondition =
+    static_cast<int>(absl::StatusCode::kFailedPrecondition);
+constexpr int kNotFound = static_cast<int>(absl::StatusCode::kNotFound);
 
 class SessionTest : public ::testing::Test {
  protected:
@@ -154,8 +162,14 @@ class SessionTest : public ::testing::Test {
     EXPECT_TRUE(r.has_release());
   }
 
+  // A cancel in the old, unanswered form (frame id 0).
   static void cancel(Client& c, uint64_t target) {
+    cancel(c, 0, target);
+  }
+
+  static void cancel(Client& c, uint64_t id, uint64_t target) {
     v1::ClientFrame f;
+    f.set_id(id);
     f.mutable_cancel()->set_target(target);
     c.session->handle(f);
   }
@@ -207,15 +221,70 @@ TEST_F(SessionTest, CancelWithdrawsAReceiveThatThenConsumesNothing) {
   Client a = connect(), b = connect();
   const uint64_t ha = open(a, "ch"), hb = open(b, "ch");
   recv(a, 5, ha);
-  cancel(a, 5);
+  cancel(a, 6, 5);
   v1::ServerFrame f = a.out->take();
   EXPECT_EQ(f.id(), 5u);
   EXPECT_EQ(f.recv().outcome(), v1::OUTCOME_CANCELLED);
+  // Then the cancel's own answer.
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 6u);
+  EXPECT_EQ(f.code(), 0) << f.message();
+  ASSERT_TRUE(f.has_cancel());
+  EXPECT_TRUE(f.cancel().withdrawn());
+  EXPECT_EQ(a.session->pending_count(), 0u);
   send(b, 1, hb, "x", true);
   EXPECT_EQ(b.out->take().send().outcome(), v1::OUTCOME_WOULD_BLOCK);
-  // Cancelling again, or an id never used, is answered by nothing.
-  cancel(a, 5);
+}
+
+TEST_F(SessionTest, CancelOfARequestNotPendingIsAnsweredNotFound) {
+  Client a = connect();
+  const uint64_t h = open(a, "ch");
+  recv(a, 5, h);
+  cancel(a, 6, 5);
+  a.out->take();
+  a.out->take();
+  // Its target answered already, and an id never used: each cancel gets an
+  // error naming the target, and nothing else is answered.
+  cancel(a, 7, 5);
+  cancel(a, 8, 12345);
+  ASSERT_EQ(a.out->size(), 2u);
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.id(), 7u);
+  EXPECT_EQ(f.code(), kNotFound);
+  EXPECT_THAT(f.message(), HasSubstr("no request 5 is pending"));
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 8u);
+  EXPECT_EQ(f.code(), kNotFound);
+  EXPECT_THAT(f.message(), HasSubstr("no request 12345 is pending"));
+  // The old form (frame id 0) is never answered, pending target or not.
   cancel(a, 12345);
+  EXPECT_EQ(a.out->size(), 0u);
+  recv(a, 9, h);
+  cancel(a, 9);
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 9u);
+  EXPECT_EQ(f.recv().outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_EQ(a.out->size(), 0u);
+}
+
+TEST_F(SessionTest, CancelWhoseOwnIdIsPendingIsRefusedAndWithdrawsNothing) {
+  Client a = connect();
+  const uint64_t h = open(a, "ch");
+  recv(a, 5, h);
+  recv(a, 6, h);
+  // Its answer would pass for request 6's.
+  cancel(a, 6, 5);
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.id(), 6u);
+  EXPECT_EQ(f.code(), kInvalidArgument);
+  EXPECT_THAT(f.message(), HasSubstr("already pending"));
+  EXPECT_EQ(a.session->pending_count(), 2u);
+  // A cancel naming itself, likewise.
+  cancel(a, 5, 5);
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 5u);
+  EXPECT_EQ(f.code(), kInvalidArgument);
+  EXPECT_EQ(a.session->pending_count(), 2u);
   EXPECT_EQ(a.out->size(), 0u);
 }
 
@@ -427,10 +496,6 @@ TEST_F(SessionTest, WatchAnswersOnReadinessAndConsumesNothing) {
   EXPECT_EQ(f.watch().outcome(), v1::OUTCOME_CANCELLED);
 }
 
-constexpr int kInvalidArgument =
-    static_cast<int>(absl::StatusCode::kInvalidArgument);
-constexpr int kFailedPrecondition =
-    static_cast<int>(absl::StatusCode::kFailedPrecondition);
 
 TEST_F(SessionTest, HelloNamesTheClientAndGrantsAClampedTtl) {
   SessionLimits limits;
