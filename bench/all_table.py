@@ -164,8 +164,13 @@ REMOTE = [
     # Issue 7's "acked send round trip" is one request and its answer: the
     # sender alone. With a consumer draining at the same time, pinned runs
     # put the consumer's work on the sender's CPU too.
+    # The raw ping-pong's server runs in its own process, as the broker
+    # does; the in-process row (the baseline before 2026-11-27) shares the
+    # client's gRPC threads and is shown for comparison.
     ("acked send, sender alone", "µs/op", r"acked_send_alone/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", 1.2),
+      ("raw gRPC ping-pong, server in the client's process", "remote",
+       r"roundtrip/grpc_inprocess$", None),
       ("etcd put", "ext", r"^etcd_put$", None)]),
     ("acked send, a consumer draining meanwhile", "µs/op",
      r"acked_send/remote$",

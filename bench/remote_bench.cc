@@ -4,12 +4,13 @@
 // payload.
 //
 // The program starts its own broker (`dchan-broker --listen=127.0.0.1:0`, the
-// binary built next to it; override with DCHAN_BENCH_BROKER=PATH) and an
-// in-process gRPC server for the baseline (bench/echo.proto: callback API,
-// loopback TCP). The broker is stopped with SIGTERM when the program ends, and
-// dies with it if the program is killed (PR_SET_PDEATHSIG). Both inherit this
-// process's CPU affinity: under `taskset -c 0`, broker, clients and baseline
-// share CPU 0.
+// binary built next to it; override with DCHAN_BENCH_BROKER=PATH) and the
+// gRPC server for the baselines (bench/echo.proto: callback API, loopback
+// TCP) in a process of its own, as the broker is: this binary re-executed
+// with --dchan_bench_echo_server. Both are stopped with SIGTERM when the
+// program ends, and die with it if it is killed (PR_SET_PDEATHSIG). Both
+// inherit this process's CPU affinity: under `taskset -c 0`, broker, clients
+// and baseline share CPU 0.
 //
 // Workloads (one benchmark iteration = one round trip or one message):
 //   pingpong/remote       two Clients (two sessions); thread A sends on the
@@ -25,8 +26,9 @@
 //   acked_send_alone/remote  (diagnostic) the same with the consumer draining
 //                         each batch only after it, untimed: the sender alone.
 //   roundtrip/grpc        the baseline for both: one bidi stream, the client
-//                         Writes a message, the server echoes it, the client
-//                         Reads it (sync client, callback server).
+//                         Writes a message, the server (its own process)
+//                         echoes it, the client Reads it (sync client,
+//                         callback server).
 //   oneway/remote/S       S sender threads (1, 4, 16, 64) share one Client,
 //   each
 //                         send()ing on a buffered(1024) channel; a second
@@ -66,6 +68,9 @@
 //                         as gRPC allows one outstanding Write), the server
 //                         reads them all and acks the count once the client
 //                         half-closes. Time to the ack.
+//   roundtrip/grpc_inprocess  (diagnostic) roundtrip/grpc with the server in
+//                         this process, sharing its gRPC threads: what the
+//                         baselines measured before 2026-11-27.
 //
 // Timing: batches of a fixed number of ops; partner threads are spawned per
 // batch and released together once running (Google Benchmark manual time).
@@ -246,14 +251,42 @@ struct EchoServer {
   }
 };
 
-EchoServer g_echo;
+constexpr const char* kEchoServerFlag = "--dchan_bench_echo_server";
+
+// The echo server's own process (this binary, re-executed with
+// kEchoServerFlag): serves until SIGTERM.
+int EchoServerMain() {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  // Blocked before gRPC starts its threads, so that only sigwait sees them.
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  EchoServer echo;
+  echo.start();
+  std::printf("echo listening on %s\n", echo.address.c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  echo.stop();
+  return 0;
+}
+
+// The baselines' server runs in a process of its own, as the broker does,
+// so that a raw stream pays what a client-to-broker stream pays: two
+// processes, each with its own gRPC threads. roundtrip/grpc_inprocess
+// measures the same server inside this process.
+dchan::bench::ChildProcess g_echo_process;
+std::string g_echo_address;
+EchoServer g_echo_inprocess;
 
 // A connection of its own, as each dchan::Client has.
-std::unique_ptr<Echo::Stub> EchoStub() {
+std::unique_ptr<Echo::Stub> EchoStub(
+    const std::string& address = g_echo_address) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   auto channel = grpc::CreateCustomChannel(
-      g_echo.address, grpc::InsecureChannelCredentials(), args);
+      address, grpc::InsecureChannelCredentials(), args);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() +
                                  std::chrono::seconds(5))) {
     throw std::runtime_error("cannot reach the echo server");
@@ -357,8 +390,8 @@ void BM_RemoteAckedSend(benchmark::State& state, bool concurrent_consumer) {
   lat.report(state);
 }
 
-void BM_GrpcRoundTrip(benchmark::State& state) {
-  std::unique_ptr<Echo::Stub> stub = EchoStub();
+void BM_GrpcRoundTrip(benchmark::State& state, const std::string& address) {
+  std::unique_ptr<Echo::Stub> stub = EchoStub(address);
   grpc::ClientContext context;
   auto stream = stub->Pipe(&context);
   Msg out;
@@ -738,6 +771,9 @@ benchmark::internal::Benchmark* Register(
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == kEchoServerFlag) {
+    return EchoServerMain();
+  }
   if (argc == 4 && std::string(argv[1]) == kPartnerFlag) {
     try {
       return PartnerMain(argv[2], argv[3]);
@@ -753,7 +789,9 @@ int main(int argc, char** argv) {
   Register("pingpong/remote", BM_RemotePingPong);
   Register("acked_send/remote",
            [](benchmark::State& st) { BM_RemoteAckedSend(st, true); });
-  Register("roundtrip/grpc", BM_GrpcRoundTrip);
+  Register("roundtrip/grpc", [](benchmark::State& st) {
+    BM_GrpcRoundTrip(st, g_echo_address);
+  });
   for (int s : {1, 4, 16, 64}) {
     Register("oneway/remote/" + std::to_string(s),
              [s](benchmark::State& st) { BM_RemoteOneWay(st, s, s); });
@@ -768,6 +806,9 @@ int main(int argc, char** argv) {
            [](benchmark::State& st) { BM_RemoteAckedSend(st, false); });
   Register("oneway/remote/16x1",
            [](benchmark::State& st) { BM_RemoteOneWay(st, 16, 1); });
+  Register("roundtrip/grpc_inprocess", [](benchmark::State& st) {
+    BM_GrpcRoundTrip(st, g_echo_inprocess.address);
+  });
 
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
@@ -779,13 +820,16 @@ int main(int argc, char** argv) {
     g_broker.start({broker_path != nullptr ? broker_path : DCHAN_BROKER_PATH,
                     "--listen=127.0.0.1:0"});
     g_broker_address = dchan::bench::ReadListenAddress(g_broker);
-    g_echo.start();
+    g_echo_process.start({"/proc/self/exe", kEchoServerFlag});
+    g_echo_address = dchan::bench::ReadListenAddress(g_echo_process);
+    g_echo_inprocess.start();
     benchmark::RunSpecifiedBenchmarks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "remote_bench: %s\n", e.what());
     rc = 1;
   }
-  g_echo.stop();
+  g_echo_inprocess.stop();
+  g_echo_process.stop();
   g_broker.stop();
   benchmark::Shutdown();
   return rc;
