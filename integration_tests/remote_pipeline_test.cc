@@ -6,7 +6,8 @@
 // windows, an error that hits sends already returned (a close, a killed
 // broker) reaching the producer, and batch-received values that are never
 // lost or duplicated — across consumer processes, when the handle holding
-// them is dropped (also after a close), and before a close is reported.
+// them is dropped (also after a close), before a close is reported, and to
+// a select.
 // Every wait is bounded (liveness bounds, not performance assertions).
 #include <signal.h>
 
@@ -279,6 +280,31 @@ TEST(RemotePipeline, CloseDrainsLocallyHeldValuesFirst) {
   in.close();
   EXPECT_EQ(recv_n(in, 10), (std::vector<int64_t>{2, 3, 4}));
   EXPECT_EQ(in.recv(), std::nullopt);
+  EXPECT_EQ(in.len(), 0u);
+}
+
+// A select sees the values a batch receive left in a handle: its receive
+// case is ready though the broker channel is empty — in a select on broker
+// channels alone and in one that spans a local channel too.
+TEST(RemotePipeline, SelectTakesLocallyHeldValues) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("sel", 4);
+  for (int64_t v = 1; v <= 3; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in = consumer.chan<int64_t>("sel", 4, {.recv_batch = 4});
+  Chan<int64_t> other = consumer.chan<int64_t>("other", 1);
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // holds 2, 3
+  ASSERT_EQ(out.len(), 0u);
+  std::optional<int64_t> got;
+  const auto take = [&](std::optional<int64_t> v) { got = v; };
+  EXPECT_EQ(select(on_recv(other), on_recv(in, take), on_default()), 1u);
+  EXPECT_EQ(got, std::optional<int64_t>(2));
+  Chan<int64_t> local = make_chan<int64_t>(1);
+  EXPECT_EQ(select(on_recv(local), on_recv(in, take), on_default()), 1u);
+  EXPECT_EQ(got, std::optional<int64_t>(3));
+  // Nothing held, nothing buffered: not ready.
+  EXPECT_EQ(select(on_recv(other), on_recv(in, take), on_default()), 2u);
   EXPECT_EQ(in.len(), 0u);
 }
 

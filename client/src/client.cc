@@ -239,14 +239,7 @@ class BrokerChan final : public RemoteChan {
   }
 
   ChanStatus recv(std::string& out, Deadline deadline) override {
-    if (recv_batch_ > 1) {
-      std::lock_guard<detail::Lock> lock(held_mu_);
-      if (!held_.empty()) {
-        out = std::move(held_.front());
-        held_.pop_front();
-        return ChanStatus::kOk;
-      }
-    }
+    if (take_held(out)) return ChanStatus::kOk;
     report();
     v1::ClientFrame f;
     v1::RecvRequest* req = f.mutable_recv();
@@ -266,6 +259,15 @@ class BrokerChan final : public RemoteChan {
       }
     }
     return st;
+  }
+
+  bool take_held(std::string& out) noexcept override {
+    if (recv_batch_ <= 1) return false;
+    std::lock_guard<detail::Lock> lock(held_mu_);
+    if (held_.empty()) return false;
+    out = std::move(held_.front());
+    held_.pop_front();
+    return true;
   }
 
   void flush() override {

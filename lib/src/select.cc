@@ -148,9 +148,34 @@ void select_withdraw(WaitNode* nodes, std::size_t n,
 
 namespace {
 
+// A receive case whose handle holds a value already (a batch receive's
+// extras: RemoteChanOptions::recv_batch) is ready, though the broker cannot
+// see it: fires one such case among the broker cases `index_of` (chosen at
+// random among them) and returns its index, or n if there is none.
+std::size_t fire_held(SelectCase* const* cases, std::size_t n,
+                      const absl::InlinedVector<uint32_t, 8>& index_of) {
+  absl::InlinedVector<uint32_t, 8> order(index_of.size());
+  random_order(order);
+  std::string bytes;
+  for (uint32_t k : order) {
+    SelectCase* c = cases[index_of[k]];
+    if (c->kind() != SelectCase::Kind::kRecv || !c->remote()->take_held(bytes)) {
+      continue;
+    }
+    const absl::Status decoded = c->decode_recv(bytes);
+    if (!decoded.ok()) {
+      throw Error(decoded.code(), std::string(decoded.message()));
+    }
+    c->finish(true);
+    return index_of[k];
+  }
+  return n;
+}
+
 // A select with broker cases, all of one session, plus optional default and
 // after() timer cases: one select on the broker, whose deadline is the
-// earliest timer. `timers` are the timer cases' indices.
+// earliest timer. `timers` are the timer cases' indices. Values held by a
+// receive case's handle fire before the broker is asked.
 std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
                              std::size_t default_index,
                              absl::InlinedVector<uint32_t, 4> timers) {
@@ -199,6 +224,9 @@ std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
     }
     if (default_index != n) deadline = RemoteChan::kNonBlocking;
 
+    if (const std::size_t held = fire_held(cases, n, index_of); held != n) {
+      return held;
+    }
     RemoteSelectResult r = via->select(remote, deadline);
     switch (r.status) {
       case ChanStatus::kWouldBlock:

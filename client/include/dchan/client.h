@@ -153,8 +153,8 @@ struct RemoteChanOptions {
   // fetched but not consumed are lost with it. After close() (by any
   // process), recv() on this handle returns its local values first, then
   // reports the channel closed once the broker channel is drained too. A
-  // select does not see the local values (they stay for recv()). 0 or 1:
-  // one value per request.
+  // select sees them: a receive case on this handle is ready while it
+  // holds values, and takes the first. 0 or 1: one value per request.
   std::size_t recv_batch = 0;
 };
 

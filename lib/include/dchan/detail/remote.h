@@ -83,6 +83,15 @@ class RemoteChan {
   // Throws as send().
   virtual ChanStatus recv(std::string& out, Deadline deadline) = 0;
 
+  // A value this handle holds already (the extra values of a batch receive,
+  // RemoteChanOptions::recv_batch), taken without asking the broker: true
+  // with `out` set, or false. A select sees such a receive as ready. Never
+  // blocks, never throws.
+  virtual bool take_held(std::string& out) noexcept {
+    (void)out;
+    return false;
+  }
+
   // Closes the channel for every process. Throws dchan::Error "close of
   // closed channel", or for remote failures.
   virtual void close() = 0;
