@@ -27,6 +27,7 @@
 #ifndef DCHAN_SERVER_OBJECT_H_
 #define DCHAN_SERVER_OBJECT_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -89,12 +90,27 @@ class Object {
     return true;
   }
 
+  // How many session handles refer to the object (sessions count theirs in
+  // and out). Only a hint for the registry's sweep of objects nobody holds
+  // (Registry::sweep_lingering); whether an object may be forgotten is
+  // decided by its reference count alone.
+  void add_handle() noexcept {
+    handles_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void drop_handle() noexcept {
+    handles_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  int64_t handles() const noexcept {
+    return handles_.load(std::memory_order_relaxed);
+  }
+
  protected:
   virtual void describe_kind(v1::ObjectInfo& info) const = 0;
 
  private:
   const std::string name_;
   const v1::ObjectKind kind_;
+  std::atomic<int64_t> handles_{0};
 };
 
 // The kind as dchan's users know it, with its article: "a channel",

@@ -7,8 +7,11 @@
 
 namespace dchan::server {
 
-Reaper::Reaper(ListSessions list, std::chrono::milliseconds max_period)
-    : list_(std::move(list)), max_period_(max_period) {
+Reaper::Reaper(ListSessions list, std::chrono::milliseconds max_period,
+               absl::AnyInvocable<void()> each_period)
+    : list_(std::move(list)),
+      each_period_(std::move(each_period)),
+      max_period_(max_period) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -39,6 +42,7 @@ void Reaper::run() {
       period = std::min(period, s->ttl() / 4);
     }
     period = std::max(period, std::chrono::milliseconds(1));
+    if (each_period_) each_period_();
   }
 }
 

@@ -4,7 +4,8 @@
 // asks for the live sessions and calls Session::expire_if_silent() on each;
 // the period is a quarter of the shortest TTL among them, at most
 // `max_period` and at least a millisecond, so a silent session ends within
-// about 1.25 × its TTL.
+// about 1.25 × its TTL. After each round it runs `each_period`, if given
+// (the broker's sweep of objects nobody refers to any more).
 //
 // Thread safety: stop() may be called from any thread, any number of
 // times; the destructor stops the thread and joins it.
@@ -30,8 +31,10 @@ class Reaper {
   using ListSessions =
       absl::AnyInvocable<std::vector<std::shared_ptr<Session>>()>;
 
-  explicit Reaper(ListSessions list, std::chrono::milliseconds max_period =
-                                         std::chrono::milliseconds(100));
+  explicit Reaper(ListSessions list,
+                  std::chrono::milliseconds max_period =
+                      std::chrono::milliseconds(100),
+                  absl::AnyInvocable<void()> each_period = nullptr);
   ~Reaper();
   Reaper(const Reaper&) = delete;
   Reaper& operator=(const Reaper&) = delete;
@@ -43,6 +46,7 @@ class Reaper {
   void run();
 
   ListSessions list_;  // only the reaper's thread calls it
+  absl::AnyInvocable<void()> each_period_;  // likewise
   const std::chrono::milliseconds max_period_;
   absl::Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

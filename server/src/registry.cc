@@ -149,21 +149,54 @@ bool Registry::forget_if_idle(const std::string& name) {
   {
     absl::MutexLock lock(&mu_);
     auto it = objects_.find(name);
+    if (it == objects_.end()) return false;
     // use_count() == 1: ours is the only reference, and no other can be
     // taken while we hold mu_ (see the file comment).
-    if (it == objects_.end() || it->second.use_count() != 1 ||
-        !it->second->idle()) {
+    if (it->second.use_count() != 1) {
+      if (it->second->handles() == 0) lingering_.insert(name);
       return false;
     }
-    if (LockObject::is_kind(it->second->kind())) {
-      forgotten_token_ =
-          std::max(forgotten_token_,
-                   static_cast<const LockObject&>(*it->second).token());
-    }
-    doomed = std::move(it->second);
-    objects_.erase(it);
+    if (!it->second->idle()) return false;
+    doomed = forget_locked(it);
+    lingering_.erase(name);
   }
   return true;
+}
+
+std::size_t Registry::sweep_lingering() {
+  std::vector<std::shared_ptr<Object>> doomed;  // destroyed with mu_ free
+  absl::MutexLock lock(&mu_);
+  for (auto n = lingering_.begin(); n != lingering_.end();) {
+    auto it = objects_.find(*n);
+    bool keep = false;
+    // A handle's drop checks the object again; an object with state (not
+    // idle) is kept by design.
+    if (it != objects_.end() && it->second->handles() == 0) {
+      if (it->second.use_count() != 1) {
+        keep = true;
+      } else if (it->second->idle()) {
+        doomed.push_back(forget_locked(it));
+      }
+    }
+    if (keep) {
+      ++n;
+    } else {
+      lingering_.erase(n++);
+    }
+  }
+  return doomed.size();
+}
+
+std::shared_ptr<Object> Registry::forget_locked(
+    absl::flat_hash_map<std::string, std::shared_ptr<Object>>::iterator it) {
+  if (LockObject::is_kind(it->second->kind())) {
+    forgotten_token_ =
+        std::max(forgotten_token_,
+                 static_cast<const LockObject&>(*it->second).token());
+  }
+  std::shared_ptr<Object> doomed = std::move(it->second);
+  objects_.erase(it);
+  return doomed;
 }
 
 std::vector<std::shared_ptr<Object>> Registry::objects() const {

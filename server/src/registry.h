@@ -24,8 +24,12 @@
 // (use_count() == 1), nobody else can reach the object — no handle, no
 // pending operation's callback, no answer queued with a value to return to
 // it, no inspection in progress — and nobody can until mu_ is released.
-// Anything that still refers to it only makes the registry keep it (a
-// later drop of a handle to it checks again).
+// Anything that still refers to it (a pending operation's callback, an
+// answer in flight with a value to return to it) only makes the registry
+// keep it for now: if no session holds a handle to it either, the name is
+// noted, and sweep_lingering() — which the broker's reaper thread calls
+// every period — checks it again until that reference is gone (as does a
+// later drop of a handle to it).
 //
 // Thread safety: every member may be called concurrently. Lock order: mu_,
 // then an object's own locks (idle()); see object.h.
@@ -41,6 +45,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/v1/broker.pb.h"
@@ -78,6 +83,13 @@ class Registry {
   // own references first. Call with no object's lock held.
   bool forget_if_idle(const std::string& name);
 
+  // Checks again the objects forget_if_idle() could not forget only because
+  // something still referred to them while no session held a handle to
+  // them, and forgets those now idle and referred to by nobody; returns how
+  // many. A name stays noted while such a reference remains. Cheap when
+  // nothing is noted. Call with no object's lock held.
+  std::size_t sweep_lingering();
+
   // Every object, in name order (for tests: the references returned keep
   // the objects from being forgotten while they are held).
   std::vector<std::shared_ptr<Object>> objects() const;
@@ -98,6 +110,12 @@ class Registry {
                                   const v1::OpenRequest& req);
   std::shared_ptr<Object> make_locked(const v1::OpenRequest& req)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes the object at `it` (the caller checked it may go; it stays in
+  // lingering_ if noted there) and returns the registry's reference, to be
+  // dropped once mu_ is released.
+  std::shared_ptr<Object> forget_locked(
+      absl::flat_hash_map<std::string, std::shared_ptr<Object>>::iterator it)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RegistryLimits limits_;
   mutable absl::Mutex mu_;
@@ -106,6 +124,8 @@ class Registry {
   // The highest fencing token of any lock forgotten so far: a new lock's
   // tokens start above it, in case its name was that lock's.
   uint64_t forgotten_token_ ABSL_GUARDED_BY(mu_) = 0;
+  // Names for sweep_lingering() to check again.
+  absl::flat_hash_set<std::string> lingering_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dchan::server

@@ -408,13 +408,20 @@ class SessionReactor final : public SessionStream {
 };
 
 BrokerServer::BrokerServer(BrokerOptions options)
-    : options_(options), registry_(options.registry), reaper_([this] {
-        std::vector<std::shared_ptr<server::Session>> sessions;
-        absl::MutexLock lock(&mu_);
-        sessions.reserve(sessions_.size());
-        for (const auto& [id, l] : sessions_) sessions.push_back(l.session);
-        return sessions;
-      }) {}
+    : options_(options),
+      registry_(options.registry),
+      reaper_(
+          [this] {
+            std::vector<std::shared_ptr<server::Session>> sessions;
+            absl::MutexLock lock(&mu_);
+            sessions.reserve(sessions_.size());
+            for (const auto& [id, l] : sessions_) {
+              sessions.push_back(l.session);
+            }
+            return sessions;
+          },
+          std::chrono::milliseconds(100),
+          [this] { registry_.sweep_lingering(); }) {}
 
 BrokerServer::~BrokerServer() { reaper_.stop(); }
 

@@ -300,6 +300,7 @@ void Session::open(uint64_t id, const v1::OpenRequest& req) {
   const bool tell_on_end = LockObject::is_kind((*obj)->kind()) ||
                            WaitGroupObject::is_kind((*obj)->kind());
   const uint64_t handle = next_handle_++;
+  (*obj)->add_handle();
   handles_.emplace(handle, *obj);
   {
     absl::MutexLock lock(&mu_);
@@ -339,6 +340,7 @@ void Session::release(uint64_t id, const v1::ReleaseRequest& req) {
     }
   }
   const std::string name = obj->name();
+  obj->drop_handle();
   obj.reset();  // our references go first: see Registry
   // Before the answer: a client that reopens the name once released finds
   // it forgotten (if it was idle).
@@ -1064,7 +1066,10 @@ void Session::drop_handles() {
     handles_count_ = 0;
   }
   names.reserve(names.size() + handles_.size());
-  for (const auto& [handle, obj] : handles_) names.push_back(obj->name());
+  for (const auto& [handle, obj] : handles_) {
+    names.push_back(obj->name());
+    obj->drop_handle();
+  }
   // Our references go first: see Registry.
   handles_.clear();
   for (const std::string& name : names) registry_.forget_if_idle(name);

@@ -189,6 +189,47 @@ TEST(Registry, AnObjectSomeoneHoldsIsNotForgotten) {
   EXPECT_TRUE(r.forget_if_idle("c"));
 }
 
+// A reference that outlives the last handle (a pending operation's
+// callback, an answer in flight) keeps the object only until it goes: the
+// broker's periodic sweep then forgets it, with no further release.
+TEST(Registry, AnObjectReferredToPastItsLastHandleIsForgottenByTheSweep) {
+  Registry r;
+  auto ref = r.open_channel("c", "string", 0);
+  ASSERT_TRUE(ref.ok());
+  EXPECT_EQ(r.sweep_lingering(), 0u);
+  EXPECT_FALSE(r.forget_if_idle("c"));  // referred to: noted
+  EXPECT_EQ(r.sweep_lingering(), 0u);   // still: kept, still noted
+  EXPECT_EQ(r.size(), 1u);
+  ref->reset();
+  EXPECT_EQ(r.sweep_lingering(), 1u);
+  EXPECT_EQ(r.size(), 0u);
+  EXPECT_EQ(r.sweep_lingering(), 0u);
+  // The name is free again.
+  EXPECT_TRUE(r.open_channel("c", "int64", 3).ok());
+}
+
+// The sweep leaves alone what a session's handle holds (the handle's drop
+// checks it) and what is not in its initial state (kept by design).
+TEST(Registry, TheSweepKeepsObjectsWithAHandleOrWithState) {
+  Registry r;
+  auto held = r.open_channel("held", "string", 0);
+  ASSERT_TRUE(held.ok());
+  (*held)->add_handle();
+  auto buffered = r.open_channel("buffered", "string", 1);
+  ASSERT_TRUE(buffered.ok());
+  ASSERT_EQ((*buffered)->chan.try_send("v"), ChanStatus::kOk);
+  EXPECT_FALSE(r.forget_if_idle("held"));
+  EXPECT_FALSE(r.forget_if_idle("buffered"));
+  buffered->reset();
+  EXPECT_EQ(r.sweep_lingering(), 0u);
+  EXPECT_EQ(r.size(), 2u);
+  // Once the handle goes, its drop is what forgets the object.
+  (*held)->drop_handle();
+  held->reset();
+  EXPECT_TRUE(r.forget_if_idle("held"));
+  EXPECT_EQ(r.size(), 1u);
+}
+
 TEST(Registry, ObjectsNotInTheirInitialStateAreKept) {
   Registry r;
   auto who = fakes::FakeParticipant::make(1, "w");
