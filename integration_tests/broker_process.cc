@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "dchan/v1/inspect.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 
 extern char** environ;
 
@@ -377,6 +378,17 @@ BrokerProcess::BrokerProcess(std::vector<std::string> extra_args)
        << line.value_or("(nothing)") << "\n"
        << process_.wait(milliseconds(1000));
   throw std::runtime_error(what.str());
+}
+
+BrokerProcess::~BrokerProcess() {
+  if (!process_.running()) return;
+  process_.signal(SIGCONT);
+  const ProcessResult r = stop(kStopBound);
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << "dchan-broker did not exit 0 after SIGTERM at the end "
+                     "of the test (a leak report, if any, is in its stderr)\n"
+                  << r;
+  }
 }
 
 ProcessResult BrokerProcess::kill(int sig) {

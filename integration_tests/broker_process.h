@@ -8,8 +8,10 @@
 //   EXPECT_EQ(r.exit_code, 0) << r;
 //
 // Every process is bounded in time and reaped: wait() kills a child that
-// outlives its timeout (and says so in the result), and a Process or
-// BrokerProcess destroyed while its child runs kills and reaps it; a test
+// outlives its timeout (and says so in the result), a Process destroyed
+// while its child runs kills and reaps it, and a BrokerProcess destroyed
+// while its broker runs stops it with SIGTERM and expects exit status 0
+// (the leak check of sanitizer builds included); a test
 // process that dies without that (a crash, SIGKILL) takes its children with
 // it (PR_SET_PDEATHSIG). Children get /dev/null as stdin; their stdout and
 // stderr are captured through close-on-exec pipes (so that one child never
@@ -166,7 +168,17 @@ class BrokerProcess {
   explicit BrokerProcess(std::vector<std::string> extra_args = {});
   BrokerProcess(const BrokerProcess&) = delete;
   BrokerProcess& operator=(const BrokerProcess&) = delete;
-  ~BrokerProcess() = default;  // the Process kills and reaps it
+  // A broker still running is stopped as stop() does (resumed first, in
+  // case a test froze it), and a test failure is recorded (ADD_FAILURE) if
+  // it does not then exit 0 within kStopBound: a broker must shut down
+  // cleanly on SIGTERM, and in sanitizer builds its exit status is also
+  // the leak check's verdict (LeakSanitizer runs when it returns from
+  // main). A broker the test stopped, killed or waited for itself is left
+  // alone.
+  ~BrokerProcess();
+
+  // How long the destructor waits for a broker to exit after SIGTERM.
+  static constexpr std::chrono::seconds kStopBound{30};
 
   // "127.0.0.1:PORT".
   const std::string& address() const noexcept { return address_; }

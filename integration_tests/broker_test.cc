@@ -1659,5 +1659,51 @@ TEST(BrokerShutdown, SigtermExitsZeroEvenWithAClientThatDoesNotRead) {
   EXPECT_FALSE(ss.ok());
 }
 
+// Values a client hands back (ReturnRequest) to a full channel wait there as
+// parked sends that no session owns. A broker stopped while they wait still
+// exits 0 — and frees them: in the ASan build its leak check runs as it
+// exits (parked sends used to keep their channel alive for good).
+TEST(BrokerShutdown, ValuesHandedBackToAFullChannelAreFreedAtExit) {
+  BrokerProcess broker;
+  RawSession s(connect(broker.address()));
+  const uint64_t h = open_chan(s, 1, "back", 1);
+  ASSERT_NE(h, 0u);
+  // "a" is buffered, "b" and "c" wait for room; a batch receive takes all
+  // three (the buffer refills from the waiting senders).
+  v1::ClientFrame batch = recv_frame(4, h, false);
+  batch.mutable_recv()->set_max_values(3);
+  ASSERT_TRUE(
+      s.write({send_frame(2, h, "a", false), send_frame(3, h, "b", false),
+               send_frame(5, h, "c", false), std::move(batch)}));
+  std::vector<v1::ServerFrame> answers;
+  ASSERT_TRUE(s.read(4, &answers));
+  for (const v1::ServerFrame& f : answers) {
+    EXPECT_EQ(f.code(), kOk) << f.DebugString();
+    if (f.id() == 4) {
+      EXPECT_EQ(f.recv().value(), "a");
+      EXPECT_EQ(f.recv().more_values_size(), 2) << f.DebugString();
+    }
+  }
+  const std::optional<v1::ServerFrame> x = s.call(send_frame(6, h, "x", true));
+  ASSERT_TRUE(x.has_value());
+  ASSERT_EQ(x->send().outcome(), v1::OUTCOME_OK) << x->DebugString();
+  v1::ClientFrame ret;
+  ret.set_id(7);
+  ret.mutable_return_values()->set_handle(h);
+  ret.mutable_return_values()->add_values("b");
+  ret.mutable_return_values()->add_values("c");
+  const std::optional<v1::ServerFrame> r = s.call(std::move(ret));
+  ASSERT_TRUE(r.has_value());
+  ASSERT_EQ(r->return_values().taken(), 2u) << r->DebugString();
+  ASSERT_TRUE(broker.wait_for_chan(
+      "back", [](const ChanInfo& c) { return c.blocked_senders == 2; },
+      kBrokerStateBound));
+
+  const ProcessResult b = broker.stop(seconds(30));
+  EXPECT_FALSE(b.timed_out) << b;
+  EXPECT_EQ(b.exit_code, 0) << b;
+  EXPECT_FALSE(s.await_end().ok());
+}
+
 }  // namespace
 }  // namespace dchan::testing

@@ -9,7 +9,7 @@
 #              -Werror=thread-safety into build-clang/, ctest
 #   3b. asan   AddressSanitizer + UBSan build of everything but the
 #              benchmarks (broker, client, integration tests, lib) into
-#              build-asan/, ctest
+#              build-asan/, ctest, leak detection on (scripts/lsan.supp)
 #   4. install `cmake --install build` into a temporary prefix, then the
 #              find_package(dchan) consumer in tests/install_consumer/
 #   5. bench   every Google Benchmark binary in build/bench once with a tiny
@@ -111,11 +111,16 @@ if want asan; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDCHAN_SANITIZE=address -DDCHAN_BUILD_BENCH=OFF
   cmake --build build-asan -j "${JOBS}"
-  # gRPC keeps some process-lifetime allocations: leaks are not errors here.
-  export ASAN_OPTIONS="detect_leaks=0 abort_on_error=1 ${ASAN_OPTIONS:-}"
+  # Leaks are errors: LeakSanitizer runs when each test program, worker,
+  # example and broker exits (BrokerProcess stops a test's broker with
+  # SIGTERM and fails the test unless it exits 0). scripts/lsan.supp may
+  # only suppress process-lifetime allocations of gRPC, protobuf or Abseil,
+  # never a dchan frame.
+  export ASAN_OPTIONS="detect_leaks=1 abort_on_error=1 ${ASAN_OPTIONS:-}"
+  export LSAN_OPTIONS="suppressions=${ROOT}/scripts/lsan.supp ${LSAN_OPTIONS:-}"
   export UBSAN_OPTIONS="print_stacktrace=1 halt_on_error=1 ${UBSAN_OPTIONS:-}"
   run_ctest build-asan
-  unset ASAN_OPTIONS UBSAN_OPTIONS
+  unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
   STAGES_DONE+=(asan)
 fi
 

@@ -36,6 +36,7 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/chan.h"
@@ -134,11 +135,29 @@ class ChannelObject final : public Object {
         chan(make_chan<std::string>(capacity)),
         offers(std::make_shared<OfferBook>(chan, offer_claim_timeout)) {}
 
+  // Withdraws the values still parked by give_back() (see there).
+  ~ChannelObject() override;
+
   const std::string type_name;
   const uint64_t capacity;
   Chan<std::string> chan;
   // Offers of spanning selects (unbuffered channels only).
   const std::shared_ptr<OfferBook> offers;
+
+  // Sends a value that a session took but could not deliver (or handed
+  // back, ReturnRequest) into `obj`'s channel again, at the back: at once
+  // if there is room or a receiver, else parked as a sender until there
+  // is. If the channel is closed (now or while the value waits), the
+  // channel keeps it for its next receives (keep_after_close): a value is
+  // never dropped while the channel exists. Never blocks.
+  //
+  // A parked value refers to the object only weakly, and the object
+  // withdraws its parked values when it is destroyed (the broker exits;
+  // the registry never forgets a channel that a sender waits on): a
+  // parked send that held the object would keep it, its channel and the
+  // value alive for good (object -> channel -> parked send -> object).
+  static void give_back(const std::shared_ptr<ChannelObject>& obj,
+                        std::string value);
 
   // Values a client handed back (ReturnRequest) that found the channel
   // closed: receives take them, oldest first, before they report the
@@ -155,6 +174,13 @@ class ChannelObject final : public Object {
  private:
   mutable absl::Mutex after_close_mu_;
   std::deque<std::string> after_close_ ABSL_GUARDED_BY(after_close_mu_);
+
+  // give_back()'s values parked on `chan`, by key; each leaves when its
+  // send completes (or fails on close), the rest go with the object. A
+  // key whose entry is empty (no PendingOp yet) is being parked.
+  absl::Mutex parked_mu_;
+  absl::flat_hash_map<uint64_t, PendingOp> parked_ ABSL_GUARDED_BY(parked_mu_);
+  uint64_t next_parked_ ABSL_GUARDED_BY(parked_mu_) = 1;
 
   void describe_kind(v1::ObjectInfo& info) const override;
 };

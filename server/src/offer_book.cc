@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dchan/select.h"
+#include "object.h"
 
 namespace dchan::server {
 
@@ -240,9 +241,17 @@ void OfferBook::run(Actions& actions) {
                           f.returned_to);
     } else if (f.value.has_value()) {
       // Nobody to take it: back into the channel, as for a session that
-      // ended holding a value.
-      Chan<std::string> c = chan_;
-      c.send_async(std::move(*f.value), [](bool) {});
+      // ended holding a value. Through the channel's object, which the
+      // broker's receive offers name: a send parked on chan_ itself could
+      // never be withdrawn, and one still parked when the broker exits
+      // would keep the channel alive for good (see give_back). A book
+      // without an object (its own tests) parks it directly.
+      if (f.returned_to != nullptr) {
+        ChannelObject::give_back(f.returned_to, *std::move(f.value));
+      } else {
+        Chan<std::string> c = chan_;
+        c.send_async(*std::move(f.value), [](bool) {});
+      }
     }
   }
 }

@@ -95,26 +95,6 @@ constexpr absl::string_view kind_needed<ValueObject>() {
   return "an AtomicValue";
 }
 
-// Sends a value that its session could not take back into its channel, at
-// the back; if the channel is closed (now or while the value waits for
-// room), the channel keeps it for its next receives (keep_after_close), as
-// for a ReturnRequest: a value is never dropped.
-void return_value(const std::shared_ptr<ChannelObject>& obj,
-                  std::string value) {
-  // Moved from only on kOk.
-  const ChanStatus st = obj->chan.try_send(std::move(value));
-  if (st == ChanStatus::kOk) return;
-  if (st == ChanStatus::kClosed) {
-    obj->keep_after_close(std::move(value));
-    return;
-  }
-  // The parked send gives nothing back if a close fails it: keep a copy.
-  auto keep = std::make_shared<std::string>(value);
-  obj->chan.send_async(std::move(value), [obj, keep](bool ok) {
-    if (!ok) obj->keep_after_close(std::move(*keep));
-  });
-}
-
 }  // namespace
 
 void return_frame_value(v1::ServerFrame& frame,
@@ -122,17 +102,17 @@ void return_frame_value(v1::ServerFrame& frame,
   if (returned_to == nullptr) return;
   if (frame.has_recv() && frame.recv().outcome() == v1::OUTCOME_OK) {
     v1::RecvResponse* r = frame.mutable_recv();
-    return_value(returned_to, std::move(*r->mutable_value()));
+    ChannelObject::give_back(returned_to, std::move(*r->mutable_value()));
     for (std::string& v : *r->mutable_more_values()) {
-      return_value(returned_to, std::move(v));
+      ChannelObject::give_back(returned_to, std::move(v));
     }
   } else if (frame.has_select() && frame.select().outcome() == v1::OUTCOME_OK) {
-    return_value(returned_to,
-                 std::move(*frame.mutable_select()->mutable_value()));
+    ChannelObject::give_back(
+        returned_to, std::move(*frame.mutable_select()->mutable_value()));
   } else if (frame.has_offer() && frame.offer().outcome() == v1::OUTCOME_OK) {
     // Only receive offers' answers name a channel to return to.
-    return_value(returned_to,
-                 std::move(*frame.mutable_offer()->mutable_value()));
+    ChannelObject::give_back(
+        returned_to, std::move(*frame.mutable_offer()->mutable_value()));
   }
 }
 
@@ -552,23 +532,9 @@ void Session::return_values(uint64_t id, const v1::ReturnRequest& req) {
     }
   } while (!batch_extras_.compare_exchange_weak(held, held - n,
                                                 std::memory_order_relaxed));
-  for (const std::string& v : req.values()) {
-    std::string value = v;
-    // Moved from only on kOk.
-    const ChanStatus st = obj->chan.try_send(std::move(value));
-    if (st == ChanStatus::kOk) continue;
-    if (st == ChanStatus::kClosed) {
-      obj->keep_after_close(std::move(value));
-      continue;
-    }
-    // The buffer is full: wait for room behind the senders already parked
-    // (in order). The copy is kept for the case that the channel is closed
-    // meanwhile (the parked send then fails and gives nothing back).
-    auto keep = std::make_shared<std::string>(value);
-    obj->chan.send_async(std::move(value), [obj, keep](bool ok) {
-      if (!ok) obj->keep_after_close(std::move(*keep));
-    });
-  }
+  // A value that finds the buffer full waits for room behind the senders
+  // already parked (in order).
+  for (const std::string& v : req.values()) ChannelObject::give_back(obj, v);
   v1::ServerFrame f;
   f.set_id(id);
   f.mutable_return_values()->set_taken(

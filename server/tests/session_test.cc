@@ -1112,6 +1112,73 @@ TEST_F(SessionTest, AValueItsSessionCouldNotTakeOutlivesAClose) {
   EXPECT_EQ(a.out->take().recv().outcome(), v1::OUTCOME_CLOSED);
 }
 
+// A value handed back to a full channel waits as a parked send, which
+// nobody can withdraw. It must not hold its channel: when the broker exits
+// (its registry goes) with the value still parked, the channel, its
+// buffer and the value are freed (they used to keep each other alive:
+// object -> channel -> parked send -> object).
+TEST_F(SessionTest, AValueThatCouldNotBeDeliveredDoesNotKeepItsChannelAlive) {
+  std::weak_ptr<Object> channel;
+  {
+    Registry registry;
+    Client a, b;
+    a.session = std::make_shared<Session>(1, "test", registry, a.out);
+    b.session = std::make_shared<Session>(2, "test", registry, b.out);
+    const uint64_t ha = open(a, "ch", "string", 1),
+                   hb = open(b, "ch", "string", 1);
+    send(a, 1, ha, "v1");
+    EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+    send(a, 2, ha, "v2");  // parked: the buffer is full
+    // b cannot take the v1 it receives: it goes back, behind v2, and waits.
+    b.out->refuse();
+    recv(b, 1, hb, /*nonblocking=*/true);
+    EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+    channel = registry.objects().front();
+    const auto& ch = static_cast<const ChannelObject&>(*channel.lock());
+    EXPECT_EQ(detail::stats_of(ch.chan).blocked_senders, 1u);
+    for (Client* c : {&a, &b}) {
+      c->session->end();
+      c->session->drop_handles();
+    }
+  }
+  EXPECT_TRUE(channel.expired()) << "the parked value keeps its channel";
+}
+
+// The same for values a client hands back (ReturnRequest).
+TEST_F(SessionTest, ReturnedValuesWaitingForRoomDoNotKeepTheirChannelAlive) {
+  std::weak_ptr<Object> channel;
+  {
+    Registry registry;
+    Client a, b;
+    a.session = std::make_shared<Session>(1, "test", registry, a.out);
+    b.session = std::make_shared<Session>(2, "test", registry, b.out);
+    const uint64_t ha = open(a, "ch", "string", 1),
+                   hb = open(b, "ch", "string", 1);
+    a.session->handle(multi_send(1, ha, {"r0", "r1", "r2"}));
+    b.session->handle(batch_recv(2, hb, 3));
+    EXPECT_EQ(values_of(b.out->take()),
+              (std::vector<std::string>{"r0", "r1", "r2"}));
+    EXPECT_EQ(a.out->take().send().sent(), 3u);
+    send(a, 3, ha, "x");  // the buffer is full again
+    EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+    v1::ClientFrame ret;
+    ret.set_id(4);
+    ret.mutable_return_values()->set_handle(hb);
+    ret.mutable_return_values()->add_values("r1");
+    ret.mutable_return_values()->add_values("r2");
+    b.session->handle(ret);
+    EXPECT_EQ(b.out->take().return_values().taken(), 2u);
+    channel = registry.objects().front();
+    const auto& ch = static_cast<const ChannelObject&>(*channel.lock());
+    EXPECT_EQ(detail::stats_of(ch.chan).blocked_senders, 2u);
+    for (Client* c : {&a, &b}) {
+      c->session->end();
+      c->session->drop_handles();
+    }
+  }
+  EXPECT_TRUE(channel.expired()) << "the returned values keep their channel";
+}
+
 TEST_F(SessionTest, ReturnToAnUnknownHandleIsNotFound) {
   Client a = connect();
   v1::ClientFrame ret;
