@@ -34,13 +34,27 @@ using Clock = std::chrono::steady_clock;
 // with spinning, ~65-85 ns without), so waiters queue at once.
 constexpr int kMaxSpins = 0;
 
+// A parked waiter spins on its own word for spin_budget() / this before it
+// sleeps (see lock_slow).
+constexpr int kWordSpinDivisor = 4;
+
 // Go's starvationThresholdNs.
 constexpr auto kStarvationThreshold = std::chrono::milliseconds(1);
 
 // Values of Waiter::word.
-constexpr uint32_t kParked = 0;   // in the queue
-constexpr uint32_t kWakeUp = 1;   // popped in normal mode: compete again
-constexpr uint32_t kHandOff = 2;  // popped in starvation mode: the lock is ours
+constexpr uint32_t kParked = 0;    // in the queue
+constexpr uint32_t kWakeUp = 1;    // popped in normal mode: compete again
+constexpr uint32_t kHandOff = 2;   // popped in starvation mode: the lock is ours
+constexpr uint32_t kSleeping = 3;  // in the queue, asleep in futex_wait (or
+                                   // about to be): the popper must wake it
+
+// Publishes `value` (kWakeUp or kHandOff) to a waiter just popped (under
+// queue_mu_); returns whether it sleeps, so that the caller wakes it once
+// queue_mu_ is released. A waiter that has not gone to sleep yet sees the
+// word change and needs no system call.
+bool publish(std::atomic<uint32_t>& word, uint32_t value) {
+  return word.exchange(value, std::memory_order_acq_rel) == kSleeping;
+}
 
 }  // namespace
 
@@ -110,6 +124,7 @@ bool MutexCore::give_up_woken() {
 
 bool MutexCore::lock_slow(Clock::time_point deadline) {
   const int spin_limit = std::min(spin_budget(), kMaxSpins);
+  const int word_spins = spin_budget() / kWordSpinDivisor;
   const bool timed = deadline != Clock::time_point::max();
   Waiter me;
   bool awoke = false;  // this thread owns kWoken
@@ -171,10 +186,24 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
     }
     queued_before = true;
 
-    uint32_t v;
-    while ((v = me.word.load(std::memory_order_acquire)) == kParked) {
-      if (!futex_wait_until(me.word, kParked, deadline) &&
-          me.word.load(std::memory_order_acquire) == kParked) {
+    // The wake-up usually comes within the holder's critical section and
+    // the unlock: spin on this waiter's own word (not the lock's cache
+    // line) first, so that neither side makes a system call for it. Not
+    // with one CPU (spin_budget() is 0): the unlocker could not run.
+    uint32_t v = me.word.load(std::memory_order_acquire);
+    for (int i = 0; v == kParked && i < word_spins; ++i) {
+      spin_pause();
+      v = me.word.load(std::memory_order_acquire);
+    }
+    while (v == kParked || v == kSleeping) {
+      // Announce the sleep; a popper that sees it makes the wake call.
+      if (v == kParked && !me.word.compare_exchange_weak(
+                              v, kSleeping, std::memory_order_acquire,
+                              std::memory_order_acquire)) {
+        continue;  // `v` reloaded: popped meanwhile, or a spurious failure
+      }
+      if (!futex_wait_until(me.word, kSleeping, deadline) &&
+          me.word.load(std::memory_order_acquire) == kSleeping) {
         std::unique_lock<std::mutex> hold(queue_mu_);
         if (me.queued) {
           remove_locked(&me);
@@ -185,6 +214,7 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
         v = me.word.load(std::memory_order_acquire);
         break;
       }
+      v = me.word.load(std::memory_order_acquire);
     }
     if (v == kHandOff) return true;  // starvation mode: ownership passed
 
@@ -202,6 +232,7 @@ void MutexCore::unlock_slow(uint32_t s) {
     if ((s & kStarving) != 0) {
       // Hand the lock, still marked locked, to the head waiter.
       std::atomic<uint32_t>* word = nullptr;
+      bool sleeps = false;
       {
         std::lock_guard<std::mutex> hold(queue_mu_);
         s = state_.load(std::memory_order_relaxed);
@@ -213,13 +244,13 @@ void MutexCore::unlock_slow(uint32_t s) {
             clear_bits_locked(kStarving);
           }
           word = &w->word;
-          word->store(kHandOff, std::memory_order_release);
+          sleeps = publish(*word, kHandOff);
         }
       }
       if (word != nullptr) {
         // The waiter may have returned already; waking its old address is
         // harmless (see futex.h).
-        futex_wake_one(*word);
+        if (sleeps) futex_wake_one(*word);
         return;
       }
       continue;  // left starvation mode meanwhile (a waiter timed out)
@@ -230,6 +261,7 @@ void MutexCore::unlock_slow(uint32_t s) {
                                      std::memory_order_relaxed)) {
       if (!wake) return;
       std::atomic<uint32_t>* word = nullptr;
+      bool sleeps = false;
       {
         std::lock_guard<std::mutex> hold(queue_mu_);
         Waiter* w = pop_front_locked();
@@ -239,10 +271,10 @@ void MutexCore::unlock_slow(uint32_t s) {
         } else {
           if (head_ == nullptr) clear_bits_locked(kHasWaiters);
           word = &w->word;
-          word->store(kWakeUp, std::memory_order_release);
+          sleeps = publish(*word, kWakeUp);
         }
       }
-      if (word != nullptr) futex_wake_one(*word);
+      if (sleeps) futex_wake_one(*word);
       return;
     }
   }
