@@ -107,7 +107,7 @@ class Stream {
         if (f.id() != 0 && !f.has_claim_answer()) {
           const bool quiet = f.has_unlock() && f.unlock().quiet();
           asked_[f.id()] = {quiet ? Expect::kAtMostOne : Expect::kOne,
-                            std::string(op_name(f)),
+                            op_name(f),
                             f.has_release() ? f.release().handle() : 0,
                             f.has_open() ? f.open().kind()
                                          : v1::OBJECT_KIND_UNSPECIFIED};
@@ -253,7 +253,7 @@ class Stream {
     return true;
   }
 
-  static absl::string_view op_name(const v1::ClientFrame& f) {
+  static std::string op_name(const v1::ClientFrame& f) {
     const pb::OneofDescriptor* op = f.GetDescriptor()->FindOneofByName("op");
     const pb::FieldDescriptor* set =
         f.GetReflection()->GetOneofFieldDescriptor(f, op);
