@@ -263,7 +263,12 @@ int EchoServerMain() {
   // Blocked before gRPC starts its threads, so that only sigwait sees them.
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   EchoServer echo;
-  echo.start();
+  try {
+    echo.start();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "remote_bench echo server: %s\n", e.what());
+    return 1;
+  }
   std::printf("echo listening on %s\n", echo.address.c_str());
   std::fflush(stdout);
   int sig = 0;
