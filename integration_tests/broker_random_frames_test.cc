@@ -23,7 +23,6 @@
 //
 // Bounded: fixed seeds (DCHAN_RANDOM_FRAMES_SEED=N runs seed N alone),
 // a fixed number of frames, every wait under a deadline.
-#include <atomic>
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
