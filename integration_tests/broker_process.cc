@@ -381,7 +381,14 @@ BrokerProcess::BrokerProcess(std::vector<std::string> extra_args)
 }
 
 BrokerProcess::~BrokerProcess() {
-  if (!process_.running()) return;
+  if (!process_.running()) {
+    if (ended_by_test_) return;
+    const ProcessResult r = process_.wait(std::chrono::milliseconds(0));
+    if (r.exit_code != 0) {
+      ADD_FAILURE() << "dchan-broker exited by itself during the test\n" << r;
+    }
+    return;
+  }
   process_.signal(SIGCONT);
   const ProcessResult r = stop(kStopBound);
   if (r.exit_code != 0) {
@@ -392,11 +399,13 @@ BrokerProcess::~BrokerProcess() {
 }
 
 ProcessResult BrokerProcess::kill(int sig) {
+  ended_by_test_ = true;
   process_.signal(sig);
   return process_.wait(std::chrono::seconds(10));
 }
 
 ProcessResult BrokerProcess::stop(milliseconds timeout) {
+  ended_by_test_ = true;
   process_.signal(SIGTERM);
   return process_.wait(timeout);
 }

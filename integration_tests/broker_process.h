@@ -22,6 +22,7 @@
 #ifndef DCHAN_INTEGRATION_TESTS_BROKER_PROCESS_H_
 #define DCHAN_INTEGRATION_TESTS_BROKER_PROCESS_H_
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -173,8 +174,10 @@ class BrokerProcess {
   // it does not then exit 0 within kStopBound: a broker must shut down
   // cleanly on SIGTERM, and in sanitizer builds its exit status is also
   // the leak check's verdict (LeakSanitizer runs when it returns from
-  // main). A broker the test stopped, killed or waited for itself is left
-  // alone.
+  // main). A broker the test stopped, killed, signalled to end or waited
+  // for itself is left alone; one that exited by itself without the test
+  // asking (a crash, a sanitizer's abort) is a test failure unless it exited
+  // 0.
   ~BrokerProcess();
 
   // How long the destructor waits for a broker to exit after SIGTERM.
@@ -192,6 +195,7 @@ class BrokerProcess {
   // Waits up to `timeout` for the broker to exit by itself (SIGKILL after
   // it, as Process::wait) and reaps it.
   ProcessResult wait(std::chrono::milliseconds timeout) {
+    ended_by_test_ = true;
     return process_.wait(timeout);
   }
 
@@ -203,7 +207,10 @@ class BrokerProcess {
   ProcessResult kill(int sig = 9);
 
   // Sends `sig` to the broker without waiting (e.g. SIGSTOP to freeze it).
-  void signal(int sig) { process_.signal(sig); }
+  void signal(int sig) {
+    if (sig != SIGSTOP && sig != SIGCONT) ended_by_test_ = true;
+    process_.signal(sig);
+  }
 
   // Graceful stop: SIGTERM, then waits up to `timeout` (SIGKILL after it).
   ProcessResult stop(
@@ -240,6 +247,9 @@ class BrokerProcess {
 
  private:
   Process process_;
+  // The test killed, stopped, signalled or waited for the broker: its end
+  // is the test's business.
+  bool ended_by_test_ = false;
   std::string address_;
   int port_ = 0;
 };

@@ -1,7 +1,8 @@
 // The test harness's own promise (broker_process.h): a child dies with the
 // test process that started it, even when that process is SIGKILLed (no
 // destructor runs), and not before — also when the thread that started it
-// has ended.
+// has ended; and a broker that dies during a test without the test asking
+// fails that test.
 //
 // The killed test process is this binary re-run with a filter that selects
 // BrokerProcessHelper.StartsABrokerAndWaits and kHelperEnv set; without
@@ -22,6 +23,7 @@
 
 #include "absl/strings/numbers.h"
 #include "dchan/client.h"
+#include "gtest/gtest-spi.h"
 #include "gtest/gtest.h"
 
 namespace dchan::testing {
@@ -117,6 +119,29 @@ TEST(BrokerProcess, OutlivesTheThreadThatStartedIt) {
   EXPECT_EQ(ch.recv(), std::optional<int64_t>(1));
   std::this_thread::sleep_for(milliseconds(100));
   EXPECT_TRUE(broker->running());
+}
+
+// A broker that dies during a test without the test asking (here: SIGKILL
+// from outside, as a crash or a sanitizer's abort would end it) fails the
+// test when its BrokerProcess goes, with the broker's output.
+TEST(BrokerProcess, ABrokerThatDiesByItselfFailsTheTest) {
+  EXPECT_NONFATAL_FAILURE(
+      {
+        BrokerProcess broker;
+        ::kill(broker.pid(), SIGKILL);
+        const auto deadline = steady_clock::now() + seconds(20);
+        while (broker.running() && steady_clock::now() < deadline) {
+          std::this_thread::sleep_for(milliseconds(10));
+        }
+      },
+      "dchan-broker exited by itself during the test");
+}
+
+// One the test ends itself is the test's business.
+TEST(BrokerProcess, ABrokerTheTestKilledIsLeftAlone) {
+  BrokerProcess broker;
+  const ProcessResult r = broker.kill();
+  EXPECT_EQ(r.term_signal, SIGKILL);
 }
 
 }  // namespace
