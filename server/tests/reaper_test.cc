@@ -131,7 +131,9 @@ TEST_F(ReaperTest, AnExpiredHolderReleasesItsLockToTheNextWaiter) {
   const v1::ServerFrame f = waiter.out->take();
   EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
   EXPECT_GT(f.lock().token(), first);
-  EXPECT_TRUE(holder.out->finished().has_value());
+  // The reaper ends the session (handing the lock on) before it finishes the
+  // stream, so the holder's end may land just after the waiter's grant.
+  EXPECT_TRUE(eventually([&] { return holder.out->finished().has_value(); }));
 }
 
 TEST_F(ReaperTest, StopIsPromptAndIdempotent) {
