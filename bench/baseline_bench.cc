@@ -294,30 +294,27 @@ class RelayService final : public Relay::CallbackService {
 
 // Serves until SIGTERM / SIGINT.
 int RelayServerMain() {
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  // Blocked before gRPC starts its threads, so that only sigwait sees them.
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   RelayService service;
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    std::fprintf(stderr, "baseline_bench: cannot start the relay server\n");
-    return 1;
-  }
-  std::printf("relay listening on 127.0.0.1:%d\n", port);
-  std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  server->Wait();
-  return 0;
+  std::unique_ptr<grpc::Server> server;
+  return dchan::bench::ServeUntilSignalled(
+      "baseline_bench relay server",
+      [&] {
+        grpc::ServerBuilder builder;
+        int port = 0;
+        builder.AddListeningPort("127.0.0.1:0",
+                                 grpc::InsecureServerCredentials(), &port);
+        builder.RegisterService(&service);
+        server = builder.BuildAndStart();
+        if (server == nullptr || port == 0) {
+          throw std::runtime_error("cannot start the relay server");
+        }
+        return "127.0.0.1:" + std::to_string(port);
+      },
+      [&] {
+        server->Shutdown(std::chrono::system_clock::now() +
+                         std::chrono::seconds(2));
+        server->Wait();
+      });
 }
 
 class RelayServer {

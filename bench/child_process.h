@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -21,6 +22,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <exception>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -137,6 +140,34 @@ inline std::string ReadListenAddress(ChildProcess& child) {
   }
   const std::size_t begin = at + key.size();
   return line.substr(begin, line.find_first_of(" \n", begin) - begin);
+}
+
+// The child's side of ReadListenAddress, for a server that is this very
+// binary re-executed: blocks SIGTERM and SIGINT (before `start` runs, so
+// that the threads it starts inherit the mask and only sigwait sees them),
+// calls `start`, which starts the server and returns its address or throws,
+// prints "<what> listening on <address>", waits for SIGTERM or SIGINT, calls
+// `stop` and returns 0. A `start` that throws is reported on stderr: 1.
+template <class Start, class Stop>
+int ServeUntilSignalled(const char* what, Start start, Stop stop) {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::string address;
+  try {
+    address = start();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", what, e.what());
+    return 1;
+  }
+  std::printf("%s listening on %s\n", what, address.c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  stop();
+  return 0;
 }
 
 // A loopback TCP port nobody listens on right now (the kernel's pick for an

@@ -256,25 +256,14 @@ constexpr const char* kEchoServerFlag = "--dchan_bench_echo_server";
 // The echo server's own process (this binary, re-executed with
 // kEchoServerFlag): serves until SIGTERM.
 int EchoServerMain() {
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  // Blocked before gRPC starts its threads, so that only sigwait sees them.
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   EchoServer echo;
-  try {
-    echo.start();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "remote_bench echo server: %s\n", e.what());
-    return 1;
-  }
-  std::printf("echo listening on %s\n", echo.address.c_str());
-  std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  echo.stop();
-  return 0;
+  return dchan::bench::ServeUntilSignalled(
+      "remote_bench echo server",
+      [&] {
+        echo.start();
+        return echo.address;
+      },
+      [&] { echo.stop(); });
 }
 
 // The baselines' server runs in a process of its own, as the broker does,

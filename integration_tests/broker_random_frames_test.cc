@@ -47,6 +47,7 @@
 #include "google/protobuf/reflection.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "raw_channel.h"
 
 namespace dchan::testing {
 namespace {
@@ -64,14 +65,6 @@ constexpr int kMaxValueBytes = 4096;  // the broker's --max_value_bytes
 constexpr milliseconds kSettleBound = seconds(30);
 constexpr milliseconds kStreamBound = seconds(120);
 
-std::shared_ptr<grpc::Channel> connect(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetMaxReceiveMessageSize(-1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                   args);
-}
-
 // How many answers a request must get by the end.
 enum class Expect { kOne, kAtMostOne };
 
@@ -81,7 +74,7 @@ class Stream {
   // The streams of one seed share the objects named `prefix` + c0, c1, m0,
   // w0, v0.
   Stream(const std::string& address, const std::string& prefix, uint64_t seed)
-      : stub_(v1::Broker::NewStub(connect(address))),
+      : stub_(v1::Broker::NewStub(raw_channel(address))),
         prefix_(prefix),
         rng_(seed) {
     ctx_.set_deadline(std::chrono::system_clock::now() + kStreamBound);
@@ -105,11 +98,10 @@ class Stream {
       for (v1::ClientFrame& f : frames) {
         if (f.id() != 0 && !f.has_claim_answer()) {
           const bool quiet = f.has_unlock() && f.unlock().quiet();
-          asked_[f.id()] = {quiet ? Expect::kAtMostOne : Expect::kOne,
-                            op_name(f),
-                            f.has_release() ? f.release().handle() : 0,
-                            f.has_open() ? f.open().kind()
-                                         : v1::OBJECT_KIND_UNSPECIFIED};
+          asked_[f.id()] = {
+              quiet ? Expect::kAtMostOne : Expect::kOne, op_name(f),
+              f.has_release() ? f.release().handle() : 0,
+              f.has_open() ? f.open().kind() : v1::OBJECT_KIND_UNSPECIFIED};
         }
         *batch.add_frames() = std::move(f);
       }
@@ -130,8 +122,10 @@ class Stream {
   // buffered "c1"), a mutex, a wait group, an atomic value.
   v1::ClientFrame open_frame(int which) {
     static const std::pair<const char*, v1::ObjectKind> kObjects[] = {
-        {"c0", v1::OBJECT_KIND_CHANNEL},    {"c1", v1::OBJECT_KIND_CHANNEL},
-        {"m0", v1::OBJECT_KIND_MUTEX},      {"w0", v1::OBJECT_KIND_WAIT_GROUP},
+        {"c0", v1::OBJECT_KIND_CHANNEL},
+        {"c1", v1::OBJECT_KIND_CHANNEL},
+        {"m0", v1::OBJECT_KIND_MUTEX},
+        {"w0", v1::OBJECT_KIND_WAIT_GROUP},
         {"v0", v1::OBJECT_KIND_ATOMIC_VALUE}};
     const auto& [name, kind] = kObjects[which % std::size(kObjects)];
     v1::ClientFrame f;
@@ -233,7 +227,7 @@ class Stream {
   struct Asked {
     Expect expect;
     std::string op;
-    uint64_t released = 0;  // a release's handle
+    uint64_t released = 0;                                // a release's handle
     v1::ObjectKind opened = v1::OBJECT_KIND_UNSPECIFIED;  // an open's kind
   };
 
@@ -270,8 +264,8 @@ class Stream {
             ++counts_.claims;
             // A question about a pending offer of ours: answer it at random.
             if (!asked_.contains(f.id())) {
-              problems_.push_back(absl::StrCat("a claim for id ", f.id(),
-                                               ", never asked"));
+              problems_.push_back(
+                  absl::StrCat("a claim for id ", f.id(), ", never asked"));
             }
             v1::ClientFrame a;
             a.mutable_claim_answer()->set_target(f.id());
@@ -285,16 +279,16 @@ class Stream {
           if (f.id() == 0) continue;  // an error about an id-0 frame
           auto asked = asked_.find(f.id());
           if (asked == asked_.end()) {
-            problems_.push_back(
-                absl::StrCat("an answer for id ", f.id(), ", never asked: ",
-                             f.ShortDebugString().substr(0, 200)));
+            problems_.push_back(absl::StrCat(
+                "an answer for id ", f.id(),
+                ", never asked: ", f.ShortDebugString().substr(0, 200)));
             continue;
           }
           if (++answers_[f.id()] > 1) {
-            problems_.push_back(absl::StrCat(
-                "request ", f.id(), " (", asked->second.op,
-                ") answered twice; again: ",
-                f.ShortDebugString().substr(0, 200)));
+            problems_.push_back(
+                absl::StrCat("request ", f.id(), " (", asked->second.op,
+                             ") answered twice; again: ",
+                             f.ShortDebugString().substr(0, 200)));
           }
           if (f.code() != 0) continue;
           if (f.has_open()) {
@@ -443,7 +437,8 @@ class Stream {
         for (const Handle& h : handles_) {
           if (h.kind == want_kind_) fitting.push_back(h.handle);
         }
-        if (!fitting.empty() && !one_in(6)) return fitting[pick(fitting.size())];
+        if (!fitting.empty() && !one_in(6))
+          return fitting[pick(fitting.size())];
         return handles_[pick(handles_.size())].handle;
       }
       if (name == "token" && !tokens_.empty() && !one_in(4)) {
@@ -539,9 +534,8 @@ class Stream {
 };
 
 void run_seed(BrokerProcess& broker, uint64_t seed) {
-  SCOPED_TRACE(absl::StrCat("seed ", seed,
-                            " (rerun alone: DCHAN_RANDOM_FRAMES_SEED=", seed,
-                            ")"));
+  SCOPED_TRACE(absl::StrCat(
+      "seed ", seed, " (rerun alone: DCHAN_RANDOM_FRAMES_SEED=", seed, ")"));
   std::vector<std::unique_ptr<Stream>> streams;
   for (int i = 0; i < kStreams; ++i) {
     streams.push_back(std::make_unique<Stream>(
@@ -581,13 +575,14 @@ void run_seed(BrokerProcess& broker, uint64_t seed) {
     }
     total += streams[i]->counts();
   }
-  std::printf("seed %llu: %llu requests, %llu answers (%llu errors), "
-              "%llu offer claims\n",
-              static_cast<unsigned long long>(seed),
-              static_cast<unsigned long long>(total.asked),
-              static_cast<unsigned long long>(total.answers),
-              static_cast<unsigned long long>(total.errors),
-              static_cast<unsigned long long>(total.claims));
+  std::printf(
+      "seed %llu: %llu requests, %llu answers (%llu errors), "
+      "%llu offer claims\n",
+      static_cast<unsigned long long>(seed),
+      static_cast<unsigned long long>(total.asked),
+      static_cast<unsigned long long>(total.answers),
+      static_cast<unsigned long long>(total.errors),
+      static_cast<unsigned long long>(total.claims));
   // Most frames are refused (random handles, kinds, values), but not all.
   EXPECT_GT(total.answers - total.errors, total.asked / 20);
   ASSERT_TRUE(broker.running()) << "the broker is gone";

@@ -54,6 +54,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "raw_channel.h"
 
 namespace dchan::testing {
 namespace {
@@ -107,20 +108,9 @@ ProcStatus proc_status(pid_t pid) {
   return s;
 }
 
-// A channel with its own TCP connection (gRPC otherwise shares one
-// connection among channels with equal arguments): each RawSession on its
-// own channel is a separate client as far as the broker can tell.
-std::shared_ptr<grpc::Channel> connect(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetMaxReceiveMessageSize(-1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                   args);
-}
-
 std::optional<v1::ListObjectsResponse> list_objects(
     const std::string& address) {
-  auto stub = v1::Inspect::NewStub(connect(address));
+  auto stub = v1::Inspect::NewStub(raw_channel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
   v1::ListObjectsResponse resp;
@@ -132,7 +122,7 @@ std::optional<v1::ListObjectsResponse> list_objects(
 
 std::optional<v1::ListSessionsResponse> list_sessions(
     const std::string& address) {
-  auto stub = v1::Inspect::NewStub(connect(address));
+  auto stub = v1::Inspect::NewStub(raw_channel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
   v1::ListSessionsResponse resp;
@@ -340,7 +330,7 @@ uint64_t open_chan(RawSession& s, uint64_t id, const std::string& name,
 void expect_broker_serves(BrokerProcess& broker, const std::string& after) {
   SCOPED_TRACE("a fresh client after: " + after);
   ASSERT_TRUE(broker.running()) << "the broker is gone";
-  RawSession s(connect(broker.address()), seconds(20));
+  RawSession s(raw_channel(broker.address()), seconds(20));
   ASSERT_TRUE(
       s.write({open_frame(1, "probe", 1), send_frame(2, 1, "ping", true),
                recv_frame(3, 1, true)}));
@@ -388,7 +378,7 @@ struct RawCallResult {
 // A unary call of `method` with `request` bytes, bounded by `bound`.
 RawCallResult raw_unary(const std::string& address, const std::string& method,
                         const std::string& request, milliseconds bound) {
-  grpc::GenericStub stub(connect(address));
+  grpc::GenericStub stub(raw_channel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + bound);
   const grpc::ByteBuffer req = buffer_of(request);
@@ -414,7 +404,7 @@ class RawStreamCall final
   RawStreamCall(const std::string& address, const std::string& method,
                 std::vector<std::string> messages, bool half_close,
                 milliseconds bound)
-      : stub_(connect(address)),
+      : stub_(raw_channel(address)),
         messages_(std::move(messages)),
         half_close_(half_close),
         done_(std::make_shared<std::promise<RawCallResult>>()) {
@@ -506,8 +496,8 @@ TEST(BrokerScale, TenThousandBlockedReceiversCostNoThreadEach) {
   // 100 clients, each on its own connection, each with the channel open.
   std::vector<std::unique_ptr<RawSession>> sessions;
   for (int i = 0; i < kSessions; ++i) {
-    sessions.push_back(
-        std::make_unique<RawSession>(connect(broker.address()), seconds(240)));
+    sessions.push_back(std::make_unique<RawSession>(
+        raw_channel(broker.address()), seconds(240)));
     ASSERT_TRUE(sessions.back()->write({open_frame(1, "crowd", 0)}));
   }
   std::vector<uint64_t> handles;
@@ -575,7 +565,7 @@ TEST(BrokerScale, TenThousandBlockedReceiversCostNoThreadEach) {
   EXPECT_LT(per_waiter, 4096);
 
   // 10,000 values from another session; each fills one waiter.
-  RawSession sender(connect(broker.address()), seconds(240));
+  RawSession sender(raw_channel(broker.address()), seconds(240));
   const uint64_t h = open_chan(sender, 1, "crowd", 0);
   ASSERT_NE(h, 0u);
   for (int b = 0; b < kWaiters / 1000; ++b) {
@@ -709,7 +699,7 @@ TEST(BrokerBackpressure, ClientThatStopsReadingIsEndedWithResourceExhausted) {
   BrokerProcess broker({absl::StrCat("--session_outbox_bytes=", kOutboxBytes)});
   constexpr int kRounds = 160;  // 160 MiB of answers: 40 x the bound
 
-  RawSession stalled(connect(broker.address()), seconds(120));
+  RawSession stalled(raw_channel(broker.address()), seconds(120));
   const uint64_t big = open_chan(stalled, 1, "big", 4);
   ASSERT_NE(big, 0u);
   // Warm the broker's allocator with one full round trip before the
@@ -780,7 +770,7 @@ TEST(BrokerBackpressure, ClientThatStopsReadingIsEndedWithResourceExhausted) {
 TEST(BrokerBackpressure,
      OverflowWithdrawsTheSessionsPendingOpsBeforeTheClientReads) {
   BrokerProcess broker({absl::StrCat("--session_outbox_bytes=", kOutboxBytes)});
-  RawSession stalled(connect(broker.address()), seconds(60));
+  RawSession stalled(raw_channel(broker.address()), seconds(60));
   const uint64_t big = open_chan(stalled, 1, "big", 4);
   const uint64_t other = open_chan(stalled, 2, "other", 0);
   ASSERT_TRUE(stalled.write({recv_frame(3, other, false)}));
@@ -798,7 +788,7 @@ TEST(BrokerBackpressure,
 TEST(BrokerBackpressure, StalledClientThatGoesAwayLeavesNoSessionBehind) {
   BrokerProcess broker({absl::StrCat("--session_outbox_bytes=", kOutboxBytes)});
   auto stalled =
-      std::make_unique<RawSession>(connect(broker.address()), seconds(60));
+      std::make_unique<RawSession>(raw_channel(broker.address()), seconds(60));
   const uint64_t big = open_chan(*stalled, 1, "big", 4);
   const uint64_t other = open_chan(*stalled, 2, "other", 0);
   ASSERT_TRUE(stalled->write({recv_frame(3, other, false)}));
@@ -822,7 +812,7 @@ TEST(BrokerBackpressure, StalledClientThatGoesAwayLeavesNoSessionBehind) {
 
 TEST(BrokerBadInput, UnknownHandleIsAnsweredNotFound) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   ASSERT_TRUE(s.write({send_frame(1, 77, "x", false), recv_frame(2, 77, false),
                        recv_frame(3, 77, true), stat_frame(4, 77),
                        close_frame(5, 77)}));
@@ -847,7 +837,7 @@ TEST(BrokerBadInput, UnknownHandleIsAnsweredNotFound) {
 
 TEST(BrokerBadInput, OpenOfUnspecifiedKindIsInvalidArgument) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const auto f =
       s.call(open_frame(1, "kindless", 0, v1::OBJECT_KIND_UNSPECIFIED));
   ASSERT_TRUE(f.has_value());
@@ -865,7 +855,7 @@ TEST(BrokerBadInput, OpenOfUnspecifiedKindIsInvalidArgument) {
 
 TEST(BrokerBadInput, FrameWithoutAnOperationIsInvalidArgument) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   v1::ClientFrame empty;
   empty.set_id(7);
   const auto f = s.call(empty);
@@ -885,7 +875,7 @@ TEST(BrokerBadInput, FrameWithoutAnOperationIsInvalidArgument) {
 
 TEST(BrokerBadInput, RequestIdZeroIsInvalidArgumentAndNothingIsDone) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const auto f = s.call(open_frame(0, "zero", 0));
   ASSERT_TRUE(f.has_value());
   EXPECT_EQ(f->id(), 0u);
@@ -900,7 +890,7 @@ TEST(BrokerBadInput, RequestIdZeroIsInvalidArgumentAndNothingIsDone) {
 
 TEST(BrokerBadInput, ValueOverMaxValueBytesIsInvalidArgument) {
   BrokerProcess broker({"--max_value_bytes=1024"});
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "small", 1);
   ASSERT_NE(h, 0u);
   v1::ClientFrame select_send;
@@ -933,7 +923,7 @@ TEST(BrokerBadInput, ValueOverMaxValueBytesIsInvalidArgument) {
 
 TEST(BrokerBadInput, ReusedPendingIdIsRefusedAndTheFirstRequestStands) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "reuse", 0);
   ASSERT_NE(h, 0u);
   ASSERT_TRUE(s.write(
@@ -975,7 +965,7 @@ TEST(BrokerBadInput, ReusedPendingIdIsRefusedAndTheFirstRequestStands) {
 
 TEST(BrokerBadInput, CancelOfUnknownIdGetsNotFoundAndTheSessionGoesOn) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "c", 0);
   ASSERT_NE(h, 0u);
   // A cancel for an id never used, one for an id already answered (1), then
@@ -1041,9 +1031,9 @@ v1::ClientFrame claim_answer_frame(uint64_t target, uint64_t claim,
 // id 0 or the match is aborted; the broker stays up and the offers go on.
 TEST(BrokerBadInput, BadClaimAnswersNeitherCrashNorWedgeTheBroker) {
   BrokerProcess broker({"--offer_claim_timeout_ms=300"});
-  RawSession s1(connect(broker.address()));
+  RawSession s1(raw_channel(broker.address()));
   const uint64_t h1 = open_chan(s1, 1, "x", 0);
-  RawSession s2(connect(broker.address()));
+  RawSession s2(raw_channel(broker.address()));
   const uint64_t h2 = open_chan(s2, 1, "x", 0);
   ASSERT_NE(h1, 0u);
   ASSERT_NE(h2, 0u);
@@ -1101,7 +1091,7 @@ TEST(BrokerBadInput, BadClaimAnswersNeitherCrashNorWedgeTheBroker) {
 
   // Never, because its session ends: s2 accepts, s3 is asked and goes away.
   {
-    RawSession s3(connect(broker.address()));
+    RawSession s3(raw_channel(broker.address()));
     const uint64_t h3 = open_chan(s3, 1, "x", 0);
     ASSERT_TRUE(s2.write({offer_frame(4, h2, true, 2, "w")}));
     ASSERT_TRUE(s3.write({offer_frame(2, h3, false, 1)}));
@@ -1130,9 +1120,9 @@ TEST(BrokerBadInput, OpenFloodIsRefusedPastMaxObjects) {
   // A session that holds the probe's channel, so that it stays (an idle
   // channel nobody holds is forgotten) and later probes open an existing
   // name.
-  RawSession holder(connect(broker.address()));
+  RawSession holder(raw_channel(broker.address()));
   open_chan(holder, 1, "probe", 1);
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   std::vector<v1::ClientFrame> frames;
   for (int i = 1; i <= kOpens; ++i) {
     frames.push_back(open_frame(i, absl::StrCat("flood-", i), 0));
@@ -1165,7 +1155,7 @@ TEST(BrokerBadInput, OpenFloodIsRefusedPastMaxObjects) {
   // While the flood's session holds its objects, existing objects still
   // open for others (the probe); new ones do not.
   expect_broker_serves(broker, "an open flood");
-  RawSession t(connect(broker.address()));
+  RawSession t(raw_channel(broker.address()));
   const auto more = t.call(open_frame(1, "one-more", 0));
   ASSERT_TRUE(more.has_value());
   EXPECT_EQ(more->code(), kResourceExhausted);
@@ -1239,7 +1229,7 @@ TEST(BrokerObjects, DroppedIdleObjectsAreForgottenAndOthersKept) {
   // A client uses kMaxObjects names once and goes away: the broker forgets
   // them all (they were left as they were made).
   {
-    RawSession s(connect(address));
+    RawSession s(raw_channel(address));
     EXPECT_EQ(open_many(s, 1, "job", kMaxObjects), 0);
     EXPECT_EQ(open_many(s, 100, "over", 1), 1);  // the limit holds
     EXPECT_TRUE(s.finish().ok());
@@ -1249,7 +1239,7 @@ TEST(BrokerObjects, DroppedIdleObjectsAreForgottenAndOthersKept) {
 
   // New names open again; released one by one (ReleaseRequest), they are
   // forgotten before the release is answered.
-  RawSession s(connect(address));
+  RawSession s(raw_channel(address));
   EXPECT_EQ(open_many(s, 1, "next", kMaxObjects), 0);
   for (uint64_t h = 1; h <= kMaxObjects; ++h) {
     const auto r = s.call(release_frame(100 + h, h));
@@ -1304,7 +1294,7 @@ TEST(BrokerObjects, DroppedIdleObjectsAreForgottenAndOthersKept) {
   // Another session sees what they were left with; the forgotten channel
   // opens with another capacity.
   {
-    RawSession t(connect(address));
+    RawSession t(raw_channel(address));
     uint64_t tid = 0;
     auto t_ok = [&](v1::ClientFrame g) {
       const auto r = t.call(std::move(g));
@@ -1356,7 +1346,7 @@ TEST(BrokerObjects, DroppedIdleObjectsAreForgottenAndOthersKept) {
                                          "reshaped"};
   ASSERT_TRUE(wait_for_objects(address, kept, kBrokerStateBound))
       << "listed: " << absl::StrJoin(object_names(address), ", ");
-  RawSession u(connect(address));
+  RawSession u(raw_channel(address));
   EXPECT_EQ(open_many(u, 1, "last", kMaxObjects - 4), 0);
   EXPECT_EQ(open_many(u, 100, "over", 1), 1);
   EXPECT_TRUE(u.finish().ok());
@@ -1365,7 +1355,7 @@ TEST(BrokerObjects, DroppedIdleObjectsAreForgottenAndOthersKept) {
 TEST(BrokerBadInput, BatchOfThousandsOfFramesIsAnsweredInFull) {
   BrokerProcess broker;
   constexpr int kPairs = 5000;  // 10,000 frames in one message
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "many", 1);
   ASSERT_NE(h, 0u);
   std::vector<v1::ClientFrame> frames;
@@ -1397,7 +1387,7 @@ TEST(BrokerBadInput, BatchOfThousandsOfFramesIsAnsweredInFull) {
 // small answers in one stream message, arrive whole and in order.
 TEST(BrokerWire, LargeValuesArriveWholeInPlainAndBatchReceives) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "large", 16);
   ASSERT_NE(h, 0u);
   const std::vector<std::size_t> sizes = {16383, 16384, 100 << 10, 5, 0,
@@ -1490,14 +1480,14 @@ TEST(BrokerBadInput, MessageOverMaxMessageBytesEndsTheStream) {
   BrokerProcess broker({"--max_message_bytes=65536"});
   {
     // Under the limit: carried out.
-    RawSession s(connect(broker.address()));
+    RawSession s(raw_channel(broker.address()));
     const uint64_t h = open_chan(s, 1, "m", 1);
     const auto f = s.call(send_frame(2, h, std::string(60 << 10, 'u'), true));
     ASSERT_TRUE(f.has_value());
     EXPECT_EQ(f->send().outcome(), v1::OUTCOME_OK);
     EXPECT_TRUE(s.finish().ok());
   }
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "m", 1);
   ASSERT_NE(h, 0u);
   s.write({send_frame(2, h, std::string(100 << 10, 'o'), false)});
@@ -1564,8 +1554,8 @@ void expect_stop_signal_ends_sessions_with_unavailable(int sig,
   constexpr milliseconds kExitBound = seconds(10);
   std::vector<std::unique_ptr<RawSession>> sessions;
   for (int i = 0; i < 3; ++i) {
-    sessions.push_back(
-        std::make_unique<RawSession>(connect(broker.address()), seconds(30)));
+    sessions.push_back(std::make_unique<RawSession>(
+        raw_channel(broker.address()), seconds(30)));
   }
   // Two blocked receivers, one blocked sender, one blocked select.
   const uint64_t r0 = open_chan(*sessions[0], 1, "jobs", 0);
@@ -1626,14 +1616,14 @@ TEST(BrokerShutdown, SigintEndsSessionsWithUnavailableAndExitsZero) {
 TEST(BrokerShutdown, SigtermExitsZeroEvenWithAClientThatDoesNotRead) {
   BrokerProcess broker;
   constexpr milliseconds kExitBound = seconds(15);
-  RawSession stalled(connect(broker.address()), seconds(60));
+  RawSession stalled(raw_channel(broker.address()), seconds(60));
   const uint64_t big = open_chan(stalled, 1, "big", 4);
   ASSERT_NE(big, 0u);
   int64_t peak = 0;
   // 16 MiB of answers: beyond what the flow-control windows take, under the
   // default 64 MiB outbox (so this session is not ended before SIGTERM).
   ASSERT_EQ(ask_without_reading(stalled, big, 16, broker, &peak), 16);
-  RawSession waiting(connect(broker.address()), seconds(60));
+  RawSession waiting(raw_channel(broker.address()), seconds(60));
   const uint64_t w = open_chan(waiting, 1, "jobs", 0);
   ASSERT_TRUE(waiting.write({recv_frame(2, w, false)}));
   ASSERT_TRUE(broker.wait_for_chan(
@@ -1665,7 +1655,7 @@ TEST(BrokerShutdown, SigtermExitsZeroEvenWithAClientThatDoesNotRead) {
 // exits (parked sends used to keep their channel alive for good).
 TEST(BrokerShutdown, ValuesHandedBackToAFullChannelAreFreedAtExit) {
   BrokerProcess broker;
-  RawSession s(connect(broker.address()));
+  RawSession s(raw_channel(broker.address()));
   const uint64_t h = open_chan(s, 1, "back", 1);
   ASSERT_NE(h, 0u);
   // "a" is buffered, "b" and "c" wait for room; a batch receive takes all
