@@ -26,9 +26,12 @@
 //
 // How it works (Go's design, src/sync/mutex.go): lock() first tries one
 // compare-and-swap that takes a free lock with no system call; unlock() of a
-// lock nobody waits for is one compare-and-swap too. A contended lock() parks
-// on a futex (without spinning first: on small VMs spinning cost throughput;
-// see kMaxSpins in mutex.cc) in a FIFO queue of waiters. In normal mode a woken
+// lock nobody waits for is one compare-and-swap too, and so is an unlock()
+// while the waiter it would wake is awake already. A contended lock() queues
+// at once in a FIFO queue of waiters (without spinning on the lock: on small
+// VMs that cost throughput; see kMaxSpins in mutex.cc), watches its own queue
+// entry briefly when other CPUs exist, then sleeps on a futex; unlock() makes
+// a wake-up call only for a waiter that sleeps. In normal mode a woken
 // waiter competes with newly arriving threads, which usually win (they are
 // already on a CPU); a waiter that loses goes back to the front of the queue. A
 // waiter that has waited for more than 1 ms switches the Mutex to starvation
@@ -109,14 +112,17 @@ class MutexCore {
   MutexCore& operator=(const MutexCore&) = delete;
   ~MutexCore() = default;
 
-  // Takes a free lock with one CAS (true); otherwise the caller blocks in
-  // lock_slow().
+  // Takes the lock if it is free (true): one CAS when nobody waits for it.
+  // Otherwise (held, or being handed to a starving waiter, which keeps it
+  // marked held) the caller blocks in lock_slow(). In normal mode arriving
+  // threads compete with a woken waiter, so a woken or queued waiter does
+  // not send this thread down the slow path: while a woken waiter gets a
+  // CPU, the lock's holders keep taking and releasing it here.
   bool lock_fast() noexcept {
-    uint32_t expected = 0;
-    if (!state_.compare_exchange_strong(expected, kLocked,
-                                        std::memory_order_acquire,
-                                        std::memory_order_relaxed)) {
-      return false;
+    uint32_t s = 0;  // the usual guess: free, nobody waiting
+    while (!state_.compare_exchange_weak(
+        s, s | kLocked, std::memory_order_acquire, std::memory_order_relaxed)) {
+      if ((s & kLocked) != 0) return false;
     }
     bump_token();
     return true;
@@ -131,18 +137,8 @@ class MutexCore {
     bump_token();
   }
 
-  bool try_lock() noexcept {
-    uint32_t s = state_.load(std::memory_order_relaxed);
-    while ((s & kLocked) == 0) {
-      if (state_.compare_exchange_weak(s, s | kLocked,
-                                       std::memory_order_acquire,
-                                       std::memory_order_relaxed)) {
-        bump_token();
-        return true;
-      }
-    }
-    return false;
-  }
+  // Never blocks: the same as lock_fast().
+  bool try_lock() noexcept { return lock_fast(); }
 
   // The slow part of a timed lock (after lock_fast() failed).
   bool try_lock_slow_until(std::chrono::steady_clock::time_point deadline) {
@@ -151,12 +147,22 @@ class MutexCore {
     return true;
   }
 
-  // Releases the lock if nobody waits for it and it is not in starvation
-  // mode (true); otherwise leaves the state to unlock_slow(*state).
-  bool unlock_fast(uint32_t* state) {
-    *state = kLocked;
-    return state_.compare_exchange_strong(*state, 0, std::memory_order_release,
-                                          std::memory_order_relaxed);
+  // Releases the lock if that needs no wake-up or hand-off (true): nobody
+  // waits, or a waiter is awake already (kWoken) and will compete for it.
+  // Otherwise (a parked waiter to wake, starvation mode, or not held) leaves
+  // the state it saw to unlock_slow(*state).
+  bool unlock_fast(uint32_t* state) noexcept {
+    uint32_t s = kLocked;  // the usual guess: held, nobody waiting
+    while (!state_.compare_exchange_weak(s, s & ~kLocked,
+                                         std::memory_order_release,
+                                         std::memory_order_relaxed)) {
+      if ((s & kLocked) == 0 || (s & kStarving) != 0 ||
+          (s & (kHasWaiters | kWoken)) == kHasWaiters) {
+        *state = s;
+        return false;
+      }
+    }
+    return true;
   }
 
   void unlock() {
