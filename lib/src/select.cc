@@ -108,6 +108,10 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   }
   if (w == nullptr) return {PollOutcome::kWouldBlock};
 
+  // About to wait: from here on the select must keep its channels alive
+  // itself (see SelectCase::hold_channel).
+  for (std::size_t i = 0; i < n; ++i) cases[i]->hold_channel();
+
   // Pass 2: with every channel locked, poll again (a case may have become
   // ready meanwhile) and otherwise enqueue on all of them atomically.
   LockSet locks(cases, n);
@@ -482,6 +486,8 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
     default_index = i;
   }
   if (remote != nullptr) {
+    // Broker selects wait on I/O; they keep their channels alive throughout.
+    for (std::size_t i = 0; i < n; ++i) cases[i]->hold_channel();
     if (other_local || several_sessions) {
       return select_spanning(cases, n, default_index);
     }

@@ -306,6 +306,63 @@ TEST(Select, RunTimeCaseListsWork) {
   }
 }
 
+// A case function may drop the very handle its case was made from (Go's
+// "ch = nil" to turn a case off): the select no longer needs it then.
+TEST(Select, ACaseFunctionMayResetTheHandleItsCaseWasMadeFrom) {
+  auto a = std::make_unique<Chan<int>>(make_chan<int>(1));
+  a->send(7);
+  std::optional<int> got;
+  EXPECT_EQ(select(on_recv(*a,
+                           [&](std::optional<int> v) {
+                             got = v;
+                             a.reset();  // the last handle
+                           }),
+                   on_default()),
+            0u);
+  EXPECT_EQ(got, 7);
+}
+
+// A parked select that a counterparty fires still has to withdraw from its
+// other channels; by then the counterparty may have dropped their last
+// handles (here: the very handle the select's case was made from). The
+// select keeps them alive itself (a use after free under ASan otherwise).
+TEST(Select, AFiredSelectOutlivesTheHandlesItsCasesWereMadeFrom) {
+  for (int round = 0; round < 200; ++round) {
+    auto a = std::make_unique<Chan<int>>(make_chan<int>());
+    auto b = std::make_unique<Chan<int>>(make_chan<int>());
+    std::atomic<bool> done{false};
+    std::thread selector([&] {
+      EXPECT_EQ(select(on_recv(*a), on_recv(*b)), 0u);
+      done = true;
+    });
+    const auto deadline = std::chrono::steady_clock::now() + kLiveness;
+    while (detail::stats_of(*b).blocked_receivers == 0) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline);
+      std::this_thread::yield();
+    }
+    a->send(round);  // fires the select, which then withdraws from b
+    b.reset();
+    a.reset();
+    selector.join();
+    EXPECT_TRUE(done);
+  }
+}
+
+// A dchan::Case holds its channel: cases built in a loop from handles that
+// are gone by the time select runs still work.
+TEST(Select, ACaseHoldsItsChannelPastTheHandleItWasMadeFrom) {
+  std::vector<Case> cases;
+  std::set<int> got;
+  for (int i = 0; i < 3; ++i) {
+    Chan<int> c = make_chan<int>(1);
+    c.send(i);
+    cases.push_back(
+        on_recv(c, [&got](std::optional<int> v) { got.insert(v.value()); }));
+  }  // every handle is gone: only the cases hold the channels
+  for (int i = 0; i < 3; ++i) select(cases);
+  EXPECT_EQ(got, (std::set<int>{0, 1, 2}));
+}
+
 // Selectors receive from two channels fed by several producers while other
 // selectors race send cases against them: nothing is lost or duplicated.
 TEST(Select, StressEveryValueIsReceivedExactlyOnce) {

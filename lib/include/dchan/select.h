@@ -71,6 +71,16 @@
 // once, `d` from now (Go's time.After). One background timer thread serves
 // every after(); the timer keeps its channel until it fires.
 //
+// Lifetimes: a case made from a named channel handle refers to the handle
+// instead of copying it (a copy touches the channel's reference count, a
+// cache line that every thread using the channel would then trade), so the
+// handle must stay alive until the select() using the case returns, as it
+// does when the case is written inside the select() call. A case made from
+// a temporary (after(d), a function's result) holds its channel, and so does
+// every dchan::Case. A select that has to wait holds its channels first, so
+// once it has fired, the party that fired it may drop any handle at once;
+// a case's function may drop the handle its case was made from.
+//
 // Thread safety: select() may run concurrently on any channels. A Case
 // object is used by one select at a time.
 #ifndef DCHAN_SELECT_H_
@@ -121,6 +131,11 @@ class SelectCase {
   // Runs the case's function, with no lock held. `ok` false: the channel
   // was closed (a send then throws).
   virtual void finish(bool ok) = 0;
+  // Makes the case hold its channel if it only refers to it (see
+  // CaseChan): a select does so before it waits, because once it is
+  // registered a counterparty may fire it and go on to drop the channel's
+  // other handles while the select still has to withdraw from it.
+  virtual void hold_channel() noexcept = 0;
 
  private:
   const Kind kind_;
@@ -167,14 +182,41 @@ struct NoFn {
   void operator()(Args&&...) const noexcept {}
 };
 
+// The channel of a case. A case made from a named channel refers to it, as
+// a reference would: copying the handle would touch the channel's
+// reference count, a cache line that every thread using the channel then
+// trades (both sides of a ping-pong, every select on a shared quit
+// channel). A case made from a temporary (after(d), a function's result)
+// holds it. hold() makes the case hold its channel either way (see Case).
+template <class T>
+class CaseChan {
+ public:
+  explicit CaseChan(const Chan<T>& ch) noexcept : ref_(&ch) {}
+  explicit CaseChan(Chan<T>&& ch) noexcept : held_(std::move(ch)) {}
+
+  const Chan<T>& get() const noexcept {
+    return ref_ != nullptr ? *ref_ : held_;
+  }
+  void hold() noexcept {
+    if (ref_ == nullptr) return;
+    held_ = *ref_;
+    ref_ = nullptr;
+  }
+
+ private:
+  const Chan<T>* ref_ = nullptr;  // the named channel, or nullptr: held_
+  Chan<T> held_;
+};
+
 template <class T, class F>
 class RecvCase final : public SelectCase {
  public:
   static constexpr bool kIsDefault = false;
-  RecvCase(Chan<T> ch, F fn)
+  RecvCase(CaseChan<T> ch, F fn)
       : SelectCase(Kind::kRecv), ch_(std::move(ch)), fn_(std::move(fn)) {}
-  ChanCore* core() const noexcept override { return state_of(ch_); }
-  RemoteChan* remote() const noexcept override { return remote_of(ch_); }
+  void hold_channel() noexcept override { ch_.hold(); }
+  ChanCore* core() const noexcept override { return state_of(ch_.get()); }
+  RemoteChan* remote() const noexcept override { return remote_of(ch_.get()); }
   void encode_send(std::string&) const override {}
   absl::Status decode_recv(const std::string& bytes) override {
     if constexpr (kHasCodec<T>) {
@@ -188,14 +230,14 @@ class RecvCase final : public SelectCase {
     }
   }
   ChanStatus try_locked(WaitNode** to_fire) override {
-    return state_of(ch_)->recv_locked(value_, to_fire);
+    return state_of(ch_.get())->recv_locked(value_, to_fire);
   }
   void* slot() noexcept override { return &value_; }
   void finish(bool) override { invoke_case_fn(fn_, std::move(value_)); }
   std::optional<T>& value() noexcept { return value_; }
 
  private:
-  Chan<T> ch_;
+  CaseChan<T> ch_;
   F fn_;
   std::optional<T> value_;
 };
@@ -204,13 +246,14 @@ template <class T, class F>
 class SendCase final : public SelectCase {
  public:
   static constexpr bool kIsDefault = false;
-  SendCase(Chan<T> ch, T value, F fn)
+  SendCase(CaseChan<T> ch, T value, F fn)
       : SelectCase(Kind::kSend),
         ch_(std::move(ch)),
         value_(std::move(value)),
         fn_(std::move(fn)) {}
-  ChanCore* core() const noexcept override { return state_of(ch_); }
-  RemoteChan* remote() const noexcept override { return remote_of(ch_); }
+  void hold_channel() noexcept override { ch_.hold(); }
+  ChanCore* core() const noexcept override { return state_of(ch_.get()); }
+  RemoteChan* remote() const noexcept override { return remote_of(ch_.get()); }
   void encode_send(std::string& out) const override {
     if constexpr (kHasCodec<T>)
       Codec<T>::encode(value_, out);
@@ -221,7 +264,7 @@ class SendCase final : public SelectCase {
     return absl::OkStatus();
   }
   ChanStatus try_locked(WaitNode** to_fire) override {
-    return state_of(ch_)->send_locked(value_, to_fire);
+    return state_of(ch_.get())->send_locked(value_, to_fire);
   }
   void* slot() noexcept override { return &value_; }
   void finish(bool ok) override {
@@ -230,7 +273,7 @@ class SendCase final : public SelectCase {
   }
 
  private:
-  Chan<T> ch_;
+  CaseChan<T> ch_;
   T value_;
   F fn_;
 };
@@ -240,6 +283,7 @@ class DefaultCase final : public SelectCase {
  public:
   static constexpr bool kIsDefault = true;
   explicit DefaultCase(F fn) : SelectCase(Kind::kDefault), fn_(std::move(fn)) {}
+  void hold_channel() noexcept override {}
   ChanCore* core() const noexcept override { return nullptr; }
   RemoteChan* remote() const noexcept override { return nullptr; }
   void encode_send(std::string&) const override {}
@@ -256,18 +300,30 @@ class DefaultCase final : public SelectCase {
 
 }  // namespace detail
 
-// A receive case; see the file comment.
+// A receive case; see the file comment. A case made from a named channel
+// refers to it (the channel must outlive the case, as it does when the case
+// is written inside the select() call); one made from a temporary holds it.
 template <class T, class F = detail::NoFn>
-detail::RecvCase<T, F> on_recv(Chan<T> ch, F fn = {}) {
-  return detail::RecvCase<T, F>(std::move(ch), std::move(fn));
+detail::RecvCase<T, F> on_recv(const Chan<T>& ch, F fn = {}) {
+  return detail::RecvCase<T, F>(detail::CaseChan<T>(ch), std::move(fn));
+}
+template <class T, class F = detail::NoFn>
+detail::RecvCase<T, F> on_recv(Chan<T>&& ch, F fn = {}) {
+  return detail::RecvCase<T, F>(detail::CaseChan<T>(std::move(ch)),
+                                std::move(fn));
 }
 
 // A send case; see the file comment. `value` is delivered only if this case
-// fires.
+// fires. The channel is referred to or held as by on_recv.
 template <class T, class U, class F = detail::NoFn>
-detail::SendCase<T, F> on_send(Chan<T> ch, U&& value, F fn = {}) {
-  return detail::SendCase<T, F>(std::move(ch), T(std::forward<U>(value)),
-                                std::move(fn));
+detail::SendCase<T, F> on_send(const Chan<T>& ch, U&& value, F fn = {}) {
+  return detail::SendCase<T, F>(detail::CaseChan<T>(ch),
+                                T(std::forward<U>(value)), std::move(fn));
+}
+template <class T, class U, class F = detail::NoFn>
+detail::SendCase<T, F> on_send(Chan<T>&& ch, U&& value, F fn = {}) {
+  return detail::SendCase<T, F>(detail::CaseChan<T>(std::move(ch)),
+                                T(std::forward<U>(value)), std::move(fn));
 }
 
 // The default case; see the file comment.
@@ -277,13 +333,18 @@ detail::DefaultCase<F> on_default(F fn = {}) {
 }
 
 // A type-erased case, for selects whose cases are known at run time. Made
-// from any on_recv / on_send / on_default result.
+// from any on_recv / on_send / on_default result. It holds its channel
+// (cases built in a loop may outlive the handle they were made from).
 class Case {
  public:
   template <class C, class = std::enable_if_t<std::is_base_of_v<
                          detail::SelectCase, std::decay_t<C>>>>
   Case(C&& c)  // NOLINT(google-explicit-constructor): cases convert.
-      : impl_(std::make_unique<std::decay_t<C>>(std::forward<C>(c))) {}
+  {
+    auto impl = std::make_unique<std::decay_t<C>>(std::forward<C>(c));
+    impl->hold_channel();
+    impl_ = std::move(impl);
+  }
 
   detail::SelectCase* get() const noexcept { return impl_.get(); }
 
@@ -380,10 +441,11 @@ class AsyncSelect final : public AsyncOp {
       }
       if (cases[i].send) {
         cases_.push_back(std::make_unique<SendCase<T, NoFn>>(
-            std::move(cases[i].chan), std::move(cases[i].value), NoFn{}));
+            CaseChan<T>(std::move(cases[i].chan)), std::move(cases[i].value),
+            NoFn{}));
       } else {
-        auto rc = std::make_unique<RecvCase<T, NoFn>>(std::move(cases[i].chan),
-                                                      NoFn{});
+        auto rc = std::make_unique<RecvCase<T, NoFn>>(
+            CaseChan<T>(std::move(cases[i].chan)), NoFn{});
         recv_values_[i] = &rc->value();
         cases_.push_back(std::move(rc));
       }
