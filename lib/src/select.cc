@@ -27,16 +27,25 @@ uint64_t next_random() noexcept {
   return x;
 }
 
-// Lemire's multiply-shift reduction to [0, n).
-uint32_t random_below(uint32_t n) noexcept {
-  return static_cast<uint32_t>(((next_random() >> 32) * n) >> 32);
-}
-
 // Fills `order` with a uniformly random permutation of 0..size-1
-// (Fisher-Yates, "inside-out").
+// (Fisher-Yates, "inside-out"). The draws share one 64-bit random number
+// while the product of their bounds stays below 2^16 (all of a select of up
+// to 8 cases): each draw takes the high bits of r * bound and keeps the low
+// bits for the next one (Lemire's reduction, chained), so each draw's bias
+// stays below 2^-48 (bound / 2^64 scaled by the bounds before it).
 void random_order(absl::InlinedVector<uint32_t, 8>& order) noexcept {
+  uint64_t r = next_random();
+  uint64_t bounds = 1;  // product of the bounds drawn from r so far
   for (uint32_t i = 0; i < order.size(); ++i) {
-    const uint32_t j = random_below(i + 1);
+    const uint64_t bound = i + 1;
+    bounds *= bound;
+    if (bounds >= (uint64_t{1} << 16)) {
+      r = next_random();
+      bounds = bound;
+    }
+    const unsigned __int128 m = static_cast<unsigned __int128>(r) * bound;
+    const uint32_t j = static_cast<uint32_t>(m >> 64);
+    r = static_cast<uint64_t>(m);
     order[i] = order[j];
     order[j] = i;
   }
@@ -163,7 +172,8 @@ std::size_t fire_held(SelectCase* const* cases, std::size_t n,
   std::string bytes;
   for (uint32_t k : order) {
     SelectCase* c = cases[index_of[k]];
-    if (c->kind() != SelectCase::Kind::kRecv || !c->remote()->take_held(bytes)) {
+    if (c->kind() != SelectCase::Kind::kRecv ||
+        !c->remote()->take_held(bytes)) {
       continue;
     }
     const absl::Status decoded = c->decode_recv(bytes);
@@ -495,7 +505,8 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
   }
 
   Waiter w;
-  absl::InlinedVector<WaitNode, 8> nodes(n);
+  // Nodes only for a select that may wait (one with a default never does).
+  absl::InlinedVector<WaitNode, 8> nodes(default_index == n ? n : 0);
   const PollOutcome r =
       select_poll(cases, n, default_index == n ? &w : nullptr, nodes.data());
   switch (r.kind) {
