@@ -143,6 +143,26 @@ TEST(Select, ChoosesUniformlyAmongReadyCases) {
   }
 }
 
+// More cases than one 64-bit random number can order (40! > 2^159; see
+// random_order in select.cc).
+TEST(Select, ChoosesUniformlyAmongManyReadyCases) {
+  constexpr int kCases = 40, kTrials = 40000;
+  std::vector<Chan<int>> chans;
+  for (int i = 0; i < kCases; ++i) chans.push_back(make_chan<int>(1));
+  std::vector<Case> cases;
+  for (auto& c : chans) cases.push_back(on_recv(c));
+  int hits[kCases] = {};
+  for (int t = 0; t < kTrials; ++t) {
+    for (auto& c : chans) c.try_send(1);  // refill whichever fired
+    ++hits[select(cases)];
+  }
+  // Expected 1000 each, standard deviation ~31: 700..1300 is ~9.6 sigma.
+  for (int i = 0; i < kCases; ++i) {
+    EXPECT_GT(hits[i], 700) << "case " << i;
+    EXPECT_LT(hits[i], 1300) << "case " << i;
+  }
+}
+
 TEST(Select, NeverConsumesFromACaseThatDidNotFire) {
   for (int t = 0; t < 1000; ++t) {
     auto a = make_chan<int>(1);
