@@ -77,7 +77,10 @@
 // handle must stay alive until the select() using the case returns, as it
 // does when the case is written inside the select() call. A case made from
 // a temporary (after(d), a function's result) holds its channel, and so does
-// every dchan::Case. A select that has to wait holds its channels first, so
+// every dchan::Case. (Clang warns about a function that returns a case made
+// from its own parameter or local handle: see ABSL_ATTRIBUTE_LIFETIME_BOUND
+// on on_recv and on_send.) A select that has to wait holds its channels
+// first, so
 // once it has fired, the party that fired it may drop any handle at once;
 // a case's function may drop the handle its case was made from.
 //
@@ -97,6 +100,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/status/status.h"
 #include "dchan/chan.h"
 #include "dchan/detail/waiter.h"
@@ -304,7 +308,8 @@ class DefaultCase final : public SelectCase {
 // refers to it (the channel must outlive the case, as it does when the case
 // is written inside the select() call); one made from a temporary holds it.
 template <class T, class F = detail::NoFn>
-detail::RecvCase<T, F> on_recv(const Chan<T>& ch, F fn = {}) {
+detail::RecvCase<T, F> on_recv(const Chan<T>& ch ABSL_ATTRIBUTE_LIFETIME_BOUND,
+                               F fn = {}) {
   return detail::RecvCase<T, F>(detail::CaseChan<T>(ch), std::move(fn));
 }
 template <class T, class F = detail::NoFn>
@@ -316,7 +321,8 @@ detail::RecvCase<T, F> on_recv(Chan<T>&& ch, F fn = {}) {
 // A send case; see the file comment. `value` is delivered only if this case
 // fires. The channel is referred to or held as by on_recv.
 template <class T, class U, class F = detail::NoFn>
-detail::SendCase<T, F> on_send(const Chan<T>& ch, U&& value, F fn = {}) {
+detail::SendCase<T, F> on_send(const Chan<T>& ch ABSL_ATTRIBUTE_LIFETIME_BOUND,
+                               U&& value, F fn = {}) {
   return detail::SendCase<T, F>(detail::CaseChan<T>(ch),
                                 T(std::forward<U>(value)), std::move(fn));
 }
