@@ -86,11 +86,10 @@ class LockSet {
   absl::InlinedVector<ChanCore*, 8> cores_;
 };
 
-// Tries local case `c` under its own channel's lock alone. Unless the result
+// Tries local case `c` (on `core`) under its own channel's lock alone. Unless the result
 // is kWouldBlock, the case's channel side is done (its counterpart, if any,
 // completed); the caller runs finish().
-ChanStatus try_alone(SelectCase* c) {
-  ChanCore* core = c->core();
+ChanStatus try_alone(SelectCase* c, ChanCore* core) {
   WaitNode* to_fire = nullptr;
   core->lock_.lock();
   const ChanStatus st = c->try_locked(&to_fire);
@@ -109,8 +108,9 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   // Pass 1: try each case under its own channel's lock. The usual select
   // finds a ready case here without locking every channel.
   for (uint32_t i : order) {
-    if (cases[i]->core() == nullptr) continue;
-    const ChanStatus st = try_alone(cases[i]);
+    ChanCore* core = cases[i]->core();
+    if (core == nullptr) continue;
+    const ChanStatus st = try_alone(cases[i], core);
     if (st != ChanStatus::kWouldBlock) {
       return {PollOutcome::kFired, i, st == ChanStatus::kOk};
     }
@@ -347,8 +347,9 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
         if (try_broker_case(c)) return i;
         continue;
       }
-      if (c->core() == nullptr) continue;
-      const ChanStatus st = try_alone(c);
+      ChanCore* core = c->core();
+      if (core == nullptr) continue;
+      const ChanStatus st = try_alone(c, core);
       if (st == ChanStatus::kWouldBlock) continue;
       c->finish(st == ChanStatus::kOk);
       return i;
@@ -474,12 +475,9 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
   bool several_sessions = false;
   absl::InlinedVector<uint32_t, 4> timers;
   for (std::size_t i = 0; i < n; ++i) {
-    if (RemoteChan* r = cases[i]->remote()) {
-      if (remote != nullptr && r->session() != remote->session()) {
-        several_sessions = true;
-      }
-      remote = r;
-    } else if (ChanCore* core = cases[i]->core()) {
+    // A case has a local channel, a broker channel, or neither (nil,
+    // default): asked in that order, a local case costs one call.
+    if (ChanCore* core = cases[i]->core()) {
       if (core->timer_deadline_ !=
               std::chrono::steady_clock::time_point::max() &&
           cases[i]->kind() == SelectCase::Kind::kRecv) {
@@ -487,6 +485,11 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
       } else {
         other_local = true;
       }
+    } else if (RemoteChan* r = cases[i]->remote()) {
+      if (remote != nullptr && r->session() != remote->session()) {
+        several_sessions = true;
+      }
+      remote = r;
     }
     if (cases[i]->kind() != SelectCase::Kind::kDefault) continue;
     if (default_index != n) {
