@@ -86,9 +86,9 @@ class LockSet {
   absl::InlinedVector<ChanCore*, 8> cores_;
 };
 
-// Tries local case `c` (on `core`) under its own channel's lock alone. Unless the result
-// is kWouldBlock, the case's channel side is done (its counterpart, if any,
-// completed); the caller runs finish().
+// Tries local case `c` (on `core`) under its own channel's lock alone. Unless
+// the result is kWouldBlock, the case's channel side is done (its counterpart,
+// if any, completed); the caller runs finish().
 ChanStatus try_alone(SelectCase* c, ChanCore* core) {
   WaitNode* to_fire = nullptr;
   core->lock_.lock();
