@@ -77,11 +77,10 @@
 // handle must stay alive until the select() using the case returns, as it
 // does when the case is written inside the select() call. A case made from
 // a temporary (after(d), a function's result) holds its channel, and so does
-// every dchan::Case. (Clang warns about a function that returns a case made
-// from its own parameter or local handle: see ABSL_ATTRIBUTE_LIFETIME_BOUND
-// on on_recv and on_send.) A select that has to wait holds its channels
-// first, so
-// once it has fired, the party that fired it may drop any handle at once;
+// every dchan::Case. Clang warns about a function that returns a case made
+// from its own parameter or local handle (ABSL_ATTRIBUTE_LIFETIME_BOUND on
+// on_recv and on_send). A select that has to wait holds its channels first,
+// so once it has fired, the party that fired it may drop any handle at once;
 // a case's function may drop the handle its case was made from.
 //
 // Thread safety: select() may run concurrently on any channels. A Case
