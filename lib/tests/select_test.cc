@@ -143,8 +143,10 @@ TEST(Select, ChoosesUniformlyAmongReadyCases) {
   }
 }
 
-// More cases than one 64-bit random number can order (40! > 2^159; see
-// random_order in select.cc).
+// Many cases: random_order (select.cc) chains its draws on one random
+// number and takes fresh ones past 8 cases. Only the first position decides
+// which ready case fires, so this checks that choice (it fails with draws
+// that are not chained), not the whole permutation.
 TEST(Select, ChoosesUniformlyAmongManyReadyCases) {
   constexpr int kCases = 40, kTrials = 40000;
   std::vector<Chan<int>> chans;
