@@ -81,6 +81,33 @@ class SessionTest : public ::testing::Test {
     c.session->handle(f);
   }
 
+  // Two sessions on a registry of their own share channel "ch" (string,
+  // capacity 1); `park` (given both clients and their handles) leaves
+  // `parked` values waiting for room in it. Once both sessions end and the
+  // registry goes, nothing may keep the channel alive.
+  template <class Park>
+  static void expect_parked_values_free_their_channel(std::size_t parked,
+                                                      Park park) {
+    std::weak_ptr<Object> channel;
+    {
+      Registry registry;
+      Client a, b;
+      a.session = std::make_shared<Session>(1, "test", registry, a.out);
+      b.session = std::make_shared<Session>(2, "test", registry, b.out);
+      const uint64_t ha = open(a, "ch", "string", 1),
+                     hb = open(b, "ch", "string", 1);
+      park(a, b, ha, hb);
+      channel = registry.objects().front();
+      const auto& ch = static_cast<const ChannelObject&>(*channel.lock());
+      EXPECT_EQ(detail::stats_of(ch.chan).blocked_senders, parked);
+      for (Client* c : {&a, &b}) {
+        c->session->end();
+        c->session->drop_handles();
+      }
+    }
+    EXPECT_TRUE(channel.expired()) << "the parked values keep their channel";
+  }
+
   // Opens `name` as `kind`; returns the answer.
   static v1::ServerFrame open_as(Client& c, const std::string& name,
                                  v1::ObjectKind kind,
@@ -163,9 +190,7 @@ class SessionTest : public ::testing::Test {
   }
 
   // A cancel in the old, unanswered form (frame id 0).
-  static void cancel(Client& c, uint64_t target) {
-    cancel(c, 0, target);
-  }
+  static void cancel(Client& c, uint64_t target) { cancel(c, 0, target); }
 
   static void cancel(Client& c, uint64_t id, uint64_t target) {
     v1::ClientFrame f;
@@ -495,7 +520,6 @@ TEST_F(SessionTest, WatchAnswersOnReadinessAndConsumesNothing) {
   EXPECT_EQ(f.id(), 3u);
   EXPECT_EQ(f.watch().outcome(), v1::OUTCOME_CANCELLED);
 }
-
 
 TEST_F(SessionTest, HelloNamesTheClientAndGrantsAClampedTtl) {
   SessionLimits limits;
@@ -1118,65 +1142,38 @@ TEST_F(SessionTest, AValueItsSessionCouldNotTakeOutlivesAClose) {
 // buffer and the value are freed (they used to keep each other alive:
 // object -> channel -> parked send -> object).
 TEST_F(SessionTest, AValueThatCouldNotBeDeliveredDoesNotKeepItsChannelAlive) {
-  std::weak_ptr<Object> channel;
-  {
-    Registry registry;
-    Client a, b;
-    a.session = std::make_shared<Session>(1, "test", registry, a.out);
-    b.session = std::make_shared<Session>(2, "test", registry, b.out);
-    const uint64_t ha = open(a, "ch", "string", 1),
-                   hb = open(b, "ch", "string", 1);
-    send(a, 1, ha, "v1");
-    EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
-    send(a, 2, ha, "v2");  // parked: the buffer is full
-    // b cannot take the v1 it receives: it goes back, behind v2, and waits.
-    b.out->refuse();
-    recv(b, 1, hb, /*nonblocking=*/true);
-    EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
-    channel = registry.objects().front();
-    const auto& ch = static_cast<const ChannelObject&>(*channel.lock());
-    EXPECT_EQ(detail::stats_of(ch.chan).blocked_senders, 1u);
-    for (Client* c : {&a, &b}) {
-      c->session->end();
-      c->session->drop_handles();
-    }
-  }
-  EXPECT_TRUE(channel.expired()) << "the parked value keeps its channel";
+  expect_parked_values_free_their_channel(
+      1, [](Client& a, Client& b, uint64_t ha, uint64_t hb) {
+        send(a, 1, ha, "v1");
+        EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+        send(a, 2, ha, "v2");  // parked: the buffer is full
+        // b cannot take the v1 it receives: it goes back, behind v2, and
+        // waits.
+        b.out->refuse();
+        recv(b, 1, hb, /*nonblocking=*/true);
+        EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+      });
 }
 
 // The same for values a client hands back (ReturnRequest).
 TEST_F(SessionTest, ReturnedValuesWaitingForRoomDoNotKeepTheirChannelAlive) {
-  std::weak_ptr<Object> channel;
-  {
-    Registry registry;
-    Client a, b;
-    a.session = std::make_shared<Session>(1, "test", registry, a.out);
-    b.session = std::make_shared<Session>(2, "test", registry, b.out);
-    const uint64_t ha = open(a, "ch", "string", 1),
-                   hb = open(b, "ch", "string", 1);
-    a.session->handle(multi_send(1, ha, {"r0", "r1", "r2"}));
-    b.session->handle(batch_recv(2, hb, 3));
-    EXPECT_EQ(values_of(b.out->take()),
-              (std::vector<std::string>{"r0", "r1", "r2"}));
-    EXPECT_EQ(a.out->take().send().sent(), 3u);
-    send(a, 3, ha, "x");  // the buffer is full again
-    EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
-    v1::ClientFrame ret;
-    ret.set_id(4);
-    ret.mutable_return_values()->set_handle(hb);
-    ret.mutable_return_values()->add_values("r1");
-    ret.mutable_return_values()->add_values("r2");
-    b.session->handle(ret);
-    EXPECT_EQ(b.out->take().return_values().taken(), 2u);
-    channel = registry.objects().front();
-    const auto& ch = static_cast<const ChannelObject&>(*channel.lock());
-    EXPECT_EQ(detail::stats_of(ch.chan).blocked_senders, 2u);
-    for (Client* c : {&a, &b}) {
-      c->session->end();
-      c->session->drop_handles();
-    }
-  }
-  EXPECT_TRUE(channel.expired()) << "the returned values keep their channel";
+  expect_parked_values_free_their_channel(
+      2, [](Client& a, Client& b, uint64_t ha, uint64_t hb) {
+        a.session->handle(multi_send(1, ha, {"r0", "r1", "r2"}));
+        b.session->handle(batch_recv(2, hb, 3));
+        EXPECT_EQ(values_of(b.out->take()),
+                  (std::vector<std::string>{"r0", "r1", "r2"}));
+        EXPECT_EQ(a.out->take().send().sent(), 3u);
+        send(a, 3, ha, "x");  // the buffer is full again
+        EXPECT_EQ(a.out->take().send().outcome(), v1::OUTCOME_OK);
+        v1::ClientFrame ret;
+        ret.set_id(4);
+        ret.mutable_return_values()->set_handle(hb);
+        ret.mutable_return_values()->add_values("r1");
+        ret.mutable_return_values()->add_values("r2");
+        b.session->handle(ret);
+        EXPECT_EQ(b.out->take().return_values().taken(), 2u);
+      });
 }
 
 TEST_F(SessionTest, ReturnToAnUnknownHandleIsNotFound) {
