@@ -34,6 +34,10 @@ uint64_t next_random() noexcept {
 // bits for the next one (Lemire's reduction, chained), so each draw's bias
 // stays below 2^-48 (bound / 2^64 scaled by the bounds before it).
 void random_order(absl::InlinedVector<uint32_t, 8>& order) noexcept {
+  if (order.size() < 2) {  // no choice to make: no random number either
+    if (!order.empty()) order[0] = 0;
+    return;
+  }
   uint64_t r = next_random();
   uint64_t bounds = 1;  // product of the bounds drawn from r so far
   for (uint32_t i = 0; i < order.size(); ++i) {
@@ -86,6 +90,14 @@ class LockSet {
   absl::InlinedVector<ChanCore*, 8> cores_;
 };
 
+// Lock-free: false if case `c` has no local channel or was seen unable to
+// proceed on it (see ChanCore::may_be_ready).
+bool may_be_ready(const SelectCase* c) noexcept {
+  const ChanCore* core = c->core();
+  return core != nullptr &&
+         core->may_be_ready(c->kind() == SelectCase::Kind::kSend);
+}
+
 // Tries local case `c` (on `core`) under its own channel's lock alone. Unless
 // the result is kWouldBlock, the case's channel side is done (its counterpart,
 // if any, completed); the caller runs finish().
@@ -102,15 +114,23 @@ ChanStatus try_alone(SelectCase* c, ChanCore* core) {
 
 PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
                         WaitNode* nodes) {
+  // A select that may not wait (it has a default) usually polls channels
+  // that are not ready: it draws no random order unless one may be.
+  if (w == nullptr) {
+    std::size_t i = 0;
+    while (i < n && !may_be_ready(cases[i])) ++i;
+    if (i == n) return {PollOutcome::kWouldBlock};
+  }
   absl::InlinedVector<uint32_t, 8> order(n);
   random_order(order);
 
-  // Pass 1: try each case under its own channel's lock. The usual select
-  // finds a ready case here without locking every channel.
+  // Pass 1: try each case that may be ready (a lock-free look) under its
+  // own channel's lock. The usual select finds a ready case here without
+  // locking every channel, nor one that is never ready (a quit channel that
+  // every worker selects on).
   for (uint32_t i : order) {
-    ChanCore* core = cases[i]->core();
-    if (core == nullptr) continue;
-    const ChanStatus st = try_alone(cases[i], core);
+    if (!may_be_ready(cases[i])) continue;
+    const ChanStatus st = try_alone(cases[i], cases[i]->core());
     if (st != ChanStatus::kWouldBlock) {
       return {PollOutcome::kFired, i, st == ChanStatus::kOk};
     }
@@ -348,7 +368,7 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
         continue;
       }
       ChanCore* core = c->core();
-      if (core == nullptr) continue;
+      if (!may_be_ready(c)) continue;
       const ChanStatus st = try_alone(c, core);
       if (st == ChanStatus::kWouldBlock) continue;
       c->finish(st == ChanStatus::kOk);

@@ -100,6 +100,64 @@ TEST(Select, OneCaseWithDefaultKeepsSelectSemantics) {
   EXPECT_EQ(select(on_default(), on_send(nil, 1)), 0u);
 }
 
+// A select first looks at its channels without locking them, and one with
+// a default that sees nothing ready returns at once. Every kind of readiness
+// must still be seen, through the general engine too (here: several cases
+// and a default; each scenario's ready case is the last one, after cases
+// that are not ready).
+TEST(Select, ALookWithoutTheLockSeesEveryKindOfReadiness) {
+  auto never = make_chan<int>();  // nobody sends or receives on it
+  auto empty = make_chan<int>(2);
+  auto fires_last = [&](auto ready_case) {
+    return select(on_recv(never), on_recv(empty), on_default(),
+                  std::move(ready_case)) == 3;
+  };
+  const auto give_up = std::chrono::steady_clock::now() + kLiveness;
+  auto until_fired = [&](auto make_case) {
+    while (!fires_last(make_case()) &&
+           std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::yield();
+    }
+    return std::chrono::steady_clock::now() < give_up;
+  };
+
+  // Nothing ready: the default.
+  EXPECT_EQ(select(on_recv(never), on_recv(empty), on_send(never, 1),
+                   on_default()),
+            3u);
+
+  // Receives: a buffered value; a blocked sender (unbuffered); closed.
+  auto buffered = make_chan<int>(2);
+  buffered.send(1);
+  EXPECT_TRUE(fires_last(on_recv(buffered)));
+  auto unbuffered = make_chan<int>();
+  std::thread sender(
+      [&] { EXPECT_EQ(unbuffered.send_for(2, kLiveness), ChanStatus::kOk); });
+  EXPECT_TRUE(until_fired([&] { return on_recv(unbuffered); }));
+  sender.join();
+  auto closed = make_chan<int>();
+  closed.close();
+  std::optional<int> got = 0;
+  EXPECT_TRUE(fires_last(on_recv(closed, [&](std::optional<int> v) {
+    got = v;
+  })));
+  EXPECT_EQ(got, std::nullopt);
+
+  // Sends: room in a buffer; a blocked receiver (unbuffered); a full
+  // buffer that is closed panics rather than looking full.
+  auto room = make_chan<int>(1);
+  EXPECT_TRUE(fires_last(on_send(room, 3)));
+  EXPECT_EQ(room.len(), 1u);
+  std::optional<int> taken;
+  std::thread receiver([&] { taken = unbuffered.recv_for(kLiveness).value; });
+  EXPECT_TRUE(until_fired([&] { return on_send(unbuffered, 4); }));
+  receiver.join();
+  EXPECT_EQ(taken, 4);
+  room.close();  // still holds its value: full and closed
+  EXPECT_THROW(fires_last(on_send(room, 5)), Error);
+  EXPECT_EQ(room.try_send(5), ChanStatus::kClosed);
+}
+
 TEST(Select, BlocksUntilACaseIsReady) {
   auto a = make_chan<int>();
   auto b = make_chan<std::string>();

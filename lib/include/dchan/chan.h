@@ -387,6 +387,7 @@ class Chan {
       }
       return r;
     }
+    if (!s->may_be_ready(/*is_send=*/false)) return r;
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     r.status = s->recv_locked(r.value, &to_fire);
@@ -566,6 +567,7 @@ class Chan {
                  ? remote_send(value, detail::RemoteChan::kNonBlocking)
                  : ChanStatus::kWouldBlock;
     }
+    if (!s->may_be_ready(/*is_send=*/true)) return ChanStatus::kWouldBlock;
     detail::WaitNode* to_fire = nullptr;
     s->lock_.lock();
     const ChanStatus st = s->send_locked(value, &to_fire);

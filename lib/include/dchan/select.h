@@ -368,8 +368,8 @@ requires(sizeof...(Cases) > 0 &&
   if constexpr (sizeof...(Cases) == 2 &&
                 ((std::decay_t<Cases>::kIsDefault ? 1 : 0) + ...) == 1) {
     // One channel case and a default (Go compiles this to a non-blocking
-    // send or receive): try that case under its channel's lock, as the
-    // general engine's first pass would, without the engine.
+    // send or receive): try that case under its channel's lock if it may be
+    // ready, as the general engine's first pass would, without the engine.
     constexpr std::size_t kChan =
         std::tuple_element_t<0, std::tuple<std::decay_t<Cases>...>>::kIsDefault
             ? 1
@@ -377,10 +377,13 @@ requires(sizeof...(Cases) > 0 &&
     auto cases_tuple = std::forward_as_tuple(cases...);
     auto& c = std::get<kChan>(cases_tuple);  // a final class: no virtual calls
     if (detail::ChanCore* core = c.core()) {
+      ChanStatus st = ChanStatus::kWouldBlock;
       detail::WaitNode* to_fire = nullptr;
-      core->lock_.lock();
-      const ChanStatus st = c.try_locked(&to_fire);
-      core->unlock();
+      if (core->may_be_ready(c.kind() == detail::SelectCase::Kind::kSend)) {
+        core->lock_.lock();
+        st = c.try_locked(&to_fire);
+        core->unlock();
+      }
       if (st != ChanStatus::kWouldBlock) {
         detail::fire(to_fire);
         c.finish(st == ChanStatus::kOk);

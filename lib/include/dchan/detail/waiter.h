@@ -68,6 +68,35 @@ class Lock {
 class Waiter;
 class ChanCore;
 
+// A word of a channel's state that only the holder of the channel's lock
+// writes, but that ChanCore::may_be_ready() reads without the lock. Relaxed
+// atomics: on the locked paths they compile to the plain loads and stores
+// they replace (an increment is a load and a store, not a read-modify-write:
+// writers hold the lock), and the lock-free reads are no data race.
+template <class T>
+class LockedWord {
+ public:
+  constexpr LockedWord(T v = T()) noexcept : v_(v) {}  // NOLINT: a plain T
+  LockedWord(const LockedWord&) = delete;
+  LockedWord& operator=(const LockedWord&) = delete;
+
+  operator T() const noexcept {  // NOLINT: reads like the plain T it was
+    return v_.load(std::memory_order_relaxed);
+  }
+  LockedWord& operator=(T v) noexcept {
+    v_.store(v, std::memory_order_relaxed);
+    return *this;
+  }
+  LockedWord& operator++() noexcept { return *this = *this + 1; }
+  LockedWord& operator--() noexcept { return *this = *this - 1; }
+
+  // A lock-free read that later reads cannot overtake.
+  T peek() const noexcept { return v_.load(std::memory_order_acquire); }
+
+ private:
+  std::atomic<T> v_;
+};
+
 // One registration of a waiter on one channel queue (Go's sudog). Owned by
 // the waiter; linked into at most one queue, under that channel's lock.
 struct WaitNode {
@@ -93,6 +122,8 @@ class WaitQueue {
   bool empty() const noexcept { return head_ == nullptr; }
   std::size_t size() const noexcept { return size_; }
   WaitNode* front() const noexcept { return head_; }
+  // Without the lock: true if the queue was empty at the moment of the read.
+  bool peek_empty() const noexcept { return head_.peek() == nullptr; }
 
   void push_back(WaitNode* n) noexcept {
     n->prev = tail_;
@@ -124,7 +155,7 @@ class WaitQueue {
   }
 
  private:
-  WaitNode* head_ = nullptr;
+  LockedWord<WaitNode*> head_{nullptr};  // see peek_empty()
   WaitNode* tail_ = nullptr;
   std::size_t size_ = 0;
 };
@@ -246,6 +277,29 @@ class ChanCore {
   // Unlinks `n` if it is still queued. Takes lock_.
   void unlink(WaitNode* n) noexcept;
 
+  // Without the lock (Go's empty() and full() checks before a non-blocking
+  // chanrecv or chansend takes the lock): false only if there was a moment
+  // during the call at which a receive (`is_send` false) or a send on this
+  // channel could not have proceeded; true when it may proceed, to be tried
+  // under the lock. A queued node may be stale (its select fired
+  // elsewhere): a queue that is not empty only says "maybe".
+  bool may_be_ready(bool is_send) const noexcept {
+    // First one read that says whether a counterparty or buffer is there: a
+    // buffered channel's count (a sender blocks only on a full buffer, a
+    // receiver only on an empty one), an unbuffered one's counterparty
+    // queue. Then closed_, read after it: a channel never reopens, so open
+    // then means open at the first read too, and that read's moment is the
+    // one at which the operation could not have proceeded.
+    bool blocked;
+    if (cap_ == 0) {
+      blocked = (is_send ? recvq_ : sendq_).peek_empty();
+    } else {
+      const std::size_t count = count_.peek();
+      blocked = is_send ? count == cap_ : count == 0;
+    }
+    return !blocked || closed_;
+  }
+
   void enqueue_locked(WaitNode* n) noexcept {
     n->chan = this;
     (n->is_send ? sendq_ : recvq_).push_back(n);
@@ -293,8 +347,9 @@ class ChanCore {
   bool timer_fired_ = false;  // after(): its value was sent; guarded by lock_
   std::chrono::steady_clock::time_point timer_deadline_ =
       std::chrono::steady_clock::time_point::max();
-  std::size_t count_ = 0;            // buffered values; guarded by lock_
-  bool closed_ = false;              // guarded by lock_
+  // Both written under lock_; may_be_ready() reads them without it.
+  LockedWord<std::size_t> count_{0};  // buffered values
+  LockedWord<bool> closed_{false};
   WaitQueue recvq_;                  // guarded by lock_
   WaitQueue sendq_;                  // guarded by lock_
   WaitQueue watchq_;                 // guarded by lock_
