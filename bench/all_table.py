@@ -153,6 +153,14 @@ SYNC = [
      [("std::mutex", "std_mutex"),
       ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
      "SyncAtomicValueStore", None),
+    ("atomic_value_load_wide", "ns/op",
+     [("std::mutex", "std_mutex"),
+      ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
+     "SyncAtomicValueLoadWide", None),
+    ("atomic_value_store_wide", "ns/op",
+     [("std::mutex", "std_mutex"),
+      ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
+     "SyncAtomicValueStoreWide", None),
 ]
 
 # Remote: (label, unit, dchan benchmark regex, [(baseline label, source,

@@ -24,6 +24,9 @@
 //                         std::optional vs std::atomic<std::shared_ptr>.
 //   atomic_value_store/*  store() while another thread load()s continuously;
 //                         same baselines.
+//   atomic_value_load_wide/*, atomic_value_store_wide/*  the same with a
+//                         32-byte struct, too big for one atomic word: dchan
+//                         then reads and writes through its Left-Right slots.
 //
 // Multi-thread workloads run batches: each batch starts its threads, waits
 // until they are running, and times on the driver thread from releasing
@@ -38,7 +41,9 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -282,40 +287,60 @@ class Writer {
   std::thread thread_;
 };
 
+// The values stored: an int64_t (one atomic word: AtomicValue keeps it in a
+// std::atomic), or four of them (AtomicValue's Left-Right slots).
+struct Wide {
+  int64_t a, b, c, d;
+};
+template <class V>
+V make_value(int64_t i) {
+  if constexpr (std::is_same_v<V, Wide>) {
+    return Wide{i, i, i, i};
+  } else {
+    return i;
+  }
+}
+int64_t sum_of(int64_t v) { return v; }
+int64_t sum_of(const Wide& v) { return v.a + v.d; }
+
+template <class V>
 void BM_AtomicValueLoad(benchmark::State& state) {
-  dchan::AtomicValue<int64_t> v;
-  v.store(0);
-  Writer writer([v](int64_t i) mutable { v.store(i); });
+  dchan::AtomicValue<V> v;
+  v.store(make_value<V>(0));
+  Writer writer([v](int64_t i) mutable { v.store(make_value<V>(i)); });
   int64_t sum = 0;
-  for (auto _ : state) sum += *v.load();
+  for (auto _ : state) sum += sum_of(*v.load());
   benchmark::DoNotOptimize(sum);
 }
 
+template <class V>
 void BM_MutexOptionalLoad(benchmark::State& state) {
   struct Guarded {
     std::mutex mu;
-    std::optional<int64_t> value;
+    std::optional<V> value;
   } g;
-  g.value = 0;
+  g.value = make_value<V>(0);
   Writer writer([&g](int64_t i) {
     std::lock_guard<std::mutex> hold(g.mu);
-    g.value = i;
+    g.value = make_value<V>(i);
   });
   int64_t sum = 0;
   for (auto _ : state) {
     std::lock_guard<std::mutex> hold(g.mu);
-    sum += *g.value;
+    sum += sum_of(*g.value);
   }
   benchmark::DoNotOptimize(sum);
 }
 
+template <class V>
 void BM_AtomicSharedPtrLoad(benchmark::State& state) {
-  std::atomic<std::shared_ptr<const int64_t>> p(
-      std::make_shared<const int64_t>(0));
-  Writer writer(
-      [&p](int64_t i) { p.store(std::make_shared<const int64_t>(i)); });
+  std::atomic<std::shared_ptr<const V>> p(
+      std::make_shared<const V>(make_value<V>(0)));
+  Writer writer([&p](int64_t i) {
+    p.store(std::make_shared<const V>(make_value<V>(i)));
+  });
   int64_t sum = 0;
-  for (auto _ : state) sum += *p.load();
+  for (auto _ : state) sum += sum_of(*p.load());
   benchmark::DoNotOptimize(sum);
 }
 
@@ -341,37 +366,60 @@ class Reader {
   std::thread thread_;
 };
 
+template <class V>
 void BM_AtomicValueStore(benchmark::State& state) {
-  dchan::AtomicValue<int64_t> v;
-  v.store(0);
-  Reader reader([v] { return *v.load(); });
+  dchan::AtomicValue<V> v;
+  v.store(make_value<V>(0));
+  Reader reader([v] { return sum_of(*v.load()); });
   int64_t i = 0;
-  for (auto _ : state) v.store(++i);
+  for (auto _ : state) v.store(make_value<V>(++i));
 }
 
+template <class V>
 void BM_MutexOptionalStore(benchmark::State& state) {
   struct Guarded {
     std::mutex mu;
-    std::optional<int64_t> value;
+    std::optional<V> value;
   } g;
-  g.value = 0;
+  g.value = make_value<V>(0);
   Reader reader([&g] {
     std::lock_guard<std::mutex> hold(g.mu);
-    return *g.value;
+    return sum_of(*g.value);
   });
   int64_t i = 0;
   for (auto _ : state) {
     std::lock_guard<std::mutex> hold(g.mu);
-    g.value = ++i;
+    g.value = make_value<V>(++i);
   }
 }
 
+template <class V>
 void BM_AtomicSharedPtrStore(benchmark::State& state) {
-  std::atomic<std::shared_ptr<const int64_t>> p(
-      std::make_shared<const int64_t>(0));
-  Reader reader([&p] { return *p.load(); });
+  std::atomic<std::shared_ptr<const V>> p(
+      std::make_shared<const V>(make_value<V>(0)));
+  Reader reader([&p] { return sum_of(*p.load()); });
   int64_t i = 0;
-  for (auto _ : state) p.store(std::make_shared<const int64_t>(++i));
+  for (auto _ : state) p.store(std::make_shared<const V>(make_value<V>(++i)));
+}
+
+template <class V>
+void RegisterAtomicValue(const std::string& suffix) {
+  const std::string load = "atomic_value_load" + suffix + "/";
+  RegisterBenchmark((load + "dchan").c_str(), BM_AtomicValueLoad<V>)
+      ->UseRealTime();
+  RegisterBenchmark((load + "std_mutex").c_str(), BM_MutexOptionalLoad<V>)
+      ->UseRealTime();
+  RegisterBenchmark((load + "std_atomic_shared_ptr").c_str(),
+                    BM_AtomicSharedPtrLoad<V>)
+      ->UseRealTime();
+  const std::string store = "atomic_value_store" + suffix + "/";
+  RegisterBenchmark((store + "dchan").c_str(), BM_AtomicValueStore<V>)
+      ->UseRealTime();
+  RegisterBenchmark((store + "std_mutex").c_str(), BM_MutexOptionalStore<V>)
+      ->UseRealTime();
+  RegisterBenchmark((store + "std_atomic_shared_ptr").c_str(),
+                    BM_AtomicSharedPtrStore<V>)
+      ->UseRealTime();
 }
 
 void Register() {
@@ -409,20 +457,8 @@ void Register() {
   RegisterBenchmark("go_spawn64_wait/std_thread", BM_ThreadSpawn64Join)
       ->UseRealTime();
   RegisterBenchmark("go_launch/dchan", BM_GoLaunch)->UseManualTime();
-  RegisterBenchmark("atomic_value_load/dchan", BM_AtomicValueLoad)
-      ->UseRealTime();
-  RegisterBenchmark("atomic_value_load/std_mutex", BM_MutexOptionalLoad)
-      ->UseRealTime();
-  RegisterBenchmark("atomic_value_load/std_atomic_shared_ptr",
-                    BM_AtomicSharedPtrLoad)
-      ->UseRealTime();
-  RegisterBenchmark("atomic_value_store/dchan", BM_AtomicValueStore)
-      ->UseRealTime();
-  RegisterBenchmark("atomic_value_store/std_mutex", BM_MutexOptionalStore)
-      ->UseRealTime();
-  RegisterBenchmark("atomic_value_store/std_atomic_shared_ptr",
-                    BM_AtomicSharedPtrStore)
-      ->UseRealTime();
+  RegisterAtomicValue<int64_t>("");
+  RegisterAtomicValue<Wide>("_wide");
 }
 
 }  // namespace

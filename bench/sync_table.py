@@ -30,6 +30,8 @@ WORKLOADS = [
     ("go_launch", "SyncGoLaunch"),
     ("atomic_value_load", "SyncAtomicValueLoad"),
     ("atomic_value_store", "SyncAtomicValueStore"),
+    ("atomic_value_load_wide", "SyncAtomicValueLoadWide"),
+    ("atomic_value_store_wide", "SyncAtomicValueStoreWide"),
 ]
 
 PLACEMENTS = [

@@ -3,8 +3,10 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <future>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +22,10 @@ using namespace std::chrono_literals;
 TEST(AtomicValue, LoadBeforeTheFirstStoreIsEmpty) {
   AtomicValue<std::string> v;
   EXPECT_FALSE(v.load().has_value());
+  AtomicValue<int64_t> word;  // kept in one atomic word
+  EXPECT_FALSE(word.load().has_value());
+  EXPECT_FALSE(word.compare_and_swap(0, 1));  // nothing stored to compare
+  EXPECT_FALSE(word.load().has_value());
 }
 
 TEST(AtomicValue, LoadReturnsTheLastStoredValue) {
@@ -85,6 +91,7 @@ struct Wide {
 };
 
 TEST(AtomicValue, ReadersUnderAConcurrentWriterSeeWholeValuesInOrder) {
+  static_assert(!detail::kWordValue<Wide>, "meant for the Left-Right slots");
   AtomicValue<Wide> v;
   std::atomic<bool> stop{false};
   std::atomic<int64_t> torn{0}, backwards{0}, loads{0};
@@ -119,12 +126,66 @@ TEST(AtomicValue, ReadersUnderAConcurrentWriterSeeWholeValuesInOrder) {
   EXPECT_EQ(v.load()->words[0], n);
 }
 
+// A value that fits one atomic word is kept in a std::atomic, with a flag
+// for "stored yet". Readers that start before the first store see nothing,
+// then only stored values (never the word's initial 0), in order.
+TEST(AtomicValue, AWordSizedValueIsReadWholeAndInOrderUnderAWriter) {
+  static_assert(detail::kWordValue<int64_t>);
+  AtomicValue<int64_t> v;
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> zeros{0}, backwards{0}, loads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&] {
+      int64_t last = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        const std::optional<int64_t> x = v.load();
+        loads.fetch_add(1, std::memory_order_relaxed);
+        if (!x) continue;
+        if (*x == 0) zeros.fetch_add(1);
+        if (*x < last) backwards.fetch_add(1);
+        last = *x;
+      }
+    });
+  }
+  while (loads.load() < 1'000) std::this_thread::yield();  // before any store
+  int64_t n = 0;
+  while (n < 20'000 || loads.load() < 40'000) {
+    ++n;
+    if (n % 3 == 0) {
+      EXPECT_TRUE(v.compare_and_swap(n - 1, n));
+    } else {
+      v.store(n);
+    }
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(zeros.load(), 0);
+  EXPECT_EQ(backwards.load(), 0);
+  EXPECT_EQ(v.load(), n);
+}
+
+// compare_and_swap compares with T's ==, as Go compares interface values,
+// also for a value kept in an atomic word: -0.0 == 0.0, NaN != NaN.
+TEST(AtomicValue, CompareAndSwapUsesTheTypesEqualityNotItsBytes) {
+  static_assert(detail::kWordValue<double>);
+  AtomicValue<double> v;
+  v.store(0.0);
+  EXPECT_TRUE(v.compare_and_swap(-0.0, 1.0));
+  EXPECT_EQ(v.load(), 1.0);
+  v.store(std::numeric_limits<double>::quiet_NaN());
+  EXPECT_FALSE(
+      v.compare_and_swap(std::numeric_limits<double>::quiet_NaN(), 2.0));
+  EXPECT_TRUE(std::isnan(*v.load()));
+}
+
 // A type whose operator== can be made to block, so a writer inside
 // compare_and_swap is held mid-write.
 std::atomic<bool> g_block_compare{false};
 std::atomic<bool> g_in_compare{false};
 std::atomic<bool> g_release_compare{false};
 
+// Kept in an atomic word (Gated) or in the Left-Right slots (GatedWide).
 struct Gated {
   int value = 0;
   bool operator==(const Gated& other) const {
@@ -135,13 +196,21 @@ struct Gated {
     return value == other.value;
   }
 };
+struct GatedWide : Gated {
+  std::array<int64_t, 4> padding{};
+};
+static_assert(detail::kWordValue<Gated> && !detail::kWordValue<GatedWide>);
 
-TEST(AtomicValue, ReadersDoNotWaitForAWriterInProgress) {
-  AtomicValue<Gated> v;
-  v.store(Gated{1});
+template <class G>
+void expect_readers_do_not_wait_for_a_writer_in_progress() {
+  g_block_compare = false;
+  g_in_compare = false;
+  g_release_compare = false;
+  AtomicValue<G> v;
+  v.store(G{{1}});
   g_block_compare = true;
   std::thread writer(
-      [v]() mutable { EXPECT_TRUE(v.compare_and_swap(Gated{1}, Gated{2})); });
+      [v]() mutable { EXPECT_TRUE(v.compare_and_swap(G{{1}}, G{{2}})); });
   while (!g_in_compare.load()) std::this_thread::yield();
   // The writer holds the write side; loads still complete at once.
   std::future<int> read =
@@ -153,6 +222,11 @@ TEST(AtomicValue, ReadersDoNotWaitForAWriterInProgress) {
   EXPECT_EQ(read.get(), 1);
   g_block_compare = false;
   EXPECT_EQ(v.load()->value, 2);
+}
+
+TEST(AtomicValue, ReadersDoNotWaitForAWriterInProgress) {
+  expect_readers_do_not_wait_for_a_writer_in_progress<Gated>();
+  expect_readers_do_not_wait_for_a_writer_in_progress<GatedWide>();
 }
 
 TEST(AtomicValue, LocalAtomicValueIsNotRemote) {

@@ -129,22 +129,38 @@ func BenchmarkSyncGoLaunch(b *testing.B) {
 	wg.Wait()
 }
 
+// The values stored: an int64, or a 32-byte struct (dchan's _wide rows).
+type wide struct{ a, b, c, d int64 }
+
+func int64Value(i int64) any { return i }
+func wideValue(i int64) any  { return wide{i, i, i, i} }
+
+func sumOf(v any) int64 {
+	if w, ok := v.(wide); ok {
+		return w.a + w.d
+	}
+	return v.(int64)
+}
+
 // Load while another goroutine stores continuously.
-func BenchmarkSyncAtomicValueLoad(b *testing.B) {
+func BenchmarkSyncAtomicValueLoad(b *testing.B)     { benchLoad(b, int64Value) }
+func BenchmarkSyncAtomicValueLoadWide(b *testing.B) { benchLoad(b, wideValue) }
+
+func benchLoad(b *testing.B, value func(int64) any) {
 	var v atomic.Value
-	v.Store(int64(0))
+	v.Store(value(0))
 	var stop atomic.Bool
 	stopped := make(chan struct{})
 	go func() {
 		for i := int64(1); !stop.Load(); i++ {
-			v.Store(i)
+			v.Store(value(i))
 		}
 		close(stopped)
 	}()
 	var sum int64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		sum += v.Load().(int64)
+		sum += sumOf(v.Load())
 	}
 	b.StopTimer()
 	stop.Store(true)
@@ -153,22 +169,25 @@ func BenchmarkSyncAtomicValueLoad(b *testing.B) {
 }
 
 // Store while another goroutine loads continuously.
-func BenchmarkSyncAtomicValueStore(b *testing.B) {
+func BenchmarkSyncAtomicValueStore(b *testing.B)     { benchStore(b, int64Value) }
+func BenchmarkSyncAtomicValueStoreWide(b *testing.B) { benchStore(b, wideValue) }
+
+func benchStore(b *testing.B, value func(int64) any) {
 	var v atomic.Value
-	v.Store(int64(0))
+	v.Store(value(0))
 	var stop atomic.Bool
 	stopped := make(chan struct{})
 	go func() {
 		var sum int64
 		for !stop.Load() {
-			sum += v.Load().(int64)
+			sum += sumOf(v.Load())
 		}
 		sinkInt = sum
 		close(stopped)
 	}()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		v.Store(int64(i))
+		v.Store(value(int64(i)))
 	}
 	b.StopTimer()
 	stop.Store(true)

@@ -14,19 +14,22 @@
 // T must be copy-constructible (load() returns copies) and
 // nothrow-move-constructible; compare_and_swap also needs `==`.
 //
-// How readers avoid blocking and torn values (the Left-Right technique,
-// Ramalhete and Correia, 2015): the state keeps two slots. Readers only
-// read the slot that left_right_ points at, after announcing themselves on
-// one of two reader counters; they never wait for anything (load() is
-// wait-free: two counter updates and a copy of T). A writer (writers take
-// turns on a mutex) builds the new value in the other slot, which no reader
-// is reading, then flips left_right_ so that new readers read it, then waits
-// until every reader that may still read the old slot has left (flipping
-// between the two counters so that a stream of new readers cannot keep it
-// waiting), and only then moves the old value out of its slot. So a value is
-// never written while a reader copies it, and a reader never waits for a
-// writer; writers wait for the readers in flight (as long as a copy of T
-// takes).
+// How readers avoid blocking and torn values. A T that is trivially copyable
+// and fits a lock-free std::atomic<T> (integers, pointers, double, small
+// structs of them) is kept in one: a load() is two plain loads (a "stored yet"
+// flag, then the value), a store() an exchange under the writers' mutex. Any
+// other T uses the Left-Right technique (Ramalhete and Correia, 2015): the
+// state keeps two slots. Readers only read the slot that left_right_ points at,
+// after announcing themselves on one of two reader counters; they never wait
+// for anything (load() is wait-free: two counter updates and a copy of T). A
+// writer (writers take turns on a mutex) builds the new value in the other
+// slot, which no reader is reading, then flips left_right_ so that new readers
+// read it, then waits until every reader that may still read the old slot has
+// left (flipping between the two counters so that a stream of new readers
+// cannot keep it waiting), and only then moves the old value out of its slot.
+// So a value is never written while a reader copies it, and a reader never
+// waits for a writer; writers wait for the readers in flight (as long as a copy
+// of T takes).
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before
@@ -145,6 +148,63 @@ class AtomicValueState {
   std::mutex writers_mu_;
 };
 
+// The shared state of an AtomicValue<T> whose T fits a lock-free atomic
+// word (and is trivially copyable): the value lives in one std::atomic<T>,
+// so a load is two plain loads (whether a value was stored yet, and the
+// value), as Go's atomic.Value.Load is one pointer load.
+template <class T>
+class AtomicWordState {
+ public:
+  std::optional<T> load() const noexcept {
+    if (!stored_.load(std::memory_order_seq_cst)) [[unlikely]] {
+      return std::nullopt;
+    }
+    return value_.load(std::memory_order_seq_cst);
+  }
+
+  // The first store writes the value, then marks it stored: that mark is
+  // the moment it takes effect (readers see nothing before it).
+  std::optional<T> swap(T v) {
+    std::lock_guard<std::mutex> hold(writers_mu_);
+    const T old = value_.exchange(v, std::memory_order_seq_cst);
+    if (stored_.load(std::memory_order_relaxed)) return old;
+    stored_.store(true, std::memory_order_seq_cst);
+    return std::nullopt;
+  }
+
+  // Under the writers' mutex, so that T's == (not its bytes) decides.
+  bool compare_and_swap(const T& old, T desired) {
+    std::lock_guard<std::mutex> hold(writers_mu_);
+    if (!stored_.load(std::memory_order_relaxed) ||
+        !(value_.load(std::memory_order_relaxed) == old)) {
+      return false;
+    }
+    value_.store(desired, std::memory_order_seq_cst);
+    return true;
+  }
+
+ private:
+  std::atomic<bool> stored_{false};
+  std::atomic<T> value_{};
+  std::mutex writers_mu_;
+};
+
+// Whether AtomicValue<T> keeps its value in one atomic word. Only a T that
+// std::atomic accepts may be looked up in it.
+template <class T>
+inline constexpr bool kAtomicCandidate =
+    std::conjunction_v<std::is_trivially_copyable<T>,
+                       std::is_copy_assignable<T>,
+                       std::is_default_constructible<T>>;
+template <class T, bool = kAtomicCandidate<T>>
+inline constexpr bool kWordValue = false;
+template <class T>
+inline constexpr bool kWordValue<T, true> = std::atomic<T>::is_always_lock_free;
+
+template <class T>
+using AtomicValueStateFor =
+    std::conditional_t<kWordValue<T>, AtomicWordState<T>, AtomicValueState<T>>;
+
 template <class T>
 AtomicValue<T> make_remote_atomic_value(std::shared_ptr<RemoteValue> remote);
 
@@ -159,7 +219,7 @@ class AtomicValue {
 
  public:
   // A new, empty local AtomicValue. Throws std::bad_alloc.
-  AtomicValue() : state_(std::make_shared<detail::AtomicValueState<T>>()) {}
+  AtomicValue() : state_(std::make_shared<detail::AtomicValueStateFor<T>>()) {}
 
   // Copies share the value; "moving" copies too.
   AtomicValue(const AtomicValue&) = default;
@@ -273,7 +333,7 @@ class AtomicValue {
   }
 
   // Exactly one is set: the local state, or the broker-hosted value.
-  std::shared_ptr<detail::AtomicValueState<T>> state_;
+  std::shared_ptr<detail::AtomicValueStateFor<T>> state_;
   std::shared_ptr<detail::RemoteValue> remote_;
 };
 
