@@ -299,6 +299,10 @@ def in_process_rows(results):
             pairs = [(label, lambda p, v=variant: cpp[p].get(
                 f"{workload}/{v}")) for label, variant in bases]
             pairs.append(("Go", lambda p, g=go_name: go[p].get(g)))
+            # Go with each goroutine on its own OS thread, as dchan's are
+            # (bench/go/chan_test.go, *LockedThreads), where there is one.
+            pairs.append(("Go, goroutines locked to OS threads",
+                          lambda p, g=go_name + "LockedThreads": go[p].get(g)))
             for label, get in pairs:
                 if not any(get(p) for p in PLACEMENTS):
                     continue

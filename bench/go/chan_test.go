@@ -7,6 +7,7 @@
 package bench
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,10 +16,30 @@ import (
 const bufferCap = 64
 
 // A sends on ping, B receives and sends it back on pong (unbuffered).
-func BenchmarkChanPingPong(b *testing.B) {
+func BenchmarkChanPingPong(b *testing.B) { benchPingPong(b, false) }
+
+// The *LockedThreads variants run each goroutine on its own OS thread
+// (runtime.LockOSThread), as dchan runs every goroutine: a hand-off then
+// wakes another thread instead of switching goroutines on one P. They show
+// what Go's channels cost under dchan's threading model.
+func BenchmarkChanPingPongLockedThreads(b *testing.B) { benchPingPong(b, true) }
+
+// lockThread wires the calling goroutine to its OS thread if `locked`; the
+// returned function undoes it.
+func lockThread(locked bool) func() {
+	if !locked {
+		return func() {}
+	}
+	runtime.LockOSThread()
+	return runtime.UnlockOSThread
+}
+
+func benchPingPong(b *testing.B, locked bool) {
+	defer lockThread(locked)()
 	ping := make(chan int)
 	pong := make(chan int)
 	go func() {
+		defer lockThread(locked)()
 		for v := range ping {
 			pong <- v
 		}
@@ -35,18 +56,28 @@ func BenchmarkChanPingPong(b *testing.B) {
 // One producer, one consumer, one way, unbuffered (a send returns once the
 // receiver took the value).
 func BenchmarkChanUnbuffered1P1C(b *testing.B) {
-	run1P1C(b, make(chan int))
+	run1P1C(b, make(chan int), false)
+}
+
+func BenchmarkChanUnbuffered1P1CLockedThreads(b *testing.B) {
+	run1P1C(b, make(chan int), true)
 }
 
 func BenchmarkChanBuffered1P1C(b *testing.B) {
-	run1P1C(b, make(chan int, bufferCap))
+	run1P1C(b, make(chan int, bufferCap), false)
+}
+
+func BenchmarkChanBuffered1P1CLockedThreads(b *testing.B) {
+	run1P1C(b, make(chan int, bufferCap), true)
 }
 
 // run1P1C: one goroutine sends b.N values on ch, this one receives them.
-func run1P1C(b *testing.B, ch chan int) {
+func run1P1C(b *testing.B, ch chan int, locked bool) {
+	defer lockThread(locked)()
 	n := b.N
 	b.ResetTimer()
 	go func() {
+		defer lockThread(locked)()
 		for i := 0; i < n; i++ {
 			ch <- i
 		}
@@ -122,12 +153,20 @@ func BenchmarkChanSelect4FanIn(b *testing.B) {
 }
 
 // The ping-pong with 2-case selects on both sides; quit never fires.
-func BenchmarkChanSelectPingPong(b *testing.B) {
+func BenchmarkChanSelectPingPong(b *testing.B) { benchSelectPingPong(b, false) }
+
+func BenchmarkChanSelectPingPongLockedThreads(b *testing.B) {
+	benchSelectPingPong(b, true)
+}
+
+func benchSelectPingPong(b *testing.B, locked bool) {
+	defer lockThread(locked)()
 	ping := make(chan int)
 	pong := make(chan int)
 	quit := make(chan struct{})
 	n := b.N
 	go func() {
+		defer lockThread(locked)()
 		for i := 0; i < n; i++ {
 			var v int
 			select {
