@@ -33,6 +33,7 @@
 // them to the last one finishing (UseManualTime).
 //
 // Run bench/run_sync.sh for the full comparison with Go (bench/go/sync).
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -81,21 +82,31 @@ void BM_MutexUncontended(benchmark::State& state) {
 }
 
 // Runs `threads` threads doing `per_thread` lock/increment/unlock each on
-// `mu`; returns the wall time from release to the last finish.
+// `mu`. Returns the wall time from release to the last finish, and counts in
+// `*handovers` how often the lock went to a different thread than the one
+// that held it last (a lock that keeps one thread running longer hands over
+// less, and each hand-over moves the lock's lines between CPUs).
 template <class M>
-double RunContended(M& mu, int threads, int64_t per_thread) {
+double RunContended(M& mu, int threads, int64_t per_thread,
+                    int64_t* handovers) {
   std::atomic<int> ready{0};
   std::atomic<bool> start{false};
   int64_t counter = 0;
+  int last_holder = -1;  // guarded by mu
+  int64_t changes = 0;   // guarded by mu
   std::atomic<int64_t> finished_at_ns{0};
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&] {
+    pool.emplace_back([&, t] {
       ready.fetch_add(1);
       while (!start.load(std::memory_order_acquire)) std::this_thread::yield();
       for (int64_t i = 0; i < per_thread; ++i) {
         mu.lock();
         ++counter;
+        if (last_holder != t) {
+          last_holder = t;
+          ++changes;
+        }
         mu.unlock();
       }
       const int64_t now = Clock::now().time_since_epoch().count();
@@ -109,6 +120,7 @@ double RunContended(M& mu, int threads, int64_t per_thread) {
   start.store(true, std::memory_order_release);
   for (auto& t : pool) t.join();
   benchmark::DoNotOptimize(counter);
+  *handovers += changes;
   return std::chrono::duration<double>(Clock::duration(finished_at_ns.load()) -
                                        begin.time_since_epoch())
       .count();
@@ -118,9 +130,14 @@ template <class M, int kThreads>
 void BM_MutexContended(benchmark::State& state) {
   constexpr int64_t kBatch = 200'000;
   M mu;
+  int64_t handovers = 0;
   while (state.KeepRunningBatch(kBatch)) {
-    state.SetIterationTime(RunContended(mu, kThreads, kBatch / kThreads));
+    state.SetIterationTime(
+        RunContended(mu, kThreads, kBatch / kThreads, &handovers));
   }
+  state.counters["ops_per_handover"] =
+      static_cast<double>(state.iterations()) /
+      static_cast<double>(std::max<int64_t>(handovers, 1));
 }
 
 // ---------------------------------------------------------------------------
