@@ -90,61 +90,28 @@ struct Wide {
   bool operator==(const Wide&) const = default;
 };
 
-TEST(AtomicValue, ReadersUnderAConcurrentWriterSeeWholeValuesInOrder) {
-  static_assert(!detail::kWordValue<Wide>, "meant for the Left-Right slots");
-  AtomicValue<Wide> v;
+// Three readers load while one writer stores make(1), make(2), ... (every
+// third one by compare_and_swap from the one before); the writer starts only
+// once the readers are loading, so they also race the first store. Readers
+// see nothing, then only whole stored values (`whole`), never going back
+// (`seq` of a value is its n).
+template <class T, class Make, class Seq, class Whole>
+void expect_readers_see_whole_values_in_order(Make make, Seq seq, Whole whole) {
+  AtomicValue<T> v;
   std::atomic<bool> stop{false};
-  std::atomic<int64_t> torn{0}, backwards{0}, loads{0};
-  std::vector<std::thread> readers;
-  for (int r = 0; r < 3; ++r) {
-    readers.emplace_back([&] {
-      uint64_t last = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
-        std::optional<Wide> w = v.load();
-        loads.fetch_add(1, std::memory_order_relaxed);
-        if (!w) continue;
-        if (!w->consistent()) torn.fetch_add(1);
-        // One writer: a reader never sees an older value after a newer one.
-        if (w->words[0] < last) backwards.fetch_add(1);
-        last = w->words[0];
-      }
-    });
-  }
-  // Write until the readers have overlapped with plenty of stores.
-  uint64_t n = 0;
-  while (n < 20'000 || loads.load() < 20'000) {
-    ++n;
-    v.store(Wide::of(n));
-    if (n % 3 == 0) {
-      EXPECT_TRUE(v.compare_and_swap(Wide::of(n), Wide::of(n)));
-    }
-  }
-  stop = true;
-  for (auto& t : readers) t.join();
-  EXPECT_EQ(torn.load(), 0);
-  EXPECT_EQ(backwards.load(), 0);
-  EXPECT_EQ(v.load()->words[0], n);
-}
-
-// A value that fits one atomic word is kept in a std::atomic, with a flag
-// for "stored yet". Readers that start before the first store see nothing,
-// then only stored values (never the word's initial 0), in order.
-TEST(AtomicValue, AWordSizedValueIsReadWholeAndInOrderUnderAWriter) {
-  static_assert(detail::kWordValue<int64_t>);
-  AtomicValue<int64_t> v;
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> zeros{0}, backwards{0}, loads{0};
+  std::atomic<int64_t> broken{0}, backwards{0}, loads{0};
   std::vector<std::thread> readers;
   for (int r = 0; r < 3; ++r) {
     readers.emplace_back([&] {
       int64_t last = 0;
       while (!stop.load(std::memory_order_relaxed)) {
-        const std::optional<int64_t> x = v.load();
+        const std::optional<T> x = v.load();
         loads.fetch_add(1, std::memory_order_relaxed);
         if (!x) continue;
-        if (*x == 0) zeros.fetch_add(1);
-        if (*x < last) backwards.fetch_add(1);
-        last = *x;
+        if (!whole(*x)) broken.fetch_add(1);
+        // One writer: a reader never sees an older value after a newer one.
+        if (seq(*x) < last) backwards.fetch_add(1);
+        last = seq(*x);
       }
     });
   }
@@ -153,16 +120,33 @@ TEST(AtomicValue, AWordSizedValueIsReadWholeAndInOrderUnderAWriter) {
   while (n < 20'000 || loads.load() < 40'000) {
     ++n;
     if (n % 3 == 0) {
-      EXPECT_TRUE(v.compare_and_swap(n - 1, n));
+      EXPECT_TRUE(v.compare_and_swap(make(n - 1), make(n)));
     } else {
-      v.store(n);
+      v.store(make(n));
     }
   }
   stop = true;
   for (auto& t : readers) t.join();
-  EXPECT_EQ(zeros.load(), 0);
+  EXPECT_EQ(broken.load(), 0);
   EXPECT_EQ(backwards.load(), 0);
-  EXPECT_EQ(v.load(), n);
+  EXPECT_EQ(seq(*v.load()), n);
+}
+
+TEST(AtomicValue, ReadersUnderAConcurrentWriterSeeWholeValuesInOrder) {
+  static_assert(!detail::kWordValue<Wide>, "meant for the Left-Right slots");
+  expect_readers_see_whole_values_in_order<Wide>(
+      [](int64_t n) { return Wide::of(static_cast<uint64_t>(n)); },
+      [](const Wide& w) { return static_cast<int64_t>(w.words[0]); },
+      [](const Wide& w) { return w.consistent(); });
+}
+
+// A value that fits one atomic word is kept in a std::atomic, with a flag
+// for "stored yet": a reader must never see the word's initial 0.
+TEST(AtomicValue, AWordSizedValueIsReadWholeAndInOrderUnderAWriter) {
+  static_assert(detail::kWordValue<int64_t>);
+  expect_readers_see_whole_values_in_order<int64_t>(
+      [](int64_t n) { return n; }, [](int64_t x) { return x; },
+      [](int64_t x) { return x != 0; });
 }
 
 // compare_and_swap compares with T's ==, as Go compares interface values,
