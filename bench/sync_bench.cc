@@ -43,6 +43,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -419,24 +420,31 @@ void BM_AtomicSharedPtrStore(benchmark::State& state) {
   for (auto _ : state) p.store(std::make_shared<const V>(make_value<V>(++i)));
 }
 
+// Registers atomic_value_{load,store}<suffix>/{dchan,std_mutex,
+// std_atomic_shared_ptr} for values of type V.
 template <class V>
 void RegisterAtomicValue(const std::string& suffix) {
-  const std::string load = "atomic_value_load" + suffix + "/";
-  RegisterBenchmark((load + "dchan").c_str(), BM_AtomicValueLoad<V>)
-      ->UseRealTime();
-  RegisterBenchmark((load + "std_mutex").c_str(), BM_MutexOptionalLoad<V>)
-      ->UseRealTime();
-  RegisterBenchmark((load + "std_atomic_shared_ptr").c_str(),
-                    BM_AtomicSharedPtrLoad<V>)
-      ->UseRealTime();
-  const std::string store = "atomic_value_store" + suffix + "/";
-  RegisterBenchmark((store + "dchan").c_str(), BM_AtomicValueStore<V>)
-      ->UseRealTime();
-  RegisterBenchmark((store + "std_mutex").c_str(), BM_MutexOptionalStore<V>)
-      ->UseRealTime();
-  RegisterBenchmark((store + "std_atomic_shared_ptr").c_str(),
-                    BM_AtomicSharedPtrStore<V>)
-      ->UseRealTime();
+  using Fn = void (*)(benchmark::State&);
+  struct Variant {
+    const char* name;
+    Fn load;
+    Fn store;
+  };
+  const Variant variants[] = {
+      {"dchan", BM_AtomicValueLoad<V>, BM_AtomicValueStore<V>},
+      {"std_mutex", BM_MutexOptionalLoad<V>, BM_MutexOptionalStore<V>},
+      {"std_atomic_shared_ptr", BM_AtomicSharedPtrLoad<V>,
+       BM_AtomicSharedPtrStore<V>},
+  };
+  for (const char* op : {"load", "store"}) {
+    for (const Variant& v : variants) {
+      const std::string name =
+          std::string("atomic_value_") + op + suffix + "/" + v.name;
+      RegisterBenchmark(name.c_str(),
+                        std::string_view(op) == "load" ? v.load : v.store)
+          ->UseRealTime();
+    }
+  }
 }
 
 void Register() {
