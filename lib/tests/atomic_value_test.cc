@@ -9,6 +9,7 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "fake_remote.h"
@@ -147,6 +148,38 @@ TEST(AtomicValue, AWordSizedValueIsReadWholeAndInOrderUnderAWriter) {
   expect_readers_see_whole_values_in_order<int64_t>(
       [](int64_t n) { return n; }, [](int64_t x) { return x; },
       [](int64_t x) { return x != 0; });
+}
+
+// Trivially copyable types that std::atomic would reject (no move
+// assignment) or that may not be lock-free without libatomic (wider than a
+// pointer) keep the Left-Right slots, and work.
+struct NoMoveAssign {
+  int x = 0;
+  NoMoveAssign() = default;
+  explicit NoMoveAssign(int v) : x(v) {}
+  NoMoveAssign(const NoMoveAssign&) = default;
+  NoMoveAssign(NoMoveAssign&&) = default;
+  NoMoveAssign& operator=(const NoMoveAssign&) = default;
+  NoMoveAssign& operator=(NoMoveAssign&&) = delete;
+  bool operator==(const NoMoveAssign&) const = default;
+};
+struct TwoWords {
+  int64_t a = 0, b = 0;
+  bool operator==(const TwoWords&) const = default;
+};
+static_assert(std::is_trivially_copyable_v<NoMoveAssign> &&
+              !detail::kWordValue<NoMoveAssign>);
+static_assert(!detail::kWordValue<TwoWords>);
+
+TEST(AtomicValue, TypesNotForOneAtomicWordUseTheSlots) {
+  AtomicValue<NoMoveAssign> v;
+  v.store(NoMoveAssign(1));
+  EXPECT_TRUE(v.compare_and_swap(NoMoveAssign(1), NoMoveAssign(2)));
+  EXPECT_EQ(v.load()->x, 2);
+  AtomicValue<TwoWords> w;
+  w.store(TwoWords{1, 2});
+  EXPECT_EQ(w.swap(TwoWords{3, 4}), (TwoWords{1, 2}));
+  EXPECT_EQ(w.load(), (TwoWords{3, 4}));
 }
 
 // compare_and_swap compares with T's ==, as Go compares interface values,

@@ -14,22 +14,22 @@
 // T must be copy-constructible (load() returns copies) and
 // nothrow-move-constructible; compare_and_swap also needs `==`.
 //
-// How readers avoid blocking and torn values. A T that is trivially copyable
-// and fits a lock-free std::atomic<T> (integers, pointers, double, small
-// structs of them) is kept in one: a load() is two plain loads (a "stored yet"
-// flag, then the value), a store() an exchange under the writers' mutex. Any
-// other T uses the Left-Right technique (Ramalhete and Correia, 2015): the
-// state keeps two slots. Readers only read the slot that left_right_ points at,
-// after announcing themselves on one of two reader counters; they never wait
-// for anything (load() is wait-free: two counter updates and a copy of T). A
-// writer (writers take turns on a mutex) builds the new value in the other
-// slot, which no reader is reading, then flips left_right_ so that new readers
-// read it, then waits until every reader that may still read the old slot has
-// left (flipping between the two counters so that a stream of new readers
-// cannot keep it waiting), and only then moves the old value out of its slot.
-// So a value is never written while a reader copies it, and a reader never
-// waits for a writer; writers wait for the readers in flight (as long as a copy
-// of T takes).
+// How readers avoid blocking and torn values. A T that is trivially copyable,
+// no wider than a pointer and fits a lock-free std::atomic<T> (integers,
+// pointers, double, small structs of them) is kept in one: a load() is two
+// plain loads (a "stored yet" flag, then the value), a store() an exchange
+// under the writers' mutex. Any other T uses the Left-Right technique
+// (Ramalhete and Correia, 2015): the state keeps two slots. Readers only read
+// the slot that left_right_ points at, after announcing themselves on one of
+// two reader counters; they never wait for anything (load() is wait-free: two
+// counter updates and a copy of T). A writer (writers take turns on a mutex)
+// builds the new value in the other slot, which no reader is reading, then
+// flips left_right_ so that new readers read it, then waits until every reader
+// that may still read the old slot has left (flipping between the two counters
+// so that a stream of new readers cannot keep it waiting), and only then moves
+// the old value out of its slot. So a value is never written while a reader
+// copies it, and a reader never waits for a writer; writers wait for the
+// readers in flight (as long as a copy of T takes).
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before
@@ -189,13 +189,17 @@ class AtomicWordState {
   std::mutex writers_mu_;
 };
 
-// Whether AtomicValue<T> keeps its value in one atomic word. Only a T that
-// std::atomic accepts may be looked up in it.
+// Whether AtomicValue<T> keeps its value in one atomic word: one that
+// std::atomic accepts (only such a T may be looked up in it), no wider than
+// a pointer (a 16-byte std::atomic may call into libatomic, e.g. with clang
+// and -mcx16), and lock-free.
 template <class T>
-inline constexpr bool kAtomicCandidate =
-    std::conjunction_v<std::is_trivially_copyable<T>,
-                       std::is_copy_assignable<T>,
-                       std::is_default_constructible<T>>;
+inline constexpr bool kAtomicCandidate = std::conjunction_v<
+    std::is_same<T, std::remove_cv_t<T>>, std::is_trivially_copyable<T>,
+    std::is_copy_constructible<T>, std::is_move_constructible<T>,
+    std::is_copy_assignable<T>, std::is_move_assignable<T>,
+    std::is_default_constructible<T>,
+    std::bool_constant<sizeof(T) <= sizeof(void*)>>;
 template <class T, bool = kAtomicCandidate<T>>
 inline constexpr bool kWordValue = false;
 template <class T>

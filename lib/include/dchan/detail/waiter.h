@@ -69,10 +69,13 @@ class Waiter;
 class ChanCore;
 
 // A word of a channel's state that only the holder of the channel's lock
-// writes, but that ChanCore::may_be_ready() reads without the lock. Relaxed
-// atomics: on the locked paths they compile to the plain loads and stores
-// they replace (an increment is a load and a store, not a read-modify-write:
-// writers hold the lock), and the lock-free reads are no data race.
+// writes, but that ChanCore::may_be_ready() reads without the lock. Reads
+// under the lock are relaxed and writes are release stores: on x86 both
+// compile to the plain loads and stores they replace (an increment is a
+// load and a store, not a read-modify-write: writers hold the lock). The
+// release makes a lock-free peek() that sees a write also see every write
+// before it (close() marks the channel closed, then empties its queues: a
+// peek that sees a queue emptied by close() sees it closed).
 template <class T>
 class LockedWord {
  public:
@@ -84,14 +87,19 @@ class LockedWord {
     return v_.load(std::memory_order_relaxed);
   }
   LockedWord& operator=(T v) noexcept {
-    v_.store(v, std::memory_order_relaxed);
+    v_.store(v, std::memory_order_release);
     return *this;
   }
   LockedWord& operator++() noexcept { return *this = *this + 1; }
   LockedWord& operator--() noexcept { return *this = *this - 1; }
 
-  // A lock-free read that later reads cannot overtake.
-  T peek() const noexcept { return v_.load(std::memory_order_acquire); }
+  // A lock-free read that later reads cannot overtake. Sequentially
+  // consistent (a plain load on x86; LDAR, not the weaker LDAPR, on ARM),
+  // so that it is not hoisted above the release of a lock the thread
+  // dropped just before: with `a.send(1); b.try_recv()` on one thread and
+  // `b.send(1); a.try_recv()` on another, both must not miss the other's
+  // value, as both could not when try_recv took the lock.
+  T peek() const noexcept { return v_.load(std::memory_order_seq_cst); }
 
  private:
   std::atomic<T> v_;
