@@ -107,6 +107,25 @@ TEST(Go, BlockedGoroutinesDoNotStarveNewOnes) {
   release.done();
 }
 
+// A burst of goroutines that all block until every one has started: each
+// needs a thread of its own, none may wait behind the blocked ones (a guard
+// for any pool that defers or passes on wake-ups).
+TEST(Go, EveryGoroutineOfABurstThatAllBlockStarts) {
+  constexpr int kBurst = 64;
+  WaitGroup release, started;
+  release.add(1);
+  started.add(kBurst);
+  for (int i = 0; i < kBurst; ++i) {
+    go([release, started]() mutable {
+      started.done();
+      release.wait();
+    });
+  }
+  EXPECT_TRUE(started.wait_for(10s))
+      << started.count() << " goroutines never started";
+  release.done();
+}
+
 void fan_out(WaitGroup wg, std::atomic<int>& count, int depth) {
   count.fetch_add(1);
   if (depth > 0) {
