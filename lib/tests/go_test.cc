@@ -87,17 +87,23 @@ TEST(Go, ReusesIdleThreads) {
   EXPECT_EQ(detail::go_pool_stats().threads, threads);
 }
 
+// Starts `n` goroutines that each count themselves done in `started` and
+// then block until `release` is done.
+void go_blocked(int n, WaitGroup release, WaitGroup started) {
+  started.add(n);
+  for (int i = 0; i < n; ++i) {
+    go([release, started]() mutable {
+      started.done();
+      release.wait();
+    });
+  }
+}
+
 TEST(Go, BlockedGoroutinesDoNotStarveNewOnes) {
   constexpr int kBlocked = 8;
   WaitGroup release, blocked;
   release.add(1);
-  blocked.add(kBlocked);
-  for (int i = 0; i < kBlocked; ++i) {
-    go([release, blocked]() mutable {
-      blocked.done();
-      release.wait();
-    });
-  }
+  go_blocked(kBlocked, release, blocked);
   ASSERT_TRUE(blocked.wait_for(5s));
   WaitGroup ran;
   ran.add(1);
@@ -114,13 +120,7 @@ TEST(Go, EveryGoroutineOfABurstThatAllBlockStarts) {
   constexpr int kBurst = 64;
   WaitGroup release, started;
   release.add(1);
-  started.add(kBurst);
-  for (int i = 0; i < kBurst; ++i) {
-    go([release, started]() mutable {
-      started.done();
-      release.wait();
-    });
-  }
+  go_blocked(kBurst, release, started);
   EXPECT_TRUE(started.wait_for(10s))
       << started.count() << " goroutines never started";
   release.done();
