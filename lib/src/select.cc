@@ -90,10 +90,10 @@ class LockSet {
   absl::InlinedVector<ChanCore*, 8> cores_;
 };
 
-// Lock-free: false if case `c` has no local channel or was seen unable to
-// proceed on it (see ChanCore::may_be_ready).
-bool may_be_ready(const SelectCase* c) noexcept {
-  const ChanCore* core = c->core();
+// Lock-free: false if case `c`, whose local channel is `core` (c->core(),
+// asked once by the caller), has none or was seen unable to proceed on it
+// (see ChanCore::may_be_ready).
+bool may_be_ready(const SelectCase* c, const ChanCore* core) noexcept {
   return core != nullptr &&
          core->may_be_ready(c->kind() == SelectCase::Kind::kSend);
 }
@@ -118,7 +118,7 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   // that are not ready: it draws no random order unless one may be.
   if (w == nullptr) {
     std::size_t i = 0;
-    while (i < n && !may_be_ready(cases[i])) ++i;
+    while (i < n && !may_be_ready(cases[i], cases[i]->core())) ++i;
     if (i == n) return {PollOutcome::kWouldBlock};
   }
   absl::InlinedVector<uint32_t, 8> order(n);
@@ -129,8 +129,9 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   // locking every channel, nor one that is never ready (a quit channel that
   // every worker selects on).
   for (uint32_t i : order) {
-    if (!may_be_ready(cases[i])) continue;
-    const ChanStatus st = try_alone(cases[i], cases[i]->core());
+    ChanCore* core = cases[i]->core();
+    if (!may_be_ready(cases[i], core)) continue;
+    const ChanStatus st = try_alone(cases[i], core);
     if (st != ChanStatus::kWouldBlock) {
       return {PollOutcome::kFired, i, st == ChanStatus::kOk};
     }
@@ -368,7 +369,7 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
         continue;
       }
       ChanCore* core = c->core();
-      if (!may_be_ready(c)) continue;
+      if (!may_be_ready(c, core)) continue;
       const ChanStatus st = try_alone(c, core);
       if (st == ChanStatus::kWouldBlock) continue;
       c->finish(st == ChanStatus::kOk);
