@@ -57,13 +57,30 @@ void futex_wake_all(std::atomic<uint32_t>& word) noexcept {
 
 int current_cpu() noexcept { return sched_getcpu(); }
 
-int spin_budget() noexcept {
-  static const int budget = [] {
+namespace {
+
+// Whether the process may run on more than one CPU, sampled once, when the
+// library loads (the first call below, at the latest): before main() can pin
+// any thread. A thread that later pins itself to one CPU still has partners
+// on the others to spin for; only a process confined to one CPU from the
+// start (`taskset -c 0`) has none. (A mask narrowed later is left to each
+// thread's adaptive limit, see lib/src/spin.h.)
+bool started_on_several_cpus() noexcept {
+  static const bool several = [] {
     cpu_set_t set;
     CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) < 2) {
-      return 0;
-    }
+    return sched_getaffinity(0, sizeof(set), &set) != 0 ||
+           CPU_COUNT(&set) >= 2;
+  }();
+  return several;
+}
+[[maybe_unused]] const bool g_cpus_sampled_at_load = started_on_several_cpus();
+
+}  // namespace
+
+int spin_budget() noexcept {
+  static const int budget = [] {
+    if (!started_on_several_cpus()) return 0;
     // Calibrate: `pause` takes ~10 cycles on some x86 cores and ~140 on
     // others, so count how many fit in kSpinFor.
     constexpr auto kSpinFor = std::chrono::microseconds(10);

@@ -8,8 +8,9 @@
 // waits (channel operations, selects, WaitGroup::wait): it halves it when a
 // wait turns out to have been completed from its own CPU and doubles it, up
 // to spin_budget(), when a spin succeeds late or a wait that parked was
-// completed from another CPU soon after. A process that may run on one CPU
-// only never spins (spin_budget() is 0) and goes straight to the yields.
+// completed from another CPU soon after. A process confined to one CPU from
+// its start never spins (spin_budget() is 0) and goes straight to the
+// yields.
 //
 // Thread-compatible: the limit is thread-local.
 #ifndef DCHAN_LIB_SRC_SPIN_H_

@@ -40,8 +40,8 @@
 // times, before parking on a futex (waking a parked thread on another CPU
 // costs tens of microseconds on small VMs). Each thread shortens its spin
 // when its waits are completed from its own CPU (spinning then only delays
-// the thread it waits for); they do not spin when the process may run on one
-// CPU only.
+// the thread it waits for); they do not spin when the process was started
+// confined to one CPU (`taskset -c 0`).
 #ifndef DCHAN_CHAN_H_
 #define DCHAN_CHAN_H_
 

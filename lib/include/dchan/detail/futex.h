@@ -48,10 +48,12 @@ inline void spin_pause() noexcept {
 #endif
 }
 
-// How many spin iterations a waiter should try before parking: 0 when this
-// process may run on one CPU only (spinning would only delay the thread it
-// waits for), otherwise about ten microseconds' worth (calibrated once: waking
-// a parked thread costs more than that on small VMs).
+// How many spin iterations a waiter should try before parking: 0 when the
+// process was confined to one CPU when it started (spinning would only delay
+// the thread it waits for), otherwise about ten microseconds' worth
+// (calibrated once: waking a parked thread costs more than that on small
+// VMs). Threads that pin themselves to one CPU each keep the full budget:
+// their partners may run on other CPUs.
 int spin_budget() noexcept;
 
 // The CPU the calling thread runs on (-1 if unknown). Cheap: glibc reads it
