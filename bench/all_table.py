@@ -271,7 +271,9 @@ def floor_rows(results):
            for p in PLACEMENTS}
     for floor, label in (("floor_futex_pingpong", "futex hand-off floor"),
                          ("floor_yield_pingpong", "sched_yield hand-off floor"),
-                         ("floor_spin_pingpong", "spin hand-off floor")):
+                         ("floor_spin_pingpong", "spin hand-off floor"),
+                         ("floor_rendezvous_pingpong",
+                          "spin rendezvous floor")):
         if not any(cpp[p].get(f"{floor}/raw") for p in PLACEMENTS):
             continue
         cells = ["chan", "pingpong", "ns/round trip", label]

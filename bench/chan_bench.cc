@@ -46,6 +46,14 @@
 //                       escape when the CPUs are busy). Registered only when
 //                       the process may use two CPUs (pinned to one, a spin
 //                       only ends when the scheduler preempts the spinner).
+//   floor_rendezvous_pingpong  the least an unbuffered channel can do: to
+//                       receive, a side publishes its mailbox in the
+//                       channel's word and spins on the mailbox; the sender
+//                       spins until a mailbox is published, takes it, fills
+//                       it. No lock, no claim, no queue: the announce-then-
+//                       find of Go's sudog, four cache-line moves in a
+//                       row per round trip where the spin floor has two.
+//                       Registered with floor_spin_pingpong.
 //
 // Timing: every benchmark runs batches of a fixed number of items. Each batch
 // spawns its partner threads (exactly the threads the workload names; no
@@ -715,6 +723,60 @@ void SpinStep(int64_t polls) {
 }
 void YieldStep(int64_t) { sched_yield(); }
 
+// A receiver's mailbox and a channel reduced to the one word through which
+// a receiver announces it (see floor_rendezvous_pingpong). One sender per
+// channel, so the sender takes the announced mailbox with a plain store.
+struct alignas(64) Mailbox {
+  std::atomic<bool> full{false};
+  int64_t value = 0;
+};
+struct alignas(64) AnnounceWord {
+  std::atomic<Mailbox*> waiting{nullptr};
+};
+
+int64_t RendezvousRecv(AnnounceWord& ch, Mailbox& box) {
+  box.full.store(false, std::memory_order_relaxed);
+  ch.waiting.store(&box, std::memory_order_release);
+  for (int64_t k = 0; !box.full.load(std::memory_order_acquire); ++k) {
+    SpinStep(k);
+  }
+  return box.value;
+}
+
+void RendezvousSend(AnnounceWord& ch, int64_t v) {
+  Mailbox* box;
+  for (int64_t k = 0;
+       (box = ch.waiting.load(std::memory_order_acquire)) == nullptr; ++k) {
+    SpinStep(k);
+  }
+  ch.waiting.store(nullptr, std::memory_order_relaxed);
+  box->value = v;
+  box->full.store(true, std::memory_order_release);
+}
+
+void BM_FloorRendezvousPingPong(benchmark::State& state) {
+  RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
+    struct Shared {
+      AnnounceWord ping, pong;
+      Mailbox driver_box, worker_box;
+    };
+    auto s = std::make_shared<Shared>();
+    workers.push_back([=] {
+      for (int64_t i = 0; i < n; ++i) {
+        RendezvousSend(s->pong, RendezvousRecv(s->ping, s->worker_box));
+      }
+    });
+    driver = [=] {
+      int64_t sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        RendezvousSend(s->ping, i);
+        sum += RendezvousRecv(s->pong, s->driver_box);
+      }
+      benchmark::DoNotOptimize(sum);
+    };
+  });
+}
+
 bool MayUseTwoCpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -769,6 +831,7 @@ int main(int argc, char** argv) {
   Register("floor_yield_pingpong/raw", BM_FloorPollPingPong<YieldStep>);
   if (MayUseTwoCpus()) {
     Register("floor_spin_pingpong/raw", BM_FloorPollPingPong<SpinStep>);
+    Register("floor_rendezvous_pingpong/raw", BM_FloorRendezvousPingPong);
   }
 
   benchmark::Initialize(&argc, argv);

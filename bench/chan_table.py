@@ -37,6 +37,8 @@ FLOORS = [
     ("floor_futex_pingpong", "futex wait/wake hand-off, no spin"),
     ("floor_yield_pingpong", "sched_yield polling hand-off"),
     ("floor_spin_pingpong", "pure spin hand-off (two atomics)"),
+    ("floor_rendezvous_pingpong",
+     "spin rendezvous: announce a mailbox, sender fills it"),
 ]
 
 PLACEMENTS = [

@@ -8,11 +8,22 @@
 // waits (channel operations, selects, WaitGroup::wait): it halves it when a
 // wait turns out to have been completed from its own CPU and doubles it, up
 // to spin_budget(), when a spin succeeds late or a wait that parked was
-// completed from another CPU soon after. A process confined to one CPU from
-// its start never spins (spin_budget() is 0) and goes straight to the
-// yields.
+// completed from another CPU soon after.
 //
-// Thread-compatible: the limit is thread-local.
+// Two threads that hand values back and forth can end up sharing one CPU
+// while another one idles (the kernel starts a new thread on its creator's
+// CPU). Yields keep both runnable there, so only the load balancer, after
+// milliseconds, would part them. A park lets the futex wake place the
+// sleeper on an idle CPU at once. So after a few waits in a row completed
+// from its own CPU, a thread skips the yields of its next wait and parks. If
+// that park did not part them (no CPU was idle, or the threads were confined
+// to one CPU after the process started), it lets twice as many such waits
+// pass before it tries again.
+//
+// A process confined to one CPU from its start never spins (spin_budget()
+// is 0) and goes straight to the yields.
+//
+// Thread-compatible: the limit and the counts are thread-local.
 #ifndef DCHAN_LIB_SRC_SPIN_H_
 #define DCHAN_LIB_SRC_SPIN_H_
 
@@ -34,11 +45,16 @@ inline constexpr int kYieldsBeforePark = 8;
 // The calling thread's current spin limit (initialised to spin_budget()).
 int& thread_spin_limit() noexcept;
 
+// True if the calling thread's next wait should park without yielding: too
+// many of its waits in a row were completed from its own CPU (see above).
+bool thread_should_park_to_move() noexcept;
+
 enum class SpinOutcome { kSpun, kYielded, kMustPark };
 
 // Polls `done()` while spinning up to the thread's limit, then while
-// yielding kYieldsBeforePark times. kSpun / kYielded: done() became true in
-// that phase; kMustPark: it is still false.
+// yielding kYieldsBeforePark times (none when the thread should park to
+// move). kSpun / kYielded: done() became true in that phase; kMustPark: it
+// is still false.
 template <class Done>
 SpinOutcome spin_then_yield(Done done) noexcept {
   int& limit = thread_spin_limit();
@@ -48,6 +64,9 @@ SpinOutcome spin_then_yield(Done done) noexcept {
       return SpinOutcome::kSpun;
     }
     spin_pause();
+  }
+  if (thread_should_park_to_move()) {
+    return done() ? SpinOutcome::kYielded : SpinOutcome::kMustPark;
   }
   for (int i = 0; i < kYieldsBeforePark; ++i) {
     if (done()) return SpinOutcome::kYielded;

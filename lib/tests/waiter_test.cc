@@ -3,8 +3,6 @@
 // Chan::recv_async / send_async.
 #include "dchan/detail/waiter.h"
 
-#include <sched.h>
-
 #include <atomic>
 #include <fstream>
 #include <string>
@@ -70,32 +68,6 @@ TEST(Waiter, WaitUntilTimesOutWhenNobodyClaims) {
   detail::Waiter w;
   EXPECT_FALSE(w.wait_until(std::chrono::steady_clock::now() + 10ms));
   EXPECT_TRUE(w.try_claim());  // the owner withdraws it
-}
-
-// Threads pinned one per CPU (a common layout for latency-sensitive
-// workers) hand values to partners on other CPUs: their waits must spin
-// before parking, even when a pinned thread is the first to wait. Run in a
-// fresh process, where nothing has asked for the budget yet.
-TEST(SpinDeathTest, AThreadPinnedToOneCpuStillSpinsForPartnersOnOthers) {
-  cpu_set_t allowed;
-  CPU_ZERO(&allowed);
-  ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
-  if (CPU_COUNT(&allowed) < 2) GTEST_SKIP() << "needs two CPUs";
-  GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_EXIT(
-      {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-          if (CPU_ISSET(cpu, &allowed)) {
-            CPU_SET(cpu, &one);
-            break;
-          }
-        }
-        if (sched_setaffinity(0, sizeof(one), &one) != 0) std::exit(2);
-        std::exit(detail::spin_budget() > 0 ? 0 : 1);
-      },
-      testing::ExitedWithCode(0), "");
 }
 
 TEST(AsyncRecv, CompletesInlineWhenAValueIsReady) {
