@@ -1,9 +1,11 @@
 // bench/batch.h — the timed-batch harness shared by dchan's benchmarks.
 //
-// A batch spawns one thread per worker, waits until all are running, then
-// releases them together and runs `driver` on the calling thread; after
-// joining them it runs `after` (if any), still inside the timed span. Wall
-// time is measured from the release, so thread creation is never counted.
+// A batch spawns one thread per worker, waits until all are running, runs
+// `before_release` (if any: untimed, e.g. to move the calling thread to
+// another CPU), then releases them together and runs `driver` on the calling
+// thread; after joining them it runs `after` (if any), still inside the
+// timed span. Wall time is measured from the release, so thread creation is
+// never counted.
 #ifndef DCHAN_BENCH_BATCH_H_
 #define DCHAN_BENCH_BATCH_H_
 
@@ -26,7 +28,8 @@ struct BatchTimes {
 
 inline BatchTimes RunBatch(const std::vector<std::function<void()>>& workers,
                            const std::function<void()>& driver,
-                           const std::function<void()>& after = {}) {
+                           const std::function<void()>& after = {},
+                           const std::function<void()>& before_release = {}) {
   using Clock = std::chrono::steady_clock;
   const std::size_t n = workers.size();
   std::atomic<std::size_t> ready{0};
@@ -43,6 +46,7 @@ inline BatchTimes RunBatch(const std::vector<std::function<void()>>& workers,
     });
   }
   while (ready.load(std::memory_order_acquire) < n) sched_yield();
+  if (before_release) before_release();
   const Clock::time_point start = Clock::now();
   go.store(true, std::memory_order_release);
   if (driver) driver();

@@ -45,7 +45,11 @@
 //                       cache line between CPUs twice (see SpinStep for the
 //                       escape when the CPUs are busy). Registered only when
 //                       the process may use two CPUs (pinned to one, a spin
-//                       only ends when the scheduler preempts the spinner).
+//                       only ends when the scheduler preempts the spinner);
+//                       its two threads are pinned to two of them, so that
+//                       it measures two CPUs whatever CPU the kernel starts
+//                       a new thread on (a spin never parks, so it never
+//                       gets moved apart).
 //   floor_rendezvous_pingpong  the least an unbuffered channel can do: to
 //                       receive, a side publishes its mailbox in the
 //                       channel's word and spins on the mailbox; the sender
@@ -53,7 +57,7 @@
 //                       it. No lock, no claim, no queue: the announce-then-
 //                       find of Go's sudog, four cache-line moves in a
 //                       row per round trip where the spin floor has two.
-//                       Registered with floor_spin_pingpong.
+//                       Registered and pinned as floor_spin_pingpong.
 //
 // Timing: every benchmark runs batches of a fixed number of items. Each batch
 // spawns its partner threads (exactly the threads the workload names; no
@@ -312,14 +316,39 @@ class MoodyQueue {
 
 // Drives `state` in batches of `batch` iterations; `make_batch(n, workers,
 // driver)` fills in the participants of one batch of n iterations.
+// `apart`: the driver runs on one CPU and its partners on another (the
+// spin floors: what two CPUs can do, whatever the kernel's placement of a
+// new thread; see MayUseTwoCpus), then the driver gets its CPUs back.
 template <class MakeBatch>
-void RunBatched(benchmark::State& state, int64_t batch, MakeBatch make_batch) {
+void RunBatched(benchmark::State& state, int64_t batch, MakeBatch make_batch,
+                bool apart = false) {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (apart) sched_getaffinity(0, sizeof(allowed), &allowed);
+  const auto pin_to_nth_allowed = [&allowed](int nth) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &allowed) && nth-- == 0) {
+        CPU_SET(cpu, &one);
+        break;
+      }
+    }
+    sched_setaffinity(0, sizeof(one), &one);
+  };
   while (state.KeepRunningBatch(batch)) {
     std::vector<std::function<void()>> workers;
     std::function<void()> driver;
     make_batch(batch, workers, driver);
-    state.SetIterationTime(dchan::bench::RunBatch(workers, driver).all);
+    std::function<void()> before_release;
+    if (apart) {
+      pin_to_nth_allowed(1);  // the partners, spawned next, inherit it
+      before_release = [&] { pin_to_nth_allowed(0); };
+    }
+    state.SetIterationTime(
+        dchan::bench::RunBatch(workers, driver, {}, before_release).all);
   }
+  if (apart) sched_setaffinity(0, sizeof(allowed), &allowed);
   state.SetItemsProcessed(state.iterations());
 }
 
@@ -683,29 +712,34 @@ struct alignas(64) PaddedSeq {
   std::atomic<int64_t> v{0};
 };
 
-template <void (*kWaitStep)(int64_t)>
+template <void (*kWaitStep)(int64_t), bool kApart>
 void BM_FloorPollPingPong(benchmark::State& state) {
-  RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
-    auto seqs = std::make_shared<std::array<PaddedSeq, 2>>();
-    workers.push_back([=] {
-      auto& [ping, pong] = *seqs;
-      for (int64_t i = 1; i <= n; ++i) {
-        for (int64_t k = 0; ping.v.load(std::memory_order_acquire) != i; ++k) {
-          kWaitStep(k);
-        }
-        pong.v.store(i, std::memory_order_release);
-      }
-    });
-    driver = [=] {
-      auto& [ping, pong] = *seqs;
-      for (int64_t i = 1; i <= n; ++i) {
-        ping.v.store(i, std::memory_order_release);
-        for (int64_t k = 0; pong.v.load(std::memory_order_acquire) != i; ++k) {
-          kWaitStep(k);
-        }
-      }
-    };
-  });
+  RunBatched(
+      state, kPingPongBatch,
+      [](int64_t n, auto& workers, auto& driver) {
+        auto seqs = std::make_shared<std::array<PaddedSeq, 2>>();
+        workers.push_back([=] {
+          auto& [ping, pong] = *seqs;
+          for (int64_t i = 1; i <= n; ++i) {
+            for (int64_t k = 0; ping.v.load(std::memory_order_acquire) != i;
+                 ++k) {
+              kWaitStep(k);
+            }
+            pong.v.store(i, std::memory_order_release);
+          }
+        });
+        driver = [=] {
+          auto& [ping, pong] = *seqs;
+          for (int64_t i = 1; i <= n; ++i) {
+            ping.v.store(i, std::memory_order_release);
+            for (int64_t k = 0; pong.v.load(std::memory_order_acquire) != i;
+                 ++k) {
+              kWaitStep(k);
+            }
+          }
+        };
+      },
+      kApart);
 }
 
 // A pure spin while the partner runs on the other CPU (it answers within a
@@ -755,26 +789,29 @@ void RendezvousSend(AnnounceWord& ch, int64_t v) {
 }
 
 void BM_FloorRendezvousPingPong(benchmark::State& state) {
-  RunBatched(state, kPingPongBatch, [](int64_t n, auto& workers, auto& driver) {
-    struct Shared {
-      AnnounceWord ping, pong;
-      Mailbox driver_box, worker_box;
-    };
-    auto s = std::make_shared<Shared>();
-    workers.push_back([=] {
-      for (int64_t i = 0; i < n; ++i) {
-        RendezvousSend(s->pong, RendezvousRecv(s->ping, s->worker_box));
-      }
-    });
-    driver = [=] {
-      int64_t sum = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        RendezvousSend(s->ping, i);
-        sum += RendezvousRecv(s->pong, s->driver_box);
-      }
-      benchmark::DoNotOptimize(sum);
-    };
-  });
+  RunBatched(
+      state, kPingPongBatch,
+      [](int64_t n, auto& workers, auto& driver) {
+        struct Shared {
+          AnnounceWord ping, pong;
+          Mailbox driver_box, worker_box;
+        };
+        auto s = std::make_shared<Shared>();
+        workers.push_back([=] {
+          for (int64_t i = 0; i < n; ++i) {
+            RendezvousSend(s->pong, RendezvousRecv(s->ping, s->worker_box));
+          }
+        });
+        driver = [=] {
+          int64_t sum = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            RendezvousSend(s->ping, i);
+            sum += RendezvousRecv(s->pong, s->driver_box);
+          }
+          benchmark::DoNotOptimize(sum);
+        };
+      },
+      /*apart=*/true);
 }
 
 bool MayUseTwoCpus() {
@@ -828,9 +865,11 @@ int main(int argc, char** argv) {
   RegisterSingleThread("select_nonblock_ready/moodycamel",
                        BM_SelectNonblockReady_Moody);
   Register("floor_futex_pingpong/raw", BM_FloorFutexPingPong);
-  Register("floor_yield_pingpong/raw", BM_FloorPollPingPong<YieldStep>);
+  Register("floor_yield_pingpong/raw",
+           BM_FloorPollPingPong<YieldStep, /*kApart=*/false>);
   if (MayUseTwoCpus()) {
-    Register("floor_spin_pingpong/raw", BM_FloorPollPingPong<SpinStep>);
+    Register("floor_spin_pingpong/raw",
+             BM_FloorPollPingPong<SpinStep, /*kApart=*/true>);
     Register("floor_rendezvous_pingpong/raw", BM_FloorRendezvousPingPong);
   }
 

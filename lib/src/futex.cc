@@ -69,8 +69,7 @@ bool started_on_several_cpus() noexcept {
   static const bool several = [] {
     cpu_set_t set;
     CPU_ZERO(&set);
-    return sched_getaffinity(0, sizeof(set), &set) != 0 ||
-           CPU_COUNT(&set) >= 2;
+    return sched_getaffinity(0, sizeof(set), &set) != 0 || CPU_COUNT(&set) >= 2;
   }();
   return several;
 }

@@ -43,8 +43,8 @@ void learn_after_wait(
       ++t_shared_cpu_waits;
     } else if (t_shared_cpu_waits > 0) {  // a park to move that did not
       t_shared_cpu_waits = 0;
-      t_shared_waits_before_park = std::min(kMaxSharedWaitsBeforePark,
-                                            2 * t_shared_waits_before_park);
+      t_shared_waits_before_park =
+          std::min(kMaxSharedWaitsBeforePark, 2 * t_shared_waits_before_park);
     }
     return;
   }

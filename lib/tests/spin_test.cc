@@ -137,8 +137,8 @@ TEST(SpinDeathTest, AProcessStartedOnOneCpuDoesNotSpin) {
   const cpu_set_t allowed = allowed_cpus();
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   ASSERT_GE(pin_to_first_allowed_cpu(), 0);
-  EXPECT_EXIT(std::exit(spin_budget() == 0 ? 0 : 1),
-              testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(std::exit(spin_budget() == 0 ? 0 : 1), testing::ExitedWithCode(0),
+              "");
   ASSERT_EQ(sched_setaffinity(0, sizeof(allowed), &allowed), 0);
 }
 
