@@ -35,6 +35,7 @@
 #include <utility>
 
 #include "dchan/detail/futex.h"
+#include "dchan/detail/waiter.h"
 
 namespace dchan::detail {
 namespace {
@@ -88,7 +89,7 @@ class Pool {
     Worker* wake = nullptr;
     uint64_t id;
     {
-      std::unique_lock<std::mutex> hold(mu_);
+      std::unique_lock<Lock> hold(mu_);
       id = next_id_++;
       queue_.push_back({id, std::move(task)});
       queued_.store(queue_.size(), std::memory_order_relaxed);
@@ -128,7 +129,7 @@ class Pool {
     try {
       std::thread([this] { run(); }).detach();
     } catch (...) {
-      std::lock_guard<std::mutex> hold(mu_);
+      std::lock_guard<Lock> hold(mu_);
       --threads_;
       awake_.fetch_sub(1, std::memory_order_relaxed);
       for (auto it = queue_.begin(); it != queue_.end(); ++it) {
@@ -143,7 +144,7 @@ class Pool {
   }
 
   GoPoolStats stats() {
-    std::lock_guard<std::mutex> hold(mu_);
+    std::lock_guard<Lock> hold(mu_);
     return GoPoolStats{threads_, parked_ + awake()};
   }
 
@@ -161,7 +162,7 @@ class Pool {
     for (;;) {
       Task task;
       {
-        std::lock_guard<std::mutex> hold(mu_);
+        std::lock_guard<Lock> hold(mu_);
         if (!queue_.empty()) {
           task = std::move(queue_.front().second);
           queue_.pop_front();
@@ -172,7 +173,7 @@ class Pool {
       if (task) {
         run_task(task);
         task = nullptr;  // release what the goroutine captured
-        std::lock_guard<std::mutex> hold(mu_);
+        std::lock_guard<Lock> hold(mu_);
         awake_.fetch_add(1, std::memory_order_relaxed);
         ran = true;
         continue;
@@ -197,7 +198,7 @@ class Pool {
   // left the pool).
   bool park(Worker* w) {
     {
-      std::lock_guard<std::mutex> hold(mu_);
+      std::lock_guard<Lock> hold(mu_);
       if (!queue_.empty()) return true;
       awake_.fetch_sub(1, std::memory_order_relaxed);
       w->word.store(kParked, std::memory_order_relaxed);
@@ -214,7 +215,7 @@ class Pool {
     while (w->word.load(std::memory_order_acquire) == kParked) {
       if (!futex_wait_until(w->word, kParked, deadline) &&
           w->word.load(std::memory_order_acquire) == kParked) {
-        std::lock_guard<std::mutex> hold(mu_);
+        std::lock_guard<Lock> hold(mu_);
         if (w->parked) {  // nobody claimed it: retire
           unlink_locked(w);
           --threads_;
@@ -235,7 +236,10 @@ class Pool {
     --parked_;
   }
 
-  std::mutex mu_;
+  // The channels' lock: go() and the workers hold it for a few instructions
+  // each, and it spins briefly before it sleeps where std::mutex sleeps at
+  // once (with it, go_spawn64_wait took 697-875 ns per task, now 424-468).
+  Lock mu_;
   std::deque<std::pair<uint64_t, Task>> queue_;  // guarded by mu_
   std::atomic<std::size_t> queued_{0};  // queue_.size(), polled by spinners
   uint64_t next_id_ = 0;                // guarded by mu_

@@ -36,8 +36,8 @@
 namespace dchan::detail {
 
 // A small futex-based mutex (Drepper's "Futexes are tricky", mutex 2) with a
-// short spin. Guards one channel's state; held only for a handful of
-// instructions, never while user code or a callback runs.
+// short spin. Guards one channel's state (and go()'s run queue); held only
+// for a handful of instructions, never while user code or a callback runs.
 class Lock {
  public:
   Lock() = default;
