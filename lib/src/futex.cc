@@ -60,11 +60,11 @@ int current_cpu() noexcept { return sched_getcpu(); }
 namespace {
 
 // Whether the process may run on more than one CPU, sampled once, when the
-// library loads (the first call below, at the latest): before main() can pin
-// any thread. A thread that later pins itself to one CPU still has partners
-// on the others to spin for; only a process confined to one CPU from the
-// start (`taskset -c 0`) has none. (A mask narrowed later is left to each
-// thread's adaptive limit, see lib/src/spin.h.)
+// library loads (sample_cpus_at_load below, at the latest): before main() or
+// a global's constructor can pin any thread. A thread that later pins itself to
+// one CPU still has partners on the others to spin for; only a process confined
+// to one CPU from the start (`taskset -c 0`) has none. (A mask narrowed later
+// is left to each thread's adaptive limit, see lib/src/spin.h.)
 bool started_on_several_cpus() noexcept {
   static const bool several = [] {
     cpu_set_t set;
@@ -73,7 +73,12 @@ bool started_on_several_cpus() noexcept {
   }();
   return several;
 }
-[[maybe_unused]] const bool g_cpus_sampled_at_load = started_on_several_cpus();
+// Priority 101 (the first one not reserved): before the constructors of
+// globals without a priority, in whichever file. A library loaded with
+// dlopen() from a thread pinned to one CPU samples that thread's mask.
+[[gnu::constructor(101)]] void sample_cpus_at_load() {
+  started_on_several_cpus();
+}
 
 }  // namespace
 

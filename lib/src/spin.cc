@@ -1,58 +1,53 @@
 #include "spin.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace dchan::detail {
 namespace {
 
 // The floor of an adapted limit: enough for a partner on another CPU that
-// answers within a few hundred nanoseconds.
+// answers within a few hundred nanoseconds. Zero while a park to move did
+// not move the thread (see spin.h).
 constexpr int kMinSpins = 32;
 
 // Parking to move (see spin.h): after this many waits in a row completed
 // from the thread's own CPU at first, doubled after each park that did not
-// move the thread, up to the maximum.
+// move the thread, up to the maximum; back to the first value once one did.
 constexpr int kSharedWaitsBeforePark = 4;
 constexpr int kMaxSharedWaitsBeforePark = 1024;
-
-thread_local int t_spin_limit = -1;
-thread_local int t_shared_cpu_waits = 0;
-thread_local int t_shared_waits_before_park = kSharedWaitsBeforePark;
+static_assert(ThreadSpinState().waits_before_park == kSharedWaitsBeforePark);
 
 }  // namespace
-
-bool thread_should_park_to_move() noexcept {
-  return t_shared_cpu_waits >= t_shared_waits_before_park;
-}
-
-int& thread_spin_limit() noexcept {
-  if (t_spin_limit < 0) t_spin_limit = spin_budget();
-  return t_spin_limit;
-}
 
 void learn_after_wait(
     int completer_cpu,
     std::chrono::steady_clock::time_point parked_at) noexcept {
   const int budget = spin_budget();
   if (budget == 0) return;
+  ThreadSpinState& t = t_spin_state;
   int& limit = thread_spin_limit();
   const bool parked = parked_at != std::chrono::steady_clock::time_point();
+  const bool parked_to_move = std::exchange(t.parking_to_move, false) && parked;
   if (completer_cpu >= 0 && completer_cpu == current_cpu()) {
-    limit = std::max(kMinSpins, limit / 2);
-    if (!parked) {
-      ++t_shared_cpu_waits;
-    } else if (t_shared_cpu_waits > 0) {  // a park to move that did not
-      t_shared_cpu_waits = 0;
-      t_shared_waits_before_park =
-          std::min(kMaxSharedWaitsBeforePark, 2 * t_shared_waits_before_park);
+    if (parked_to_move) {  // and still sharing the completer's CPU
+      t.stuck_on_one_cpu = true;
+      t.shared_cpu_waits = 0;
+      t.waits_before_park =
+          std::min(kMaxSharedWaitsBeforePark, 2 * t.waits_before_park);
+    } else if (!parked) {
+      t.shared_cpu_waits =
+          std::min(t.shared_cpu_waits + 1, t.waits_before_park);
     }
+    limit = std::max(t.stuck_on_one_cpu ? 0 : kMinSpins, limit / 2);
     return;
   }
-  t_shared_cpu_waits = 0;
-  t_shared_waits_before_park = kSharedWaitsBeforePark;
+  t.shared_cpu_waits = 0;
+  t.stuck_on_one_cpu = false;
+  if (parked_to_move) t.waits_before_park = kSharedWaitsBeforePark;  // moved
   if (!parked || std::chrono::steady_clock::now() - parked_at <
                      std::chrono::microseconds(50)) {
-    limit = std::min(budget, limit * 2);
+    limit = std::min(budget, std::max(kMinSpins, limit * 2));
   }
 }
 

@@ -16,9 +16,11 @@
 // milliseconds, would part them. A park lets the futex wake place the
 // sleeper on an idle CPU at once. So after a few waits in a row completed
 // from its own CPU, a thread skips the yields of its next wait and parks. If
-// that park did not part them (no CPU was idle, or the threads were confined
+// that park did not part them (no CPU was idle, or the threads were pinned
 // to one CPU after the process started), it lets twice as many such waits
-// pass before it tries again.
+// pass before it tries again, and its spin limit may fall to zero (spinning
+// then only delays the partner); a wait completed from another CPU brings
+// back the usual floor.
 //
 // A process confined to one CPU from its start never spins (spin_budget()
 // is 0) and goes straight to the yields.
@@ -42,12 +44,31 @@ namespace dchan::detail {
 // wait plus a futex wake.
 inline constexpr int kYieldsBeforePark = 8;
 
+// The calling thread's waiting state (see above and learn_after_wait).
+struct ThreadSpinState {
+  int limit = -1;  // spin iterations; -1: not initialised (spin_budget())
+  // Waits in a row (yielded, not parked) completed from the thread's own
+  // CPU, capped at waits_before_park; reset by a spin that succeeds.
+  int shared_cpu_waits = 0;
+  int waits_before_park = 4;      // see kSharedWaitsBeforePark in spin.cc
+  bool parking_to_move = false;   // the current wait skipped its yields
+  bool stuck_on_one_cpu = false;  // such a park did not move the thread
+};
+inline thread_local ThreadSpinState t_spin_state;
+
 // The calling thread's current spin limit (initialised to spin_budget()).
-int& thread_spin_limit() noexcept;
+inline int& thread_spin_limit() noexcept {
+  ThreadSpinState& t = t_spin_state;
+  if (t.limit < 0) t.limit = spin_budget();
+  return t.limit;
+}
 
 // True if the calling thread's next wait should park without yielding: too
 // many of its waits in a row were completed from its own CPU (see above).
-bool thread_should_park_to_move() noexcept;
+inline bool thread_should_park_to_move() noexcept {
+  const ThreadSpinState& t = t_spin_state;
+  return t.shared_cpu_waits >= t.waits_before_park;
+}
 
 enum class SpinOutcome { kSpun, kYielded, kMustPark };
 
@@ -61,12 +82,15 @@ SpinOutcome spin_then_yield(Done done) noexcept {
   for (int i = 0; i < limit; ++i) {
     if (done()) {
       if (i > limit / 2) limit = std::min(spin_budget(), limit * 2);
+      t_spin_state.shared_cpu_waits = 0;  // the completer ran elsewhere
       return SpinOutcome::kSpun;
     }
     spin_pause();
   }
   if (thread_should_park_to_move()) {
-    return done() ? SpinOutcome::kYielded : SpinOutcome::kMustPark;
+    if (done()) return SpinOutcome::kYielded;
+    t_spin_state.parking_to_move = true;
+    return SpinOutcome::kMustPark;
   }
   for (int i = 0; i < kYieldsBeforePark; ++i) {
     if (done()) return SpinOutcome::kYielded;

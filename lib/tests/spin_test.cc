@@ -38,6 +38,33 @@ int pin_to_first_allowed_cpu() {
   return -1;
 }
 
+// A global whose constructor pins the main thread to one CPU, as a
+// program's own globals may; only in the death test's child below (the
+// variable is set for it), so the other tests run unpinned. Its priority
+// (102) runs it before every global without one, in whichever file: the
+// earliest a program's global can run, short of the reserved priorities.
+constexpr char kPinInGlobalEnv[] = "DCHAN_SPIN_TEST_PIN_IN_A_GLOBAL";
+struct PinInAGlobal {
+  PinInAGlobal()
+      : pinned(std::getenv(kPinInGlobalEnv) != nullptr &&
+               pin_to_first_allowed_cpu() >= 0) {}
+  bool pinned;
+};
+[[gnu::init_priority(102)]] const PinInAGlobal g_pin_in_a_global;
+
+TEST(SpinDeathTest, AGlobalThatPinsTheMainThreadLeavesTheBudget) {
+  // (The child runs this body too, pinned by then.)
+  const cpu_set_t allowed = allowed_cpus();
+  if (CPU_COUNT(&allowed) < 2 && !g_pin_in_a_global.pinned) {
+    GTEST_SKIP() << "needs two CPUs";
+  }
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  ASSERT_EQ(setenv(kPinInGlobalEnv, "1", 1), 0);
+  EXPECT_EXIT(std::exit(g_pin_in_a_global.pinned && spin_budget() > 0 ? 0 : 1),
+              testing::ExitedWithCode(0), "");
+  unsetenv(kPinInGlobalEnv);
+}
+
 // Threads pinned one per CPU (a common layout for latency-sensitive
 // workers) hand values to partners on other CPUs: their waits must spin
 // before parking, even when a pinned thread is the first to wait. Run in a
@@ -81,6 +108,14 @@ int waits_until_park_to_move(int cpu, int limit) {
   return -1;
 }
 
+// A wait that should park to move: it skips its yields and parks (returns
+// kMustPark), and is then completed from `completer_cpu`.
+void park_to_move_completed_from(int completer_cpu) {
+  ASSERT_TRUE(thread_should_park_to_move());
+  ASSERT_EQ(spin_then_yield([] { return false; }), SpinOutcome::kMustPark);
+  learn_after_wait(completer_cpu, std::chrono::steady_clock::now());
+}
+
 TEST(Spin, WaitsCompletedFromTheOwnCpuMakeTheNextWaitParkToMove) {
   if (spin_budget() == 0) GTEST_SKIP() << "the process runs on one CPU";
   on_fresh_pinned_thread([](int cpu) {
@@ -88,6 +123,9 @@ TEST(Spin, WaitsCompletedFromTheOwnCpuMakeTheNextWaitParkToMove) {
     // A wait completed from another CPU: the threads are apart again.
     learn_after_wait(cpu + 1, {});
     EXPECT_FALSE(thread_should_park_to_move());
+    // So is a spin that succeeds: the count starts over.
+    yielded_waits_completed_from(cpu, 3);
+    EXPECT_EQ(spin_then_yield([] { return true; }), SpinOutcome::kSpun);
     EXPECT_EQ(waits_until_park_to_move(cpu, 100), 4);
   });
 }
@@ -95,17 +133,21 @@ TEST(Spin, WaitsCompletedFromTheOwnCpuMakeTheNextWaitParkToMove) {
 TEST(Spin, AParkThatDidNotMoveTheThreadDoublesTheWaitsBeforeTheNext) {
   if (spin_budget() == 0) GTEST_SKIP() << "the process runs on one CPU";
   on_fresh_pinned_thread([](int cpu) {
-    const auto parked_at = std::chrono::steady_clock::now();
     int expected = 4;
     for (int i = 0; i < 12; ++i) {
       ASSERT_EQ(waits_until_park_to_move(cpu, 5000), expected) << i;
-      learn_after_wait(cpu, parked_at);  // the park's completer: own CPU
+      park_to_move_completed_from(cpu);  // still on the completer's CPU
       EXPECT_FALSE(thread_should_park_to_move());
       expected = std::min(2 * expected, 1024);
     }
+    // Yielded waits completed elsewhere restart the count, not the back-off.
+    learn_after_wait(cpu + 1, {});
+    EXPECT_EQ(waits_until_park_to_move(cpu, 5000), 1024);
+    // An ordinary park (after the yields) is no attempt to move.
+    learn_after_wait(cpu, std::chrono::steady_clock::now());
+    EXPECT_TRUE(thread_should_park_to_move());
     // A park that moved the thread (completed from another CPU) resets it.
-    yielded_waits_completed_from(cpu, 1024);
-    learn_after_wait(cpu + 1, parked_at);
+    park_to_move_completed_from(cpu + 1);
     EXPECT_EQ(waits_until_park_to_move(cpu, 5000), 4);
   });
 }
@@ -127,6 +169,31 @@ TEST(Spin, AWaitThatMustParkToMoveSkipsItsYields) {
     polls = 0;
     EXPECT_EQ(spin_then_yield(never), SpinOutcome::kMustPark);
     EXPECT_EQ(polls, shorter + 1);
+  });
+}
+
+// Threads pinned to one CPU together: once parking did not move them,
+// spinning only delays the partner, so the limit may fall to zero; a wait
+// completed from another CPU brings the usual floor back.
+TEST(Spin, ThreadsStuckOnOneCpuStopSpinning) {
+  if (spin_budget() == 0) GTEST_SKIP() << "the process runs on one CPU";
+  on_fresh_pinned_thread([](int cpu) {
+    yielded_waits_completed_from(cpu, 64);
+    const int floor = thread_spin_limit();
+    EXPECT_GT(floor, 0);  // one CPU shared, but maybe not for long
+    park_to_move_completed_from(cpu);
+    yielded_waits_completed_from(cpu, 6);        // halving 32 (or less) to 0
+    ASSERT_FALSE(thread_should_park_to_move());  // 6 of the 8 waits now due
+    EXPECT_EQ(thread_spin_limit(), 0);
+    int polls = 0;
+    const auto never = [&polls] {
+      ++polls;
+      return false;
+    };
+    EXPECT_EQ(spin_then_yield(never), SpinOutcome::kMustPark);
+    EXPECT_EQ(polls, kYieldsBeforePark + 1);  // no spin at all
+    learn_after_wait(cpu + 1, {});
+    EXPECT_GE(thread_spin_limit(), floor);
   });
 }
 
