@@ -4,6 +4,7 @@
 #include "dchan/detail/waiter.h"
 
 #include <atomic>
+#include <cstdint>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -41,6 +42,26 @@ TEST(Lock, ExcludesConcurrentHolders) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(counter, 200000);
+}
+
+// ChanCore lays a channel out in cache lines: its state must start at a
+// line boundary (CacheLineAllocator), whatever the element type and
+// capacity, and go back to operator delete from where it came (ASan checks
+// the pairing).
+TEST(ChanCore, AChannelsStateStartsAtACacheLine) {
+  const auto line_offset = [](const void* p) {
+    return reinterpret_cast<std::uintptr_t>(p) % detail::kCacheLine;
+  };
+  std::vector<Chan<int>> ints;
+  std::vector<Chan<std::string>> strings;
+  for (std::size_t cap : {0, 1, 7, 64, 1000}) {
+    for (int i = 0; i < 16; ++i) {
+      ints.push_back(make_chan<int>(cap));
+      strings.push_back(make_chan<std::string>(cap));
+      EXPECT_EQ(line_offset(detail::state_of(ints.back())), 0u) << cap;
+      EXPECT_EQ(line_offset(detail::state_of(strings.back())), 0u) << cap;
+    }
+  }
 }
 
 TEST(Waiter, FiresExactlyOnceUnderRacingClaims) {

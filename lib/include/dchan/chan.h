@@ -666,7 +666,8 @@ class Chan {
 // The buffer is allocated up front, as in Go.
 template <class T>
 Chan<T> make_chan(std::size_t capacity = 0) {
-  return Chan<T>(std::make_shared<detail::ChanState<T>>(capacity));
+  return Chan<T>(std::allocate_shared<detail::ChanState<T>>(
+      detail::CacheLineAllocator<detail::ChanState<T>>(), capacity));
 }
 
 namespace detail {
