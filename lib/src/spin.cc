@@ -11,12 +11,9 @@ namespace {
 // not move the thread (see spin.h).
 constexpr int kMinSpins = 32;
 
-// Parking to move (see spin.h): after this many waits in a row completed
-// from the thread's own CPU at first, doubled after each park that did not
-// move the thread, up to the maximum; back to the first value once one did.
-constexpr int kSharedWaitsBeforePark = 4;
+// The most waits a thread lets pass between two parks to move (see
+// kSharedWaitsBeforePark in spin.h).
 constexpr int kMaxSharedWaitsBeforePark = 1024;
-static_assert(ThreadSpinState().waits_before_park == kSharedWaitsBeforePark);
 
 }  // namespace
 

@@ -44,13 +44,18 @@ namespace dchan::detail {
 // wait plus a futex wake.
 inline constexpr int kYieldsBeforePark = 8;
 
+// Parking to move (see above): after this many waits in a row completed
+// from the thread's own CPU at first; doubled after each park that did not
+// move the thread (up to a maximum, see spin.cc), back to this once one did.
+inline constexpr int kSharedWaitsBeforePark = 4;
+
 // The calling thread's waiting state (see above and learn_after_wait).
 struct ThreadSpinState {
   int limit = -1;  // spin iterations; -1: not initialised (spin_budget())
   // Waits in a row (yielded, not parked) completed from the thread's own
   // CPU, capped at waits_before_park; reset by a spin that succeeds.
   int shared_cpu_waits = 0;
-  int waits_before_park = 4;      // see kSharedWaitsBeforePark in spin.cc
+  int waits_before_park = kSharedWaitsBeforePark;
   bool parking_to_move = false;   // the current wait skipped its yields
   bool stuck_on_one_cpu = false;  // such a park did not move the thread
 };
