@@ -108,6 +108,17 @@ int waits_until_park_to_move(int cpu, int limit) {
   return -1;
 }
 
+// How often a wait that never completes polls before it must park.
+int polls_before_parking() {
+  int polls = 0;
+  EXPECT_EQ(spin_then_yield([&polls] {
+              ++polls;
+              return false;
+            }),
+            SpinOutcome::kMustPark);
+  return polls;
+}
+
 // A wait that should park to move: it skips its yields and parks (returns
 // kMustPark), and is then completed from `completer_cpu`.
 void park_to_move_completed_from(int completer_cpu) {
@@ -156,19 +167,11 @@ TEST(Spin, AWaitThatMustParkToMoveSkipsItsYields) {
   if (spin_budget() == 0) GTEST_SKIP() << "the process runs on one CPU";
   on_fresh_pinned_thread([](int cpu) {
     const int limit = thread_spin_limit();
-    int polls = 0;
-    const auto never = [&polls] {
-      ++polls;
-      return false;
-    };
-    EXPECT_EQ(spin_then_yield(never), SpinOutcome::kMustPark);
-    EXPECT_EQ(polls, limit + kYieldsBeforePark + 1);
+    EXPECT_EQ(polls_before_parking(), limit + kYieldsBeforePark + 1);
     yielded_waits_completed_from(cpu, 4);
     ASSERT_TRUE(thread_should_park_to_move());
     const int shorter = thread_spin_limit();
-    polls = 0;
-    EXPECT_EQ(spin_then_yield(never), SpinOutcome::kMustPark);
-    EXPECT_EQ(polls, shorter + 1);
+    EXPECT_EQ(polls_before_parking(), shorter + 1);
   });
 }
 
@@ -185,13 +188,7 @@ TEST(Spin, ThreadsStuckOnOneCpuStopSpinning) {
     yielded_waits_completed_from(cpu, 6);        // halving 32 (or less) to 0
     ASSERT_FALSE(thread_should_park_to_move());  // 6 of the 8 waits now due
     EXPECT_EQ(thread_spin_limit(), 0);
-    int polls = 0;
-    const auto never = [&polls] {
-      ++polls;
-      return false;
-    };
-    EXPECT_EQ(spin_then_yield(never), SpinOutcome::kMustPark);
-    EXPECT_EQ(polls, kYieldsBeforePark + 1);  // no spin at all
+    EXPECT_EQ(polls_before_parking(), kYieldsBeforePark + 1);  // no spin
     learn_after_wait(cpu + 1, {});
     EXPECT_GE(thread_spin_limit(), floor);
   });
