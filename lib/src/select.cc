@@ -68,7 +68,7 @@ class LockSet {
   }
   bool empty() const noexcept { return cores_.empty(); }
   void lock_all() noexcept {
-    for (ChanCore* c : cores_) c->lock_.lock();
+    for (ChanCore* c : cores_) c->lock();
   }
   // Releases every lock, then fires the readiness watchers they woke:
   // watcher callbacks never run while any channel is locked.
@@ -102,8 +102,9 @@ bool may_be_ready(const SelectCase* c, const ChanCore* core) noexcept {
 // the result is kWouldBlock, the case's channel side is done (its counterpart,
 // if any, completed); the caller runs finish().
 ChanStatus try_alone(SelectCase* c, ChanCore* core) {
+  if (core->cap_ != 0 && c->try_fast()) return ChanStatus::kOk;
   WaitNode* to_fire = nullptr;
-  core->lock_.lock();
+  core->lock();
   const ChanStatus st = c->try_locked(&to_fire);
   core->unlock();
   if (st != ChanStatus::kWouldBlock) fire(to_fire);
@@ -245,9 +246,9 @@ std::size_t select_on_broker(SelectCase* const* cases, std::size_t n,
       timers.erase(std::remove_if(timers.begin(), timers.end(),
                                   [&](uint32_t i) {
                                     ChanCore* core = cases[i]->core();
-                                    core->lock_.lock();
-                                    const bool spent =
-                                        core->timer_fired_ && core->count_ == 0;
+                                    core->lock();
+                                    const bool spent = core->timer_fired_ &&
+                                                       core->owned_len() == 0;
                                     core->unlock();
                                     return spent;
                                   }),

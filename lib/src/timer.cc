@@ -20,7 +20,7 @@ using Clock = std::chrono::steady_clock;
 void fire(Chan<Clock::time_point>& ch) {
   ch.try_send(Clock::now());
   detail::ChanCore* core = detail::state_of(ch);
-  core->lock_.lock();
+  core->lock();
   core->timer_fired_ = true;
   core->unlock();
 }

@@ -92,13 +92,15 @@ void ChanCore::wake_watchers_locked() noexcept {
     bool ready;
     if (n->is_send) {
       if (!computed_send) {
-        send_ready = closed_ || count_ < cap_ || has_live_waiter(recvq_);
+        send_ready = closed_ || (cap_ != 0 && owned_len() < cap_) ||
+                     has_live_waiter(recvq_);
         computed_send = true;
       }
       ready = send_ready;
     } else {
       if (!computed_recv) {
-        recv_ready = closed_ || count_ > 0 || has_live_waiter(sendq_);
+        recv_ready = closed_ || (cap_ != 0 && owned_len() > 0) ||
+                     has_live_waiter(sendq_);
         computed_recv = true;
       }
       ready = recv_ready;
@@ -140,11 +142,25 @@ void ChanCore::fire_all(WaitNode* fired, bool ok) noexcept {
 }
 
 void ChanCore::unlink(WaitNode* n) noexcept {
-  lock_.lock();
+  lock();
   if (n->queued)
     (n->is_watch ? watchq_ : n->is_send ? sendq_ : recvq_).remove(n);
   unlock();
 }
+
+void wait_for_turn(const std::atomic<uint64_t>& word, uint64_t value) noexcept {
+  // The other thread is a few instructions from done, unless it was
+  // preempted there: then yield to it (it may share this CPU).
+  for (int i = 0; word.load(std::memory_order_acquire) != value; ++i) {
+    if (i < 64) {
+      spin_pause();
+    } else {
+      sched_yield();
+    }
+  }
+}
+
+int poll_limit() noexcept { return thread_spin_limit(); }
 
 void block_forever() noexcept {
   std::atomic<uint32_t> never{0};

@@ -101,50 +101,78 @@ class PendingOp;
 
 namespace detail {
 
-// A channel's shared state: the type-independent core plus a ring buffer of
-// `cap_` values. All members are guarded by lock_.
+// A channel's shared state: the type-independent core plus, for a buffered
+// channel, its ring of `cap_` cells (see "The buffer" in waiter.h). The
+// queues and the closed flag are guarded by lock_; the ring is shared by
+// the fast paths (no lock) and the lock holder (which owns the positions).
 template <class T>
 class ChanState final : public ChanCore {
  public:
-  explicit ChanState(std::size_t capacity)
-      : ChanCore(capacity),
-        buf_(capacity > 0 ? std::allocator<T>().allocate(capacity) : nullptr) {}
+  // Of a fast path that did not complete: kBusy when the lock must decide
+  // (the positions are owned, someone is queued, or the channel is closed).
+  enum class Fast { kDone, kFull, kEmpty, kBusy };
+
+  explicit ChanState(std::size_t capacity, uint32_t first_lap = 0)
+      : ChanCore(capacity, capacity > 0 ? &ChanState::settle : nullptr) {
+    if (capacity == 0) return;
+    // A cell per cache line while the ring stays small: a sender filling
+    // one cell and a receiver emptying the one before then write different
+    // lines (packed, a receiver that keeps up took ~4x as long per value).
+    const std::size_t padded =
+        (sizeof(Cell) + kCacheLine - 1) / kCacheLine * kCacheLine;
+    stride_ = capacity <= kPaddedRingBytes / padded ? padded : sizeof(Cell);
+    cells_ = allocate_cells(capacity * stride_);
+    const uint64_t first = uint64_t{first_lap} << 32;
+    for (std::size_t i = 0; i < capacity; ++i) {
+      ::new (static_cast<void*>(cells_ + i * stride_)) Cell(first + i);
+    }
+    enq_.pos.store(first, std::memory_order_relaxed);
+    deq_.pos.store(first, std::memory_order_relaxed);
+    enq_.cells = deq_.cells = cells_;
+    enq_.stride = deq_.stride = stride_;
+  }
 
   ~ChanState() {
-    while (count_ > 0) pop_locked();
-    if (buf_ != nullptr) std::allocator<T>().deallocate(buf_, cap_);
+    if (cells_ == nullptr) return;
+    const uint64_t e = enq_.pos.load(std::memory_order_relaxed) & ~kPosFlags;
+    for (uint64_t d = deq_.pos.load(std::memory_order_relaxed) & ~kPosFlags;
+         d != e; d = next_pos(d)) {
+      cell(d).value()->~T();
+    }
+    for (std::size_t i = 0; i < cap_; ++i) cell(i).~Cell();
+    free_cells(cells_, cap_ * stride_);
   }
 
   // Go's chansend, without blocking: hands `v` to a waiting receiver or
-  // buffers it. On kOk, *fire (if set) must be completed with ok=true once
-  // the lock is dropped. `v` is moved from only on kOk.
+  // buffers it (the release after this hands a buffered value to a queued
+  // receiver). On kOk, *fire (if set) must be completed with ok=true once
+  // the lock is dropped. `v` is moved from only on kOk. Requires lock().
   ChanStatus send_locked(T& v, WaitNode** fire) {
     if (closed_) return ChanStatus::kClosed;
+    if (cap_ != 0) {
+      if (owned_len() == cap_) return ChanStatus::kWouldBlock;
+      push_owned(std::move(v));
+      return ChanStatus::kOk;
+    }
     if (WaitNode* r = claim_receiver_locked()) {
       static_cast<std::optional<T>*>(r->slot)->emplace(std::move(v));
       *fire = r;
       return ChanStatus::kOk;
     }
-    if (count_ < cap_) {
-      push_locked(std::move(v));
-      return ChanStatus::kOk;
-    }
     return ChanStatus::kWouldBlock;
   }
 
-  // Go's chanrecv, without blocking: takes the oldest buffered value (then
-  // refills the buffer from a blocked sender) or a blocked sender's value.
-  // kClosed once closed and drained. On kOk, *fire as in send_locked.
+  // Go's chanrecv, without blocking: takes the oldest buffered value (the
+  // release after this refills the buffer from a queued sender) or a
+  // blocked sender's value. kClosed once closed and drained. On kOk, *fire
+  // as in send_locked. Requires lock().
   ChanStatus recv_locked(std::optional<T>& out, WaitNode** fire) {
-    if (count_ > 0) {
-      out.emplace(pop_locked());
-      if (WaitNode* s = claim_sender_locked()) {
-        push_locked(std::move(*static_cast<T*>(s->slot)));
-        *fire = s;
+    if (cap_ != 0) {
+      if (owned_len() != 0) {
+        out.emplace(pop_owned());
+        return ChanStatus::kOk;
       }
-      return ChanStatus::kOk;
-    }
-    if (WaitNode* s = claim_sender_locked()) {
+    } else if (WaitNode* s = claim_sender_locked()) {
       out.emplace(std::move(*static_cast<T*>(s->slot)));
       *fire = s;
       return ChanStatus::kOk;
@@ -152,28 +180,209 @@ class ChanState final : public ChanCore {
     return closed_ ? ChanStatus::kClosed : ChanStatus::kWouldBlock;
   }
 
- private:
-  void push_locked(T&& v) noexcept {
-    std::size_t tail = head_ + count_;
-    if (tail >= cap_) tail -= cap_;
-    ::new (static_cast<void*>(buf_ + tail)) T(std::move(v));
-    ++count_;
-    if (!watchq_.empty()) [[unlikely]]
-      wake_watchers_locked();
+  // A send into the buffer without the lock (Vyukov's enqueue); `v` is
+  // moved from only on kDone. Buffered channels only.
+  Fast try_send_fast(T& v) noexcept {
+    uint64_t e = enq_.pos.load(std::memory_order_acquire);
+    for (;;) {
+      if ((e & kPosFlags) != 0) return Fast::kBusy;
+      Cell& c = cell_at(enq_, e);
+      const uint64_t seq = c.seq.load(std::memory_order_acquire);
+      if (seq == e) {
+        if (enq_.pos.compare_exchange_weak(e, next_pos(e),
+                                           std::memory_order_seq_cst,
+                                           std::memory_order_acquire)) {
+          ::new (static_cast<void*>(c.storage)) T(std::move(v));
+          c.seq.store(e + 1, std::memory_order_release);
+          return Fast::kDone;
+        }
+      } else if (static_cast<int64_t>(seq - e) < 0) {
+        return Fast::kFull;  // the cell still holds (or hands out) a value
+      } else {
+        e = enq_.pos.load(std::memory_order_acquire);  // another sender won e
+      }
+    }
   }
 
-  T pop_locked() noexcept {
-    T v(std::move(buf_[head_]));
-    buf_[head_].~T();
-    if (++head_ == cap_) head_ = 0;
-    --count_;
-    if (!watchq_.empty()) [[unlikely]]
-      wake_watchers_locked();
+  // A receive from the buffer without the lock (Vyukov's dequeue).
+  // Buffered channels only.
+  Fast try_recv_fast(std::optional<T>& out) noexcept {
+    uint64_t d = deq_.pos.load(std::memory_order_acquire);
+    for (;;) {
+      if ((d & kPosFlags) != 0) return Fast::kBusy;
+      Cell& c = cell_at(deq_, d);
+      const uint64_t seq = c.seq.load(std::memory_order_acquire);
+      if (seq == d + 1) {
+        if (deq_.pos.compare_exchange_weak(d, next_pos(d),
+                                           std::memory_order_seq_cst,
+                                           std::memory_order_acquire)) {
+          T* p = c.value();
+          out.emplace(std::move(*p));
+          p->~T();
+          c.seq.store(d + kLap, std::memory_order_release);
+          return Fast::kDone;
+        }
+      } else if (static_cast<int64_t>(seq - (d + 1)) < 0) {
+        return Fast::kEmpty;  // not written yet (or still being written)
+      } else {
+        d = deq_.pos.load(std::memory_order_acquire);  // another receiver won d
+      }
+    }
+  }
+
+  // The blocking forms' fast paths: try, and while the buffer is full
+  // (empty) poll its cell for up to poll_limit() pauses before giving up
+  // (false: take the lock). A consumer that keeps up thus takes values as
+  // they land, without the lock, and without queueing to be handed each.
+  bool send_fast_polling(T& v) noexcept {
+    int polls = -1;
+    for (;;) {
+      const uint64_t e = enq_.pos.load(std::memory_order_acquire);
+      switch (try_send_fast(v)) {
+        case Fast::kDone:
+          return true;
+        case Fast::kBusy:
+        case Fast::kEmpty:
+          return false;
+        case Fast::kFull:
+          break;
+      }
+      if (polls < 0) polls = poll_limit();
+      const Cell& c = cell_at(enq_, e);
+      const uint64_t seq = c.seq.load(std::memory_order_relaxed);
+      while (c.seq.load(std::memory_order_relaxed) == seq &&
+             enq_.pos.load(std::memory_order_relaxed) == e) {
+        if (polls-- <= 0) return false;
+        spin_pause();
+      }
+    }
+  }
+  bool recv_fast_polling(std::optional<T>& out) noexcept {
+    int polls = -1;
+    for (;;) {
+      const uint64_t d = deq_.pos.load(std::memory_order_acquire);
+      switch (try_recv_fast(out)) {
+        case Fast::kDone:
+          return true;
+        case Fast::kBusy:
+        case Fast::kFull:
+          return false;
+        case Fast::kEmpty:
+          break;
+      }
+      if (polls < 0) polls = poll_limit();
+      const Cell& c = cell_at(deq_, d);
+      const uint64_t seq = c.seq.load(std::memory_order_relaxed);
+      while (c.seq.load(std::memory_order_relaxed) == seq &&
+             deq_.pos.load(std::memory_order_relaxed) == d) {
+        // A closed channel's sends are over: its lock path reports it
+        // closed and drained (or hands over a send still moving its value).
+        if ((enq_.pos.load(std::memory_order_relaxed) & kClosedPos) != 0 ||
+            polls-- <= 0) {
+          return false;
+        }
+        spin_pause();
+      }
+    }
+  }
+
+ private:
+  struct Cell {
+    explicit Cell(uint64_t s) noexcept : seq(s) {}
+    T* value() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
+    std::atomic<uint64_t> seq;
+    alignas(T) unsigned char storage[sizeof(T)];
+  };
+
+  // A ring of at most this many bytes gives each cell a line of its own.
+  static constexpr std::size_t kPaddedRingBytes = 64 * 1024;
+
+  static unsigned char* allocate_cells(std::size_t bytes) {
+    if constexpr (alignof(Cell) <= kCacheLine) {
+      return CacheLineAllocator<unsigned char>().allocate(bytes);
+    } else {
+      return static_cast<unsigned char*>(
+          ::operator new(bytes, std::align_val_t(alignof(Cell))));
+    }
+  }
+  static void free_cells(unsigned char* p, std::size_t bytes) noexcept {
+    if constexpr (alignof(Cell) <= kCacheLine) {
+      CacheLineAllocator<unsigned char>().deallocate(p, bytes);
+    } else {
+      ::operator delete(p, std::align_val_t(alignof(Cell)));
+    }
+  }
+
+  Cell& cell(uint64_t pos) noexcept {
+    return *std::launder(
+        reinterpret_cast<Cell*>(cells_ + (pos & kIndexMask) * stride_));
+  }
+  // The same, through one end's copies of the ring's address and stride
+  // (its own line).
+  static Cell& cell_at(const BufferEnd& end, uint64_t pos) noexcept {
+    return *std::launder(
+        reinterpret_cast<Cell*>(end.cells + (pos & kIndexMask) * end.stride));
+  }
+
+  // Buffers `v`. Requires lock() and room (owned_len() < cap_).
+  void push_owned(T&& v) noexcept {
+    const uint64_t at = enq_.pos.load(std::memory_order_relaxed);
+    const uint64_t e = at & ~kPosFlags;
+    Cell& c = cell(e);
+    // A fast receive may still be moving the previous lap's value out.
+    wait_for_turn(c.seq, e);
+    ::new (static_cast<void*>(c.storage)) T(std::move(v));
+    c.seq.store(e + 1, std::memory_order_release);
+    enq_.pos.store(next_pos(e) | (at & kPosFlags), std::memory_order_relaxed);
+  }
+
+  // Takes the oldest buffered value. Requires lock() and owned_len() > 0.
+  T pop_owned() noexcept {
+    const uint64_t at = deq_.pos.load(std::memory_order_relaxed);
+    const uint64_t d = at & ~kPosFlags;
+    Cell& c = cell(d);
+    // A fast send may have won this position and still be moving its value.
+    wait_for_turn(c.seq, d + 1);
+    T* p = c.value();
+    T v(std::move(*p));
+    p->~T();
+    c.seq.store(d + kLap, std::memory_order_release);
+    deq_.pos.store(next_pos(d) | (at & kPosFlags), std::memory_order_relaxed);
     return v;
   }
 
-  T* const buf_;
-  std::size_t head_ = 0;
+  // settle_ (see ChanCore): run by every release of the lock. Queued
+  // receivers exist only while the buffer is empty and queued senders only
+  // while it is full, so this hands over what the holder's own operation
+  // (or a fast operation that won its position before the lock) changed:
+  // oldest value to the oldest receiver, oldest sender's value to the
+  // freed cell, as Go's chanrecv does.
+  static void settle(ChanCore* core) noexcept {
+    auto* s = static_cast<ChanState*>(core);
+    for (;;) {
+      if (!s->recvq_.empty() && s->owned_len() != 0) {
+        if (WaitNode* r = s->claim_receiver_locked()) {
+          static_cast<std::optional<T>*>(r->slot)->emplace(s->pop_owned());
+          r->next = s->watch_fired_;
+          s->watch_fired_ = r;
+          continue;
+        }
+      }
+      if (!s->sendq_.empty() && s->owned_len() < s->cap_) {
+        if (WaitNode* w = s->claim_sender_locked()) {
+          s->push_owned(std::move(*static_cast<T*>(w->slot)));
+          w->next = s->watch_fired_;
+          s->watch_fired_ = w;
+          continue;
+        }
+      }
+      break;
+    }
+    if (!s->watchq_.empty()) s->wake_watchers_locked();
+  }
+
+  unsigned char* cells_ = nullptr;
+  std::size_t stride_ = 0;
 };
 
 // Completes a node claimed by send_locked/recv_locked. No lock held.
@@ -193,6 +402,8 @@ template <class T>
 ChanStats stats_of(const Chan<T>& ch) noexcept;
 template <class T>
 Chan<T> make_remote_chan(std::shared_ptr<RemoteChan> remote);
+template <class T>
+Chan<T> make_chan_at_lap(std::size_t capacity, uint32_t first_lap);
 
 // An asynchronous operation: a callback waiter that owns its nodes and
 // slots. It keeps itself (self_) and its channels alive while queued.
@@ -287,8 +498,9 @@ class Chan {
       }
       return;
     }
+    if (s->cap_ != 0 && s->send_fast_polling(value)) return;
     detail::WaitNode* to_fire = nullptr;
-    s->lock_.lock();
+    s->lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
       s->unlock();
@@ -313,8 +525,9 @@ class Chan {
       remote_recv(out, detail::RemoteChan::kNoDeadline);
       return out;
     }
+    if (s->cap_ != 0 && s->recv_fast_polling(out)) return out;
     detail::WaitNode* to_fire = nullptr;
-    s->lock_.lock();
+    s->lock();
     if (s->recv_locked(out, &to_fire) != ChanStatus::kWouldBlock) {
       s->unlock();
       detail::fire(to_fire);
@@ -334,7 +547,7 @@ class Chan {
       remote_->close();
       return;
     }
-    s->lock_.lock();
+    s->lock();
     if (s->closed_) {
       s->unlock();
       detail::throw_panic("close of closed channel");
@@ -387,9 +600,14 @@ class Chan {
       }
       return r;
     }
+    if (s->cap_ != 0 &&
+        s->try_recv_fast(r.value) == detail::ChanState<T>::Fast::kDone) {
+      r.status = ChanStatus::kOk;
+      return r;
+    }
     if (!s->may_be_ready(/*is_send=*/false)) return r;
     detail::WaitNode* to_fire = nullptr;
-    s->lock_.lock();
+    s->lock();
     r.status = s->recv_locked(r.value, &to_fire);
     s->unlock();
     detail::fire(to_fire);
@@ -438,10 +656,7 @@ class Chan {
     if (s == nullptr) [[unlikely]] {
       return remote_ != nullptr ? remote_->len() : 0;
     }
-    s->lock_.lock();
-    const std::size_t n = s->count_;
-    s->unlock();
-    return n;
+    return s->buffered_len();
   }
   std::size_t cap() const noexcept {
     if (state_ != nullptr) return state_->cap_;
@@ -500,6 +715,7 @@ class Chan {
   friend detail::ChanStats detail::stats_of<T>(const Chan<T>&) noexcept;
   friend Chan<T> detail::make_remote_chan<T>(
       std::shared_ptr<detail::RemoteChan>);
+  friend Chan<T> detail::make_chan_at_lap<T>(std::size_t, uint32_t);
 
   explicit Chan(std::shared_ptr<detail::ChanState<T>> s)
       : state_(std::move(s)) {}
@@ -567,9 +783,13 @@ class Chan {
                  ? remote_send(value, detail::RemoteChan::kNonBlocking)
                  : ChanStatus::kWouldBlock;
     }
+    if (s->cap_ != 0 &&
+        s->try_send_fast(value) == detail::ChanState<T>::Fast::kDone) {
+      return ChanStatus::kOk;
+    }
     if (!s->may_be_ready(/*is_send=*/true)) return ChanStatus::kWouldBlock;
     detail::WaitNode* to_fire = nullptr;
-    s->lock_.lock();
+    s->lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     s->unlock();
     detail::fire(to_fire);
@@ -583,8 +803,9 @@ class Chan {
       return remote_ != nullptr ? remote_send(value, deadline)
                                 : sleep_until(deadline);
     }
+    if (s->cap_ != 0 && s->send_fast_polling(value)) return ChanStatus::kOk;
     detail::WaitNode* to_fire = nullptr;
-    s->lock_.lock();
+    s->lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
       s->unlock();
@@ -605,8 +826,12 @@ class Chan {
                                     : sleep_until(deadline);
       return r;
     }
+    if (s->cap_ != 0 && s->recv_fast_polling(r.value)) {
+      r.status = ChanStatus::kOk;
+      return r;
+    }
     detail::WaitNode* to_fire = nullptr;
-    s->lock_.lock();
+    s->lock();
     r.status = s->recv_locked(r.value, &to_fire);
     if (r.status != ChanStatus::kWouldBlock) {
       s->unlock();
@@ -663,14 +888,27 @@ class Chan {
 };
 
 // Makes a channel with room for `capacity` buffered values (0: unbuffered).
-// The buffer is allocated up front, as in Go.
+// The buffer is allocated up front, as in Go. Throws dchan::Error
+// kInvalidArgument "makechan: size out of range" above 2^29 - 1 values
+// (Go's message), std::bad_alloc if the buffer cannot be allocated.
 template <class T>
 Chan<T> make_chan(std::size_t capacity = 0) {
-  return Chan<T>(std::allocate_shared<detail::ChanState<T>>(
-      detail::CacheLineAllocator<detail::ChanState<T>>(), capacity));
+  return detail::make_chan_at_lap<T>(capacity, 0);
 }
 
 namespace detail {
+
+// make_chan, with the buffer's positions starting `first_lap` laps on (tests
+// run a channel across the positions' wrap-around this way).
+template <class T>
+Chan<T> make_chan_at_lap(std::size_t capacity, uint32_t first_lap) {
+  if (capacity > ChanCore::kMaxCapacity) {
+    throw Error(absl::StatusCode::kInvalidArgument,
+                "makechan: size out of range");
+  }
+  return Chan<T>(std::allocate_shared<ChanState<T>>(
+      CacheLineAllocator<ChanState<T>>(), capacity, first_lap));
+}
 
 template <class T>
 ChanState<T>* state_of(const Chan<T>& ch) noexcept {
@@ -700,8 +938,8 @@ ChanStats stats_of(const Chan<T>& ch) noexcept {
   ChanStats st;
   ChanState<T>* s = ch.state_.get();
   if (s == nullptr) return st;
-  s->lock_.lock();
-  st.len = s->count_;
+  s->lock();
+  st.len = s->cap_ != 0 ? s->owned_len() : 0;
   st.cap = s->cap_;
   st.closed = s->closed_;
   st.blocked_senders = s->sendq_.size();
@@ -791,7 +1029,7 @@ PendingOp Chan<T>::ready_async(bool for_send,
   if (s == nullptr) return PendingOp(std::move(op));  // nil: never ready
   op->self_ = op;
   op->chan_keep_ = state_;
-  s->lock_.lock();
+  s->lock();
   s->add_watch_locked(&op->node_);  // fires at unlock if ready now
   s->unlock();
   return PendingOp(std::move(op));
@@ -812,7 +1050,7 @@ PendingOp Chan<T>::recv_async(
     return PendingOp(std::move(op));
   }
   detail::WaitNode* to_fire = nullptr;
-  s->lock_.lock();
+  s->lock();
   const ChanStatus st = s->recv_locked(op->value_, &to_fire);
   if (st != ChanStatus::kWouldBlock) {
     s->unlock();
@@ -840,7 +1078,7 @@ PendingOp Chan<T>::send_async(T value, absl::AnyInvocable<void(bool) &&> done) {
   detail::ChanState<T>* s = state_.get();
   if (s == nullptr) return PendingOp(std::move(op));
   detail::WaitNode* to_fire = nullptr;
-  s->lock_.lock();
+  s->lock();
   const ChanStatus st = s->send_locked(op->value_, &to_fire);
   if (st != ChanStatus::kWouldBlock) {
     s->unlock();

@@ -125,10 +125,14 @@ class SelectCase {
   virtual void encode_send(std::string& out) const = 0;
   // Broker recv cases: takes a received value (decoded by its Codec).
   virtual absl::Status decode_recv(const std::string& bytes) = 0;
-  // Requires core()->lock_. Tries to complete the case now: kOk (then
+  // Requires core()->lock(). Tries to complete the case now: kOk (then
   // `*to_fire`, if set, is completed after unlocking), kClosed (a receive
   // got "closed"; a send must panic), or kWouldBlock.
   virtual ChanStatus try_locked(WaitNode** to_fire) = 0;
+  // Requires a buffered local channel (core()->cap_ != 0). Completes the
+  // case without the lock if the buffer's fast path can (true; the case is
+  // then kOk); false leaves it to try_locked.
+  virtual bool try_fast() noexcept = 0;
   // Where a counterparty moves the value to (recv) or from (send).
   virtual void* slot() noexcept = 0;
   // Runs the case's function, with no lock held. `ok` false: the channel
@@ -235,6 +239,10 @@ class RecvCase final : public SelectCase {
   ChanStatus try_locked(WaitNode** to_fire) override {
     return state_of(ch_.get())->recv_locked(value_, to_fire);
   }
+  bool try_fast() noexcept override {
+    return state_of(ch_.get())->try_recv_fast(value_) ==
+           ChanState<T>::Fast::kDone;
+  }
   void* slot() noexcept override { return &value_; }
   void finish(bool) override { invoke_case_fn(fn_, std::move(value_)); }
   std::optional<T>& value() noexcept { return value_; }
@@ -269,6 +277,10 @@ class SendCase final : public SelectCase {
   ChanStatus try_locked(WaitNode** to_fire) override {
     return state_of(ch_.get())->send_locked(value_, to_fire);
   }
+  bool try_fast() noexcept override {
+    return state_of(ch_.get())->try_send_fast(value_) ==
+           ChanState<T>::Fast::kDone;
+  }
   void* slot() noexcept override { return &value_; }
   void finish(bool ok) override {
     if (!ok) throw_panic("send on closed channel");
@@ -294,6 +306,7 @@ class DefaultCase final : public SelectCase {
     return absl::OkStatus();
   }
   ChanStatus try_locked(WaitNode**) override { return ChanStatus::kWouldBlock; }
+  bool try_fast() noexcept override { return false; }
   void* slot() noexcept override { return nullptr; }
   void finish(bool) override { invoke_case_fn(fn_); }
 
@@ -379,8 +392,11 @@ requires(sizeof...(Cases) > 0 &&
     if (detail::ChanCore* core = c.core()) {
       ChanStatus st = ChanStatus::kWouldBlock;
       detail::WaitNode* to_fire = nullptr;
-      if (core->may_be_ready(c.kind() == detail::SelectCase::Kind::kSend)) {
-        core->lock_.lock();
+      if (core->cap_ != 0 && c.try_fast()) {
+        st = ChanStatus::kOk;
+      } else if (core->may_be_ready(c.kind() ==
+                                    detail::SelectCase::Kind::kSend)) {
+        core->lock();
         st = c.try_locked(&to_fire);
         core->unlock();
       }

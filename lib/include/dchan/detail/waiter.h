@@ -26,6 +26,7 @@
 #ifndef DCHAN_DETAIL_WAITER_H_
 #define DCHAN_DETAIL_WAITER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -70,6 +71,16 @@ class Lock {
 
 class Waiter;
 class ChanCore;
+
+// Waits (spins, then yields) until `word` holds `value`: under a buffered
+// channel's lock, for a fast operation that won its position just before
+// and is still moving its value into or out of that cell.
+void wait_for_turn(const std::atomic<uint64_t>& word, uint64_t value) noexcept;
+
+// How many times a buffered channel's fast path polls a full or empty
+// buffer before it takes the lock to wait: the calling thread's spin limit
+// (0 where spinning cannot pay; see spin.h).
+int poll_limit() noexcept;
 
 // The cache line size the layout of a channel plans for (x86-64, most
 // ARM64 cores). Not std::hardware_destructive_interference_size: GCC warns
@@ -311,9 +322,90 @@ class Waiter {
 // counters. Chan<T>'s state derives from it and adds the typed buffer.
 class ChanCore {
  public:
-  explicit ChanCore(std::size_t capacity) noexcept : cap_(capacity) {}
+  // `settle` is the typed part of every release of a buffered channel (see
+  // "The buffer" below); unbuffered channels have none.
+  ChanCore(std::size_t capacity, void (*settle)(ChanCore*)) noexcept
+      : cap_(capacity), settle_(settle) {}
   ChanCore(const ChanCore&) = delete;
   ChanCore& operator=(const ChanCore&) = delete;
+
+  // The buffer (channels with a capacity). Its values sit in a ring of
+  // cells (Vyukov's bounded MPMC queue), each with a sequence word that
+  // says whose turn the cell is, so that a sender and a receiver on two
+  // CPUs each write their own position word and the cells, and never the
+  // lock's line: with a consumer that keeps up, a value costs a fraction of
+  // a cache line move instead of several (a rendezvous per value through
+  // the lock). ChanState<T> runs these fast paths without the lock.
+  //
+  // A position is (lap << 32 | index); below the lap, the position words
+  // carry flags that send every fast path to the lock:
+  //   kOwned    the lock holder owns the positions: lock() sets it on both,
+  //             release() clears it, so under the lock the buffer changes
+  //             only by the holder's hand (apart from a fast operation that
+  //             won its position just before and is still moving its value:
+  //             the holder waits for that cell);
+  //   kWaiting  on enq_: receivers or watchers are queued, so a send must go
+  //             through the lock, whose release hands the value over (Go's
+  //             direct hand-off; no receiver overtakes one that waits); on
+  //             deq_: senders or watchers are queued, likewise;
+  //   kClosedPos on enq_: closed, so no send can win a position after
+  //             close() (closed_ says the same to everything else).
+  // A cell's sequence is the position it is free for (index i starts at i),
+  // that position + 1 once it holds that position's value, and the same
+  // index one lap on once the value was taken.
+  static constexpr uint64_t kLap = uint64_t{1} << 32;
+  static constexpr uint64_t kIndexMask = (uint64_t{1} << 29) - 1;
+  static constexpr uint64_t kOwned = uint64_t{1} << 29;
+  static constexpr uint64_t kWaiting = uint64_t{1} << 30;
+  static constexpr uint64_t kClosedPos = uint64_t{1} << 31;
+  static constexpr uint64_t kPosFlags = kOwned | kWaiting | kClosedPos;
+  // The largest capacity a position's index can count (Go's makechan also
+  // refuses sizes out of range).
+  static constexpr std::size_t kMaxCapacity = kIndexMask;
+
+  // Takes the channel's lock; of a buffered channel, also its positions.
+  void lock() noexcept {
+    lock_.lock();
+    if (cap_ != 0) {
+      enq_.pos.fetch_or(kOwned, std::memory_order_acq_rel);
+      deq_.pos.fetch_or(kOwned, std::memory_order_acq_rel);
+    }
+  }
+
+  // The number of buffered values, reservations of fast sends that are
+  // still moving theirs included. Requires lock().
+  std::size_t owned_len() const noexcept {
+    return static_cast<std::size_t>(
+        distance(enq_.pos.load(std::memory_order_relaxed),
+                 deq_.pos.load(std::memory_order_relaxed)));
+  }
+
+  // Without the lock: Go's len(), a value the buffer held at some moment
+  // during the call (or near it: the two positions are read one after the
+  // other).
+  std::size_t buffered_len() const noexcept {
+    if (cap_ == 0) return 0;
+    const int64_t n = distance(enq_.pos.load(std::memory_order_seq_cst),
+                               deq_.pos.load(std::memory_order_seq_cst));
+    return n <= 0 ? 0 : std::min(static_cast<std::size_t>(n), cap_);
+  }
+
+  // The position after `p` (flags ignored, dropped).
+  uint64_t next_pos(uint64_t p) const noexcept {
+    p &= ~kPosFlags;
+    return (p & kIndexMask) + 1 < cap_ ? p + 1 : (p & ~(kLap - 1)) + kLap;
+  }
+
+  // Values between positions d and e (e ahead; flags ignored). Exact for
+  // positions read under lock(); two positions read without it may be a
+  // lap apart or crossed: callers clamp.
+  int64_t distance(uint64_t e, uint64_t d) const noexcept {
+    const auto laps =
+        static_cast<int32_t>(static_cast<uint32_t>((e >> 32) - (d >> 32)));
+    return static_cast<int64_t>(laps) * static_cast<int64_t>(cap_) +
+           static_cast<int64_t>(e & kIndexMask) -
+           static_cast<int64_t>(d & kIndexMask);
+  }
 
   // Pops the oldest receiver (or sender) whose waiter this call manages to
   // claim, dropping stale nodes of waiters already fired elsewhere. Returns
@@ -340,18 +432,26 @@ class ChanCore {
   // under the lock. A queued node may be stale (its select fired
   // elsewhere): a queue that is not empty only says "maybe".
   bool may_be_ready(bool is_send) const noexcept {
-    // First one read that says whether a counterparty or buffer is there: a
-    // buffered channel's count (a sender blocks only on a full buffer, a
+    // First what says whether a counterparty or buffer is there: a buffered
+    // channel's positions (a sender blocks only on a full buffer, a
     // receiver only on an empty one), an unbuffered one's counterparty
     // queue. Then closed_, read after it: a channel never reopens, so open
     // then means open at the first read too, and that read's moment is the
-    // one at which the operation could not have proceeded.
+    // one at which the operation could not have proceeded. The positions
+    // only grow: a receive reads the receivers' first, so the count it sees
+    // is at least the count at that read; a send reads the senders' first,
+    // so it sees at most the count at that read.
     bool blocked;
     if (cap_ == 0) {
       blocked = (is_send ? recvq_ : sendq_).peek_empty();
+    } else if (is_send) {
+      const uint64_t e = enq_.pos.load(std::memory_order_seq_cst);
+      const uint64_t d = deq_.pos.load(std::memory_order_seq_cst);
+      blocked = distance(e, d) >= static_cast<int64_t>(cap_);
     } else {
-      const std::size_t count = count_.peek();
-      blocked = is_send ? count == cap_ : count == 0;
+      const uint64_t d = deq_.pos.load(std::memory_order_seq_cst);
+      const uint64_t e = enq_.pos.load(std::memory_order_seq_cst);
+      blocked = distance(e, d) <= 0;
     }
     return !blocked || closed_;
   }
@@ -390,27 +490,37 @@ class ChanCore {
   // caller to fire_all() once it holds no channel lock at all (a select
   // releasing several channels).
   [[nodiscard]] WaitNode* release() noexcept {
+    if (cap_ != 0) {
+      settle_(this);
+      publish_positions();
+    }
     WaitNode* fired = watch_fired_;
     if (fired != nullptr) watch_fired_ = nullptr;  // else leave its line shared
     lock_.unlock();
     return fired;
   }
 
-  // The first cache line holds what every send and receive writes or reads
-  // (a counterparty on another CPU takes it over once per hand-off); the
-  // second what they only read, unless a readiness watcher or a timer is
-  // involved, and ChanState's buffer fields (a buffered receive moves the
-  // ring's head). Spread over three lines, the unbuffered ping-pong took
-  // 12% longer, a select ping-pong 18%. make_chan allocates it at a line
-  // boundary (CacheLineAllocator).
+  // One end of the buffer: the position its side wins next, and copies of
+  // what that side's fast path reads with it, so that it reads one line.
+  struct alignas(kCacheLine) BufferEnd {
+    std::atomic<uint64_t> pos{0};
+    unsigned char* cells = nullptr;  // set once by ChanState<T>
+    std::size_t stride = 0;          // bytes from one cell to the next
+  };
+
+  // The first cache line holds what every locked send and receive writes
+  // or reads (a counterparty on another CPU takes it over once per
+  // hand-off); the second what they only read, unless a readiness watcher
+  // or a timer is involved. Spread over three lines, the unbuffered
+  // ping-pong took 12% longer, a select ping-pong 18%. A buffered channel's
+  // fast paths touch neither: each side has its BufferEnd line. make_chan
+  // allocates it at a line boundary (CacheLineAllocator).
   alignas(kCacheLine) Lock lock_;
-  // closed_ and count_ are written under lock_; may_be_ready() reads them
-  // without it.
+  // closed_ is written under lock_; may_be_ready() reads it without it.
   LockedWord<bool> closed_{false};
   bool timer_fired_ = false;  // after(): its value was sent; guarded by lock_
-  LockedWord<std::size_t> count_{0};  // buffered values
-  WaitQueue recvq_;                   // guarded by lock_
-  WaitQueue sendq_;                   // guarded by lock_
+  WaitQueue recvq_;           // guarded by lock_
+  WaitQueue sendq_;           // guarded by lock_
 
   alignas(kCacheLine) WaitNode* watch_fired_ = nullptr;  // see unlock()
   WaitQueue watchq_;                                     // guarded by lock_
@@ -419,8 +529,29 @@ class ChanCore {
   // broker channels uses it as its deadline. max() for other channels.
   std::chrono::steady_clock::time_point timer_deadline_ =
       std::chrono::steady_clock::time_point::max();
+  // Buffered channels: hands buffered values to queued receivers and queued
+  // senders' values to free cells, and wakes watchers (ChanState<T>).
+  void (*const settle_)(ChanCore*);
+
+  BufferEnd enq_;  // senders' end (flags: kOwned, kWaiting, kClosedPos)
+  BufferEnd deq_;  // receivers' end (flags: kOwned, kWaiting)
 
  private:
+  // Ends the ownership lock() took: writes the positions back with the
+  // flags that now hold (see "The buffer"). Requires lock().
+  void publish_positions() noexcept {
+    uint64_t enq_flags = closed_ ? kClosedPos : 0;
+    uint64_t deq_flags = 0;
+    if (!recvq_.empty() || !watchq_.empty()) enq_flags |= kWaiting;
+    if (!sendq_.empty() || !watchq_.empty()) deq_flags |= kWaiting;
+    enq_.pos.store(
+        (enq_.pos.load(std::memory_order_relaxed) & ~kPosFlags) | enq_flags,
+        std::memory_order_release);
+    deq_.pos.store(
+        (deq_.pos.load(std::memory_order_relaxed) & ~kPosFlags) | deq_flags,
+        std::memory_order_release);
+  }
+
   WaitNode* claim_front(WaitQueue& q) noexcept {
     while (WaitNode* n = q.front()) {
       q.remove(n);
