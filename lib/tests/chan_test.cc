@@ -1,5 +1,6 @@
 #include "dchan/chan.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -8,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "dchan/select.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -401,6 +403,209 @@ TEST_P(ChanStress, EveryValueIsReceivedExactlyOnce) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Capacities, ChanStress, ::testing::Values(0, 1, 64));
+
+// A buffered channel's ring, with every form on each side: each sender's
+// values reach each receiver in the order sent (the ring is FIFO), and
+// every value exactly once. 2,000 ints make a ring too big to give each
+// cell a line of its own (the packed layout).
+class ChanRing : public ::testing::TestWithParam<std::size_t> {};
+
+TEST_P(ChanRing, EachSendersValuesArriveInOrderThroughEveryForm) {
+  constexpr int kSenders = 4, kReceivers = 4;
+  constexpr int64_t kPerSender = 20000;
+  auto ch = make_chan<int64_t>(GetParam());
+  auto never = make_chan<int64_t>();
+  std::vector<std::thread> senders, receivers;
+  for (int p = 0; p < kSenders; ++p) {
+    senders.emplace_back([&, p] {
+      for (int64_t i = 0; i < kPerSender; ++i) {
+        int64_t v = p * kPerSender + i;
+        switch (p) {
+          case 0:
+            ch.send(v);
+            break;
+          case 1:
+            while (ch.try_send(std::move(v)) == ChanStatus::kWouldBlock) {
+              std::this_thread::yield();
+            }
+            break;
+          case 2:
+            while (ch.send_for(std::move(v), 1ms) == ChanStatus::kTimeout) {
+            }
+            break;
+          default:
+            select(on_send(ch, v), on_recv(never));
+        }
+      }
+    });
+  }
+  std::vector<std::vector<int64_t>> got(kReceivers);
+  for (int c = 0; c < kReceivers; ++c) {
+    receivers.emplace_back([&, c] {
+      for (;;) {
+        std::optional<int64_t> v;
+        switch (c) {
+          case 0:
+            v = ch.recv();
+            break;
+          case 1: {
+            RecvResult<int64_t> r = ch.try_recv();
+            if (r.status == ChanStatus::kWouldBlock) {
+              std::this_thread::yield();
+              continue;
+            }
+            v = r.value;
+            break;
+          }
+          case 2: {
+            RecvResult<int64_t> r = ch.recv_for(1ms);
+            if (r.status == ChanStatus::kTimeout) continue;
+            v = r.value;
+            break;
+          }
+          default:
+            select(on_recv(ch, [&](std::optional<int64_t> x) { v = x; }),
+                   on_recv(never));
+        }
+        if (!v) return;  // closed and drained
+        got[c].push_back(*v);
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  ch.close();
+  for (auto& t : receivers) t.join();
+  std::vector<int64_t> all;
+  for (int c = 0; c < kReceivers; ++c) {
+    std::vector<int64_t> last(kSenders, -1);
+    for (int64_t v : got[c]) {
+      const auto p = static_cast<std::size_t>(v / kPerSender);
+      ASSERT_LT(last[p], v) << "receiver " << c << " got sender " << p
+                            << "'s values out of order";
+      last[p] = v;
+    }
+    all.insert(all.end(), got[c].begin(), got[c].end());
+  }
+  std::sort(all.begin(), all.end());
+  ASSERT_EQ(all.size(), static_cast<std::size_t>(kSenders * kPerSender));
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    ASSERT_EQ(all[i], static_cast<int64_t>(i));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Capacities, ChanRing, ::testing::Values(1, 7, 2000));
+
+// The ring's positions count laps in 32 bits: a channel runs on across
+// their wrap-around (made to start three laps before it), alone and
+// between two threads, with len() right on the way.
+TEST(Chan, BufferedValuesCrossThePositionsWrapAround) {
+  for (std::size_t cap : {1, 3, 64}) {
+    auto ch = detail::make_chan_at_lap<int>(cap, 0xFFFFFFFFu - 2);
+    int next_in = 0, next_out = 0;
+    for (std::size_t step = 0; step < 6 * cap + 6; ++step) {
+      const std::size_t n = 1 + step % cap;
+      for (std::size_t i = 0; i < n; ++i) ch.send(next_in++);
+      ASSERT_EQ(ch.len(), n) << "capacity " << cap;
+      if (n == cap) {
+        int extra = -1;
+        EXPECT_EQ(ch.try_send(std::move(extra)), ChanStatus::kWouldBlock);
+      }
+      for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(ch.recv(), next_out++);
+      ASSERT_EQ(ch.len(), 0u);
+    }
+
+    auto two = detail::make_chan_at_lap<int>(cap, 0xFFFFFFFFu);
+    constexpr int kValues = 5000;
+    std::thread sender([&] {
+      for (int i = 0; i < kValues; ++i) two.send(i);
+      two.close();
+    });
+    int expected = 0;
+    for (int v : two) ASSERT_EQ(v, expected++) << "capacity " << cap;
+    EXPECT_EQ(expected, kValues);
+    sender.join();
+  }
+}
+
+// The lock holder owns the ring's positions: a buffered send or receive
+// that would skip the lock waits for it instead (else a receiver queueing
+// under the lock could miss a value landing meanwhile).
+TEST(Chan, BufferedOperationsWaitForTheLockHolder) {
+  auto ch = make_chan<int>(4);
+  ch.send(1);
+  auto* s = detail::state_of(ch);
+  s->lock();
+  std::atomic<bool> sent{false}, received{false};
+  std::thread sender([&] {
+    EXPECT_EQ(ch.try_send(2), ChanStatus::kOk);
+    sent = true;
+  });
+  std::thread receiver([&] {
+    EXPECT_EQ(ch.try_recv().value, 1);
+    received = true;
+  });
+  std::this_thread::sleep_for(20ms);  // time to get past the lock, if they could
+  EXPECT_FALSE(sent.load());
+  EXPECT_FALSE(received.load());
+  s->unlock();
+  sender.join();
+  receiver.join();
+  EXPECT_EQ(ch.recv(), 2);
+}
+
+TEST(Chan, ValuesLeftInTheBufferAreDestroyedWithTheChannel) {
+  auto value = std::make_shared<int>(1);
+  {
+    auto ch = detail::make_chan_at_lap<std::shared_ptr<int>>(4, 0xFFFFFFFFu);
+    for (int i = 0; i < 4; ++i) ch.send(value);
+    ch.recv();
+    ch.recv();
+    ch.send(value);  // the ring (and its lap count) wraps
+    EXPECT_EQ(value.use_count(), 4);
+  }
+  EXPECT_EQ(value.use_count(), 1);
+}
+
+TEST(Chan, MakeChanRefusesACapacityItsPositionsCannotCount) {
+  try {
+    make_chan<char>(detail::ChanCore::kMaxCapacity + 1);
+    ADD_FAILURE() << "expected dchan::Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_STREQ(e.what(), "makechan: size out of range");
+  }
+}
+
+// close() against senders that keep winning positions without the lock:
+// every send that returned is received, and every later one throws.
+TEST(Chan, CloseRacingSendsLosesNothing) {
+  for (int round = 0; round < 30; ++round) {
+    auto ch = make_chan<int>(16);
+    std::atomic<int64_t> sent{0};
+    std::atomic<int64_t> received{0};
+    std::vector<std::thread> senders;
+    for (int p = 0; p < 2; ++p) {
+      senders.emplace_back([&] {
+        for (;;) {
+          try {
+            ch.send(1);
+          } catch (const Error&) {
+            return;  // closed
+          }
+          sent.fetch_add(1);
+        }
+      });
+    }
+    std::thread receiver([&] {
+      for (int v : ch) received.fetch_add(v);
+    });
+    ASSERT_TRUE(eventually([&] { return received.load() > 1000; }));
+    ch.close();
+    for (auto& t : senders) t.join();
+    receiver.join();
+    EXPECT_EQ(received.load(), sent.load()) << "round " << round;
+  }
+}
 
 }  // namespace
 }  // namespace dchan

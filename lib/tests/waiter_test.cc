@@ -280,6 +280,24 @@ TEST(ReadyAsync, FiresAtOnceWhenReadyAndConsumesNothing) {
   EXPECT_TRUE(send_ready);  // room now
 }
 
+// A buffered channel's sends and receives skip its lock when they can; a
+// watcher makes them take it, so that they wake it.
+TEST(ReadyAsync, BufferedReadinessFiresOnSendsAndReceivesFromOtherThreads) {
+  auto ch = make_chan<int>(2);
+  std::atomic<int> recv_ready{0};
+  PendingOp op = ch.ready_async(false, [&] { ++recv_ready; });
+  EXPECT_EQ(recv_ready.load(), 0);
+  std::thread([&] { ch.send(1); }).join();
+  EXPECT_EQ(recv_ready.load(), 1);
+  std::thread([&] { ch.send(2); }).join();  // full now
+  std::atomic<int> send_ready{0};
+  PendingOp w = ch.ready_async(true, [&] { ++send_ready; });
+  EXPECT_EQ(send_ready.load(), 0);
+  std::thread([&] { EXPECT_EQ(ch.recv(), 1); }).join();
+  EXPECT_EQ(send_ready.load(), 1);
+  EXPECT_EQ(ch.recv(), 2);
+}
+
 TEST(ReadyAsync, RecvReadinessFiresWhenASenderQueuesOrOnClose) {
   auto ch = make_chan<int>();
   std::atomic<int> fired{0};
