@@ -810,6 +810,22 @@ TEST(BrokerBackpressure, StalledClientThatGoesAwayLeavesNoSessionBehind) {
 // ===========================================================================
 // 3. Bad input through the real stream.
 
+// A capacity a channel's buffer cannot count is refused at start-up, with
+// the range, rather than when the first client opens such a channel.
+TEST(BrokerFlags, MaxCapacityOutOfRangeIsRefusedAtStart) {
+  for (const char* bad : {"--max_capacity=-1", "--max_capacity=536870912"}) {
+    Process p =
+        Process::spawn(DCHAN_BROKER_PATH, {"--listen=127.0.0.1:0", bad});
+    const ProcessResult r = p.wait(std::chrono::seconds(20));
+    EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r;
+    EXPECT_NE(r.err.find("--max_capacity must be in [0, 536870911]"),
+              std::string::npos)
+        << r;
+  }
+  BrokerProcess at_limit({"--max_capacity=536870911"});
+  EXPECT_GT(at_limit.port(), 0);
+}
+
 TEST(BrokerBadInput, UnknownHandleIsAnsweredNotFound) {
   BrokerProcess broker;
   RawSession s(raw_channel(broker.address()));

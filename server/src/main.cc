@@ -18,6 +18,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "dchan/detail/waiter.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -81,7 +82,17 @@ int main(int argc, char** argv) {
 
   dchan::server::BrokerOptions options;
   options.registry.max_objects = absl::GetFlag(FLAGS_max_objects);
-  options.registry.max_capacity = absl::GetFlag(FLAGS_max_capacity);
+  const int64_t max_capacity = absl::GetFlag(FLAGS_max_capacity);
+  if (max_capacity < 0 ||
+      max_capacity >
+          static_cast<int64_t>(dchan::detail::ChanCore::kMaxCapacity)) {
+    std::fprintf(stderr,
+                 "dchan-broker: --max_capacity must be in [0, %zu] (the "
+                 "largest buffer a channel can count)\n",
+                 dchan::detail::ChanCore::kMaxCapacity);
+    return 2;
+  }
+  options.registry.max_capacity = static_cast<uint64_t>(max_capacity);
   if (absl::GetFlag(FLAGS_offer_claim_timeout_ms) <= 0) {
     std::fprintf(stderr,
                  "dchan-broker: --offer_claim_timeout_ms must be positive\n");
