@@ -36,6 +36,15 @@
 // kDataLoss for bytes the codec rejects). recv_async and send_async are for
 // local channels only.
 //
+// A buffered channel's send and receive take no lock while the buffer has
+// room (a value) and nobody is queued: values move through a ring of cells
+// (Vyukov's bounded queue), so a producer and a consumer on two CPUs share
+// no lock, and a consumer that keeps up takes each value as it lands. A
+// blocking send (receive) polls a full (empty) buffer for the spin limit
+// below before it queues. Everything else (queued waiters, close, select's
+// registration) goes through the channel's lock, which owns the ring while
+// held.
+//
 // Blocked threads spin for up to about ten microseconds, then yield a few
 // times, before parking on a futex (waking a parked thread on another CPU
 // costs tens of microseconds on small VMs). Each thread shortens its spin
@@ -115,12 +124,16 @@ class ChanState final : public ChanCore {
   explicit ChanState(std::size_t capacity, uint32_t first_lap = 0)
       : ChanCore(capacity, capacity > 0 ? &ChanState::settle : nullptr) {
     if (capacity == 0) return;
-    // A cell per cache line while the ring stays small: a sender filling
-    // one cell and a receiver emptying the one before then write different
-    // lines (packed, a receiver that keeps up took ~4x as long per value).
+    // A cell per cache line, so that a sender filling one cell and a
+    // receiver emptying the one before write different lines (packed, a
+    // receiver that keeps up took ~4x as long per value) — unless that
+    // would more than double a big ring's memory.
     const std::size_t padded =
         (sizeof(Cell) + kCacheLine - 1) / kCacheLine * kCacheLine;
-    stride_ = capacity <= kPaddedRingBytes / padded ? padded : sizeof(Cell);
+    stride_ =
+        padded <= 2 * sizeof(Cell) || capacity <= kPaddedRingBytes / padded
+            ? padded
+            : sizeof(Cell);
     cells_ = allocate_cells(capacity * stride_);
     const uint64_t first = uint64_t{first_lap} << 32;
     for (std::size_t i = 0; i < capacity; ++i) {
@@ -294,8 +307,9 @@ class ChanState final : public ChanCore {
     alignas(T) unsigned char storage[sizeof(T)];
   };
 
-  // A ring of at most this many bytes gives each cell a line of its own.
-  static constexpr std::size_t kPaddedRingBytes = 64 * 1024;
+  // A ring of at most this many bytes gives each cell a line of its own
+  // whatever the padding costs (256 cells of a word-sized T).
+  static constexpr std::size_t kPaddedRingBytes = 16 * 1024;
 
   static unsigned char* allocate_cells(std::size_t bytes) {
     if constexpr (alignof(Cell) <= kCacheLine) {
