@@ -264,21 +264,27 @@ def row(cells):
 
 
 def floor_rows(results):
-    """The hand-off floors, next to dchan's ping-pong of the same run."""
+    """The hand-off floors, next to dchan's figure of the same run."""
     rows = []
     cpp = {p: load_gbench(os.path.join(results, "chan",
                                        f"chan_bench.{p}.json"))
            for p in PLACEMENTS}
-    for floor, label in (("floor_futex_pingpong", "futex hand-off floor"),
-                         ("floor_yield_pingpong", "sched_yield hand-off floor"),
-                         ("floor_spin_pingpong", "spin hand-off floor"),
-                         ("floor_rendezvous_pingpong",
-                          "spin rendezvous floor")):
+    for workload, unit, floor, label in (
+            ("pingpong", "ns/round trip", "floor_futex_pingpong",
+             "futex hand-off floor"),
+            ("pingpong", "ns/round trip", "floor_yield_pingpong",
+             "sched_yield hand-off floor"),
+            ("pingpong", "ns/round trip", "floor_spin_pingpong",
+             "spin hand-off floor"),
+            ("pingpong", "ns/round trip", "floor_rendezvous_pingpong",
+             "spin rendezvous floor"),
+            ("buffered_1p1c", "ns/item", "floor_spsc_ring",
+             "SPSC ring floor (one producer, one consumer, spinning)")):
         if not any(cpp[p].get(f"{floor}/raw") for p in PLACEMENTS):
             continue
-        cells = ["chan", "pingpong", "ns/round trip", label]
+        cells = ["chan", workload, unit, label]
         for p in PLACEMENTS:
-            d = cpp[p].get("pingpong/dchan")
+            d = cpp[p].get(f"{workload}/dchan")
             f = cpp[p].get(f"{floor}/raw")
             cells += [show(d), show(f) if f else "n/a", ratio(d, f)]
         cells.append("")

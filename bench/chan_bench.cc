@@ -58,6 +58,13 @@
 //                       find of Go's sudog, four cache-line moves in a
 //                       row per round trip where the spin floor has two.
 //                       Registered and pinned as floor_spin_pingpong.
+//   floor_spsc_ring       buffered_1p1c's least: one producer, one consumer
+//                       and a bare ring of 64 ints (Lamport's queue; each
+//                       side reads the other's index only when its cached
+//                       copy says full or empty), spinning, no blocking,
+//                       no second producer or consumer possible. Registered
+//                       and pinned as floor_spin_pingpong. One iteration =
+//                       one item, as for buffered_1p1c.
 //
 // Timing: every benchmark runs batches of a fixed number of items. Each batch
 // spawns its partner threads (exactly the threads the workload names; no
@@ -814,6 +821,47 @@ void BM_FloorRendezvousPingPong(benchmark::State& state) {
       /*apart=*/true);
 }
 
+// Lamport's single-producer single-consumer ring with cached indices (see
+// floor_spsc_ring): the producer writes slots and `tail`, the consumer
+// `head`, each on lines of their own.
+struct SpscRing {
+  static constexpr int64_t kCap = kBufferCap;
+  alignas(64) std::atomic<int64_t> tail{0};
+  alignas(64) std::atomic<int64_t> head{0};
+  alignas(64) int slots[kCap];
+};
+
+void BM_FloorSpscRing(benchmark::State& state) {
+  RunBatched(
+      state, kItemBatch,
+      [](int64_t n, auto& workers, auto& driver) {
+        auto r = std::make_shared<SpscRing>();
+        workers.push_back([=] {
+          int64_t head_seen = 0;
+          for (int64_t t = 0; t < n; ++t) {
+            for (int64_t k = 0; t - head_seen == SpscRing::kCap; ++k) {
+              head_seen = r->head.load(std::memory_order_acquire);
+              if (t - head_seen == SpscRing::kCap) SpinStep(k);
+            }
+            r->slots[t % SpscRing::kCap] = static_cast<int>(t);
+            r->tail.store(t + 1, std::memory_order_release);
+          }
+        });
+        driver = [=] {
+          int64_t tail_seen = 0;
+          for (int64_t h = 0; h < n; ++h) {
+            for (int64_t k = 0; h == tail_seen; ++k) {
+              tail_seen = r->tail.load(std::memory_order_acquire);
+              if (h == tail_seen) SpinStep(k);
+            }
+            benchmark::DoNotOptimize(r->slots[h % SpscRing::kCap]);
+            r->head.store(h + 1, std::memory_order_release);
+          }
+        };
+      },
+      /*apart=*/true);
+}
+
 bool MayUseTwoCpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -871,6 +919,7 @@ int main(int argc, char** argv) {
     Register("floor_spin_pingpong/raw",
              BM_FloorPollPingPong<SpinStep, /*kApart=*/true>);
     Register("floor_rendezvous_pingpong/raw", BM_FloorRendezvousPingPong);
+    Register("floor_spsc_ring/raw", BM_FloorSpscRing);
   }
 
   benchmark::Initialize(&argc, argv);

@@ -32,13 +32,20 @@ WORKLOADS = [
     ("select_nonblock_ready", "ns/(send+recv)", "ChanSelectNonblockReady"),
 ]
 
-# The hand-off floors (chan_bench floor_*/raw): (workload, what it is).
+# The hand-off floors (chan_bench floor_*/raw): (floor, what it is, the
+# dchan workload it bounds, its unit).
 FLOORS = [
-    ("floor_futex_pingpong", "futex wait/wake hand-off, no spin"),
-    ("floor_yield_pingpong", "sched_yield polling hand-off"),
-    ("floor_spin_pingpong", "pure spin hand-off (two atomics)"),
+    ("floor_futex_pingpong", "futex wait/wake hand-off, no spin",
+     "pingpong", "ns/round trip"),
+    ("floor_yield_pingpong", "sched_yield polling hand-off",
+     "pingpong", "ns/round trip"),
+    ("floor_spin_pingpong", "pure spin hand-off (two atomics)",
+     "pingpong", "ns/round trip"),
     ("floor_rendezvous_pingpong",
-     "spin rendezvous: announce a mailbox, sender fills it"),
+     "spin rendezvous: announce a mailbox, sender fills it",
+     "pingpong", "ns/round trip"),
+    ("floor_spsc_ring", "one producer, one consumer, a bare spinning ring",
+     "buffered_1p1c", "ns/item"),
 ]
 
 PLACEMENTS = [
@@ -110,14 +117,17 @@ def main():
                   f"| {cell(mc)} | {cell(g)} | {ratio(d, m)} "
                   f"| {ratio(d, mc)} | {ratio(d, g)} |")
         print()
-        floors = [(w, what, cpp.get((w, "raw"))) for w, what in FLOORS]
-        if any(e for _, _, e in floors):
-            print("| floor (same run) | ns/round trip | dchan pingpong / floor |")
-            print("|---|---:|---:|")
-            d = cpp.get(("pingpong", "dchan"))
-            for w, what, e in floors:
+        floors = [(w, what, bounds, unit, cpp.get((w, "raw")))
+                  for w, what, bounds, unit in FLOORS]
+        if any(e for *_, e in floors):
+            print("| floor (same run) | unit | floor | dchan workload "
+                  "| dchan / floor |")
+            print("|---|---|---:|---|---:|")
+            for w, what, bounds, unit, e in floors:
+                d = cpp.get((bounds, "dchan"))
                 shown = cell(e) if e else "n/a (needs 2 CPUs)"
-                print(f"| {w}: {what} | {shown} | {ratio(d, e)} |")
+                print(f"| {w}: {what} | {unit} | {shown} | {bounds} "
+                      f"| {ratio(d, e)} |")
             print()
     n = "/".join(str(r) for r in sorted(reps)) or "?"
     print(f"Medians of {n} repetitions, wall time; (±x%) is the coefficient "
