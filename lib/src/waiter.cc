@@ -1,5 +1,9 @@
 #include "dchan/detail/waiter.h"
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include "spin.h"
 
 namespace dchan::detail {
@@ -148,14 +152,18 @@ void ChanCore::unlink(WaitNode* n) noexcept {
   unlock();
 }
 
-void wait_for_turn(const std::atomic<uint64_t>& word, uint64_t value) noexcept {
+void wait_for_turn(uint64_t& word, uint64_t value) noexcept {
   // The other thread is a few instructions from done, unless it was
-  // preempted there: then yield to it (it may share this CPU).
-  for (int i = 0; word.load(std::memory_order_acquire) != value; ++i) {
+  // preempted there: then yield to it (it may share this CPU), and at last
+  // sleep, which lets it run even if it has a lower real-time priority.
+  const std::atomic_ref<uint64_t> turn(word);
+  for (int i = 0; turn.load(std::memory_order_acquire) != value; ++i) {
     if (i < 64) {
       spin_pause();
-    } else {
+    } else if (i < 128) {
       sched_yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
 }

@@ -81,9 +81,9 @@ TEST(Chan, BlockedSendersAreServedInFifoOrderIntoTheBuffer) {
     // Let sender i block before starting i+1, so the queue order is known.
     ASSERT_TRUE(eventually([&] {
       auto* s = detail::state_of(ch);
-      s->lock_.lock();
+      s->lock();
       const std::size_t n = s->sendq_.size();
-      s->lock_.unlock();
+      s->unlock();
       return n == static_cast<std::size_t>(i);
     }));
   }
@@ -114,9 +114,9 @@ TEST(Chan, CloseWakesEveryBlockedReceiver) {
   }
   ASSERT_TRUE(eventually([&] {
     auto* s = detail::state_of(ch);
-    s->lock_.lock();
+    s->lock();
     const std::size_t n = s->recvq_.size();
-    s->lock_.unlock();
+    s->unlock();
     return n == 8;
   }));
   ch.close();
@@ -141,9 +141,9 @@ TEST(Chan, CloseMakesEveryBlockedSenderThrow) {
     }
     ASSERT_TRUE(eventually([&] {
       auto* s = detail::state_of(ch);
-      s->lock_.lock();
+      s->lock();
       const std::size_t n = s->sendq_.size();
-      s->lock_.unlock();
+      s->unlock();
       return n == 8;
     }));
     ch.close();

@@ -246,9 +246,9 @@ TEST(Select, ABlockedSelectWithdrawsItsOtherCasesWhenOneFires) {
   // The select's receive on b is gone: nobody takes a value from b now.
   EXPECT_EQ(b.try_send(2), ChanStatus::kWouldBlock);
   auto* s = detail::state_of(b);
-  s->lock_.lock();
+  s->lock();
   EXPECT_TRUE(s->recvq_.empty());
-  s->lock_.unlock();
+  s->unlock();
 }
 
 TEST(Select, SendAndRecvOnTheSameChannelNeverMatchEachOther) {

@@ -252,9 +252,9 @@ TEST(AsyncRecv, TakesFromABlockedThreadSenderInline) {
   auto* s = detail::state_of(ch);
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   for (;;) {
-    s->lock_.lock();
+    s->lock();
     const bool blocked = !s->sendq_.empty();
-    s->lock_.unlock();
+    s->unlock();
     if (blocked) break;
     ASSERT_LT(std::chrono::steady_clock::now(), deadline);
     std::this_thread::sleep_for(1ms);

@@ -54,9 +54,13 @@
 #ifndef DCHAN_CHAN_H_
 #define DCHAN_CHAN_H_
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <new>
 #include <optional>
@@ -126,18 +130,20 @@ class ChanState final : public ChanCore {
     if (capacity == 0) return;
     // A cell per cache line, so that a sender filling one cell and a
     // receiver emptying the one before write different lines (packed, a
-    // receiver that keeps up took ~4x as long per value) — unless that
-    // would more than double a big ring's memory.
+    // receiver that keeps up took ~4x as long per value), where that costs
+    // little: a small ring, or a cell that nearly fills its lines anyway.
     const std::size_t padded =
         (sizeof(Cell) + kCacheLine - 1) / kCacheLine * kCacheLine;
-    stride_ =
-        padded <= 2 * sizeof(Cell) || capacity <= kPaddedRingBytes / padded
-            ? padded
-            : sizeof(Cell);
-    cells_ = allocate_cells(capacity * stride_);
+    stride_ = capacity <= kPaddedRingBytes / padded ||
+                      4 * (padded - sizeof(Cell)) <= sizeof(Cell)
+                  ? padded
+                  : sizeof(Cell);
+    // Zero-filled: every cell's turn is lap 0's, and a big ring's pages are
+    // only committed as values reach them (as Go's buffer is).
+    cells_ = allocate_zeroed_cells(capacity * stride_);
     const uint64_t first = uint64_t{first_lap} << 32;
-    for (std::size_t i = 0; i < capacity; ++i) {
-      ::new (static_cast<void*>(cells_ + i * stride_)) Cell(first + i);
+    if (first != 0) {
+      for (std::size_t i = 0; i < capacity; ++i) cell(i).turn_word = first;
     }
     enq_.pos.store(first, std::memory_order_relaxed);
     deq_.pos.store(first, std::memory_order_relaxed);
@@ -152,8 +158,7 @@ class ChanState final : public ChanCore {
          d != e; d = next_pos(d)) {
       cell(d).value()->~T();
     }
-    for (std::size_t i = 0; i < cap_; ++i) cell(i).~Cell();
-    free_cells(cells_, cap_ * stride_);
+    free_cells(cells_);
   }
 
   // Go's chansend, without blocking: hands `v` to a waiting receiver or
@@ -200,16 +205,17 @@ class ChanState final : public ChanCore {
     for (;;) {
       if ((e & kPosFlags) != 0) return Fast::kBusy;
       Cell& c = cell_at(enq_, e);
-      const uint64_t seq = c.seq.load(std::memory_order_acquire);
-      if (seq == e) {
+      const uint64_t lap = lap_of(e);
+      const uint64_t turn = c.turn().load(std::memory_order_acquire);
+      if (turn == lap) {
         if (enq_.pos.compare_exchange_weak(e, next_pos(e),
                                            std::memory_order_seq_cst,
                                            std::memory_order_acquire)) {
           ::new (static_cast<void*>(c.storage)) T(std::move(v));
-          c.seq.store(e + 1, std::memory_order_release);
+          c.turn().store(lap + 1, std::memory_order_release);
           return Fast::kDone;
         }
-      } else if (static_cast<int64_t>(seq - e) < 0) {
+      } else if (static_cast<int64_t>(turn - lap) < 0) {
         return Fast::kFull;  // the cell still holds (or hands out) a value
       } else {
         e = enq_.pos.load(std::memory_order_acquire);  // another sender won e
@@ -224,18 +230,19 @@ class ChanState final : public ChanCore {
     for (;;) {
       if ((d & kPosFlags) != 0) return Fast::kBusy;
       Cell& c = cell_at(deq_, d);
-      const uint64_t seq = c.seq.load(std::memory_order_acquire);
-      if (seq == d + 1) {
+      const uint64_t lap = lap_of(d);
+      const uint64_t turn = c.turn().load(std::memory_order_acquire);
+      if (turn == lap + 1) {
         if (deq_.pos.compare_exchange_weak(d, next_pos(d),
                                            std::memory_order_seq_cst,
                                            std::memory_order_acquire)) {
           T* p = c.value();
           out.emplace(std::move(*p));
           p->~T();
-          c.seq.store(d + kLap, std::memory_order_release);
+          c.turn().store(lap + kLap, std::memory_order_release);
           return Fast::kDone;
         }
-      } else if (static_cast<int64_t>(seq - (d + 1)) < 0) {
+      } else if (static_cast<int64_t>(turn - (lap + 1)) < 0) {
         return Fast::kEmpty;  // not written yet (or still being written)
       } else {
         d = deq_.pos.load(std::memory_order_acquire);  // another receiver won d
@@ -244,26 +251,21 @@ class ChanState final : public ChanCore {
   }
 
   // The blocking forms' fast paths: try, and while the buffer is full
-  // (empty) poll its cell for up to poll_limit() pauses before giving up
-  // (false: take the lock). A consumer that keeps up thus takes values as
-  // they land, without the lock, and without queueing to be handed each.
+  // (empty), or a lock holder owns it for a moment, poll for up to
+  // poll_limit() pauses before giving up (false: take the lock). A consumer
+  // that keeps up thus takes values as they land, without the lock, and
+  // without queueing to be handed each. Queued counterparties or a close
+  // are for the lock to settle at once.
   bool send_fast_polling(T& v) noexcept {
     int polls = -1;
     for (;;) {
       const uint64_t e = enq_.pos.load(std::memory_order_acquire);
-      switch (try_send_fast(v)) {
-        case Fast::kDone:
-          return true;
-        case Fast::kBusy:
-        case Fast::kEmpty:
-          return false;
-        case Fast::kFull:
-          break;
-      }
+      if (try_send_fast(v) == Fast::kDone) return true;
+      if ((e & (kPosFlags & ~kOwned)) != 0) return false;
       if (polls < 0) polls = poll_limit();
-      const Cell& c = cell_at(enq_, e);
-      const uint64_t seq = c.seq.load(std::memory_order_relaxed);
-      while (c.seq.load(std::memory_order_relaxed) == seq &&
+      Cell& c = cell_at(enq_, e);
+      const uint64_t turn = c.turn().load(std::memory_order_relaxed);
+      while (c.turn().load(std::memory_order_relaxed) == turn &&
              enq_.pos.load(std::memory_order_relaxed) == e) {
         if (polls-- <= 0) return false;
         spin_pause();
@@ -274,19 +276,12 @@ class ChanState final : public ChanCore {
     int polls = -1;
     for (;;) {
       const uint64_t d = deq_.pos.load(std::memory_order_acquire);
-      switch (try_recv_fast(out)) {
-        case Fast::kDone:
-          return true;
-        case Fast::kBusy:
-        case Fast::kFull:
-          return false;
-        case Fast::kEmpty:
-          break;
-      }
+      if (try_recv_fast(out) == Fast::kDone) return true;
+      if ((d & (kPosFlags & ~kOwned)) != 0) return false;
       if (polls < 0) polls = poll_limit();
-      const Cell& c = cell_at(deq_, d);
-      const uint64_t seq = c.seq.load(std::memory_order_relaxed);
-      while (c.seq.load(std::memory_order_relaxed) == seq &&
+      Cell& c = cell_at(deq_, d);
+      const uint64_t turn = c.turn().load(std::memory_order_relaxed);
+      while (c.turn().load(std::memory_order_relaxed) == turn &&
              deq_.pos.load(std::memory_order_relaxed) == d) {
         // A closed channel's sends are over: its lock path reports it
         // closed and drained (or hands over a send still moving its value).
@@ -300,32 +295,44 @@ class ChanState final : public ChanCore {
   }
 
  private:
+  // A cell of the ring. Its turn word is lap_of(position) while the cell
+  // is free for that position, + 1 once it holds that position's value, and
+  // the next lap's once the value was taken (Vyukov's sequence, less the
+  // index: so a zero-filled cell is free for the first lap).
   struct Cell {
-    explicit Cell(uint64_t s) noexcept : seq(s) {}
     T* value() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
-    std::atomic<uint64_t> seq;
+    std::atomic_ref<uint64_t> turn() noexcept {
+      return std::atomic_ref<uint64_t>(turn_word);
+    }
+    alignas(std::atomic_ref<uint64_t>::required_alignment)
+        uint64_t turn_word;  // only through turn(), once the channel is shared
     alignas(T) unsigned char storage[sizeof(T)];
   };
 
-  // A ring of at most this many bytes gives each cell a line of its own
-  // whatever the padding costs (256 cells of a word-sized T).
-  static constexpr std::size_t kPaddedRingBytes = 16 * 1024;
+  static uint64_t lap_of(uint64_t pos) noexcept { return pos & ~(kLap - 1); }
 
-  static unsigned char* allocate_cells(std::size_t bytes) {
-    if constexpr (alignof(Cell) <= kCacheLine) {
-      return CacheLineAllocator<unsigned char>().allocate(bytes);
-    } else {
-      return static_cast<unsigned char*>(
-          ::operator new(bytes, std::align_val_t(alignof(Cell))));
+  // A ring of at most this many bytes gives each cell a line of its own
+  // whatever the padding costs (128 cells of a word-sized T).
+  static constexpr std::size_t kPaddedRingBytes = 8 * 1024;
+
+  // Zero-filled and aligned to a cache line (see CacheLineAllocator: the
+  // distance back to calloc's block is kept in the byte before). A big
+  // calloc maps fresh zero pages, committed as they are first written.
+  static unsigned char* allocate_zeroed_cells(std::size_t bytes) {
+    constexpr std::size_t kAlign = std::max(kCacheLine, alignof(Cell));
+    static_assert(kAlign <= 255, "the distance back is kept in a byte");
+    if (bytes > std::numeric_limits<std::size_t>::max() - kAlign) {
+      throw std::bad_alloc();
     }
+    auto* raw = static_cast<unsigned char*>(std::calloc(1, bytes + kAlign));
+    if (raw == nullptr) throw std::bad_alloc();
+    const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(raw) + kAlign) &
+                              ~std::uintptr_t{kAlign - 1};
+    unsigned char* p = raw + (at - reinterpret_cast<std::uintptr_t>(raw));
+    p[-1] = static_cast<unsigned char>(p - raw);
+    return p;
   }
-  static void free_cells(unsigned char* p, std::size_t bytes) noexcept {
-    if constexpr (alignof(Cell) <= kCacheLine) {
-      CacheLineAllocator<unsigned char>().deallocate(p, bytes);
-    } else {
-      ::operator delete(p, std::align_val_t(alignof(Cell)));
-    }
-  }
+  static void free_cells(unsigned char* p) noexcept { std::free(p - p[-1]); }
 
   Cell& cell(uint64_t pos) noexcept {
     return *std::launder(
@@ -344,9 +351,9 @@ class ChanState final : public ChanCore {
     const uint64_t e = at & ~kPosFlags;
     Cell& c = cell(e);
     // A fast receive may still be moving the previous lap's value out.
-    wait_for_turn(c.seq, e);
+    wait_for_turn(c.turn_word, lap_of(e));
     ::new (static_cast<void*>(c.storage)) T(std::move(v));
-    c.seq.store(e + 1, std::memory_order_release);
+    c.turn().store(lap_of(e) + 1, std::memory_order_release);
     enq_.pos.store(next_pos(e) | (at & kPosFlags), std::memory_order_relaxed);
   }
 
@@ -356,11 +363,11 @@ class ChanState final : public ChanCore {
     const uint64_t d = at & ~kPosFlags;
     Cell& c = cell(d);
     // A fast send may have won this position and still be moving its value.
-    wait_for_turn(c.seq, d + 1);
+    wait_for_turn(c.turn_word, lap_of(d) + 1);
     T* p = c.value();
     T v(std::move(*p));
     p->~T();
-    c.seq.store(d + kLap, std::memory_order_release);
+    c.turn().store(lap_of(d) + kLap, std::memory_order_release);
     deq_.pos.store(next_pos(d) | (at & kPosFlags), std::memory_order_relaxed);
     return v;
   }

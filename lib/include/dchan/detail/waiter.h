@@ -72,10 +72,11 @@ class Lock {
 class Waiter;
 class ChanCore;
 
-// Waits (spins, then yields) until `word` holds `value`: under a buffered
-// channel's lock, for a fast operation that won its position just before
-// and is still moving its value into or out of that cell.
-void wait_for_turn(const std::atomic<uint64_t>& word, uint64_t value) noexcept;
+// Waits (spins, then yields, then sleeps) until `word` (accessed
+// atomically) holds `value`: under a buffered channel's lock, for a fast
+// operation that won its position just before and is still moving its
+// value into or out of that cell.
+void wait_for_turn(uint64_t& word, uint64_t value) noexcept;
 
 // How many times a buffered channel's fast path polls a full or empty
 // buffer before it takes the lock to wait: the calling thread's spin limit
@@ -380,9 +381,9 @@ class ChanCore {
                  deq_.pos.load(std::memory_order_relaxed)));
   }
 
-  // Without the lock: Go's len(), a value the buffer held at some moment
-  // during the call (or near it: the two positions are read one after the
-  // other).
+  // Without the lock: Go's len(), from the two positions read one after
+  // the other (a count between the buffer's fill at the two reads), within
+  // [0, cap].
   std::size_t buffered_len() const noexcept {
     if (cap_ == 0) return 0;
     const int64_t n = distance(enq_.pos.load(std::memory_order_seq_cst),
