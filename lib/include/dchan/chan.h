@@ -262,13 +262,8 @@ class ChanState final : public ChanCore {
       const uint64_t e = enq_.pos.load(std::memory_order_acquire);
       if (try_send_fast(v) == Fast::kDone) return true;
       if ((e & (kPosFlags & ~kOwned)) != 0) return false;
-      if (polls < 0) polls = poll_limit();
-      Cell& c = cell_at(enq_, e);
-      const uint64_t turn = c.turn().load(std::memory_order_relaxed);
-      while (c.turn().load(std::memory_order_relaxed) == turn &&
-             enq_.pos.load(std::memory_order_relaxed) == e) {
-        if (polls-- <= 0) return false;
-        spin_pause();
+      if (!poll_until_moved(enq_, e, polls, [] { return false; })) {
+        return false;
       }
     }
   }
@@ -278,18 +273,12 @@ class ChanState final : public ChanCore {
       const uint64_t d = deq_.pos.load(std::memory_order_acquire);
       if (try_recv_fast(out) == Fast::kDone) return true;
       if ((d & (kPosFlags & ~kOwned)) != 0) return false;
-      if (polls < 0) polls = poll_limit();
-      Cell& c = cell_at(deq_, d);
-      const uint64_t turn = c.turn().load(std::memory_order_relaxed);
-      while (c.turn().load(std::memory_order_relaxed) == turn &&
-             deq_.pos.load(std::memory_order_relaxed) == d) {
-        // A closed channel's sends are over: its lock path reports it
-        // closed and drained (or hands over a send still moving its value).
-        if ((enq_.pos.load(std::memory_order_relaxed) & kClosedPos) != 0 ||
-            polls-- <= 0) {
-          return false;
-        }
-        spin_pause();
+      // A closed channel's sends are over: its lock path reports it closed
+      // and drained (or hands over a send still moving its value).
+      if (!poll_until_moved(deq_, d, polls, [this] {
+            return (enq_.pos.load(std::memory_order_relaxed) & kClosedPos) != 0;
+          })) {
+        return false;
       }
     }
   }
@@ -310,6 +299,24 @@ class ChanState final : public ChanCore {
   };
 
   static uint64_t lap_of(uint64_t pos) noexcept { return pos & ~(kLap - 1); }
+
+  // For the *_fast_polling forms: polls the cell at `end`'s position `p`
+  // until its turn or the position changes (true: try again), or gives up
+  // (false) once `polls` (the thread's limit, fetched on first use) run out
+  // or `stop()`.
+  template <class Stop>
+  static bool poll_until_moved(BufferEnd& end, uint64_t p, int& polls,
+                               Stop stop) noexcept {
+    if (polls < 0) polls = poll_limit();
+    Cell& c = cell_at(end, p);
+    const uint64_t turn = c.turn().load(std::memory_order_relaxed);
+    while (c.turn().load(std::memory_order_relaxed) == turn &&
+           end.pos.load(std::memory_order_relaxed) == p) {
+      if (stop() || polls-- <= 0) return false;
+      spin_pause();
+    }
+    return true;
+  }
 
   // A ring of at most this many bytes gives each cell a line of its own
   // whatever the padding costs (128 cells of a word-sized T).
