@@ -134,31 +134,31 @@ class ChanState final : public ChanCore {
     // little: a small ring, or a cell that nearly fills its lines anyway.
     const std::size_t padded =
         (sizeof(Cell) + kCacheLine - 1) / kCacheLine * kCacheLine;
-    stride_ = capacity <= kPaddedRingBytes / padded ||
-                      4 * (padded - sizeof(Cell)) <= sizeof(Cell)
-                  ? padded
-                  : sizeof(Cell);
+    const std::size_t stride =
+        capacity <= kPaddedRingBytes / padded ||
+                4 * (padded - sizeof(Cell)) <= sizeof(Cell)
+            ? padded
+            : sizeof(Cell);
     // Zero-filled: every cell's turn is lap 0's, and a big ring's pages are
     // only committed as values reach them (as Go's buffer is).
-    cells_ = allocate_zeroed_cells(capacity * stride_);
+    enq_.cells = deq_.cells = allocate_zeroed_cells(capacity * stride);
+    enq_.stride = deq_.stride = stride;
     const uint64_t first = uint64_t{first_lap} << 32;
     if (first != 0) {
       for (std::size_t i = 0; i < capacity; ++i) cell(i).turn_word = first;
     }
     enq_.pos.store(first, std::memory_order_relaxed);
     deq_.pos.store(first, std::memory_order_relaxed);
-    enq_.cells = deq_.cells = cells_;
-    enq_.stride = deq_.stride = stride_;
   }
 
   ~ChanState() {
-    if (cells_ == nullptr) return;
+    if (enq_.cells == nullptr) return;
     const uint64_t e = enq_.pos.load(std::memory_order_relaxed) & ~kPosFlags;
     for (uint64_t d = deq_.pos.load(std::memory_order_relaxed) & ~kPosFlags;
          d != e; d = next_pos(d)) {
       cell(d).value()->~T();
     }
-    free_cells(cells_);
+    free_cells(enq_.cells);
   }
 
   // Go's chansend, without blocking: hands `v` to a waiting receiver or
@@ -341,12 +341,9 @@ class ChanState final : public ChanCore {
   }
   static void free_cells(unsigned char* p) noexcept { std::free(p - p[-1]); }
 
-  Cell& cell(uint64_t pos) noexcept {
-    return *std::launder(
-        reinterpret_cast<Cell*>(cells_ + (pos & kIndexMask) * stride_));
-  }
-  // The same, through one end's copies of the ring's address and stride
-  // (its own line).
+  // The cell for `pos`, through one end's copies of the ring's address and
+  // stride (that end's own line; the lock holder owns both lines).
+  Cell& cell(uint64_t pos) noexcept { return cell_at(enq_, pos); }
   static Cell& cell_at(const BufferEnd& end, uint64_t pos) noexcept {
     return *std::launder(
         reinterpret_cast<Cell*>(end.cells + (pos & kIndexMask) * end.stride));
@@ -408,9 +405,6 @@ class ChanState final : public ChanCore {
     }
     if (!s->watchq_.empty()) s->wake_watchers_locked();
   }
-
-  unsigned char* cells_ = nullptr;
-  std::size_t stride_ = 0;
 };
 
 // Completes a node claimed by send_locked/recv_locked. No lock held.
