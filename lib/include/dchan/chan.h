@@ -322,9 +322,9 @@ class ChanState final : public ChanCore {
   // whatever the padding costs (128 cells of a word-sized T).
   static constexpr std::size_t kPaddedRingBytes = 8 * 1024;
 
-  // Zero-filled and aligned to a cache line (see CacheLineAllocator: the
-  // distance back to calloc's block is kept in the byte before). A big
-  // calloc maps fresh zero pages, committed as they are first written.
+  // Zero-filled and aligned to a cache line (align_after, as
+  // CacheLineAllocator). A big calloc maps fresh zero pages, committed as
+  // they are first written.
   static unsigned char* allocate_zeroed_cells(std::size_t bytes) {
     constexpr std::size_t kAlign = std::max(kCacheLine, alignof(Cell));
     static_assert(kAlign <= 255, "the distance back is kept in a byte");
@@ -333,13 +333,11 @@ class ChanState final : public ChanCore {
     }
     auto* raw = static_cast<unsigned char*>(std::calloc(1, bytes + kAlign));
     if (raw == nullptr) throw std::bad_alloc();
-    const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(raw) + kAlign) &
-                              ~std::uintptr_t{kAlign - 1};
-    unsigned char* p = raw + (at - reinterpret_cast<std::uintptr_t>(raw));
-    p[-1] = static_cast<unsigned char>(p - raw);
-    return p;
+    return align_after(raw, kAlign);
   }
-  static void free_cells(unsigned char* p) noexcept { std::free(p - p[-1]); }
+  static void free_cells(unsigned char* p) noexcept {
+    std::free(block_start(p));
+  }
 
   // The cell for `pos`, through one end's copies of the ring's address and
   // stride (that end's own line; the lock holder owns both lines).

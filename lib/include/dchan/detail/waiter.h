@@ -88,6 +88,22 @@ int poll_limit() noexcept;
 // that its value may differ between compiler flags, and this is in a header.
 inline constexpr std::size_t kCacheLine = 64;
 
+// Returns the first `align`-aligned address after `raw` (1 to `align` bytes
+// on, for a block from an allocator aligned to at least 2), keeping the
+// distance back in the byte before it; block_start() reads it back.
+// `align` is a power of two of at most 255.
+inline unsigned char* align_after(unsigned char* raw,
+                                  std::size_t align) noexcept {
+  const std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(raw) + align) &
+                            ~std::uintptr_t{align - 1};
+  unsigned char* p = raw + (at - reinterpret_cast<std::uintptr_t>(raw));
+  p[-1] = static_cast<unsigned char>(p - raw);
+  return p;
+}
+inline unsigned char* block_start(unsigned char* p) noexcept {
+  return p - p[-1];
+}
+
 // Allocates for std::allocate_shared at a cache line boundary (a channel's
 // state is laid out in lines, see ChanCore) through the plain operator new:
 // over-aligned new goes through glibc's memalign, which made a channel's
@@ -109,18 +125,10 @@ struct CacheLineAllocator {
       throw std::bad_array_new_length();
     auto* raw =
         static_cast<unsigned char*>(::operator new(n * sizeof(T) + kCacheLine));
-    // operator new aligns to at least __STDCPP_DEFAULT_NEW_ALIGNMENT__, so
-    // the aligned address is 1 to kCacheLine bytes further on.
-    const std::uintptr_t at =
-        (reinterpret_cast<std::uintptr_t>(raw) + kCacheLine) &
-        ~std::uintptr_t{kCacheLine - 1};
-    unsigned char* p = raw + (at - reinterpret_cast<std::uintptr_t>(raw));
-    p[-1] = static_cast<unsigned char>(p - raw);
-    return reinterpret_cast<T*>(p);
+    return reinterpret_cast<T*>(align_after(raw, kCacheLine));
   }
   void deallocate(T* t, std::size_t) noexcept {
-    auto* p = reinterpret_cast<unsigned char*>(t);
-    ::operator delete(p - p[-1]);
+    ::operator delete(block_start(reinterpret_cast<unsigned char*>(t)));
   }
   template <class U>
   bool operator==(const CacheLineAllocator<U>&) const noexcept {
