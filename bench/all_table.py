@@ -161,6 +161,14 @@ SYNC = [
      [("std::mutex", "std_mutex"),
       ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
      "SyncAtomicValueStoreWide", None),
+    ("atomic_value_load_2readers", "ns/op",
+     [("std::mutex", "std_mutex"),
+      ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
+     "SyncAtomicValueLoad2Readers", None),
+    ("atomic_value_load_2readers_wide", "ns/op",
+     [("std::mutex", "std_mutex"),
+      ("atomic<shared_ptr>", "std_atomic_shared_ptr")],
+     "SyncAtomicValueLoad2ReadersWide", None),
 ]
 
 # Remote: (label, unit, dchan benchmark regex, [(baseline label, source,

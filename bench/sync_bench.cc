@@ -26,7 +26,11 @@
 //                         same baselines.
 //   atomic_value_load_wide/*, atomic_value_store_wide/*  the same with a
 //                         32-byte struct, too big for one atomic word: dchan
-//                         then reads and writes through its Left-Right slots.
+//                         then keeps it in a heap object behind a pointer
+//                         (epoch-based reclamation).
+//   atomic_value_load_2readers/*, atomic_value_load_2readers_wide/*  load()
+//                         from two threads at once, no writer: do readers
+//                         scale? Time per load, both threads' loads counted.
 //
 // Multi-thread workloads run batches: each batch starts its threads, waits
 // until they are running, and times on the driver thread from releasing
@@ -82,34 +86,20 @@ void BM_MutexUncontended(benchmark::State& state) {
   benchmark::DoNotOptimize(counter);
 }
 
-// Runs `threads` threads doing `per_thread` lock/increment/unlock each on
-// `mu`. Returns the wall time from release to the last finish, and counts in
-// `*handovers` how often the lock went to a different thread than the one
-// that held it last (a lock that keeps one thread running longer hands over
-// less, and each hand-over moves the lock's lines between CPUs).
-template <class M>
-double RunContended(M& mu, int threads, int64_t per_thread,
-                    int64_t* handovers) {
+// Starts `threads` threads running body(t), waits until all are running,
+// then releases them together. Returns the wall time from the release to
+// the last one finishing.
+template <class Body>
+double RunThreads(int threads, Body body) {
   std::atomic<int> ready{0};
   std::atomic<bool> start{false};
-  int64_t counter = 0;
-  int last_holder = -1;  // guarded by mu
-  int64_t changes = 0;   // guarded by mu
   std::atomic<int64_t> finished_at_ns{0};
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       ready.fetch_add(1);
       while (!start.load(std::memory_order_acquire)) std::this_thread::yield();
-      for (int64_t i = 0; i < per_thread; ++i) {
-        mu.lock();
-        ++counter;
-        if (last_holder != t) {
-          last_holder = t;
-          ++changes;
-        }
-        mu.unlock();
-      }
+      body(t);
       const int64_t now = Clock::now().time_since_epoch().count();
       int64_t prev = finished_at_ns.load();
       while (now > prev && !finished_at_ns.compare_exchange_weak(prev, now)) {
@@ -120,11 +110,36 @@ double RunContended(M& mu, int threads, int64_t per_thread,
   const auto begin = Clock::now();
   start.store(true, std::memory_order_release);
   for (auto& t : pool) t.join();
-  benchmark::DoNotOptimize(counter);
-  *handovers += changes;
   return std::chrono::duration<double>(Clock::duration(finished_at_ns.load()) -
                                        begin.time_since_epoch())
       .count();
+}
+
+// Runs `threads` threads doing `per_thread` lock/increment/unlock each on
+// `mu`. Returns the wall time from release to the last finish, and counts in
+// `*handovers` how often the lock went to a different thread than the one
+// that held it last (a lock that keeps one thread running longer hands over
+// less, and each hand-over moves the lock's lines between CPUs).
+template <class M>
+double RunContended(M& mu, int threads, int64_t per_thread,
+                    int64_t* handovers) {
+  int64_t counter = 0;
+  int last_holder = -1;  // guarded by mu
+  int64_t changes = 0;   // guarded by mu
+  const double seconds = RunThreads(threads, [&](int t) {
+    for (int64_t i = 0; i < per_thread; ++i) {
+      mu.lock();
+      ++counter;
+      if (last_holder != t) {
+        last_holder = t;
+        ++changes;
+      }
+      mu.unlock();
+    }
+  });
+  benchmark::DoNotOptimize(counter);
+  *handovers += changes;
+  return seconds;
 }
 
 template <class M, int kThreads>
@@ -306,7 +321,7 @@ class Writer {
 };
 
 // The values stored: an int64_t (one atomic word: AtomicValue keeps it in a
-// std::atomic), or four of them (AtomicValue's Left-Right slots).
+// std::atomic), or four of them (AtomicValue's heap object behind a pointer).
 struct Wide {
   int64_t a, b, c, d;
 };
@@ -420,8 +435,49 @@ void BM_AtomicSharedPtrStore(benchmark::State& state) {
   for (auto _ : state) p.store(std::make_shared<const V>(make_value<V>(++i)));
 }
 
-// Registers atomic_value_{load,store}<suffix>/{dchan,std_mutex,
-// std_atomic_shared_ptr} for values of type V.
+// AtomicValue load from two threads at once, no writer: whether readers
+// scale (they share the value; ideally they write nothing shared). Time per
+// load, all threads' loads counted (as Go's RunParallel does).
+
+template <class Load>
+void BM_TwoReaders(benchmark::State& state, Load load) {
+  constexpr int kReaders = 2;
+  constexpr int64_t kBatch = 200'000;
+  while (state.KeepRunningBatch(kBatch)) {
+    state.SetIterationTime(RunThreads(kReaders, [&](int) {
+      int64_t sum = 0;
+      for (int64_t i = 0; i < kBatch / kReaders; ++i) sum += load();
+      benchmark::DoNotOptimize(sum);
+    }));
+  }
+}
+
+template <class V>
+void BM_AtomicValueLoad2Readers(benchmark::State& state) {
+  dchan::AtomicValue<V> v;
+  v.store(make_value<V>(1));
+  BM_TwoReaders(state, [&v] { return sum_of(*v.load()); });
+}
+
+template <class V>
+void BM_MutexOptionalLoad2Readers(benchmark::State& state) {
+  std::mutex mu;
+  std::optional<V> value = make_value<V>(1);
+  BM_TwoReaders(state, [&] {
+    std::lock_guard<std::mutex> hold(mu);
+    return sum_of(*value);
+  });
+}
+
+template <class V>
+void BM_AtomicSharedPtrLoad2Readers(benchmark::State& state) {
+  std::atomic<std::shared_ptr<const V>> p(
+      std::make_shared<const V>(make_value<V>(1)));
+  BM_TwoReaders(state, [&p] { return sum_of(*p.load()); });
+}
+
+// Registers atomic_value_{load,store,load_2readers}<suffix>/{dchan,
+// std_mutex,std_atomic_shared_ptr} for values of type V.
 template <class V>
 void RegisterAtomicValue(const std::string& suffix) {
   using Fn = void (*)(benchmark::State&);
@@ -429,12 +485,15 @@ void RegisterAtomicValue(const std::string& suffix) {
     const char* name;
     Fn load;
     Fn store;
+    Fn load_2readers;
   };
   const Variant variants[] = {
-      {"dchan", BM_AtomicValueLoad<V>, BM_AtomicValueStore<V>},
-      {"std_mutex", BM_MutexOptionalLoad<V>, BM_MutexOptionalStore<V>},
+      {"dchan", BM_AtomicValueLoad<V>, BM_AtomicValueStore<V>,
+       BM_AtomicValueLoad2Readers<V>},
+      {"std_mutex", BM_MutexOptionalLoad<V>, BM_MutexOptionalStore<V>,
+       BM_MutexOptionalLoad2Readers<V>},
       {"std_atomic_shared_ptr", BM_AtomicSharedPtrLoad<V>,
-       BM_AtomicSharedPtrStore<V>},
+       BM_AtomicSharedPtrStore<V>, BM_AtomicSharedPtrLoad2Readers<V>},
   };
   for (const char* op : {"load", "store"}) {
     for (const Variant& v : variants) {
@@ -444,6 +503,11 @@ void RegisterAtomicValue(const std::string& suffix) {
                         std::string_view(op) == "load" ? v.load : v.store)
           ->UseRealTime();
     }
+  }
+  for (const Variant& v : variants) {
+    const std::string name =
+        std::string("atomic_value_load_2readers") + suffix + "/" + v.name;
+    RegisterBenchmark(name.c_str(), v.load_2readers)->UseManualTime();
   }
 }
 

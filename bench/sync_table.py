@@ -32,6 +32,8 @@ WORKLOADS = [
     ("atomic_value_store", "SyncAtomicValueStore"),
     ("atomic_value_load_wide", "SyncAtomicValueLoadWide"),
     ("atomic_value_store_wide", "SyncAtomicValueStoreWide"),
+    ("atomic_value_load_2readers", "SyncAtomicValueLoad2Readers"),
+    ("atomic_value_load_2readers_wide", "SyncAtomicValueLoad2ReadersWide"),
 ]
 
 PLACEMENTS = [

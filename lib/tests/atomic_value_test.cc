@@ -246,6 +246,130 @@ TEST(AtomicValue, ReadersDoNotWaitForAWriterInProgress) {
   expect_readers_do_not_wait_for_a_writer_in_progress<GatedWide>();
 }
 
+// A value (too wide for one atomic word) that counts its live instances.
+struct Counted {
+  static inline std::atomic<int> live{0};
+  int64_t id = 0;
+  std::array<int64_t, 4> padding{};
+  explicit Counted(int64_t i) : id(i) { ++live; }
+  Counted(const Counted& other) : id(other.id) { ++live; }
+  Counted(Counted&& other) noexcept : id(other.id) { ++live; }
+  Counted& operator=(const Counted&) = delete;
+  ~Counted() { --live; }
+};
+static_assert(!detail::kWordValue<Counted>);
+
+// A replaced value is destroyed once no load() can still be copying it: by
+// its own store when no thread is loading; while loads run, in batches (of
+// detail::kReclaimBatch), so at the latest kReclaimBatch stores after the
+// readers stopped. The last handle destroys the current one.
+TEST(AtomicValue, ReplacedValuesAreDestroyedOnceNoReaderCanHoldThem) {
+  ASSERT_EQ(Counted::live.load(), 0);
+  {
+    AtomicValue<Counted> v;
+    for (int i = 0; i < 100; ++i) {
+      v.store(Counted(i));
+      ASSERT_EQ(Counted::live.load(), 1) << "after store " << i;
+    }
+    EXPECT_EQ(v.swap(Counted(100))->id, 99);
+    EXPECT_EQ(Counted::live.load(), 1);
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> readers;
+    for (int r = 0; r < 3; ++r) {
+      readers.emplace_back([&, v] {
+        while (!stop.load(std::memory_order_relaxed)) {
+          if (v.load()->id < 100) {
+            ADD_FAILURE() << "an older value came back";
+          }
+        }
+      });
+    }
+    for (int i = 101; i < 10'000; ++i) v.store(Counted(i));
+    stop = true;
+    for (auto& t : readers) t.join();
+    for (size_t i = 0; i < detail::kReclaimBatch; ++i) {
+      v.store(Counted(10'000));
+    }
+    EXPECT_EQ(Counted::live.load(), 1);
+  }
+  EXPECT_EQ(Counted::live.load(), 0);
+}
+
+// A wide value whose copy constructor can be held, optionally after
+// loading another AtomicValue (a read section nested in the load's own).
+// `source_alive` tells whether the object it copies was still alive after
+// the hold (in an ASan build a freed one is also reported as a use after
+// free).
+std::atomic<bool> g_hold_copy{false};
+std::atomic<bool> g_in_copy{false};
+std::atomic<bool> g_release_copy{false};
+AtomicValue<std::string>* g_nested = nullptr;
+
+struct HeldCopy {
+  static constexpr uint64_t kAlive = 0xa11fe;
+  static constexpr uint64_t kDead = 0xdead;
+  int64_t id = 0;
+  uint64_t magic = kAlive;
+  bool source_alive = true;
+  std::array<int64_t, 4> padding{};
+  explicit HeldCopy(int64_t i) : id(i) {}
+  HeldCopy(const HeldCopy& other) : id(other.id) {
+    if (g_hold_copy.exchange(false)) {
+      if (g_nested != nullptr) {
+        EXPECT_EQ(g_nested->load(), "inner");
+      }
+      g_in_copy = true;
+      while (!g_release_copy.load()) std::this_thread::yield();
+    }
+    source_alive = other.magic == kAlive;
+  }
+  HeldCopy(HeldCopy&& other) noexcept
+      : id(other.id), source_alive(other.source_alive) {}
+  HeldCopy& operator=(const HeldCopy&) = delete;
+  ~HeldCopy() { magic = kDead; }
+  bool operator==(const HeldCopy& other) const { return id == other.id; }
+};
+static_assert(!detail::kWordValue<HeldCopy>);
+
+void expect_writers_do_not_wait_for_a_reader_in_progress(bool nested) {
+  AtomicValue<std::string> inner;
+  inner.store("inner");
+  g_nested = nested ? &inner : nullptr;
+  g_in_copy = false;
+  g_release_copy = false;
+  AtomicValue<HeldCopy> v;
+  v.store(HeldCopy(1));
+  g_hold_copy = true;
+  std::future<HeldCopy> read =
+      std::async(std::launch::async, [v] { return *v.load(); });
+  while (!g_in_copy.load()) std::this_thread::yield();
+  // The reader is inside load(), copying value 1: writers still go on.
+  std::future<void> write = std::async(std::launch::async, [v]() mutable {
+    v.store(HeldCopy(2));
+    v.store(HeldCopy(3));
+    EXPECT_TRUE(v.compare_and_swap(HeldCopy(3), HeldCopy(4)));
+  });
+  const bool wrote = write.wait_for(5s) == std::future_status::ready;
+  g_release_copy = true;
+  write.get();
+  const HeldCopy got = read.get();
+  ASSERT_TRUE(wrote) << "a store waited for the reader";
+  EXPECT_EQ(got.id, 1);
+  EXPECT_TRUE(got.source_alive) << "value 1 was destroyed while copied";
+  EXPECT_EQ(v.load()->id, 4);
+  g_nested = nullptr;
+}
+
+TEST(AtomicValue, WritersDoNotWaitForAReaderInProgress) {
+  expect_writers_do_not_wait_for_a_reader_in_progress(/*nested=*/false);
+}
+
+// A load inside T's copy (another AtomicValue's) ends its own read section,
+// not the outer load's: the value being copied stays alive.
+TEST(AtomicValue, ALoadNestedInACopyKeepsTheOuterValueAlive) {
+  expect_writers_do_not_wait_for_a_reader_in_progress(/*nested=*/true);
+}
+
 TEST(AtomicValue, LocalAtomicValueIsNotRemote) {
   EXPECT_FALSE(AtomicValue<int>().is_remote());
 }

@@ -168,6 +168,33 @@ func benchLoad(b *testing.B, value func(int64) any) {
 	_ = sum
 }
 
+// Load from two goroutines at once, no writer: do readers scale? ns/op
+// counts both goroutines' loads (as dchan's _2readers rows do).
+func BenchmarkSyncAtomicValueLoad2Readers(b *testing.B) { benchTwoReaders(b, int64Value) }
+func BenchmarkSyncAtomicValueLoad2ReadersWide(b *testing.B) {
+	benchTwoReaders(b, wideValue)
+}
+
+func benchTwoReaders(b *testing.B, value func(int64) any) {
+	var v atomic.Value
+	v.Store(value(1))
+	const readers = 2
+	var wg sync.WaitGroup
+	wg.Add(readers)
+	b.ResetTimer()
+	for r := 0; r < readers; r++ {
+		go func(n int) {
+			var sum int64
+			for i := 0; i < n; i++ {
+				sum += sumOf(v.Load())
+			}
+			atomic.AddInt64(&sinkInt, sum)
+			wg.Done()
+		}(b.N / readers)
+	}
+	wg.Wait()
+}
+
 // Store while another goroutine loads continuously.
 func BenchmarkSyncAtomicValueStore(b *testing.B)     { benchStore(b, int64Value) }
 func BenchmarkSyncAtomicValueStoreWide(b *testing.B) { benchStore(b, wideValue) }

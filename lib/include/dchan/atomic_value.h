@@ -18,18 +18,21 @@
 // no wider than a pointer and fits a lock-free std::atomic<T> (integers,
 // pointers, double, small structs of them) is kept in one: a load() is two
 // plain loads (a "stored yet" flag, then the value), a store() an exchange
-// under the writers' mutex. Any other T uses the Left-Right technique
-// (Ramalhete and Correia, 2015): the state keeps two slots. Readers only read
-// the slot that left_right_ points at, after announcing themselves on one of
-// two reader counters; they never wait for anything (load() is wait-free: two
-// counter updates and a copy of T). A writer (writers take turns on a mutex)
-// builds the new value in the other slot, which no reader is reading, then
-// flips left_right_ so that new readers read it, then waits until every reader
-// that may still read the old slot has left (flipping between the two counters
-// so that a stream of new readers cannot keep it waiting), and only then moves
-// the old value out of its slot. So a value is never written while a reader
-// copies it, and a reader never waits for a writer; writers wait for the
-// readers in flight (as long as a copy of T takes).
+// under the writers' mutex. Any other T lives in a heap object behind an
+// atomic pointer, as Go's atomic.Value holds an interface: a store() builds a
+// new object and swaps the pointer (writers take turns on a mutex), so an
+// object is never written while readers may copy it. A load() marks a read
+// section in the calling thread's own record (one store to a cache line no
+// other thread writes), loads the pointer and copies the object; it never
+// waits for anything, and readers share no line but the pointer's, so they
+// scale with their number. The replaced object is freed by epoch-based
+// reclamation (see dchan/detail/epoch.h) once no reader can still be copying
+// it: a writer never waits for readers either; a reader preempted while
+// copying only delays freeing. A replaced value is destroyed by the store()
+// that replaced it when no thread is inside a load() at that moment;
+// otherwise by a later store() (stores that find loads running free values
+// in batches of 8) or with the last handle. Its destructor runs on that
+// writer's thread, after the writers' mutex is released.
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before
@@ -55,17 +58,19 @@
 
 #include <atomic>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "dchan/codec.h"
-#include "dchan/detail/futex.h"
+#include "dchan/detail/epoch.h"
 #include "dchan/detail/remote.h"
 #include "dchan/error.h"
 
@@ -76,76 +81,108 @@ class AtomicValue;
 
 namespace detail {
 
-// The shared state of an AtomicValue<T>: Left-Right over two optional<T>.
+// While loads run concurrently with stores, an AtomicValue<T> kept behind a
+// pointer frees replaced values in batches of this many (see
+// AtomicValueState::publish_locked); otherwise at once.
+inline constexpr size_t kReclaimBatch = 8;
+
+// The shared state of an AtomicValue<T> for any T: the value is a heap
+// object behind an atomic pointer, replaced whole by writers and freed by
+// epoch-based reclamation (dchan/detail/epoch.h), as Go's atomic.Value keeps
+// an interface pointer and leaves the old object to the garbage collector.
 template <class T>
 class AtomicValueState {
  public:
-  std::optional<T> load() const {
-    const uint32_t vi = version_.load(std::memory_order_seq_cst);
-    readers_[vi].count.fetch_add(1, std::memory_order_seq_cst);
-    struct Depart {
-      std::atomic<int64_t>& count;
-      ~Depart() { count.fetch_sub(1, std::memory_order_release); }
-    } depart{readers_[vi].count};
-    return slot_[left_right_.load(std::memory_order_seq_cst)];
+  AtomicValueState() = default;
+  AtomicValueState(const AtomicValueState&) = delete;
+  AtomicValueState& operator=(const AtomicValueState&) = delete;
+  // No reader is left: each holds a handle, and so this state.
+  ~AtomicValueState() {
+    delete value_.load(std::memory_order_relaxed);
+    for (const Retired& r : retired_) delete r.value;
   }
 
-  // Publishes `v`; returns the value it replaced. Blocks on other writers and
-  // on readers of the previous value.
-  std::optional<T> swap(T v) {
+  std::optional<T> load() const {
+    EpochReadSection reading;
+    const T* v = value_.load(std::memory_order_seq_cst);
+    if (v == nullptr) return std::nullopt;
+    return std::optional<T>(std::in_place, *v);
+  }
+
+  void store(T v) {
+    auto fresh = std::make_unique<const T>(std::move(v));
+    Freed freed;
     std::lock_guard<std::mutex> hold(writers_mu_);
-    return publish_locked(std::move(v));
+    publish_locked(std::move(fresh), freed);
+  }
+
+  // Publishes `v`; returns a copy of the value it replaced (readers may
+  // still be copying that one, so it cannot be moved from).
+  std::optional<T> swap(T v) {
+    auto fresh = std::make_unique<const T>(std::move(v));
+    Freed freed;
+    std::lock_guard<std::mutex> hold(writers_mu_);
+    std::optional<T> old;
+    // Only writers change the pointer, and they are excluded.
+    if (const T* cur = value_.load(std::memory_order_relaxed)) {
+      old.emplace(*cur);
+    }
+    publish_locked(std::move(fresh), freed);
+    return old;
   }
 
   bool compare_and_swap(const T& old, T desired) {
+    Freed freed;
     std::lock_guard<std::mutex> hold(writers_mu_);
-    // Writers are excluded and readers only read, so reading the live slot
-    // here races with nothing.
-    const std::optional<T>& cur =
-        slot_[left_right_.load(std::memory_order_relaxed)];
-    if (!cur.has_value() || !(*cur == old)) return false;
-    publish_locked(std::move(desired));
+    const T* cur = value_.load(std::memory_order_relaxed);
+    if (cur == nullptr || !(*cur == old)) return false;
+    publish_locked(std::make_unique<const T>(std::move(desired)), freed);
     return true;
   }
 
  private:
-  std::optional<T> publish_locked(T&& v) {
-    const uint32_t live = left_right_.load(std::memory_order_relaxed);
-    // No reader reads the other slot: readers that chose it before the last
-    // flip were drained by the previous writer.
-    slot_[1 - live].emplace(std::move(v));
-    left_right_.store(1 - live, std::memory_order_seq_cst);
-    // Wait for every reader that may still read slot_[live]: first those on
-    // the idle counter, then flip new readers to it and wait for the rest.
-    const uint32_t prev = version_.load(std::memory_order_relaxed);
-    wait_for_readers(1 - prev);
-    version_.store(1 - prev, std::memory_order_seq_cst);
-    wait_for_readers(prev);
-    std::optional<T> old = std::move(slot_[live]);
-    slot_[live].reset();
-    return old;
-  }
-
-  void wait_for_readers(uint32_t vi) const {
-    for (int spins = 0; readers_[vi].count.load(std::memory_order_acquire) != 0;
-         ++spins) {
-      if (spins < 64) {
-        spin_pause();
-      } else {
-        std::this_thread::yield();  // a reader may have been preempted
-      }
-    }
-  }
-
-  struct alignas(64) ReaderCount {
-    mutable std::atomic<int64_t> count{0};
+  struct Retired {
+    const T* value;
+    uint64_t tag;  // epoch_retire_tag() when it was replaced
   };
 
-  ReaderCount readers_[2];
-  alignas(64) std::atomic<uint32_t> version_{0};  // counter new readers use
-  std::atomic<uint32_t> left_right_{0};           // slot readers read
-  std::optional<T> slot_[2];                      // see the class comment
+  // Objects no reader can hold any more. Declared before the writers' lock,
+  // so they are deleted after it is released (T's destructor may store to
+  // this AtomicValue again).
+  struct Freed {
+    absl::InlinedVector<const T*, 8> objects;
+    ~Freed() {
+      for (const T* object : objects) delete object;
+    }
+  };
+
+  // Publishes `fresh` and retires the value it replaces; moves what no
+  // reader can hold any more to `freed`.
+  void publish_locked(std::unique_ptr<const T> fresh, Freed& freed) {
+    // Nothing may throw once the pointer is swapped.
+    retired_.reserve(retired_.size() + 1);
+    freed.objects.reserve(retired_.size() + 1);
+    const T* old = value_.exchange(fresh.release(), std::memory_order_seq_cst);
+    if (old == nullptr) return;
+    retired_.push_back({old, epoch_retire_tag()});
+    // Scanning reads every reading thread's record line, and advancing the
+    // epoch writes a line every load reads: while loads run (the last scan
+    // saw some), scan once per kReclaimBatch retired values.
+    if (loads_seen_ && retired_.size() < kReclaimBatch) return;
+    const uint64_t bound = epoch_reclaim_bound();
+    loads_seen_ = bound != UINT64_MAX;
+    std::erase_if(retired_, [&](const Retired& r) {
+      if (r.tag >= bound) return false;
+      freed.objects.push_back(r.value);  // fits: reserved above
+      return true;
+    });
+  }
+
+  std::atomic<const T*> value_{nullptr};
   std::mutex writers_mu_;
+  // Guarded by writers_mu_:
+  std::vector<Retired> retired_;  // replaced, maybe still being copied
+  bool loads_seen_ = false;       // the last scan saw a thread reading
 };
 
 // The shared state of an AtomicValue<T> whose T fits a lock-free atomic
@@ -161,6 +198,8 @@ class AtomicWordState {
     }
     return value_.load(std::memory_order_seq_cst);
   }
+
+  void store(T v) { swap(v); }
 
   // The first store writes the value, then marks it stored: that mark is
   // the moment it takes effect (readers see nothing before it).
@@ -231,8 +270,10 @@ class AtomicValue {
   ~AtomicValue() = default;
 
   // A copy of the value most recently stored, or std::nullopt before the
-  // first store. Local: never blocks (wait-free); throws only what copying T
-  // throws. Remote: asks the broker; throws as described above.
+  // first store. Local: never blocks (wait-free); throws what copying T
+  // throws, and std::bad_alloc on a thread's first load of a T not kept in
+  // one atomic word (its reclamation record). Not async-signal-safe. Remote:
+  // asks the broker; throws as described above.
   std::optional<T> load() const {
     if (state_ == nullptr) [[unlikely]] {
       return remote_load();
@@ -240,20 +281,22 @@ class AtomicValue {
     return state_->load();
   }
 
-  // Replaces the value with `v`. Local: blocks on concurrent writers and
-  // until the readers still copying the previous value are done (a writer
-  // never makes a reader wait); never throws (beyond std::system_error from
-  // std::mutex). Remote: returns once the broker stored it; throws
-  // kUnavailable.
+  // Replaces the value with `v`. Local: blocks on concurrent writers only
+  // (never on readers, and a writer never makes a reader wait); throws
+  // std::bad_alloc (a T not kept in one atomic word is allocated) and
+  // std::system_error from std::mutex. Remote: returns once the broker
+  // stored it; throws kUnavailable.
   void store(T v) {
     if (state_ == nullptr) [[unlikely]] {
       remote_->swap(encode(v));  // the old bytes are not decoded
       return;
     }
-    state_->swap(std::move(v));
+    state_->store(std::move(v));
   }
 
-  // As store(), and returns the previous value (std::nullopt if none).
+  // As store(), and returns the previous value (std::nullopt if none): a
+  // copy of it, for a T not kept in one atomic word (readers may still be
+  // copying the replaced object, so it is not moved from).
   std::optional<T> swap(T v) {
     if (state_ == nullptr) [[unlikely]] {
       return remote_swap(v);

@@ -1,0 +1,120 @@
+// Epoch-based reclamation: the record registry and the writers' scan (see
+// dchan/detail/epoch.h).
+#include "dchan/detail/epoch.h"
+
+#include <pthread.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+namespace dchan::detail {
+
+std::atomic<uint64_t> g_epoch{0};
+
+namespace {
+
+// Every record ever made, newest first. Records are never freed: a thread
+// that exits leaves its record for the next thread that reads.
+std::atomic<EpochRecord*> g_records{nullptr};
+
+// Returns the exiting thread's record to the registry. Runs after the
+// thread's C++ thread_local destructors; a read section one of them (or a
+// later key destructor) opens acquires a record again, which the next
+// round of key destructors releases.
+void release_record(void* p) {
+  auto* r = static_cast<EpochRecord*>(p);
+  r->word.store(0, std::memory_order_relaxed);
+  t_epoch.record = nullptr;
+  r->in_use.store(false, std::memory_order_release);
+}
+
+// In a forked child only the forking thread lives on: the others' records
+// would stay in use, and one caught inside a read section would stop the
+// epoch for good.
+void release_other_threads_records() {
+  for (EpochRecord* r = g_records.load(std::memory_order_acquire); r != nullptr;
+       r = r->next) {
+    if (r == t_epoch.record) continue;
+    r->word.store(0, std::memory_order_relaxed);
+    r->in_use.store(false, std::memory_order_release);
+  }
+}
+
+pthread_key_t record_key() {
+  static const pthread_key_t key = [] {
+    pthread_key_t k;
+    if (pthread_key_create(&k, release_record) != 0 ||
+        pthread_atfork(nullptr, nullptr, release_other_threads_records) != 0) {
+      std::abort();  // out of keys (PTHREAD_KEYS_MAX) or memory at start
+    }
+    return k;
+  }();
+  return key;
+}
+
+}  // namespace
+
+EpochRecord* acquire_epoch_record() {
+  const pthread_key_t key = record_key();
+  EpochRecord* r = nullptr;
+  for (EpochRecord* c = g_records.load(std::memory_order_acquire); c != nullptr;
+       c = c->next) {
+    bool free = false;
+    if (!c->in_use.load(std::memory_order_relaxed)) {
+      if (c->in_use.compare_exchange_strong(free, true,
+                                            std::memory_order_acquire)) {
+        r = c;
+        break;
+      }
+    }
+  }
+  if (r == nullptr) {
+    r = new EpochRecord;  // in use
+    EpochRecord* head = g_records.load(std::memory_order_relaxed);
+    do {
+      r->next = head;
+    } while (!g_records.compare_exchange_weak(
+        head, r, std::memory_order_release, std::memory_order_relaxed));
+  }
+  if (pthread_setspecific(key, r) != 0) {
+    r->in_use.store(false, std::memory_order_release);
+    throw std::bad_alloc();
+  }
+  t_epoch.record = r;
+  return r;
+}
+
+uint64_t epoch_reclaim_bound() noexcept {
+  uint64_t epoch = g_epoch.load(std::memory_order_seq_cst);
+  bool reading = false;
+  bool all_current = true;
+  for (EpochRecord* r = g_records.load(std::memory_order_acquire); r != nullptr;
+       r = r->next) {
+    const uint64_t word = r->word.load(std::memory_order_seq_cst);
+    if ((word & 1) == 0) continue;
+    reading = true;
+    if ((word >> 1) != epoch) all_current = false;
+  }
+  if (!reading) return UINT64_MAX;
+  if (all_current) {
+    // On failure `epoch` becomes the epoch another writer advanced to.
+    if (g_epoch.compare_exchange_strong(epoch, epoch + 1,
+                                        std::memory_order_seq_cst)) {
+      ++epoch;
+    }
+  }
+  // Retired with tag t: free once the epoch reached t + 2.
+  return epoch == 0 ? 0 : epoch - 1;
+}
+
+int epoch_record_count() noexcept {
+  int n = 0;
+  for (EpochRecord* r = g_records.load(std::memory_order_acquire); r != nullptr;
+       r = r->next) {
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace dchan::detail
