@@ -21,10 +21,11 @@ std::atomic<EpochRecord*> g_records{nullptr};
 // Returns the exiting thread's record to the registry. Runs after the
 // thread's C++ thread_local destructors; a read section one of them (or a
 // later key destructor) opens acquires a record again, which the next
-// round of key destructors releases.
+// round of key destructors releases (a record acquired after the last of
+// PTHREAD_DESTRUCTOR_ITERATIONS rounds stays in use: quiescent, harmless).
 void release_record(void* p) {
   auto* r = static_cast<EpochRecord*>(p);
-  r->word.store(0, std::memory_order_relaxed);
+  r->word.store(0, std::memory_order_release);
   t_epoch.record = nullptr;
   r->in_use.store(false, std::memory_order_release);
 }
@@ -89,7 +90,7 @@ uint64_t epoch_reclaim_bound() noexcept {
   uint64_t epoch = g_epoch.load(std::memory_order_seq_cst);
   bool reading = false;
   bool all_current = true;
-  for (EpochRecord* r = g_records.load(std::memory_order_acquire); r != nullptr;
+  for (EpochRecord* r = g_records.load(std::memory_order_seq_cst); r != nullptr;
        r = r->next) {
     const uint64_t word = r->word.load(std::memory_order_seq_cst);
     if ((word & 1) == 0) continue;

@@ -134,7 +134,7 @@ void expect_readers_see_whole_values_in_order(Make make, Seq seq, Whole whole) {
 }
 
 TEST(AtomicValue, ReadersUnderAConcurrentWriterSeeWholeValuesInOrder) {
-  static_assert(!detail::kWordValue<Wide>, "meant for the Left-Right slots");
+  static_assert(!detail::kWordValue<Wide>, "meant for the heap object");
   expect_readers_see_whole_values_in_order<Wide>(
       [](int64_t n) { return Wide::of(static_cast<uint64_t>(n)); },
       [](const Wide& w) { return static_cast<int64_t>(w.words[0]); },
@@ -152,7 +152,7 @@ TEST(AtomicValue, AWordSizedValueIsReadWholeAndInOrderUnderAWriter) {
 
 // Trivially copyable types that std::atomic would reject (no move
 // assignment) or that may not be lock-free without libatomic (wider than a
-// pointer) keep the Left-Right slots, and work.
+// pointer) live behind the pointer, and work.
 struct NoMoveAssign {
   int x = 0;
   NoMoveAssign() = default;
@@ -202,7 +202,7 @@ std::atomic<bool> g_block_compare{false};
 std::atomic<bool> g_in_compare{false};
 std::atomic<bool> g_release_compare{false};
 
-// Kept in an atomic word (Gated) or in the Left-Right slots (GatedWide).
+// Kept in an atomic word (Gated) or behind the pointer (GatedWide).
 struct Gated {
   int value = 0;
   bool operator==(const Gated& other) const {
@@ -368,6 +368,55 @@ TEST(AtomicValue, WritersDoNotWaitForAReaderInProgress) {
 // not the outer load's: the value being copied stays alive.
 TEST(AtomicValue, ALoadNestedInACopyKeepsTheOuterValueAlive) {
   expect_writers_do_not_wait_for_a_reader_in_progress(/*nested=*/true);
+}
+
+// A value whose destructor stores to the AtomicValue that held it: the
+// replaced value is destroyed after the writers' mutex is released, so the
+// nested store does not deadlock. Each Trigger's destructor stores a value
+// with the next Trigger, then replaces that one too: a chain of 50 nested
+// stores.
+struct Chained;
+std::atomic<int> g_triggers_fired{0};
+struct Trigger {
+  Trigger(AtomicValue<Chained>* h, int64_t n) : home(h), next(n) {}
+  Trigger(const Trigger&) = delete;
+  ~Trigger();
+  AtomicValue<Chained>* home;
+  int64_t next;
+};
+struct Chained {
+  int64_t id = 0;
+  std::shared_ptr<Trigger> trigger;  // one owner: the stored value
+};
+Trigger::~Trigger() {
+  ++g_triggers_fired;
+  if (next > 50) return;
+  home->store(Chained{next, std::make_shared<Trigger>(home, next + 1)});
+  home->store(Chained{-next, nullptr});
+}
+
+TEST(AtomicValue, AReplacedValuesDestructorMayStoreToTheSameValue) {
+  g_triggers_fired = 0;
+  AtomicValue<Chained> v;
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    v.store(Chained{0, std::make_shared<Trigger>(&v, 1)});
+    v.store(Chained{-1000, nullptr});  // destroys Trigger 1, which stores...
+    done = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!done.load() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  if (!done.load()) {
+    writer.detach();  // deadlocked on the writers' mutex
+    FAIL() << "a destructor's store deadlocked";
+  }
+  writer.join();
+  EXPECT_EQ(g_triggers_fired.load(), 51);
+  // Each replaced Trigger fired inside the store that replaced it, after
+  // that store's own work: the innermost one's store came last.
+  EXPECT_EQ(v.load()->id, -50);
 }
 
 TEST(AtomicValue, LocalAtomicValueIsNotRemote) {

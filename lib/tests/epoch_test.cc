@@ -1,5 +1,8 @@
 #include "dchan/detail/epoch.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdint>
 #include <thread>
@@ -86,6 +89,20 @@ TEST(Epoch, ConcurrentReadersHaveRecordsOfTheirOwn) {
   EXPECT_GE(epoch_record_count(), 8);
   for (Reader* r : readers) delete r;
   EXPECT_LT(tag, epoch_reclaim_bound());
+}
+
+// In a forked child only the forking thread lives on: a record another
+// thread held open in the parent must not stop reclamation there.
+TEST(Epoch, AForkedChildForgetsTheParentsOtherReaders) {
+  Reader reader;
+  ASSERT_NE(epoch_reclaim_bound(), UINT64_MAX);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(epoch_reclaim_bound() == UINT64_MAX ? 0 : 1);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child still saw a reader";
 }
 
 }  // namespace

@@ -24,15 +24,18 @@
 // object is never written while readers may copy it. A load() marks a read
 // section in the calling thread's own record (one store to a cache line no
 // other thread writes), loads the pointer and copies the object; it never
-// waits for anything, and readers share no line but the pointer's, so they
-// scale with their number. The replaced object is freed by epoch-based
-// reclamation (see dchan/detail/epoch.h) once no reader can still be copying
-// it: a writer never waits for readers either; a reader preempted while
-// copying only delays freeing. A replaced value is destroyed by the store()
-// that replaced it when no thread is inside a load() at that moment;
-// otherwise by a later store() (stores that find loads running free values
-// in batches of 8) or with the last handle. Its destructor runs on that
-// writer's thread, after the writers' mutex is released.
+// waits for anything. Readers write nothing another thread reads often and
+// share only read-mostly lines (the pointer's, and the reclamation epoch,
+// which stores advance), so they scale with their number. The replaced object
+// is freed by epoch-based reclamation (see dchan/detail/epoch.h) once no reader
+// can still be copying it: a writer never waits for readers either; a reader
+// preempted while copying only delays freeing. A replaced value is destroyed by
+// the store() that replaced it when no thread in the process is inside a load()
+// of any such AtomicValue, and this AtomicValue's previous store found none
+// either; otherwise by a later store() (while loads run, stores free values in
+// batches of 8) or with the last handle. Its destructor runs on that
+// writer's thread, after the writers' mutex is released, so it may store to
+// this AtomicValue again.
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before
@@ -56,12 +59,14 @@
 #ifndef DCHAN_ATOMIC_VALUE_H_
 #define DCHAN_ATOMIC_VALUE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -160,22 +165,32 @@ class AtomicValueState {
   // reader can hold any more to `freed`.
   void publish_locked(std::unique_ptr<const T> fresh, Freed& freed) {
     // Nothing may throw once the pointer is swapped.
-    retired_.reserve(retired_.size() + 1);
-    freed.objects.reserve(retired_.size() + 1);
+    if (retired_.size() == retired_.capacity()) {
+      retired_.reserve(std::max<size_t>(2 * retired_.capacity(), 8));
+    }
     const T* old = value_.exchange(fresh.release(), std::memory_order_seq_cst);
     if (old == nullptr) return;
     retired_.push_back({old, epoch_retire_tag()});
     // Scanning reads every reading thread's record line, and advancing the
     // epoch writes a line every load reads: while loads run (the last scan
     // saw some), scan once per kReclaimBatch retired values.
-    if (loads_seen_ && retired_.size() < kReclaimBatch) return;
+    if (loads_seen_ && ++retired_since_scan_ < kReclaimBatch) return;
+    retired_since_scan_ = 0;
     const uint64_t bound = epoch_reclaim_bound();
     loads_seen_ = bound != UINT64_MAX;
-    std::erase_if(retired_, [&](const Retired& r) {
-      if (r.tag >= bound) return false;
-      freed.objects.push_back(r.value);  // fits: reserved above
-      return true;
-    });
+    // Tags never decrease (writers take turns; the epoch only grows), so
+    // what may be freed is a prefix.
+    size_t n = 0;
+    while (n < retired_.size() && retired_[n].tag < bound) ++n;
+    if (n > freed.objects.capacity()) {
+      try {
+        freed.objects.reserve(n);
+      } catch (const std::bad_alloc&) {
+        return;  // freed by a later store, or with the last handle
+      }
+    }
+    for (size_t i = 0; i < n; ++i) freed.objects.push_back(retired_[i].value);
+    retired_.erase(retired_.begin(), retired_.begin() + n);
   }
 
   std::atomic<const T*> value_{nullptr};
@@ -183,6 +198,7 @@ class AtomicValueState {
   // Guarded by writers_mu_:
   std::vector<Retired> retired_;  // replaced, maybe still being copied
   bool loads_seen_ = false;       // the last scan saw a thread reading
+  size_t retired_since_scan_ = 0;
 };
 
 // The shared state of an AtomicValue<T> whose T fits a lock-free atomic

@@ -74,8 +74,9 @@ class EpochReadSection {
         r = acquire_epoch_record();
       }
       // The announcement must be visible before this thread loads any
-      // published pointer: both are sequentially consistent.
-      r->word.store((g_epoch.load(std::memory_order_relaxed) << 1) | 1,
+      // published pointer: both are sequentially consistent (and so is the
+      // epoch's load, which keeps it no newer than the epoch then).
+      r->word.store((g_epoch.load(std::memory_order_seq_cst) << 1) | 1,
                     std::memory_order_seq_cst);
     }
     ++t.depth;
