@@ -182,6 +182,88 @@ TEST(AtomicValue, TypesNotForOneAtomicWordUseTheSlots) {
   EXPECT_EQ(w.load(), (TwoWords{3, 4}));
 }
 
+// Starts `threads` threads running body(t) at about the same moment (they
+// wait until all are running) and joins them.
+template <class Body>
+void run_together(int threads, Body body) {
+  std::atomic<int> ready{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      ready.fetch_add(1);
+      while (ready.load() < threads) std::this_thread::yield();
+      body(t);
+    });
+  }
+  for (auto& t : pool) t.join();
+}
+
+// Threads that increment by compare_and_swap (retrying on failure) lose no
+// increment: a compare and its swap are atomic together, in an atomic word
+// as behind the pointer.
+template <class T>
+void expect_concurrent_increments_by_cas_add_up() {
+  constexpr int kThreads = 4;
+  constexpr int64_t kEach = 20'000;
+  AtomicValue<T> v;
+  v.store(T{0});
+  run_together(kThreads, [&](int) {
+    for (int64_t i = 0; i < kEach;) {
+      const T cur = *v.load();
+      if (v.compare_and_swap(cur, T{cur.n + 1})) ++i;
+    }
+  });
+  EXPECT_EQ(v.load()->n, kThreads * kEach);
+}
+
+struct Count {
+  int64_t n = 0;
+  bool operator==(const Count&) const = default;
+};
+struct WideCount {
+  int64_t n = 0;
+  int64_t padding[3] = {};
+  bool operator==(const WideCount&) const = default;
+};
+static_assert(detail::kWordValue<Count> && !detail::kWordValue<WideCount>);
+
+TEST(AtomicValue, ConcurrentIncrementsByCompareAndSwapAddUp) {
+  expect_concurrent_increments_by_cas_add_up<Count>();
+  expect_concurrent_increments_by_cas_add_up<WideCount>();
+}
+
+// Of threads that race to swap into an empty AtomicValue, exactly one finds
+// no value before it; the others each get a value another one stored. The
+// threads race on each of many fresh values in turn (a barrier per value).
+template <class T>
+void expect_exactly_one_first_swap() {
+  constexpr int kThreads = 4;
+  constexpr int kValues = 5'000;
+  std::vector<AtomicValue<T>> values(kValues);
+  std::vector<std::atomic<int>> arrived(kValues);
+  std::vector<std::atomic<int>> empty(kValues);
+  run_together(kThreads, [&](int t) {
+    for (int i = 0; i < kValues; ++i) {
+      arrived[i].fetch_add(1);
+      while (arrived[i].load() < kThreads) std::this_thread::yield();
+      const std::optional<T> old = values[i].swap(T{t + 1});
+      if (!old) {
+        empty[i].fetch_add(1);
+      } else if (old->n < 1 || old->n > kThreads || old->n == t + 1) {
+        ADD_FAILURE() << "swap " << t + 1 << " found " << old->n;
+      }
+    }
+  });
+  for (int i = 0; i < kValues; ++i) {
+    ASSERT_EQ(empty[i].load(), 1) << "value " << i;
+  }
+}
+
+TEST(AtomicValue, ExactlyOneOfRacingFirstSwapsFindsNoValue) {
+  expect_exactly_one_first_swap<Count>();
+  expect_exactly_one_first_swap<WideCount>();
+}
+
 // compare_and_swap compares with T's ==, as Go compares interface values,
 // also for a value kept in an atomic word: -0.0 == 0.0, NaN != NaN.
 TEST(AtomicValue, CompareAndSwapUsesTheTypesEqualityNotItsBytes) {

@@ -14,28 +14,30 @@
 // T must be copy-constructible (load() returns copies) and
 // nothrow-move-constructible; compare_and_swap also needs `==`.
 //
-// How readers avoid blocking and torn values. A T that is trivially copyable,
-// no wider than a pointer and fits a lock-free std::atomic<T> (integers,
-// pointers, double, small structs of them) is kept in one: a load() is two
-// plain loads (a "stored yet" flag, then the value), a store() an exchange
-// under the writers' mutex. Any other T lives in a heap object behind an
-// atomic pointer, as Go's atomic.Value holds an interface: a store() builds a
-// new object and swaps the pointer (writers take turns on a mutex), so an
-// object is never written while readers may copy it. A load() marks a read
-// section in the calling thread's own record (one store to a cache line no
-// other thread writes), loads the pointer and copies the object; it never
-// waits for anything. Readers write nothing another thread reads often and
-// share only read-mostly lines (the pointer's, and the reclamation epoch,
-// which stores advance), so they scale with their number. The replaced object
-// is freed by epoch-based reclamation (see dchan/detail/epoch.h) once no reader
-// can still be copying it: a writer never waits for readers either; a reader
-// preempted while copying only delays freeing. A replaced value is destroyed by
-// the store() that replaced it when no thread in the process is inside a load()
-// of any such AtomicValue, and this AtomicValue's previous store found none
-// either; otherwise by a later store() (while loads run, stores free values in
-// batches of 8) or with the last handle. Its destructor runs on that
-// writer's thread, after the writers' mutex is released, so it may store to
-// this AtomicValue again.
+// How readers avoid blocking and torn values. A T that is trivially
+// copyable, no wider than a pointer and fits a lock-free std::atomic<T>
+// (integers, pointers, double, small structs of them) is kept in one: a
+// load() is two plain loads (a "stored yet" flag, then the value), a store()
+// one exchange, a compare_and_swap() a compare-exchange loop.
+//
+// Any other T lives in a heap object behind an atomic pointer, as Go's
+// atomic.Value holds an interface: a store() builds a new object and swaps
+// the pointer (writers take turns on a mutex), so an object is never written
+// while readers may copy it. A load() marks a read section in the calling
+// thread's own record (one store to a cache line no other thread writes),
+// loads the pointer and copies the object; it never waits for anything.
+// Readers write nothing another thread reads often and share only
+// read-mostly lines (the pointer's, and the reclamation epoch, which stores
+// advance), so they scale with their number. The replaced object is freed
+// by epoch-based reclamation (see dchan/detail/epoch.h) once no reader can
+// still be copying it: a writer never waits for readers either; a reader
+// preempted while copying only delays freeing. A replaced value is
+// destroyed by the store() that replaced it when no thread in the process
+// is inside a load() of any such AtomicValue, and this AtomicValue's
+// previous store found none either; otherwise by a later store() (while
+// loads run, stores free values in batches of 8) or with the last handle.
+// Its destructor runs on that writer's thread, after the writers' mutex is
+// released, so it may store to this AtomicValue again.
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before
@@ -217,31 +219,38 @@ class AtomicWordState {
 
   void store(T v) { swap(v); }
 
-  // The first store writes the value, then marks it stored: that mark is
-  // the moment it takes effect (readers see nothing before it).
+  // One exchange. The first store takes first_mu_, writes the value, then
+  // marks it stored: that mark is the moment it takes effect (readers see
+  // nothing before it), and the stores that race it wait for it, so exactly
+  // one store finds no value before it.
   std::optional<T> swap(T v) {
-    std::lock_guard<std::mutex> hold(writers_mu_);
+    if (stored_.load(std::memory_order_acquire)) [[likely]] {
+      return value_.exchange(v, std::memory_order_seq_cst);
+    }
+    std::lock_guard<std::mutex> hold(first_mu_);
     const T old = value_.exchange(v, std::memory_order_seq_cst);
     if (stored_.load(std::memory_order_relaxed)) return old;
     stored_.store(true, std::memory_order_seq_cst);
     return std::nullopt;
   }
 
-  // Under the writers' mutex, so that T's == (not its bytes) decides.
+  // T's == decides (not its bytes); the compare-exchange then checks that
+  // the value is still the one compared, bytes and all (a failed one reloads
+  // them, so padding cannot make it fail forever).
   bool compare_and_swap(const T& old, T desired) {
-    std::lock_guard<std::mutex> hold(writers_mu_);
-    if (!stored_.load(std::memory_order_relaxed) ||
-        !(value_.load(std::memory_order_relaxed) == old)) {
-      return false;
-    }
-    value_.store(desired, std::memory_order_seq_cst);
+    if (!stored_.load(std::memory_order_seq_cst)) return false;
+    T cur = value_.load(std::memory_order_seq_cst);
+    do {
+      if (!(cur == old)) return false;
+    } while (
+        !value_.compare_exchange_weak(cur, desired, std::memory_order_seq_cst));
     return true;
   }
 
  private:
   std::atomic<bool> stored_{false};
   std::atomic<T> value_{};
-  std::mutex writers_mu_;
+  std::mutex first_mu_;  // only until the first store took effect
 };
 
 // Whether AtomicValue<T> keeps its value in one atomic word: one that
@@ -297,9 +306,10 @@ class AtomicValue {
     return state_->load();
   }
 
-  // Replaces the value with `v`. Local: blocks on concurrent writers only
-  // (never on readers, and a writer never makes a reader wait); throws
-  // std::bad_alloc (a T not kept in one atomic word is allocated) and
+  // Replaces the value with `v`. Local: never waits for readers (nor makes
+  // one wait); a T not kept in one atomic word waits for concurrent writers
+  // (they take turns), one kept in a word only for a racing first store.
+  // Throws std::bad_alloc (a T not kept in one atomic word is allocated) and
   // std::system_error from std::mutex. Remote: returns once the broker
   // stored it; throws kUnavailable.
   void store(T v) {
@@ -323,8 +333,9 @@ class AtomicValue {
   // Stores `desired` if the current value == `old`, atomically with respect
   // to other writers; returns whether it did. Before the first store there
   // is nothing to compare with, so it returns false (Go's CompareAndSwap(nil,
-  // new) has no typed counterpart: use store). Local: blocks as store();
-  // throws what T's operator== throws. Remote: compares encoded bytes (see
+  // new) has no typed counterpart: use store). Local: waits as store() (a
+  // T kept in one word: may retry while other writers change it); throws
+  // what T's operator== throws. Remote: compares encoded bytes (see
   // above); throws kUnavailable.
   bool compare_and_swap(const T& old,
                         T desired) requires std::equality_comparable<T> {
