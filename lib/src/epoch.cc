@@ -5,8 +5,8 @@
 #include <pthread.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <new>
+#include <system_error>
 
 namespace dchan::detail {
 
@@ -42,12 +42,22 @@ void release_other_threads_records() {
   }
 }
 
+// The key whose destructor releases a thread's record. Throws
+// std::system_error when the process is out of keys (PTHREAD_KEYS_MAX) or
+// memory; the next first read section tries again.
 pthread_key_t record_key() {
   static const pthread_key_t key = [] {
     pthread_key_t k;
-    if (pthread_key_create(&k, release_record) != 0 ||
-        pthread_atfork(nullptr, nullptr, release_other_threads_records) != 0) {
-      std::abort();  // out of keys (PTHREAD_KEYS_MAX) or memory at start
+    if (const int err = pthread_key_create(&k, release_record); err != 0) {
+      throw std::system_error(err, std::generic_category(),
+                              "dchan: pthread_key_create");
+    }
+    if (const int err =
+            pthread_atfork(nullptr, nullptr, release_other_threads_records);
+        err != 0) {
+      pthread_key_delete(k);
+      throw std::system_error(err, std::generic_category(),
+                              "dchan: pthread_atfork");
     }
     return k;
   }();

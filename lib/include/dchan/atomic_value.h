@@ -296,9 +296,9 @@ class AtomicValue {
 
   // A copy of the value most recently stored, or std::nullopt before the
   // first store. Local: never blocks (wait-free); throws what copying T
-  // throws, and std::bad_alloc on a thread's first load of a T not kept in
-  // one atomic word (its reclamation record). Not async-signal-safe. Remote:
-  // asks the broker; throws as described above.
+  // throws, and std::bad_alloc or std::system_error on a thread's first
+  // load of a T not kept in one atomic word (its reclamation record). Not
+  // async-signal-safe. Remote: asks the broker; throws as described above.
   std::optional<T> load() const {
     if (state_ == nullptr) [[unlikely]] {
       return remote_load();

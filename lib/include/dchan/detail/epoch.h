@@ -30,7 +30,8 @@
 //
 // Rules. Read sections nest (only the outermost announces). They must not
 // be entered from a signal handler. A thread's first section allocates its
-// record (may throw std::bad_alloc).
+// record (may throw std::bad_alloc, or std::system_error when the process
+// is out of pthread keys).
 #ifndef DCHAN_DETAIL_EPOCH_H_
 #define DCHAN_DETAIL_EPOCH_H_
 
@@ -59,7 +60,8 @@ inline thread_local ThreadEpoch t_epoch;
 extern std::atomic<uint64_t> g_epoch;
 
 // Gives the calling thread a record: a free one from the registry, or a new
-// one. Released when the thread exits. Throws std::bad_alloc.
+// one. Released when the thread exits. Throws std::bad_alloc and
+// std::system_error (see record_key in epoch.cc).
 EpochRecord* acquire_epoch_record();
 
 // Marks a read section: while one is open on a thread, nothing a writer
