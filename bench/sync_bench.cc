@@ -437,7 +437,7 @@ void BM_AtomicSharedPtrStore(benchmark::State& state) {
 
 // AtomicValue load from two threads at once, no writer: whether readers
 // scale (they share the value; ideally they write nothing shared). Time per
-// load, all threads' loads counted (as Go's RunParallel does).
+// load, all threads' loads counted (as in the Go benchmark: b.N in all).
 
 template <class Load>
 void BM_TwoReaders(benchmark::State& state, Load load) {
