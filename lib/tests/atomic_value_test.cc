@@ -14,6 +14,7 @@
 
 #include "fake_remote.h"
 #include "gtest/gtest.h"
+#include "test_util.h"
 
 namespace dchan {
 namespace {
@@ -486,11 +487,7 @@ TEST(AtomicValue, AReplacedValuesDestructorMayStoreToTheSameValue) {
     v.store(Chained{-1000, nullptr});  // destroys Trigger 1, which stores...
     done = true;
   });
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!done.load() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(1ms);
-  }
-  if (!done.load()) {
+  if (!test_util::eventually([&] { return done.load(); }, 10s)) {
     writer.detach();  // deadlocked on the writers' mutex
     FAIL() << "a destructor's store deadlocked";
   }
