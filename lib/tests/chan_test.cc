@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 #include <numeric>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -367,6 +368,48 @@ TEST(Error, CarriesAStatusCode) {
   EXPECT_STREQ(base.what(), "broker gone");
 }
 
+// Receivers whose deadlines keep running out while senders hand them
+// values at about the same pace: a receiver that timed out but was claimed
+// just before it could withdraw still gets its value (it lands next to the
+// waiter, then moves to the caller), and one that withdrew got none. Every
+// value arrives exactly once.
+TEST(Chan, TimedReceiversRacingTheirDeadlinesLoseNoValue) {
+  constexpr int kSenders = 2, kReceivers = 2, kPerSender = 3'000;
+  auto ch = make_chan<int>();
+  std::vector<std::atomic<int>> seen(kSenders * kPerSender);
+  std::vector<std::thread> receivers;
+  for (int r = 0; r < kReceivers; ++r) {
+    receivers.emplace_back([&] {
+      for (;;) {
+        const RecvResult<int> got = ch.recv_for(20us);
+        if (got.status == ChanStatus::kClosed) return;
+        if (got.status == ChanStatus::kTimeout) {
+          EXPECT_FALSE(got.value.has_value());
+          continue;
+        }
+        ASSERT_TRUE(got.ok());
+        seen[*got.value].fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  std::vector<std::thread> senders;
+  for (int p = 0; p < kSenders; ++p) {
+    senders.emplace_back([&, p] {
+      std::minstd_rand pace(p + 1);
+      for (int i = 0; i < kPerSender; ++i) {
+        std::this_thread::sleep_for(std::chrono::microseconds(pace() % 40));
+        ch.send(p * kPerSender + i);
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  ch.close();
+  for (auto& t : receivers) t.join();
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i].load(), 1) << "value " << i;
+  }
+}
+
 // Many producers and consumers: every value is received exactly once.
 class ChanStress : public ::testing::TestWithParam<std::size_t> {};
 
@@ -544,7 +587,8 @@ TEST(Chan, BufferedOperationsWaitForTheLockHolder) {
     EXPECT_EQ(ch.try_recv().value, 1);
     received = true;
   });
-  std::this_thread::sleep_for(20ms);  // time to get past the lock, if they could
+  std::this_thread::sleep_for(
+      20ms);  // time to get past the lock, if they could
   EXPECT_FALSE(sent.load());
   EXPECT_FALSE(received.load());
   s->unlock();

@@ -877,21 +877,41 @@ class Chan {
   static std::optional<bool> park_locked(
       detail::ChanState<T>* s, void* slot, bool is_send,
       std::chrono::steady_clock::time_point deadline) {
-    detail::Waiter w;
+    // A small received value lands on the waiter's own cache line: the
+    // sender then writes one line of the receiver's (the waiter's state and
+    // the value) instead of two, and the receiver reads it back in one move.
+    constexpr bool kLandOnWaiterLine =
+        sizeof(std::optional<T>) <= detail::kCacheLine - sizeof(detail::Waiter);
+    struct alignas(detail::kCacheLine) Parked {
+      detail::Waiter w;
+      std::optional<T> value;
+    };
+    struct Plain {
+      detail::Waiter w;
+    };
+    std::conditional_t<kLandOnWaiterLine, Parked, Plain> p;
     detail::WaitNode n;
-    n.waiter = &w;
+    n.waiter = &p.w;
     n.slot = slot;
+    if constexpr (kLandOnWaiterLine) {
+      if (!is_send) n.slot = &p.value;
+    }
     n.is_send = is_send;
     s->enqueue_locked(&n);
     s->unlock();
-    if (!w.wait_until(deadline)) {
-      if (w.try_claim()) {
+    if (!p.w.wait_until(deadline)) {
+      if (p.w.try_claim()) {
         s->unlink(&n);
         return std::nullopt;
       }
-      w.wait();  // claimed by a counterparty or close(): completes at once
+      p.w.wait();  // claimed by a counterparty or close(): completes at once
     }
-    return w.ok();
+    if constexpr (kLandOnWaiterLine) {
+      if (!is_send && p.value.has_value()) {
+        static_cast<std::optional<T>*>(slot)->emplace(std::move(*p.value));
+      }
+    }
+    return p.w.ok();
   }
 
   static ChanStatus sleep_until(
