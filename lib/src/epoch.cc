@@ -83,10 +83,13 @@ EpochRecord* acquire_epoch_record() {
   if (r == nullptr) {
     r = new EpochRecord;  // in use
     EpochRecord* head = g_records.load(std::memory_order_relaxed);
+    // Sequentially consistent, as the scan's load of the head: a scan that
+    // misses this record comes before it in that order, and so before the
+    // record's first announcement.
     do {
       r->next = head;
     } while (!g_records.compare_exchange_weak(
-        head, r, std::memory_order_release, std::memory_order_relaxed));
+        head, r, std::memory_order_seq_cst, std::memory_order_relaxed));
   }
   if (pthread_setspecific(key, r) != 0) {
     r->in_use.store(false, std::memory_order_release);
