@@ -114,7 +114,7 @@ ChanStatus try_alone(SelectCase* c, ChanCore* core) {
 }  // namespace
 
 PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
-                        WaitNode* nodes) {
+                        WaitNode* nodes, void* landing) {
   // A select that may not wait (it has a default) usually polls channels
   // that are not ready: it draws no random order unless one may be.
   if (w == nullptr) {
@@ -164,7 +164,7 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
     if (core == nullptr) continue;
     WaitNode& node = nodes[i];
     node.waiter = w;
-    node.slot = c->slot();
+    node.slot = c->park_slot(landing);
     node.case_index = static_cast<uint32_t>(i);
     node.is_send = c->kind() == SelectCase::Kind::kSend;
     core->enqueue_locked(&node);
@@ -474,6 +474,7 @@ std::size_t select_spanning(SelectCase* const* cases, std::size_t n,
       }
     }
     if (!broker_case) {
+      if (box->w.ok()) cases[k]->take_landed(box->nodes[k].slot);
       cases[k]->finish(box->w.ok());
       return k;
     }
@@ -529,11 +530,11 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
     return select_on_broker(cases, n, default_index, std::move(timers));
   }
 
-  Waiter w;
+  LandingWaiter lw;  // a receive case's value may land on its line
   // Nodes only for a select that may wait (one with a default never does).
   absl::InlinedVector<WaitNode, 8> nodes(default_index == n ? n : 0);
-  const PollOutcome r =
-      select_poll(cases, n, default_index == n ? &w : nullptr, nodes.data());
+  const PollOutcome r = select_poll(
+      cases, n, default_index == n ? &lw.w : nullptr, nodes.data(), lw.landing);
   switch (r.kind) {
     case PollOutcome::kFired:
       cases[r.index]->finish(r.ok);
@@ -546,10 +547,11 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
     case PollOutcome::kRegistered:
       break;
   }
-  w.wait();
-  const uint32_t fired = w.fired_case();
+  lw.w.wait();
+  const uint32_t fired = lw.w.fired_case();
   select_withdraw(nodes.data(), n, fired);
-  cases[fired]->finish(w.ok());
+  if (lw.w.ok()) cases[fired]->take_landed(nodes[fired].slot);
+  cases[fired]->finish(lw.w.ok());
   return fired;
 }
 

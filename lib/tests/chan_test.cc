@@ -610,6 +610,58 @@ TEST(Chan, ValuesLeftInTheBufferAreDestroyedWithTheChannel) {
   EXPECT_EQ(value.use_count(), 1);
 }
 
+// A parked receive gets its value constructed where it parked (on its
+// waiter's line when it fits), moved to the caller and destroyed there:
+// every blocking form delivers it intact and leaves no copy behind, also
+// when a buffered channel's release hands it over; a close delivers
+// nothing.
+template <class T>
+void ExpectParkedReceivesDeliver(T value, const std::shared_ptr<int>& counted) {
+  const long copies = counted.use_count();
+  enum Form { kRecv, kRecvFor, kRecvAsync, kClose };
+  for (std::size_t cap : {0, 1}) {
+    for (Form form : {kRecv, kRecvFor, kRecvAsync, kClose}) {
+      SCOPED_TRACE(testing::Message() << "cap " << cap << " form " << form);
+      auto ch = make_chan<T>(cap);
+      std::optional<T> got;
+      PendingOp op;
+      std::thread receiver;
+      if (form == kRecvAsync) {
+        op = ch.recv_async([&](std::optional<T> v) { got = std::move(v); });
+      } else {
+        receiver = std::thread([&, form] {
+          got = form == kRecvFor ? ch.recv_for(kLiveness).value : ch.recv();
+        });
+      }
+      ASSERT_TRUE(eventually(
+          [&] { return detail::stats_of(ch).blocked_receivers == 1; }));
+      if (form == kClose) {
+        ch.close();
+      } else {
+        ch.send(value);
+      }
+      if (receiver.joinable()) receiver.join();
+      if (form == kClose) {
+        EXPECT_FALSE(got.has_value());
+      } else {
+        ASSERT_TRUE(got.has_value());
+        EXPECT_TRUE(*got == value);
+        EXPECT_EQ(counted.use_count(), copies + 1);  // `got` alone
+      }
+      got.reset();
+      EXPECT_EQ(counted.use_count(), copies);
+    }
+  }
+}
+
+TEST(Chan, AParkedReceiveDeliversItsValueAndLeavesNoCopy) {
+  auto counted = std::make_shared<int>(7);
+  ExpectParkedReceivesDeliver(test_util::Counted(counted), counted);
+  ExpectParkedReceivesDeliver(test_util::Wide(counted), counted);
+  static_assert(detail::kLandsOnWaiterLine<test_util::Counted>);
+  static_assert(!detail::kLandsOnWaiterLine<test_util::Wide>);
+}
+
 TEST(Chan, MakeChanRefusesACapacityItsPositionsCannotCount) {
   try {
     make_chan<char>(detail::ChanCore::kMaxCapacity + 1);

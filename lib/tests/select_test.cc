@@ -10,6 +10,7 @@
 
 #include "fake_remote.h"
 #include "gtest/gtest.h"
+#include "test_util.h"
 
 namespace dchan {
 namespace {
@@ -122,9 +123,9 @@ TEST(Select, ALookWithoutTheLockSeesEveryKindOfReadiness) {
   };
 
   // Nothing ready: the default.
-  EXPECT_EQ(select(on_recv(never), on_recv(empty), on_send(never, 1),
-                   on_default()),
-            3u);
+  EXPECT_EQ(
+      select(on_recv(never), on_recv(empty), on_send(never, 1), on_default()),
+      3u);
 
   // Receives: a buffered value; a blocked sender (unbuffered); closed.
   auto buffered = make_chan<int>(2);
@@ -138,9 +139,8 @@ TEST(Select, ALookWithoutTheLockSeesEveryKindOfReadiness) {
   auto closed = make_chan<int>();
   closed.close();
   std::optional<int> got = 0;
-  EXPECT_TRUE(fires_last(on_recv(closed, [&](std::optional<int> v) {
-    got = v;
-  })));
+  EXPECT_TRUE(
+      fires_last(on_recv(closed, [&](std::optional<int> v) { got = v; })));
   EXPECT_EQ(got, std::nullopt);
 
   // Sends: room in a buffer; a blocked receiver (unbuffered); a full
@@ -249,6 +249,71 @@ TEST(Select, ABlockedSelectWithdrawsItsOtherCasesWhenOneFires) {
   s->lock();
   EXPECT_TRUE(s->recvq_.empty());
   s->unlock();
+}
+
+// A parked select's receive cases of several types share the landing place
+// on its waiter's line when they fit (an int, a std::string, a
+// std::shared_ptr) and use their own otherwise: whichever fires gets its
+// value intact, and no copy is left behind.
+TEST(Select, EveryReceiveCaseOfAParkedSelectGetsItsValueIntact) {
+  using test_util::Counted;
+  using test_util::Wide;
+  auto counted = std::make_shared<int>(1);
+  const std::string text = "a string longer than the small-string buffer";
+  for (std::size_t k = 0; k < 4; ++k) {
+    SCOPED_TRACE(testing::Message() << "case " << k);
+    auto ints = make_chan<int>();
+    auto strings = make_chan<std::string>();
+    auto counteds = make_chan<Counted>();
+    auto wides = make_chan<Wide>();
+    std::thread sender([&] {
+      auto parked = [&](auto& ch) {
+        return test_util::eventually(
+            [&] { return detail::stats_of(ch).blocked_receivers == 1; });
+      };
+      ASSERT_TRUE(parked(ints) && parked(strings) && parked(counteds) &&
+                  parked(wides));
+      switch (k) {
+        case 0:
+          ints.send(42);
+          break;
+        case 1:
+          strings.send(text);
+          break;
+        case 2:
+          counteds.send(Counted(counted));
+          break;
+        default:
+          wides.send(Wide(counted));
+          break;
+      }
+    });
+    std::optional<int> i;
+    std::optional<std::string> str;
+    std::optional<Counted> c;
+    std::optional<Wide> wide;
+    const std::size_t fired =
+        select(on_recv(ints, [&](std::optional<int> v) { i = v; }),
+               on_recv(strings, [&](std::optional<std::string> v) { str = v; }),
+               on_recv(counteds, [&](std::optional<Counted> v) { c = v; }),
+               on_recv(wides, [&](std::optional<Wide> v) { wide = v; }));
+    sender.join();
+    EXPECT_EQ(fired, k);
+    EXPECT_EQ(i, k == 0 ? std::optional<int>(42) : std::nullopt);
+    EXPECT_EQ(str, k == 1 ? std::optional<std::string>(text) : std::nullopt);
+    EXPECT_EQ(c.has_value(), k == 2);
+    EXPECT_EQ(wide.has_value(), k == 3);
+    if (k >= 2) {
+      EXPECT_EQ(k == 2 ? c->p : wide->p, counted);
+      EXPECT_EQ(counted.use_count(), 2);  // counted, and c or wide
+    }
+    c.reset();
+    wide.reset();
+    EXPECT_EQ(counted.use_count(), 1);
+  }
+  static_assert(detail::kLandsOnWaiterLine<std::string>);
+  static_assert(detail::kLandsOnWaiterLine<Counted>);
+  static_assert(!detail::kLandsOnWaiterLine<Wide>);
 }
 
 TEST(Select, SendAndRecvOnTheSameChannelNeverMatchEachOther) {

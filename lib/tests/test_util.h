@@ -3,7 +3,9 @@
 #define DCHAN_LIB_TESTS_TEST_UTIL_H_
 
 #include <chrono>
+#include <memory>
 #include <thread>
+#include <utility>
 
 namespace dchan::test_util {
 
@@ -20,6 +22,22 @@ bool eventually(Cond cond,
   }
   return true;
 }
+
+// A value that counts its copies through `p`. Moving one copies it (a
+// moved-from value still counts), so a copy left undestroyed shows in
+// p.use_count(). Counted lands on a parked receiver's waiter line, Wide
+// does not (see WaitNode::slot).
+struct Counted {
+  explicit Counted(std::shared_ptr<int> q) : p(std::move(q)) {}
+  Counted(const Counted&) = default;
+  Counted& operator=(const Counted&) = default;
+  bool operator==(const Counted& o) const { return p == o.p; }
+  std::shared_ptr<int> p;
+};
+struct Wide : Counted {
+  using Counted::Counted;
+  char pad[64] = {};
+};
 
 }  // namespace dchan::test_util
 

@@ -173,7 +173,7 @@ class ChanState final : public ChanCore {
       return ChanStatus::kOk;
     }
     if (WaitNode* r = claim_receiver_locked()) {
-      static_cast<std::optional<T>*>(r->slot)->emplace(std::move(v));
+      ::new (r->slot) T(std::move(v));
       *fire = r;
       return ChanStatus::kOk;
     }
@@ -385,7 +385,7 @@ class ChanState final : public ChanCore {
     for (;;) {
       if (!s->recvq_.empty() && s->owned_len() != 0) {
         if (WaitNode* r = s->claim_receiver_locked()) {
-          static_cast<std::optional<T>*>(r->slot)->emplace(s->pop_owned());
+          ::new (r->slot) T(s->pop_owned());
           r->next = s->watch_fired_;
           s->watch_fired_ = r;
           continue;
@@ -404,6 +404,18 @@ class ChanState final : public ChanCore {
     if (!s->watchq_.empty()) s->wake_watchers_locked();
   }
 };
+
+// Moves the value a counterparty constructed at a receive node's `slot`
+// (see WaitNode::slot) into `out`, and destroys it there.
+template <class T>
+void take_landed(void* slot, std::optional<T>& out) {
+  T* p = std::launder(static_cast<T*>(slot));
+  struct Destroy {
+    T* p;
+    ~Destroy() { p->~T(); }
+  } destroy{p};
+  out.emplace(std::move(*p));
+}
 
 // Completes a node claimed by send_locked/recv_locked. No lock held.
 inline void fire(WaitNode* n) noexcept {
@@ -871,31 +883,25 @@ class Chan {
       std::chrono::steady_clock::time_point::max();
 
   // Blocks the caller on `s` (locked on entry; unlocked here) with a node
-  // whose slot is `slot`, until a counterparty or close() completes it —
-  // returning its ok (false: closed) — or `deadline` passes: then the node
-  // is withdrawn and nullopt returned.
+  // whose slot is `slot` (a send: the T to move from; a receive: the
+  // std::optional<T> to move the value into), until a counterparty or
+  // close() completes it — returning its ok (false: closed) — or `deadline`
+  // passes: then the node is withdrawn and nullopt returned.
   static std::optional<bool> park_locked(
       detail::ChanState<T>* s, void* slot, bool is_send,
       std::chrono::steady_clock::time_point deadline) {
-    // A small received value lands on the waiter's own cache line: the
-    // sender then writes one line of the receiver's (the waiter's state and
-    // the value) instead of two, and the receiver reads it back in one move.
-    constexpr bool kLandOnWaiterLine =
-        sizeof(std::optional<T>) <= detail::kCacheLine - sizeof(detail::Waiter);
-    struct alignas(detail::kCacheLine) Parked {
-      detail::Waiter w;
-      std::optional<T> value;
-    };
+    // A received value is constructed in this frame (see WaitNode::slot);
+    // a small one on the waiter's own cache line.
     struct Plain {
       detail::Waiter w;
+      alignas(T) unsigned char landing[sizeof(T)];
     };
-    std::conditional_t<kLandOnWaiterLine, Parked, Plain> p;
+    std::conditional_t<detail::kLandsOnWaiterLine<T>, detail::LandingWaiter,
+                       Plain>
+        p;
     detail::WaitNode n;
     n.waiter = &p.w;
-    n.slot = slot;
-    if constexpr (kLandOnWaiterLine) {
-      if (!is_send) n.slot = &p.value;
-    }
+    n.slot = is_send ? slot : p.landing;
     n.is_send = is_send;
     s->enqueue_locked(&n);
     s->unlock();
@@ -906,10 +912,8 @@ class Chan {
       }
       p.w.wait();  // claimed by a counterparty or close(): completes at once
     }
-    if constexpr (kLandOnWaiterLine) {
-      if (!is_send && p.value.has_value()) {
-        static_cast<std::optional<T>*>(slot)->emplace(std::move(*p.value));
-      }
+    if (!is_send && p.w.ok()) {
+      detail::take_landed(p.landing, *static_cast<std::optional<T>*>(slot));
     }
     return p.w.ok();
   }
@@ -1003,15 +1007,19 @@ class AsyncRecv final : public AsyncOp {
   explicit AsyncRecv(absl::AnyInvocable<void(std::optional<T>) &&> done)
       : done_(std::move(done)) {
     node_.waiter = this;
-    node_.slot = &value_;
+    node_.slot = landing_;
   }
   void withdraw() noexcept override {
     if (node_.chan != nullptr) node_.chan->unlink(&node_);
   }
-  void deliver() noexcept override { std::move(done_)(std::move(value_)); }
+  void deliver() noexcept override {
+    std::optional<T> value;
+    if (ok()) take_landed(landing_, value);
+    std::move(done_)(std::move(value));
+  }
 
   WaitNode node_;
-  std::optional<T> value_;
+  alignas(T) unsigned char landing_[sizeof(T)];  // see WaitNode::slot
   absl::AnyInvocable<void(std::optional<T>) &&> done_;
 };
 
@@ -1090,14 +1098,15 @@ PendingOp Chan<T>::recv_async(
     return PendingOp(std::move(op));
   }
   detail::WaitNode* to_fire = nullptr;
+  std::optional<T> value;
   s->lock();
-  const ChanStatus st = s->recv_locked(op->value_, &to_fire);
+  const ChanStatus st = s->recv_locked(value, &to_fire);
   if (st != ChanStatus::kWouldBlock) {
     s->unlock();
     detail::fire(to_fire);
     op->try_claim();
     op->mark_done_by_owner();
-    std::move(op->done_)(std::move(op->value_));
+    std::move(op->done_)(std::move(value));
     return PendingOp();
   }
   op->self_ = op;

@@ -133,8 +133,15 @@ class SelectCase {
   // case without the lock if the buffer's fast path can (true; the case is
   // then kOk); false leaves it to try_locked.
   virtual bool try_fast() noexcept = 0;
-  // Where a counterparty moves the value to (recv) or from (send).
-  virtual void* slot() noexcept = 0;
+  // The slot of the case's node when the select parks (see
+  // WaitNode::slot): a send case's value; for a receive case `landing` (the
+  // select's LandingWaiter::landing, or nullptr) if its value fits there,
+  // else room in the case itself.
+  virtual void* park_slot(void* landing) noexcept = 0;
+  // A receive case fired through its parked node with ok = true: moves the
+  // value a counterparty constructed at `slot` (its park_slot()) into the
+  // case. Other cases: nothing.
+  virtual void take_landed(void* slot) = 0;
   // Runs the case's function, with no lock held. `ok` false: the channel
   // was closed (a send then throws).
   virtual void finish(bool ok) = 0;
@@ -155,7 +162,7 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n);
 // Locks every channel, polls the cases in random order and, when one is
 // ready, completes its channel side (the case's finish() is left to the
 // caller). Otherwise, if `w` is set, registers nodes[i] for every channel
-// case on `w`. `nodes` has n entries.
+// case on `w`. `nodes` has n entries. `landing`: see SelectCase::park_slot.
 struct PollOutcome {
   enum Kind {
     kFired,
@@ -167,7 +174,7 @@ struct PollOutcome {
   bool ok = false;        // kFired: false when its channel was closed
 };
 PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
-                        WaitNode* nodes);
+                        WaitNode* nodes, void* landing = nullptr);
 
 // Unlinks every registered node except nodes[except].
 void select_withdraw(WaitNode* nodes, std::size_t n,
@@ -243,7 +250,11 @@ class RecvCase final : public SelectCase {
     return state_of(ch_.get())->try_recv_fast(value_) ==
            ChanState<T>::Fast::kDone;
   }
-  void* slot() noexcept override { return &value_; }
+  void* park_slot(void* landing) noexcept override {
+    if (landing != nullptr && kLandsOnWaiterLine<T>) return landing;
+    return own_landing_;
+  }
+  void take_landed(void* slot) override { detail::take_landed(slot, value_); }
   void finish(bool) override { invoke_case_fn(fn_, std::move(value_)); }
   std::optional<T>& value() noexcept { return value_; }
 
@@ -251,6 +262,7 @@ class RecvCase final : public SelectCase {
   CaseChan<T> ch_;
   F fn_;
   std::optional<T> value_;
+  alignas(T) unsigned char own_landing_[sizeof(T)];  // see park_slot()
 };
 
 template <class T, class F>
@@ -281,7 +293,8 @@ class SendCase final : public SelectCase {
     return state_of(ch_.get())->try_send_fast(value_) ==
            ChanState<T>::Fast::kDone;
   }
-  void* slot() noexcept override { return &value_; }
+  void* park_slot(void*) noexcept override { return &value_; }
+  void take_landed(void*) override {}
   void finish(bool ok) override {
     if (!ok) throw_panic("send on closed channel");
     invoke_case_fn(fn_);
@@ -307,7 +320,8 @@ class DefaultCase final : public SelectCase {
   }
   ChanStatus try_locked(WaitNode**) override { return ChanStatus::kWouldBlock; }
   bool try_fast() noexcept override { return false; }
-  void* slot() noexcept override { return nullptr; }
+  void* park_slot(void*) noexcept override { return nullptr; }
+  void take_landed(void*) override {}
   void finish(bool) override { invoke_case_fn(fn_); }
 
  private:
@@ -508,6 +522,7 @@ class AsyncSelect final : public AsyncOp {
   void deliver() noexcept override {
     const std::size_t fired = fired_case();
     select_withdraw(nodes_.data(), nodes_.size(), fired);
+    if (ok()) ptrs_[fired]->take_landed(nodes_[fired].slot);
     finish_now(fired, ok() ? ChanStatus::kOk : ChanStatus::kClosed);
   }
 

@@ -177,8 +177,13 @@ class LockedWord {
 // the waiter; linked into at most one queue, under that channel's lock.
 struct WaitNode {
   Waiter* waiter = nullptr;
-  // Send: points at the value to move from. Recv: points at the
-  // std::optional<T> to move into (left empty when closed).
+  // Send: points at the T to move from. Recv: points at uninitialized
+  // storage for a T (aligned for it), in which the claimer constructs the
+  // value before it completes the waiter with ok = true; nothing is
+  // constructed there when the channel was closed (ok = false). The owner
+  // moves the value out and destroys it (take_landed() in chan.h). Raw
+  // storage, so that receives of any types may share one landing place:
+  // a select's receive cases land on its waiter's cache line.
   void* slot = nullptr;
   uint32_t case_index = 0;
   bool is_send = false;
@@ -326,6 +331,24 @@ class Waiter {
   bool ok_ = false;
   int completer_cpu_ = -1;  // thread waiters: where complete() ran
 };
+
+// A thread waiter with room for a received value on its own cache line
+// (see WaitNode::slot): the counterparty that completes a parked receive
+// then writes one line of the receiver's (the waiter's state and the value)
+// instead of two, and the receiver reads both back in one move.
+struct alignas(kCacheLine) LandingWaiter {
+  static constexpr std::size_t kSize = 32;
+  static constexpr std::size_t kAlign = 16;
+  Waiter w;
+  alignas(kAlign) unsigned char landing[kSize];
+};
+static_assert(sizeof(LandingWaiter) == kCacheLine,
+              "a Waiter and its landing place fill one cache line");
+
+// True if a T fits LandingWaiter::landing.
+template <class T>
+inline constexpr bool kLandsOnWaiterLine = sizeof(T) <= LandingWaiter::kSize &&
+                                           alignof(T) <= LandingWaiter::kAlign;
 
 // The type-independent part of a channel: its lock, wait queues and
 // counters. Chan<T>'s state derives from it and adds the typed buffer.
