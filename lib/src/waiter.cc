@@ -149,27 +149,7 @@ void ChanCore::unlink(WaitNode* n) noexcept {
   lock();
   if (n->queued)
     (n->is_watch ? watchq_ : n->is_send ? sendq_ : recvq_).remove(n);
-  unpin_locked(n);
   unlock();
-}
-
-void ChanCore::wait_unpinned() noexcept {
-  // The raw lock: the channel is going away, nothing is left to settle.
-  // Once pins_ reads 0 the last unlink() has released the lock, and touches
-  // the channel no more (its futex wake, if any, does not touch memory).
-  for (int i = 0;; ++i) {
-    lock_.lock();
-    const uint32_t pins = pins_;
-    lock_.unlock();
-    if (pins == 0) return;
-    if (i < 64) {
-      spin_pause();
-    } else if (i < 128) {
-      sched_yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-  }
 }
 
 void wait_for_turn(uint64_t& word, uint64_t value) noexcept {

@@ -18,16 +18,6 @@ namespace {
 using namespace std::chrono_literals;
 constexpr auto kLiveness = 10s;
 
-// The selects' pins on a local channel (see ChanCore::pin_locked).
-template <class T>
-uint32_t pins_of(const Chan<T>& ch) {
-  detail::ChanState<T>* s = detail::state_of(ch);
-  s->lock();
-  const uint32_t pins = s->pins_;
-  s->unlock();
-  return pins;
-}
-
 TEST(Select, RunsTheReadyCaseAndReturnsItsIndex) {
   auto a = make_chan<int>(1);
   auto b = make_chan<int>(1);
@@ -477,52 +467,6 @@ TEST(Select, ACaseFunctionMayResetTheHandleItsCaseWasMadeFrom) {
   EXPECT_EQ(got, 7);
 }
 
-// A waiting select pins every channel it registers on (so that a channel's
-// destruction waits for its withdrawal) until the node fired or was
-// withdrawn: a pin left behind would make the channel's destruction wait
-// forever.
-TEST(Select, AWaitingSelectLeavesNoPinBehindHoweverItEnds) {
-  auto a = make_chan<int>();
-  auto b = make_chan<int>();
-  auto parked = [&] {
-    return test_util::eventually(
-        [&] { return detail::stats_of(b).blocked_receivers == 1; });
-  };
-  // Fired by a sender (its node claimed), then by a close.
-  for (bool by_close : {false, true}) {
-    std::thread selector([&] { select(on_recv(a), on_recv(b)); });
-    ASSERT_TRUE(parked());
-    EXPECT_EQ(pins_of(a), 1u);
-    EXPECT_EQ(pins_of(b), 1u);
-    if (by_close) {
-      auto c = a;
-      a = make_chan<int>();
-      c.close();
-      selector.join();
-      EXPECT_EQ(pins_of(c), 0u);
-    } else {
-      a.send(1);
-      selector.join();
-    }
-    EXPECT_EQ(pins_of(a), 0u);
-    EXPECT_EQ(pins_of(b), 0u);
-  }
-  // An asynchronous select, fired and cancelled.
-  for (bool cancel : {false, true}) {
-    PendingOp op = select_async<int>({{a, false, {}}, {b, false, {}}}, false,
-                                     [](SelectOutcome<int>) {});
-    EXPECT_EQ(pins_of(a), 1u);
-    EXPECT_EQ(pins_of(b), 1u);
-    if (cancel) {
-      EXPECT_TRUE(op.cancel());
-    } else {
-      EXPECT_EQ(a.try_send(1), ChanStatus::kOk);
-    }
-    EXPECT_EQ(pins_of(a), 0u);
-    EXPECT_EQ(pins_of(b), 0u);
-  }
-}
-
 // A parked select that a counterparty fires still has to withdraw from its
 // other channels; by then the counterparty may have dropped their last
 // handles (here: the very handle the select's case was made from). The
@@ -614,10 +558,6 @@ TEST(Select, StressEveryValueIsReceivedExactlyOnce) {
   for (std::size_t i = 0; i < seen.size(); ++i) {
     ASSERT_EQ(seen[i].load(), 1) << "value " << i;
   }
-  // Every registration's pin is gone, whoever dropped its node.
-  EXPECT_EQ(pins_of(a), 0u);
-  EXPECT_EQ(pins_of(b), 0u);
-  EXPECT_EQ(pins_of(quit), 0u);
 }
 
 // A readiness watcher woken while a select registers on several channels

@@ -152,7 +152,6 @@ class ChanState final : public ChanCore {
   }
 
   ~ChanState() {
-    wait_unpinned();  // before anything a withdrawing select may use goes
     if (enq_.cells == nullptr) return;
     const uint64_t e = enq_.pos.load(std::memory_order_relaxed) & ~kPosFlags;
     for (uint64_t d = deq_.pos.load(std::memory_order_relaxed) & ~kPosFlags;

@@ -79,12 +79,9 @@
 // a temporary (after(d), a function's result) holds its channel, and so does
 // every dchan::Case. Clang warns about a function that returns a case made
 // from its own parameter or local handle (ABSL_ATTRIBUTE_LIFETIME_BOUND on
-// on_recv and on_send). Once a select that had to wait has fired, the party
-// that fired it may drop any handle at once: the select's registrations pin
-// their channels (without touching a reference count), and the destruction
-// of a channel waits for a fired select to withdraw from it, which its
-// thread does as soon as it wakes. A case's function may drop the handle its
-// case was made from.
+// on_recv and on_send). A select that has to wait holds its channels first,
+// so once it has fired, the party that fired it may drop any handle at once;
+// a case's function may drop the handle its case was made from.
 //
 // Thread safety: select() may run concurrently on any channels. A Case
 // object is used by one select at a time.
@@ -149,9 +146,9 @@ class SelectCase {
   // was closed (a send then throws).
   virtual void finish(bool ok) = 0;
   // Makes the case hold its channel if it only refers to it (see
-  // CaseChan): a dchan::Case, and a select over broker channels (which
-  // waits on I/O) do so. A local select that waits pins its channels
-  // instead (ChanCore::pin_locked).
+  // CaseChan): a select does so before it waits, because once it is
+  // registered a counterparty may fire it and go on to drop the channel's
+  // other handles while the select still has to withdraw from it.
   virtual void hold_channel() noexcept = 0;
 
  private:
@@ -258,16 +255,7 @@ class RecvCase final : public SelectCase {
     return own_landing_;
   }
   void take_landed(void* slot) override { detail::take_landed(slot, value_); }
-  void finish(bool) override {
-    // Leaves value_ empty, so that a reused Case's next receive never
-    // destroys an old value under a channel's lock (it could hold the last
-    // handle of a channel whose destruction waits for a select).
-    struct Reset {
-      std::optional<T>& v;
-      ~Reset() { v.reset(); }
-    } reset{value_};
-    invoke_case_fn(fn_, std::move(value_));
-  }
+  void finish(bool) override { invoke_case_fn(fn_, std::move(value_)); }
   std::optional<T>& value() noexcept { return value_; }
 
  private:

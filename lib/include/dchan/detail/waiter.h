@@ -194,7 +194,6 @@ struct WaitNode {
   WaitNode* prev = nullptr;
   WaitNode* next = nullptr;
   bool queued = false;
-  bool pinned = false;  // holds one of chan's pins_; guarded by chan's lock
 };
 
 // An intrusive FIFO of WaitNodes. Not thread-safe: guarded by the owning
@@ -455,14 +454,8 @@ class ChanCore {
   // Completes nodes collected by close_locked(). No lock held.
   static void fire_all(WaitNode* fired, bool ok) noexcept;
 
-  // Unlinks `n` if it is still queued, and drops its pin. Takes lock_.
+  // Unlinks `n` if it is still queued. Takes lock_.
   void unlink(WaitNode* n) noexcept;
-
-  // Waits until no select's node pins this channel (see pin_locked()):
-  // the first thing a channel's destruction does. Such a select was fired
-  // through another channel and is withdrawing; it needs no more than its
-  // thread's next few instructions.
-  void wait_unpinned() noexcept;
 
   // Without the lock (Go's empty() and full() checks before a non-blocking
   // chanrecv or chansend takes the lock): false only if there was a moment
@@ -493,21 +486,6 @@ class ChanCore {
       blocked = distance(e, d) <= 0;
     }
     return !blocked || closed_;
-  }
-
-  // A select's node pins its channel from its registration until it is
-  // claimed (it fired: its select does not touch this channel again) or its
-  // owner unlinks it (select_withdraw): a select fired through another
-  // channel may still have to withdraw from this one after every handle to
-  // it is gone, and the channel's destruction waits for that
-  // (wait_unpinned). A select thus keeps its channels alive without copying
-  // their handles: a handle's reference count is a cache line that every
-  // thread using the channel would trade, while pins_ sits on the line the
-  // registration and withdrawal lock anyway. Requires lock_; `n` is
-  // enqueued here.
-  void pin_locked(WaitNode* n) noexcept {
-    n->pinned = true;
-    ++pins_;
   }
 
   void enqueue_locked(WaitNode* n) noexcept {
@@ -575,7 +553,6 @@ class ChanCore {
   bool timer_fired_ = false;  // after(): its value was sent; guarded by lock_
   WaitQueue recvq_;           // guarded by lock_
   WaitQueue sendq_;           // guarded by lock_
-  uint32_t pins_ = 0;         // see pin_locked(); guarded by lock_
 
   alignas(kCacheLine) WaitNode* watch_fired_ = nullptr;  // see unlock()
   WaitQueue watchq_;                                     // guarded by lock_
@@ -610,17 +587,9 @@ class ChanCore {
   WaitNode* claim_front(WaitQueue& q) noexcept {
     while (WaitNode* n = q.front()) {
       q.remove(n);
-      if (n->waiter->try_claim()) {
-        unpin_locked(n);
-        return n;
-      }
+      if (n->waiter->try_claim()) return n;
     }
     return nullptr;
-  }
-  void unpin_locked(WaitNode* n) noexcept {
-    if (!n->pinned) return;
-    n->pinned = false;
-    --pins_;
   }
 };
 
