@@ -493,6 +493,45 @@ TEST(Select, AFiredSelectOutlivesTheHandlesItsCasesWereMadeFrom) {
   }
 }
 
+// close(x) completes the receivers it claimed one after another: here an
+// asynchronous receive first, whose callback drops the last handles of both
+// channels of a select that the same close() fired next (allowed: the
+// select has fired). The select still withdraws from y, so y must outlive
+// it without close() waiting for the select, which only this close() can
+// complete (a channel destruction that waited for the select's withdrawal
+// hung here).
+TEST(Select, ACloseMayDropTheHandlesOfASelectItFiresWhileFiringIt) {
+  struct Obj {
+    Chan<int> x = make_chan<int>();
+    Chan<int> y = make_chan<int>();
+  };
+  auto obj = std::make_shared<Obj>();
+  Obj* raw = obj.get();
+  PendingOp r = obj->x.recv_async(
+      [keep = obj](std::optional<int>) mutable { keep.reset(); });
+  std::atomic<bool> fired{false};
+  std::thread selector([raw, &fired] {
+    EXPECT_EQ(select(on_recv(raw->x), on_recv(raw->y)), 0u);
+    fired = true;
+  });
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(obj->x).blocked_receivers == 2; }));
+  Chan<int> x = obj->x;
+  obj.reset();  // the asynchronous receive's callback holds the last Obj
+  std::atomic<bool> closed{false};
+  std::thread closer([x, &closed]() mutable {
+    x.close();
+    closed = true;
+  });
+  if (!test_util::eventually([&] { return closed && fired; })) {
+    closer.detach();  // stuck: report instead of hanging the binary
+    selector.detach();
+    FAIL() << "close() or the select it fired never returned";
+  }
+  closer.join();
+  selector.join();
+}
+
 // A dchan::Case holds its channel: cases built in a loop from handles that
 // are gone by the time select runs still work.
 TEST(Select, ACaseHoldsItsChannelPastTheHandleItWasMadeFrom) {
