@@ -13,12 +13,12 @@
 //
 // The party that wins try_claim() (a counterparty holding the channel's lock,
 // close(), or the waiter itself giving up on a timeout) owns the completion:
-// it moves the value into or out of the node's slot, unlinks the node, drops
-// the channel lock and calls complete(). Everybody else who meets one of the
-// waiter's nodes in a queue sees the claim fail and unlinks that node as
-// stale. So a select registered on ten channels consumes a value from at most
-// one of them, and a parked operation costs a node in a queue — no thread for
-// asynchronous waiters.
+// it constructs the value in the node's slot (a receive) or moves it out
+// (a send), unlinks the node, drops the channel lock and calls complete().
+// Everybody else who meets one of the waiter's nodes in a queue sees the
+// claim fail and unlinks that node as stale. So a select registered on ten
+// channels consumes a value from at most one of them, and a parked
+// operation costs a node in a queue — no thread for asynchronous waiters.
 //
 // Memory ordering: the claimer's writes to the slot and to fired_case/ok
 // happen before its release exchange to kDone; the waiter reads them after an
