@@ -252,9 +252,9 @@ TEST(Select, ABlockedSelectWithdrawsItsOtherCasesWhenOneFires) {
 }
 
 // A parked select's receive cases of several types share the landing place
-// on its waiter's line when they fit (an int, a std::string, a
-// std::shared_ptr) and use their own otherwise: whichever fires gets its
-// value intact, and no copy is left behind.
+// on its waiter's line when they fit (an int, a std::string, a 16-byte
+// counted value) and use their own otherwise (an 80-byte one): whichever fires
+// gets its value intact, and no copy is left behind.
 TEST(Select, EveryReceiveCaseOfAParkedSelectGetsItsValueIntact) {
   using test_util::Counted;
   using test_util::Wide;
@@ -271,7 +271,8 @@ TEST(Select, EveryReceiveCaseOfAParkedSelectGetsItsValueIntact) {
         return test_util::eventually(
             [&] { return detail::stats_of(ch).blocked_receivers == 1; });
       };
-      ASSERT_TRUE(parked(ints) && parked(strings) && parked(counteds) &&
+      // Sends anyway if it fails: the select then still gets its value.
+      EXPECT_TRUE(parked(ints) && parked(strings) && parked(counteds) &&
                   parked(wides));
       switch (k) {
         case 0:
