@@ -139,10 +139,6 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   }
   if (w == nullptr) return {PollOutcome::kWouldBlock};
 
-  // About to wait: from here on the select must keep its channels alive
-  // itself (see SelectCase::hold_channel).
-  for (std::size_t i = 0; i < n; ++i) cases[i]->hold_channel();
-
   // Pass 2: with every channel locked, poll again (a case may have become
   // ready meanwhile) and otherwise enqueue on all of them atomically.
   LockSet locks(cases, n);
@@ -168,6 +164,7 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
     node.case_index = static_cast<uint32_t>(i);
     node.is_send = c->kind() == SelectCase::Kind::kSend;
     core->enqueue_locked(&node);
+    core->pin_locked(&node);  // keeps the channel alive: see pin_locked()
   }
   locks.unlock_all();
   return {PollOutcome::kRegistered};

@@ -149,7 +149,24 @@ void ChanCore::unlink(WaitNode* n) noexcept {
   lock();
   if (n->queued)
     (n->is_watch ? watchq_ : n->is_send ? sendq_ : recvq_).remove(n);
+  const bool was_pinned = n->pinned;
+  unpin_locked(n);
+  // The last pin of a channel whose handles are all gone: nobody else can
+  // reach it any more (a node's claim, in settle or elsewhere, comes from a
+  // handle holder or from this unlock).
+  const bool destroy = was_pinned && pins_ == 0 && orphaned_;
   unlock();
+  if (destroy) destroy_(this);
+}
+
+void ChanCore::release_last_handle() noexcept {
+  // The raw lock: without handles there is nothing to settle, and unlink()
+  // reads orphaned_ under the same lock.
+  lock_.lock();
+  const bool pinned = pins_ != 0;
+  if (pinned) orphaned_ = true;
+  lock_.unlock();
+  if (!pinned) destroy_(this);
 }
 
 void wait_for_turn(uint64_t& word, uint64_t value) noexcept {

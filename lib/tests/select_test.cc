@@ -18,6 +18,16 @@ namespace {
 using namespace std::chrono_literals;
 constexpr auto kLiveness = 10s;
 
+// The selects' pins on a local channel (see ChanCore::pin_locked).
+template <class T>
+uint32_t pins_of(const Chan<T>& ch) {
+  detail::ChanState<T>* s = detail::state_of(ch);
+  s->lock();
+  const uint32_t pins = s->pins_;
+  s->unlock();
+  return pins;
+}
+
 TEST(Select, RunsTheReadyCaseAndReturnsItsIndex) {
   auto a = make_chan<int>(1);
   auto b = make_chan<int>(1);
@@ -468,6 +478,52 @@ TEST(Select, ACaseFunctionMayResetTheHandleItsCaseWasMadeFrom) {
   EXPECT_EQ(got, 7);
 }
 
+// A waiting select pins every channel it registers on (a channel whose
+// handles are all gone lives on until its pins are dropped) until the node
+// fired or was withdrawn: a channel with a pin left behind would never be
+// freed once its handles are gone.
+TEST(Select, AWaitingSelectLeavesNoPinBehindHoweverItEnds) {
+  auto a = make_chan<int>();
+  auto b = make_chan<int>();
+  auto parked = [&] {
+    return test_util::eventually(
+        [&] { return detail::stats_of(b).blocked_receivers == 1; });
+  };
+  // Fired by a sender (its node claimed), then by a close.
+  for (bool by_close : {false, true}) {
+    std::thread selector([&] { select(on_recv(a), on_recv(b)); });
+    ASSERT_TRUE(parked());
+    EXPECT_EQ(pins_of(a), 1u);
+    EXPECT_EQ(pins_of(b), 1u);
+    if (by_close) {
+      auto c = a;
+      a = make_chan<int>();
+      c.close();
+      selector.join();
+      EXPECT_EQ(pins_of(c), 0u);
+    } else {
+      a.send(1);
+      selector.join();
+    }
+    EXPECT_EQ(pins_of(a), 0u);
+    EXPECT_EQ(pins_of(b), 0u);
+  }
+  // An asynchronous select, fired and cancelled.
+  for (bool cancel : {false, true}) {
+    PendingOp op = select_async<int>({{a, false, {}}, {b, false, {}}}, false,
+                                     [](SelectOutcome<int>) {});
+    EXPECT_EQ(pins_of(a), 1u);
+    EXPECT_EQ(pins_of(b), 1u);
+    if (cancel) {
+      EXPECT_TRUE(op.cancel());
+    } else {
+      EXPECT_EQ(a.try_send(1), ChanStatus::kOk);
+    }
+    EXPECT_EQ(pins_of(a), 0u);
+    EXPECT_EQ(pins_of(b), 0u);
+  }
+}
+
 // A parked select that a counterparty fires still has to withdraw from its
 // other channels; by then the counterparty may have dropped their last
 // handles (here: the very handle the select's case was made from). The
@@ -530,6 +586,41 @@ TEST(Select, ACloseMayDropTheHandlesOfASelectItFiresWhileFiringIt) {
     FAIL() << "close() or the select it fired never returned";
   }
   closer.join();
+  selector.join();
+}
+
+// A select's registration on x makes a readiness watcher ready, whose
+// callback then runs on the select's own thread as it unlocks, before it
+// waits. Meanwhile another thread fires the select through y and drops its
+// handles (allowed: the select has fired), and the callback drops the last
+// handles of x and y: the channels must outlive the select's withdrawal
+// without anybody waiting for it (a destruction that waited hung here, on
+// the very thread that has to withdraw).
+TEST(Select, AWatcherCallbackRunByTheSelectMayDropItsChannels) {
+  struct Obj {
+    Chan<int> x = make_chan<int>();
+    Chan<int> y = make_chan<int>();
+  };
+  auto obj = std::make_shared<Obj>();
+  Obj* raw = obj.get();
+  PendingOp watch =
+      obj->x.ready_async(/*for_send=*/true, [keep = obj]() mutable {
+        std::this_thread::sleep_for(100ms);  // lets the sender fire the select
+        keep.reset();
+      });
+  std::atomic<bool> fired{false};
+  std::thread selector([raw, &fired] {
+    EXPECT_EQ(select(on_recv(raw->x), on_recv(raw->y)), 1u);
+    fired = true;
+  });
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(obj->y).blocked_receivers == 1; }));
+  obj->y.send(1);
+  obj.reset();  // the watcher's callback holds the last Obj
+  if (!test_util::eventually([&] { return fired.load(); })) {
+    selector.detach();  // stuck: report instead of hanging the binary
+    FAIL() << "the select never returned";
+  }
   selector.join();
 }
 
@@ -598,6 +689,10 @@ TEST(Select, StressEveryValueIsReceivedExactlyOnce) {
   for (std::size_t i = 0; i < seen.size(); ++i) {
     ASSERT_EQ(seen[i].load(), 1) << "value " << i;
   }
+  // Every registration's pin is gone, whoever dropped its node.
+  EXPECT_EQ(pins_of(a), 0u);
+  EXPECT_EQ(pins_of(b), 0u);
+  EXPECT_EQ(pins_of(quit), 0u);
 }
 
 // A readiness watcher woken while a select registers on several channels

@@ -126,7 +126,8 @@ class ChanState final : public ChanCore {
   enum class Fast { kDone, kFull, kEmpty, kBusy };
 
   explicit ChanState(std::size_t capacity, uint32_t first_lap = 0)
-      : ChanCore(capacity, capacity > 0 ? &ChanState::settle : nullptr) {
+      : ChanCore(capacity, capacity > 0 ? &ChanState::settle : nullptr,
+                 &ChanState::destroy) {
     if (capacity == 0) return;
     // A cell per cache line, so that a sender filling one cell and a
     // receiver emptying the one before write different lines (packed, a
@@ -372,6 +373,14 @@ class ChanState final : public ChanCore {
     c.turn().store(lap_of(d) + kLap, std::memory_order_release);
     deq_.pos.store(next_pos(d) | (at & kPosFlags), std::memory_order_relaxed);
     return v;
+  }
+
+  // destroy_ (see ChanCore): destroys and frees a channel made by
+  // make_chan_at_lap.
+  static void destroy(ChanCore* core) noexcept {
+    auto* s = static_cast<ChanState*>(core);
+    s->~ChanState();
+    CacheLineAllocator<ChanState>().deallocate(s, 1);
   }
 
   // settle_ (see ChanCore): run by every release of the lock. Queued
@@ -950,8 +959,20 @@ Chan<T> make_chan_at_lap(std::size_t capacity, uint32_t first_lap) {
     throw Error(absl::StatusCode::kInvalidArgument,
                 "makechan: size out of range");
   }
-  return Chan<T>(std::allocate_shared<ChanState<T>>(
-      CacheLineAllocator<ChanState<T>>(), capacity, first_lap));
+  // Its own allocation rather than std::allocate_shared's: a channel may
+  // outlive its last handle while selects still pin it
+  // (ChanCore::release_last_handle), so the handles' deleter decides when
+  // it goes.
+  CacheLineAllocator<ChanState<T>> alloc;
+  ChanState<T>* s = alloc.allocate(1);
+  try {
+    ::new (static_cast<void*>(s)) ChanState<T>(capacity, first_lap);
+  } catch (...) {
+    alloc.deallocate(s, 1);
+    throw;
+  }
+  return Chan<T>(std::shared_ptr<ChanState<T>>(
+      s, [](ChanState<T>* p) { p->release_last_handle(); }));
 }
 
 template <class T>

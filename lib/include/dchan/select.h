@@ -79,9 +79,12 @@
 // a temporary (after(d), a function's result) holds its channel, and so does
 // every dchan::Case. Clang warns about a function that returns a case made
 // from its own parameter or local handle (ABSL_ATTRIBUTE_LIFETIME_BOUND on
-// on_recv and on_send). A select that has to wait holds its channels first,
-// so once it has fired, the party that fired it may drop any handle at once;
-// a case's function may drop the handle its case was made from.
+// on_recv and on_send). Once a select that had to wait has fired, the party
+// that fired it may drop any handle at once: the select's registrations pin
+// their channels (without touching a reference count), and a channel whose
+// last handle is gone while a fired select still has to withdraw from it
+// is freed by that withdrawal. A case's function may drop the handle its
+// case was made from.
 //
 // Thread safety: select() may run concurrently on any channels. A Case
 // object is used by one select at a time.
@@ -146,9 +149,9 @@ class SelectCase {
   // was closed (a send then throws).
   virtual void finish(bool ok) = 0;
   // Makes the case hold its channel if it only refers to it (see
-  // CaseChan): a select does so before it waits, because once it is
-  // registered a counterparty may fire it and go on to drop the channel's
-  // other handles while the select still has to withdraw from it.
+  // CaseChan): a dchan::Case, and a select over broker channels (which
+  // waits on I/O) do so. A local select that waits pins its channels
+  // instead (ChanCore::pin_locked).
   virtual void hold_channel() noexcept = 0;
 
  private:
@@ -255,7 +258,16 @@ class RecvCase final : public SelectCase {
     return own_landing_;
   }
   void take_landed(void* slot) override { detail::take_landed(slot, value_); }
-  void finish(bool) override { invoke_case_fn(fn_, std::move(value_)); }
+  void finish(bool) override {
+    // Leaves value_ empty, so that a reused Case's next receive never
+    // destroys an old value under a channel's lock: it could hold the last
+    // handle of another channel, whose release takes that channel's lock.
+    struct Reset {
+      std::optional<T>& v;
+      ~Reset() { v.reset(); }
+    } reset{value_};
+    invoke_case_fn(fn_, std::move(value_));
+  }
   std::optional<T>& value() noexcept { return value_; }
 
  private:

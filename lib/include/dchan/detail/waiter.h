@@ -104,8 +104,8 @@ inline unsigned char* block_start(unsigned char* p) noexcept {
   return p - p[-1];
 }
 
-// Allocates for std::allocate_shared at a cache line boundary (a channel's
-// state is laid out in lines, see ChanCore) through the plain operator new:
+// Allocates a channel's state at a cache line boundary (it is laid out in
+// lines, see ChanCore) through the plain operator new:
 // over-aligned new goes through glibc's memalign, which made a channel's
 // creation three times as slow (20 -> 65 ns; reply channels are made per
 // request). The distance back to the block operator new returned is kept in
@@ -194,6 +194,7 @@ struct WaitNode {
   WaitNode* prev = nullptr;
   WaitNode* next = nullptr;
   bool queued = false;
+  bool pinned = false;  // holds one of chan's pins_; guarded by chan's lock
 };
 
 // An intrusive FIFO of WaitNodes. Not thread-safe: guarded by the owning
@@ -356,8 +357,10 @@ class ChanCore {
  public:
   // `settle` is the typed part of every release of a buffered channel (see
   // "The buffer" below); unbuffered channels have none.
-  ChanCore(std::size_t capacity, void (*settle)(ChanCore*)) noexcept
-      : cap_(capacity), settle_(settle) {}
+  // `destroy` destroys and frees the whole channel (ChanState<T>).
+  ChanCore(std::size_t capacity, void (*settle)(ChanCore*),
+           void (*destroy)(ChanCore*)) noexcept
+      : cap_(capacity), settle_(settle), destroy_(destroy) {}
   ChanCore(const ChanCore&) = delete;
   ChanCore& operator=(const ChanCore&) = delete;
 
@@ -454,8 +457,17 @@ class ChanCore {
   // Completes nodes collected by close_locked(). No lock held.
   static void fire_all(WaitNode* fired, bool ok) noexcept;
 
-  // Unlinks `n` if it is still queued. Takes lock_.
+  // Unlinks `n` if it is still queued, and drops its pin. Takes lock_.
   void unlink(WaitNode* n) noexcept;
+
+  // The last handle is gone (Chan's deleter): destroys the channel now, or,
+  // while selects still pin it (see pin_locked()), marks it orphaned for
+  // the unlink() that drops the last pin to destroy. Never waits: the thread
+  // dropping the handle may be the one that has to complete or withdraw
+  // such a select (a close() whose receivers' callbacks drop handles, a
+  // watcher's callback run by the registering select itself), or the
+  // select may never fire (a thread still blocked at process exit).
+  void release_last_handle() noexcept;
 
   // Without the lock (Go's empty() and full() checks before a non-blocking
   // chanrecv or chansend takes the lock): false only if there was a moment
@@ -486,6 +498,20 @@ class ChanCore {
       blocked = distance(e, d) <= 0;
     }
     return !blocked || closed_;
+  }
+
+  // A select's node pins its channel from its registration until it is
+  // claimed (its case fired) or its owner unlinks it (select_withdraw): a
+  // select fired through another channel may still have to withdraw from
+  // this one after every handle to it is gone, so the channel outlives its
+  // last handle until its last pin is dropped (release_last_handle). A
+  // select thus keeps its channels alive without copying their handles: a
+  // handle's reference count is a cache line that every thread using the
+  // channel would trade, while pins_ sits on the line the registration and
+  // withdrawal lock anyway. Requires lock_; `n` is enqueued here.
+  void pin_locked(WaitNode* n) noexcept {
+    n->pinned = true;
+    ++pins_;
   }
 
   void enqueue_locked(WaitNode* n) noexcept {
@@ -553,6 +579,8 @@ class ChanCore {
   bool timer_fired_ = false;  // after(): its value was sent; guarded by lock_
   WaitQueue recvq_;           // guarded by lock_
   WaitQueue sendq_;           // guarded by lock_
+  uint32_t pins_ = 0;         // see pin_locked(); guarded by lock_
+  bool orphaned_ = false;     // see release_last_handle(); guarded by lock_
 
   alignas(kCacheLine) WaitNode* watch_fired_ = nullptr;  // see unlock()
   WaitQueue watchq_;                                     // guarded by lock_
@@ -564,6 +592,7 @@ class ChanCore {
   // Buffered channels: hands buffered values to queued receivers and queued
   // senders' values to free cells, and wakes watchers (ChanState<T>).
   void (*const settle_)(ChanCore*);
+  void (*const destroy_)(ChanCore*);  // see the constructor
 
   BufferEnd enq_;  // senders' end (flags: kOwned, kWaiting, kClosedPos)
   BufferEnd deq_;  // receivers' end (flags: kOwned, kWaiting)
@@ -587,9 +616,17 @@ class ChanCore {
   WaitNode* claim_front(WaitQueue& q) noexcept {
     while (WaitNode* n = q.front()) {
       q.remove(n);
-      if (n->waiter->try_claim()) return n;
+      if (n->waiter->try_claim()) {
+        unpin_locked(n);
+        return n;
+      }
     }
     return nullptr;
+  }
+  void unpin_locked(WaitNode* n) noexcept {
+    if (!n->pinned) return;
+    n->pinned = false;
+    --pins_;
   }
 };
 
