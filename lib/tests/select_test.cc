@@ -624,6 +624,23 @@ TEST(Select, AWatcherCallbackRunByTheSelectMayDropItsChannels) {
   selector.join();
 }
 
+// A case's function may destroy its own Case: a run-time case list that
+// its quit case clears (a use after free under ASan when the case touched
+// itself after running its function; found by review).
+TEST(Select, ACaseFunctionMayDestroyItsOwnCase) {
+  auto data = make_chan<int>(1);
+  auto quit = make_chan<int>(1);
+  std::vector<Case> cases;
+  int got = 0;
+  cases.emplace_back(
+      on_recv(data, [&](std::optional<int> v) { got += v.value_or(0); }));
+  cases.emplace_back(on_recv(quit, [&](std::optional<int>) { cases.clear(); }));
+  data.send(1);
+  quit.send(1);
+  while (!cases.empty()) select(std::span<Case>(cases));
+  EXPECT_LE(got, 1);
+}
+
 // A dchan::Case holds its channel: cases built in a loop from handles that
 // are gone by the time select runs still work.
 TEST(Select, ACaseHoldsItsChannelPastTheHandleItWasMadeFrom) {

@@ -260,13 +260,13 @@ class RecvCase final : public SelectCase {
   void take_landed(void* slot) override { detail::take_landed(slot, value_); }
   void finish(bool) override {
     // Leaves value_ empty, so that a reused Case's next receive never
-    // destroys an old value under a channel's lock: it could hold the last
-    // handle of another channel, whose release takes that channel's lock.
-    struct Reset {
-      std::optional<T>& v;
-      ~Reset() { v.reset(); }
-    } reset{value_};
-    invoke_case_fn(fn_, std::move(value_));
+    // destroys an old value under a channel's lock (it could hold the last
+    // handle of another channel, whose release takes that channel's lock);
+    // and touches nothing of the case after its function, which may
+    // destroy the case (a run-time case list cleared by its quit case).
+    std::optional<T> v = std::move(value_);
+    value_.reset();
+    invoke_case_fn(fn_, std::move(v));
   }
   std::optional<T>& value() noexcept { return value_; }
 

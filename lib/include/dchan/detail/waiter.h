@@ -56,6 +56,10 @@ class Lock {
     }
     lock_slow();
   }
+  // The wake after the exchange may come after another thread took the
+  // lock and freed the memory (a channel freed by its last unlink, see
+  // ChanCore::release_last_handle): harmless, as a private futex wake does
+  // not touch the memory and every waiter re-checks its word.
   void unlock() noexcept {
     if (word_.exchange(0, std::memory_order_release) == 2) {
       futex_wake_one(word_);
@@ -457,7 +461,9 @@ class ChanCore {
   // Completes nodes collected by close_locked(). No lock held.
   static void fire_all(WaitNode* fired, bool ok) noexcept;
 
-  // Unlinks `n` if it is still queued, and drops its pin. Takes lock_.
+  // Unlinks `n` if it is still queued, and drops its pin. Takes lock_. May
+  // free the channel (the last pin of an orphaned one): the caller touches
+  // it no more.
   void unlink(WaitNode* n) noexcept;
 
   // The last handle is gone (Chan's deleter): destroys the channel now, or,
