@@ -550,6 +550,12 @@ TEST(Select, AFiredSelectOutlivesTheHandlesItsCasesWereMadeFrom) {
   }
 }
 
+// Two channels behind one owner, whose last reference a callback drops.
+struct TwoChannels {
+  Chan<int> x = make_chan<int>();
+  Chan<int> y = make_chan<int>();
+};
+
 // close(x) completes the receivers it claimed one after another: here an
 // asynchronous receive first, whose callback drops the last handles of both
 // channels of a select that the same close() fired next (allowed: the
@@ -558,12 +564,8 @@ TEST(Select, AFiredSelectOutlivesTheHandlesItsCasesWereMadeFrom) {
 // complete (a channel destruction that waited for the select's withdrawal
 // hung here).
 TEST(Select, ACloseMayDropTheHandlesOfASelectItFiresWhileFiringIt) {
-  struct Obj {
-    Chan<int> x = make_chan<int>();
-    Chan<int> y = make_chan<int>();
-  };
-  auto obj = std::make_shared<Obj>();
-  Obj* raw = obj.get();
+  auto obj = std::make_shared<TwoChannels>();
+  TwoChannels* raw = obj.get();
   PendingOp r = obj->x.recv_async(
       [keep = obj](std::optional<int>) mutable { keep.reset(); });
   std::atomic<bool> fired{false};
@@ -574,7 +576,7 @@ TEST(Select, ACloseMayDropTheHandlesOfASelectItFiresWhileFiringIt) {
   ASSERT_TRUE(test_util::eventually(
       [&] { return detail::stats_of(obj->x).blocked_receivers == 2; }));
   Chan<int> x = obj->x;
-  obj.reset();  // the asynchronous receive's callback holds the last Obj
+  obj.reset();  // the asynchronous receive's callback holds the last owner
   std::atomic<bool> closed{false};
   std::thread closer([x, &closed]() mutable {
     x.close();
@@ -597,12 +599,8 @@ TEST(Select, ACloseMayDropTheHandlesOfASelectItFiresWhileFiringIt) {
 // without anybody waiting for it (a destruction that waited hung here, on
 // the very thread that has to withdraw).
 TEST(Select, AWatcherCallbackRunByTheSelectMayDropItsChannels) {
-  struct Obj {
-    Chan<int> x = make_chan<int>();
-    Chan<int> y = make_chan<int>();
-  };
-  auto obj = std::make_shared<Obj>();
-  Obj* raw = obj.get();
+  auto obj = std::make_shared<TwoChannels>();
+  TwoChannels* raw = obj.get();
   PendingOp watch =
       obj->x.ready_async(/*for_send=*/true, [keep = obj]() mutable {
         std::this_thread::sleep_for(100ms);  // lets the sender fire the select
@@ -616,7 +614,7 @@ TEST(Select, AWatcherCallbackRunByTheSelectMayDropItsChannels) {
   ASSERT_TRUE(test_util::eventually(
       [&] { return detail::stats_of(obj->y).blocked_receivers == 1; }));
   obj->y.send(1);
-  obj.reset();  // the watcher's callback holds the last Obj
+  obj.reset();  // the watcher's callback holds the last owner
   if (!test_util::eventually([&] { return fired.load(); })) {
     selector.detach();  // stuck: report instead of hanging the binary
     FAIL() << "the select never returned";
