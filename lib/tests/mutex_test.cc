@@ -305,14 +305,15 @@ TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
   h1.join();
   h2.join();
   third.join();
+  // Progress, not a time bound: each wait usually ends soon after the 1 ms
+  // threshold, but a loaded machine may leave a SCHED_IDLE thread unrun for
+  // hundreds of milliseconds (a 100 ms bound here once measured 203 ms).
+  // Without hand-off the third thread does not get in at all.
   EXPECT_TRUE(done) << "the third thread got the lock only " << got.load()
-                    << " times in 10 s";
-  // Each wait ends soon after the 1 ms threshold; 100 ms is lenient (for
-  // sanitizers and loaded machines). Without hand-off, waits of seconds.
-  EXPECT_LT(longest_wait, 100ms)
-      << "longest wait "
-      << std::chrono::duration<double, std::milli>(longest_wait).count()
-      << " ms";
+                    << " times in 10 s (longest wait "
+                    << std::chrono::duration<double, std::milli>(longest_wait)
+                           .count()
+                    << " ms)";
 }
 
 // POSIX's reference-count pattern: whoever drops the count to zero destroys
