@@ -59,10 +59,16 @@ void random_order(absl::InlinedVector<uint32_t, 8>& order) noexcept {
 // selects over the same channels cannot deadlock).
 class LockSet {
  public:
+  LockSet() = default;
   LockSet(SelectCase* const* cases, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) {
       if (ChanCore* c = cases[i]->core()) cores_.push_back(c);
     }
+    seal();
+  }
+  // Building one channel at a time: add() them, then seal().
+  void add(ChanCore* c) { cores_.push_back(c); }
+  void seal() {
     std::sort(cores_.begin(), cores_.end());
     cores_.erase(std::unique(cores_.begin(), cores_.end()), cores_.end());
   }
@@ -111,6 +117,225 @@ ChanStatus try_alone(SelectCase* c, ChanCore* core) {
   return st;
 }
 
+// Pass 1 of a select: tries each case that may be ready (a lock-free look)
+// under its own channel's lock, in `order`. The usual select finds a ready
+// case here without locking every channel, nor one that is never ready (a
+// quit channel that every worker selects on). kFired or kWouldBlock.
+PollOutcome poll_each_alone(SelectCase* const* cases,
+                            const absl::InlinedVector<uint32_t, 8>& order) {
+  for (uint32_t i : order) {
+    ChanCore* core = cases[i]->core();
+    if (!may_be_ready(cases[i], core)) continue;
+    const ChanStatus st = try_alone(cases[i], core);
+    if (st != ChanStatus::kWouldBlock) {
+      return {PollOutcome::kFired, i, st == ChanStatus::kOk};
+    }
+  }
+  return {PollOutcome::kWouldBlock};
+}
+
+// A thread's select waiter and nodes, kept from one select to the next
+// (lazy withdrawal). Go's select, once woken through one channel, locks
+// every other channel again to dequeue from it; the next select locks them
+// once more to enqueue. On a channel that every worker selects on and that
+// never fires (a quit channel), those locks move the channel's cache line
+// between the workers' CPUs four times per select pair. Here a select
+// leaves the nodes of its other cases queued, stale (their waiter's
+// generation is over), and the thread's next select on the same channel
+// re-registers such a node with one compare-and-swap on the node itself
+// (WaitNode::arm) instead of taking the channel's lock: the quit channel's
+// line stays shared in every worker's cache. Whoever meets a stale node
+// takes it out (ChanCore::claim_or_drop); then the re-registration fails,
+// and the select queues the node under the lock as usual. A re-registration
+// that succeeds needs no new look at the channel: every change that could
+// have made the case ready since the node was queued (a sender or receiver
+// arriving, a value buffered or room made, a close) meets the node and so
+// takes it out.
+class KeptNodes {
+ public:
+  static constexpr std::size_t kNodes = 8;
+
+  KeptNodes() noexcept {
+    for (WaitNode& n : nodes_) n.waiter = &lw.w;
+  }
+  KeptNodes(const KeptNodes&) = delete;
+  KeptNodes& operator=(const KeptNodes&) = delete;
+  ~KeptNodes() {
+    busy = true;  // a watcher's callback run by an unlink may select
+    detach_all();
+  }
+
+  // Assigns a node to every case with a channel (node_of[i]; nullptr for
+  // the others): the one already used with that channel and direction, or
+  // the least recently used other one, withdrawn first if still queued.
+  // False when two cases share a channel and direction, or there are more
+  // than kNodes: then this select cannot keep its nodes.
+  bool assign(SelectCase* const* cases, std::size_t n, WaitNode** node_of) {
+    uint32_t taken = 0;  // bit k: nodes_[k] belongs to this select
+    std::size_t unassigned = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      node_of[i] = nullptr;
+      ChanCore* core = cases[i]->core();
+      if (core == nullptr) continue;
+      const bool send = cases[i]->kind() == SelectCase::Kind::kSend;
+      for (std::size_t k = 0; k < kNodes; ++k) {
+        if (nodes_[k].chan != core || nodes_[k].is_send != send) continue;
+        if ((taken & (1u << k)) != 0) return false;
+        taken |= 1u << k;
+        node_of[i] = &nodes_[k];
+        break;
+      }
+      if (node_of[i] == nullptr) ++unassigned;
+    }
+    if (unassigned == 0) return true;
+    if (unassigned > kNodes - static_cast<std::size_t>(__builtin_popcount(taken)))
+      return false;
+    for (std::size_t i = 0; i < n; ++i) {
+      ChanCore* core = cases[i]->core();
+      if (core == nullptr || node_of[i] != nullptr) continue;
+      std::size_t victim = kNodes;
+      for (std::size_t k = 0; k < kNodes; ++k) {
+        if ((taken & (1u << k)) != 0) continue;
+        if (nodes_[k].arm.load(std::memory_order_relaxed) == 0) {
+          victim = k;  // not queued anywhere: free to take
+          break;
+        }
+        if (victim == kNodes || used_at_[k] < used_at_[victim]) victim = k;
+      }
+      detach(nodes_[victim]);
+      taken |= 1u << victim;
+      nodes_[victim].chan = core;
+      nodes_[victim].is_send = cases[i]->kind() == SelectCase::Kind::kSend;
+      node_of[i] = &nodes_[victim];
+    }
+    return true;
+  }
+
+  // The waiter's next generation, re-armed (see Waiter::rearm).
+  uint32_t rearm() noexcept {
+    if (gen_ == Waiter::kMaxGen) {
+      // No queued node may carry a generation of the next round.
+      detach_all();
+      gen_ = 0;
+    }
+    lw.w.rearm(++gen_);
+    return gen_;
+  }
+  void mark_used(WaitNode* n) noexcept {
+    used_at_[static_cast<std::size_t>(n - nodes_)] = gen_;
+  }
+
+  LandingWaiter lw;   // a receive case's value may land on its line
+  bool busy = false;  // a select uses these (one that a callback it runs
+                      // starts meanwhile cannot)
+
+ private:
+  // Takes a kept node out of its channel's queue if it is still there.
+  static void detach(WaitNode& n) noexcept {
+    uint32_t a = n.arm.load(std::memory_order_acquire);
+    while (WaitNode::is_kept(a)) {
+      // kDetaching: a counterparty that meets the node now leaves its pin
+      // to this unlink(), so the channel stays until then.
+      if (n.arm.compare_exchange_weak(a, WaitNode::kDetaching,
+                                      std::memory_order_acquire,
+                                      std::memory_order_acquire)) {
+        n.chan->unlink(&n);  // may free the channel (an orphaned one)
+        n.arm.store(0, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
+  void detach_all() noexcept {
+    for (WaitNode& n : nodes_) detach(n);
+  }
+
+  WaitNode nodes_[kNodes];
+  uint32_t used_at_[kNodes] = {};  // the generation of each node's last use
+  uint32_t gen_ = 0;
+};
+
+// A select that may wait, with the calling thread's kept nodes (see
+// KeptNodes; `node_of` from assign()). Returns the fired case and whether it
+// succeeded, its value (a receive) moved into the case; finish() is left to
+// the caller.
+PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
+                        KeptNodes& kept, WaitNode* const* node_of) {
+  absl::InlinedVector<uint32_t, 8> order(n);
+  Waiter& w = kept.lw.w;
+  for (;;) {
+    random_order(order);
+    if (const PollOutcome r = poll_each_alone(cases, order);
+        r.kind == PollOutcome::kFired) {
+      return r;
+    }
+
+    // Pass 2. The waiter's new generation is invisible until a node
+    // carries it: the cases whose nodes must be queued (not still queued
+    // from an earlier select, or taken out since) are polled again under
+    // their channels' locks, as in select_poll, and consume directly.
+    const uint32_t gen = kept.rearm();
+    absl::InlinedVector<bool, 8> queue(n, false);
+    LockSet locks;
+    for (std::size_t i = 0; i < n; ++i) {
+      WaitNode* node = node_of[i];
+      if (node == nullptr) continue;
+      kept.mark_used(node);
+      // Read by a counterparty only once it claimed the node for `gen`.
+      node->slot = cases[i]->park_slot(kept.lw.landing);
+      node->case_index = static_cast<uint32_t>(i);
+      if (!WaitNode::is_kept(node->arm.load(std::memory_order_relaxed))) {
+        queue[i] = true;
+        locks.add(node->chan);
+      }
+    }
+    locks.seal();
+    locks.lock_all();
+    for (uint32_t i : order) {
+      if (!queue[i]) continue;
+      WaitNode* to_fire = nullptr;
+      const ChanStatus st = cases[i]->try_locked(&to_fire);
+      if (st == ChanStatus::kWouldBlock) continue;
+      locks.unlock_all();
+      fire(to_fire);
+      return {PollOutcome::kFired, i, st == ChanStatus::kOk};
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!queue[i]) continue;
+      WaitNode* node = node_of[i];
+      node->arm.store(WaitNode::kept(gen), std::memory_order_relaxed);
+      node->chan->enqueue_locked(node);
+      node->chan->pin_locked(node);
+    }
+    // Re-register the nodes still queued from earlier selects (their
+    // channels unlocked: see KeptNodes). A node taken out meanwhile means a
+    // change on its channel this select has not looked at: unless a
+    // counterparty fired the select already, withdraw and start over.
+    bool lost = false;
+    for (std::size_t i = 0; i < n && !lost; ++i) {
+      WaitNode* node = node_of[i];
+      if (node == nullptr || queue[i]) continue;
+      uint32_t a = node->arm.load(std::memory_order_relaxed);
+      lost = !WaitNode::is_kept(a) ||
+             !node->arm.compare_exchange_strong(a, WaitNode::kept(gen),
+                                                std::memory_order_seq_cst,
+                                                std::memory_order_relaxed);
+    }
+    if (lost && w.try_claim(gen)) {
+      for (std::size_t i = 0; i < n; ++i) {
+        if (queue[i]) node_of[i]->chan->withdraw_locked(node_of[i]);
+      }
+      locks.unlock_all();
+      w.mark_done_by_owner();
+      continue;
+    }
+    locks.unlock_all();
+    w.wait();
+    const uint32_t fired = w.fired_case();
+    if (w.ok()) cases[fired]->take_landed(node_of[fired]->slot);
+    return {PollOutcome::kFired, fired, w.ok()};
+  }
+}
+
 }  // namespace
 
 PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
@@ -125,19 +350,10 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   absl::InlinedVector<uint32_t, 8> order(n);
   random_order(order);
 
-  // Pass 1: try each case that may be ready (a lock-free look) under its
-  // own channel's lock. The usual select finds a ready case here without
-  // locking every channel, nor one that is never ready (a quit channel that
-  // every worker selects on).
-  for (uint32_t i : order) {
-    ChanCore* core = cases[i]->core();
-    if (!may_be_ready(cases[i], core)) continue;
-    const ChanStatus st = try_alone(cases[i], core);
-    if (st != ChanStatus::kWouldBlock) {
-      return {PollOutcome::kFired, i, st == ChanStatus::kOk};
-    }
+  if (const PollOutcome r = poll_each_alone(cases, order);
+      r.kind == PollOutcome::kFired || w == nullptr) {
+    return r;
   }
-  if (w == nullptr) return {PollOutcome::kWouldBlock};
 
   // Pass 2: with every channel locked, poll again (a case may have become
   // ready meanwhile) and otherwise enqueue on all of them atomically.
@@ -525,6 +741,27 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
       return select_spanning(cases, n, default_index);
     }
     return select_on_broker(cases, n, default_index, std::move(timers));
+  }
+
+  if (default_index == n && n <= KeptNodes::kNodes) {
+    thread_local KeptNodes kept;
+    WaitNode* node_of[KeptNodes::kNodes];
+    if (!kept.busy && kept.assign(cases, n, node_of)) {
+      bool any = false;
+      for (std::size_t i = 0; i < n; ++i) any = any || node_of[i] != nullptr;
+      if (!any) block_forever();  // only nil cases: Go's `select {}`
+      kept.busy = true;
+      PollOutcome r;
+      try {
+        r = select_kept(cases, n, kept, node_of);
+      } catch (...) {
+        kept.busy = false;
+        throw;
+      }
+      kept.busy = false;
+      cases[r.index]->finish(r.ok);
+      return r.index;
+    }
   }
 
   LandingWaiter lw;  // a receive case's value may land on its line

@@ -73,20 +73,6 @@ bool Waiter::wait_until(
   return true;
 }
 
-namespace {
-
-// True if `q` holds a node whose waiter may still fire; drops stale nodes
-// (of selects that fired elsewhere) on the way.
-bool has_live_waiter(WaitQueue& q) noexcept {
-  while (WaitNode* n = q.front()) {
-    if (n->waiter->waiting()) return true;
-    q.remove(n);
-  }
-  return false;
-}
-
-}  // namespace
-
 void ChanCore::wake_watchers_locked() noexcept {
   bool recv_ready = false, send_ready = false, computed_recv = false,
        computed_send = false;
@@ -163,6 +149,25 @@ void ChanCore::release_last_handle() noexcept {
   // The raw lock: without handles there is nothing to settle, and unlink()
   // reads orphaned_ under the same lock.
   lock_.lock();
+  // Kept nodes of selects that are over stay queued until someone meets
+  // them (see WaitNode::arm): take them out, with their pins. Their owners
+  // see them detached and never come back to this channel.
+  for (WaitQueue* q : {&recvq_, &sendq_}) {
+    WaitNode* n = q->front();
+    while (n != nullptr) {
+      WaitNode* next = n->next;
+      uint32_t a = n->arm.load(std::memory_order_acquire);
+      while (WaitNode::is_kept(a) && !n->waiter->live(WaitNode::gen_of(a))) {
+        if (n->arm.compare_exchange_weak(a, 0, std::memory_order_acquire,
+                                         std::memory_order_acquire)) {
+          q->remove(n);
+          unpin_locked(n);
+          break;
+        }
+      }
+      n = next;
+    }
+  }
   const bool pinned = pins_ != 0;
   if (pinned) orphaned_ = true;
   lock_.unlock();

@@ -524,6 +524,190 @@ TEST(Select, AWaitingSelectLeavesNoPinBehindHoweverItEnds) {
   }
 }
 
+// Lazy withdrawal (KeptNodes in select.cc): a select fired through one
+// channel leaves its node on the other queued, stale, and the thread's next
+// select on that channel re-registers the same node without the channel's
+// lock. The node pins the channel while queued, and the thread's exit takes
+// it out.
+TEST(Select, ASelectLeavesItsOtherNodesQueuedForTheThreadsNextSelect) {
+  auto ping = make_chan<int>();
+  auto quit = make_chan<int>();
+  auto parked = [&] {
+    return test_util::eventually(
+        [&] { return detail::stats_of(ping).blocked_receivers == 1; });
+  };
+  auto rounds = make_chan<int>();
+  std::thread selector([&] {
+    for (int i = 1;; ++i) {
+      if (select(on_recv(ping), on_recv(quit)) == 1) return;
+      rounds.send(i);  // and wait there for the checks
+    }
+  });
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_TRUE(parked());
+    ping.send(i);
+    ASSERT_TRUE(test_util::eventually([&] {
+      return detail::stats_of(rounds).blocked_senders == 1;
+    }));
+    // Fired through ping: its node on quit stays, but waits for nothing.
+    EXPECT_EQ(pins_of(quit), 1u);
+    EXPECT_EQ(detail::stats_of(quit).blocked_receivers, 0u);
+    EXPECT_EQ(pins_of(ping), 0u);
+    EXPECT_EQ(rounds.recv(), i);
+  }
+  ASSERT_TRUE(parked());
+  EXPECT_EQ(detail::stats_of(quit).blocked_receivers, 1u);  // re-registered
+  quit.close();
+  selector.join();
+  EXPECT_EQ(pins_of(ping), 0u);  // the thread's exit took its node out
+  EXPECT_EQ(pins_of(quit), 0u);
+}
+
+// A kept node that a counterparty took out meanwhile (here a try_send that
+// met it stale) cannot be re-registered; the next select queues it again
+// under the channel's lock and is found there.
+TEST(Select, AKeptNodeTakenOutMeanwhileIsQueuedAgain) {
+  auto a = make_chan<int>();
+  auto b = make_chan<int>();
+  Chan<int> to_selector = make_chan<int>();
+  Chan<std::optional<int>> from_selector = make_chan<std::optional<int>>(1);
+  std::thread selector([&] {
+    while (to_selector.recv().has_value()) {
+      std::optional<int> got;
+      select(on_recv(a, [&](std::optional<int> v) { got = v; }),
+             on_recv(b, [&](std::optional<int> v) { got = v; }));
+      from_selector.send(got);
+    }
+  });
+  auto result = [&] { return from_selector.recv().value(); };
+  auto parked_on_b = [&] {
+    return test_util::eventually(
+        [&] { return detail::stats_of(b).blocked_receivers == 1; });
+  };
+  to_selector.send(1);
+  ASSERT_TRUE(parked_on_b());
+  a.send(1);  // fired through a: its node on b stays queued, stale
+  EXPECT_EQ(result(), std::optional<int>(1));
+  EXPECT_EQ(b.try_send(2), ChanStatus::kWouldBlock);  // takes the node out
+  EXPECT_EQ(pins_of(b), 0u);
+  to_selector.send(1);
+  ASSERT_TRUE(parked_on_b());
+  EXPECT_EQ(pins_of(b), 1u);
+  EXPECT_EQ(b.try_send(3), ChanStatus::kOk);
+  EXPECT_EQ(result(), std::optional<int>(3));
+  // And a close that meets a stale node: the next select sees the close.
+  EXPECT_EQ(pins_of(a), 1u);  // fired through b: a's node kept
+  a.close();
+  EXPECT_EQ(pins_of(a), 0u);
+  to_selector.send(1);
+  EXPECT_EQ(result(), std::nullopt);
+  to_selector.close();
+  selector.join();
+}
+
+// The last handle of a channel that holds a kept node goes: the channel is
+// freed at once (a leak under LeakSanitizer otherwise), and the thread's
+// later selects, which reuse the node for other channels (more than the
+// thread keeps), never touch the freed one (a use after free under ASan).
+TEST(Select, AChannelDroppedWhileAThreadKeepsANodeOnItIsFreed) {
+  auto a = make_chan<int>();
+  auto b = std::make_unique<Chan<int>>(make_chan<int>());
+  Chan<int> go_on = make_chan<int>();
+  std::thread selector([&] {
+    EXPECT_EQ(select(on_recv(a), on_recv(*b)), 0u);
+    go_on.recv();
+    // Twenty channels in turn, each select fired by a value already there.
+    for (int i = 0; i < 20; ++i) {
+      auto c = make_chan<int>(1);
+      c.send(i);
+      auto d = make_chan<int>();
+      EXPECT_EQ(select(on_recv(d), on_recv(c)), 1u);
+    }
+  });
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(*b).blocked_receivers == 1; }));
+  a.send(1);
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(*b).blocked_receivers == 0; }));
+  b.reset();  // the last handle: b's stale node is taken out, b freed
+  go_on.send(1);
+  selector.join();
+}
+
+// A thread keeps a few nodes; a select over channels it has no node for
+// takes the least recently used, withdrawing it from its channel.
+TEST(Select, AThreadKeepsAFewNodesAndWithdrawsTheOldest) {
+  std::vector<Chan<int>> chans;
+  for (int i = 0; i < 20; ++i) chans.push_back(make_chan<int>(1));
+  auto never = make_chan<int>();
+  std::thread selector([&] {
+    for (int i = 0; i < 20; ++i) {
+      chans[i].send(i);
+      select(on_recv(never), on_recv(chans[i]));
+    }
+  });
+  selector.join();
+  // Pass 1 found each value: nothing was registered, nothing pinned.
+  uint32_t pinned = 0;
+  for (auto& c : chans) pinned += pins_of(c);
+  EXPECT_EQ(pinned, 0u);
+
+  std::atomic<int> done{0};
+  std::thread waiter([&] {
+    for (int i = 0; i < 20; ++i) {
+      select(on_recv(never), on_recv(chans[i]));
+      ++done;
+    }
+    // Still running: its kept nodes stay queued.
+    while (done.load() != 21) std::this_thread::yield();
+  });
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(test_util::eventually(
+        [&] { return detail::stats_of(chans[i]).blocked_receivers == 1; }));
+    chans[i].send(i);
+    ASSERT_TRUE(test_util::eventually([&] { return done.load() == i + 1; }));
+  }
+  // never's node (used by every select) and at most 7 others stay queued.
+  pinned = 0;
+  for (auto& c : chans) pinned += pins_of(c);
+  EXPECT_EQ(pins_of(never), 1u);
+  EXPECT_LE(pinned, 7u);
+  EXPECT_EQ(pins_of(chans[0]), 0u);  // the oldest was withdrawn
+  done = 21;
+  waiter.join();
+  EXPECT_EQ(pins_of(never), 0u);
+}
+
+// A readiness callback that a waiting select runs itself (its registration
+// made the channel ready for a send) may select too: it cannot use the
+// waiting select's kept nodes and waiter, which would lose the outer
+// select's registration.
+TEST(Select, ACallbackRunByAWaitingSelectMaySelectItself) {
+  auto x = make_chan<int>();
+  auto quit = make_chan<int>();
+  auto full = make_chan<int>(1);
+  full.send(7);
+  std::optional<int> nested;
+  PendingOp watch = x.ready_async(/*for_send=*/true, [&] {
+    select(on_recv(full, [&](std::optional<int> v) { nested = v; }),
+           on_recv(quit));
+  });
+  std::optional<int> got;
+  std::size_t fired = 99;
+  std::thread selector([&] {
+    fired = select(on_recv(x, [&](std::optional<int> v) { got = v; }),
+                   on_recv(quit));
+  });
+  const bool sent = test_util::eventually(
+      [&] { return x.try_send(5) == ChanStatus::kOk; });
+  if (!sent) quit.close();  // frees the selector instead of hanging
+  selector.join();
+  EXPECT_TRUE(sent);
+  EXPECT_EQ(fired, 0u);
+  EXPECT_EQ(got, std::optional<int>(5));
+  EXPECT_EQ(nested, std::optional<int>(7));
+}
+
 // A parked select that a counterparty fires still has to withdraw from its
 // other channels; by then the counterparty may have dropped their last
 // handles (here: the very handle the select's case was made from). The

@@ -1007,8 +1007,8 @@ ChanStats stats_of(const Chan<T>& ch) noexcept {
   st.len = s->cap_ != 0 ? s->owned_len() : 0;
   st.cap = s->cap_;
   st.closed = s->closed_;
-  st.blocked_senders = s->sendq_.size();
-  st.blocked_receivers = s->recvq_.size();
+  st.blocked_senders = ChanCore::live_waiters(s->sendq_);
+  st.blocked_receivers = ChanCore::live_waiters(s->recvq_);
   st.watchers = s->watchq_.size();
   s->unlock();
   return st;

@@ -180,6 +180,10 @@ class LockedWord {
 // One registration of a waiter on one channel queue (Go's sudog). Owned by
 // the waiter; linked into at most one queue, under that channel's lock.
 struct WaitNode {
+  WaitNode() = default;
+  WaitNode(const WaitNode&) = delete;
+  WaitNode& operator=(const WaitNode&) = delete;
+
   Waiter* waiter = nullptr;
   // Send: points at the T to move from. Recv: points at uninitialized
   // storage for a T (aligned for it), in which the claimer constructs the
@@ -199,6 +203,26 @@ struct WaitNode {
   WaitNode* next = nullptr;
   bool queued = false;
   bool pinned = false;  // holds one of chan's pins_; guarded by chan's lock
+
+  // The generation of its waiter this node is registered for, and whether
+  // its owner leaves it queued after the waiter fires (a "kept" node, see
+  // select.cc's KeptNodes): 0 for an ordinary node (generation 0, withdrawn
+  // by its owner), kept(g) for a kept node queued for generation g,
+  // kDetaching while its owner withdraws a kept node. A kept node is
+  // re-registered for the owner's next select without the channel's lock,
+  // by a compare-and-swap from its old kept(g) to the new generation's;
+  // whoever meets it stale in a queue takes it out by a compare-and-swap to
+  // 0 (ChanCore::claim_front), so exactly one of the two wins. A kept node
+  // that is queued holds a pin (pinned), which its remover drops.
+  static constexpr uint32_t kDetaching = 2;
+  static constexpr uint32_t kept(uint32_t gen) noexcept {
+    return gen << 2 | 1;
+  }
+  static constexpr bool is_kept(uint32_t arm) noexcept {
+    return (arm & 1) != 0;
+  }
+  static constexpr uint32_t gen_of(uint32_t arm) noexcept { return arm >> 2; }
+  std::atomic<uint32_t> arm{0};
 };
 
 // An intrusive FIFO of WaitNodes. Not thread-safe: guarded by the owning
@@ -253,11 +277,14 @@ class Waiter {
   Waiter(const Waiter&) = delete;
   Waiter& operator=(const Waiter&) = delete;
 
-  // Wins the right to complete this waiter. Exactly one caller ever gets
-  // true. Callers that get false must not touch the waiter's slots.
-  bool try_claim() noexcept {
+  // Wins the right to complete this waiter, if it waits in generation
+  // `gen` (a node's WaitNode::gen_of(arm); 0 unless the waiter is reused,
+  // see rearm()). Exactly one caller ever gets true. Callers that get false
+  // must not touch the waiter's slots.
+  bool try_claim(uint32_t gen = 0) noexcept {
+    const uint32_t waiting = gen << kGenShift | kWaiting;
     uint32_t s = state_.load(std::memory_order_relaxed);
-    while ((s & kPhaseMask) == kWaiting) {
+    while ((s & ~kParked) == waiting) {
       if (state_.compare_exchange_weak(s, (s & ~kPhaseMask) | kClaimed,
                                        std::memory_order_acquire,
                                        std::memory_order_relaxed)) {
@@ -280,7 +307,9 @@ class Waiter {
       return;
     }
     completer_cpu_ = current_cpu();
-    if (state_.exchange(kDone, std::memory_order_release) & kParked) {
+    // kClaimed + 1 == kDone: the generation and kParked stay.
+    if (state_.fetch_add(kDone - kClaimed, std::memory_order_release) &
+        kParked) {
       futex_wake_one(state_);
     }
   }
@@ -288,7 +317,22 @@ class Waiter {
   // For a waiter claimed by its own thread (timeout, cancel): marks it done
   // without waking anybody.
   void mark_done_by_owner() noexcept {
-    state_.store(kDone, std::memory_order_relaxed);
+    const uint32_t s = state_.load(std::memory_order_relaxed);
+    state_.store((s & kGenMask) | kDone, std::memory_order_relaxed);
+  }
+
+  // A thread waiter reused for another wait (a thread's select waiter, see
+  // select.cc): once done, waits again as generation `gen` (1 to kMaxGen;
+  // each reuse a new one). Nodes registered for an older generation are
+  // stale: try_claim() with their generation fails.
+  static constexpr uint32_t kMaxGen = (uint32_t{1} << (32 - 3)) - 1;
+  void rearm(uint32_t gen) noexcept {
+    state_.store(gen << kGenShift | kWaiting, std::memory_order_relaxed);
+  }
+  // True while the waiter waits in generation `gen` (a hint, as waiting()).
+  bool live(uint32_t gen) const noexcept {
+    return (state_.load(std::memory_order_relaxed) & ~kParked) ==
+           (gen << kGenShift | kWaiting);
   }
 
   // Thread waiters: blocks until complete() ran. Spins briefly first.
@@ -329,6 +373,8 @@ class Waiter {
   static constexpr uint32_t kDone = 2;
   static constexpr uint32_t kPhaseMask = 3;
   static constexpr uint32_t kParked = 4;  // a thread sleeps on state_
+  static constexpr int kGenShift = 3;     // the generation: see rearm()
+  static constexpr uint32_t kGenMask = ~uint32_t{0} << kGenShift;
 
   std::atomic<uint32_t> state_{kWaiting};
   void (*const callback_)(Waiter*) = nullptr;
@@ -622,17 +668,78 @@ class ChanCore {
   WaitNode* claim_front(WaitQueue& q) noexcept {
     while (WaitNode* n = q.front()) {
       q.remove(n);
-      if (n->waiter->try_claim()) {
-        unpin_locked(n);
-        return n;
-      }
+      if (claim_or_drop(n)) return n;
     }
     return nullptr;
+  }
+
+  // `n` was just taken out of its queue (under lock_): claims its waiter for
+  // the generation it is registered for (true; its pin is dropped, and a
+  // kept node is left detached for its owner to see once completed), or
+  // finds it stale (false): a kept node is then detached and its pin
+  // dropped here, unless its owner re-registered it meanwhile (then it is
+  // claimed for the new generation); an ordinary node, or a kept one its
+  // owner is withdrawing, keeps its pin for the owner's unlink().
+  bool claim_or_drop(WaitNode* n) noexcept {
+    uint32_t a = n->arm.load(std::memory_order_acquire);
+    for (;;) {
+      if (n->waiter->try_claim(WaitNode::gen_of(a))) {
+        if (WaitNode::is_kept(a)) n->arm.store(0, std::memory_order_relaxed);
+        unpin_locked(n);
+        return true;
+      }
+      if (!WaitNode::is_kept(a)) return false;
+      if (n->arm.compare_exchange_weak(a, 0, std::memory_order_acquire,
+                                       std::memory_order_acquire)) {
+        unpin_locked(n);
+        return false;
+      }
+    }
   }
   void unpin_locked(WaitNode* n) noexcept {
     if (!n->pinned) return;
     n->pinned = false;
     --pins_;
+  }
+
+ public:
+  // True if `q` holds a node whose waiter may still fire; takes stale nodes
+  // (of selects that fired elsewhere) out on the way. Requires lock_.
+  bool has_live_waiter(WaitQueue& q) noexcept {
+    while (WaitNode* n = q.front()) {
+      uint32_t a = n->arm.load(std::memory_order_acquire);
+      if (n->waiter->live(WaitNode::gen_of(a))) return true;
+      if (WaitNode::is_kept(a) &&
+          !n->arm.compare_exchange_strong(a, 0, std::memory_order_acquire,
+                                          std::memory_order_acquire)) {
+        continue;  // re-registered meanwhile: look again
+      }
+      q.remove(n);
+      if (WaitNode::is_kept(a)) unpin_locked(n);
+    }
+    return false;
+  }
+
+  // The nodes in `q` whose waiter may still fire (ChanStats). Requires
+  // lock_.
+  static std::size_t live_waiters(const WaitQueue& q) noexcept {
+    std::size_t live = 0;
+    for (const WaitNode* n = q.front(); n != nullptr; n = n->next) {
+      if (n->waiter->live(
+              WaitNode::gen_of(n->arm.load(std::memory_order_acquire)))) {
+        ++live;
+      }
+    }
+    return live;
+  }
+
+  // A kept node's owner takes it out while holding lock_ (a select that
+  // claimed itself after registering, see select.cc): unlinks it, drops its
+  // pin and detaches it.
+  void withdraw_locked(WaitNode* n) noexcept {
+    if (n->queued) (n->is_send ? sendq_ : recvq_).remove(n);
+    unpin_locked(n);
+    n->arm.store(0, std::memory_order_relaxed);
   }
 };
 
