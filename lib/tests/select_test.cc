@@ -605,6 +605,42 @@ TEST(Select, AKeptNodeTakenOutMeanwhileIsQueuedAgain) {
   selector.join();
 }
 
+// The same, in the moment between a select's look at its kept node and its
+// re-registration (here: while it waits for the lock of its other channel,
+// which the test holds): the compare-and-swap fails, and the select
+// withdraws and starts over instead of waiting unregistered on k. (When
+// the select has not reached that lock after the sleep below, it queues
+// the node under k's lock instead, and the test passes either way.)
+TEST(Select, AKeptNodeTakenOutWhileItsSelectRegistersMakesItStartOver) {
+  auto k = make_chan<int>();
+  auto q = make_chan<int>();
+  auto go_on = make_chan<int>();
+  std::optional<int> got;
+  std::size_t fired = 99;
+  std::thread selector([&] {
+    EXPECT_EQ(select(on_recv(k), on_recv(q)), 1u);  // keeps its node on k
+    go_on.recv();
+    fired = select(on_recv(k, [&](std::optional<int> v) { got = v; }),
+                   on_recv(q));
+  });
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(q).blocked_receivers == 1; }));
+  q.send(1);
+  detail::ChanState<int>* qs = detail::state_of(q);
+  qs->lock();
+  go_on.send(1);
+  std::this_thread::sleep_for(20ms);  // lets the select reach q's lock
+  EXPECT_EQ(k.try_send(9), ChanStatus::kWouldBlock);  // takes k's node out
+  qs->unlock();
+  const bool sent = test_util::eventually(
+      [&] { return k.try_send(5) == ChanStatus::kOk; });
+  if (!sent) q.close();  // frees the selector instead of hanging
+  selector.join();
+  EXPECT_TRUE(sent);
+  EXPECT_EQ(fired, 0u);
+  EXPECT_EQ(got, std::optional<int>(5));
+}
+
 // The last handle of a channel that holds a kept node goes: the channel is
 // freed at once (a leak under LeakSanitizer otherwise), and the thread's
 // later selects, which reuse the node for other channels (more than the
@@ -679,17 +715,16 @@ TEST(Select, AThreadKeepsAFewNodesAndWithdrawsTheOldest) {
 }
 
 // A readiness callback that a waiting select runs itself (its registration
-// made the channel ready for a send) may select too: it cannot use the
-// waiting select's kept nodes and waiter, which would lose the outer
-// select's registration.
+// made the channel ready for a send) may select too, and even wait: it
+// cannot use the waiting select's kept nodes and waiter (see KeptNodes in
+// select.cc), whose registration would be lost.
 TEST(Select, ACallbackRunByAWaitingSelectMaySelectItself) {
   auto x = make_chan<int>();
   auto quit = make_chan<int>();
-  auto full = make_chan<int>(1);
-  full.send(7);
+  auto late = make_chan<int>();
   std::optional<int> nested;
   PendingOp watch = x.ready_async(/*for_send=*/true, [&] {
-    select(on_recv(full, [&](std::optional<int> v) { nested = v; }),
+    select(on_recv(late, [&](std::optional<int> v) { nested = v; }),
            on_recv(quit));
   });
   std::optional<int> got;
@@ -698,10 +733,16 @@ TEST(Select, ACallbackRunByAWaitingSelectMaySelectItself) {
     fired = select(on_recv(x, [&](std::optional<int> v) { got = v; }),
                    on_recv(quit));
   });
-  const bool sent = test_util::eventually(
-      [&] { return x.try_send(5) == ChanStatus::kOk; });
+  // The callback waits in its own select, on the selector's thread.
+  const bool nested_parked = test_util::eventually(
+      [&] { return detail::stats_of(late).blocked_receivers == 1; });
+  if (nested_parked) late.send(7);
+  const bool sent = nested_parked && test_util::eventually([&] {
+                      return x.try_send(5) == ChanStatus::kOk;
+                    });
   if (!sent) quit.close();  // frees the selector instead of hanging
   selector.join();
+  EXPECT_TRUE(nested_parked);
   EXPECT_TRUE(sent);
   EXPECT_EQ(fired, 0u);
   EXPECT_EQ(got, std::optional<int>(5));
@@ -892,6 +933,102 @@ TEST(Select, StressEveryValueIsReceivedExactlyOnce) {
   EXPECT_EQ(pins_of(a), 0u);
   EXPECT_EQ(pins_of(b), 0u);
   EXPECT_EQ(pins_of(quit), 0u);
+}
+
+// Two threads ping-pong through selects that also receive from two "poke"
+// channels, which a third thread sends to and receives from without
+// blocking: its operations meet the selects' kept nodes (see KeptNodes in
+// select.cc) stale or live, so re-registrations fail, selects start over,
+// and pokes fire selects at random. Nothing is lost or taken twice, and a
+// close at the end reaches both.
+TEST(Select, StressKeptNodesMeetPokesAndACloseAndLoseNothing) {
+  constexpr int kRounds = 10000;
+  auto ping = make_chan<int>();
+  auto pong = make_chan<int>();
+  auto poke = make_chan<int>();
+  auto bpoke = make_chan<int>(1);
+  auto quit = make_chan<int>();
+  std::atomic<int> pokes_sent{0}, pokes_got{0}, finished{0};
+  auto take = [&](std::optional<int> v) {
+    if (v) ++pokes_got;
+  };
+  // One operation on `ch`, taking pokes until it fires; false on quit.
+  auto send_via = [&](Chan<int>& ch, int v) {
+    for (;;) {
+      switch (select(on_send(ch, v), on_recv(poke, take), on_recv(bpoke, take),
+                     on_recv(quit))) {
+        case 0:
+          return true;
+        case 3:
+          return false;
+      }
+    }
+  };
+  auto recv_via = [&](Chan<int>& ch) -> std::optional<int> {
+    for (;;) {
+      std::optional<int> got;
+      switch (select(on_recv(ch, [&](std::optional<int> v) { got = v; }),
+                     on_recv(poke, take), on_recv(bpoke, take),
+                     on_recv(quit))) {
+        case 0:
+          return got;
+        case 3:
+          return std::nullopt;
+      }
+    }
+  };
+  auto wait_for_quit = [&] {
+    while (select(on_recv(ping), on_recv(poke, take), on_recv(bpoke, take),
+                  on_recv(quit)) != 3) {
+    }
+  };
+  std::thread a([&] {
+    for (int i = 0; i < kRounds; ++i) {
+      ASSERT_TRUE(send_via(ping, i));
+      ASSERT_EQ(recv_via(pong), std::optional<int>(i));
+    }
+    ++finished;
+    wait_for_quit();
+  });
+  std::thread b([&] {
+    for (int i = 0; i < kRounds; ++i) {
+      ASSERT_EQ(recv_via(ping), std::optional<int>(i));
+      ASSERT_TRUE(send_via(pong, i));
+    }
+    ++finished;
+    wait_for_quit();
+  });
+  std::atomic<bool> stop{false};
+  std::thread poker([&] {
+    for (uint32_t r = 1; !stop.load(); r = r * 1103515245 + 12345) {
+      switch ((r >> 16) % 4) {
+        case 0:
+          if (poke.try_send(1) == ChanStatus::kOk) ++pokes_sent;
+          break;
+        case 1:
+          if (bpoke.try_send(1) == ChanStatus::kOk) ++pokes_sent;
+          break;
+        case 2:
+          if (bpoke.try_recv().ok()) --pokes_sent;
+          break;
+        default:
+          std::this_thread::yield();
+      }
+    }
+  });
+  const bool done = test_util::eventually(
+      [&] { return finished.load() == 2; }, 120'000ms);
+  stop = true;
+  poker.join();
+  quit.close();  // also frees a side stuck by a failed assertion
+  a.join();
+  b.join();
+  ASSERT_TRUE(done);
+  if (bpoke.try_recv().ok()) --pokes_sent;
+  EXPECT_EQ(pokes_got.load(), pokes_sent.load());
+  for (Chan<int>* ch : {&ping, &pong, &poke, &bpoke, &quit}) {
+    EXPECT_EQ(pins_of(*ch), 0u);  // the threads' exits took their nodes out
+  }
 }
 
 // A readiness watcher woken while a select registers on several channels
