@@ -642,9 +642,9 @@ TEST(Select, AKeptNodeTakenOutWhileItsSelectRegistersMakesItStartOver) {
 }
 
 // The last handle of a channel that holds a kept node goes: the channel is
-// freed at once (a leak under LeakSanitizer otherwise), and the thread's
-// later selects, which reuse the node for other channels (more than the
-// thread keeps), never touch the freed one (a use after free under ASan).
+// freed (its release takes the stale node out), and the thread's later
+// selects, which reuse the node for other channels (more than the thread
+// keeps), never touch the freed one (a use after free under ASan).
 TEST(Select, AChannelDroppedWhileAThreadKeepsANodeOnItIsFreed) {
   auto a = make_chan<int>();
   auto b = std::make_unique<Chan<int>>(make_chan<int>());
