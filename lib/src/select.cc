@@ -151,6 +151,10 @@ PollOutcome poll_each_alone(SelectCase* const* cases,
 // have made the case ready since the node was queued (a sender or receiver
 // arriving, a value buffered or room made, a close) meets the node and so
 // takes it out.
+// Set when the calling thread's KeptNodes are destroyed (thread exit): a
+// select run by a later destructor of the thread takes the eager path.
+thread_local bool t_kept_gone = false;
+
 class KeptNodes {
  public:
   static constexpr std::size_t kNodes = 8;
@@ -161,7 +165,7 @@ class KeptNodes {
   KeptNodes(const KeptNodes&) = delete;
   KeptNodes& operator=(const KeptNodes&) = delete;
   ~KeptNodes() {
-    busy = true;  // a watcher's callback run by an unlink may select
+    t_kept_gone = true;  // also for a watcher's callback run by an unlink
     detach_all();
   }
 
@@ -193,10 +197,14 @@ class KeptNodes {
     for (std::size_t i = 0; i < n; ++i) {
       ChanCore* core = cases[i]->core();
       if (core == nullptr || node_of[i] != nullptr) continue;
+      const SelectCase::Kind kind = cases[i]->kind();
+      for (std::size_t j = 0; j < i; ++j) {
+        if (cases[j]->core() == core && cases[j]->kind() == kind) return false;
+      }
       std::size_t victim = kNodes;
       for (std::size_t k = 0; k < kNodes; ++k) {
         if ((taken & (1u << k)) != 0) continue;
-        if (nodes_[k].arm.load(std::memory_order_relaxed) == 0) {
+        if (settled_arm(nodes_[k]) == 0) {
           victim = k;  // not queued anywhere: free to take
           break;
         }
@@ -225,14 +233,21 @@ class KeptNodes {
     used_at_[static_cast<std::size_t>(n - nodes_)] = gen_;
   }
 
-  LandingWaiter lw;   // a receive case's value may land on its line
-  bool busy = false;  // a select uses these (one that a callback it runs
-                      // starts meanwhile cannot)
+  // The node's arm once nobody else is taking it out of a queue (see
+  // WaitNode::kRemoving: the remover holds the channel's lock for a few
+  // instructions). 0 then means the node is the owner's to reuse.
+  static uint32_t settled_arm(const WaitNode& n) noexcept {
+    uint32_t a;
+    while ((a = n.arm.load(std::memory_order_acquire)) ==
+           WaitNode::kRemoving) {
+      spin_pause();
+    }
+    return a;
+  }
 
- private:
   // Takes a kept node out of its channel's queue if it is still there.
   static void detach(WaitNode& n) noexcept {
-    uint32_t a = n.arm.load(std::memory_order_acquire);
+    uint32_t a = settled_arm(n);
     while (WaitNode::is_kept(a)) {
       // kDetaching: a counterparty that meets the node now leaves its pin
       // to this unlink(), so the channel stays until then.
@@ -243,8 +258,15 @@ class KeptNodes {
         n.arm.store(0, std::memory_order_relaxed);
         return;
       }
+      if (a == WaitNode::kRemoving) a = settled_arm(n);
     }
   }
+
+  LandingWaiter lw;   // a receive case's value may land on its line
+  bool busy = false;  // a select uses these (one that a callback it runs
+                      // starts meanwhile cannot)
+
+ private:
   void detach_all() noexcept {
     for (WaitNode& n : nodes_) detach(n);
   }
@@ -257,16 +279,19 @@ class KeptNodes {
 // A select that may wait, with the calling thread's kept nodes (see
 // KeptNodes; `node_of` from assign()). Returns the fired case and whether it
 // succeeded, its value (a receive) moved into the case; finish() is left to
-// the caller.
+// the caller. `polled`: the caller ran pass 1 just before.
 PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
-                        KeptNodes& kept, WaitNode* const* node_of) {
+                        KeptNodes& kept, WaitNode* const* node_of,
+                        bool polled) {
   absl::InlinedVector<uint32_t, 8> order(n);
   Waiter& w = kept.lw.w;
-  for (;;) {
+  for (;; polled = false) {
     random_order(order);
-    if (const PollOutcome r = poll_each_alone(cases, order);
-        r.kind == PollOutcome::kFired) {
-      return r;
+    if (!polled) {
+      if (const PollOutcome r = poll_each_alone(cases, order);
+          r.kind == PollOutcome::kFired) {
+        return r;
+      }
     }
 
     // Pass 2. The waiter's new generation is invisible until a node
@@ -275,11 +300,17 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     // their channels' locks, as in select_poll, and consume directly.
     const uint32_t gen = kept.rearm();
     absl::InlinedVector<bool, 8> queue(n, false);
+    // A stale receive node on a buffered channel would send its senders
+    // through the lock (kWaiting) until one of them takes it out, as would
+    // a stale send node its receivers: the select withdraws those itself
+    // once it fired, and keeps only its nodes on unbuffered channels.
+    absl::InlinedVector<bool, 8> withdraw(n, false);
     LockSet locks;
     for (std::size_t i = 0; i < n; ++i) {
       WaitNode* node = node_of[i];
       if (node == nullptr) continue;
       kept.mark_used(node);
+      withdraw[i] = cases[i]->core()->cap_ != 0;
       // Read by a counterparty only once it claimed the node for `gen`.
       node->slot = cases[i]->park_slot(kept.lw.landing);
       node->case_index = static_cast<uint32_t>(i);
@@ -331,6 +362,9 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     locks.unlock_all();
     w.wait();
     const uint32_t fired = w.fired_case();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (withdraw[i] && i != fired) KeptNodes::detach(*node_of[i]);
+    }
     if (w.ok()) cases[fired]->take_landed(node_of[fired]->slot);
     return {PollOutcome::kFired, fired, w.ok()};
   }
@@ -744,16 +778,24 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
   }
 
   if (default_index == n && n <= KeptNodes::kNodes) {
-    thread_local KeptNodes kept;
+    // Pass 1 first: a select that finds a case ready needs no nodes.
+    absl::InlinedVector<uint32_t, 8> order(n);
+    random_order(order);
+    if (const PollOutcome r = poll_each_alone(cases, order);
+        r.kind == PollOutcome::kFired) {
+      cases[r.index]->finish(r.ok);
+      return r.index;
+    }
     WaitNode* node_of[KeptNodes::kNodes];
-    if (!kept.busy && kept.assign(cases, n, node_of)) {
+    thread_local KeptNodes kept;
+    if (!t_kept_gone && !kept.busy && kept.assign(cases, n, node_of)) {
       bool any = false;
       for (std::size_t i = 0; i < n; ++i) any = any || node_of[i] != nullptr;
       if (!any) block_forever();  // only nil cases: Go's `select {}`
       kept.busy = true;
       PollOutcome r;
       try {
-        r = select_kept(cases, n, kept, node_of);
+        r = select_kept(cases, n, kept, node_of, /*polled=*/true);
       } catch (...) {
         kept.busy = false;
         throw;

@@ -157,13 +157,8 @@ void ChanCore::release_last_handle() noexcept {
     while (n != nullptr) {
       WaitNode* next = n->next;
       uint32_t a = n->arm.load(std::memory_order_acquire);
-      while (WaitNode::is_kept(a) && !n->waiter->live(WaitNode::gen_of(a))) {
-        if (n->arm.compare_exchange_weak(a, 0, std::memory_order_acquire,
-                                         std::memory_order_acquire)) {
-          q->remove(n);
-          unpin_locked(n);
-          break;
-        }
+      while (WaitNode::is_kept(a) && !n->waiter->live(WaitNode::gen_of(a)) &&
+             !remove_stale_kept(*q, n, a)) {
       }
       n = next;
     }

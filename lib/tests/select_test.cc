@@ -641,6 +641,38 @@ TEST(Select, AKeptNodeTakenOutWhileItsSelectRegistersMakesItStartOver) {
   EXPECT_EQ(got, std::optional<int>(5));
 }
 
+// A thread that takes a stale kept node out writes the node (its links,
+// its pin) until it hands the node back (WaitNode::kRemoving); the owner's
+// next select, which reuses the node for another channel, waits for that.
+// Found by review: under ThreadSanitizer, a race between the remover's
+// WaitQueue::remove and the owner's push_back on every run before the fix.
+// (The relaxed `dropped` orders nothing: only the node's hand-back may.)
+TEST(Select, AStaleNodeTakenOutByAnotherThreadIsReusedOnlyOnceItIsOut) {
+  constexpr int kRounds = 300;
+  auto d = make_chan<int>();
+  std::vector<Chan<int>> c;
+  for (int i = 0; i < kRounds; ++i) c.push_back(make_chan<int>());
+  std::atomic<int> dropped{-1};
+  std::thread other([&] {
+    for (int i = 0; i < kRounds; ++i) {
+      while (detail::stats_of(c[i]).blocked_receivers != 1) {
+        std::this_thread::yield();
+      }
+      d.send(i);  // fires the select through d
+      EXPECT_EQ(c[i].try_send(7), ChanStatus::kWouldBlock);  // takes c[i]'s
+                                                             // node out
+      dropped.store(i, std::memory_order_relaxed);
+    }
+  });
+  for (int i = 0; i < kRounds; ++i) {
+    while (dropped.load(std::memory_order_relaxed) != i - 1) {
+      std::this_thread::yield();
+    }
+    ASSERT_EQ(select(on_recv(c[i]), on_recv(d)), 1u);
+  }
+  other.join();
+}
+
 // The last handle of a channel that holds a kept node goes: the channel is
 // freed (its release takes the stale node out), and the thread's later
 // selects, which reuse the node for other channels (more than the thread

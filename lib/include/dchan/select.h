@@ -65,7 +65,14 @@
 // How it works (Go's selectgo): lock every channel involved in address
 // order, poll the cases in a random order, and if none is ready enqueue one
 // waiter on every channel; the first counterparty to claim the waiter fires
-// its case, and the others find a stale node and skip it.
+// its case, and the others find a stale node and skip it. Unlike Go, a
+// select that has fired leaves its nodes on the other channels queued
+// (stale) rather than locking each channel again to take them out: the
+// thread's next select on such a channel re-registers the same node without
+// that channel's lock, so a quit channel that every worker selects on is
+// only read, never written, while it does not fire. Whoever meets a stale
+// node takes it out. A thread keeps up to 8 such nodes, and takes them out
+// when it exits.
 //
 // after(d) returns a channel that receives the current steady_clock time
 // once, `d` from now (Go's time.After). One background timer thread serves

@@ -208,13 +208,19 @@ struct WaitNode {
   // its owner leaves it queued after the waiter fires (a "kept" node, see
   // select.cc's KeptNodes): 0 for an ordinary node (generation 0, withdrawn
   // by its owner), kept(g) for a kept node queued for generation g,
-  // kDetaching while its owner withdraws a kept node. A kept node is
-  // re-registered for the owner's next select without the channel's lock,
-  // by a compare-and-swap from its old kept(g) to the new generation's;
-  // whoever meets it stale in a queue takes it out by a compare-and-swap to
-  // 0 (ChanCore::claim_front), so exactly one of the two wins. A kept node
-  // that is queued holds a pin (pinned), which its remover drops.
+  // kDetaching while its owner withdraws a kept node, kRemoving while
+  // somebody else takes a stale kept node out. A kept node is re-registered
+  // for the owner's next select without the channel's lock, by a
+  // compare-and-swap from its old kept(g) to the new generation's; whoever
+  // meets it stale in a queue takes it out by a compare-and-swap to
+  // kRemoving (ChanCore::claim_or_drop), so exactly one of the two wins.
+  // A kept node that is queued holds a pin (pinned), which its remover
+  // drops; the remover then stores 0 (release), after which the node is
+  // its owner's again: the owner waits out kRemoving before it reuses the
+  // node (select.cc's KeptNodes::detach).
   static constexpr uint32_t kDetaching = 2;
+  static constexpr uint32_t kRemoving = 4;  // neither kept nor a generation
+                                            // any waiter is armed for
   static constexpr uint32_t kept(uint32_t gen) noexcept {
     return gen << 2 | 1;
   }
@@ -684,17 +690,35 @@ class ChanCore {
     uint32_t a = n->arm.load(std::memory_order_acquire);
     for (;;) {
       if (n->waiter->try_claim(WaitNode::gen_of(a))) {
-        if (WaitNode::is_kept(a)) n->arm.store(0, std::memory_order_relaxed);
         unpin_locked(n);
+        // The owner reads it once the waiter completed (after this).
+        if (WaitNode::is_kept(a)) n->arm.store(0, std::memory_order_relaxed);
         return true;
       }
       if (!WaitNode::is_kept(a)) return false;
-      if (n->arm.compare_exchange_weak(a, 0, std::memory_order_acquire,
+      if (n->arm.compare_exchange_weak(a, WaitNode::kRemoving,
+                                       std::memory_order_acquire,
                                        std::memory_order_acquire)) {
         unpin_locked(n);
+        n->arm.store(0, std::memory_order_release);  // the owner's again
         return false;
       }
     }
+  }
+
+  // Takes a stale kept node out of `q` (see WaitNode::arm): false if its
+  // owner re-registered it meanwhile (`a` then holds the new value).
+  // Requires lock_; `n` is queued in `q` and `a` was kept and stale.
+  bool remove_stale_kept(WaitQueue& q, WaitNode* n, uint32_t& a) noexcept {
+    if (!n->arm.compare_exchange_strong(a, WaitNode::kRemoving,
+                                        std::memory_order_acquire,
+                                        std::memory_order_acquire)) {
+      return false;
+    }
+    q.remove(n);
+    unpin_locked(n);
+    n->arm.store(0, std::memory_order_release);  // the owner's again
+    return true;
   }
   void unpin_locked(WaitNode* n) noexcept {
     if (!n->pinned) return;
@@ -709,13 +733,11 @@ class ChanCore {
     while (WaitNode* n = q.front()) {
       uint32_t a = n->arm.load(std::memory_order_acquire);
       if (n->waiter->live(WaitNode::gen_of(a))) return true;
-      if (WaitNode::is_kept(a) &&
-          !n->arm.compare_exchange_strong(a, 0, std::memory_order_acquire,
-                                          std::memory_order_acquire)) {
-        continue;  // re-registered meanwhile: look again
+      if (!WaitNode::is_kept(a)) {
+        q.remove(n);  // its owner unlinks it (and drops its pin)
+      } else {
+        remove_stale_kept(q, n, a);  // or re-registered: look again
       }
-      q.remove(n);
-      if (WaitNode::is_kept(a)) unpin_locked(n);
     }
     return false;
   }
