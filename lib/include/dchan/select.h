@@ -90,8 +90,9 @@
 // that fired it may drop any handle at once: the select's registrations pin
 // their channels (without touching a reference count), and a channel whose
 // last handle is gone while a fired select still has to withdraw from it
-// is freed by that withdrawal. A case's function may drop the handle its
-// case was made from.
+// is freed by that withdrawal; one that holds only stale nodes a thread
+// kept (see "How it works") is freed at once. A case's function may drop
+// the handle its case was made from.
 //
 // Thread safety: select() may run concurrently on any channels. A Case
 // object is used by one select at a time.
