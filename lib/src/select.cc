@@ -1,5 +1,7 @@
 #include "dchan/select.h"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -7,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
@@ -192,7 +195,8 @@ class KeptNodes {
       if (node_of[i] == nullptr) ++unassigned;
     }
     if (unassigned == 0) return true;
-    if (unassigned > kNodes - static_cast<std::size_t>(__builtin_popcount(taken)))
+    if (unassigned >
+        kNodes - static_cast<std::size_t>(__builtin_popcount(taken)))
       return false;
     for (std::size_t i = 0; i < n; ++i) {
       ChanCore* core = cases[i]->core();
@@ -235,14 +239,22 @@ class KeptNodes {
 
   // The node's arm once nobody else is taking it out of a queue (see
   // WaitNode::kRemoving: the remover holds the channel's lock for a few
-  // instructions). 0 then means the node is the owner's to reuse.
+  // instructions). 0 then means the node is the owner's to reuse. Spins,
+  // then yields, then sleeps, as wait_for_turn does: a remover preempted
+  // in those instructions may share this CPU, even with a lower real-time
+  // priority (review: a bare spin burnt the owner's whole time slice).
   static uint32_t settled_arm(const WaitNode& n) noexcept {
-    uint32_t a;
-    while ((a = n.arm.load(std::memory_order_acquire)) ==
-           WaitNode::kRemoving) {
-      spin_pause();
+    for (int i = 0;; ++i) {
+      const uint32_t a = n.arm.load(std::memory_order_acquire);
+      if (a != WaitNode::kRemoving) return a;
+      if (i < 64) {
+        spin_pause();
+      } else if (i < 128) {
+        sched_yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
     }
-    return a;
   }
 
   // Takes a kept node out of its channel's queue if it is still there.
@@ -786,21 +798,28 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
   if (default_index == n && n <= KeptNodes::kNodes) {
     WaitNode* node_of[KeptNodes::kNodes];
     thread_local KeptNodes kept;
-    if (!t_kept_gone && !kept.busy && kept.assign(cases, n, node_of)) {
-      bool any = false;
-      for (std::size_t i = 0; i < n; ++i) any = any || node_of[i] != nullptr;
-      if (!any) block_forever();  // only nil cases: Go's `select {}`
+    if (!t_kept_gone && !kept.busy) {
+      // Busy from before assign(), whose evictions unlock channels.
       kept.busy = true;
-      PollOutcome r;
+      std::optional<PollOutcome> r;
       try {
-        r = select_kept(cases, n, kept, node_of);
+        if (kept.assign(cases, n, node_of)) {
+          bool any = false;
+          for (std::size_t i = 0; i < n; ++i) {
+            any = any || node_of[i] != nullptr;
+          }
+          if (!any) block_forever();  // only nil cases: Go's `select {}`
+          r = select_kept(cases, n, kept, node_of);
+        }
       } catch (...) {
         kept.busy = false;
         throw;
       }
       kept.busy = false;
-      cases[r.index]->finish(r.ok);
-      return r.index;
+      if (r.has_value()) {
+        cases[r->index]->finish(r->ok);
+        return r->index;
+      }
     }
   }
 

@@ -309,11 +309,11 @@ TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
   // threshold, but a loaded machine may leave a SCHED_IDLE thread unrun for
   // hundreds of milliseconds (a 100 ms bound here once measured 203 ms).
   // Without hand-off the third thread does not get in at all.
-  EXPECT_TRUE(done) << "the third thread got the lock only " << got.load()
-                    << " times in 10 s (longest wait "
-                    << std::chrono::duration<double, std::milli>(longest_wait)
-                           .count()
-                    << " ms)";
+  EXPECT_TRUE(done)
+      << "the third thread got the lock only " << got.load()
+      << " times in 10 s (longest wait "
+      << std::chrono::duration<double, std::milli>(longest_wait).count()
+      << " ms)";
 }
 
 // POSIX's reference-count pattern: whoever drops the count to zero destroys

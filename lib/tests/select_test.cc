@@ -546,9 +546,8 @@ TEST(Select, ASelectLeavesItsOtherNodesQueuedForTheThreadsNextSelect) {
   for (int i = 1; i <= 3; ++i) {
     ASSERT_TRUE(parked());
     ping.send(i);
-    ASSERT_TRUE(test_util::eventually([&] {
-      return detail::stats_of(rounds).blocked_senders == 1;
-    }));
+    ASSERT_TRUE(test_util::eventually(
+        [&] { return detail::stats_of(rounds).blocked_senders == 1; }));
     // Fired through ping: its node on quit stays, but waits for nothing.
     EXPECT_EQ(pins_of(quit), 1u);
     EXPECT_EQ(detail::stats_of(quit).blocked_receivers, 0u);
@@ -620,8 +619,8 @@ TEST(Select, AKeptNodeTakenOutWhileItsSelectRegistersMakesItStartOver) {
   std::thread selector([&] {
     EXPECT_EQ(select(on_recv(k), on_recv(q)), 1u);  // keeps its node on k
     go_on.recv();
-    fired = select(on_recv(k, [&](std::optional<int> v) { got = v; }),
-                   on_recv(q));
+    fired =
+        select(on_recv(k, [&](std::optional<int> v) { got = v; }), on_recv(q));
   });
   ASSERT_TRUE(test_util::eventually(
       [&] { return detail::stats_of(q).blocked_receivers == 1; }));
@@ -632,8 +631,8 @@ TEST(Select, AKeptNodeTakenOutWhileItsSelectRegistersMakesItStartOver) {
   std::this_thread::sleep_for(20ms);  // lets the select reach q's lock
   EXPECT_EQ(k.try_send(9), ChanStatus::kWouldBlock);  // takes k's node out
   qs->unlock();
-  const bool sent = test_util::eventually(
-      [&] { return k.try_send(5) == ChanStatus::kOk; });
+  const bool sent =
+      test_util::eventually([&] { return k.try_send(5) == ChanStatus::kOk; });
   if (!sent) q.close();  // frees the selector instead of hanging
   selector.join();
   EXPECT_TRUE(sent);
@@ -1048,8 +1047,8 @@ TEST(Select, StressKeptNodesMeetPokesAndACloseAndLoseNothing) {
       }
     }
   });
-  const bool done = test_util::eventually(
-      [&] { return finished.load() == 2; }, 120'000ms);
+  const bool done =
+      test_util::eventually([&] { return finished.load() == 2; }, 120'000ms);
   stop = true;
   poker.join();
   quit.close();  // also frees a side stuck by a failed assertion

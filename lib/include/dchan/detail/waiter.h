@@ -219,11 +219,11 @@ struct WaitNode {
   // its owner's again: the owner waits out kRemoving before it reuses the
   // node (select.cc's KeptNodes::detach).
   static constexpr uint32_t kDetaching = 2;
-  static constexpr uint32_t kRemoving = 4;  // neither kept nor a generation
-                                            // any waiter is armed for
-  static constexpr uint32_t kept(uint32_t gen) noexcept {
-    return gen << 2 | 1;
-  }
+  // Neither kept nor 0. Its gen_of() is 1, a real generation, but only the
+  // remover (under the channel's lock) and the owner see a node in this
+  // state, and neither asks its waiter about it.
+  static constexpr uint32_t kRemoving = 4;
+  static constexpr uint32_t kept(uint32_t gen) noexcept { return gen << 2 | 1; }
   static constexpr bool is_kept(uint32_t arm) noexcept {
     return (arm & 1) != 0;
   }
