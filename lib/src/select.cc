@@ -1,7 +1,5 @@
 #include "dchan/select.h"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -9,7 +7,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/container/inlined_vector.h"
@@ -239,21 +236,14 @@ class KeptNodes {
 
   // The node's arm once nobody else is taking it out of a queue (see
   // WaitNode::kRemoving: the remover holds the channel's lock for a few
-  // instructions). 0 then means the node is the owner's to reuse. Spins,
-  // then yields, then sleeps, as wait_for_turn does: a remover preempted
-  // in those instructions may share this CPU, even with a lower real-time
-  // priority (review: a bare spin burnt the owner's whole time slice).
+  // instructions). 0 then means the node is the owner's to reuse. Not a
+  // bare spin: a preempted remover may share this CPU (review: a bare spin
+  // burnt the owner's whole time slice).
   static uint32_t settled_arm(const WaitNode& n) noexcept {
     for (int i = 0;; ++i) {
       const uint32_t a = n.arm.load(std::memory_order_acquire);
       if (a != WaitNode::kRemoving) return a;
-      if (i < 64) {
-        spin_pause();
-      } else if (i < 128) {
-        sched_yield();
-      } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
+      wait_a_few_instructions(i);
     }
   }
 

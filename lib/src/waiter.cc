@@ -169,19 +169,23 @@ void ChanCore::release_last_handle() noexcept {
   if (!pinned) destroy_(this);
 }
 
-void wait_for_turn(uint64_t& word, uint64_t value) noexcept {
+void wait_a_few_instructions(int i) noexcept {
   // The other thread is a few instructions from done, unless it was
   // preempted there: then yield to it (it may share this CPU), and at last
   // sleep, which lets it run even if it has a lower real-time priority.
+  if (i < 64) {
+    spin_pause();
+  } else if (i < 128) {
+    sched_yield();
+  } else {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+void wait_for_turn(uint64_t& word, uint64_t value) noexcept {
   const std::atomic_ref<uint64_t> turn(word);
   for (int i = 0; turn.load(std::memory_order_acquire) != value; ++i) {
-    if (i < 64) {
-      spin_pause();
-    } else if (i < 128) {
-      sched_yield();
-    } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
+    wait_a_few_instructions(i);
   }
 }
 

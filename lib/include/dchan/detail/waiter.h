@@ -82,6 +82,11 @@ class ChanCore;
 // value into or out of that cell.
 void wait_for_turn(uint64_t& word, uint64_t value) noexcept;
 
+// The i-th step (from 0) of waiting for another thread that is a few
+// instructions from done: spins, then yields, then sleeps (it may have been
+// preempted there, on this CPU, with a lower real-time priority).
+void wait_a_few_instructions(int i) noexcept;
+
 // How many times a buffered channel's fast path polls a full or empty
 // buffer before it takes the lock to wait: the calling thread's spin limit
 // (0 where spinning cannot pay; see spin.h).
