@@ -134,6 +134,10 @@ PollOutcome poll_each_alone(SelectCase* const* cases,
   return {PollOutcome::kWouldBlock};
 }
 
+// Set when the calling thread's KeptNodes are destroyed (thread exit): a
+// select run by a later destructor of the thread takes the eager path.
+thread_local bool t_kept_gone = false;
+
 // A thread's select waiter and nodes, kept from one select to the next
 // (lazy withdrawal). Go's select, once woken through one channel, locks
 // every other channel again to dequeue from it; the next select locks them
@@ -151,10 +155,6 @@ PollOutcome poll_each_alone(SelectCase* const* cases,
 // have made the case ready since the node was queued (a sender or receiver
 // arriving, a value buffered or room made, a close) meets the node and so
 // takes it out.
-// Set when the calling thread's KeptNodes are destroyed (thread exit): a
-// select run by a later destructor of the thread takes the eager path.
-thread_local bool t_kept_gone = false;
-
 class KeptNodes {
  public:
   static constexpr std::size_t kNodes = 8;
