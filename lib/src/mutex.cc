@@ -9,8 +9,18 @@
 //     to the head waiter (kHandOff), so arriving threads cannot take the lock.
 //   - kWoken is owned by exactly one thread: the spinner that set it or the
 //     waiter that unlock() woke. That thread clears it when it takes the
-//     lock, parks again, or gives up (give_up_woken), so an unlock() that
+//     lock, waits again, or gives up (give_up_woken), so an unlock() that
 //     sees kWoken may skip the wake-up without losing it.
+//   - A woken waiter stays in the queue (at its head) while it competes,
+//     and leaves it only with the lock or at its deadline. Going back to
+//     sleep after losing the race is then two compare-and-swaps on its own
+//     word and the state, without queue_mu_: with two threads trading the
+//     lock, re-queueing under queue_mu_ made the holder's next unlock() block
+//     on queue_mu_ (a futex call per wake-up on both sides; see
+//     docs/BENCHMARKS.md, "Session 14").
+//   - A waiter re-arms its word (kWakeUp -> kParked) before it hands kWoken
+//     back, and unlock() publishes a wake-up only to a waiter whose kWoken
+//     it has just set, so a waiter's word holds at most one wake-up.
 #include "dchan/mutex.h"
 
 #include <algorithm>
@@ -42,14 +52,15 @@ constexpr int kWordSpinDivisor = 4;
 constexpr auto kStarvationThreshold = std::chrono::milliseconds(1);
 
 // Values of Waiter::word.
-constexpr uint32_t kParked = 0;    // in the queue
-constexpr uint32_t kWakeUp = 1;    // popped in normal mode: compete again
-constexpr uint32_t kHandOff = 2;   // popped in starvation mode: the lock is ours
+constexpr uint32_t kParked = 0;   // in the queue
+constexpr uint32_t kWakeUp = 1;   // woken in normal mode (still queued):
+                                  // compete again
+constexpr uint32_t kHandOff = 2;  // popped in starvation mode: the lock is ours
 constexpr uint32_t kSleeping = 3;  // in the queue, asleep in futex_wait (or
-                                   // about to be): the popper must wake it
+                                   // about to be): the waker must wake it
 
-// Publishes `value` (kWakeUp or kHandOff) to a waiter just popped (under
-// queue_mu_); returns whether it sleeps, so that the caller wakes it once
+// Publishes `value` (kWakeUp or kHandOff) to a waiter (under queue_mu_);
+// returns whether it sleeps, so that the caller wakes it once
 // queue_mu_ is released. A waiter that has not gone to sleep yet sees the
 // word change and needs no system call.
 bool publish(std::atomic<uint32_t>& word, uint32_t value) {
@@ -66,22 +77,12 @@ struct MutexCore::Waiter {
   Clock::time_point start;  // first park; written under queue_mu_
 };
 
-void MutexCore::enqueue_locked(Waiter* w, bool at_front) {
+void MutexCore::enqueue_locked(Waiter* w) {
   w->queued = true;
-  if (head_ == nullptr) {
-    w->prev = w->next = nullptr;
-    head_ = tail_ = w;
-  } else if (at_front) {
-    w->prev = nullptr;
-    w->next = head_;
-    head_->prev = w;
-    head_ = w;
-  } else {
-    w->next = nullptr;
-    w->prev = tail_;
-    tail_->next = w;
-    tail_ = w;
-  }
+  w->next = nullptr;
+  w->prev = tail_;
+  (tail_ != nullptr ? tail_->next : head_) = w;
+  tail_ = w;
 }
 
 void MutexCore::remove_locked(Waiter* w) {
@@ -102,6 +103,40 @@ void MutexCore::clear_bits_locked(uint32_t bits) {
   while (!state_.compare_exchange_weak(s, s & ~bits, std::memory_order_relaxed,
                                        std::memory_order_relaxed)) {
   }
+}
+
+uint32_t MutexCore::leave_queue(Waiter& me) {
+  std::lock_guard<std::mutex> hold(queue_mu_);
+  if (me.queued) {
+    remove_locked(&me);
+    if (head_ == nullptr) clear_bits_locked(kHasWaiters | kStarving);
+  }
+  // Wake-ups and hand-offs are published under queue_mu_: none comes now.
+  return me.word.load(std::memory_order_acquire);
+}
+
+void MutexCore::clear_woken() {
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  while (!state_.compare_exchange_weak(
+      s, s & ~kWoken, std::memory_order_relaxed, std::memory_order_relaxed)) {
+  }
+}
+
+bool MutexCore::wait_again(bool starving) {
+  std::unique_lock<std::mutex> hold(queue_mu_, std::defer_lock);
+  // kStarving changes only under queue_mu_ (see the invariants above).
+  if (starving) hold.lock();
+  uint32_t s = state_.load(std::memory_order_relaxed);
+  while ((s & kLocked) != 0) {
+    const uint32_t next = (s & ~kWoken) | (starving ? kStarving : 0);
+    // Release: the unlock() that sees kWoken clear and wakes this waiter
+    // must see its word re-armed first.
+    if (state_.compare_exchange_weak(s, next, std::memory_order_release,
+                                     std::memory_order_relaxed)) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool MutexCore::give_up_woken() {
@@ -127,8 +162,8 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
   const int word_spins = spin_budget() / kWordSpinDivisor;
   const bool timed = deadline != Clock::time_point::max();
   Waiter me;
-  bool awoke = false;  // this thread owns kWoken
-  bool queued_before = false;
+  bool awoke = false;     // this thread owns kWoken
+  bool in_queue = false;  // `me` is queued (or was, until a hand-off popped it)
   bool starving = false;  // this thread has waited longer than the threshold
   int spins = 0;
   uint32_t s = state_.load(std::memory_order_relaxed);
@@ -137,6 +172,9 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       const uint32_t next = awoke ? ((s | kLocked) & ~kWoken) : (s | kLocked);
       if (state_.compare_exchange_weak(s, next, std::memory_order_acquire,
                                        std::memory_order_relaxed)) {
+        // Another thread's unlock() of the lock just taken may have woken
+        // this waiter meanwhile: that kWoken is this thread's to clear.
+        if (in_queue && leave_queue(me) == kWakeUp) clear_woken();
         return true;
       }
       continue;
@@ -159,17 +197,27 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       s = state_.load(std::memory_order_relaxed);
       continue;
     }
-    if (timed && Clock::now() >= deadline) return awoke && give_up_woken();
+    if (timed && Clock::now() >= deadline) {
+      if (in_queue) {
+        const uint32_t v = leave_queue(me);
+        if (v == kHandOff) {
+          if (awoke) clear_woken();
+          return true;
+        }
+        awoke = awoke || v == kWakeUp;
+      }
+      return awoke && give_up_woken();
+    }
 
-    // Park: register in the state (while the lock is still held) and queue.
-    {
+    if (!in_queue) {
+      // Park: register in the state (while the lock is still held) and
+      // queue at the tail.
       std::unique_lock<std::mutex> hold(queue_mu_);
       s = state_.load(std::memory_order_relaxed);
       bool registered = false;
       while ((s & kLocked) != 0) {
-        uint32_t next = s | kHasWaiters;
-        if (awoke) next &= ~kWoken;
-        if (starving) next |= kStarving;
+        const uint32_t next =
+            awoke ? ((s | kHasWaiters) & ~kWoken) : (s | kHasWaiters);
         if (state_.compare_exchange_weak(s, next, std::memory_order_relaxed,
                                          std::memory_order_relaxed)) {
           registered = true;
@@ -177,14 +225,14 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
         }
       }
       if (!registered) continue;  // freed meanwhile: compete for it
-      awoke = false;
-      if (!queued_before) me.start = Clock::now();
-      me.word.store(kParked, std::memory_order_relaxed);
-      // A waiter that was woken and lost goes back to the front (Go's LIFO
-      // re-queue); a new one to the tail.
-      enqueue_locked(&me, queued_before);
+      me.start = Clock::now();
+      enqueue_locked(&me);
+      in_queue = true;
+    } else if (!wait_again(starving)) {
+      s = state_.load(std::memory_order_relaxed);
+      continue;  // woken, and the lock is free: compete for it
     }
-    queued_before = true;
+    awoke = false;
 
     // The wake-up usually comes within the holder's critical section and
     // the unlock: spin on this waiter's own word (not the lock's cache
@@ -196,30 +244,32 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       v = me.word.load(std::memory_order_acquire);
     }
     while (v == kParked || v == kSleeping) {
-      // Announce the sleep; a popper that sees it makes the wake call.
+      // Announce the sleep; a waker that sees it makes the wake call.
       if (v == kParked && !me.word.compare_exchange_weak(
                               v, kSleeping, std::memory_order_acquire,
                               std::memory_order_acquire)) {
-        continue;  // `v` reloaded: popped meanwhile, or a spurious failure
+        continue;  // `v` reloaded: woken meanwhile, or a spurious failure
       }
       if (!futex_wait_until(me.word, kSleeping, deadline) &&
           me.word.load(std::memory_order_acquire) == kSleeping) {
-        std::unique_lock<std::mutex> hold(queue_mu_);
-        if (me.queued) {
-          remove_locked(&me);
-          if (head_ == nullptr) clear_bits_locked(kHasWaiters | kStarving);
-          return false;
-        }
-        // Popped while timing out: the popper set the word under queue_mu_.
-        v = me.word.load(std::memory_order_acquire);
-        break;
+        v = leave_queue(me);
+        if (v == kHandOff) return true;
+        return v == kWakeUp && give_up_woken();  // woken while timing out
       }
       v = me.word.load(std::memory_order_acquire);
     }
     if (v == kHandOff) return true;  // starvation mode: ownership passed
 
-    // Woken in normal mode: this thread owns kWoken; compete again.
+    // Woken in normal mode, still queued: this thread owns kWoken. Re-arm
+    // the word for the next wake-up before competing again.
     awoke = true;
+    if (!me.word.compare_exchange_strong(v, kParked, std::memory_order_acq_rel,
+                                         std::memory_order_acquire)) {
+      // Cannot happen while this thread owns kWoken (only its own
+      // wait_again sets kStarving), but a hand-off would be the lock.
+      clear_woken();
+      return true;
+    }
     spins = 0;
     starving = starving || Clock::now() - me.start > kStarvationThreshold;
     s = state_.load(std::memory_order_relaxed);
@@ -257,19 +307,21 @@ void MutexCore::unlock_slow(uint32_t s) {
     }
     const bool wake = (s & (kHasWaiters | kWoken)) == kHasWaiters;
     const uint32_t next = (s & ~kLocked) | (wake ? kWoken : 0);
-    if (state_.compare_exchange_weak(s, next, std::memory_order_release,
+    // Acquire too: the waiter this wakes re-armed its word before it handed
+    // kWoken back (wait_again).
+    if (state_.compare_exchange_weak(s, next, std::memory_order_acq_rel,
                                      std::memory_order_relaxed)) {
       if (!wake) return;
       std::atomic<uint32_t>* word = nullptr;
       bool sleeps = false;
       {
+        // The head stays queued while it competes (see the invariants).
         std::lock_guard<std::mutex> hold(queue_mu_);
-        Waiter* w = pop_front_locked();
+        Waiter* w = head_;
         if (w == nullptr) {
           // The only waiter timed out meanwhile: nobody to own kWoken.
           clear_bits_locked(kWoken);
         } else {
-          if (head_ == nullptr) clear_bits_locked(kHasWaiters);
           word = &w->word;
           sleeps = publish(*word, kWakeUp);
         }

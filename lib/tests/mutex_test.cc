@@ -229,6 +229,65 @@ TEST(Mutex, TimedAndBlockingLockersKeepTheCounterExact) {
   mu.unlock();
 }
 
+// Holders that hand the unlock to another thread, timed lockers that give
+// up at any moment, and lockers that block: a woken waiter competes while it
+// stays queued, so every way out of the queue (the lock, a deadline, a
+// hand-off) must leave the wake-up flag and the queue consistent. A lost
+// wake-up hangs the test (ctest's timeout); a double grant breaks the count.
+TEST(Mutex, HoldersReleasedByAnotherThreadAndTimedLockersLoseNothing) {
+  constexpr int kThreads = 4;
+  constexpr int kIterations = 5'000;
+  Mutex mu;
+  int64_t counter = 0;
+  std::atomic<int64_t> added{0};
+  std::atomic<bool> handed{false};  // the holder left its unlock to `releaser`
+  std::atomic<int> running{kThreads};
+  std::thread releaser([&] {
+    while (running.load(std::memory_order_acquire) > 0 ||
+           handed.load(std::memory_order_acquire)) {
+      if (handed.exchange(false, std::memory_order_acquire)) {
+        mu.unlock();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kIterations; ++i) {
+        bool held;
+        switch ((i * 7 + t) % 4) {
+          case 0:
+            held = mu.try_lock_for(std::chrono::microseconds(i % 40));
+            break;
+          case 1:
+            held = mu.try_lock();
+            break;
+          default:
+            mu.lock();
+            held = true;
+        }
+        if (!held) continue;
+        ++counter;
+        added.fetch_add(1, std::memory_order_relaxed);
+        if ((i + t) % 3 == 0) {
+          handed.store(true, std::memory_order_release);
+        } else {
+          mu.unlock();
+        }
+      }
+      running.fetch_sub(1, std::memory_order_release);
+    });
+  }
+  for (auto& t : threads) t.join();
+  releaser.join();
+  EXPECT_EQ(counter, added.load());
+  EXPECT_GE(counter, int64_t{kThreads} * kIterations / 2);
+  EXPECT_TRUE(mu.try_lock());  // nobody left it locked or wedged
+  mu.unlock();
+}
+
 TEST(Mutex, WorksWithStandardLockTypes) {
   Mutex a;
   Mutex b;

@@ -33,7 +33,7 @@
 // entry briefly when other CPUs exist, then sleeps on a futex; unlock() makes
 // a wake-up call only for a waiter that sleeps. In normal mode a woken
 // waiter competes with newly arriving threads, which usually win (they are
-// already on a CPU); a waiter that loses goes back to the front of the queue. A
+// already on a CPU); a waiter that loses stays at the front of the queue. A
 // waiter that has waited for more than 1 ms switches the Mutex to starvation
 // mode: unlock() then hands the lock directly to the waiter at the head of the
 // queue, and arriving threads neither spin nor take the lock but queue at the
@@ -200,7 +200,16 @@ class MutexCore {
   // Lets a thread that owns the kWoken flag go without losing a wake-up:
   // takes the lock if it is free (true), otherwise clears kWoken (false).
   bool give_up_woken();
-  void enqueue_locked(Waiter* w, bool at_front);
+  // For a woken waiter that lost the race and re-armed its word: hands
+  // kWoken back (and sets kStarving if `starving`) while the lock is held,
+  // so that it can wait again (true); false if the lock is free.
+  bool wait_again(bool starving);
+  // Clears kWoken, which the caller owns.
+  void clear_woken();
+  // Takes `me` out of the queue unless a hand-off did; returns its word as
+  // of then (kHandOff: the lock is the caller's; kWakeUp: so is kWoken).
+  uint32_t leave_queue(Waiter& me);
+  void enqueue_locked(Waiter* w);
   Waiter* pop_front_locked();
   void remove_locked(Waiter* w);
   // Clears the given bits (with a CAS loop); caller holds queue_mu_.
