@@ -7,10 +7,12 @@
 //     by a CAS that sees the lock held, and whoever empties the queue clears
 //     it. In starvation mode unlock() keeps kLocked set and passes ownership
 //     to the head waiter (kHandOff), so arriving threads cannot take the lock.
-//   - kWoken is owned by exactly one thread: the spinner that set it or the
-//     waiter that unlock() woke. That thread clears it when it takes the
-//     lock, waits again, or gives up (give_up_woken), so an unlock() that
-//     sees kWoken may skip the wake-up without losing it.
+//   - kWoken is owned by exactly one thread: the spinner that set it (none
+//     while kMaxSpins is 0), the unlock() that set it, from its CAS until it
+//     publishes the wake-up (or clears kWoken if the queue emptied
+//     meanwhile), or the waiter that unlock() woke. That waiter clears it
+//     when it takes the lock, waits again, or gives up (give_up_woken), so
+//     an unlock() that sees kWoken may skip the wake-up without losing it.
 //   - A woken waiter stays in the queue (at its head) while it competes,
 //     and leaves it only with the lock or at its deadline. Going back to
 //     sleep after losing the race is then two compare-and-swaps on its own
@@ -115,6 +117,30 @@ uint32_t MutexCore::leave_queue(Waiter& me) {
   return me.word.load(std::memory_order_acquire);
 }
 
+void MutexCore::leave_queue_holding(Waiter& me) {
+  std::atomic<uint32_t>* word = nullptr;
+  bool sleeps = false;
+  {
+    std::lock_guard<std::mutex> hold(queue_mu_);
+    if (me.queued) remove_locked(&me);
+    // A wake-up here came from an unlock() of the lock this thread has just
+    // taken, made by another thread before this lock() returned (Go allows
+    // any goroutine to unlock; only a racy program unlocks this early). That
+    // unlock() freed the lock and set kWoken for a waiter to take it: pass
+    // both to the next waiter, as unlock() would have.
+    if (me.word.load(std::memory_order_acquire) == kWakeUp) {
+      if (head_ == nullptr) {
+        clear_bits_locked(kWoken);
+      } else {
+        word = &head_->word;
+        sleeps = publish(*word, kWakeUp);
+      }
+    }
+    if (head_ == nullptr) clear_bits_locked(kHasWaiters | kStarving);
+  }
+  if (sleeps) futex_wake_one(*word);
+}
+
 void MutexCore::clear_woken() {
   uint32_t s = state_.load(std::memory_order_relaxed);
   while (!state_.compare_exchange_weak(
@@ -172,9 +198,7 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       const uint32_t next = awoke ? ((s | kLocked) & ~kWoken) : (s | kLocked);
       if (state_.compare_exchange_weak(s, next, std::memory_order_acquire,
                                        std::memory_order_relaxed)) {
-        // Another thread's unlock() of the lock just taken may have woken
-        // this waiter meanwhile: that kWoken is this thread's to clear.
-        if (in_queue && leave_queue(me) == kWakeUp) clear_woken();
+        if (in_queue) leave_queue_holding(me);
         return true;
       }
       continue;

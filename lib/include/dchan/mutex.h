@@ -209,6 +209,9 @@ class MutexCore {
   // Takes `me` out of the queue unless a hand-off did; returns its word as
   // of then (kHandOff: the lock is the caller's; kWakeUp: so is kWoken).
   uint32_t leave_queue(Waiter& me);
+  // Takes `me`, whose lock_slow() has just taken the lock, out of the queue.
+  // A wake-up published to it meanwhile goes to the next waiter.
+  void leave_queue_holding(Waiter& me);
   void enqueue_locked(Waiter* w);
   Waiter* pop_front_locked();
   void remove_locked(Waiter* w);
