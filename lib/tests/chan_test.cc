@@ -48,23 +48,25 @@ TEST(Chan, UnbufferedSendReturnsOnlyAfterAReceiverTookTheValue) {
   EXPECT_TRUE(sent.load());
 }
 
+// A sender polling a full buffer watches a cell further on (see
+// poll_for_room): one free cell must still let it through.
 TEST(Chan, BufferedSendBlocksOnlyWhileTheBufferIsFull) {
-  auto ch = make_chan<int>(2);
-  ch.send(1);
-  ch.send(2);
-  EXPECT_EQ(ch.len(), 2u);
-  std::atomic<bool> sent{false};
-  std::thread sender([&] {
-    ch.send(3);
-    sent = true;
-  });
-  std::this_thread::sleep_for(50ms);
-  EXPECT_FALSE(sent.load()) << "send into a full buffer did not block";
-  EXPECT_EQ(ch.recv(), 1);
-  sender.join();
-  EXPECT_TRUE(sent.load());
-  EXPECT_EQ(ch.recv(), 2);
-  EXPECT_EQ(ch.recv(), 3);
+  for (int cap : {2, 8, 64}) {
+    auto ch = make_chan<int>(cap);
+    for (int i = 0; i < cap; ++i) ch.send(i);
+    EXPECT_EQ(ch.len(), static_cast<std::size_t>(cap));
+    std::atomic<bool> sent{false};
+    std::thread sender([&] {
+      ch.send(cap);
+      sent = true;
+    });
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(sent.load()) << "send into a full buffer did not block";
+    EXPECT_EQ(ch.recv(), 0);
+    sender.join();
+    EXPECT_TRUE(sent.load());
+    for (int i = 1; i <= cap; ++i) EXPECT_EQ(ch.recv(), i);
+  }
 }
 
 TEST(Chan, ReceivesInFifoOrder) {
