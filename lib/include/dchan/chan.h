@@ -329,7 +329,7 @@ class ChanState final : public ChanCore {
   // pulled its line away from the receiver in the middle of its write, and
   // the two threads moved one line back and forth per value (buffered
   // 1P1C: ~200 ns per value with the two threads on separate cores of the
-  // AMD VM, ~12 ns with this; see docs/BENCHMARKS.md, "Session 14"). The
+  // AMD VM, ~12 ns with this; see docs/BENCHMARKS.md, "Session 15"). The
   // sender then refills a quarter of the ring in a burst, on lines the
   // receiver has left.
   bool poll_for_room(uint64_t e, int& polls) noexcept {
