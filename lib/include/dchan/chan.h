@@ -331,7 +331,9 @@ class ChanState final : public ChanCore {
   // 1P1C: ~200 ns per value with the two threads on separate cores of the
   // AMD VM, ~12 ns with this; see docs/BENCHMARKS.md, "Session 15"). The
   // sender then refills a quarter of the ring in a burst, on lines the
-  // receiver has left.
+  // receiver has left. If the receivers free fewer cells and stop, the
+  // sender spends its polls and then takes the lock path, which sends into
+  // any free cell.
   bool poll_for_room(uint64_t e, int& polls) noexcept {
     if (polls < 0) polls = poll_limit();
     uint64_t index = (e & kIndexMask) + room_ahead();
