@@ -344,6 +344,14 @@ class ChanState final : public ChanCore {
     }
     // Free for its position in `lap` once its turn word reaches `lap`.
     Cell& c = cell_at(enq_, index);
+    if (static_cast<int64_t>(c.turn().load(std::memory_order_relaxed) - lap) >=
+        0) {
+      // Free already: the buffer is full only because a receive that won
+      // the cell at `e` is still moving its value out. Wait for that cell
+      // (returning at once would loop without spending a poll for as long
+      // as that receive is preempted).
+      return poll_until_moved(enq_, e, polls, [] { return false; });
+    }
     while (static_cast<int64_t>(c.turn().load(std::memory_order_relaxed) -
                                 lap) < 0 &&
            enq_.pos.load(std::memory_order_relaxed) == e) {
