@@ -322,43 +322,50 @@ class ChanState final : public ChanCore {
     return true;
   }
 
-  // For send_fast_polling on a full buffer: polls until the receivers have
-  // freed the cell room_ahead() positions after `e` (true: try again), or
-  // `e` moved (true), or `polls` ran out (false). Not the cell at `e`
-  // itself: that is the one the receiver empties next, so each look at it
-  // pulled its line away from the receiver in the middle of its write, and
-  // the two threads moved one line back and forth per value (buffered
-  // 1P1C: ~200 ns per value with the two threads on separate cores of the
-  // AMD VM, ~12 ns with this; see docs/BENCHMARKS.md, "Session 15"). The
-  // sender then refills a quarter of the ring in a burst, on lines the
-  // receiver has left. If the receivers free fewer cells and stop, the
-  // sender spends its polls and then takes the lock path, which sends into
-  // any free cell.
+  // For send_fast_polling on a full buffer: polls until the cell at `e` is
+  // free (true: try again), or `e` moved (true), or `polls` ran out (false:
+  // take the lock path). For the first half of its polls it watches the
+  // cell room_ahead() positions on instead, and goes on to `e` once that
+  // one is free. Watching the cell at `e` from the start, the one the
+  // receiver empties next, each look pulled its line away from the
+  // receiver in the middle of its write, and the two threads moved one line
+  // back and forth per value (buffered 1P1C: ~200 ns per value with the two
+  // threads on separate cores of the AMD VM, ~12 ns with this; see
+  // docs/BENCHMARKS.md, "Session 15"). The sender then refills a quarter of
+  // the ring in a burst, on lines the receiver has left. A receiver slower
+  // than that gets the sender watching `e` after half the polls, so that a
+  // single freed cell still takes no lock. And the cell ahead may be free
+  // while the one at `e` is not (a receive that won `e` is still moving its
+  // value out): waiting for `e` then spends polls, where returning at once
+  // would loop for as long as that receive is preempted.
   bool poll_for_room(uint64_t e, int& polls) noexcept {
     if (polls < 0) polls = poll_limit();
     uint64_t index = (e & kIndexMask) + room_ahead();
-    uint64_t lap = lap_of(e);
+    uint64_t ahead_lap = lap_of(e);
     if (index >= cap_) {
       index -= cap_;
-      lap += kLap;
+      ahead_lap += kLap;
     }
-    // Free for its position in `lap` once its turn word reaches `lap`.
-    Cell& c = cell_at(enq_, index);
-    if (static_cast<int64_t>(c.turn().load(std::memory_order_relaxed) - lap) >=
-        0) {
-      // Free already: the buffer is full only because a receive that won
-      // the cell at `e` is still moving its value out. Wait for that cell
-      // (returning at once would loop without spending a poll for as long
-      // as that receive is preempted).
-      return poll_until_moved(enq_, e, polls, [] { return false; });
+    const int switch_at = polls / 2;
+    Cell& ahead = cell_at(enq_, index);
+    while (!cell_free(ahead, ahead_lap) && polls > switch_at) {
+      if (enq_.pos.load(std::memory_order_relaxed) != e) return true;
+      --polls;
+      spin_pause();
     }
-    while (static_cast<int64_t>(c.turn().load(std::memory_order_relaxed) -
-                                lap) < 0 &&
-           enq_.pos.load(std::memory_order_relaxed) == e) {
+    Cell& at_e = cell_at(enq_, e);
+    while (!cell_free(at_e, lap_of(e))) {
+      if (enq_.pos.load(std::memory_order_relaxed) != e) return true;
       if (polls-- <= 0) return false;
       spin_pause();
     }
     return true;
+  }
+  // Whether `c` is free for its position in `lap` (its turn word reached
+  // `lap`; see Cell).
+  static bool cell_free(Cell& c, uint64_t lap) noexcept {
+    return static_cast<int64_t>(c.turn().load(std::memory_order_relaxed) -
+                                lap) >= 0;
   }
   std::size_t room_ahead() const noexcept {
     return std::min<std::size_t>(cap_ / 4, kRoomAhead);
