@@ -100,7 +100,7 @@ MutexCore::Waiter* MutexCore::pop_front_locked() {
   return w;
 }
 
-void MutexCore::clear_bits_locked(uint32_t bits) {
+void MutexCore::clear_bits(uint32_t bits) {
   uint32_t s = state_.load(std::memory_order_relaxed);
   while (!state_.compare_exchange_weak(s, s & ~bits, std::memory_order_relaxed,
                                        std::memory_order_relaxed)) {
@@ -111,7 +111,7 @@ uint32_t MutexCore::leave_queue(Waiter& me) {
   std::lock_guard<std::mutex> hold(queue_mu_);
   if (me.queued) {
     remove_locked(&me);
-    if (head_ == nullptr) clear_bits_locked(kHasWaiters | kStarving);
+    if (head_ == nullptr) clear_bits(kHasWaiters | kStarving);
   }
   // Wake-ups and hand-offs are published under queue_mu_: none comes now.
   return me.word.load(std::memory_order_acquire);
@@ -130,22 +130,15 @@ void MutexCore::leave_queue_holding(Waiter& me) {
     // both to the next waiter, as unlock() would have.
     if (me.word.load(std::memory_order_acquire) == kWakeUp) {
       if (head_ == nullptr) {
-        clear_bits_locked(kWoken);
+        clear_bits(kWoken);
       } else {
         word = &head_->word;
         sleeps = publish(*word, kWakeUp);
       }
     }
-    if (head_ == nullptr) clear_bits_locked(kHasWaiters | kStarving);
+    if (head_ == nullptr) clear_bits(kHasWaiters | kStarving);
   }
   if (sleeps) futex_wake_one(*word);
-}
-
-void MutexCore::clear_woken() {
-  uint32_t s = state_.load(std::memory_order_relaxed);
-  while (!state_.compare_exchange_weak(
-      s, s & ~kWoken, std::memory_order_relaxed, std::memory_order_relaxed)) {
-  }
 }
 
 bool MutexCore::wait_again(bool starving) {
@@ -225,7 +218,7 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       if (in_queue) {
         const uint32_t v = leave_queue(me);
         if (v == kHandOff) {
-          if (awoke) clear_woken();
+          if (awoke) clear_bits(kWoken);
           return true;
         }
         awoke = awoke || v == kWakeUp;
@@ -291,7 +284,7 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
                                          std::memory_order_acquire)) {
       // Cannot happen while this thread owns kWoken (only its own
       // wait_again sets kStarving), but a hand-off would be the lock.
-      clear_woken();
+      clear_bits(kWoken);
       return true;
     }
     spins = 0;
@@ -313,9 +306,9 @@ void MutexCore::unlock_slow(uint32_t s) {
         if ((s & kStarving) != 0) {
           Waiter* w = pop_front_locked();  // non-null: kStarving invariant
           if (head_ == nullptr) {
-            clear_bits_locked(kHasWaiters | kStarving);
+            clear_bits(kHasWaiters | kStarving);
           } else if (Clock::now() - w->start < kStarvationThreshold) {
-            clear_bits_locked(kStarving);
+            clear_bits(kStarving);
           }
           word = &w->word;
           sleeps = publish(*word, kHandOff);
@@ -344,7 +337,7 @@ void MutexCore::unlock_slow(uint32_t s) {
         Waiter* w = head_;
         if (w == nullptr) {
           // The only waiter timed out meanwhile: nobody to own kWoken.
-          clear_bits_locked(kWoken);
+          clear_bits(kWoken);
         } else {
           word = &w->word;
           sleeps = publish(*word, kWakeUp);

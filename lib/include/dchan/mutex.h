@@ -204,8 +204,6 @@ class MutexCore {
   // kWoken back (and sets kStarving if `starving`) while the lock is held,
   // so that it can wait again (true); false if the lock is free.
   bool wait_again(bool starving);
-  // Clears kWoken, which the caller owns.
-  void clear_woken();
   // Takes `me` out of the queue unless a hand-off did; returns its word as
   // of then (kHandOff: the lock is the caller's; kWakeUp: so is kWoken).
   uint32_t leave_queue(Waiter& me);
@@ -215,8 +213,9 @@ class MutexCore {
   void enqueue_locked(Waiter* w);
   Waiter* pop_front_locked();
   void remove_locked(Waiter* w);
-  // Clears the given bits (with a CAS loop); caller holds queue_mu_.
-  void clear_bits_locked(uint32_t bits);
+  // Clears the given bits (with a CAS loop). kHasWaiters and kStarving only
+  // under queue_mu_; kWoken by the thread that owns it.
+  void clear_bits(uint32_t bits);
 
   std::atomic<uint32_t> state_{0};
   std::atomic<uint64_t> token_{0};
