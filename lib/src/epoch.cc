@@ -2,17 +2,59 @@
 // dchan/detail/epoch.h).
 #include "dchan/detail/epoch.h"
 
+#include <linux/membarrier.h>
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <ctime>
 #include <new>
 #include <system_error>
 
 namespace dchan::detail {
 
 std::atomic<uint64_t> g_epoch{0};
+std::atomic<bool> g_readers_fence{false};
 
 namespace {
+
+int membarrier(int cmd) {
+  return static_cast<int>(syscall(__NR_membarrier, cmd, 0u, 0));
+}
+
+// Registers the process for expedited private membarriers, or sets
+// g_readers_fence when that is impossible; true if readers fence. Called
+// once, before the first record is handed out.
+bool decide_readers_fence() {
+  const int supported = membarrier(MEMBARRIER_CMD_QUERY);
+  const bool asymmetric =
+      supported >= 0 && (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
+      membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
+  g_readers_fence.store(!asymmetric, std::memory_order_relaxed);
+  return !asymmetric;
+}
+
+bool readers_fence() {
+  static const bool fence = decide_readers_fence();
+  return fence;
+}
+
+// The writers' side of a scan: after it, every thread's announcement made
+// before its next load of a published pointer is visible (see
+// "Asymmetric fences" in the header). False if it could not be done.
+bool heavy_fence() noexcept {
+  // Readers that fence store their announcement sequentially consistent,
+  // and a scan's loads are too: their total order does the work.
+  if (readers_fence()) return true;
+  if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return true;
+  // Registration is inherited by a forked child and holds until exec; were
+  // it lost anyway (EPERM), register again.
+  return errno == EPERM &&
+         membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0 &&
+         membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
+}
 
 // Every record ever made, newest first. Records are never freed: a thread
 // that exits leaves its record for the next thread that reads.
@@ -68,6 +110,7 @@ pthread_key_t record_key() {
 
 EpochRecord* acquire_epoch_record() {
   const pthread_key_t key = record_key();
+  readers_fence();
   EpochRecord* r = nullptr;
   for (EpochRecord* c = g_records.load(std::memory_order_acquire); c != nullptr;
        c = c->next) {
@@ -100,7 +143,11 @@ EpochRecord* acquire_epoch_record() {
 }
 
 uint64_t epoch_reclaim_bound() noexcept {
+  // The epoch first: an object retired with tag t may be freed only after
+  // a scan that read the epoch past t, and that scan's fence must come
+  // after the object was unpublished.
   uint64_t epoch = g_epoch.load(std::memory_order_seq_cst);
+  if (!heavy_fence()) return 0;
   bool reading = false;
   bool all_current = true;
   for (EpochRecord* r = g_records.load(std::memory_order_seq_cst); r != nullptr;
@@ -120,6 +167,14 @@ uint64_t epoch_reclaim_bound() noexcept {
   }
   // Retired with tag t: free once the epoch reached t + 2.
   return epoch == 0 ? 0 : epoch - 1;
+}
+
+bool epoch_readers_fence() { return readers_fence(); }
+
+int64_t coarse_monotonic_ns() noexcept {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+  return int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
 }
 
 int epoch_record_count() noexcept {

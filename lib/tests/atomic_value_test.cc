@@ -342,37 +342,40 @@ struct Counted {
 };
 static_assert(!detail::kWordValue<Counted>);
 
-// A replaced value is destroyed once no load() can still be copying it: by
-// its own store when no thread is loading; while loads run, in batches (of
-// detail::kReclaimBatch), so at the latest kReclaimBatch stores after the
-// readers stopped. The last handle destroys the current one.
+// A replaced value is destroyed once no load() can still be copying it, by
+// a store that checks for readers: with no reader, every kReclaimBatch-th
+// store (so at most kReclaimBatch values are alive at a time), and the
+// first store a clock tick after the last check. The last handle destroys
+// the current one.
 TEST(AtomicValue, ReplacedValuesAreDestroyedOnceNoReaderCanHoldThem) {
   ASSERT_EQ(Counted::live.load(), 0);
   {
     AtomicValue<Counted> v;
-    for (int i = 0; i < 100; ++i) {
+    constexpr int kBatch = detail::kReclaimBatch<Counted>;
+    for (int i = 0; i < 3 * kBatch; ++i) {
       v.store(Counted(i));
-      ASSERT_EQ(Counted::live.load(), 1) << "after store " << i;
+      ASSERT_LE(Counted::live.load(), kBatch) << "after store " << i;
     }
-    EXPECT_EQ(v.swap(Counted(100))->id, 99);
-    EXPECT_EQ(Counted::live.load(), 1);
+    EXPECT_EQ(v.swap(Counted(3 * kBatch))->id, 3 * kBatch - 1);
     std::atomic<bool> stop{false};
     std::vector<std::thread> readers;
     for (int r = 0; r < 3; ++r) {
       readers.emplace_back([&, v] {
         while (!stop.load(std::memory_order_relaxed)) {
-          if (v.load()->id < 100) {
+          if (v.load()->id < 3 * kBatch) {
             ADD_FAILURE() << "an older value came back";
           }
         }
       });
     }
-    for (int i = 101; i < 10'000; ++i) v.store(Counted(i));
+    for (int i = 3 * kBatch + 1; i < 10'000; ++i) v.store(Counted(i));
     stop = true;
     for (auto& t : readers) t.join();
-    for (size_t i = 0; i < detail::kReclaimBatch; ++i) {
+    // Once the clock ticks, a store frees every replaced value.
+    EXPECT_TRUE(test_util::eventually([&] {
       v.store(Counted(10'000));
-    }
+      return Counted::live.load() == 1;
+    }));
     EXPECT_EQ(Counted::live.load(), 1);
   }
   EXPECT_EQ(Counted::live.load(), 0);
@@ -456,8 +459,9 @@ TEST(AtomicValue, ALoadNestedInACopyKeepsTheOuterValueAlive) {
 // A value whose destructor stores to the AtomicValue that held it: the
 // replaced value is destroyed after the writers' mutex is released, so the
 // nested store does not deadlock. Each Trigger's destructor stores a value
-// with the next Trigger, then replaces that one too: a chain of 50 nested
-// stores.
+// with the next Trigger, then replaces that one until it is destroyed (by
+// one of those stores, at the latest the kReclaimBatch-th): a chain of 50
+// nested stores.
 struct Chained;
 std::atomic<int> g_triggers_fired{0};
 struct Trigger {
@@ -471,11 +475,20 @@ struct Chained {
   int64_t id = 0;
   std::shared_ptr<Trigger> trigger;  // one owner: the stored value
 };
+// Stores values numbered `id` until Trigger `n` has fired (false if
+// 2 * kReclaimBatch stores did not destroy it).
+bool store_until_fired(AtomicValue<Chained>& v, int64_t id, int n) {
+  for (size_t i = 0; i < 2 * detail::kReclaimBatch<Chained>; ++i) {
+    if (g_triggers_fired.load() >= n) return true;
+    v.store(Chained{id, nullptr});
+  }
+  return g_triggers_fired.load() >= n;
+}
 Trigger::~Trigger() {
   ++g_triggers_fired;
   if (next > 50) return;
   home->store(Chained{next, std::make_shared<Trigger>(home, next + 1)});
-  home->store(Chained{-next, nullptr});
+  EXPECT_TRUE(store_until_fired(*home, -next, static_cast<int>(next) + 1));
 }
 
 TEST(AtomicValue, AReplacedValuesDestructorMayStoreToTheSameValue) {
@@ -484,7 +497,8 @@ TEST(AtomicValue, AReplacedValuesDestructorMayStoreToTheSameValue) {
   std::atomic<bool> done{false};
   std::thread writer([&] {
     v.store(Chained{0, std::make_shared<Trigger>(&v, 1)});
-    v.store(Chained{-1000, nullptr});  // destroys Trigger 1, which stores...
+    // Destroys Trigger 1, which stores...
+    EXPECT_TRUE(store_until_fired(v, -1000, 1));
     done = true;
   });
   if (!test_util::eventually([&] { return done.load(); }, 10s)) {
@@ -493,8 +507,8 @@ TEST(AtomicValue, AReplacedValuesDestructorMayStoreToTheSameValue) {
   }
   writer.join();
   EXPECT_EQ(g_triggers_fired.load(), 51);
-  // Each replaced Trigger fired inside the store that replaced it, after
-  // that store's own work: the innermost one's store came last.
+  // Each replaced Trigger fired inside a store of the one before it, and
+  // each stops storing once the next fired: the innermost store came last.
   EXPECT_EQ(v.load()->id, -50);
 }
 

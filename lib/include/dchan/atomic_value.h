@@ -24,19 +24,22 @@
 // atomic.Value holds an interface: a store() builds a new object and swaps
 // the pointer (writers take turns on a mutex), so an object is never written
 // while readers may copy it. A load() marks a read section in the calling
-// thread's own record (one store to a cache line no other thread writes),
-// loads the pointer and copies the object; it never waits for anything.
-// Readers write nothing another thread reads often and share only
-// read-mostly lines (the pointer's, and the reclamation epoch, which stores
-// advance), so they scale with their number. The replaced object is freed
-// by epoch-based reclamation (see dchan/detail/epoch.h) once no reader can
-// still be copying it: a writer never waits for readers either; a reader
-// preempted while copying only delays freeing. A replaced value is
-// destroyed by the store() that replaced it when no thread in the process
-// is inside a load() of any such AtomicValue, and this AtomicValue's
-// previous store found none either; otherwise by a later store() (while
-// loads run, stores free values in batches of 8) or with the last handle.
-// Its destructor runs on that writer's thread, after the writers' mutex is
+// thread's own record (a plain store to a cache line no other thread
+// writes, no fence), loads the pointer and copies the object; it never
+// waits for anything. Readers write nothing another thread reads often and
+// share only read-mostly lines (the pointer's, and the reclamation epoch,
+// which stores advance), so they scale with their number. The replaced
+// object is freed by epoch-based reclamation (see dchan/detail/epoch.h)
+// once no reader can still be copying it: a writer never waits for readers
+// either; a reader preempted while copying only delays freeing. Stores
+// free in batches, as their check for readers costs a system call: a
+// replaced value is destroyed by a later store() — one that checks
+// (after a batch of about 64 KiB of T objects, 16 to 1024 values, or once
+// the clock ticked, 1-10 ms, since the last check) when no load() that may
+// hold the value is still running — or with the last handle. So a value
+// replaced seldom goes with the next store; while loads run, up to about
+// two batches wait per AtomicValue, plus what a stalled load holds. Its
+// destructor runs on that writer's thread, after the writers' mutex is
 // released, so it may store to this AtomicValue again.
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
@@ -88,10 +91,18 @@ class AtomicValue;
 
 namespace detail {
 
-// While loads run concurrently with stores, an AtomicValue<T> kept behind a
-// pointer frees replaced values in batches of this many (see
-// AtomicValueState::publish_locked); otherwise at once.
-inline constexpr size_t kReclaimBatch = 8;
+// An AtomicValue<T> kept behind a pointer frees replaced values in batches:
+// a store scans for what readers may still hold (a system call, which
+// interrupts every CPU running a thread of the process: ~10 us on a busy
+// 2-vCPU VM; see dchan/detail/epoch.h) once it retired kReclaimBatch<T>
+// values since the last scan (about 64 KiB of T objects, 16 to 1024 of
+// them), or once the coarse monotonic clock moved kReclaimInterval.
+inline constexpr size_t kReclaimBytes = 64 * 1024;
+template <class T>
+inline constexpr size_t kReclaimBatch = std::clamp<size_t>(kReclaimBytes /
+                                                               sizeof(T),
+                                                           16, 1024);
+inline constexpr int64_t kReclaimInterval = 1'000'000;  // ns
 
 // The shared state of an AtomicValue<T> for any T: the value is a heap
 // object behind an atomic pointer, replaced whole by writers and freed by
@@ -173,13 +184,19 @@ class AtomicValueState {
     const T* old = value_.exchange(fresh.release(), std::memory_order_seq_cst);
     if (old == nullptr) return;
     retired_.push_back({old, epoch_retire_tag()});
-    // Scanning reads every reading thread's record line, and advancing the
-    // epoch writes a line every load reads: while loads run (the last scan
-    // saw some), scan once per kReclaimBatch retired values.
-    if (loads_seen_ && ++retired_since_scan_ < kReclaimBatch) return;
+    // A scan is a membarrier call, and advancing the epoch writes a line
+    // every load reads: scan once per kReclaimBatch<T> values retired, or
+    // once per clock tick (so that values stored seldom go soon). While
+    // loads run, a value waits for two scans: at most about two batches
+    // wait, plus what a stalled load holds.
+    const int64_t now = coarse_monotonic_ns();
+    if (++retired_since_scan_ < kReclaimBatch<T> &&
+        now - last_scan_ < kReclaimInterval) {
+      return;
+    }
     retired_since_scan_ = 0;
+    last_scan_ = now;
     const uint64_t bound = epoch_reclaim_bound();
-    loads_seen_ = bound != UINT64_MAX;
     // Tags never decrease (writers take turns; the epoch only grows), so
     // what may be freed is a prefix.
     size_t n = 0;
@@ -199,8 +216,9 @@ class AtomicValueState {
   std::mutex writers_mu_;
   // Guarded by writers_mu_:
   std::vector<Retired> retired_;  // replaced, maybe still being copied
-  bool loads_seen_ = false;       // the last scan saw a thread reading
   size_t retired_since_scan_ = 0;
+  // coarse_monotonic_ns() at the last scan; the first store scans.
+  int64_t last_scan_ = INT64_MIN / 2;
 };
 
 // The shared state of an AtomicValue<T> whose T fits a lock-free atomic
