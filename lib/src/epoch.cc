@@ -20,6 +20,13 @@ std::atomic<bool> g_readers_fence{false};
 
 namespace {
 
+// coarse_monotonic_ns() when the last scan began; the first is due at once.
+std::atomic<int64_t> g_last_scan_ns{INT64_MIN / 2};
+
+}  // namespace
+
+namespace {
+
 int membarrier(int cmd) {
   return static_cast<int>(syscall(__NR_membarrier, cmd, 0u, 0));
 }
@@ -147,6 +154,7 @@ uint64_t epoch_reclaim_bound() noexcept {
   // a scan that read the epoch past t, and that scan's fence must come
   // after the object was unpublished.
   uint64_t epoch = g_epoch.load(std::memory_order_seq_cst);
+  g_last_scan_ns.store(coarse_monotonic_ns(), std::memory_order_relaxed);
   if (!heavy_fence()) return 0;
   bool reading = false;
   bool all_current = true;
@@ -157,7 +165,8 @@ uint64_t epoch_reclaim_bound() noexcept {
     reading = true;
     if ((word >> 1) != epoch) all_current = false;
   }
-  if (!reading) return UINT64_MAX;
+  // Advanced with no thread reading too, for writers that free by the
+  // epoch alone (epoch_free_bound).
   if (all_current) {
     // On failure `epoch` becomes the epoch another writer advanced to.
     if (g_epoch.compare_exchange_strong(epoch, epoch + 1,
@@ -165,8 +174,15 @@ uint64_t epoch_reclaim_bound() noexcept {
       ++epoch;
     }
   }
+  if (!reading) return UINT64_MAX;
   // Retired with tag t: free once the epoch reached t + 2.
   return epoch == 0 ? 0 : epoch - 1;
+}
+
+bool epoch_scan_due() noexcept {
+  return coarse_monotonic_ns() -
+             g_last_scan_ns.load(std::memory_order_relaxed) >=
+         kEpochScanInterval;
 }
 
 bool epoch_readers_fence() { return readers_fence(); }

@@ -381,6 +381,30 @@ TEST(AtomicValue, ReplacedValuesAreDestroyedOnceNoReaderCanHoldThem) {
   EXPECT_EQ(Counted::live.load(), 0);
 }
 
+// A store that does not check for readers itself still frees what other
+// stores' checks allow: once another AtomicValue's stores checked twice
+// (each check moves the reclamation epoch on), the next store here
+// destroys the value replaced before them, with no clock tick needed.
+TEST(AtomicValue, ChecksByOtherStoresFreeWhatThisOneReplaced) {
+  ASSERT_EQ(Counted::live.load(), 0);
+  {
+    AtomicValue<Counted> x;
+    x.store(Counted(1));
+    // A check now, so that the next store does not check (unless the
+    // clock ticks in between: then the test passes without telling).
+    detail::epoch_reclaim_bound();
+    x.store(Counted(2));
+    AtomicValue<std::string> y;
+    for (size_t i = 0; i <= 2 * detail::kReclaimBatch<std::string>; ++i) {
+      y.store("y");
+    }
+    x.store(Counted(3));
+    // Value 1 is gone; value 2 may wait for a check.
+    EXPECT_LE(Counted::live.load(), 2);
+  }
+  EXPECT_EQ(Counted::live.load(), 0);
+}
+
 // A wide value whose copy constructor can be held, optionally after
 // loading another AtomicValue (a read section nested in the load's own).
 // `source_alive` tells whether the object it copies was still alive after

@@ -33,14 +33,16 @@
 // once no reader can still be copying it: a writer never waits for readers
 // either; a reader preempted while copying only delays freeing. Stores
 // free in batches, as their check for readers costs a system call: a
-// replaced value is destroyed by a later store() — one that checks
-// (after a batch of about 64 KiB of T objects, 16 to 1024 values, or once
-// the clock ticked, 1-10 ms, since the last check) when no load() that may
-// hold the value is still running — or with the last handle. So a value
-// replaced seldom goes with the next store; while loads run, up to about
-// two batches wait per AtomicValue, plus what a stalled load holds. Its
-// destructor runs on that writer's thread, after the writers' mutex is
-// released, so it may store to this AtomicValue again.
+// replaced value is destroyed by a later store() to this AtomicValue once
+// a check (by any store in the process) found that no load() that may
+// hold it is still running, or with the last handle. A store checks after
+// a batch of about 64 KiB of T objects (16 to 1024 values), or when no
+// store in the process checked for a clock tick (1-10 ms). So with no
+// load() running, a value replaced seldom goes with the next store; while
+// loads run, up to about two batches wait per AtomicValue, plus what a
+// stalled load holds. Its destructor runs on
+// that writer's thread, after the writers' mutex is released, so it may
+// store to this AtomicValue again.
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before
@@ -95,14 +97,14 @@ namespace detail {
 // a store scans for what readers may still hold (a system call, which
 // interrupts every CPU running a thread of the process: ~10 us on a busy
 // 2-vCPU VM; see dchan/detail/epoch.h) once it retired kReclaimBatch<T>
-// values since the last scan (about 64 KiB of T objects, 16 to 1024 of
-// them), or once the coarse monotonic clock moved kReclaimInterval.
+// values since its last scan (about 64 KiB of T objects, 16 to 1024 of
+// them), or when no scan began in the process for a clock tick
+// (epoch_scan_due). Other stores free what earlier scans allow.
 inline constexpr size_t kReclaimBytes = 64 * 1024;
 template <class T>
 inline constexpr size_t kReclaimBatch = std::clamp<size_t>(kReclaimBytes /
                                                                sizeof(T),
                                                            16, 1024);
-inline constexpr int64_t kReclaimInterval = 1'000'000;  // ns
 
 // The shared state of an AtomicValue<T> for any T: the value is a heap
 // object behind an atomic pointer, replaced whole by writers and freed by
@@ -186,19 +188,20 @@ class AtomicValueState {
     retired_.push_back({old, epoch_retire_tag()});
     // A scan is a membarrier call, and advancing the epoch writes a line
     // every load reads: scan once per kReclaimBatch<T> values retired, or
-    // once per clock tick (so that values stored seldom go soon). While
-    // loads run, a value waits for two scans: at most about two batches
-    // wait, plus what a stalled load holds.
-    const int64_t now = coarse_monotonic_ns();
-    if (++retired_since_scan_ < kReclaimBatch<T> &&
-        now - last_scan_ < kReclaimInterval) {
-      return;
+    // when no scan in the process began for a clock tick (so that values
+    // stored seldom go soon). While loads run, a value waits for the epoch
+    // to advance twice: at most about two batches wait, plus what a
+    // stalled load holds.
+    uint64_t bound;
+    if (++retired_since_scan_ >= kReclaimBatch<T> || epoch_scan_due()) {
+      retired_since_scan_ = 0;
+      bound = epoch_reclaim_bound();
+    } else {
+      bound = epoch_free_bound();
     }
-    retired_since_scan_ = 0;
-    last_scan_ = now;
-    const uint64_t bound = epoch_reclaim_bound();
     // Tags never decrease (writers take turns; the epoch only grows), so
     // what may be freed is a prefix.
+    if (retired_.front().tag >= bound) return;
     size_t n = 0;
     while (n < retired_.size() && retired_[n].tag < bound) ++n;
     if (n > freed.objects.capacity()) {
@@ -217,8 +220,6 @@ class AtomicValueState {
   // Guarded by writers_mu_:
   std::vector<Retired> retired_;  // replaced, maybe still being copied
   size_t retired_since_scan_ = 0;
-  // coarse_monotonic_ns() at the last scan; the first store scans.
-  int64_t last_scan_ = INT64_MIN / 2;
 };
 
 // The shared state of an AtomicValue<T> whose T fits a lock-free atomic

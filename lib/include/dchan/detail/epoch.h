@@ -153,6 +153,20 @@ inline uint64_t epoch_retire_tag() noexcept {
 // a system call: see "Asymmetric fences".
 uint64_t epoch_reclaim_bound() noexcept;
 
+// A bound as epoch_reclaim_bound()'s, from the epoch alone: what other
+// writers' scans already allow (objects whose tag the epoch passed by 2).
+// No system call: one load of a line readers load too.
+inline uint64_t epoch_free_bound() noexcept {
+  const uint64_t epoch = g_epoch.load(std::memory_order_seq_cst);
+  return epoch == 0 ? 0 : epoch - 1;
+}
+
+// Whether no scan began in the process for kEpochScanInterval (by the
+// coarse clock: at least a tick, 1-10 ms). Writers that retired something
+// since their last scan scan then, so that values stored seldom go soon.
+inline constexpr int64_t kEpochScanInterval = 1'000'000;  // ns
+bool epoch_scan_due() noexcept;
+
 // Whether readers fence themselves (membarrier is unavailable). Decides,
 // as the first read section does, if no thread read yet.
 bool epoch_readers_fence();
