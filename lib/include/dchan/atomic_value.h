@@ -215,8 +215,11 @@ class AtomicValueState {
     retired_.erase(retired_.begin(), retired_.begin() + n);
   }
 
-  std::atomic<const T*> value_{nullptr};
-  std::mutex writers_mu_;
+  // Loads read this line, and only this one of the state's. The writers'
+  // fields sit on lines of their own: sharing this one, each store missed
+  // in cache on the mutex's lock and again on its unlock.
+  alignas(64) std::atomic<const T*> value_{nullptr};
+  alignas(64) std::mutex writers_mu_;
   // Guarded by writers_mu_:
   std::vector<Retired> retired_;  // replaced, maybe still being copied
   size_t retired_since_scan_ = 0;
