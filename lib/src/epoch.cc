@@ -4,11 +4,15 @@
 
 #include <linux/membarrier.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <new>
 #include <system_error>
@@ -23,10 +27,6 @@ namespace {
 // coarse_monotonic_ns() when the last scan began; the first is due at once.
 std::atomic<int64_t> g_last_scan_ns{INT64_MIN / 2};
 
-}  // namespace
-
-namespace {
-
 int membarrier(int cmd) {
   return static_cast<int>(syscall(__NR_membarrier, cmd, 0u, 0));
 }
@@ -35,11 +35,13 @@ int membarrier(int cmd) {
 // g_readers_fence when that is impossible; true if readers fence. Called
 // once, before the first record is handed out.
 bool decide_readers_fence() {
+  const int saved_errno = errno;
   const int supported = membarrier(MEMBARRIER_CMD_QUERY);
   const bool asymmetric =
       supported >= 0 && (supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 &&
       membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
   g_readers_fence.store(!asymmetric, std::memory_order_relaxed);
+  errno = saved_errno;
   return !asymmetric;
 }
 
@@ -48,19 +50,72 @@ bool readers_fence() {
   return fence;
 }
 
+// Decided while the process starts, usually before it has a second thread:
+// registering a process that runs several threads waits for an RCU grace
+// period (~20 ms here), which a first load() should not. A load() during
+// another translation unit's static initialisation decides earlier.
+[[maybe_unused]] const bool g_decided_at_start = readers_fence();
+
+// The writers' fence where membarrier fails after the process registered
+// (a seccomp filter installed later): changing a page's protection makes
+// the kernel flush the TLB of every CPU running a thread of the process.
+// On x86-64 that is an interrupt, which drains the CPU's store buffer as
+// membarrier's does (a CPU not running one of the threads passed a full
+// barrier when it switched away). Elsewhere TLBs may be flushed without
+// interrupting the CPU, so there is no fallback.
+bool shootdown_fence() noexcept {
+#if defined(__x86_64__)
+  static void* const page = [] {
+    void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }();
+  if (page == nullptr) return false;
+  // One writer at a time: another's PROT_NONE must not land between this
+  // one's PROT_READ | PROT_WRITE and its write.
+  static std::atomic_flag busy = ATOMIC_FLAG_INIT;
+  while (busy.test_and_set(std::memory_order_acquire)) sched_yield();
+  bool done = mprotect(page, 4096, PROT_READ | PROT_WRITE) == 0;
+  if (done) {
+    // Present and dirty, so that taking the access away must flush.
+    static_cast<std::atomic<int>*>(page)->fetch_add(1);
+    done = mprotect(page, 4096, PROT_NONE) == 0;
+  }
+  busy.clear(std::memory_order_release);
+  return done;
+#else
+  return false;
+#endif
+}
+
 // The writers' side of a scan: after it, every thread's announcement made
 // before its next load of a published pointer is visible (see
-// "Asymmetric fences" in the header). False if it could not be done.
+// "Asymmetric fences" in the header). False if it could not be done; then
+// the scan frees nothing, and the first failure says so on stderr.
 bool heavy_fence() noexcept {
   // Readers that fence store their announcement sequentially consistent,
   // and a scan's loads are too: their total order does the work.
   if (readers_fence()) return true;
-  if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0) return true;
+  const int saved_errno = errno;
+  bool done = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
   // Registration is inherited by a forked child and holds until exec; were
   // it lost anyway (EPERM), register again.
-  return errno == EPERM &&
-         membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0 &&
-         membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
+  if (!done && errno == EPERM) {
+    done = membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0 &&
+           membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
+  }
+  if (!done) done = shootdown_fence();
+  if (!done) {
+    static std::atomic<bool> told{false};
+    if (!told.exchange(true, std::memory_order_relaxed)) {
+      std::fprintf(stderr,
+                   "dchan: membarrier failed after it had worked (%s): "
+                   "AtomicValue can no longer free the values it replaces\n",
+                   std::strerror(errno));
+    }
+  }
+  errno = saved_errno;
+  return done;
 }
 
 // Every record ever made, newest first. Records are never freed: a thread

@@ -33,14 +33,15 @@
 // once no reader can still be copying it: a writer never waits for readers
 // either; a reader preempted while copying only delays freeing. Stores
 // free in batches, as their check for readers costs a system call: a
-// replaced value is destroyed by a later store() to this AtomicValue once
-// a check (by any store in the process) found that no load() that may
-// hold it is still running, or with the last handle. A store checks after
-// a batch of about 64 KiB of T objects (16 to 1024 values), or when no
+// replaced value is destroyed by a store() to this AtomicValue (the one
+// that replaced it or a later one) once a check, by any store in the
+// process, found that no load() that may hold it is still running; or with
+// the last handle. A store checks after a batch of sizeof(T) * n ~ 64 KiB
+// (16 to 1024 values; what T owns on the heap is not counted), or when no
 // store in the process checked for a clock tick (1-10 ms). So with no
-// load() running, a value replaced seldom goes with the next store; while
-// loads run, up to about two batches wait per AtomicValue, plus what a
-// stalled load holds. Its destructor runs on
+// load() running, a value replaced seldom goes with the store that replaced
+// it; while loads run, up to about two batches wait per AtomicValue, plus
+// what a stalled load holds. Its destructor runs on
 // that writer's thread, after the writers' mutex is released, so it may
 // store to this AtomicValue again.
 //

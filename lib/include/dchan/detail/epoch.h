@@ -34,13 +34,22 @@
 // sees that. Nor can a reader announce an epoch newer than the objects it
 // may hold allow: its loads of the epoch and of the pointer are
 // sequentially consistent, and a scan loads the epoch before its
-// membarrier. A scan costs a system call (~0.25 us here; ~10 us when other
-// threads of the process run on the other CPU of this 2-vCPU VM, which
-// takes an interrupt), so writers scan in batches (see AtomicValueState).
-// Where membarrier is missing (kernels before 4.14, a seccomp filter that
-// denies it) readers announce with a sequentially consistent store (the
-// locked instruction) and writers need no fence of their own
-// (epoch_readers_fence()).
+// membarrier. The same holds for a scan by another writer (epochs are
+// shared): one that advances the epoch past an object's tag loaded an
+// epoch written after the tag was read, so after the object was
+// unpublished, and its membarrier comes later still. A scan costs a system call
+// (~0.25 us here; ~10 us when other threads of the process run on the other CPU
+// of this 2-vCPU VM, which takes an interrupt), so writers scan in batches (see
+// AtomicValueState). Where membarrier is missing when the process starts
+// (kernels before 4.14, a seccomp filter that denies it) readers announce with
+// a sequentially consistent store (the locked instruction) and writers need no
+// fence of their own (epoch_readers_fence()). The process registers for
+// membarrier while it starts (with several threads running, registering
+// waits ~20 ms for an RCU grace period). Should membarrier fail later (a
+// filter installed after that), writers fall back to changing a page's
+// protection, which interrupts the same CPUs to flush their TLBs (x86-64);
+// failing that too, scans free nothing and the first one says so on
+// stderr.
 //
 // Costs. A read section is four plain stores: two to the thread's own
 // record line, two to a thread-local flag. A reclaim scan is a membarrier
@@ -98,9 +107,10 @@ class EpochReadSection {
  public:
   EpochReadSection() {
     ThreadEpoch& t = t_epoch;
-    // Only the outermost section announces and leaves. Nothing here reads
-    // back what the last section wrote (a store-to-load chain through
-    // t.reading costs ~3 ns per load): the test feeds a predicted branch.
+    // Only the outermost section announces and leaves. No store here
+    // depends on a load of what the last section wrote: the load of
+    // t.reading only feeds a predicted branch (a depth counter, loaded,
+    // incremented and stored back, chained each load to the last: ~3 ns).
     outer_ = !t.reading;
     if (outer_) {
       EpochRecord* r = t.record;
