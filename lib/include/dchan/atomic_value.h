@@ -41,9 +41,9 @@
 // store in the process checked for a clock tick (1-10 ms). So with no
 // load() running, a value replaced seldom goes with the store that replaced
 // it; while loads run, up to about two batches wait per AtomicValue, plus
-// what a stalled load holds. Its destructor runs on
-// that writer's thread, after the writers' mutex is released, so it may
-// store to this AtomicValue again.
+// what a stalled load holds. Its destructor runs on that writer's thread,
+// after the writers' mutex is released, so it may store to this
+// AtomicValue again.
 //
 // Memory ordering: sequentially consistent. A store() synchronises-with the
 // load() calls that return its value, so everything the writer did before

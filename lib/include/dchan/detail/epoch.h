@@ -37,19 +37,22 @@
 // membarrier. The same holds for a scan by another writer (epochs are
 // shared): one that advances the epoch past an object's tag loaded an
 // epoch written after the tag was read, so after the object was
-// unpublished, and its membarrier comes later still. A scan costs a system call
-// (~0.25 us here; ~10 us when other threads of the process run on the other CPU
-// of this 2-vCPU VM, which takes an interrupt), so writers scan in batches (see
-// AtomicValueState). Where membarrier is missing when the process starts
-// (kernels before 4.14, a seccomp filter that denies it) readers announce with
-// a sequentially consistent store (the locked instruction) and writers need no
-// fence of their own (epoch_readers_fence()). The process registers for
-// membarrier while it starts (with several threads running, registering
-// waits ~20 ms for an RCU grace period). Should membarrier fail later (a
-// filter installed after that), writers fall back to changing a page's
-// protection, which interrupts the same CPUs to flush their TLBs (x86-64);
-// failing that too, scans free nothing and the first one says so on
-// stderr.
+// unpublished, and its membarrier comes later still.
+//
+// A scan costs a system call: ~0.25 us here, ~10 us when other threads of
+// the process run on the other CPU of this 2-vCPU VM, which then takes an
+// interrupt. So writers scan in batches (see AtomicValueState). The
+// process registers for membarrier while it starts: registering while
+// several threads run waits ~20 ms for an RCU grace period.
+//
+// Without membarrier. Where it is missing when the process starts
+// (kernels before 4.14, a seccomp filter that denies it), readers announce
+// with a sequentially consistent store (the locked instruction) and
+// writers need no fence of their own (epoch_readers_fence()). Should it
+// fail later (a filter installed after the start), writers fall back to
+// changing a page's protection, which interrupts the same CPUs to flush
+// their TLBs (x86-64); failing that too, scans free nothing and the first
+// one says so on stderr.
 //
 // Costs. A read section is four plain stores: two to the thread's own
 // record line, two to a thread-local flag. A reclaim scan is a membarrier
@@ -58,7 +61,8 @@
 // next one). Nobody waits for anybody: a reader preempted inside its
 // section only delays the freeing of what writers retire meanwhile.
 //
-// Rules. Read sections nest (only the outermost announces). They must not
+// Rules. Read sections nest (only the outermost announces) and close in
+// the reverse order of opening (they are scoped objects). They must not
 // be entered from a signal handler. A thread's first section allocates its
 // record (may throw std::bad_alloc, or std::system_error when the process
 // is out of pthread keys).
@@ -94,8 +98,8 @@ extern std::atomic<uint64_t> g_epoch;
 extern std::atomic<bool> g_readers_fence;
 
 // Gives the calling thread a record: a free one from the registry, or a new
-// one. Released when the thread exits. The first call in the process also
-// decides how readers fence (registers for membarrier). Throws
+// one. Released when the thread exits. Decides how readers fence first,
+// if the process has not yet (see "Without membarrier"). Throws
 // std::bad_alloc and std::system_error (see record_key in epoch.cc).
 EpochRecord* acquire_epoch_record();
 
@@ -159,8 +163,8 @@ inline uint64_t epoch_retire_tag() noexcept {
 // Scans the threads' records (advancing the epoch when every reading thread
 // announced the current one) and returns a bound: every object retired
 // before this call with a tag below the bound may be freed. UINT64_MAX when
-// no thread was reading; 0 (nothing) if the membarrier call failed. Makes
-// a system call: see "Asymmetric fences".
+// no thread was reading; 0 (nothing) if no fence could be made (see
+// "Without membarrier"). Makes a system call: see "Asymmetric fences".
 uint64_t epoch_reclaim_bound() noexcept;
 
 // A bound as epoch_reclaim_bound()'s, from the epoch alone: what other
@@ -177,8 +181,8 @@ inline uint64_t epoch_free_bound() noexcept {
 inline constexpr int64_t kEpochScanInterval = 1'000'000;  // ns
 bool epoch_scan_due() noexcept;
 
-// Whether readers fence themselves (membarrier is unavailable). Decides,
-// as the first read section does, if no thread read yet.
+// Whether readers fence themselves (membarrier was unavailable when the
+// process started). Decides first if the process has not yet.
 bool epoch_readers_fence();
 
 // CLOCK_MONOTONIC_COARSE in nanoseconds, for writers pacing their scans: a
