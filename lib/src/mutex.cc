@@ -8,11 +8,13 @@
 //     it. In starvation mode unlock() keeps kLocked set and passes ownership
 //     to the head waiter (kHandOff), so arriving threads cannot take the lock.
 //   - kWoken is owned by exactly one thread: the spinner that set it (none
-//     while kMaxSpins is 0), the unlock() that set it, from its CAS until it
-//     publishes the wake-up (or clears kWoken if the queue emptied
-//     meanwhile), or the waiter that unlock() woke. That waiter clears it
-//     when it takes the lock, waits again, or gives up (give_up_woken), so
-//     an unlock() that sees kWoken may skip the wake-up without losing it.
+//     while kMaxSpins is 0), a waiter that set it as it queued (it polls
+//     the lock; see kPolls), the unlock() that set it, from its CAS until
+//     it publishes the wake-up (or clears kWoken if the queue emptied
+//     meanwhile), or the waiter that unlock() woke. A waiter that owns it
+//     clears it when it takes the lock, waits again, or gives up
+//     (give_up_woken), so an unlock() that sees kWoken may skip the wake-up
+//     without losing it.
 //   - A woken waiter stays in the queue (at its head) while it competes,
 //     and leaves it only with the lock or at its deadline. Going back to
 //     sleep after losing the race is then two compare-and-swaps on its own
@@ -49,6 +51,18 @@ constexpr int kMaxSpins = 0;
 // A parked waiter spins on its own word for spin_budget() / this before it
 // sleeps (see lock_slow).
 constexpr int kWordSpinDivisor = 4;
+
+// A waiter that owns kWoken (it claimed it when it queued, or an unlock()
+// woke it) and finds the lock held looks at the lock again kPolls times,
+// spin_budget() / kPollDivisor pauses apart (~1 us), before it gives kWoken
+// back and waits on its own word. While it owns kWoken the holder's
+// unlock()s stay on the fast path: no wake-up to publish, and between two
+// looks the lock's line stays on the holder's CPU. (Waiting on its own word
+// instead, the waiter was woken by nearly every unlock() and made the
+// holder pay three or four cache-line transfers per operation; see
+// docs/BENCHMARKS.md, "Session 17".)
+constexpr int kPolls = 2;
+constexpr int kPollDivisor = 10;
 
 // Go's starvationThresholdNs.
 constexpr auto kStarvationThreshold = std::chrono::milliseconds(1);
@@ -185,6 +199,8 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
   bool in_queue = false;  // `me` is queued (or was, until a hand-off popped it)
   bool starving = false;  // this thread has waited longer than the threshold
   int spins = 0;
+  int polls = 0;  // looks at the held lock since this thread got kWoken
+  const int poll_pauses = spin_budget() / kPollDivisor;  // 0 on one CPU
   uint32_t s = state_.load(std::memory_order_relaxed);
   for (;;) {
     if ((s & kLocked) == 0) {
@@ -230,11 +246,22 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       // Park: register in the state (while the lock is still held) and
       // queue at the tail.
       std::unique_lock<std::mutex> hold(queue_mu_);
+      // Claim kWoken (poll for the lock instead of waiting to be woken)
+      // unless the head of the queue has waited past the starvation
+      // threshold: it must be woken to see that, and claimers would keep
+      // every unlock() from waking it.
+      const bool may_claim =
+          poll_pauses > 0 && (head_ == nullptr || Clock::now() - head_->start <
+                                                      kStarvationThreshold);
       s = state_.load(std::memory_order_relaxed);
       bool registered = false;
+      bool claim = false;
       while ((s & kLocked) != 0) {
-        const uint32_t next =
-            awoke ? ((s | kHasWaiters) & ~kWoken) : (s | kHasWaiters);
+        claim =
+            may_claim && (s & kStarving) == 0 && (awoke || (s & kWoken) == 0);
+        const uint32_t next = claim   ? (s | kHasWaiters | kWoken)
+                              : awoke ? ((s | kHasWaiters) & ~kWoken)
+                                      : (s | kHasWaiters);
         if (state_.compare_exchange_weak(s, next, std::memory_order_relaxed,
                                          std::memory_order_relaxed)) {
           registered = true;
@@ -245,6 +272,19 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       me.start = Clock::now();
       enqueue_locked(&me);
       in_queue = true;
+      if (claim) {
+        awoke = true;
+        hold.unlock();
+        s = state_.load(std::memory_order_relaxed);
+        continue;
+      }
+    } else if (awoke && (s & kStarving) == 0 && polls < kPolls) {
+      // Owns kWoken and lost the race: look again a little later, off the
+      // lock's line meanwhile (see kPolls).
+      ++polls;
+      for (int i = 0; i < poll_pauses; ++i) spin_pause();
+      s = state_.load(std::memory_order_relaxed);
+      continue;
     } else if (!wait_again(starving)) {
       s = state_.load(std::memory_order_relaxed);
       continue;  // woken, and the lock is free: compete for it
@@ -288,6 +328,7 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       return true;
     }
     spins = 0;
+    polls = 0;
     starving = starving || Clock::now() - me.start > kStarvationThreshold;
     s = state_.load(std::memory_order_relaxed);
   }

@@ -375,6 +375,49 @@ TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
       << " ms)";
 }
 
+// The same with empty critical sections. A waiter that arrives while the
+// lock is held polls for it instead of sleeping (it owns kWoken, so unlock()
+// wakes nobody; see kPolls in mutex.cc), and two threads that re-take the
+// lock at once keep arriving as such pollers; the third thread must still
+// get in, so no wake-up may be lost between pollers, sleepers and unlock().
+// (Pollers also stop claiming kWoken once the head of the queue has waited
+// past the starvation threshold. This test passed without that too, even
+// with endless polling: the third thread got in as a poller itself.)
+TEST(Mutex, PollingArrivalsLetAThirdThreadIn) {
+  Mutex mu;
+  std::atomic<bool> stop{false};
+  int64_t counter = 0;
+  auto hammer = [&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::lock_guard<Mutex> hold(mu);
+      ++counter;
+    }
+  };
+  std::thread h1(hammer);
+  std::thread h2(hammer);
+  std::this_thread::sleep_for(10ms);  // both hammering
+  constexpr int kAcquisitions = 50;
+  std::atomic<int> got{0};
+  std::thread third([&] {
+    sched_param param{};  // SCHED_IDLE, as in the test above
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
+    for (int i = 0; i < kAcquisitions; ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      std::lock_guard<Mutex> hold(mu);
+      got.fetch_add(1);
+    }
+  });
+  const bool done =
+      eventually([&] { return got.load() == kAcquisitions; }, 10'000ms);
+  stop = true;
+  h1.join();
+  h2.join();
+  third.join();
+  EXPECT_TRUE(done) << "the third thread got the lock only " << got.load()
+                    << " times in 10 s";
+  EXPECT_GT(counter, 0);
+}
+
 // POSIX's reference-count pattern: whoever drops the count to zero destroys
 // the (only) handle, possibly while the other thread is still inside
 // unlock() waking it.

@@ -29,9 +29,11 @@
 // lock nobody waits for is one compare-and-swap too, and so is an unlock()
 // while the waiter it would wake is awake already. A contended lock() queues
 // at once in a FIFO queue of waiters (without spinning on the lock: on small
-// VMs that cost throughput; see kMaxSpins in mutex.cc), watches its own queue
-// entry briefly when other CPUs exist, then sleeps on a futex; unlock() makes
-// a wake-up call only for a waiter that sleeps. In normal mode a woken
+// VMs that cost throughput; see kMaxSpins in mutex.cc). When other CPUs
+// exist, a waiter that is awake marks itself so (unlock() then wakes nobody)
+// and looks at the lock twice, ~1 us apart; then it watches its own queue
+// entry briefly and sleeps on a futex. unlock() makes a wake-up call only
+// for a waiter that sleeps. In normal mode a woken
 // waiter competes with newly arriving threads, which usually win (they are
 // already on a CPU); a waiter that loses stays at the front of the queue. A
 // waiter that has waited for more than 1 ms switches the Mutex to starvation
