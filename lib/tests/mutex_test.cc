@@ -322,54 +322,65 @@ TEST(Mutex, WorksWithStandardLockTypes) {
   EXPECT_EQ(shared, 20'000);
 }
 
-// Go's starvation mode (after Go's TestMutexFairness): threads that re-take
-// the lock the moment they release it keep a parked waiter out, because the
-// waiter needs tens of microseconds to wake and finds the lock taken again.
-// After 1 ms the waiter gets the lock handed to it, so the third thread makes
-// steady progress. (Without starvation mode this test times out.)
-TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
-  Mutex mu;
+// Two threads hammer `mu` (each holds it for `hold`, or not at all) while a
+// third, at SCHED_IDLE, takes it kAcquisitions times, 100 us apart. Returns
+// how many it got within 10 s, and its longest wait in `*longest_wait`.
+constexpr int kAcquisitions = 50;
+int third_thread_acquisitions(
+    Mutex mu, std::chrono::microseconds hold,
+    std::chrono::steady_clock::duration* longest_wait) {
   std::atomic<bool> stop{false};
+  int64_t counter = 0;  // guarded by mu
   auto hammer = [&] {
     while (!stop.load(std::memory_order_relaxed)) {
-      std::lock_guard<Mutex> hold(mu);
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      std::lock_guard<Mutex> hold_it(mu);
+      ++counter;
+      if (hold.count() > 0) std::this_thread::sleep_for(hold);
     }
   };
   std::thread h1(hammer);
   std::thread h2(hammer);
   std::this_thread::sleep_for(10ms);  // both hammering
-  constexpr int kAcquisitions = 50;
   std::atomic<int> got{0};
-  std::chrono::steady_clock::duration longest_wait{};  // third's, until joined
+  std::chrono::steady_clock::duration longest{};  // third's, until joined
   std::thread third([&] {
     // SCHED_IDLE: waking this thread never preempts the hammer that woke it
-    // (which would hand it the lock by luck), so only starvation mode can
-    // let it in.
+    // (which would hand it the lock by luck).
     sched_param param{};
     pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
     for (int i = 0; i < kAcquisitions; ++i) {
       std::this_thread::sleep_for(std::chrono::microseconds(100));
       const auto start = std::chrono::steady_clock::now();
       mu.lock();
-      longest_wait =
-          std::max(longest_wait, std::chrono::steady_clock::now() - start);
+      longest = std::max(longest, std::chrono::steady_clock::now() - start);
       got.fetch_add(1);
       mu.unlock();
     }
   });
-  const bool done =
-      eventually([&] { return got.load() == kAcquisitions; }, 10'000ms);
+  eventually([&] { return got.load() == kAcquisitions; }, 10'000ms);
+  const int got_in_time = got.load();  // the third finishes once stopped
   stop = true;
   h1.join();
   h2.join();
   third.join();
+  *longest_wait = longest;
+  return got_in_time;
+}
+
+// Go's starvation mode (after Go's TestMutexFairness): threads that re-take
+// the lock the moment they release it keep a parked waiter out, because the
+// waiter needs tens of microseconds to wake and finds the lock taken again.
+// After 1 ms the waiter gets the lock handed to it, so the third thread makes
+// steady progress. (Without starvation mode this test times out.)
+TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
+  std::chrono::steady_clock::duration longest_wait{};
+  const int got = third_thread_acquisitions(Mutex(), 100us, &longest_wait);
   // Progress, not a time bound: each wait usually ends soon after the 1 ms
   // threshold, but a loaded machine may leave a SCHED_IDLE thread unrun for
   // hundreds of milliseconds (a 100 ms bound here once measured 203 ms).
   // Without hand-off the third thread does not get in at all.
-  EXPECT_TRUE(done)
-      << "the third thread got the lock only " << got.load()
+  EXPECT_EQ(got, kAcquisitions)
+      << "the third thread got the lock only " << got
       << " times in 10 s (longest wait "
       << std::chrono::duration<double, std::milli>(longest_wait).count()
       << " ms)";
@@ -384,38 +395,13 @@ TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
 // past the starvation threshold. This test passed without that too, even
 // with endless polling: the third thread got in as a poller itself.)
 TEST(Mutex, PollingArrivalsLetAThirdThreadIn) {
-  Mutex mu;
-  std::atomic<bool> stop{false};
-  int64_t counter = 0;
-  auto hammer = [&] {
-    while (!stop.load(std::memory_order_relaxed)) {
-      std::lock_guard<Mutex> hold(mu);
-      ++counter;
-    }
-  };
-  std::thread h1(hammer);
-  std::thread h2(hammer);
-  std::this_thread::sleep_for(10ms);  // both hammering
-  constexpr int kAcquisitions = 50;
-  std::atomic<int> got{0};
-  std::thread third([&] {
-    sched_param param{};  // SCHED_IDLE, as in the test above
-    pthread_setschedparam(pthread_self(), SCHED_IDLE, &param);
-    for (int i = 0; i < kAcquisitions; ++i) {
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
-      std::lock_guard<Mutex> hold(mu);
-      got.fetch_add(1);
-    }
-  });
-  const bool done =
-      eventually([&] { return got.load() == kAcquisitions; }, 10'000ms);
-  stop = true;
-  h1.join();
-  h2.join();
-  third.join();
-  EXPECT_TRUE(done) << "the third thread got the lock only " << got.load()
-                    << " times in 10 s";
-  EXPECT_GT(counter, 0);
+  std::chrono::steady_clock::duration longest_wait{};
+  const int got = third_thread_acquisitions(Mutex(), 0us, &longest_wait);
+  EXPECT_EQ(got, kAcquisitions)
+      << "the third thread got the lock only " << got
+      << " times in 10 s (longest wait "
+      << std::chrono::duration<double, std::milli>(longest_wait).count()
+      << " ms)";
 }
 
 // POSIX's reference-count pattern: whoever drops the count to zero destroys
