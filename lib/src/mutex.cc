@@ -114,13 +114,6 @@ MutexCore::Waiter* MutexCore::pop_front_locked() {
   return w;
 }
 
-void MutexCore::clear_bits(uint32_t bits) {
-  uint32_t s = state_.load(std::memory_order_relaxed);
-  while (!state_.compare_exchange_weak(s, s & ~bits, std::memory_order_relaxed,
-                                       std::memory_order_relaxed)) {
-  }
-}
-
 uint32_t MutexCore::leave_queue(Waiter& me) {
   std::lock_guard<std::mutex> hold(queue_mu_);
   if (me.queued) {

@@ -216,8 +216,16 @@ class MutexCore {
   Waiter* pop_front_locked();
   void remove_locked(Waiter* w);
   // Clears the given bits (with a CAS loop). kHasWaiters and kStarving only
-  // under queue_mu_; kWoken by the thread that owns it.
-  void clear_bits(uint32_t bits);
+  // under queue_mu_; kWoken by the thread that owns it. Inline here, not in
+  // mutex.cc: the winner of a contended lock calls it while it holds
+  // queue_mu_, and as an exported function of a -fPIC build it was not
+  // inlined (see docs/BENCHMARKS.md, "Session 17").
+  void clear_bits(uint32_t bits) noexcept {
+    uint32_t s = state_.load(std::memory_order_relaxed);
+    while (!state_.compare_exchange_weak(
+        s, s & ~bits, std::memory_order_relaxed, std::memory_order_relaxed)) {
+    }
+  }
 
   std::atomic<uint32_t> state_{0};
   std::atomic<uint64_t> token_{0};
