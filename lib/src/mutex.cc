@@ -184,8 +184,9 @@ bool MutexCore::give_up_woken() {
 }
 
 bool MutexCore::lock_slow(Clock::time_point deadline) {
-  const int spin_limit = std::min(spin_budget(), kMaxSpins);
-  const int word_spins = spin_budget() / kWordSpinDivisor;
+  const int budget = spin_budget();  // 0 on one CPU
+  const int spin_limit = std::min(budget, kMaxSpins);
+  const int word_spins = budget / kWordSpinDivisor;
   const bool timed = deadline != Clock::time_point::max();
   Waiter me;
   bool awoke = false;     // this thread owns kWoken
@@ -193,7 +194,7 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
   bool starving = false;  // this thread has waited longer than the threshold
   int spins = 0;
   int polls = 0;  // looks at the held lock since this thread got kWoken
-  const int poll_pauses = spin_budget() / kPollDivisor;  // 0 on one CPU
+  const int poll_pauses = budget / kPollDivisor;
   uint32_t s = state_.load(std::memory_order_relaxed);
   for (;;) {
     if ((s & kLocked) == 0) {
