@@ -323,12 +323,12 @@ TEST(Mutex, WorksWithStandardLockTypes) {
 }
 
 // Two threads hammer `mu` (each holds it for `hold`, or not at all) while a
-// third, at SCHED_IDLE, takes it kAcquisitions times, 100 us apart. Returns
-// how many it got within 10 s, and its longest wait in `*longest_wait`.
-constexpr int kAcquisitions = 50;
-int third_thread_acquisitions(
-    Mutex mu, std::chrono::microseconds hold,
-    std::chrono::steady_clock::duration* longest_wait) {
+// third, at SCHED_IDLE, takes it kAcquisitions times, 100 us apart. Succeeds
+// if the third got all of them within 10 s; otherwise says how many it got
+// and its longest wait.
+::testing::AssertionResult third_thread_gets_in(
+    Mutex mu, std::chrono::microseconds hold) {
+  constexpr int kAcquisitions = 50;
   std::atomic<bool> stop{false};
   int64_t counter = 0;  // guarded by mu
   auto hammer = [&] {
@@ -363,8 +363,12 @@ int third_thread_acquisitions(
   h1.join();
   h2.join();
   third.join();
-  *longest_wait = longest;
-  return got_in_time;
+  if (got_in_time == kAcquisitions) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "the third thread got the lock only " << got_in_time << " of "
+         << kAcquisitions << " times in 10 s (longest wait "
+         << std::chrono::duration<double, std::milli>(longest).count()
+         << " ms)";
 }
 
 // Go's starvation mode (after Go's TestMutexFairness): threads that re-take
@@ -373,17 +377,11 @@ int third_thread_acquisitions(
 // After 1 ms the waiter gets the lock handed to it, so the third thread makes
 // steady progress. (Without starvation mode this test times out.)
 TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
-  std::chrono::steady_clock::duration longest_wait{};
-  const int got = third_thread_acquisitions(Mutex(), 100us, &longest_wait);
   // Progress, not a time bound: each wait usually ends soon after the 1 ms
   // threshold, but a loaded machine may leave a SCHED_IDLE thread unrun for
   // hundreds of milliseconds (a 100 ms bound here once measured 203 ms).
   // Without hand-off the third thread does not get in at all.
-  EXPECT_EQ(got, kAcquisitions)
-      << "the third thread got the lock only " << got
-      << " times in 10 s (longest wait "
-      << std::chrono::duration<double, std::milli>(longest_wait).count()
-      << " ms)";
+  EXPECT_TRUE(third_thread_gets_in(Mutex(), 100us));
 }
 
 // The same with empty critical sections. A waiter that arrives while the
@@ -395,13 +393,7 @@ TEST(Mutex, StarvationModeLetsAThirdThreadInWhileTwoHammerIt) {
 // past the starvation threshold. This test passed without that too, even
 // with endless polling: the third thread got in as a poller itself.)
 TEST(Mutex, PollingArrivalsLetAThirdThreadIn) {
-  std::chrono::steady_clock::duration longest_wait{};
-  const int got = third_thread_acquisitions(Mutex(), 0us, &longest_wait);
-  EXPECT_EQ(got, kAcquisitions)
-      << "the third thread got the lock only " << got
-      << " times in 10 s (longest wait "
-      << std::chrono::duration<double, std::milli>(longest_wait).count()
-      << " ms)";
+  EXPECT_TRUE(third_thread_gets_in(Mutex(), 0us));
 }
 
 // POSIX's reference-count pattern: whoever drops the count to zero destroys
