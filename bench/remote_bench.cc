@@ -102,13 +102,13 @@
 #include <vector>
 
 #include "batch.h"
-#include "child_process.h"
-#include "latencies.h"
 #include "benchmark/benchmark.h"
+#include "child_process.h"
 #include "dchan/client.h"
 #include "dchan/v1/inspect.grpc.pb.h"
 #include "echo.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "latencies.h"
 
 #ifndef DCHAN_BROKER_PATH
 #error "DCHAN_BROKER_PATH (the dchan-broker binary) must be defined"
@@ -272,7 +272,6 @@ int EchoServerMain() {
 // measures the same server inside this process.
 dchan::bench::ChildProcess g_echo_process;
 std::string g_echo_address;
-EchoServer g_echo_inprocess;
 
 // A connection of its own, as each dchan::Client has.
 std::unique_ptr<Echo::Stub> EchoStub(
@@ -313,7 +312,6 @@ void RunBatched(benchmark::State& state, int64_t batch, MakeBatch make_batch) {
   }
   state.SetItemsProcessed(state.iterations());
 }
-
 
 dchan::Client Connect() { return dchan::Client::connect(g_broker_address); }
 
@@ -555,7 +553,8 @@ void RegisterStreamBenchmarks() {
   Register("stream/remote/0,1", [](benchmark::State& st) {
     BM_RemoteStream(st, 0, 1, kPayloadBytes, kOneWayBatch);
   });
-  for (auto [w, b] : {std::pair<int, int>{256, 256}, {1024, 1024}, {4096, 4096}}) {
+  for (auto [w, b] :
+       {std::pair<int, int>{256, 256}, {1024, 1024}, {4096, 4096}}) {
     Register("stream/remote/" + std::to_string(w) + "," + std::to_string(b),
              [w, b](benchmark::State& st) {
                BM_RemoteStream(st, w, b, kPayloadBytes, kStreamBatch);
@@ -783,9 +782,8 @@ int main(int argc, char** argv) {
   Register("pingpong/remote", BM_RemotePingPong);
   Register("acked_send/remote",
            [](benchmark::State& st) { BM_RemoteAckedSend(st, true); });
-  Register("roundtrip/grpc", [](benchmark::State& st) {
-    BM_GrpcRoundTrip(st, g_echo_address);
-  });
+  Register("roundtrip/grpc",
+           [](benchmark::State& st) { BM_GrpcRoundTrip(st, g_echo_address); });
   for (int s : {1, 4, 16, 64}) {
     Register("oneway/remote/" + std::to_string(s),
              [s](benchmark::State& st) { BM_RemoteOneWay(st, s, s); });
@@ -801,7 +799,14 @@ int main(int argc, char** argv) {
   Register("oneway/remote/16x1",
            [](benchmark::State& st) { BM_RemoteOneWay(st, 16, 1); });
   Register("roundtrip/grpc_inprocess", [](benchmark::State& st) {
-    BM_GrpcRoundTrip(st, g_echo_inprocess.address);
+    // Started for this row alone: a callback server's threads poll the whole
+    // process's sockets (gRPC's epoll1 poller is process-wide), so left
+    // running they would read the other rows' client streams, handing every
+    // answer over to the waiting thread (see BENCHMARKS.md, "Session 18").
+    EchoServer echo;
+    echo.start();
+    BM_GrpcRoundTrip(st, echo.address);
+    echo.stop();
   });
 
   benchmark::Initialize(&argc, argv);
@@ -816,13 +821,11 @@ int main(int argc, char** argv) {
     g_broker_address = dchan::bench::ReadListenAddress(g_broker);
     g_echo_process.start({"/proc/self/exe", kEchoServerFlag});
     g_echo_address = dchan::bench::ReadListenAddress(g_echo_process);
-    g_echo_inprocess.start();
     benchmark::RunSpecifiedBenchmarks();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "remote_bench: %s\n", e.what());
     rc = 1;
   }
-  g_echo_inprocess.stop();
   g_echo_process.stop();
   g_broker.stop();
   benchmark::Shutdown();
