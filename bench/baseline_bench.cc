@@ -2,16 +2,19 @@
 // bench/run_baselines.sh puts dchan's broker figures. Every message carries a
 // 100-byte payload; one benchmark iteration is one round trip.
 //
-//   redis_echo     Redis LPUSH/BRPOP echo (hiredis, two connections): thread
-//                  A LPUSHes to q1 and BRPOPs q2; thread B BRPOPs q1 and
-//                  LPUSHes what it got to q2. Like dchan's ping-pong, the
-//                  value crosses the server twice per round trip.
+//   redis_echo     Redis LPUSH/BRPOP echo (hiredis, two connections): A
+//                  LPUSHes to q1 and BRPOPs q2; B BRPOPs q1 and LPUSHes
+//                  what it got to q2. Like dchan's ping-pong, the value
+//                  crosses the server twice per round trip.
 //   relay/grpc     A -> relay server -> B -> relay server -> A over two gRPC
 //                  bidi streams (bench/relay.proto), sync clients on
 //                  connections of their own, callback-API relay in its own
 //                  process: the floor for dchan's unbuffered ping-pong
 //                  through the broker (two hops), where remote_bench's
 //                  roundtrip/grpc is one hop.
+//   In both, A is this process and B a partner process (this binary
+//   re-executed with --partner), as in remote_bench's pingpong/remote: the
+//   issue's hand-off is "between two processes".
 //   relay_bandwidth/grpc
 //                  64 KiB values one way, A -> relay server -> B (one
 //                  iteration per value, batches of 1,024): the floor for
@@ -26,9 +29,9 @@
 // Both inherit this process's CPU affinity: under `taskset -c 0` clients and
 // servers share CPU 0, as remote_bench's broker does.
 //
-// Timing: batches of 256 round trips; thread B is spawned per batch and
-// released together with A once running (bench/batch.h; Google Benchmark
-// manual time, A's wall time); one untimed warm-up round trip per batch.
+// Timing: batches of 256 round trips (Google Benchmark manual time, A's wall
+// time) after one untimed warm-up round trip; the partner is started (and
+// has connected) before, and stopped after.
 // Every round trip's latency is recorded; p50_us/p99_us are the repetition's
 // percentiles. A thread is started and joined before measuring (glibc uses
 // real atomics only once a process has had a second thread).
@@ -59,9 +62,9 @@
 #include "batch.h"
 #include "benchmark/benchmark.h"
 #include "child_process.h"
-#include "latencies.h"
 #include "grpcpp/grpcpp.h"
 #include "hiredis/hiredis.h"
+#include "latencies.h"
 #include "relay.grpc.pb.h"
 
 namespace {
@@ -77,6 +80,7 @@ using dchan::bench::UniqueName;
 constexpr std::size_t kPayloadBytes = 100;
 constexpr int64_t kRoundTripBatch = 256;
 constexpr char kRelayServerFlag[] = "--relay-server";
+constexpr char kPartnerFlag[] = "--partner";
 
 const std::string& Payload() {
   static const std::string p(kPayloadBytes, 'x');
@@ -340,28 +344,39 @@ RelayServer g_relay;
 bool g_redis_started = false;
 bool g_relay_started = false;
 
-
-// Runs batches of round trips: `partner(n)` on a thread of its own serves
-// n + 1 round trips, `one(i)` is the driver's round trip i (i < 0: the
-// untimed warm-up).
-template <class Partner, class RoundTrip>
-void RunRoundTrips(benchmark::State& state, Partner partner, RoundTrip one) {
+// Runs batches of round trips, `one()` being one, with B's side in a
+// partner process started with `partner_args` (see PartnerMain).
+template <class RoundTrip>
+void RunRoundTrips(benchmark::State& state,
+                   const std::vector<std::string>& partner_args,
+                   RoundTrip one) {
+  std::vector<std::string> argv = {g_self, kPartnerFlag};
+  argv.insert(argv.end(), partner_args.begin(), partner_args.end());
+  ChildProcess partner;
+  try {
+    partner.start(argv);
+    if (partner.read_line() != "ready\n") {
+      throw std::runtime_error("the partner process did not get ready");
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  one();  // warm-up: the partner may not have reached its read yet
   Latencies lat;
   while (state.KeepRunningBatch(kRoundTripBatch)) {
-    const int64_t n = kRoundTripBatch;
-    const dchan::bench::BatchTimes t =
-        dchan::bench::RunBatch({[&partner, n] { partner(n + 1); }}, [&] {
-          one();  // warm-up: the partner may not have reached its read yet
-          for (int64_t i = 0; i < n; ++i) {
-            const Clock::time_point t0 = Clock::now();
-            one();
-            lat.add(Clock::now() - t0);
-          }
-        });
-    state.SetIterationTime(t.all);
+    const Clock::time_point start = Clock::now();
+    for (int64_t i = 0; i < kRoundTripBatch; ++i) {
+      const Clock::time_point t0 = Clock::now();
+      one();
+      lat.add(Clock::now() - t0);
+    }
+    state.SetIterationTime(
+        std::chrono::duration<double>(Clock::now() - start).count());
   }
   state.SetItemsProcessed(state.iterations());
   lat.report(state);
+  partner.stop();
 }
 
 void BM_RedisEcho(benchmark::State& state) {
@@ -370,25 +385,17 @@ void BM_RedisEcho(benchmark::State& state) {
     g_redis_started = true;
   }
   RedisConnection a = RedisConnect(g_redis.port());
-  RedisConnection b = RedisConnect(g_redis.port());
-  if (a == nullptr || b == nullptr) {
+  if (a == nullptr) {
     state.SkipWithError("cannot connect to redis-server");
     return;
   }
   const std::string q1 = UniqueName("q1"), q2 = UniqueName("q2");
-  RunRoundTrips(
-      state,
-      [&](int64_t n) {
-        for (int64_t i = 0; i < n; ++i) {
-          RedisPush(b.get(), q2, RedisBlockingPop(b.get(), q1));
-        }
-      },
-      [&] {
-        RedisPush(a.get(), q1, Payload());
-        if (RedisBlockingPop(a.get(), q2).size() != kPayloadBytes) {
-          Die("redis: the echo changed the payload");
-        }
-      });
+  RunRoundTrips(state, {"redis", std::to_string(g_redis.port()), q1, q2}, [&] {
+    RedisPush(a.get(), q1, Payload());
+    if (RedisBlockingPop(a.get(), q2).size() != kPayloadBytes) {
+      Die("redis: the echo changed the payload");
+    }
+  });
 }
 
 // A stream joined to the relay room `room`, on a connection of its own.
@@ -437,28 +444,18 @@ std::string RelayAddress() {
 
 void BM_RelayPingPong(benchmark::State& state) {
   const std::string room = UniqueName("room");
-  // a joins first, b second; what a writes goes to b and back.
+  // What one side writes goes to the other: a to the partner and back.
   RelayStream a(RelayAddress(), room);
-  RelayStream b(RelayAddress(), room);
   Frame ping;
   ping.set_payload(Payload());
-  RunRoundTrips(
-      state,
-      [&](int64_t n) {
-        Frame f;
-        for (int64_t i = 0; i < n; ++i) {
-          b.read(&f);
-          b.write(f);
-        }
-      },
-      [&] {
-        Frame back;
-        a.write(ping);
-        a.read(&back);
-        if (back.payload().size() != kPayloadBytes) {
-          Die("relay: the payload changed");
-        }
-      });
+  RunRoundTrips(state, {"relay", RelayAddress(), room}, [&] {
+    Frame back;
+    a.write(ping);
+    a.read(&back);
+    if (back.payload().size() != kPayloadBytes) {
+      Die("relay: the payload changed");
+    }
+  });
 }
 
 // One-way 64 KiB values A -> relay -> B: the same two gRPC hops a value
@@ -476,24 +473,53 @@ void BM_RelayBandwidth(benchmark::State& state) {
   value.set_payload(std::string(kBandwidthBytes, 'x'));
   while (state.KeepRunningBatch(kBandwidthBatch)) {
     const int64_t n = kBandwidthBatch;
-    const dchan::bench::BatchTimes t = dchan::bench::RunBatch(
-        {[&b, n] {
-          Frame f;
-          for (int64_t i = 0; i < n; ++i) {
-            b.read(&f);
-            if (f.payload().size() != kBandwidthBytes) {
-              Die("relay: the payload changed");
-            }
-          }
-        }},
-        [&a, &value, n] {
-          for (int64_t i = 0; i < n; ++i) a.write(value);
-        });
+    const dchan::bench::BatchTimes t =
+        dchan::bench::RunBatch({[&b, n] {
+                                 Frame f;
+                                 for (int64_t i = 0; i < n; ++i) {
+                                   b.read(&f);
+                                   if (f.payload().size() != kBandwidthBytes) {
+                                     Die("relay: the payload changed");
+                                   }
+                                 }
+                               }},
+                               [&a, &value, n] {
+                                 for (int64_t i = 0; i < n; ++i) a.write(value);
+                               });
     state.SetIterationTime(t.all);
   }
   state.SetItemsProcessed(state.iterations());
   state.SetBytesProcessed(state.iterations() *
                           static_cast<int64_t>(kBandwidthBytes));
+}
+
+// B's side of a round-trip row, in a process of its own (this binary with
+// kPartnerFlag): argv "redis" PORT Q1 Q2 (BRPOP Q1, LPUSH it to Q2) or
+// "relay" ADDRESS ROOM (read, write back). Prints "ready" once connected,
+// then serves until it is killed.
+int PartnerMain(int argc, char** argv) {
+  std::thread([] {}).join();  // real atomics (see main)
+  const std::string role = argc > 2 ? argv[2] : "";
+  auto ready = [] {
+    std::printf("ready\n");
+    std::fflush(stdout);
+  };
+  if (role == "redis" && argc == 6) {
+    RedisConnection b = RedisConnect(std::atoi(argv[3]));
+    if (b == nullptr) Die("partner: cannot connect to redis-server");
+    ready();
+    for (;;) RedisPush(b.get(), argv[5], RedisBlockingPop(b.get(), argv[4]));
+  }
+  if (role == "relay" && argc == 5) {
+    RelayStream b(argv[3], argv[4]);
+    ready();
+    Frame f;
+    for (;;) {
+      b.read(&f);
+      b.write(f);
+    }
+  }
+  Die("partner: bad arguments");
 }
 
 void Register(const char* name, void (*fn)(benchmark::State&)) {
@@ -506,6 +532,9 @@ void Register(const char* name, void (*fn)(benchmark::State&)) {
 int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == kRelayServerFlag) {
     return RelayServerMain();
+  }
+  if (argc >= 2 && std::string(argv[1]) == kPartnerFlag) {
+    return PartnerMain(argc, argv);
   }
   g_self = "/proc/self/exe";
   {

@@ -121,13 +121,13 @@ def table(results, placement, title):
                                    go.get("etcdctl_put"))
     # (dchan label, dchan entry, baseline label, baseline entry, unit, target)
     rows = [
-        ("hand-off ping-pong, 2 Clients (two broker hops)", ping,
+        ("hand-off ping-pong, 2 processes (two broker hops)", ping,
          "raw gRPC relay A→relay→B→relay→A (its floor)",
          base.get("relay/grpc"), "µs", "—"),
-        ("hand-off ping-pong, 2 Clients", ping,
+        ("hand-off ping-pong, 2 processes", ping,
          "NATS request-reply (nats.go)", go.get("nats_rr"), "µs",
          "< 1 (faster)"),
-        ("hand-off ping-pong, 2 Clients", ping,
+        ("hand-off ping-pong, 2 processes", ping,
          "Redis LPUSH/BRPOP echo (hiredis)", base.get("redis_echo"), "µs",
          "< 1 (faster)"),
         ("acked send, sender alone (one broker round trip)", acked,

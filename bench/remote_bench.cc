@@ -13,9 +13,13 @@
 // and baseline share CPU 0.
 //
 // Workloads (one benchmark iteration = one round trip or one message):
-//   pingpong/remote       two Clients (two sessions); thread A sends on the
-//                         unbuffered broker channel ch1, thread B receives it
-//                         and sends it back on the unbuffered ch2.
+//   pingpong/remote       two processes, a Client each: this process sends
+//                         on the unbuffered broker channel ch1, a partner
+//                         process (this binary, re-executed) receives it and
+//                         sends it back on the unbuffered ch2.
+//   pingpong/remote_one_process  (diagnostic) the same with both Clients in
+//                         this process, the partner a thread: how it ran
+//                         until 2026-11-29.
 //   acked_send/remote     one Client sends on a buffered(1024) broker channel,
 //                         each send() waiting for the broker's answer; a second
 //                         Client drains it on another thread. Batches are
@@ -95,6 +99,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -318,7 +323,8 @@ dchan::Client Connect() { return dchan::Client::connect(g_broker_address); }
 // ---------------------------------------------------------------------------
 // Workloads.
 
-void BM_RemotePingPong(benchmark::State& state) {
+// The diagnostic one-process form: thread B and its Client in this process.
+void BM_RemotePingPongOneProcess(benchmark::State& state) {
   dchan::Client a = Connect();
   dchan::Client b = Connect();
   const std::string n1 = UniqueName("ping"), n2 = UniqueName("pong");
@@ -612,8 +618,7 @@ int64_t NowNs() {
 // The partner's side of lock_handoff (runs in the re-executed binary): for
 // each 'L' byte on stdin, lock() (queued behind the benchmark), write the
 // steady clock at the grant (8 bytes) to stdout, unlock(). Ends at EOF.
-int PartnerMain(const std::string& address, const std::string& lock_name) {
-  std::thread([] {}).join();
+int LockPartnerMain(const std::string& address, const std::string& lock_name) {
   dchan::Client client = dchan::Client::connect(address);
   dchan::Mutex m = client.mutex(lock_name);
   char cmd = 0;
@@ -629,14 +634,45 @@ int PartnerMain(const std::string& address, const std::string& lock_name) {
   return 0;
 }
 
-// The partner process, seen from the benchmark.
+// The partner's side of pingpong/remote: sends every value received on
+// `ping` back on `pong` until `ping` is closed.
+int EchoPartnerMain(const std::string& address, const std::string& ping_name,
+                    const std::string& pong_name) {
+  dchan::Client client = dchan::Client::connect(address);
+  dchan::Chan<std::string> ping = client.chan<std::string>(ping_name);
+  dchan::Chan<std::string> pong = client.chan<std::string>(pong_name);
+  while (std::optional<std::string> v = ping.recv()) pong.send(*std::move(v));
+  return 0;
+}
+
+// argv: kPartnerFlag, then "lock" ADDRESS LOCK or "echo" ADDRESS PING PONG.
+int PartnerMain(int argc, char** argv) {
+  std::thread([] {}).join();  // real atomics (see main)
+  const std::string role = argc > 2 ? argv[2] : "";
+  if (role == "lock" && argc == 5) return LockPartnerMain(argv[3], argv[4]);
+  if (role == "echo" && argc == 6) {
+    return EchoPartnerMain(argv[3], argv[4], argv[5]);
+  }
+  std::fprintf(stderr, "remote_bench partner: bad arguments\n");
+  return 2;
+}
+
+// The partner process, seen from the benchmark: this binary re-executed with
+// kPartnerFlag and `args` (see PartnerMain), its stdin and stdout piped to
+// this process.
 class Partner {
  public:
-  Partner(const std::string& address, const std::string& lock_name) {
+  explicit Partner(const std::vector<std::string>& args) {
     char exe[4096];
     const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (len <= 0) throw std::runtime_error("readlink /proc/self/exe failed");
     exe[len] = '\0';
+    // argv for exec, built before fork (the child may only exec).
+    std::vector<std::string> strings = {exe, kPartnerFlag};
+    strings.insert(strings.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : strings) argv.push_back(a.data());
+    argv.push_back(nullptr);
     int to[2], from[2];
     if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) {
       throw std::runtime_error("pipe2 failed");
@@ -650,8 +686,7 @@ class Partner {
       if (getppid() != parent) _exit(1);
       dup2(to[0], STDIN_FILENO);
       dup2(from[1], STDOUT_FILENO);
-      execl(exe, exe, kPartnerFlag, address.c_str(), lock_name.c_str(),
-            static_cast<char*>(nullptr));
+      execv(exe, argv.data());
       _exit(127);
     }
     close(to[0]);
@@ -703,6 +738,34 @@ class Partner {
   int from_fd_ = -1;
 };
 
+// B is a partner process (EchoPartnerMain) with a Client of its own, as the
+// issue asks ("between two processes"): two Clients in one process share
+// gRPC's process-wide poller, whose thread reads for both and hands each
+// answer over to the other thread (see BENCHMARKS.md, "Session 18").
+void BM_RemotePingPong(benchmark::State& state) {
+  dchan::Client a = Connect();
+  const std::string n1 = UniqueName("ping"), n2 = UniqueName("pong");
+  dchan::Chan<std::string> ping = a.chan<std::string>(n1);
+  dchan::Chan<std::string> pong = a.chan<std::string>(n2);
+  Partner partner({"echo", g_broker_address, n1, n2});
+  // Untimed warm-up: the partner connects and opens both channels.
+  ping.send(Payload());
+  benchmark::DoNotOptimize(pong.recv());
+  Latencies lat;
+  RunBatched(state, kRoundTripBatch, [&](int64_t n, Batch& batch) {
+    batch.driver = [&, n] {
+      for (int64_t i = 0; i < n; ++i) {
+        const Clock::time_point t0 = Clock::now();
+        ping.send(Payload());
+        benchmark::DoNotOptimize(pong.recv());
+        lat.add(Clock::now() - t0);
+      }
+    };
+  });
+  ping.close();  // the partner's loop ends
+  lat.report(state);
+}
+
 // Polls the broker's Inspect service until lock `name` has a queued locker.
 void AwaitQueuedLocker(dchan::v1::Inspect::Stub& inspect,
                        const std::string& name) {
@@ -730,7 +793,7 @@ void BM_RemoteLockHandoff(benchmark::State& state) {
   dchan::Mutex m = client.mutex(name);
   auto inspect = dchan::v1::Inspect::NewStub(grpc::CreateChannel(
       g_broker_address, grpc::InsecureChannelCredentials()));
-  Partner partner(g_broker_address, name);
+  Partner partner({"lock", g_broker_address, name});
   auto one_handoff = [&]() -> Clock::duration {
     m.lock();
     partner.request_lock();
@@ -767,9 +830,9 @@ int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == kEchoServerFlag) {
     return EchoServerMain();
   }
-  if (argc == 4 && std::string(argv[1]) == kPartnerFlag) {
+  if (argc >= 2 && std::string(argv[1]) == kPartnerFlag) {
     try {
-      return PartnerMain(argv[2], argv[3]);
+      return PartnerMain(argc, argv);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "remote_bench partner: %s\n", e.what());
       return 1;
@@ -796,6 +859,7 @@ int main(int argc, char** argv) {
   // Diagnostics.
   Register("acked_send_alone/remote",
            [](benchmark::State& st) { BM_RemoteAckedSend(st, false); });
+  Register("pingpong/remote_one_process", BM_RemotePingPongOneProcess);
   Register("oneway/remote/16x1",
            [](benchmark::State& st) { BM_RemoteOneWay(st, 16, 1); });
   Register("roundtrip/grpc_inprocess", [](benchmark::State& st) {

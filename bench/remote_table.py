@@ -23,7 +23,7 @@ import gbench  # noqa: E402  (bench/gbench.py)
 #   unit "us": time per op; unit "msgs/s": throughput; "MB/s": bandwidth
 #   (10^6 bytes per second)
 WORKLOADS = [
-    ("unbuffered ping-pong, 2 Clients", "us", "pingpong/remote",
+    ("unbuffered ping-pong, 2 processes", "us", "pingpong/remote",
      "roundtrip/grpc"),
     ("acked send, consumer draining", "us", "acked_send/remote",
      "roundtrip/grpc"),

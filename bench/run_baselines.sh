@@ -229,7 +229,7 @@ if [[ -n "${REMOTE_RESULTS}" ]]; then
   done
 else
   run_gbench "${BUILD}/bench/remote_bench" remote_bench "${GB_ARGS[@]}" \
-    --benchmark_filter='^(pingpong/remote|acked_send/remote|acked_send_alone/remote|lock_unlock/remote|oneway[^/]*/remote.*|roundtrip/grpc)'
+    --benchmark_filter='^(pingpong/remote/|acked_send/remote|acked_send_alone/remote|lock_unlock/remote|oneway[^/]*/remote.*|roundtrip/grpc)'
 fi
 
 # A fresh broker per repetition; unpinned only.

@@ -16,8 +16,10 @@
 // WORKLOAD is one of
 //
 //	nats-rr       request-reply round trip: a requester connection calls
-//	              Request on a subject, a responder on a second connection
-//	              replies with the same payload
+//	              Request on a subject, a responder on a second connection,
+//	              in a process of its own (this program re-executed as
+//	              nats-responder: issue 7's hand-off is "between two
+//	              processes"), replies with the same payload
 //	nats-pubsub   one-way throughput: a publisher connection publishes -n
 //	              messages, a subscriber connection receives them; time from
 //	              the first Publish to the last message received
@@ -38,10 +40,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"sort"
@@ -150,11 +154,13 @@ func natsConnect() *nats.Conn {
 	return nc
 }
 
-func natsRequestReply() {
-	responder, requester := natsConnect(), natsConnect()
+// natsResponder replies to every request on subject with its payload; it
+// prints "ready" once the subscription is registered at the server, then
+// serves until its stdin is closed (the requester's end).
+func natsResponder(subject string) {
+	responder := natsConnect()
 	defer responder.Close()
-	defer requester.Close()
-	if _, err := responder.Subscribe("bench.echo", func(m *nats.Msg) {
+	if _, err := responder.Subscribe(subject, func(m *nats.Msg) {
 		if err := m.Respond(m.Data); err != nil {
 			fmt.Fprintf(os.Stderr, "remote_go: respond: %v\n", err)
 		}
@@ -165,9 +171,42 @@ func natsRequestReply() {
 	if err := responder.Flush(); err != nil {
 		fail("flush: %v", err)
 	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+func natsRequestReply() {
+	subject := fmt.Sprintf("bench.echo.%d", os.Getpid())
+	self, err := os.Executable()
+	if err != nil {
+		fail("os.Executable: %v", err)
+	}
+	responder := exec.Command(self, "-nats", *natsURL, "nats-responder", subject)
+	responder.Stderr = os.Stderr
+	stdin, err := responder.StdinPipe()
+	if err != nil {
+		fail("responder stdin: %v", err)
+	}
+	stdout, err := responder.StdoutPipe()
+	if err != nil {
+		fail("responder stdout: %v", err)
+	}
+	if err := responder.Start(); err != nil {
+		fail("start the responder: %v", err)
+	}
+	defer func() {
+		stdin.Close()
+		responder.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		fail("the responder did not get ready (%q, %v)", line, err)
+	}
+	requester := natsConnect()
+	defer requester.Close()
 	payload := make([]byte, payloadBytes)
 	timeOps("nats_rr", orDefault(*n, 2000), orDefault(*warmup, 100), func() error {
-		m, err := requester.Request("bench.echo", payload, opTimeout)
+		m, err := requester.Request(subject, payload, opTimeout)
 		if err == nil && len(m.Data) != payloadBytes {
 			err = fmt.Errorf("reply of %d bytes", len(m.Data))
 		}
@@ -294,13 +333,19 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() != 1 || *reps < 1 {
+	if flag.NArg() < 1 || (flag.NArg() > 1 && flag.Arg(0) != "nats-responder") || *reps < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
 	switch flag.Arg(0) {
 	case "nats-rr":
 		natsRequestReply()
+	case "nats-responder": // nats-rr's other process
+		if flag.NArg() != 2 {
+			flag.Usage()
+			os.Exit(2)
+		}
+		natsResponder(flag.Arg(1))
 	case "nats-pubsub":
 		natsPubSub()
 	case "etcd-put":
