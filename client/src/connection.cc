@@ -602,7 +602,13 @@ void Connection::read_once(v1::ServerBatch& batch, const Call* own) {
       woken_.fetch_add(1, std::memory_order_relaxed);
     }
     call->answer.Swap(&f);
-    finish(*call, absl::OkStatus());
+    if (call.get() == own && !call->on_answer) {
+      // This thread's own call: it is reading, not parked on the state, and
+      // finds the answer when read_once returns. No wake-up to make.
+      call->state.store(kAnswered, std::memory_order_release);
+    } else {
+      finish(*call, absl::OkStatus());
+    }
   }
 }
 
