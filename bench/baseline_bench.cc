@@ -54,6 +54,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <utility>
@@ -362,6 +363,14 @@ void RunRoundTrips(benchmark::State& state,
     state.SkipWithError(e.what());
     return;
   }
+  // A round trip waits for the partner without a deadline: if it dies, the
+  // program must end rather than hang.
+  std::jthread watchdog([&](std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      if (!partner.running()) Die("the partner process exited");
+      usleep(50000);
+    }
+  });
   one();  // warm-up: the partner may not have reached its read yet
   Latencies lat;
   while (state.KeepRunningBatch(kRoundTripBatch)) {
@@ -376,6 +385,8 @@ void RunRoundTrips(benchmark::State& state,
   }
   state.SetItemsProcessed(state.iterations());
   lat.report(state);
+  watchdog.request_stop();
+  watchdog.join();
   partner.stop();
 }
 

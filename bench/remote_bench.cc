@@ -101,6 +101,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <utility>
@@ -711,6 +712,10 @@ class Partner {
     close(from_fd_);
   }
 
+  // Whether the partner process is still running (false also once it has
+  // been reaped here).
+  bool alive() { return waitpid(pid_, nullptr, WNOHANG) == 0; }
+
   // Asks the partner to lock.
   void request_lock() {
     const char cmd = 'L';
@@ -748,6 +753,17 @@ void BM_RemotePingPong(benchmark::State& state) {
   dchan::Chan<std::string> ping = a.chan<std::string>(n1);
   dchan::Chan<std::string> pong = a.chan<std::string>(n2);
   Partner partner({"echo", g_broker_address, n1, n2});
+  // The round trips wait without a deadline: if the partner dies, the
+  // program must end rather than hang.
+  std::jthread watchdog([&](std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      if (!partner.alive()) {
+        std::fprintf(stderr, "remote_bench: the echo partner process exited\n");
+        std::_Exit(1);
+      }
+      usleep(50000);
+    }
+  });
   // Untimed warm-up: the partner connects and opens both channels.
   ping.send(Payload());
   benchmark::DoNotOptimize(pong.recv());
@@ -762,6 +778,8 @@ void BM_RemotePingPong(benchmark::State& state) {
       }
     };
   });
+  watchdog.request_stop();
+  watchdog.join();
   ping.close();  // the partner's loop ends
   lat.report(state);
 }
