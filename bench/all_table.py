@@ -194,6 +194,8 @@ REMOTE = [
     ("hand-off ping-pong, 2 processes", "µs/op", r"pingpong/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
       ("raw gRPC relay A→relay→B→relay→A", "ext", r"^relay/grpc$", None),
+      ("raw gRPC relay in an unbuffered channel's protocol, 8 messages",
+       "ext", r"^relay_chan/grpc$", None),
       ("NATS request-reply", "ext", r"nats_rr", 1.0),
       ("Redis LPUSH/BRPOP echo", "ext", r"redis", 1.0)]),
     ("lock + unlock", "µs/op", r"lock_unlock/remote$",

@@ -12,7 +12,13 @@
 //                  process: the floor for dchan's unbuffered ping-pong
 //                  through the broker (two hops), where remote_bench's
 //                  roundtrip/grpc is one hop.
-//   In both, A is this process and B a partner process (this binary
+//   relay_chan/grpc  the same two streams in an unbuffered channel's
+//                  protocol (JoinChan; bench/relay.proto ChanFrame): A's
+//                  send is a SEND and its ACK, its receive a RECV and its
+//                  VALUE, and B's likewise: the eight messages per round
+//                  trip that dchan's ping-pong moves for Go's semantics,
+//                  with nothing of dchan's (its floor on gRPC).
+//   In all three, A is this process and B a partner process (this binary
 //   re-executed with --partner), as in remote_bench's pingpong/remote: the
 //   issue's hand-off is "between two processes".
 //   relay_bandwidth/grpc
@@ -53,10 +59,12 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -71,6 +79,7 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using dchan::bench::ChanFrame;
 using dchan::bench::ChildProcess;
 using dchan::bench::Frame;
 using dchan::bench::FreeLoopbackPort;
@@ -172,28 +181,31 @@ class RedisServer {
 // ---------------------------------------------------------------------------
 // The relay server (its own process: this binary with --relay-server).
 
-class RelayReactor;
-
-// Two streams that joined under one name. Messages from a side that has no
-// partner yet wait in `held`.
-struct Room {
-  std::mutex mu;
-  RelayReactor* sides[2] = {nullptr, nullptr};
-  std::deque<Frame> held[2];  // for side i, from the other side
-};
-
-class RelayReactor final : public grpc::ServerBidiReactor<Frame, Frame> {
+// A stream of a room: it takes a side when it joins, hands every message it
+// reads to the room's protocol (under the room's lock), and writes what the
+// protocol queues for it, one write in flight. `RoomT` has `mu`,
+// `sides[2]`, `join_locked(side)` (the side's reactor is set) and
+// `on_read_locked(side, Msg&&)`.
+template <class Msg, class RoomT>
+class SideReactor final : public grpc::ServerBidiReactor<Msg, Msg> {
  public:
-  RelayReactor(std::shared_ptr<Room> room, std::function<void()> on_done)
+  SideReactor(std::shared_ptr<RoomT> room, std::function<void()> on_done)
       : room_(std::move(room)), on_done_(std::move(on_done)) {
     std::lock_guard<std::mutex> lock(room_->mu);
     side_ = room_->sides[0] == nullptr ? 0 : 1;
     room_->sides[side_] = this;
-    while (!room_->held[side_].empty()) {
-      queue_locked(std::move(room_->held[side_].front()));
-      room_->held[side_].pop_front();
+    room_->join_locked(side_);
+    this->StartRead(&in_);
+  }
+
+  // Queues `m` to be written to this side. Requires the room's lock.
+  void queue_locked(Msg m) {
+    if (finished_) return;
+    out_.push_back(std::move(m));
+    if (!writing_) {
+      writing_ = true;
+      this->StartWrite(&out_.front());
     }
-    StartRead(&in_);
   }
 
   void OnReadDone(bool ok) override {
@@ -203,14 +215,9 @@ class RelayReactor final : public grpc::ServerBidiReactor<Frame, Frame> {
       maybe_finish_locked();
       return;
     }
-    RelayReactor* peer = room_->sides[1 - side_];
-    if (peer != nullptr) {
-      peer->queue_locked(std::move(in_));
-    } else {
-      room_->held[1 - side_].push_back(std::move(in_));
-    }
+    room_->on_read_locked(side_, std::move(in_));
     in_.Clear();
-    StartRead(&in_);
+    this->StartRead(&in_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -223,7 +230,7 @@ class RelayReactor final : public grpc::ServerBidiReactor<Frame, Frame> {
     }
     if (!out_.empty()) {
       writing_ = true;
-      StartWrite(&out_.front());
+      this->StartWrite(&out_.front());
     }
     maybe_finish_locked();
   }
@@ -238,51 +245,113 @@ class RelayReactor final : public grpc::ServerBidiReactor<Frame, Frame> {
   }
 
  private:
-  // One write in flight; the rest wait in out_ (a deque: StartWrite's
-  // message must stay put until OnWriteDone).
-  void queue_locked(Frame f) {
-    if (finished_) return;
-    out_.push_back(std::move(f));
-    if (!writing_) {
-      writing_ = true;
-      StartWrite(&out_.front());
-    }
-  }
-
   void maybe_finish_locked() {
     if (reads_done_ && !writing_ && !finished_) {
       finished_ = true;
-      Finish(grpc::Status::OK);
+      this->Finish(grpc::Status::OK);
     }
   }
 
-  const std::shared_ptr<Room> room_;
+  const std::shared_ptr<RoomT> room_;
   const std::function<void()> on_done_;
   int side_ = 0;
-  Frame in_;
-  std::deque<Frame> out_;
+  Msg in_;
+  // out_.front() is being written (a deque: StartWrite's message must stay
+  // put until OnWriteDone).
+  std::deque<Msg> out_;
   bool writing_ = false;
   bool reads_done_ = false;
   bool finished_ = false;
 };
 
-class RelayService final : public Relay::CallbackService {
-  grpc::ServerBidiReactor<Frame, Frame>* Join(
-      grpc::CallbackServerContext* ctx) override {
+// Join's room: every message read from one side is written to the other;
+// messages for a side that has not joined yet wait in `held`.
+struct RelayRoom {
+  using Side = SideReactor<Frame, RelayRoom>;
+  std::mutex mu;
+  Side* sides[2] = {nullptr, nullptr};
+  std::deque<Frame> held[2];  // for side i, from the other side
+
+  void join_locked(int side) {
+    while (!held[side].empty()) {
+      sides[side]->queue_locked(std::move(held[side].front()));
+      held[side].pop_front();
+    }
+  }
+  void on_read_locked(int side, Frame&& f) {
+    if (Side* peer = sides[1 - side]) {
+      peer->queue_locked(std::move(f));
+    } else {
+      held[1 - side].push_back(std::move(f));
+    }
+  }
+};
+
+// JoinChan's room: an unbuffered channel each way (see ChanFrame).
+struct ChanRoom {
+  using Side = SideReactor<ChanFrame, ChanRoom>;
+  std::mutex mu;
+  Side* sides[2] = {nullptr, nullptr};
+  std::optional<std::string> sending[2];  // side i's SEND, not yet received
+  bool receiving[2] = {false, false};     // side i's RECV outstanding
+
+  void join_locked(int) {}
+  void on_read_locked(int side, ChanFrame&& f) {
+    const int other = 1 - side;
+    if (f.kind() == ChanFrame::SEND && !sending[side].has_value()) {
+      if (receiving[other] && sides[other] != nullptr) {
+        receiving[other] = false;
+        deliver_locked(std::move(*f.mutable_payload()), other, side);
+      } else {
+        sending[side] = std::move(*f.mutable_payload());
+      }
+    } else if (f.kind() == ChanFrame::RECV && !receiving[side]) {
+      if (sending[other].has_value() && sides[other] != nullptr) {
+        std::string v = std::move(*sending[other]);
+        sending[other].reset();
+        deliver_locked(std::move(v), side, other);
+      } else {
+        receiving[side] = true;
+      }
+    } else {
+      Die("relay: a ChanFrame out of protocol");
+    }
+  }
+
+ private:
+  // The value to the receiver first, then the sender's ACK.
+  void deliver_locked(std::string v, int receiver, int sender) {
+    ChanFrame value;
+    value.set_kind(ChanFrame::VALUE);
+    value.set_payload(std::move(v));
+    sides[receiver]->queue_locked(std::move(value));
+    ChanFrame ack;
+    ack.set_kind(ChanFrame::ACK);
+    sides[sender]->queue_locked(std::move(ack));
+  }
+};
+
+// Rooms by name (client metadata "room"), each forgotten once both of its
+// streams are done.
+template <class RoomT>
+class Rooms {
+ public:
+  using Side = typename RoomT::Side;
+
+  Side* join(grpc::CallbackServerContext* ctx) {
     const auto& md = ctx->client_metadata();
     const auto it = md.find("room");
     const std::string name =
         it == md.end() ? std::string()
                        : std::string(it->second.data(), it->second.size());
-    std::shared_ptr<Room> room;
+    std::shared_ptr<RoomT> room;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      std::shared_ptr<Room>& r = rooms_[name];
-      if (r == nullptr) r = std::make_shared<Room>();
+      std::shared_ptr<RoomT>& r = rooms_[name];
+      if (r == nullptr) r = std::make_shared<RoomT>();
       room = r;
     }
-    // The room is forgotten once both of its streams are done.
-    return new RelayReactor(room, [this, name, room] {
+    return new Side(room, [this, name, room] {
       std::lock_guard<std::mutex> lock(mu_);
       std::lock_guard<std::mutex> room_lock(room->mu);
       const auto r = rooms_.find(name);
@@ -293,8 +362,23 @@ class RelayService final : public Relay::CallbackService {
     });
   }
 
+ private:
   std::mutex mu_;
-  std::map<std::string, std::shared_ptr<Room>> rooms_;
+  std::map<std::string, std::shared_ptr<RoomT>> rooms_;
+};
+
+class RelayService final : public Relay::CallbackService {
+  grpc::ServerBidiReactor<Frame, Frame>* Join(
+      grpc::CallbackServerContext* ctx) override {
+    return relay_rooms_.join(ctx);
+  }
+  grpc::ServerBidiReactor<ChanFrame, ChanFrame>* JoinChan(
+      grpc::CallbackServerContext* ctx) override {
+    return chan_rooms_.join(ctx);
+  }
+
+  Rooms<RelayRoom> relay_rooms_;
+  Rooms<ChanRoom> chan_rooms_;
 };
 
 // Serves until SIGTERM / SIGINT.
@@ -409,11 +493,13 @@ void BM_RedisEcho(benchmark::State& state) {
   });
 }
 
-// A stream joined to the relay room `room`, on a connection of its own.
+// A stream joined to the relay room `room` (Msg = Frame: Join; ChanFrame:
+// JoinChan), on a connection of its own.
+template <class Msg>
 struct RelayStream {
   std::unique_ptr<Relay::Stub> stub;
   grpc::ClientContext ctx;
-  std::unique_ptr<grpc::ClientReaderWriter<Frame, Frame>> stream;
+  std::unique_ptr<grpc::ClientReaderWriter<Msg, Msg>> stream;
 
   RelayStream(const std::string& address, const std::string& room) {
     grpc::ChannelArguments args;
@@ -426,20 +512,29 @@ struct RelayStream {
     }
     stub = Relay::NewStub(channel);
     ctx.AddMetadata("room", room);
-    stream = stub->Join(&ctx);
+    if constexpr (std::is_same_v<Msg, ChanFrame>) {
+      stream = stub->JoinChan(&ctx);
+    } else {
+      stream = stub->Join(&ctx);
+    }
   }
   ~RelayStream() {
     stream->WritesDone();
-    Frame f;
+    Msg f;
     while (stream->Read(&f)) {
     }
     stream->Finish();
   }
-  void write(const Frame& f) {
+  void write(const Msg& f) {
     if (!stream->Write(f)) Die("relay: write failed");
   }
-  void read(Frame* f) {
+  void read(Msg* f) {
     if (!stream->Read(f)) Die("relay: the stream ended");
+  }
+  // JoinChan's read of the next message, which must be of `kind`.
+  void read(ChanFrame* f, ChanFrame::Kind kind) {
+    read(f);
+    if (f->kind() != kind) Die("relay: a ChanFrame out of protocol");
   }
 };
 
@@ -456,7 +551,7 @@ std::string RelayAddress() {
 void BM_RelayPingPong(benchmark::State& state) {
   const std::string room = UniqueName("room");
   // What one side writes goes to the other: a to the partner and back.
-  RelayStream a(RelayAddress(), room);
+  RelayStream<Frame> a(RelayAddress(), room);
   Frame ping;
   ping.set_payload(Payload());
   RunRoundTrips(state, {"relay", RelayAddress(), room}, [&] {
@@ -464,6 +559,29 @@ void BM_RelayPingPong(benchmark::State& state) {
     a.write(ping);
     a.read(&back);
     if (back.payload().size() != kPayloadBytes) {
+      Die("relay: the payload changed");
+    }
+  });
+}
+
+// The same round trip in an unbuffered channel's protocol (JoinChan): A
+// sends ping (SEND, its ACK), then receives the echo (RECV, its VALUE); the
+// partner receives and sends back. Eight messages per round trip, as
+// dchan's ping-pong has, with nothing of dchan's: its floor on gRPC.
+void BM_RelayChanPingPong(benchmark::State& state) {
+  const std::string room = UniqueName("room");
+  RelayStream<ChanFrame> a(RelayAddress(), room);
+  ChanFrame send, recv;
+  send.set_kind(ChanFrame::SEND);
+  send.set_payload(Payload());
+  recv.set_kind(ChanFrame::RECV);
+  RunRoundTrips(state, {"relay_chan", RelayAddress(), room}, [&] {
+    ChanFrame in;
+    a.write(send);
+    a.read(&in, ChanFrame::ACK);
+    a.write(recv);
+    a.read(&in, ChanFrame::VALUE);
+    if (in.payload().size() != kPayloadBytes) {
       Die("relay: the payload changed");
     }
   });
@@ -478,8 +596,8 @@ constexpr int64_t kBandwidthBatch = 1024;
 
 void BM_RelayBandwidth(benchmark::State& state) {
   const std::string room = UniqueName("room");
-  RelayStream a(RelayAddress(), room);
-  RelayStream b(RelayAddress(), room);
+  RelayStream<Frame> a(RelayAddress(), room);
+  RelayStream<Frame> b(RelayAddress(), room);
   Frame value;
   value.set_payload(std::string(kBandwidthBytes, 'x'));
   while (state.KeepRunningBatch(kBandwidthBatch)) {
@@ -505,8 +623,9 @@ void BM_RelayBandwidth(benchmark::State& state) {
 }
 
 // B's side of a round-trip row, in a process of its own (this binary with
-// kPartnerFlag): argv "redis" PORT Q1 Q2 (BRPOP Q1, LPUSH it to Q2) or
-// "relay" ADDRESS ROOM (read, write back). Prints "ready" once connected,
+// kPartnerFlag): argv "redis" PORT Q1 Q2 (BRPOP Q1, LPUSH it to Q2),
+// "relay" ADDRESS ROOM (read, write back) or "relay_chan" ADDRESS ROOM
+// (RECV, then SEND what it got). Prints "ready" once connected,
 // then serves until it is killed.
 int PartnerMain(int argc, char** argv) {
   std::thread([] {}).join();  // real atomics (see main)
@@ -522,12 +641,25 @@ int PartnerMain(int argc, char** argv) {
     for (;;) RedisPush(b.get(), argv[5], RedisBlockingPop(b.get(), argv[4]));
   }
   if (role == "relay" && argc == 5) {
-    RelayStream b(argv[3], argv[4]);
+    RelayStream<Frame> b(argv[3], argv[4]);
     ready();
     Frame f;
     for (;;) {
       b.read(&f);
       b.write(f);
+    }
+  }
+  if (role == "relay_chan" && argc == 5) {
+    RelayStream<ChanFrame> b(argv[3], argv[4]);
+    ready();
+    ChanFrame recv, in;
+    recv.set_kind(ChanFrame::RECV);
+    for (;;) {
+      b.write(recv);
+      b.read(&in, ChanFrame::VALUE);
+      in.set_kind(ChanFrame::SEND);
+      b.write(in);
+      b.read(&in, ChanFrame::ACK);
     }
   }
   Die("partner: bad arguments");
@@ -559,6 +691,7 @@ int main(int argc, char** argv) {
 
   Register("redis_echo", BM_RedisEcho);
   Register("relay/grpc", BM_RelayPingPong);
+  Register("relay_chan/grpc", BM_RelayChanPingPong);
   Register("relay_bandwidth/grpc", BM_RelayBandwidth);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

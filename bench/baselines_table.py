@@ -6,7 +6,7 @@ Usage: baselines_table.py RESULTS_DIR
 
 RESULTS_DIR holds, per placement P in (unpinned, pinned):
   baseline_bench.P.json  Google Benchmark JSON (repetitions, aggregates only):
-                         redis_echo, relay/grpc
+                         redis_echo, relay/grpc, relay_chan/grpc
   remote_bench.P.json    the same for dchan: pingpong/remote,
                          acked_send_alone/remote, acked_send/remote,
                          lock_unlock/remote, oneway*/remote*, roundtrip/grpc
@@ -124,6 +124,9 @@ def table(results, placement, title):
         ("hand-off ping-pong, 2 processes (two broker hops)", ping,
          "raw gRPC relay A→relay→B→relay→A (its floor)",
          base.get("relay/grpc"), "µs", "—"),
+        ("hand-off ping-pong, 2 processes (two broker hops)", ping,
+         "raw gRPC relay in an unbuffered channel's protocol (8 messages)",
+         base.get("relay_chan/grpc"), "µs", "—"),
         ("hand-off ping-pong, 2 processes", ping,
          "NATS request-reply (nats.go)", go.get("nats_rr"), "µs",
          "< 1 (faster)"),
