@@ -320,14 +320,15 @@ void Connection::release(uint64_t handle) noexcept {
   }
 }
 
-void Connection::finish(Call& call, const absl::Status& error) {
+void Connection::finish(Call& call, const absl::Status& error,
+                        bool by_its_reader) {
   if (call.on_answer) {
     std::move(call.on_answer)(error, call.answer);
     return;
   }
   call.error = error;
   call.state.store(kAnswered, std::memory_order_release);
-  futex_wake_all(call.state);
+  if (!by_its_reader) futex_wake_all(call.state);
 }
 
 void Connection::send_pipelined(uint64_t handle, std::string value,
@@ -602,13 +603,9 @@ void Connection::read_once(v1::ServerBatch& batch, const Call* own) {
       woken_.fetch_add(1, std::memory_order_relaxed);
     }
     call->answer.Swap(&f);
-    if (call.get() == own && !call->on_answer) {
-      // This thread's own call: it is reading, not parked on the state, and
-      // finds the answer when read_once returns. No wake-up to make.
-      call->state.store(kAnswered, std::memory_order_release);
-    } else {
-      finish(*call, absl::OkStatus());
-    }
+    // This thread's own call: it is reading, not parked on the state, and
+    // finds the answer when read_once returns.
+    finish(*call, absl::OkStatus(), /*by_its_reader=*/call.get() == own);
   }
 }
 

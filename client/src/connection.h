@@ -243,8 +243,10 @@ class Connection {
   static constexpr uint32_t kReader = 2;
 
   // Completes `call` (already removed from calls_ and settled) with its
-  // answer or `error`.
-  static void finish(Call& call, const absl::Status& error);
+  // answer or `error`. `by_its_reader`: the thread finishing it is the one
+  // waiting for it (it holds the read role), so there is nobody to wake.
+  static void finish(Call& call, const absl::Status& error,
+                     bool by_its_reader = false);
 
   // Registers `call` for `frame` under a fresh request id (returned) and
   // sends it; `frame` is moved from.
