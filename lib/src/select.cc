@@ -109,7 +109,7 @@ bool may_be_ready(const SelectCase* c, const ChanCore* core) noexcept {
 // if any, completed); the caller runs finish().
 ChanStatus try_alone(SelectCase* c, ChanCore* core) {
   if (core->cap_ != 0 && c->try_fast()) return ChanStatus::kOk;
-  WaitNode* to_fire = nullptr;
+  Fired to_fire;
   core->lock();
   const ChanStatus st = c->try_locked(&to_fire);
   core->unlock();
@@ -331,7 +331,7 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     locks.lock_all();
     for (uint32_t i : order) {
       if (!queue[i]) continue;
-      WaitNode* to_fire = nullptr;
+      Fired to_fire;
       const ChanStatus st = cases[i]->try_locked(&to_fire);
       if (st == ChanStatus::kWouldBlock) continue;
       locks.unlock_all();
@@ -405,7 +405,7 @@ PollOutcome select_poll(SelectCase* const* cases, std::size_t n, Waiter* w,
   for (uint32_t i : order) {
     SelectCase* c = cases[i];
     if (c->core() == nullptr) continue;
-    WaitNode* to_fire = nullptr;
+    Fired to_fire;
     const ChanStatus st = c->try_locked(&to_fire);
     if (st == ChanStatus::kWouldBlock) continue;
     locks.unlock_all();

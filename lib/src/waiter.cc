@@ -83,14 +83,14 @@ void ChanCore::wake_watchers_locked() noexcept {
     if (n->is_send) {
       if (!computed_send) {
         send_ready = closed_ || (cap_ != 0 && owned_len() < cap_) ||
-                     has_live_waiter(recvq_);
+                     has_live(/*senders=*/false);
         computed_send = true;
       }
       ready = send_ready;
     } else {
       if (!computed_recv) {
         recv_ready = closed_ || (cap_ != 0 && owned_len() > 0) ||
-                     has_live_waiter(sendq_);
+                     has_live(/*senders=*/true);
         computed_recv = true;
       }
       ready = recv_ready;
@@ -106,8 +106,11 @@ void ChanCore::wake_watchers_locked() noexcept {
   }
 }
 
-WaitNode* ChanCore::close_locked() noexcept {
+WaitNode* ChanCore::close_locked(Fired* lone) noexcept {
   closed_ = true;
+  if (!claim_lone_locked(/*senders=*/false, lone)) {
+    claim_lone_locked(/*senders=*/true, lone);
+  }
   WaitNode* head = nullptr;
   WaitNode** tail = &head;
   for (WaitQueue* q : {&recvq_, &sendq_}) {

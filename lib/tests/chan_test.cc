@@ -83,10 +83,7 @@ TEST(Chan, BlockedSendersAreServedInFifoOrderIntoTheBuffer) {
     senders.emplace_back([&ch, i] { ch.send(i); });
     // Let sender i block before starting i+1, so the queue order is known.
     ASSERT_TRUE(eventually([&] {
-      auto* s = detail::state_of(ch);
-      s->lock();
-      const std::size_t n = s->sendq_.size();
-      s->unlock();
+      const std::size_t n = detail::stats_of(ch).blocked_senders;
       return n == static_cast<std::size_t>(i);
     }));
   }
@@ -116,10 +113,7 @@ TEST(Chan, CloseWakesEveryBlockedReceiver) {
     });
   }
   ASSERT_TRUE(eventually([&] {
-    auto* s = detail::state_of(ch);
-    s->lock();
-    const std::size_t n = s->recvq_.size();
-    s->unlock();
+    const std::size_t n = detail::stats_of(ch).blocked_receivers;
     return n == 8;
   }));
   ch.close();
@@ -143,10 +137,7 @@ TEST(Chan, CloseMakesEveryBlockedSenderThrow) {
       });
     }
     ASSERT_TRUE(eventually([&] {
-      auto* s = detail::state_of(ch);
-      s->lock();
-      const std::size_t n = s->sendq_.size();
-      s->unlock();
+      const std::size_t n = detail::stats_of(ch).blocked_senders;
       return n == 8;
     }));
     ch.close();
@@ -278,6 +269,86 @@ TEST(Chan, TimedFormsReportACloseWhileWaiting) {
   });
   EXPECT_EQ(ch2.send_for(1, kLiveness), ChanStatus::kClosed);
   closer2.join();
+}
+
+// The first waiter of an unbuffered channel parks in the channel's lone
+// slot, the others in its queue behind it: they are served oldest first.
+TEST(Chan, UnbufferedWaitersAreServedOldestFirst) {
+  constexpr int kWaiters = 4;
+  auto ch = make_chan<int>();
+  std::vector<int> got(kWaiters, -1);
+  std::vector<std::thread> receivers;
+  for (int i = 0; i < kWaiters; ++i) {
+    receivers.emplace_back([&ch, &got, i] { got[i] = *ch.recv(); });
+    ASSERT_TRUE(eventually([&] {
+      return detail::stats_of(ch).blocked_receivers ==
+             static_cast<std::size_t>(i + 1);
+    }));
+  }
+  for (int v = 0; v < kWaiters; ++v) ch.send(v);
+  for (auto& t : receivers) t.join();
+  for (int i = 0; i < kWaiters; ++i) EXPECT_EQ(got[i], i) << "receiver " << i;
+
+  std::vector<std::thread> senders;
+  for (int i = 0; i < kWaiters; ++i) {
+    senders.emplace_back([&ch, i] { ch.send(i); });
+    ASSERT_TRUE(eventually([&] {
+      return detail::stats_of(ch).blocked_senders ==
+             static_cast<std::size_t>(i + 1);
+    }));
+  }
+  for (int v = 0; v < kWaiters; ++v) EXPECT_EQ(ch.recv(), v);
+  for (auto& t : senders) t.join();
+}
+
+// A blocked send keeps its value next to its waiter (the lone slot): a
+// close hands it back, as a timeout does (FailedSendsDoNotSwallow...).
+TEST(Chan, ABlockedSendClosedUnderItKeepsItsMoveOnlyValue) {
+  auto ch = make_chan<std::unique_ptr<int>>();
+  std::thread closer([&] {
+    ASSERT_TRUE(
+        eventually([&] { return detail::stats_of(ch).blocked_senders == 1; }));
+    ch.close();
+  });
+  auto p = std::make_unique<int>(4);
+  EXPECT_EQ(ch.send_for(std::move(p), kLiveness), ChanStatus::kClosed);
+  closer.join();
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(*p, 4);
+}
+
+// Timed senders race their deadlines against receivers: a value is either
+// taken exactly once or handed back to its sender (which sends it again),
+// never lost, never duplicated.
+TEST(Chan, TimedSendersRacingTheirDeadlinesLoseNoValue) {
+  constexpr int kSenders = 2, kPerSender = 3'000;
+  auto ch = make_chan<std::unique_ptr<int>>();
+  std::vector<std::atomic<int>> seen(kSenders * kPerSender);
+  std::thread receiver([&] {
+    std::minstd_rand pace(7);
+    while (std::optional<std::unique_ptr<int>> v = ch.recv()) {
+      ASSERT_NE(*v, nullptr);
+      seen[**v].fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::sleep_for(std::chrono::microseconds(pace() % 40));
+    }
+  });
+  std::vector<std::thread> senders;
+  for (int s = 0; s < kSenders; ++s) {
+    senders.emplace_back([&, s] {
+      for (int i = 0; i < kPerSender; ++i) {
+        auto p = std::make_unique<int>(s * kPerSender + i);
+        while (ch.send_for(std::move(p), 20us) == ChanStatus::kTimeout) {
+          ASSERT_NE(p, nullptr);
+        }
+      }
+    });
+  }
+  for (auto& t : senders) t.join();
+  ch.close();
+  receiver.join();
+  for (std::size_t i = 0; i < seen.size(); ++i) {
+    ASSERT_EQ(seen[i].load(), 1) << "value " << i;
+  }
 }
 
 TEST(Chan, LenAndCap) {

@@ -166,16 +166,22 @@ class ChanState final : public ChanCore {
   // buffers it (the release after this hands a buffered value to a queued
   // receiver). On kOk, *fire (if set) must be completed with ok=true once
   // the lock is dropped. `v` is moved from only on kOk. Requires lock().
-  ChanStatus send_locked(T& v, WaitNode** fire) {
+  ChanStatus send_locked(T& v, Fired* fire) {
     if (closed_) return ChanStatus::kClosed;
     if (cap_ != 0) {
       if (owned_len() == cap_) return ChanStatus::kWouldBlock;
       push_owned(std::move(v));
       return ChanStatus::kOk;
     }
+    if constexpr (kLandsOnWaiterLine<T>) {
+      if (LandingWaiter* lw = claim_lone_locked(/*senders=*/false, fire)) {
+        ::new (static_cast<void*>(lw->landing)) T(std::move(v));
+        return ChanStatus::kOk;
+      }
+    }
     if (WaitNode* r = claim_receiver_locked()) {
       ::new (r->slot) T(std::move(v));
-      *fire = r;
+      *fire = Fired{r->waiter, r->case_index};
       return ChanStatus::kOk;
     }
     return ChanStatus::kWouldBlock;
@@ -185,15 +191,25 @@ class ChanState final : public ChanCore {
   // release after this refills the buffer from a queued sender) or a
   // blocked sender's value. kClosed once closed and drained. On kOk, *fire
   // as in send_locked. Requires lock().
-  ChanStatus recv_locked(std::optional<T>& out, WaitNode** fire) {
+  ChanStatus recv_locked(std::optional<T>& out, Fired* fire) {
     if (cap_ != 0) {
       if (owned_len() != 0) {
         out.emplace(pop_owned());
         return ChanStatus::kOk;
       }
-    } else if (WaitNode* s = claim_sender_locked()) {
+      return closed_ ? ChanStatus::kClosed : ChanStatus::kWouldBlock;
+    }
+    if constexpr (kLandsOnWaiterLine<T>) {
+      if (LandingWaiter* lw = claim_lone_locked(/*senders=*/true, fire)) {
+        // The sender destroys what is left, once woken (as a queued one).
+        out.emplace(
+            std::move(*std::launder(reinterpret_cast<T*>(lw->landing))));
+        return ChanStatus::kOk;
+      }
+    }
+    if (WaitNode* s = claim_sender_locked()) {
       out.emplace(std::move(*static_cast<T*>(s->slot)));
-      *fire = s;
+      *fire = Fired{s->waiter, s->case_index};
       return ChanStatus::kOk;
     }
     return closed_ ? ChanStatus::kClosed : ChanStatus::kWouldBlock;
@@ -479,12 +495,9 @@ void take_landed(void* slot, std::optional<T>& out) {
   out.emplace(std::move(*p));
 }
 
-// Completes a node claimed by send_locked/recv_locked. No lock held.
-inline void fire(WaitNode* n) noexcept {
-  if (n != nullptr) {
-    Waiter* w = n->waiter;
-    w->complete(n->case_index, true);
-  }
+// Completes a waiter claimed by send_locked/recv_locked. No lock held.
+inline void fire(const Fired& f) noexcept {
+  if (f.waiter != nullptr) f.waiter->complete(f.case_index, true);
 }
 
 template <class T>
@@ -593,7 +606,7 @@ class Chan {
       return;
     }
     if (s->cap_ != 0 && s->send_fast_polling(value)) return;
-    detail::WaitNode* to_fire = nullptr;
+    detail::Fired to_fire;
     s->lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
@@ -620,7 +633,7 @@ class Chan {
       return out;
     }
     if (s->cap_ != 0 && s->recv_fast_polling(out)) return out;
-    detail::WaitNode* to_fire = nullptr;
+    detail::Fired to_fire;
     s->lock();
     if (s->recv_locked(out, &to_fire) != ChanStatus::kWouldBlock) {
       s->unlock();
@@ -646,9 +659,11 @@ class Chan {
       s->unlock();
       detail::throw_panic("close of closed channel");
     }
-    detail::WaitNode* fired = s->close_locked();
+    detail::Fired lone;
+    detail::WaitNode* fired = s->close_locked(&lone);
     s->unlock();
     detail::ChanCore::fire_all(fired, /*ok=*/false);
+    if (lone.waiter != nullptr) lone.waiter->complete(0, /*ok=*/false);
   }
 
   // Sends without blocking: kOk, kWouldBlock or kClosed. `value` is moved
@@ -700,7 +715,7 @@ class Chan {
       return r;
     }
     if (!s->may_be_ready(/*is_send=*/false)) return r;
-    detail::WaitNode* to_fire = nullptr;
+    detail::Fired to_fire;
     s->lock();
     r.status = s->recv_locked(r.value, &to_fire);
     s->unlock();
@@ -882,7 +897,7 @@ class Chan {
       return ChanStatus::kOk;
     }
     if (!s->may_be_ready(/*is_send=*/true)) return ChanStatus::kWouldBlock;
-    detail::WaitNode* to_fire = nullptr;
+    detail::Fired to_fire;
     s->lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     s->unlock();
@@ -898,7 +913,7 @@ class Chan {
                                 : sleep_until(deadline);
     }
     if (s->cap_ != 0 && s->send_fast_polling(value)) return ChanStatus::kOk;
-    detail::WaitNode* to_fire = nullptr;
+    detail::Fired to_fire;
     s->lock();
     const ChanStatus st = s->send_locked(value, &to_fire);
     if (st != ChanStatus::kWouldBlock) {
@@ -924,7 +939,7 @@ class Chan {
       r.status = ChanStatus::kOk;
       return r;
     }
-    detail::WaitNode* to_fire = nullptr;
+    detail::Fired to_fire;
     s->lock();
     r.status = s->recv_locked(r.value, &to_fire);
     if (r.status != ChanStatus::kWouldBlock) {
@@ -961,6 +976,11 @@ class Chan {
     std::conditional_t<detail::kLandsOnWaiterLine<T>, detail::LandingWaiter,
                        Plain>
         p;
+    if constexpr (detail::kLandsOnWaiterLine<T>) {
+      if (s->lone_free_locked(is_send)) {
+        return park_lone_locked(s, p, slot, is_send, deadline);
+      }
+    }
     detail::WaitNode n;
     n.waiter = &p.w;
     n.slot = is_send ? slot : p.landing;
@@ -975,6 +995,44 @@ class Chan {
       p.w.wait();  // claimed by a counterparty or close(): completes at once
     }
     if (!is_send && p.w.ok()) {
+      detail::take_landed(p.landing, *static_cast<std::optional<T>*>(slot));
+    }
+    return p.w.ok();
+  }
+
+  // park_locked as an unbuffered channel's lone waiter (see
+  // ChanCore::lone_): a send moves its value to its landing place first,
+  // and back to `slot` unless a receiver took it.
+  static std::optional<bool> park_lone_locked(
+      detail::ChanState<T>* s, detail::LandingWaiter& p, void* slot,
+      bool is_send, std::chrono::steady_clock::time_point deadline) {
+    T* const landed = reinterpret_cast<T*>(p.landing);
+    const auto move_back = [&] {
+      T* to = static_cast<T*>(slot);
+      to->~T();
+      ::new (static_cast<void*>(to)) T(std::move(*std::launder(landed)));
+      std::launder(landed)->~T();
+    };
+    if (is_send) {
+      ::new (static_cast<void*>(landed)) T(std::move(*static_cast<T*>(slot)));
+    }
+    s->park_lone_locked(&p, is_send);
+    s->unlock();
+    if (!p.w.wait_until(deadline)) {
+      if (p.w.try_claim()) {
+        s->withdraw_lone(&p);
+        if (is_send) move_back();
+        return std::nullopt;
+      }
+      p.w.wait();  // claimed by a counterparty or close(): completes at once
+    }
+    if (is_send) {
+      if (p.w.ok()) {
+        std::launder(landed)->~T();  // a receiver moved the value out
+      } else {
+        move_back();  // closed
+      }
+    } else if (p.w.ok()) {
       detail::take_landed(p.landing, *static_cast<std::optional<T>*>(slot));
     }
     return p.w.ok();
@@ -1060,9 +1118,9 @@ ChanStats stats_of(const Chan<T>& ch) noexcept {
   st.len = s->cap_ != 0 ? s->owned_len() : 0;
   st.cap = s->cap_;
   st.closed = s->closed_;
-  st.blocked_senders = ChanCore::live_waiters(s->sendq_);
-  st.blocked_receivers = ChanCore::live_waiters(s->recvq_);
-  st.watchers = s->watchq_.size();
+  st.blocked_senders = s->live_count(/*senders=*/true);
+  st.blocked_receivers = s->live_count(/*senders=*/false);
+  st.watchers = s->watchq_.count();
   s->unlock();
   return st;
 }
@@ -1171,7 +1229,7 @@ PendingOp Chan<T>::recv_async(
     // needs neither a node link nor a self reference.
     return PendingOp(std::move(op));
   }
-  detail::WaitNode* to_fire = nullptr;
+  detail::Fired to_fire;
   std::optional<T> value;
   s->lock();
   const ChanStatus st = s->recv_locked(value, &to_fire);
@@ -1200,7 +1258,7 @@ PendingOp Chan<T>::send_async(T value, absl::AnyInvocable<void(bool) &&> done) {
       std::make_shared<detail::AsyncSend<T>>(std::move(value), std::move(done));
   detail::ChanState<T>* s = state_.get();
   if (s == nullptr) return PendingOp(std::move(op));
-  detail::WaitNode* to_fire = nullptr;
+  detail::Fired to_fire;
   s->lock();
   const ChanStatus st = s->send_locked(op->value_, &to_fire);
   if (st != ChanStatus::kWouldBlock) {

@@ -139,7 +139,7 @@ class SelectCase {
   // Requires core()->lock(). Tries to complete the case now: kOk (then
   // `*to_fire`, if set, is completed after unlocking), kClosed (a receive
   // got "closed"; a send must panic), or kWouldBlock.
-  virtual ChanStatus try_locked(WaitNode** to_fire) = 0;
+  virtual ChanStatus try_locked(Fired* to_fire) = 0;
   // Requires a buffered local channel (core()->cap_ != 0). Completes the
   // case without the lock if the buffer's fast path can (true; the case is
   // then kOk); false leaves it to try_locked.
@@ -254,7 +254,7 @@ class RecvCase final : public SelectCase {
       return absl::InternalError("dchan: remote Chan without codec");
     }
   }
-  ChanStatus try_locked(WaitNode** to_fire) override {
+  ChanStatus try_locked(Fired* to_fire) override {
     return state_of(ch_.get())->recv_locked(value_, to_fire);
   }
   bool try_fast() noexcept override {
@@ -306,7 +306,7 @@ class SendCase final : public SelectCase {
   absl::Status decode_recv(const std::string&) override {
     return absl::OkStatus();
   }
-  ChanStatus try_locked(WaitNode** to_fire) override {
+  ChanStatus try_locked(Fired* to_fire) override {
     return state_of(ch_.get())->send_locked(value_, to_fire);
   }
   bool try_fast() noexcept override {
@@ -338,7 +338,7 @@ class DefaultCase final : public SelectCase {
   absl::Status decode_recv(const std::string&) override {
     return absl::OkStatus();
   }
-  ChanStatus try_locked(WaitNode**) override { return ChanStatus::kWouldBlock; }
+  ChanStatus try_locked(Fired*) override { return ChanStatus::kWouldBlock; }
   bool try_fast() noexcept override { return false; }
   void* park_slot(void*) noexcept override { return nullptr; }
   void take_landed(void*) override {}
@@ -425,7 +425,7 @@ requires(sizeof...(Cases) > 0 &&
     auto& c = std::get<kChan>(cases_tuple);  // a final class: no virtual calls
     if (detail::ChanCore* core = c.core()) {
       ChanStatus st = ChanStatus::kWouldBlock;
-      detail::WaitNode* to_fire = nullptr;
+      detail::Fired to_fire;
       if (core->cap_ != 0 && c.try_fast()) {
         st = ChanStatus::kOk;
       } else if (core->may_be_ready(c.kind() ==

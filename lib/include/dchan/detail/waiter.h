@@ -19,6 +19,9 @@
 // claim fail and unlinks that node as stale. So a select registered on ten
 // channels consumes a value from at most one of them, and a parked
 // operation costs a node in a queue — no thread for asynchronous waiters.
+// One exception to the queue: the first blocking send or receive to wait on
+// an unbuffered channel parks in the channel's lone slot instead, without a
+// node (ChanCore::lone_), and is claimed the same way.
 //
 // Memory ordering: the claimer's writes to the slot and to fired_case/ok
 // happen before its release exchange to kDone; the waiter reads them after an
@@ -241,7 +244,11 @@ struct WaitNode {
 class WaitQueue {
  public:
   bool empty() const noexcept { return head_ == nullptr; }
-  std::size_t size() const noexcept { return size_; }
+  std::size_t count() const noexcept {
+    std::size_t n = 0;
+    for (const WaitNode* w = head_; w != nullptr; w = w->next) ++n;
+    return n;
+  }
   WaitNode* front() const noexcept { return head_; }
   // Without the lock: true if the queue was empty at the moment of the read.
   bool peek_empty() const noexcept { return head_.peek() == nullptr; }
@@ -256,7 +263,6 @@ class WaitQueue {
     }
     tail_ = n;
     n->queued = true;
-    ++size_;
   }
 
   void remove(WaitNode* n) noexcept {
@@ -272,13 +278,11 @@ class WaitQueue {
     }
     n->prev = n->next = nullptr;
     n->queued = false;
-    --size_;
   }
 
  private:
   LockedWord<WaitNode*> head_{nullptr};  // see peek_empty()
   WaitNode* tail_ = nullptr;
-  std::size_t size_ = 0;
 };
 
 // A blocked operation that fires exactly once. See the file comment.
@@ -412,6 +416,14 @@ template <class T>
 inline constexpr bool kLandsOnWaiterLine = sizeof(T) <= LandingWaiter::kSize &&
                                            alignof(T) <= LandingWaiter::kAlign;
 
+// A waiter claimed under a channel's lock, to be completed with ok = true
+// once the lock is dropped (see fire() in chan.h): a queued node's waiter
+// and case, or a lone waiter's (see ChanCore::lone_).
+struct Fired {
+  Waiter* waiter = nullptr;
+  uint32_t case_index = 0;
+};
+
 // The type-independent part of a channel: its lock, wait queues and
 // counters. Chan<T>'s state derives from it and adds the typed buffer.
 class ChanCore {
@@ -509,11 +521,51 @@ class ChanCore {
   WaitNode* claim_receiver_locked() noexcept { return claim_front(recvq_); }
   WaitNode* claim_sender_locked() noexcept { return claim_front(sendq_); }
 
+  // The lone waiter (unbuffered channels; see lone_). A blocking send or
+  // receive that would queue first on an empty queue parks there instead:
+  // true if it may. Requires lock_.
+  bool lone_free_locked(bool is_send) const noexcept {
+    return cap_ == 0 && lone_ == 0 && (is_send ? sendq_ : recvq_).empty();
+  }
+  // Parks `lw` as the lone sender (with the value to send in its landing
+  // place) or receiver. Requires lock_ and lone_free_locked(is_send).
+  void park_lone_locked(LandingWaiter* lw, bool is_send) noexcept {
+    lone_ = reinterpret_cast<uintptr_t>(lw) | (is_send ? kLoneSend : 0);
+    if (!watchq_.empty()) [[unlikely]]
+      wake_watchers_locked();
+  }
+  // The lone sender (`senders`) or receiver in lone word `l`, or nullptr.
+  static LandingWaiter* lone_of(uintptr_t l, bool senders) noexcept {
+    if (l == 0 || ((l & kLoneSend) != 0) != senders) return nullptr;
+    return reinterpret_cast<LandingWaiter*>(l & ~kLoneSend);
+  }
+  // Takes the lone sender (`senders`) or receiver out, if there is one, and
+  // claims it: returns it, to be completed as *fired says, or nullptr. A
+  // lone waiter is the oldest of its side: the queue behind it filled only
+  // while it was there. Requires lock_.
+  LandingWaiter* claim_lone_locked(bool senders, Fired* fired) noexcept {
+    LandingWaiter* lw = lone_of(lone_, senders);
+    if (lw == nullptr) return nullptr;
+    lone_ = 0;
+    // Fails only for a waiter that timed out and withdraws (withdraw_lone).
+    if (!lw->w.try_claim()) return nullptr;
+    *fired = Fired{&lw->w, 0};
+    return lw;
+  }
+  // A lone waiter that claimed itself (timed out) leaves the slot, unless
+  // a counterparty or close() took it out meanwhile. Takes lock_.
+  void withdraw_lone(LandingWaiter* lw) noexcept {
+    lock();
+    if ((lone_ & ~kLoneSend) == reinterpret_cast<uintptr_t>(lw)) lone_ = 0;
+    unlock();
+  }
+
   // Closes the channel: marks it closed and claims every queued waiter into
-  // `fired` (linked through WaitNode::next), to be completed with ok=false
-  // by fire_all() after the lock is dropped. Requires lock_; the caller
-  // checked it was open.
-  WaitNode* close_locked() noexcept;
+  // the list returned (linked through WaitNode::next), to be completed with
+  // ok=false by fire_all() after the lock is dropped, and the lone waiter
+  // into *lone (its landing place still holds a lone sender's value).
+  // Requires lock_; the caller checked it was open.
+  WaitNode* close_locked(Fired* lone) noexcept;
 
   // Completes nodes collected by close_locked(). No lock held.
   static void fire_all(WaitNode* fired, bool ok) noexcept;
@@ -550,7 +602,8 @@ class ChanCore {
     // so it sees at most the count at that read.
     bool blocked;
     if (cap_ == 0) {
-      blocked = (is_send ? recvq_ : sendq_).peek_empty();
+      blocked = (is_send ? recvq_ : sendq_).peek_empty() &&
+                lone_of(lone_.peek(), /*senders=*/!is_send) == nullptr;
     } else if (is_send) {
       const uint64_t e = enq_.pos.load(std::memory_order_seq_cst);
       const uint64_t d = deq_.pos.load(std::memory_order_seq_cst);
@@ -644,6 +697,19 @@ class ChanCore {
   WaitQueue sendq_;           // guarded by lock_
   uint32_t pins_ = 0;         // see pin_locked(); guarded by lock_
   bool orphaned_ = false;     // see release_last_handle(); guarded by lock_
+  // An unbuffered channel's lone waiter: 0, or the address of a blocked
+  // send's or receive's LandingWaiter (| kLoneSend for a send), parked here
+  // instead of in its queue while its side's queue is empty. A counterparty
+  // then reads this line and the waiter's own, where it puts (or takes) the
+  // value and completes it: queued, it also wrote the node's links, a third
+  // line, and the waiter wrote them back at its next wait (unbuffered
+  // ping-pong ~25% faster on the 2-vCPU AMD VM, in both of its modes; see
+  // docs/BENCHMARKS.md, "Session 19"). Only waiters whose value fits the
+  // landing place park here (kLandsOnWaiterLine); selects and asynchronous
+  // operations always queue. Written under lock_; may_be_ready() reads it
+  // without.
+  LockedWord<uintptr_t> lone_{0};
+  static constexpr uintptr_t kLoneSend = 1;
 
   alignas(kCacheLine) WaitNode* watch_fired_ = nullptr;  // see unlock()
   WaitQueue watchq_;                                     // guarded by lock_
@@ -732,6 +798,22 @@ class ChanCore {
   }
 
  public:
+  // True if a sender (`senders`) or receiver waits that may still fire:
+  // the lone waiter, or a live node in the queue (see has_live_waiter).
+  // Requires lock_.
+  bool has_live(bool senders) noexcept {
+    const LandingWaiter* lw = lone_of(lone_, senders);
+    return (lw != nullptr && lw->w.waiting()) ||
+           has_live_waiter(senders ? sendq_ : recvq_);
+  }
+  // The senders (`senders`) or receivers whose waiter may still fire,
+  // counted (ChanStats). Requires lock_.
+  std::size_t live_count(bool senders) const noexcept {
+    const LandingWaiter* lw = lone_of(lone_, senders);
+    return (lw != nullptr && lw->w.waiting() ? 1 : 0) +
+           live_waiters(senders ? sendq_ : recvq_);
+  }
+
   // True if `q` holds a node whose waiter may still fire; takes stale nodes
   // (of selects that fired elsewhere) out on the way. Requires lock_.
   bool has_live_waiter(WaitQueue& q) noexcept {
