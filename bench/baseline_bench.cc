@@ -61,7 +61,6 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
-#include <stop_token>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -81,6 +80,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using dchan::bench::ChanFrame;
 using dchan::bench::ChildProcess;
+using dchan::bench::ExitIfItDies;
 using dchan::bench::Frame;
 using dchan::bench::FreeLoopbackPort;
 using dchan::bench::Latencies;
@@ -449,12 +449,8 @@ void RunRoundTrips(benchmark::State& state,
   }
   // A round trip waits for the partner without a deadline: if it dies, the
   // program must end rather than hang.
-  std::jthread watchdog([&](std::stop_token stop) {
-    while (!stop.stop_requested()) {
-      if (!partner.running()) Die("the partner process exited");
-      usleep(50000);
-    }
-  });
+  std::optional<ExitIfItDies> watchdog(std::in_place, partner, "baseline_bench",
+                                       "the partner process exited");
   one();  // warm-up: the partner may not have reached its read yet
   Latencies lat;
   while (state.KeepRunningBatch(kRoundTripBatch)) {
@@ -469,8 +465,7 @@ void RunRoundTrips(benchmark::State& state,
   }
   state.SetItemsProcessed(state.iterations());
   lat.report(state);
-  watchdog.request_stop();
-  watchdog.join();
+  watchdog.reset();
   partner.stop();
 }
 

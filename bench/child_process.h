@@ -1,11 +1,12 @@
-// bench/child_process.h — the server processes a benchmark starts for itself
-// (redis-server, a relay, dchan-broker), the address they report, and a
-// free loopback port to give them. Header-only; one thread at a time per
-// ChildProcess.
+// bench/child_process.h — the processes a benchmark starts for itself
+// (redis-server, a relay, dchan-broker, a partner that plays B's side), the
+// address they report, and a free loopback port to give them. Header-only;
+// one thread at a time per ChildProcess, apart from ExitIfItDies' polls.
 //
 // A child dies with the benchmark (PR_SET_PDEATHSIG), inherits its CPU
-// affinity (so `taskset -c 0` pins both), and is stopped with SIGTERM, then
-// SIGKILL after 5 s, by stop() or the destructor.
+// affinity (so `taskset -c 0` pins both), and is stopped by stop() or the
+// destructor: its stdin closed if it was a pipe (and 5 s to end at that
+// EOF), then SIGTERM, then SIGKILL after 5 s.
 #ifndef DCHAN_BENCH_CHILD_PROCESS_H_
 #define DCHAN_BENCH_CHILD_PROCESS_H_
 
@@ -23,9 +24,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace dchan::bench {
@@ -37,14 +41,24 @@ class ChildProcess {
   ChildProcess& operator=(const ChildProcess&) = delete;
   ~ChildProcess() { stop(); }
 
+  // Where the child's stdin comes from: ours, or a pipe that write_all()
+  // feeds and close_stdin() ends.
+  enum class Stdin { kInherit, kPipe };
+
   // Starts argv[0] (looked up in PATH unless it has a '/') with its stdout
   // on a pipe (see read_line) and its stderr on ours. Throws
   // std::runtime_error if it cannot fork; a failed exec shows as the child
   // exiting with 127.
-  void start(const std::vector<std::string>& argv) {
+  void start(const std::vector<std::string>& argv, Stdin in = Stdin::kInherit) {
     stop();
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
+    int in_fds[2] = {-1, -1};
+    if (in == Stdin::kPipe && pipe2(in_fds, O_CLOEXEC) != 0) {
+      close(fds[0]);
+      close(fds[1]);
+      throw std::runtime_error("pipe2 failed");
+    }
     std::vector<char*> args;
     for (const std::string& a : argv) {
       args.push_back(const_cast<char*>(a.c_str()));
@@ -53,8 +67,9 @@ class ChildProcess {
     const pid_t parent = getpid();
     pid_ = fork();
     if (pid_ < 0) {
-      close(fds[0]);
-      close(fds[1]);
+      for (int fd : {fds[0], fds[1], in_fds[0], in_fds[1]}) {
+        if (fd >= 0) close(fd);
+      }
       throw std::runtime_error("fork failed");
     }
     if (pid_ == 0) {
@@ -62,12 +77,42 @@ class ChildProcess {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);
       dup2(fds[1], STDOUT_FILENO);
+      if (in_fds[0] >= 0) dup2(in_fds[0], STDIN_FILENO);
       execvp(args[0], args.data());
       _exit(127);
     }
     close(fds[1]);
     out_fd_ = fds[0];
+    if (in_fds[0] >= 0) {
+      close(in_fds[0]);
+      in_fd_ = in_fds[1];
+    }
     name_ = argv.empty() ? std::string() : argv[0];
+  }
+
+  // Writes `n` bytes to the child's stdin (started with Stdin::kPipe).
+  // Throws std::runtime_error if the child is gone.
+  void write_all(const void* data, std::size_t n) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const ssize_t w = write(in_fd_, p, n);
+      if (w <= 0) throw std::runtime_error(name_ + " is gone");
+      p += w;
+      n -= static_cast<std::size_t>(w);
+    }
+  }
+
+  // Reads exactly `n` bytes of the child's stdout, however long the child
+  // takes (a partner answering a request). Throws std::runtime_error if it
+  // exits first.
+  void read_exact(void* data, std::size_t n) {
+    char* p = static_cast<char*>(data);
+    while (n > 0) {
+      const ssize_t r = read(out_fd_, p, n);
+      if (r <= 0) throw std::runtime_error(name_ + " is gone");
+      p += r;
+      n -= static_cast<std::size_t>(r);
+    }
   }
 
   // The child's next stdout line (with its '\n'), within 20 s. Throws
@@ -101,31 +146,68 @@ class ChildProcess {
 
   pid_t pid() const { return pid_; }
 
-  // SIGTERM, then SIGKILL if it has not exited within 5 s. Idempotent.
+  // Closes its stdin pipe, if it has one, and gives it 5 s to end at that
+  // EOF; then SIGTERM, then SIGKILL if it has not exited within 5 s.
+  // Idempotent.
   void stop() {
     if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      int status = 0;
-      const auto deadline =
-          std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      while (waitpid(pid_, &status, WNOHANG) == 0) {
-        if (std::chrono::steady_clock::now() > deadline) {
+      if (in_fd_ < 0 || !exited_within(std::chrono::seconds(5), in_fd_)) {
+        kill(pid_, SIGTERM);
+        if (!exited_within(std::chrono::seconds(5), -1)) {
           kill(pid_, SIGKILL);
-          waitpid(pid_, &status, 0);
-          break;
+          waitpid(pid_, nullptr, 0);
         }
-        usleep(2000);
       }
       pid_ = -1;
     }
-    if (out_fd_ >= 0) close(out_fd_);
-    out_fd_ = -1;
+    for (int* fd : {&out_fd_, &in_fd_}) {
+      if (*fd >= 0) close(*fd);
+      *fd = -1;
+    }
   }
 
  private:
+  // Closes `close_first` (unless -1), then waits up to `limit` for the
+  // child to exit: true if it did (it is reaped).
+  bool exited_within(std::chrono::seconds limit, int close_first) {
+    if (close_first >= 0) {
+      close(close_first);
+      in_fd_ = -1;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (waitpid(pid_, nullptr, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      usleep(2000);
+    }
+    return true;
+  }
+
   pid_t pid_ = -1;
   int out_fd_ = -1;
+  int in_fd_ = -1;
   std::string name_;
+};
+
+// Ends the program (exit status 1, "<program>: <what>" on stderr) if
+// `child` exits while this object lives, polling every 50 ms: a benchmark
+// that waits for its partner process without a deadline would otherwise
+// hang when the partner dies.
+class ExitIfItDies {
+ public:
+  ExitIfItDies(ChildProcess& child, std::string program, std::string what)
+      : thread_([&child, program = std::move(program),
+                 what = std::move(what)](std::stop_token stop) {
+          while (!stop.stop_requested()) {
+            if (!child.running()) {
+              std::fprintf(stderr, "%s: %s\n", program.c_str(), what.c_str());
+              std::_Exit(1);
+            }
+            usleep(50000);
+          }
+        }) {}
+
+ private:
+  std::jthread thread_;  // its destructor stops and joins the polls
 };
 
 // The HOST:PORT of the "... listening on HOST:PORT ..." line a server

@@ -101,7 +101,6 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
-#include <stop_token>
 #include <string>
 #include <thread>
 #include <utility>
@@ -124,7 +123,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using dchan::bench::Ack;
+using dchan::bench::ChildProcess;
 using dchan::bench::Echo;
+using dchan::bench::ExitIfItDies;
 using dchan::bench::Latencies;
 using dchan::bench::Msg;
 using dchan::bench::MsgBatch;
@@ -147,7 +148,7 @@ const std::string& Payload() {
 // The broker, as a child process (it dies with the benchmark and inherits
 // its CPU affinity), and its address.
 
-dchan::bench::ChildProcess g_broker;
+ChildProcess g_broker;
 std::string g_broker_address;
 
 // ---------------------------------------------------------------------------
@@ -276,7 +277,7 @@ int EchoServerMain() {
 // so that a raw stream pays what a client-to-broker stream pays: two
 // processes, each with its own gRPC threads. roundtrip/grpc_inprocess
 // measures the same server inside this process.
-dchan::bench::ChildProcess g_echo_process;
+ChildProcess g_echo_process;
 std::string g_echo_address;
 
 // A connection of its own, as each dchan::Client has.
@@ -660,87 +661,36 @@ int PartnerMain(int argc, char** argv) {
 
 // The partner process, seen from the benchmark: this binary re-executed with
 // kPartnerFlag and `args` (see PartnerMain), its stdin and stdout piped to
-// this process.
+// this process. Its destructor closes the partner's stdin (a lock partner's
+// loop ends there) and waits for it.
 class Partner {
  public:
   explicit Partner(const std::vector<std::string>& args) {
     char exe[4096];
     const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (len <= 0) throw std::runtime_error("readlink /proc/self/exe failed");
-    exe[len] = '\0';
-    // argv for exec, built before fork (the child may only exec).
-    std::vector<std::string> strings = {exe, kPartnerFlag};
-    strings.insert(strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& a : strings) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    int to[2], from[2];
-    if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) {
-      throw std::runtime_error("pipe2 failed");
-    }
-    const pid_t parent = getpid();
-    pid_ = fork();
-    if (pid_ < 0) throw std::runtime_error("fork failed");
-    if (pid_ == 0) {
-      // Child: only async-signal-safe calls until exec.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(1);
-      dup2(to[0], STDIN_FILENO);
-      dup2(from[1], STDOUT_FILENO);
-      execv(exe, argv.data());
-      _exit(127);
-    }
-    close(to[0]);
-    close(from[1]);
-    to_fd_ = to[1];
-    from_fd_ = from[0];
+    std::vector<std::string> argv = {std::string(exe, len), kPartnerFlag};
+    argv.insert(argv.end(), args.begin(), args.end());
+    process_.start(argv, ChildProcess::Stdin::kPipe);
   }
-  Partner(const Partner&) = delete;
-  Partner& operator=(const Partner&) = delete;
-  ~Partner() {
-    close(to_fd_);  // EOF: the partner's loop ends
-    const Clock::time_point deadline = Clock::now() + std::chrono::seconds(5);
-    int status = 0;
-    while (waitpid(pid_, &status, WNOHANG) == 0) {
-      if (Clock::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-        break;
-      }
-      usleep(1000);
-    }
-    close(from_fd_);
-  }
-
-  // Whether the partner process is still running (false also once it has
-  // been reaped here).
-  bool alive() { return waitpid(pid_, nullptr, WNOHANG) == 0; }
 
   // Asks the partner to lock.
   void request_lock() {
     const char cmd = 'L';
-    if (write(to_fd_, &cmd, 1) != 1) {
-      throw std::runtime_error("the partner process is gone");
-    }
+    process_.write_all(&cmd, 1);
   }
 
   // The steady clock (ns) at which the partner's lock() returned.
   int64_t granted_at() {
     int64_t ns = 0;
-    size_t got = 0;
-    while (got < sizeof ns) {
-      const ssize_t n =
-          read(from_fd_, reinterpret_cast<char*>(&ns) + got, sizeof ns - got);
-      if (n <= 0) throw std::runtime_error("the partner process is gone");
-      got += static_cast<size_t>(n);
-    }
+    process_.read_exact(&ns, sizeof ns);
     return ns;
   }
 
+  ChildProcess& process() { return process_; }
+
  private:
-  pid_t pid_ = -1;
-  int to_fd_ = -1;
-  int from_fd_ = -1;
+  ChildProcess process_;
 };
 
 // B is a partner process (EchoPartnerMain) with a Client of its own, as the
@@ -755,15 +705,9 @@ void BM_RemotePingPong(benchmark::State& state) {
   Partner partner({"echo", g_broker_address, n1, n2});
   // The round trips wait without a deadline: if the partner dies, the
   // program must end rather than hang.
-  std::jthread watchdog([&](std::stop_token stop) {
-    while (!stop.stop_requested()) {
-      if (!partner.alive()) {
-        std::fprintf(stderr, "remote_bench: the echo partner process exited\n");
-        std::_Exit(1);
-      }
-      usleep(50000);
-    }
-  });
+  std::optional<ExitIfItDies> watchdog(std::in_place, partner.process(),
+                                       "remote_bench",
+                                       "the echo partner process exited");
   // Untimed warm-up: the partner connects and opens both channels.
   ping.send(Payload());
   benchmark::DoNotOptimize(pong.recv());
@@ -778,8 +722,7 @@ void BM_RemotePingPong(benchmark::State& state) {
       }
     };
   });
-  watchdog.request_stop();
-  watchdog.join();
+  watchdog.reset();
   ping.close();  // the partner's loop ends
   lat.report(state);
 }
