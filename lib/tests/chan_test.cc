@@ -210,6 +210,30 @@ TEST(Chan, FailedSendsDoNotSwallowAMoveOnlyValue) {
   EXPECT_EQ(*p, 9);
 }
 
+// "Moved from only on kOk", to the letter: a send that times out or meets a
+// close (while parked in the lone slot, or not) never moves the caller's
+// object, so that a derived object passed as the element type stays whole.
+TEST(Chan, AFailedSendDoesNotMoveTheCallersValue) {
+  struct Counted {
+    int* moves;
+    Counted(int* m) : moves(m) {}  // NOLINT: a test's shorthand
+    Counted(Counted&& o) noexcept : moves(o.moves) { ++*moves; }
+  };
+  int moves = 0;
+  auto ch = make_chan<Counted>();
+  Counted v(&moves);
+  EXPECT_EQ(ch.send_for(std::move(v), 5ms), ChanStatus::kTimeout);
+  EXPECT_EQ(moves, 0);
+  std::thread closer([&] {
+    ASSERT_TRUE(
+        eventually([&] { return detail::stats_of(ch).blocked_senders == 1; }));
+    ch.close();
+  });
+  EXPECT_EQ(ch.send_for(std::move(v), kLiveness), ChanStatus::kClosed);
+  closer.join();
+  EXPECT_EQ(moves, 0);
+}
+
 TEST(Chan, TimedSendDeliversToALateReceiver) {
   auto ch = make_chan<std::unique_ptr<int>>();
   std::optional<std::unique_ptr<int>> got;
@@ -301,8 +325,47 @@ TEST(Chan, UnbufferedWaitersAreServedOldestFirst) {
   for (auto& t : senders) t.join();
 }
 
-// A blocked send keeps its value next to its waiter (the lone slot): a
-// close hands it back, as a timeout does (FailedSendsDoNotSwallow...).
+// The lock-free look of try_recv, try_send and select's first pass
+// (may_be_ready) reads the lone slot and the queue one after the other.
+// Here a sender is blocked throughout: S1 in the slot, then S2 queued
+// behind it before S1 is taken. Read in the other order (queue, then slot),
+// a look preempted between its two reads could see the queue still empty
+// and the slot already empty, and tell a receive it would block. More
+// lookers than CPUs get preempted often, at random instructions.
+TEST(Chan, ALookWithoutTheLockSeesASenderBlockedThroughout) {
+  const int lookers =
+      2 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::atomic<long> missed{0};
+  for (int round = 0; round < 100; ++round) {
+    auto ch = make_chan<int>();
+    auto* s = detail::state_of(ch);
+    std::thread s1([&] { ch.send(1); });
+    ASSERT_TRUE(
+        eventually([&] { return detail::stats_of(ch).blocked_senders == 1; }));
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> looking;
+    for (int i = 0; i < lookers; ++i) {
+      looking.emplace_back([&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+          if (!s->may_be_ready(/*is_send=*/false)) ++missed;
+        }
+      });
+    }
+    std::thread s2([&] { ch.send(2); });
+    ASSERT_TRUE(
+        eventually([&] { return detail::stats_of(ch).blocked_senders == 2; }));
+    EXPECT_EQ(ch.recv(), 1);
+    stop = true;
+    for (auto& t : looking) t.join();
+    EXPECT_EQ(ch.recv(), 2);
+    s1.join();
+    s2.join();
+  }
+  EXPECT_EQ(missed.load(), 0);
+}
+
+// A blocked send in the lone slot keeps its value with the caller: a close
+// leaves it there, as a timeout does (FailedSendsDoNotSwallow...).
 TEST(Chan, ABlockedSendClosedUnderItKeepsItsMoveOnlyValue) {
   auto ch = make_chan<std::unique_ptr<int>>();
   std::thread closer([&] {

@@ -21,7 +21,8 @@
 // operation costs a node in a queue — no thread for asynchronous waiters.
 // One exception to the queue: the first blocking send or receive to wait on
 // an unbuffered channel parks in the channel's lone slot instead, without a
-// node (ChanCore::lone_), and is claimed the same way.
+// node (ChanCore::lone_). It is taken out of the slot and claimed the same
+// way, its waiter's landing place standing in for the node's slot.
 //
 // Memory ordering: the claimer's writes to the slot and to fired_case/ok
 // happen before its release exchange to kDone; the waiter reads them after an
@@ -154,8 +155,8 @@ struct CacheLineAllocator {
 // compile to the plain loads and stores they replace (an increment is a
 // load and a store, not a read-modify-write: writers hold the lock). The
 // release makes a lock-free peek() that sees a write also see every write
-// before it (close() marks the channel closed, then empties its queues: a
-// peek that sees a queue emptied by close() sees it closed).
+// before it (close() marks the channel closed, then empties its lone slot
+// and its queues: a peek that sees them emptied by close() sees it closed).
 template <class T>
 class LockedWord {
  public:
@@ -527,9 +528,10 @@ class ChanCore {
   bool lone_free_locked(bool is_send) const noexcept {
     return cap_ == 0 && lone_ == 0 && (is_send ? sendq_ : recvq_).empty();
   }
-  // Parks `lw` as the lone sender (with the value to send in its landing
-  // place) or receiver. Requires lock_ and lone_free_locked(is_send).
-  void park_lone_locked(LandingWaiter* lw, bool is_send) noexcept {
+  // Makes `lw` the lone sender (its landing place holding the address of
+  // the value to send) or receiver. Requires lock_ and
+  // lone_free_locked(is_send).
+  void set_lone_locked(LandingWaiter* lw, bool is_send) noexcept {
     lone_ = reinterpret_cast<uintptr_t>(lw) | (is_send ? kLoneSend : 0);
     if (!watchq_.empty()) [[unlikely]]
       wake_watchers_locked();
@@ -563,8 +565,8 @@ class ChanCore {
   // Closes the channel: marks it closed and claims every queued waiter into
   // the list returned (linked through WaitNode::next), to be completed with
   // ok=false by fire_all() after the lock is dropped, and the lone waiter
-  // into *lone (its landing place still holds a lone sender's value).
-  // Requires lock_; the caller checked it was open.
+  // into *lone, to be completed likewise. Requires lock_; the caller
+  // checked it was open.
   WaitNode* close_locked(Fired* lone) noexcept;
 
   // Completes nodes collected by close_locked(). No lock held.
@@ -593,17 +595,21 @@ class ChanCore {
   bool may_be_ready(bool is_send) const noexcept {
     // First what says whether a counterparty or buffer is there: a buffered
     // channel's positions (a sender blocks only on a full buffer, a
-    // receiver only on an empty one), an unbuffered one's counterparty
-    // queue. Then closed_, read after it: a channel never reopens, so open
-    // then means open at the first read too, and that read's moment is the
-    // one at which the operation could not have proceeded. The positions
+    // receiver only on an empty one), an unbuffered one's lone slot and
+    // counterparty queue. Then closed_, read after them: a channel never
+    // reopens, so open then means open at that moment too. The positions
     // only grow: a receive reads the receivers' first, so the count it sees
     // is at least the count at that read; a send reads the senders' first,
-    // so it sees at most the count at that read.
+    // so it sees at most the count at that read. The lone slot before the
+    // queue: a waiter takes the slot only while its side's queue is empty,
+    // so if the slot was found without a counterparty and the queue empty
+    // after it, there was a moment in between with neither (the other
+    // order missed a sender that was blocked throughout: the lone one
+    // claimed after the queue was read, a queued one read in its place).
     bool blocked;
     if (cap_ == 0) {
-      blocked = (is_send ? recvq_ : sendq_).peek_empty() &&
-                lone_of(lone_.peek(), /*senders=*/!is_send) == nullptr;
+      blocked = lone_of(lone_.peek(), /*senders=*/!is_send) == nullptr &&
+                (is_send ? recvq_ : sendq_).peek_empty();
     } else if (is_send) {
       const uint64_t e = enq_.pos.load(std::memory_order_seq_cst);
       const uint64_t d = deq_.pos.load(std::memory_order_seq_cst);
@@ -647,8 +653,9 @@ class ChanCore {
 
   // Claims the watchers whose readiness now holds; unlock() completes them.
   // Requires lock_; called after every change that can make a channel
-  // ready for a receive (a value buffered, a sender queued, close) or a send
-  // (room in the buffer, a receiver queued, close).
+  // ready for a receive (a value buffered, a sender queued or parked in the
+  // lone slot, close) or a send (room in the buffer, a receiver queued or
+  // lone, close).
   void wake_watchers_locked() noexcept;
 
   // Releases lock_, then completes the watchers woken meanwhile. Every
@@ -700,9 +707,10 @@ class ChanCore {
   // An unbuffered channel's lone waiter: 0, or the address of a blocked
   // send's or receive's LandingWaiter (| kLoneSend for a send), parked here
   // instead of in its queue while its side's queue is empty. A counterparty
-  // then reads this line and the waiter's own, where it puts (or takes) the
-  // value and completes it: queued, it also wrote the node's links, a third
-  // line, and the waiter wrote them back at its next wait (unbuffered
+  // then reads this line and the waiter's own, where it puts a receive's
+  // value (or finds a send's, or its address: ChanState::kLoneSendCopies)
+  // and completes it: queued, it also wrote the node's links, a third line,
+  // and the waiter wrote them back at its next wait (unbuffered
   // ping-pong ~25% faster on the 2-vCPU AMD VM, in both of its modes; see
   // docs/BENCHMARKS.md, "Session 19"). Only waiters whose value fits the
   // landing place park here (kLandsOnWaiterLine); selects and asynchronous
