@@ -234,6 +234,26 @@ TEST(Chan, AFailedSendDoesNotMoveTheCallersValue) {
   EXPECT_EQ(moves, 0);
 }
 
+// A trivially copyable type without a copy constructor travels through an
+// unbuffered channel too (a lone sender's landing place holds its bytes).
+TEST(Chan, AMoveOnlyTriviallyCopyableValueTravelsUnbuffered) {
+  struct Token {
+    int id;
+    explicit Token(int i) : id(i) {}
+    Token(const Token&) = delete;
+    Token(Token&&) = default;
+  };
+  static_assert(std::is_trivially_copyable_v<Token>);
+  auto ch = make_chan<Token>();
+  std::thread sender([&] { ch.send(Token(5)); });
+  ASSERT_TRUE(
+      eventually([&] { return detail::stats_of(ch).blocked_senders == 1; }));
+  std::optional<Token> got = ch.recv();
+  sender.join();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->id, 5);
+}
+
 TEST(Chan, TimedSendDeliversToALateReceiver) {
   auto ch = make_chan<std::unique_ptr<int>>();
   std::optional<std::unique_ptr<int>> got;

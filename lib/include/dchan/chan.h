@@ -59,6 +59,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -202,7 +203,8 @@ class ChanState final : public ChanCore {
     if constexpr (kLandsOnWaiterLine<T>) {
       if (LandingWaiter* lw = claim_lone_locked(/*senders=*/true, fire)) {
         if constexpr (kLoneSendCopies) {
-          out.emplace(*std::launder(reinterpret_cast<T*>(lw->landing)));
+          out.emplace(
+              std::move(*std::launder(reinterpret_cast<T*>(lw->landing))));
         } else {
           void* value = *std::launder(reinterpret_cast<void**>(lw->landing));
           out.emplace(std::move(*static_cast<T*>(value)));
@@ -1022,7 +1024,8 @@ class Chan {
       bool is_send, std::chrono::steady_clock::time_point deadline) {
     if (is_send) {
       if constexpr (detail::ChanState<T>::kLoneSendCopies) {
-        ::new (static_cast<void*>(p.landing)) T(*static_cast<T*>(slot));
+        // Not T's copy constructor: a trivially copyable T may delete it.
+        std::memcpy(p.landing, slot, sizeof(T));
       } else {
         ::new (static_cast<void*>(p.landing)) void*(slot);
       }
