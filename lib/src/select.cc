@@ -212,6 +212,7 @@ class KeptNodes {
         if (victim == kNodes || used_at_[k] < used_at_[victim]) victim = k;
       }
       detach(nodes_[victim]);
+      fired_last_ &= ~(1u << victim);
       taken |= 1u << victim;
       nodes_[victim].chan = core;
       nodes_[victim].is_send = cases[i]->kind() == SelectCase::Kind::kSend;
@@ -232,6 +233,26 @@ class KeptNodes {
   }
   void mark_used(WaitNode* n) noexcept {
     used_at_[static_cast<std::size_t>(n - nodes_)] = gen_;
+  }
+
+  // Whether the last select that used `n` fired through it. Such a case
+  // may park in its channel's lone slot (see select_kept); the others keep
+  // their nodes queued between selects (a quit channel's).
+  bool fired_last(const WaitNode* n) const noexcept {
+    return (fired_last_ >> (n - nodes_) & 1) != 0;
+  }
+  // Records which of a select's nodes (`node_of`, see assign()) fired.
+  void note_fired(WaitNode* const* node_of, std::size_t n,
+                  std::size_t fired) noexcept {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (node_of[i] == nullptr) continue;
+      const uint32_t bit = 1u << (node_of[i] - nodes_);
+      if (i == fired) {
+        fired_last_ |= bit;
+      } else {
+        fired_last_ &= ~bit;
+      }
+    }
   }
 
   // The node's arm once nobody else is taking it out of a queue (see
@@ -275,6 +296,7 @@ class KeptNodes {
 
   WaitNode nodes_[kNodes];
   uint32_t used_at_[kNodes] = {};  // the generation of each node's last use
+  uint32_t fired_last_ = 0;        // bit k: see fired_last(nodes_ + k)
   uint32_t gen_ = 0;
 };
 
@@ -338,9 +360,25 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
       fire(to_fire);
       return {PollOutcome::kFired, i, st == ChanStatus::kOk};
     }
+    // One case that fired the last time its node was used (a ping-pong's
+    // channel, not a quit channel's) may park in its channel's lone slot
+    // instead of queueing its node (see ChanCore::lone_): the channel's
+    // line and the waiter's are then all a counterparty reads. The select
+    // withdraws it itself unless it fires through it, so no lone slot ever
+    // refers to a select that is over, nor to a thread that is gone.
+    ChanCore* lone = nullptr;
+    std::size_t lone_index = n;
     for (std::size_t i = 0; i < n; ++i) {
       if (!queue[i]) continue;
       WaitNode* node = node_of[i];
+      const bool send = cases[i]->kind() == SelectCase::Kind::kSend;
+      if (lone == nullptr && kept.fired_last(node) &&
+          node->chan->lone_free_locked(send) && cases[i]->put_lone(kept.lw)) {
+        lone = node->chan;
+        lone_index = i;
+        lone->set_lone_locked(&kept.lw, send, static_cast<uint32_t>(i), gen);
+        continue;
+      }
       node->arm.store(WaitNode::kept(gen), std::memory_order_relaxed);
       node->chan->enqueue_locked(node);
       node->chan->pin_locked(node);
@@ -361,7 +399,11 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     }
     if (lost && w.try_claim(gen)) {
       for (std::size_t i = 0; i < n; ++i) {
-        if (queue[i]) node_of[i]->chan->withdraw_locked(node_of[i]);
+        if (i == lone_index) {
+          lone->withdraw_lone_locked(&kept.lw);
+        } else if (queue[i]) {
+          node_of[i]->chan->withdraw_locked(node_of[i]);
+        }
       }
       locks.unlock_all();
       w.mark_done_by_owner();
@@ -370,6 +412,7 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     locks.unlock_all();
     w.wait();
     const uint32_t fired = w.fired_case();
+    if (lone != nullptr && fired != lone_index) lone->withdraw_lone(&kept.lw);
     for (std::size_t i = 0; i < n; ++i) {
       if (withdraw[i] && i != fired) KeptNodes::detach(*node_of[i]);
     }
@@ -800,6 +843,7 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
           }
           if (!any) block_forever();  // only nil cases: Go's `select {}`
           r = select_kept(cases, n, kept, node_of);
+          kept.note_fired(node_of, n, r->index);
         }
       } catch (...) {
         kept.busy = false;

@@ -594,6 +594,14 @@ TEST(Select, AKeptNodeTakenOutMeanwhileIsQueuedAgain) {
   EXPECT_EQ(pins_of(b), 1u);
   EXPECT_EQ(b.try_send(3), ChanStatus::kOk);
   EXPECT_EQ(result(), std::optional<int>(3));
+  // That select parked its case on a, which had fired last, in a's lone
+  // slot, and withdrew it when b fired; the next select queues a's node.
+  EXPECT_EQ(pins_of(a), 0u);
+  to_selector.send(1);
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(a).blocked_receivers == 1; }));
+  EXPECT_EQ(b.try_send(4), ChanStatus::kOk);
+  EXPECT_EQ(result(), std::optional<int>(4));
   // And a close that meets a stale node: the next select sees the close.
   EXPECT_EQ(pins_of(a), 1u);  // fired through b: a's node kept
   a.close();
@@ -602,6 +610,95 @@ TEST(Select, AKeptNodeTakenOutMeanwhileIsQueuedAgain) {
   EXPECT_EQ(result(), std::nullopt);
   to_selector.close();
   selector.join();
+}
+
+// Which waiter, if any, sits in `ch`'s lone slot (ChanCore::lone_): 'r' a
+// receiver, 's' a sender, 0 none.
+template <class T>
+char lone_in(const Chan<T>& ch) {
+  const uintptr_t l = detail::state_of(ch)->lone_.peek();
+  if (l == 0) return 0;
+  return (l & detail::ChanCore::kLoneSend) != 0 ? 's' : 'r';
+}
+
+// A select's case that fired the last time parks in its unbuffered
+// channel's lone slot, and the select takes it out when another case fires
+// (so the slot never refers to a select that is over, or to a thread that
+// has exited); the other cases keep their nodes. Receive and send cases,
+// a trivially copyable value and one that is not (sent by address).
+TEST(Select, ACaseThatFiredLastParksInTheLoneSlotAndLeavesWithItsSelect) {
+  auto a = make_chan<int>();
+  auto b = make_chan<int>();
+  auto s = make_chan<std::string>();
+  Chan<int> to_selector = make_chan<int>();
+  Chan<std::optional<int>> from_selector = make_chan<std::optional<int>>(1);
+  std::thread selector([&] {
+    while (std::optional<int> round = to_selector.recv()) {
+      std::optional<int> got;
+      if (*round == 0) {
+        select(on_recv(a, [&](std::optional<int> v) { got = v; }),
+               on_recv(b, [&](std::optional<int> v) { got = v.value_or(-1); }));
+      } else {
+        select(on_send(s, std::string(40, 'x'), [&] { got = 40; }),
+               on_recv(b, [&](std::optional<int> v) { got = v; }));
+      }
+      from_selector.send(got);
+    }
+  });
+  auto result = [&] { return from_selector.recv().value(); };
+  auto parked = [&](auto& ch, bool sender) {
+    return test_util::eventually([&] {
+      const detail::ChanStats st = detail::stats_of(ch);
+      return (sender ? st.blocked_senders : st.blocked_receivers) == 1;
+    });
+  };
+  to_selector.send(0);
+  ASSERT_TRUE(parked(b, false));
+  EXPECT_EQ(lone_in(a), 0);  // no history yet: nodes on both
+  a.send(1);
+  EXPECT_EQ(result(), std::optional<int>(1));
+  to_selector.send(0);
+  ASSERT_TRUE(parked(a, false));
+  EXPECT_EQ(lone_in(a), 'r');  // fired last time
+  EXPECT_EQ(pins_of(a), 0u);
+  EXPECT_EQ(lone_in(b), 0);  // b's node, still queued from the first select
+  EXPECT_EQ(pins_of(b), 1u);
+  a.send(2);
+  EXPECT_EQ(result(), std::optional<int>(2));
+  to_selector.send(0);
+  ASSERT_TRUE(parked(a, false));
+  EXPECT_EQ(lone_in(a), 'r');
+  EXPECT_EQ(b.try_send(3), ChanStatus::kOk);  // fires through b...
+  EXPECT_EQ(result(), std::optional<int>(3));
+  EXPECT_EQ(lone_in(a), 0);  // ...and the select left a's slot
+  EXPECT_EQ(a.try_send(4), ChanStatus::kWouldBlock);
+
+  // A send case: its value (a std::string, by address) reaches a receiver.
+  to_selector.send(1);
+  ASSERT_TRUE(parked(s, true));
+  EXPECT_EQ(s.recv(), std::string(40, 'x'));
+  EXPECT_EQ(result(), std::optional<int>(40));
+  to_selector.send(1);
+  ASSERT_TRUE(parked(s, true));
+  EXPECT_EQ(lone_in(s), 's');
+  EXPECT_EQ(s.recv(), std::string(40, 'x'));
+  EXPECT_EQ(result(), std::optional<int>(40));
+  // A close reaches the select's lone case with that case's index.
+  to_selector.send(1);
+  ASSERT_TRUE(parked(s, true));
+  EXPECT_EQ(lone_in(s), 's');
+  EXPECT_EQ(b.try_send(5), ChanStatus::kOk);
+  EXPECT_EQ(result(), std::optional<int>(5));
+  EXPECT_EQ(lone_in(s), 0);
+  to_selector.send(0);
+  ASSERT_TRUE(parked(b, false));
+  EXPECT_EQ(lone_in(b), 'r');
+  b.close();
+  EXPECT_EQ(result(), std::optional<int>(-1));  // b's case saw the close
+  to_selector.close();
+  selector.join();
+  EXPECT_EQ(lone_in(a), 0);
+  EXPECT_EQ(lone_in(s), 0);
 }
 
 // The same, in the moment between a select's look at its kept node and its

@@ -67,7 +67,8 @@ TEST(ChanCore, AChannelsStateStartsAtACacheLine) {
   const auto* line = reinterpret_cast<const char*>(&s->lock_);
   for (const void* field : {static_cast<const void*>(&s->recvq_),
                             static_cast<const void*>(&s->sendq_),
-                            static_cast<const void*>(&s->lone_ + 1)}) {
+                            static_cast<const void*>(&s->lone_ + 1),
+                            static_cast<const void*>(&s->lone_gen_ + 1)}) {
     EXPECT_LE(static_cast<const char*>(field) - line,
               static_cast<std::ptrdiff_t>(detail::kCacheLine));
   }

@@ -230,6 +230,17 @@ class ChanState final : public ChanCore {
   // 269-296, 3 alternated rounds): the sender often parks first.
   static constexpr bool kLoneSendCopies = std::is_trivially_copyable_v<T>;
 
+  // Puts what a lone sender of `*value` leaves in its landing place (see
+  // kLoneSendCopies). Requires kLandsOnWaiterLine<T>.
+  static void put_lone_send(LandingWaiter& lw, T* value) noexcept {
+    if constexpr (kLoneSendCopies) {
+      // Not T's copy constructor: a trivially copyable T may delete it.
+      std::memcpy(lw.landing, value, sizeof(T));
+    } else {
+      ::new (static_cast<void*>(lw.landing)) void*(value);
+    }
+  }
+
   // A send into the buffer without the lock (Vyukov's enqueue); `v` is
   // moved from only on kDone. Buffered channels only.
   Fast try_send_fast(T& v) noexcept {
@@ -678,7 +689,9 @@ class Chan {
     detail::WaitNode* fired = s->close_locked(&lone);
     s->unlock();
     detail::ChanCore::fire_all(fired, /*ok=*/false);
-    if (lone.waiter != nullptr) lone.waiter->complete(0, /*ok=*/false);
+    if (lone.waiter != nullptr) {
+      lone.waiter->complete(lone.case_index, /*ok=*/false);
+    }
   }
 
   // Sends without blocking: kOk, kWouldBlock or kClosed. `value` is moved
@@ -1023,12 +1036,7 @@ class Chan {
       detail::ChanState<T>* s, detail::LandingWaiter& p, void* slot,
       bool is_send, std::chrono::steady_clock::time_point deadline) {
     if (is_send) {
-      if constexpr (detail::ChanState<T>::kLoneSendCopies) {
-        // Not T's copy constructor: a trivially copyable T may delete it.
-        std::memcpy(p.landing, slot, sizeof(T));
-      } else {
-        ::new (static_cast<void*>(p.landing)) void*(slot);
-      }
+      detail::ChanState<T>::put_lone_send(p, static_cast<T*>(slot));
     }
     s->set_lone_locked(&p, is_send);
     s->unlock();

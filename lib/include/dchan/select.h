@@ -153,6 +153,14 @@ class SelectCase {
   // value a counterparty constructed at `slot` (its park_slot()) into the
   // case. Other cases: nothing.
   virtual void take_landed(void* slot) = 0;
+  // Whether the case may park in its unbuffered channel's lone slot
+  // (ChanCore::lone_) with the select's LandingWaiter `lw`; a send case
+  // then puts there what it leaves to its receiver (true). Receive cases
+  // whose value lands on `lw`'s line may too (true, nothing put).
+  virtual bool put_lone(LandingWaiter& lw) noexcept {
+    (void)lw;
+    return false;
+  }
   // Runs the case's function, with no lock held. `ok` false: the channel
   // was closed (a send then throws).
   virtual void finish(bool ok) = 0;
@@ -266,6 +274,9 @@ class RecvCase final : public SelectCase {
     return own_landing_;
   }
   void take_landed(void* slot) override { detail::take_landed(slot, value_); }
+  bool put_lone(LandingWaiter&) noexcept override {
+    return kLandsOnWaiterLine<T>;
+  }
   void finish(bool) override {
     // Leaves value_ empty, so that a reused Case's next receive never
     // destroys an old value under a channel's lock (it could hold the last
@@ -315,6 +326,15 @@ class SendCase final : public SelectCase {
   }
   void* park_slot(void*) noexcept override { return &value_; }
   void take_landed(void*) override {}
+  bool put_lone(LandingWaiter& lw) noexcept override {
+    if constexpr (kLandsOnWaiterLine<T>) {
+      ChanState<T>::put_lone_send(lw, &value_);
+      return true;
+    } else {
+      (void)lw;
+      return false;
+    }
+  }
   void finish(bool ok) override {
     if (!ok) throw_panic("send on closed channel");
     invoke_case_fn(fn_);

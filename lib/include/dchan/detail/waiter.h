@@ -19,10 +19,11 @@
 // claim fail and unlinks that node as stale. So a select registered on ten
 // channels consumes a value from at most one of them, and a parked
 // operation costs a node in a queue — no thread for asynchronous waiters.
-// One exception to the queue: the first blocking send or receive to wait on
-// an unbuffered channel parks in the channel's lone slot instead, without a
-// node (ChanCore::lone_). It is taken out of the slot and claimed the same
-// way, its waiter's landing place standing in for the node's slot.
+// One exception to the queue: the first blocking send or receive (or select
+// case) to wait on an unbuffered channel parks in the channel's lone slot
+// instead, without a node (ChanCore::lone_). It is taken out of the slot
+// and claimed the same way, its waiter's landing place standing in for the
+// node's slot.
 //
 // Memory ordering: the claimer's writes to the slot and to fired_case/ok
 // happen before its release exchange to kDone; the waiter reads them after an
@@ -523,16 +524,20 @@ class ChanCore {
   WaitNode* claim_sender_locked() noexcept { return claim_front(sendq_); }
 
   // The lone waiter (unbuffered channels; see lone_). A blocking send or
-  // receive that would queue first on an empty queue parks there instead:
-  // true if it may. Requires lock_.
+  // receive, or one case of a select, that would queue first on an empty
+  // queue parks there instead: true if it may. Requires lock_.
   bool lone_free_locked(bool is_send) const noexcept {
     return cap_ == 0 && lone_ == 0 && (is_send ? sendq_ : recvq_).empty();
   }
-  // Makes `lw` the lone sender (its landing place holding the address of
-  // the value to send) or receiver. Requires lock_ and
-  // lone_free_locked(is_send).
-  void set_lone_locked(LandingWaiter* lw, bool is_send) noexcept {
+  // Makes `lw` the lone sender (its landing place holding the value to
+  // send or its address: ChanState::kLoneSendCopies) or receiver, for case
+  // `case_index` of its waiter's generation `gen` (a select's; 0 and 0 for
+  // a plain send or receive). Requires lock_ and lone_free_locked(is_send).
+  void set_lone_locked(LandingWaiter* lw, bool is_send, uint32_t case_index = 0,
+                       uint32_t gen = 0) noexcept {
     lone_ = reinterpret_cast<uintptr_t>(lw) | (is_send ? kLoneSend : 0);
+    lone_case_ = case_index;
+    lone_gen_ = gen;
     if (!watchq_.empty()) [[unlikely]]
       wake_watchers_locked();
   }
@@ -549,17 +554,22 @@ class ChanCore {
     LandingWaiter* lw = lone_of(lone_, senders);
     if (lw == nullptr) return nullptr;
     lone_ = 0;
-    // Fails only for a waiter that timed out and withdraws (withdraw_lone).
-    if (!lw->w.try_claim()) return nullptr;
-    *fired = Fired{&lw->w, 0};
+    // Fails for a waiter that timed out and withdraws (withdraw_lone), or a
+    // select that fired through another case and withdraws.
+    if (!lw->w.try_claim(lone_gen_)) return nullptr;
+    *fired = Fired{&lw->w, lone_case_};
     return lw;
   }
-  // A lone waiter that claimed itself (timed out) leaves the slot, unless
-  // a counterparty or close() took it out meanwhile. Takes lock_.
+  // A lone waiter that is over without this channel (it timed out, or its
+  // select fired elsewhere) leaves the slot, unless a counterparty or
+  // close() took it out meanwhile. withdraw_lone takes lock_.
   void withdraw_lone(LandingWaiter* lw) noexcept {
     lock();
-    if ((lone_ & ~kLoneSend) == reinterpret_cast<uintptr_t>(lw)) lone_ = 0;
+    withdraw_lone_locked(lw);
     unlock();
+  }
+  void withdraw_lone_locked(LandingWaiter* lw) noexcept {
+    if ((lone_ & ~kLoneSend) == reinterpret_cast<uintptr_t>(lw)) lone_ = 0;
   }
 
   // Closes the channel: marks it closed and claims every queued waiter into
@@ -713,11 +723,14 @@ class ChanCore {
   // and the waiter wrote them back at its next wait (unbuffered
   // ping-pong ~25% faster on the 2-vCPU AMD VM, in both of its modes; see
   // docs/BENCHMARKS.md, "Session 19"). Only waiters whose value fits the
-  // landing place park here (kLandsOnWaiterLine); selects and asynchronous
-  // operations always queue. Written under lock_; may_be_ready() reads it
-  // without.
+  // landing place park here (kLandsOnWaiterLine): a blocking send or
+  // receive, or one case of a select (one that fired the last time, see
+  // select.cc's select_kept); asynchronous operations always queue.
+  // Written under lock_; may_be_ready() reads it without.
   LockedWord<uintptr_t> lone_{0};
   static constexpr uintptr_t kLoneSend = 1;
+  uint32_t lone_case_ = 0;  // its case and generation: see set_lone_locked
+  uint32_t lone_gen_ = 0;
 
   alignas(kCacheLine) WaitNode* watch_fired_ = nullptr;  // see unlock()
   WaitQueue watchq_;                                     // guarded by lock_
@@ -811,14 +824,14 @@ class ChanCore {
   // Requires lock_.
   bool has_live(bool senders) noexcept {
     const LandingWaiter* lw = lone_of(lone_, senders);
-    return (lw != nullptr && lw->w.waiting()) ||
+    return (lw != nullptr && lw->w.live(lone_gen_)) ||
            has_live_waiter(senders ? sendq_ : recvq_);
   }
   // The senders (`senders`) or receivers whose waiter may still fire,
   // counted (ChanStats). Requires lock_.
   std::size_t live_count(bool senders) const noexcept {
     const LandingWaiter* lw = lone_of(lone_, senders);
-    return (lw != nullptr && lw->w.waiting() ? 1 : 0) +
+    return (lw != nullptr && lw->w.live(lone_gen_) ? 1 : 0) +
            live_waiters(senders ? sendq_ : recvq_);
   }
 
