@@ -400,7 +400,7 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     if (lost && w.try_claim(gen)) {
       for (std::size_t i = 0; i < n; ++i) {
         if (i == lone_index) {
-          lone->withdraw_lone_locked(&kept.lw);
+          lone->withdraw_lone_locked(&kept.lw, /*is_select=*/true);
         } else if (queue[i]) {
           node_of[i]->chan->withdraw_locked(node_of[i]);
         }
@@ -412,7 +412,11 @@ PollOutcome select_kept(SelectCase* const* cases, std::size_t n,
     locks.unlock_all();
     w.wait();
     const uint32_t fired = w.fired_case();
-    if (lone != nullptr && fired != lone_index) lone->withdraw_lone(&kept.lw);
+    // May free `lone` (its last handle dropped by whoever fired the select,
+    // see ChanCore::release_last_handle).
+    if (lone != nullptr && fired != lone_index) {
+      lone->withdraw_lone(&kept.lw, /*is_select=*/true);
+    }
     for (std::size_t i = 0; i < n; ++i) {
       if (withdraw[i] && i != fired) KeptNodes::detach(*node_of[i]);
     }

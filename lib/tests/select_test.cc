@@ -660,8 +660,8 @@ TEST(Select, ACaseThatFiredLastParksInTheLoneSlotAndLeavesWithItsSelect) {
   to_selector.send(0);
   ASSERT_TRUE(parked(a, false));
   EXPECT_EQ(lone_in(a), 'r');  // fired last time
-  EXPECT_EQ(pins_of(a), 0u);
-  EXPECT_EQ(lone_in(b), 0);  // b's node, still queued from the first select
+  EXPECT_EQ(pins_of(a), 1u);   // pinned by its lone entry
+  EXPECT_EQ(lone_in(b), 0);    // b's node, still queued from the first select
   EXPECT_EQ(pins_of(b), 1u);
   a.send(2);
   EXPECT_EQ(result(), std::optional<int>(2));
@@ -942,6 +942,40 @@ TEST(Select, ACloseMayDropTheHandlesOfASelectItFiresWhileFiringIt) {
   }
   closer.join();
   selector.join();
+}
+
+// The same with y in the select's lone slot (its case fired in the
+// thread's previous select): the lone entry pins y as a queued node would,
+// so the select's withdrawal from y after x's close() fired it finds y
+// alive (found in review: without the pin, a use after free under
+// AddressSanitizer).
+TEST(Select, ACloseMayDropTheHandlesOfASelectWhoseOtherCaseIsLone) {
+  auto obj = std::make_shared<TwoChannels>();
+  TwoChannels* raw = obj.get();
+  PendingOp r = obj->x.recv_async(
+      [keep = obj](std::optional<int>) mutable { keep.reset(); });
+  Chan<int> go_on = make_chan<int>();
+  std::atomic<int> second{-1};
+  std::thread selector([raw, &second, go_on]() mutable {
+    EXPECT_EQ(select(on_recv(raw->x), on_recv(raw->y)), 1u);  // y fires
+    go_on.recv();
+    second = static_cast<int>(select(on_recv(raw->x), on_recv(raw->y)));
+  });
+  ASSERT_TRUE(test_util::eventually(
+      [&] { return detail::stats_of(obj->y).blocked_receivers == 1; }));
+  obj->y.send(1);
+  go_on.send(1);
+  ASSERT_TRUE(test_util::eventually([&] {
+    return detail::stats_of(obj->y).blocked_receivers == 1 &&
+           detail::stats_of(obj->x).blocked_receivers == 2;
+  }));
+  EXPECT_NE(detail::state_of(obj->y)->lone_.peek(), 0u);
+  EXPECT_EQ(pins_of(obj->y), 1u);  // the lone entry's pin
+  Chan<int> x = obj->x;
+  obj.reset();  // the asynchronous receive's callback holds the last owner
+  x.close();    // its callback drops y; then the select fires through x
+  selector.join();
+  EXPECT_EQ(second.load(), 0);
 }
 
 // A select's registration on x makes a readiness watcher ready, whose

@@ -1042,7 +1042,7 @@ class Chan {
     s->unlock();
     if (!p.w.wait_until(deadline)) {
       if (p.w.try_claim()) {
-        s->withdraw_lone(&p);
+        s->withdraw_lone(&p, /*is_select=*/false);
         return std::nullopt;
       }
       p.w.wait();  // claimed by a counterparty or close(): completes at once

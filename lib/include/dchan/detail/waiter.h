@@ -531,13 +531,17 @@ class ChanCore {
   }
   // Makes `lw` the lone sender (its landing place holding the value to
   // send or its address: ChanState::kLoneSendCopies) or receiver, for case
-  // `case_index` of its waiter's generation `gen` (a select's; 0 and 0 for
-  // a plain send or receive). Requires lock_ and lone_free_locked(is_send).
+  // `case_index` of its waiter's generation `gen` (a select's, from 1; 0
+  // and 0 for a plain send or receive). A select's entry pins the channel,
+  // as its queued nodes do (see pin_locked()): the claim that fires the
+  // select through it drops the pin, else the select's withdraw_lone().
+  // Requires lock_ and lone_free_locked(is_send).
   void set_lone_locked(LandingWaiter* lw, bool is_send, uint32_t case_index = 0,
                        uint32_t gen = 0) noexcept {
     lone_ = reinterpret_cast<uintptr_t>(lw) | (is_send ? kLoneSend : 0);
     lone_case_ = case_index;
     lone_gen_ = gen;
+    if (gen != 0) ++pins_;
     if (!watchq_.empty()) [[unlikely]]
       wake_watchers_locked();
   }
@@ -555,21 +559,30 @@ class ChanCore {
     if (lw == nullptr) return nullptr;
     lone_ = 0;
     // Fails for a waiter that timed out and withdraws (withdraw_lone), or a
-    // select that fired through another case and withdraws.
+    // select that fired through another case and withdraws (its pin stays
+    // for that).
     if (!lw->w.try_claim(lone_gen_)) return nullptr;
+    if (lone_gen_ != 0) --pins_;
     *fired = Fired{&lw->w, lone_case_};
     return lw;
   }
-  // A lone waiter that is over without this channel (it timed out, or its
-  // select fired elsewhere) leaves the slot, unless a counterparty or
-  // close() took it out meanwhile. withdraw_lone takes lock_.
-  void withdraw_lone(LandingWaiter* lw) noexcept {
+  // A lone waiter that is over without this channel (a plain one timed
+  // out; a select, `is_select`, fired through another case) leaves the
+  // slot, unless a counterparty or close() took it out meanwhile; a select
+  // drops its pin. Takes lock_. Like unlink(), may free the channel (the
+  // last pin of an orphaned one): the caller touches it no more.
+  void withdraw_lone(LandingWaiter* lw, bool is_select) noexcept {
     lock();
-    withdraw_lone_locked(lw);
+    withdraw_lone_locked(lw, is_select);
+    const bool destroy = is_select && pins_ == 0 && orphaned_;
     unlock();
+    if (destroy) destroy_(this);
   }
-  void withdraw_lone_locked(LandingWaiter* lw) noexcept {
+  // withdraw_lone(), under lock_ (which keeps the channel: the caller
+  // still holds a handle).
+  void withdraw_lone_locked(LandingWaiter* lw, bool is_select) noexcept {
     if ((lone_ & ~kLoneSend) == reinterpret_cast<uintptr_t>(lw)) lone_ = 0;
+    if (is_select) --pins_;
   }
 
   // Closes the channel: marks it closed and claims every queued waiter into
