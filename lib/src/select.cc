@@ -191,6 +191,7 @@ class KeptNodes {
       }
       if (node_of[i] == nullptr) ++unassigned;
     }
+    assigned_ = taken;
     if (unassigned == 0) return true;
     if (unassigned >
         kNodes - static_cast<std::size_t>(__builtin_popcount(taken)))
@@ -218,6 +219,7 @@ class KeptNodes {
       nodes_[victim].is_send = cases[i]->kind() == SelectCase::Kind::kSend;
       node_of[i] = &nodes_[victim];
     }
+    assigned_ = taken;
     return true;
   }
 
@@ -241,18 +243,11 @@ class KeptNodes {
   bool fired_last(const WaitNode* n) const noexcept {
     return (fired_last_ >> (n - nodes_) & 1) != 0;
   }
-  // Records which of a select's nodes (`node_of`, see assign()) fired.
-  void note_fired(WaitNode* const* node_of, std::size_t n,
-                  std::size_t fired) noexcept {
-    for (std::size_t i = 0; i < n; ++i) {
-      if (node_of[i] == nullptr) continue;
-      const uint32_t bit = 1u << (node_of[i] - nodes_);
-      if (i == fired) {
-        fired_last_ |= bit;
-      } else {
-        fired_last_ &= ~bit;
-      }
-    }
+  // Records that the select whose nodes the last assign() gave out fired
+  // through `fired` (nullptr: a case without a node).
+  void note_fired(const WaitNode* fired) noexcept {
+    fired_last_ &= ~assigned_;
+    if (fired != nullptr) fired_last_ |= 1u << (fired - nodes_);
   }
 
   // The node's arm once nobody else is taking it out of a queue (see
@@ -297,6 +292,7 @@ class KeptNodes {
   WaitNode nodes_[kNodes];
   uint32_t used_at_[kNodes] = {};  // the generation of each node's last use
   uint32_t fired_last_ = 0;        // bit k: see fired_last(nodes_ + k)
+  uint32_t assigned_ = 0;          // bit k: the last assign() gave out k
   uint32_t gen_ = 0;
 };
 
@@ -847,7 +843,7 @@ std::size_t select_cases(SelectCase* const* cases, std::size_t n) {
           }
           if (!any) block_forever();  // only nil cases: Go's `select {}`
           r = select_kept(cases, n, kept, node_of);
-          kept.note_fired(node_of, n, r->index);
+          kept.note_fired(node_of[r->index]);
         }
       } catch (...) {
         kept.busy = false;
