@@ -989,8 +989,8 @@ class Chan {
 
   // Blocks the caller on `s` (locked on entry; unlocked here) with a node
   // whose slot is `slot` (a send: the T to move from; a receive: the
-  // std::optional<T> to move the value into), or in the channel's lone slot
-  // (park_lone_locked), until a counterparty or close() completes it —
+  // std::optional<T> to move the value into), or in the channel's lone slot,
+  // until a counterparty or close() completes it —
   // returning its ok (false: closed) — or `deadline` passes: then the node
   // is withdrawn and nullopt returned.
   static std::optional<bool> park_locked(
@@ -1006,8 +1006,17 @@ class Chan {
                        Plain>
         p;
     if constexpr (detail::kLandsOnWaiterLine<T>) {
+      // An unbuffered channel's lone waiter (ChanCore::lone_). A send's
+      // landing place holds a copy of its value or its address (see
+      // ChanState::kLoneSendCopies).
       if (s->lone_free_locked(is_send)) {
-        return park_lone_locked(s, p, slot, is_send, deadline);
+        if (is_send) {
+          detail::ChanState<T>::put_lone_send(p, static_cast<T*>(slot));
+        }
+        s->set_lone_locked(&p, is_send);
+        s->unlock();
+        return wait_parked(p, slot, is_send, deadline,
+                           [&] { s->withdraw_lone(&p, /*is_select=*/false); });
       }
     }
     detail::WaitNode n;
@@ -1016,33 +1025,19 @@ class Chan {
     n.is_send = is_send;
     s->enqueue_locked(&n);
     s->unlock();
-    if (!p.w.wait_until(deadline)) {
-      if (p.w.try_claim()) {
-        s->unlink(&n);
-        return std::nullopt;
-      }
-      p.w.wait();  // claimed by a counterparty or close(): completes at once
-    }
-    if (!is_send && p.w.ok()) {
-      detail::take_landed(p.landing, *static_cast<std::optional<T>*>(slot));
-    }
-    return p.w.ok();
+    return wait_parked(p, slot, is_send, deadline, [&] { s->unlink(&n); });
   }
 
-  // park_locked as an unbuffered channel's lone waiter (see
-  // ChanCore::lone_). A send's landing place holds a copy of its value or
-  // its address (see ChanState::kLoneSendCopies).
-  static std::optional<bool> park_lone_locked(
-      detail::ChanState<T>* s, detail::LandingWaiter& p, void* slot,
-      bool is_send, std::chrono::steady_clock::time_point deadline) {
-    if (is_send) {
-      detail::ChanState<T>::put_lone_send(p, static_cast<T*>(slot));
-    }
-    s->set_lone_locked(&p, is_send);
-    s->unlock();
+  // The rest of park_locked once `p` waits: until a counterparty or close()
+  // completes it, or `deadline` passes and this thread wins the claim: then
+  // `withdraw()` takes it out of the channel, and nullopt.
+  template <class Parked, class Withdraw>
+  static std::optional<bool> wait_parked(
+      Parked& p, void* slot, bool is_send,
+      std::chrono::steady_clock::time_point deadline, Withdraw withdraw) {
     if (!p.w.wait_until(deadline)) {
       if (p.w.try_claim()) {
-        s->withdraw_lone(&p, /*is_select=*/false);
+        withdraw();
         return std::nullopt;
       }
       p.w.wait();  // claimed by a counterparty or close(): completes at once
