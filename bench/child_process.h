@@ -150,30 +150,26 @@ class ChildProcess {
   // EOF; then SIGTERM, then SIGKILL if it has not exited within 5 s.
   // Idempotent.
   void stop() {
+    const bool had_stdin = in_fd_ >= 0;
+    if (had_stdin) close(in_fd_);
+    in_fd_ = -1;
     if (pid_ > 0) {
-      if (in_fd_ < 0 || !exited_within(std::chrono::seconds(5), in_fd_)) {
+      if (!had_stdin || !exited_within(std::chrono::seconds(5))) {
         kill(pid_, SIGTERM);
-        if (!exited_within(std::chrono::seconds(5), -1)) {
+        if (!exited_within(std::chrono::seconds(5))) {
           kill(pid_, SIGKILL);
           waitpid(pid_, nullptr, 0);
         }
       }
       pid_ = -1;
     }
-    for (int* fd : {&out_fd_, &in_fd_}) {
-      if (*fd >= 0) close(*fd);
-      *fd = -1;
-    }
+    if (out_fd_ >= 0) close(out_fd_);
+    out_fd_ = -1;
   }
 
  private:
-  // Closes `close_first` (unless -1), then waits up to `limit` for the
-  // child to exit: true if it did (it is reaped).
-  bool exited_within(std::chrono::seconds limit, int close_first) {
-    if (close_first >= 0) {
-      close(close_first);
-      in_fd_ = -1;
-    }
+  // Waits up to `limit` for the child to exit: true if it did (reaped).
+  bool exited_within(std::chrono::seconds limit) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
     while (waitpid(pid_, nullptr, WNOHANG) == 0) {
       if (std::chrono::steady_clock::now() > deadline) return false;
