@@ -836,16 +836,19 @@ class ChanCore {
   // the lone waiter, or a live node in the queue (see has_live_waiter).
   // Requires lock_.
   bool has_live(bool senders) noexcept {
-    const LandingWaiter* lw = lone_of(lone_, senders);
-    return (lw != nullptr && lw->w.live(lone_gen_)) ||
-           has_live_waiter(senders ? sendq_ : recvq_);
+    return lone_live(senders) || has_live_waiter(senders ? sendq_ : recvq_);
   }
   // The senders (`senders`) or receivers whose waiter may still fire,
   // counted (ChanStats). Requires lock_.
   std::size_t live_count(bool senders) const noexcept {
-    const LandingWaiter* lw = lone_of(lone_, senders);
-    return (lw != nullptr && lw->w.live(lone_gen_) ? 1 : 0) +
+    return (lone_live(senders) ? 1 : 0) +
            live_waiters(senders ? sendq_ : recvq_);
+  }
+  // True if the lone slot holds a sender (`senders`) or receiver that may
+  // still fire. Requires lock_.
+  bool lone_live(bool senders) const noexcept {
+    const LandingWaiter* lw = lone_of(lone_, senders);
+    return lw != nullptr && lw->w.live(lone_gen_);
   }
 
   // True if `q` holds a node whose waiter may still fire; takes stale nodes
