@@ -48,6 +48,17 @@ inline void spin_pause() noexcept {
 #endif
 }
 
+// Asks for the cache line at `p` ahead of a write to it (x86 PREFETCHW,
+// which CPUs without it execute as a no-op), so that its transfer from
+// another CPU overlaps the work before the write.
+inline void prefetch_for_write(const void* p) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1);
+#endif
+}
+
 // How many spin iterations a waiter should try before parking: 0 when the
 // process was confined to one CPU when it started (spinning would only delay
 // the thread it waits for), otherwise about ten microseconds' worth
