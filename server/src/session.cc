@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "atomic_value.h"
@@ -94,6 +95,42 @@ template <>
 constexpr absl::string_view kind_needed<ValueObject>() {
   return "an AtomicValue";
 }
+
+// The batch receives whose batch waits for the values of a send_many (see
+// FillsAfterSend), on the thread running that send_many; nullptr elsewhere.
+thread_local std::vector<absl::AnyInvocable<void()&&>>* t_deferred_fills =
+    nullptr;
+
+// While a send_many puts its values into a channel one by one, a waiting
+// batch receive (RecvRequest.max_values) that the first value completes
+// would fill its batch at once, with only that value in the channel: the
+// receiver would get one value and ask again for the rest (a round trip
+// per frame). Instead its fill and answer wait until the frame's values
+// are in (or parked), and run when this object goes.
+class FillsAfterSend {
+ public:
+  FillsAfterSend() : outer_(t_deferred_fills) { t_deferred_fills = &fills_; }
+  FillsAfterSend(const FillsAfterSend&) = delete;
+  FillsAfterSend& operator=(const FillsAfterSend&) = delete;
+  ~FillsAfterSend() {
+    t_deferred_fills = outer_;
+    for (auto& fill : fills_) std::move(fill)();
+  }
+
+  // Runs `fill` when the innermost send_many on this thread is done, or
+  // now if there is none.
+  static void run_or_defer(absl::AnyInvocable<void() &&> fill) {
+    if (t_deferred_fills != nullptr) {
+      t_deferred_fills->push_back(std::move(fill));
+    } else {
+      std::move(fill)();
+    }
+  }
+
+ private:
+  std::vector<absl::AnyInvocable<void() &&>>* outer_;
+  std::vector<absl::AnyInvocable<void() &&>> fills_;
+};
 
 }  // namespace
 
@@ -406,6 +443,7 @@ void Session::send_many(uint64_t id, const std::shared_ptr<ChannelObject>& obj,
   // As many as fit at once, as in send(); the first that does not fit and
   // every one after it wait, each a parked sender in order (so that this
   // session's later sends queue behind them).
+  const FillsAfterSend fills;
   std::size_t i = 0;
   for (; i < n; ++i) {
     // Moved from only on kOk (the value then waits below).
@@ -490,8 +528,15 @@ void Session::recv(uint64_t id, const v1::RecvRequest& req) {
                                        max](std::optional<std::string> v) {
     if (!v.has_value()) v = obj->take_after_close();
     v1::ServerFrame f = recv_frame(id, std::move(v), v1::OUTCOME_CLOSED);
-    self->fill_batch(*obj, f, max);
-    self->finish_pending(id, seq, std::move(f), obj);
+    if (max <= 1) {
+      self->finish_pending(id, seq, std::move(f), obj);
+      return;
+    }
+    FillsAfterSend::run_or_defer(
+        [self, id, seq, obj, max, f = std::move(f)]() mutable {
+          self->fill_batch(*obj, f, max);
+          self->finish_pending(id, seq, std::move(f), obj);
+        });
   });
   attach(id, seq, std::move(op));
 }

@@ -943,6 +943,34 @@ TEST_F(SessionTest, MultiValueSendWaitsForRoomInOrderAndIsAnsweredOnce) {
   EXPECT_EQ(c.out->take().send().outcome(), v1::OUTCOME_OK);
 }
 
+// A batch receive waiting on an empty channel is completed by the first
+// value of a multi-value send; its batch is filled once the whole frame is
+// in, so one answer carries the frame (it carried only the first value,
+// and the receiver asked again for the rest). Values beyond the buffer
+// park and reach the batch too (a receive refills the buffer from them).
+TEST_F(SessionTest, AWaitingBatchReceiveGetsTheWholeFrameOfAMultiValueSend) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open(a, "ch", "string", 3),
+                 hb = open(b, "ch", "string", 3);
+  b.session->handle(batch_recv(1, hb, 8));
+  EXPECT_EQ(b.out->size(), 0u);
+  a.session->handle(multi_send(2, ha, {"1", "2", "3", "4", "5"}));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{"1", "2", "3", "4", "5"}));
+  EXPECT_EQ(b.out->size(), 0u);
+  const v1::ServerFrame r = a.out->take();
+  EXPECT_EQ(r.send().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(r.send().sent(), 5u);
+  // A receive that takes one value at a time is answered at once, as before.
+  recv(b, 3, hb);
+  EXPECT_EQ(b.out->size(), 0u);
+  a.session->handle(multi_send(4, ha, {"6", "7"}));
+  EXPECT_EQ(b.out->take().recv().value(), "6");
+  EXPECT_EQ(a.out->take().send().sent(), 2u);
+  b.session->handle(batch_recv(5, hb, 8));
+  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"7"}));
+}
+
 TEST_F(SessionTest, MultiValueSendCutOffByACloseSaysHowManyGotIn) {
   Client a = connect(), b = connect();
   const uint64_t ha = open(a, "ch", "string", 1),
