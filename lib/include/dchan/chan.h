@@ -248,10 +248,10 @@ class ChanState final : public ChanCore {
     for (;;) {
       if ((e & kPosFlags) != 0) return Fast::kBusy;
       Cell& c = cell_at(enq_, e);
-      prefetch_ahead(enq_, e, /*for_write=*/true);
       const uint64_t lap = lap_of(e);
       const uint64_t turn = c.turn().load(std::memory_order_acquire);
       if (turn == lap) {
+        prefetch_ahead(enq_, e, /*for_write=*/true);
         if (enq_.pos.compare_exchange_weak(e, next_pos(e),
                                            std::memory_order_seq_cst,
                                            std::memory_order_acquire)) {
@@ -414,29 +414,34 @@ class ChanState final : public ChanCore {
 
   // For the fast paths: asks for the line of the cell kPrefetchAhead
   // positions after `pos` at `end`, so that its move from the other end's
-  // CPU overlaps this end's next few values (a cell per line: each value
-  // moves its line to the receiver's CPU and, for the next lap, back to
-  // the sender's, and a locked compare-and-swap per value keeps a CPU from
-  // overlapping those misses by itself). A sender asks for its line to
-  // write (the receiver left it a lap ago); a receiver only once its cell
-  // at `pos` held a value, so that it reads ahead of a sender it lags
-  // behind and leaves alone the lines of one it keeps up with. On the
-  // Intel VM, buffered 1P1C went from 51-56 to 30-34 ns per value
-  // (2P2C 55-57 to 33-35, the 4-channel fan-in select 127-128 to
-  // 78-90); a receiver asking further ahead than the sender took a
-  // line the sender was about to write (~100 ns per value), and reading
-  // ahead before the cell was seen full did the same half the time. The
-  // wrap divides (3 positions of a 64-cell ring) although subtracting
-  // would do: with subtraction, or with no prefetch at those positions,
-  // 1P1C measured 27-66 and 37-51 ns against 30-38 (3 alternated rounds
-  // each), the two threads falling into a slower pattern in some runs;
-  // why the division's delay keeps them out of it is not understood.
+  // CPU overlaps this end's next few values. In a ring with a cell per
+  // line, each value moves its line to the receiver's CPU and, for the next
+  // lap, back to the sender's, and a locked compare-and-swap per value
+  // keeps a CPU from overlapping those misses by itself. Each end asks
+  // only once its own cell was ready (a sender's free, a receiver's full):
+  // then the cell ahead is most likely left by the other end (a sender on
+  // a full buffer would take a line the receiver is about to read), and a
+  // receiver that keeps up with its sender leaves the sender's lines
+  // alone. Not in a packed ring (a big one, several cells per line), where
+  // the cell ahead may share the line the other end is writing.
+  //
+  // On the Intel VM (docs/BENCHMARKS.md, "Session 20"), buffered 1P1C went
+  // from 51-56 to 30-38 ns per value, 2P2C from 60-62 to 41-44, the
+  // 4-channel fan-in select from 132-134 to 87-90. A receiver asking
+  // further ahead than the sender took lines the sender was about to
+  // write (~100 ns per value), and one asking before its cell was seen
+  // full did the same half the time. The wrap divides (3 positions of a
+  // 64-cell ring) although subtracting would do: with subtraction, or
+  // with no prefetch at those positions, 1P1C measured 27-66 and 37-51 ns
+  // against 30-38 (3 alternated rounds each), the two threads falling into
+  // a slower pattern in some runs; why the division's delay keeps them out
+  // of it was not worked out.
   static constexpr std::size_t kPrefetchAhead = 3;
   void prefetch_ahead(const BufferEnd& end, uint64_t pos,
                       bool for_write) const noexcept {
-    if (cap_ <= kPrefetchAhead) return;
+    if (cap_ <= kPrefetchAhead || end.stride < kCacheLine) return;
     uint64_t i = (pos & kIndexMask) + kPrefetchAhead;
-    if (i >= cap_) i %= cap_;  // see below
+    if (i >= cap_) i %= cap_;  // not a subtraction: see above
     const Cell& ahead = cell_at(end, i);
     if (for_write) {
       prefetch_for_write(&ahead);
