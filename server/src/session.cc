@@ -117,14 +117,12 @@ class FillsAfterSend {
     for (auto& fill : fills_) std::move(fill)();
   }
 
-  // Runs `fill` when the innermost send_many on this thread is done, or
-  // now if there is none.
-  static void run_or_defer(absl::AnyInvocable<void() &&> fill) {
-    if (t_deferred_fills != nullptr) {
-      t_deferred_fills->push_back(std::move(fill));
-    } else {
-      std::move(fill)();
-    }
+  // Whether a send_many on this thread is putting its values in.
+  static bool active() noexcept { return t_deferred_fills != nullptr; }
+  // Runs `fill` when the innermost send_many on this thread is done.
+  // Requires active().
+  static void defer(absl::AnyInvocable<void() &&> fill) {
+    t_deferred_fills->push_back(std::move(fill));
   }
 
  private:
@@ -528,17 +526,25 @@ void Session::recv(uint64_t id, const v1::RecvRequest& req) {
                                        max](std::optional<std::string> v) {
     if (!v.has_value()) v = obj->take_after_close();
     v1::ServerFrame f = recv_frame(id, std::move(v), v1::OUTCOME_CLOSED);
-    if (max <= 1) {
-      self->finish_pending(id, seq, std::move(f), obj);
+    if (max > 1 && FillsAfterSend::active()) {
+      FillsAfterSend::defer(
+          [self, id, seq, obj, max, f = std::move(f)]() mutable {
+            self->finish_batch(obj, id, seq, std::move(f), max);
+          });
       return;
     }
-    FillsAfterSend::run_or_defer(
-        [self, id, seq, obj, max, f = std::move(f)]() mutable {
-          self->fill_batch(*obj, f, max);
-          self->finish_pending(id, seq, std::move(f), obj);
-        });
+    self->finish_batch(obj, id, seq, std::move(f), max);
   });
   attach(id, seq, std::move(op));
+}
+
+void Session::finish_batch(const std::shared_ptr<ChannelObject>& obj,
+                           uint64_t id, uint64_t seq, v1::ServerFrame frame,
+                           std::size_t max) {
+  // A session that ended meanwhile hands its answer's values back to the
+  // channel (finish_pending): take no more of them out.
+  if (live()) fill_batch(*obj, frame, max);
+  finish_pending(id, seq, std::move(frame), obj);
 }
 
 void Session::fill_batch(ChannelObject& obj, v1::ServerFrame& frame,

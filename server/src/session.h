@@ -193,6 +193,10 @@ class Session final : public Participant,
   // `obj` has available at once, up to `max` values in all, and counts the
   // extra ones in batch_extras_.
   void fill_batch(ChannelObject& obj, v1::ServerFrame& frame, std::size_t max);
+  // A pending batch receive's answer (`frame`, its first value in): fills
+  // the batch unless this session ended meanwhile, then finish_pending().
+  void finish_batch(const std::shared_ptr<ChannelObject>& obj, uint64_t id,
+                    uint64_t seq, v1::ServerFrame frame, std::size_t max);
 
   // The object of type T behind `handle`, or nullptr after answering
   // NOT_FOUND (no such handle) or INVALID_ARGUMENT (another kind).

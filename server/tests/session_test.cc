@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -969,6 +970,43 @@ TEST_F(SessionTest, AWaitingBatchReceiveGetsTheWholeFrameOfAMultiValueSend) {
   EXPECT_EQ(a.out->take().send().sent(), 2u);
   b.session->handle(batch_recv(5, hb, 8));
   EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"7"}));
+}
+
+// An outbox that runs `on_send_answer` (once) as the first send answer is
+// pushed: something another session does between a multi-value send's
+// answer and the batch fills it deferred (FillsAfterSend).
+class HookedOutbox : public TestOutbox {
+ public:
+  std::function<void()> on_send_answer;
+  bool push(v1::ServerFrame& frame,
+            const std::shared_ptr<ChannelObject>& returned_to) override {
+    if (frame.has_send() && on_send_answer) std::exchange(on_send_answer, {})();
+    return TestOutbox::push(frame, returned_to);
+  }
+};
+
+// A batch receiver whose session ends before its deferred fill takes no
+// more values out: only the value that completed its receive goes back (to
+// the channel's back, as any undeliverable answer's), and the rest keep
+// their order for the next receiver. (Filling anyway took 1 and 2 out and
+// handed both back: 3, 4, 1, 2.)
+TEST_F(SessionTest, ABatchReceiverThatEndsBeforeItsFillTakesNoMoreValues) {
+  auto hooked = std::make_shared<HookedOutbox>();
+  Client a;
+  a.out = hooked;
+  a.session = std::make_shared<Session>(100, "test", registry_, a.out);
+  sessions_.push_back(a.session);
+  Client b = connect(), c = connect();
+  const uint64_t ha = open(a, "ch", "string", 4),
+                 hb = open(b, "ch", "string", 4),
+                 hc = open(c, "ch", "string", 4);
+  b.session->handle(batch_recv(1, hb, 2));
+  hooked->on_send_answer = [&] { b.session->end(); };
+  a.session->handle(multi_send(2, ha, {"1", "2", "3", "4"}));
+  EXPECT_EQ(a.out->take().send().sent(), 4u);
+  c.session->handle(batch_recv(3, hc, 8));
+  EXPECT_EQ(values_of(c.out->take()),
+            (std::vector<std::string>{"2", "3", "4", "1"}));
 }
 
 TEST_F(SessionTest, MultiValueSendCutOffByACloseSaysHowManyGotIn) {
