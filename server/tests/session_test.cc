@@ -988,8 +988,8 @@ class HookedOutbox : public TestOutbox {
 // A batch receiver whose session ends before its deferred fill takes no
 // more values out: only the value that completed its receive goes back (to
 // the channel's back, as any undeliverable answer's), and the rest keep
-// their order for the next receiver. (Filling anyway took 1 and 2 out and
-// handed both back: 3, 4, 1, 2.)
+// their order for the next receiver. (Filling anyway added 2 to the
+// undeliverable answer, and both went back: 3, 4, 1, 2.)
 TEST_F(SessionTest, ABatchReceiverThatEndsBeforeItsFillTakesNoMoreValues) {
   auto hooked = std::make_shared<HookedOutbox>();
   Client a;
