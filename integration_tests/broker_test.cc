@@ -31,6 +31,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -51,6 +52,7 @@
 #include "broker_process.h"
 #include "dchan/v1/broker.grpc.pb.h"
 #include "dchan/v1/inspect.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -1555,6 +1557,126 @@ TEST(BrokerServices, ReflectionListsTheBrokerServices) {
   // The file descriptor of broker.proto, for grpcurl-style clients.
   EXPECT_TRUE(absl::StrContains(r.responses[1], "dchan/v1/broker.proto"));
   EXPECT_TRUE(absl::StrContains(r.responses[1], "ClientBatch"));
+}
+
+// Watch answers at once, then says NOT_SERVING when the broker shuts down
+// and ends the stream (UNAVAILABLE, as sessions end); a service the broker
+// does not serve is SERVICE_UNKNOWN.
+TEST(BrokerServices, HealthWatchSaysServingThenNotServingAtShutdown) {
+  using grpc::health::v1::HealthCheckRequest;
+  using grpc::health::v1::HealthCheckResponse;
+  BrokerProcess broker;
+  auto stub = grpc::health::v1::Health::NewStub(raw_channel(broker.address()));
+  struct Watch {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> reader;
+  };
+  auto watch = [&](const std::string& service) {
+    auto w = std::make_unique<Watch>();
+    w->ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+    HealthCheckRequest request;
+    request.set_service(service);
+    w->reader = stub->Watch(&w->ctx, request);
+    return w;
+  };
+  std::unique_ptr<Watch> whole = watch("");
+  std::unique_ptr<Watch> named = watch("dchan.v1.Broker");
+  std::unique_ptr<Watch> unknown = watch("no.such.Service");
+  HealthCheckResponse r;
+  ASSERT_TRUE(whole->reader->Read(&r));
+  EXPECT_EQ(r.status(), HealthCheckResponse::SERVING);
+  ASSERT_TRUE(named->reader->Read(&r));
+  EXPECT_EQ(r.status(), HealthCheckResponse::SERVING);
+  ASSERT_TRUE(unknown->reader->Read(&r));
+  EXPECT_EQ(r.status(), HealthCheckResponse::SERVICE_UNKNOWN);
+
+  const auto signalled_at = steady_clock::now();
+  broker.signal(SIGTERM);
+  for (Watch* w : {whole.get(), named.get()}) {
+    ASSERT_TRUE(w->reader->Read(&r));
+    EXPECT_EQ(r.status(), HealthCheckResponse::NOT_SERVING);
+    EXPECT_FALSE(w->reader->Read(&r)) << r.DebugString();
+    EXPECT_EQ(w->reader->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  EXPECT_FALSE(unknown->reader->Read(&r)) << r.DebugString();
+  EXPECT_EQ(unknown->reader->Finish().error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  // Let go of the connection too: a client that keeps it open holds the
+  // broker's exit until gRPC's shutdown grace (2 s in main.cc) ends.
+  whole.reset();
+  named.reset();
+  unknown.reset();
+  stub.reset();
+  const ProcessResult exit = broker.wait(seconds(10));
+  EXPECT_EQ(exit.exit_code, 0) << exit;
+  std::printf("broker exited %d, %lld ms after SIGTERM\n", exit.exit_code,
+              static_cast<long long>(std::chrono::duration_cast<milliseconds>(
+                                         steady_clock::now() - signalled_at)
+                                         .count()));
+}
+
+TEST(BrokerFlags, PollThreadsOutOfRangeAreRefusedAtStart) {
+  for (const char* bad : {"--poll_threads=0", "--poll_threads=65"}) {
+    Process p =
+        Process::spawn(DCHAN_BROKER_PATH, {"--listen=127.0.0.1:0", bad});
+    const ProcessResult r = p.wait(std::chrono::seconds(20));
+    EXPECT_EQ(r.exit_code, 2) << bad << "\n" << r;
+    EXPECT_NE(r.err.find("--poll_threads must be in [1, 64]"),
+              std::string::npos)
+        << r;
+  }
+}
+
+// With several polling threads, sessions are spread over their queues and
+// values still pass between any two: a ring of six sessions, each receiving
+// from its own channel what the next one sends into it.
+TEST(BrokerServices, SessionsOnSeveralPollingThreadsPassValuesAround) {
+  BrokerProcess broker({"--poll_threads=3"});
+  constexpr int kSessions = 6;
+  std::vector<std::unique_ptr<RawSession>> s;
+  std::vector<uint64_t> own(kSessions), next(kSessions);
+  for (int i = 0; i < kSessions; ++i) {
+    s.push_back(std::make_unique<RawSession>(raw_channel(broker.address()),
+                                             seconds(30)));
+  }
+  for (int i = 0; i < kSessions; ++i) {
+    own[i] = open_chan(*s[i], 1, absl::StrCat("ring", i), 0);
+    // Session i sends into the channel of session i - 1.
+    next[i] = open_chan(
+        *s[i], 2, absl::StrCat("ring", (i + kSessions - 1) % kSessions), 0);
+    ASSERT_TRUE(s[i]->write({recv_frame(3, own[i], false)}));
+  }
+  for (int i = 0; i < kSessions; ++i) {
+    ASSERT_TRUE(
+        s[i]->write({send_frame(4, next[i], absl::StrCat("from", i), false)}));
+  }
+  for (int i = 0; i < kSessions; ++i) {
+    std::vector<v1::ServerFrame> got;
+    for (int k = 0; k < 2; ++k) {
+      std::optional<v1::ServerFrame> f = s[i]->read_one();
+      ASSERT_TRUE(f.has_value()) << "session " << i;
+      got.push_back(std::move(*f));
+    }
+    std::sort(got.begin(), got.end(),
+              [](const auto& a, const auto& b) { return a.id() < b.id(); });
+    EXPECT_EQ(got[0].id(), 3u);
+    EXPECT_EQ(got[0].recv().value(), absl::StrCat("from", (i + 1) % kSessions));
+    EXPECT_EQ(got[1].id(), 4u);
+    EXPECT_EQ(got[1].send().outcome(), v1::OUTCOME_OK);
+  }
+  const auto live = broker.sessions();
+  ASSERT_TRUE(live.has_value());
+  EXPECT_EQ(live->size(), static_cast<std::size_t>(kSessions));
+  // The three polling threads, by the name the broker gives them.
+  int pollers = 0;
+  for (const auto& task : std::filesystem::directory_iterator(
+           absl::StrCat("/proc/", broker.pid(), "/task"))) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name == "dchan-poll") ++pollers;
+  }
+  EXPECT_EQ(pollers, 3);
 }
 
 // ===========================================================================

@@ -19,9 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/detail/waiter.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "service.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:7070",
@@ -56,6 +54,11 @@ ABSL_FLAG(int64_t, min_session_ttl_ms, 100,
           "the shortest session TTL a client's Hello may ask for");
 ABSL_FLAG(int64_t, max_session_ttl_ms, 600000,
           "the longest session TTL a client's Hello may ask for");
+ABSL_FLAG(int32_t, poll_threads, 1,
+          "threads that poll the network and run the broker's handlers, "
+          "sessions spread over them (1 to 64). One keeps each event on the "
+          "thread that found it; more let a broker with many busy clients "
+          "use more CPUs, at the cost of waking a thread per event");
 ABSL_FLAG(int32_t, keepalive_time_ms, 5000,
           "interval of the broker's keepalive pings on an idle connection");
 ABSL_FLAG(int32_t, keepalive_timeout_ms, 5000,
@@ -119,17 +122,19 @@ int main(int argc, char** argv) {
   options.session.default_ttl = std::chrono::milliseconds(ttl_ms);
   options.session.min_ttl = std::chrono::milliseconds(min_ttl_ms);
   options.session.max_ttl = std::chrono::milliseconds(max_ttl_ms);
+  const int32_t poll_threads = absl::GetFlag(FLAGS_poll_threads);
+  if (poll_threads < 1 || poll_threads > 64) {
+    std::fprintf(stderr, "dchan-broker: --poll_threads must be in [1, 64]\n");
+    return 2;
+  }
+  options.poll_threads = poll_threads;
   dchan::server::BrokerServer broker(options);
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(static_cast<dchan::server::BrokerService*>(&broker));
-  builder.RegisterService(
-      static_cast<dchan::v1::Inspect::CallbackService*>(&broker));
+  broker.add_to(builder);
   // Without this, gRPC sets SO_REUSEPORT and a second broker on the same
   // port would silently take half of the connections.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -149,6 +154,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "dchan-broker: cannot listen on %s\n", listen.c_str());
     return 1;
   }
+  broker.start();
   const std::string host = listen.substr(0, listen.rfind(':'));
   std::printf("dchan-broker listening on %s:%d (in-memory)\n", host.c_str(),
               port);
@@ -162,5 +168,6 @@ int main(int argc, char** argv) {
   broker.shut_down();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   server->Wait();
+  broker.stop_polling();
   return 0;
 }

@@ -1,8 +1,13 @@
 #include "service.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <deque>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -11,12 +16,10 @@
 #include "google/protobuf/arena.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
+#include "reflection.h"
 
 namespace dchan::server {
 namespace {
-
-using SessionStream =
-    grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>;
 
 // Received values of at least this many bytes leave as slices of their own
 // buffers; smaller ones are copied into the batch's encoding (a slice per
@@ -137,18 +140,41 @@ class BatchEncoder {
 
 }  // namespace
 
+// What a completion queue tag points at: a call, and which of its
+// operations completed.
+class Call {
+ public:
+  virtual ~Call() = default;
+  // On the polling thread. `ok`: gRPC's verdict on the operation.
+  virtual void on_event(int event, bool ok) = 0;
+};
+
+struct Tag {
+  Call* call;
+  int event;
+};
+
+// The operations a StreamWriter starts on its stream (under its lock, so
+// never two at once).
+class StreamOps {
+ public:
+  virtual void start_write(const grpc::ByteBuffer& batch) = 0;
+  virtual void start_finish(const grpc::Status& status) = 0;
+
+ protected:
+  ~StreamOps() = default;
+};
+
 // The write side of one session stream: a bounded queue of answers behind
-// one write in flight (the WatchReactor pattern). Shared between the reactor
-// and the Session (its Outbox), so it outlives the reactor: once the reactor
-// is done, push() refuses.
+// one write in flight. Shared between the call and the Session (its
+// Outbox), so it outlives the call: once the call is done, push() refuses.
 class StreamWriter final : public Outbox {
  public:
-  using Reactor = SessionStream;
+  StreamWriter(StreamOps* stream, std::size_t max_bytes,
+               std::size_t batch_bytes)
+      : stream_(stream), max_bytes_(max_bytes), batch_bytes_(batch_bytes) {}
 
-  StreamWriter(Reactor* reactor, std::size_t max_bytes, std::size_t batch_bytes)
-      : reactor_(reactor), max_bytes_(max_bytes), batch_bytes_(batch_bytes) {}
-
-  // Called (once, with no lock held) when the queue overflows: the reactor
+  // Called (once, with no lock held) when the queue overflows: the call
   // ends its session there and then.
   void set_on_overflow(absl::AnyInvocable<void()> fn) {
     on_overflow_ = std::move(fn);
@@ -159,7 +185,7 @@ class StreamWriter final : public Outbox {
     std::deque<Queued> dropped;
     {
       absl::MutexLock lock(&mu_);
-      if (reactor_ == nullptr || finish_wanted_) return false;
+      if (stream_ == nullptr || finish_wanted_) return false;
       const std::size_t size = frame.ByteSizeLong();
       if (queued_bytes_ + size <= max_bytes_) {
         queued_bytes_ += size;
@@ -184,10 +210,10 @@ class StreamWriter final : public Outbox {
                         std::string(status.message())));
   }
 
-  // While corked, answers queue but no write starts: the reactor corks
-  // while it handles one incoming batch, so that the answers to that batch
-  // (and whatever else completes meanwhile) leave as one write instead of
-  // the first answer going alone. Only the reactor's reader calls these.
+  // While corked, answers queue but no write starts: the call corks while
+  // it handles one incoming batch, so that the answers to that batch (and
+  // whatever else completes meanwhile) leave as one write instead of the
+  // first answer going alone. Only the call's reader calls these.
   void cork() {
     absl::MutexLock lock(&mu_);
     corked_ = true;
@@ -198,7 +224,7 @@ class StreamWriter final : public Outbox {
     maybe_write_locked();
   }
 
-  // The reactor's OnWriteDone.
+  // The write in flight completed.
   void on_write_done(bool ok) {
     std::deque<Queued> dropped;
     {
@@ -226,12 +252,12 @@ class StreamWriter final : public Outbox {
     return_values(dropped);
   }
 
-  // The reactor's OnDone: from now on push() refuses.
+  // The call is done: from now on push() refuses and no operation starts.
   void detach() {
     std::deque<Queued> dropped;
     {
       absl::MutexLock lock(&mu_);
-      reactor_ = nullptr;
+      stream_ = nullptr;
       dropped.swap(queue_);
       queued_bytes_ = 0;
     }
@@ -268,11 +294,11 @@ class StreamWriter final : public Outbox {
   }
 
   void maybe_write_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (reactor_ == nullptr || writing_ || finished_) return;
+    if (stream_ == nullptr || writing_ || finished_) return;
     if (corked_ && !finish_wanted_) return;
     if (finish_wanted_) {
       finished_ = true;
-      reactor_->Finish(status_);
+      stream_->start_finish(status_);
       return;
     }
     if (queue_.empty()) return;
@@ -294,12 +320,12 @@ class StreamWriter final : public Outbox {
     batch_ = encoder.finish();
     queued_bytes_ -= std::min(queued_bytes_, bytes);
     writing_ = true;
-    reactor_->StartWrite(&batch_);
+    stream_->start_write(batch_);
   }
 
   absl::AnyInvocable<void()> on_overflow_;  // set before the first push
   absl::Mutex mu_;
-  Reactor* reactor_ ABSL_GUARDED_BY(mu_);
+  StreamOps* stream_ ABSL_GUARDED_BY(mu_);
   const std::size_t max_bytes_;
   const std::size_t batch_bytes_;
   std::deque<Queued> queue_ ABSL_GUARDED_BY(mu_);
@@ -320,28 +346,96 @@ google::protobuf::ArenaOptions read_arena_options() {
   return options;
 }
 
-// One client's Session stream.
-class SessionReactor final : public SessionStream {
+// One client's Session stream, from the accepted call to its deletion.
+// Its reads and their handling run on the polling thread; writes and the
+// finish start wherever an answer completes (under the StreamWriter's
+// lock). It deletes itself once the call is done and none of its
+// operations is in flight.
+class SessionCall final : public Call, public StreamOps {
  public:
-  SessionReactor(BrokerServer* broker, grpc::CallbackServerContext* context,
-                 uint64_t id)
-      : broker_(broker), id_(id) {
+  // Asks for the next Session call on completion queue `queue`; the new
+  // object owns itself from here.
+  static void request(BrokerServer* broker, std::size_t queue) {
+    auto* call = new SessionCall(broker, queue);
+    if (!broker->request_call(queue, [&](grpc::ServerCompletionQueue* cq) {
+          call->context_.AsyncNotifyWhenDone(&call->done_tag_);
+          broker->broker_service_.RequestSession(
+              &call->context_, &call->stream_, cq, cq, &call->accepted_tag_);
+        })) {
+      delete call;
+    }
+  }
+
+  void on_event(int event, bool ok) override {
+    switch (event) {
+      case kAccepted:
+        if (!ok) {  // the server is shutting down: no call came
+          delete this;
+          return;
+        }
+        request(broker_, queue_);  // the next client's
+        accepted();
+        return;  // no operation of this call completed
+      case kRead:
+        read_done(ok);
+        break;
+      case kWrite:
+        writer_->on_write_done(ok);
+        break;
+      case kFinish:
+        break;
+      case kDone:
+        done();
+        break;
+    }
+    if (in_flight_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  void start_write(const grpc::ByteBuffer& batch) override {
+    in_flight_.fetch_add(1, std::memory_order_relaxed);
+    stream_.Write(batch, &write_tag_);
+  }
+
+  void start_finish(const grpc::Status& status) override {
+    in_flight_.fetch_add(1, std::memory_order_relaxed);
+    stream_.Finish(status, &finish_tag_);
+  }
+
+ private:
+  enum Event { kAccepted, kRead, kWrite, kFinish, kDone };
+
+  SessionCall(BrokerServer* broker, std::size_t queue)
+      : broker_(broker), queue_(queue) {}
+
+  void accepted() {
+    {
+      absl::MutexLock lock(&broker_->mu_);
+      id_ = broker_->next_session_id_++;
+    }
     writer_ = std::make_shared<StreamWriter>(
-        this, broker->options_.session_outbox_bytes,
-        broker->options_.batch_bytes);
-    session_ = std::make_shared<server::Session>(id, context->peer(),
-                                                 broker->registry_, writer_,
-                                                 broker->options_.session);
+        this, broker_->options_.session_outbox_bytes,
+        broker_->options_.batch_bytes);
+    session_ = std::make_shared<server::Session>(id_, context_.peer(),
+                                                 broker_->registry_, writer_,
+                                                 broker_->options_.session);
     writer_->set_on_overflow(
         [session = std::weak_ptr<server::Session>(session_)] {
           if (auto s = session.lock()) s->end();
         });
-    broker_->add_session({session_, writer_});
+    in_flight_.store(1, std::memory_order_relaxed);  // the done tag
+    // Refused while shutting down: the stream is finished with UNAVAILABLE.
+    if (!broker_->add_session({session_, writer_})) return;
     in_ = google::protobuf::Arena::CreateMessage<v1::ClientBatch>(&arena_);
-    StartRead(&in_bytes_);
+    start_read();
   }
 
-  void OnReadDone(bool ok) override {
+  void start_read() {
+    in_flight_.fetch_add(1, std::memory_order_relaxed);
+    stream_.Read(&in_bytes_, &read_tag_);
+  }
+
+  void read_done(bool ok) {
+    if (done_) return;  // the call ended: nothing more is handled
     if (!ok) {
       // The client half-closed or the stream broke: the session is over.
       end(grpc::Status::OK);
@@ -369,32 +463,39 @@ class SessionReactor final : public SessionStream {
     // Nothing refers to the batch any more (values were moved out of it).
     arena_.Reset();
     in_ = google::protobuf::Arena::CreateMessage<v1::ClientBatch>(&arena_);
-    StartRead(&in_bytes_);
+    start_read();
   }
 
-  void OnWriteDone(bool ok) override { writer_->on_write_done(ok); }
-
-  void OnCancel() override {
-    end(grpc::Status(grpc::StatusCode::CANCELLED, "session cancelled"));
-  }
-
-  void OnDone() override {
+  // The call is over: finished, cancelled by the client, or broken.
+  void done() {
+    done_ = true;
     writer_->detach();
     session_->end();
-    // No reaction runs any more: handle() cannot race the drop.
+    // No read is handled any more: handle() cannot race the drop.
     session_->drop_handles();
     broker_->remove_session(id_);
-    delete this;
   }
 
- private:
   void end(grpc::Status status) {
     session_->end();
     writer_->finish(std::move(status));
   }
 
   BrokerServer* const broker_;
-  const uint64_t id_;
+  const std::size_t queue_;
+  grpc::ServerContext context_;
+  grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{
+      &context_};
+  Tag accepted_tag_{this, kAccepted};
+  Tag read_tag_{this, kRead};
+  Tag write_tag_{this, kWrite};
+  Tag finish_tag_{this, kFinish};
+  Tag done_tag_{this, kDone};
+  // Operations whose tags have not come back, the done tag included.
+  std::atomic<int> in_flight_{0};
+  bool done_ = false;  // polling thread only
+
+  uint64_t id_ = 0;
   std::shared_ptr<StreamWriter> writer_;
   std::shared_ptr<server::Session> session_;
   // Each incoming batch is parsed into this arena, reset once the batch is
@@ -405,6 +506,62 @@ class SessionReactor final : public SessionStream {
   google::protobuf::Arena arena_{read_arena_options()};
   v1::ClientBatch* in_ = nullptr;  // on arena_
   grpc::ByteBuffer in_bytes_;      // the read in flight, parsed into in_
+};
+
+// One unary call of Inspect or Health: asked for, answered by a
+// BrokerServer member, finished, deleted.
+template <typename Service, typename Request, typename Response>
+class UnaryCall final : public Call {
+ public:
+  using Responder = grpc::ServerAsyncResponseWriter<Response>;
+  using RequestFn = void (Service::*)(grpc::ServerContext*, Request*,
+                                      Responder*, grpc::CompletionQueue*,
+                                      grpc::ServerCompletionQueue*, void*);
+  using AnswerFn = grpc::Status (BrokerServer::*)(const Request&, Response*);
+
+  // Asks for the next call of this method; the new object owns itself.
+  static void request(BrokerServer* broker, Service* service,
+                      RequestFn request_fn, AnswerFn answer) {
+    auto* call = new UnaryCall(broker, service, request_fn, answer);
+    if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
+          (service->*request_fn)(&call->context_, &call->request_,
+                                 &call->responder_, cq, cq,
+                                 &call->accepted_tag_);
+        })) {
+      delete call;
+    }
+  }
+
+  void on_event(int event, bool ok) override {
+    if (event == kAccepted && ok) {
+      request(broker_, service_, request_fn_, answer_);  // the next one
+      const grpc::Status status = (broker_->*answer_)(request_, &response_);
+      responder_.Finish(response_, status, &finished_tag_);
+      return;
+    }
+    delete this;  // finished, or no call came (shutting down)
+  }
+
+ private:
+  enum Event { kAccepted, kFinished };
+
+  UnaryCall(BrokerServer* broker, Service* service, RequestFn request_fn,
+            AnswerFn answer)
+      : broker_(broker),
+        service_(service),
+        request_fn_(request_fn),
+        answer_(answer) {}
+
+  BrokerServer* const broker_;
+  Service* const service_;
+  const RequestFn request_fn_;
+  const AnswerFn answer_;
+  grpc::ServerContext context_;
+  Request request_;
+  Response response_;
+  Responder responder_{&context_};
+  Tag accepted_tag_{this, kAccepted};
+  Tag finished_tag_{this, kFinished};
 };
 
 BrokerServer::BrokerServer(BrokerOptions options)
@@ -423,34 +580,286 @@ BrokerServer::BrokerServer(BrokerOptions options)
           std::chrono::milliseconds(100),
           [this] { registry_.sweep_lingering(); }) {}
 
-BrokerServer::~BrokerServer() { reaper_.stop(); }
-
-SessionStream* BrokerServer::Session(grpc::CallbackServerContext* context) {
-  uint64_t id;
-  {
-    absl::MutexLock lock(&mu_);
-    if (shutting_down_) {
-      using Refuse = grpc::internal::FinishOnlyReactor<SessionStream>;
-      return new Refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                     "dchan-broker: shutting down"));
-    }
-    id = next_session_id_++;
-  }
-  return new SessionReactor(this, context, id);
+BrokerServer::~BrokerServer() {
+  reaper_.stop();
+  stop_polling();
 }
 
-void BrokerServer::add_session(const Live& live) {
+// The full names of the services the broker serves.
+const std::vector<std::string>& service_names() {
+  static const auto* names = new std::vector<std::string>{
+      v1::Broker::service_full_name(),
+      v1::Inspect::service_full_name(),
+      grpc::health::v1::Health::service_full_name(),
+      grpc::reflection::v1alpha::ServerReflection::service_full_name(),
+  };
+  return *names;
+}
+
+// One grpc.health.v1.Health/Watch stream: the current status at once, then
+// NOT_SERVING when the broker shuts down, and the stream ends (UNAVAILABLE,
+// as sessions do). A service the broker does not serve is SERVICE_UNKNOWN.
+// Deletes itself once the call is done and no operation is in flight.
+class HealthWatch final : public Call {
+ public:
+  using Response = grpc::health::v1::HealthCheckResponse;
+
+  static void request(BrokerServer* broker) {
+    auto* call = new HealthWatch(broker);
+    if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
+          call->context_.AsyncNotifyWhenDone(&call->done_tag_);
+          broker->health_service_.RequestWatch(&call->context_, &call->request_,
+                                               &call->stream_, cq, cq,
+                                               &call->accepted_tag_);
+        })) {
+      delete call;
+    }
+  }
+
+  void on_event(int event, bool ok) override {
+    switch (event) {
+      case kAccepted:
+        if (!ok) {
+          delete this;
+          return;
+        }
+        request(broker_);
+        accepted();
+        return;
+      case kWrite: {
+        absl::MutexLock lock(&mu_);
+        writing_ = false;
+        if (ok) maybe_write_locked();  // else the call is over
+        break;
+      }
+      case kFinish:
+        break;
+      case kDone:
+        broker_->remove_watcher(this);
+        break;
+    }
+    if (in_flight_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  // The broker is shutting down. Called under the broker's lock, while this
+  // watch is in its list (so before its done tag is handled).
+  void shut_down() {
+    absl::MutexLock lock(&mu_);
+    if (status_ == Response::SERVING) status_ = Response::NOT_SERVING;
+    ending_ = true;
+    maybe_write_locked();
+  }
+
+ private:
+  enum Event { kAccepted, kWrite, kFinish, kDone };
+
+  explicit HealthWatch(BrokerServer* broker) : broker_(broker) {}
+
+  void accepted() {
+    in_flight_.store(1, std::memory_order_relaxed);  // the done tag
+    const bool known = BrokerServer::serves(request_.service());
+    // Once in the list, shut_down() may come from another thread.
+    const bool live = broker_->add_watcher(this);
+    absl::MutexLock lock(&mu_);
+    if (!known) {
+      status_ = Response::SERVICE_UNKNOWN;
+    } else if (status_ == Response::UNKNOWN) {  // no shut_down() came
+      status_ = live ? Response::SERVING : Response::NOT_SERVING;
+    }
+    if (!live) ending_ = true;
+    maybe_write_locked();
+  }
+
+  void maybe_write_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (writing_ || finished_ || status_ == Response::UNKNOWN) return;
+    if (status_ != sent_) {
+      sent_ = status_;
+      response_.set_status(sent_);
+      writing_ = true;
+      in_flight_.fetch_add(1, std::memory_order_relaxed);
+      stream_.Write(response_, &write_tag_);
+      return;
+    }
+    if (ending_) {
+      finished_ = true;
+      in_flight_.fetch_add(1, std::memory_order_relaxed);
+      stream_.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                  "dchan-broker: shutting down"),
+                     &finish_tag_);
+    }
+  }
+
+  BrokerServer* const broker_;
+  grpc::ServerContext context_;
+  grpc::health::v1::HealthCheckRequest request_;
+  grpc::ServerAsyncWriter<Response> stream_{&context_};
+  Tag accepted_tag_{this, kAccepted};
+  Tag write_tag_{this, kWrite};
+  Tag finish_tag_{this, kFinish};
+  Tag done_tag_{this, kDone};
+  std::atomic<int> in_flight_{0};  // as in SessionCall
+
+  absl::Mutex mu_;
+  Response::ServingStatus status_ ABSL_GUARDED_BY(mu_) = Response::UNKNOWN;
+  Response::ServingStatus sent_ ABSL_GUARDED_BY(mu_) = Response::UNKNOWN;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  Response response_;  // the write in flight
+};
+
+// One grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo stream:
+// read a request, write its answer (answer_reflection), read the next, until
+// the client half-closes. One operation in flight at a time; the call
+// deletes itself when its finish completes.
+class ReflectionCall final : public Call {
+ public:
+  static void request(BrokerServer* broker) {
+    auto* call = new ReflectionCall(broker);
+    if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
+          broker->reflection_service_.RequestServerReflectionInfo(
+              &call->context_, &call->stream_, cq, cq, &call->accepted_tag_);
+        })) {
+      delete call;
+    }
+  }
+
+  void on_event(int event, bool ok) override {
+    switch (event) {
+      case kAccepted:
+        if (!ok) {
+          delete this;
+          return;
+        }
+        request(broker_);
+        stream_.Read(&request_, &read_tag_);
+        return;
+      case kRead:
+        if (!ok) {  // half-closed (or broken): done
+          stream_.Finish(grpc::Status::OK, &finish_tag_);
+          return;
+        }
+        response_ = answer_reflection(request_, service_names());
+        stream_.Write(response_, &write_tag_);
+        return;
+      case kWrite:
+        if (!ok) {
+          stream_.Finish(grpc::Status::OK, &finish_tag_);
+          return;
+        }
+        stream_.Read(&request_, &read_tag_);
+        return;
+      case kFinish:
+        delete this;
+        return;
+    }
+  }
+
+ private:
+  enum Event { kAccepted, kRead, kWrite, kFinish };
+
+  explicit ReflectionCall(BrokerServer* broker) : broker_(broker) {}
+
+  BrokerServer* const broker_;
+  grpc::ServerContext context_;
+  grpc::ServerAsyncReaderWriter<
+      grpc::reflection::v1alpha::ServerReflectionResponse,
+      grpc::reflection::v1alpha::ServerReflectionRequest>
+      stream_{&context_};
+  Tag accepted_tag_{this, kAccepted};
+  Tag read_tag_{this, kRead};
+  Tag write_tag_{this, kWrite};
+  Tag finish_tag_{this, kFinish};
+  grpc::reflection::v1alpha::ServerReflectionRequest request_;
+  grpc::reflection::v1alpha::ServerReflectionResponse response_;
+};
+
+void BrokerServer::add_to(grpc::ServerBuilder& builder) {
+  builder.RegisterService(&broker_service_);
+  builder.RegisterService(&inspect_service_);
+  builder.RegisterService(&health_service_);
+  builder.RegisterService(&reflection_service_);
+  const int threads = std::max(1, options_.poll_threads);
+  for (int i = 0; i < threads; ++i) {
+    queues_.push_back(builder.AddCompletionQueue());
+  }
+}
+
+void BrokerServer::start() {
+  for (std::size_t i = 0; i < queues_.size(); ++i) {
+    SessionCall::request(this, i);
+  }
+  request_unary_calls();
+  HealthWatch::request(this);
+  ReflectionCall::request(this);
+  for (auto& queue : queues_) {
+    pollers_.emplace_back([this, q = queue.get()] { poll(q); });
+  }
+}
+
+void BrokerServer::request_unary_calls() {
+  using ListObjects =
+      UnaryCall<v1::Inspect::AsyncService, v1::ListObjectsRequest,
+                v1::ListObjectsResponse>;
+  using ListSessions =
+      UnaryCall<v1::Inspect::AsyncService, v1::ListSessionsRequest,
+                v1::ListSessionsResponse>;
+  using Check = UnaryCall<grpc::health::v1::Health::AsyncService,
+                          grpc::health::v1::HealthCheckRequest,
+                          grpc::health::v1::HealthCheckResponse>;
+  ListObjects::request(this, &inspect_service_,
+                       &v1::Inspect::AsyncService::RequestListObjects,
+                       &BrokerServer::list_objects);
+  ListSessions::request(this, &inspect_service_,
+                        &v1::Inspect::AsyncService::RequestListSessions,
+                        &BrokerServer::list_sessions);
+  Check::request(this, &health_service_,
+                 &grpc::health::v1::Health::AsyncService::RequestCheck,
+                 &BrokerServer::check_health);
+}
+
+void BrokerServer::poll(grpc::ServerCompletionQueue* queue) {
+  pthread_setname_np(pthread_self(), "dchan-poll");
+  void* tag;
+  bool ok;
+  while (queue->Next(&tag, &ok)) {
+    Tag* t = static_cast<Tag*>(tag);
+    t->call->on_event(t->event, ok);
+  }
+}
+
+void BrokerServer::stop_polling() {
+  {
+    absl::MutexLock lock(&request_mu_);
+    if (polling_stopped_) return;
+    polling_stopped_ = true;
+  }
+  for (auto& queue : queues_) queue->Shutdown();
+  for (std::thread& t : pollers_) t.join();
+}
+
+bool BrokerServer::request_call(
+    std::size_t queue,
+    absl::FunctionRef<void(grpc::ServerCompletionQueue*)> request) {
+  absl::MutexLock lock(&request_mu_);
+  if (polling_stopped_) return false;
+  request(queues_[queue].get());
+  return true;
+}
+
+bool BrokerServer::add_session(const Live& live) {
   {
     absl::MutexLock lock(&mu_);
     if (!shutting_down_) {
       sessions_.emplace(live.session->id(), live);
-      return;
+      return true;
     }
   }
   // Accepted while shut_down() ran: end it like the others.
   live.session->end();
   live.writer->finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                    "dchan-broker: shutting down"));
+  return false;
 }
 
 void BrokerServer::remove_session(uint64_t id) {
@@ -469,6 +878,8 @@ void BrokerServer::shut_down() {
     absl::MutexLock lock(&mu_);
     shutting_down_ = true;
     for (const auto& [id, l] : sessions_) live.push_back(l);
+    // Each sends NOT_SERVING and ends its stream.
+    for (HealthWatch* watch : watchers_) watch->shut_down();
   }
   reaper_.stop();
   for (Live& l : live) {
@@ -478,20 +889,16 @@ void BrokerServer::shut_down() {
   }
 }
 
-grpc::ServerUnaryReactor* BrokerServer::ListObjects(
-    grpc::CallbackServerContext* context, const v1::ListObjectsRequest*,
-    v1::ListObjectsResponse* response) {
+grpc::Status BrokerServer::list_objects(const v1::ListObjectsRequest&,
+                                        v1::ListObjectsResponse* response) {
   for (v1::ObjectInfo& info : registry_.describe_all()) {
     *response->add_objects() = std::move(info);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
 }
 
-grpc::ServerUnaryReactor* BrokerServer::ListSessions(
-    grpc::CallbackServerContext* context, const v1::ListSessionsRequest*,
-    v1::ListSessionsResponse* response) {
+grpc::Status BrokerServer::list_sessions(const v1::ListSessionsRequest&,
+                                         v1::ListSessionsResponse* response) {
   std::vector<std::shared_ptr<server::Session>> sessions;
   {
     absl::MutexLock lock(&mu_);
@@ -509,9 +916,49 @@ grpc::ServerUnaryReactor* BrokerServer::ListSessions(
     info->set_ttl_ms(static_cast<uint64_t>(s->ttl().count()));
     info->set_locks_held(s->locks_held());
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return grpc::Status::OK;
+}
+
+grpc::Status BrokerServer::check_health(
+    const grpc::health::v1::HealthCheckRequest& request,
+    grpc::health::v1::HealthCheckResponse* response) {
+  // The server as a whole ("") and each service it serves, as gRPC's
+  // default health service answers.
+  const std::string& service = request.service();
+  if (!serves(service)) {
+    return grpc::Status(
+        grpc::StatusCode::NOT_FOUND,
+        absl::StrCat("dchan-broker: no service \"", service, "\""));
+  }
+  response->set_status(shutting_down()
+                           ? grpc::health::v1::HealthCheckResponse::NOT_SERVING
+                           : grpc::health::v1::HealthCheckResponse::SERVING);
+  return grpc::Status::OK;
+}
+
+bool BrokerServer::serves(std::string_view service) {
+  if (service.empty()) return true;
+  for (const std::string& name : service_names()) {
+    if (name == service) return true;
+  }
+  return false;
+}
+
+bool BrokerServer::add_watcher(HealthWatch* watch) {
+  absl::MutexLock lock(&mu_);
+  if (shutting_down_) return false;
+  watchers_.insert(watch);
+  return true;
+}
+
+void BrokerServer::remove_watcher(HealthWatch* watch) {
+  absl::MutexLock lock(&mu_);
+  watchers_.erase(watch);
+}
+
+bool BrokerServer::shutting_down() const {
+  absl::MutexLock lock(&mu_);
+  return shutting_down_;
 }
 
 }  // namespace dchan::server

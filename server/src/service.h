@@ -1,10 +1,15 @@
 // server/src/service.h — the broker's gRPC services.
 //
 // BrokerServer owns the registry and the live sessions and implements
-//   - dchan.v1.Broker/Session: one ServerBidiReactor per client stream
-//     (callback API: reactions never block; no thread per session or per
-//     waiting operation), and
-//   - dchan.v1.Inspect: unary ListObjects / ListSessions.
+//   - dchan.v1.Broker/Session: one stream per client,
+//   - dchan.v1.Inspect: unary ListObjects / ListSessions, and
+//   - grpc.health.v1.Health/Check (the standard health check),
+// all on gRPC's asynchronous API with one completion queue and one thread
+// that polls it and runs every handler: reactions never block, there is no
+// thread per session or per waiting operation, and no second thread waits
+// in gRPC. (With gRPC 1.51's callback API, two or more threads take turns
+// polling, and every event woke the other one to poll in its place: two
+// context switches per event; see docs/BENCHMARKS.md, "Session 21".)
 //
 // Each stream has one write in flight; answers that complete meanwhile queue
 // behind it and leave together as one ServerBatch, as do the answers to one
@@ -19,6 +24,10 @@
 // Sessions that fall silent for their TTL are ended by one Reaper thread
 // (see reaper.h), their streams finished with UNAVAILABLE.
 //
+// Use: add_to(builder) before grpc::ServerBuilder::BuildAndStart, start()
+// after it; at the end shut_down(), grpc::Server::Shutdown, then
+// stop_polling().
+//
 // Thread safety: all members may be called from any thread.
 #ifndef DCHAN_SERVER_SERVICE_H_
 #define DCHAN_SERVER_SERVICE_H_
@@ -26,12 +35,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string_view>
+#include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/v1/broker.grpc.pb.h"
 #include "dchan/v1/inspect.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
+#include "grpcpp/completion_queue.h"
+#include "grpcpp/server_builder.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "reaper.h"
 #include "registry.h"
@@ -46,63 +64,108 @@ struct BrokerOptions {
   // Frames are coalesced into batches of at most this many bytes (a larger
   // single frame travels alone).
   std::size_t batch_bytes = 1 << 20;
+  // Threads that poll gRPC and run the handlers, each on a completion queue
+  // of its own (sessions are spread over them). One keeps every event on
+  // the thread that found it; with more, gRPC wakes another polling thread
+  // to poll whenever one leaves to run what it found (see the top of this
+  // file), which costs on a small machine and pays only when one thread's
+  // CPU is not enough.
+  int poll_threads = 1;
 };
 
+class HealthWatch;
+class ReflectionCall;
+class SessionCall;
 class StreamWriter;
 
 // The Session stream is served raw (grpc::ByteBuffer): the broker parses
 // ClientBatch itself and encodes ServerBatch itself, so that large received
 // values leave as slices of their own buffers instead of being copied into
 // one serialized message (see StreamWriter in service.cc).
-using BrokerService =
-    v1::Broker::WithRawCallbackMethod_Session<v1::Broker::Service>;
+using BrokerService = v1::Broker::WithRawMethod_Session<v1::Broker::Service>;
 
-class BrokerServer final : public BrokerService,
-                           public v1::Inspect::CallbackService {
+class BrokerServer final {
  public:
   explicit BrokerServer(BrokerOptions options = {});
-  ~BrokerServer() override;
+  // Stops polling if stop_polling() was not called.
+  ~BrokerServer();
 
-  // dchan.v1.Broker
-  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Session(
-      grpc::CallbackServerContext* context) override;
-
-  // dchan.v1.Inspect
-  grpc::ServerUnaryReactor* ListObjects(
-      grpc::CallbackServerContext* context,
-      const v1::ListObjectsRequest* request,
-      v1::ListObjectsResponse* response) override;
-  grpc::ServerUnaryReactor* ListSessions(
-      grpc::CallbackServerContext* context,
-      const v1::ListSessionsRequest* request,
-      v1::ListSessionsResponse* response) override;
+  // Registers the services with `builder` and asks it for the completion
+  // queue they run on. Once.
+  void add_to(grpc::ServerBuilder& builder);
+  // Serves the server built from that builder: asks for the first calls
+  // and starts the polling thread. Once, after BuildAndStart.
+  void start();
 
   // Ends every session with UNAVAILABLE ("broker shutting down"): pending
   // operations are withdrawn and clients see their streams end. New
-  // sessions are refused from now on, and the reaper stops. Call before
-  // grpc::Server::Shutdown.
+  // sessions are refused from now on, health checks answer NOT_SERVING,
+  // and the reaper stops. Call before grpc::Server::Shutdown.
   void shut_down();
+  // Once grpc::Server::Shutdown has returned: shuts the completion queue
+  // down, lets the polling thread finish what is left and joins it.
+  void stop_polling();
 
   Registry& registry() noexcept { return registry_; }
   std::size_t session_count() const;
 
  private:
-  friend class SessionReactor;
+  friend class HealthWatch;
+  friend class ReflectionCall;
+  friend class SessionCall;
+  template <typename Service, typename Request, typename Response>
+  friend class UnaryCall;
 
   struct Live {
     std::shared_ptr<server::Session> session;
     std::shared_ptr<StreamWriter> writer;
   };
-  void add_session(const Live& live);
+  // False (and the session is ended) when shut_down() ran first.
+  bool add_session(const Live& live);
   void remove_session(uint64_t id);
+  bool shutting_down() const;
+  void poll(grpc::ServerCompletionQueue* queue);
+  // Runs `request` (which asks gRPC for a call on the queue it is given)
+  // unless polling has stopped; says whether it ran.
+  bool request_call(
+      std::size_t queue,
+      absl::FunctionRef<void(grpc::ServerCompletionQueue*)> request);
+  // The services this server serves, by full name; "" (the server as a
+  // whole) counts as served.
+  static bool serves(std::string_view service);
+  // False (and `watch` not added) once shut_down() ran.
+  bool add_watcher(HealthWatch* watch);
+  void remove_watcher(HealthWatch* watch);
+
+  // Inspect and health answers.
+  grpc::Status list_objects(const v1::ListObjectsRequest& request,
+                            v1::ListObjectsResponse* response);
+  grpc::Status list_sessions(const v1::ListSessionsRequest& request,
+                             v1::ListSessionsResponse* response);
+  grpc::Status check_health(const grpc::health::v1::HealthCheckRequest& request,
+                            grpc::health::v1::HealthCheckResponse* response);
+  // Asks for the next Inspect and health calls.
+  void request_unary_calls();
 
   const BrokerOptions options_;
   Registry registry_;
+
+  BrokerService broker_service_;
+  v1::Inspect::AsyncService inspect_service_;
+  grpc::health::v1::Health::AsyncService health_service_;
+  grpc::reflection::v1alpha::ServerReflection::AsyncService reflection_service_;
+  // One queue per polling thread; sessions are spread over them, the other
+  // calls go to the first.
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+  std::vector<std::thread> pollers_;
+  absl::Mutex request_mu_;
+  bool polling_stopped_ ABSL_GUARDED_BY(request_mu_) = false;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Live> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  absl::flat_hash_set<HealthWatch*> watchers_ ABSL_GUARDED_BY(mu_);
 
   // Last: stopped and destroyed before the members its sweeps read.
   Reaper reaper_;
