@@ -645,7 +645,6 @@ class HealthWatch final : public Call {
   // watch is in its list (so before its done tag is handled).
   void shut_down() {
     absl::MutexLock lock(&mu_);
-    if (status_ == Response::SERVING) status_ = Response::NOT_SERVING;
     ending_ = true;
     maybe_write_locked();
   }
@@ -657,23 +656,22 @@ class HealthWatch final : public Call {
 
   void accepted() {
     in_flight_.store(1, std::memory_order_relaxed);  // the done tag
-    const bool known = BrokerServer::serves(request_.service());
+    known_ = BrokerServer::serves(request_.service());
     // Once in the list, shut_down() may come from another thread.
     const bool live = broker_->add_watcher(this);
     absl::MutexLock lock(&mu_);
-    if (!known) {
-      status_ = Response::SERVICE_UNKNOWN;
-    } else if (status_ == Response::UNKNOWN) {  // no shut_down() came
-      status_ = live ? Response::SERVING : Response::NOT_SERVING;
-    }
+    started_ = true;
     if (!live) ending_ = true;
     maybe_write_locked();
   }
 
   void maybe_write_locked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (writing_ || finished_ || status_ == Response::UNKNOWN) return;
-    if (status_ != sent_) {
-      sent_ = status_;
+    if (!started_ || writing_ || finished_) return;
+    const Response::ServingStatus status = !known_   ? Response::SERVICE_UNKNOWN
+                                           : ending_ ? Response::NOT_SERVING
+                                                     : Response::SERVING;
+    if (status != sent_) {
+      sent_ = status;
       response_.set_status(sent_);
       writing_ = true;
       in_flight_.fetch_add(1, std::memory_order_relaxed);
@@ -699,10 +697,15 @@ class HealthWatch final : public Call {
   Tag done_tag_{this, kDone};
   std::atomic<int> in_flight_{0};  // as in SessionCall
 
+  // The service asked about is served. Set by accepted() before the watch
+  // joins the broker's list (whose lock then orders it before shut_down()).
+  bool known_ = false;
+
   absl::Mutex mu_;
-  Response::ServingStatus status_ ABSL_GUARDED_BY(mu_) = Response::UNKNOWN;
+  // Nothing is sent before accepted() has looked at the request.
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;  // the broker is shutting down
   Response::ServingStatus sent_ ABSL_GUARDED_BY(mu_) = Response::UNKNOWN;
-  bool ending_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   Response response_;  // the write in flight
@@ -836,6 +839,14 @@ void BrokerServer::stop_polling() {
   }
   for (auto& queue : queues_) queue->Shutdown();
   for (std::thread& t : pollers_) t.join();
+  if (pollers_.empty()) {  // start() never ran: drain the queues here
+    void* tag;
+    bool ok;
+    for (auto& queue : queues_) {
+      while (queue->Next(&tag, &ok)) {
+      }
+    }
+  }
 }
 
 bool BrokerServer::request_call(
