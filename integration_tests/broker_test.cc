@@ -354,8 +354,8 @@ void expect_broker_serves(BrokerProcess& broker, const std::string& after) {
 
 // ---------------------------------------------------------------------------
 // Raw bytes through grpc::GenericStub, for what the generated stub can not
-// send (a non-protobuf message) and for services whose generated code
-// Debian does not ship (health, reflection).
+// send (a non-protobuf message), and for health and reflection calls made
+// as a plain gRPC client would, without dchan's generated code.
 
 std::string bytes_of(const grpc::ByteBuffer& bb) {
   std::vector<grpc::Slice> slices;

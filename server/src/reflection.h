@@ -5,7 +5,7 @@
 // The broker serves the reflection stream itself (SessionCall's neighbour
 // ReflectionCall in service.cc) instead of through gRPC's reflection plugin,
 // whose synchronous service has threads of its own that would wait in gRPC
-// and poll the broker's sockets in turn with its one polling thread.
+// and poll the broker's sockets in turn with its polling threads.
 //
 // Thread safety: a pure function of its arguments and the generated
 // descriptor pool; any thread.

@@ -3,8 +3,8 @@
 #include <pthread.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
+#include <cstdio>
 #include <deque>
 #include <string>
 #include <string_view>
@@ -13,6 +13,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "google/protobuf/arena.h"
 #include "grpcpp/support/proto_buffer_reader.h"
 #include "grpcpp/support/slice.h"
@@ -141,12 +142,24 @@ class BatchEncoder {
 }  // namespace
 
 // What a completion queue tag points at: a call, and which of its
-// operations completed.
+// operations completed. Each call object counts itself in its broker's
+// calls_ while it lives (see BrokerServer::stop_polling).
 class Call {
  public:
-  virtual ~Call() = default;
-  // On the polling thread. `ok`: gRPC's verdict on the operation.
+  explicit Call(BrokerServer* broker) : broker_(broker) {
+    absl::MutexLock lock(&broker_->calls_mu_);
+    ++broker_->calls_;
+  }
+  virtual ~Call() {
+    absl::MutexLock lock(&broker_->calls_mu_);
+    --broker_->calls_;
+  }
+  // On the polling thread of the call's queue. `ok`: gRPC's verdict on the
+  // operation.
   virtual void on_event(int event, bool ok) = 0;
+
+ protected:
+  BrokerServer* const broker_;
 };
 
 struct Tag {
@@ -347,8 +360,8 @@ google::protobuf::ArenaOptions read_arena_options() {
 }
 
 // One client's Session stream, from the accepted call to its deletion.
-// Its reads and their handling run on the polling thread; writes and the
-// finish start wherever an answer completes (under the StreamWriter's
+// Its reads and their handling run on its queue's polling thread; writes and
+// the finish start wherever an answer completes (under the StreamWriter's
 // lock). It deletes itself once the call is done and none of its
 // operations is in flight.
 class SessionCall final : public Call, public StreamOps {
@@ -405,7 +418,7 @@ class SessionCall final : public Call, public StreamOps {
   enum Event { kAccepted, kRead, kWrite, kFinish, kDone };
 
   SessionCall(BrokerServer* broker, std::size_t queue)
-      : broker_(broker), queue_(queue) {}
+      : Call(broker), queue_(queue) {}
 
   void accepted() {
     {
@@ -481,7 +494,6 @@ class SessionCall final : public Call, public StreamOps {
     writer_->finish(std::move(status));
   }
 
-  BrokerServer* const broker_;
   const std::size_t queue_;
   grpc::ServerContext context_;
   grpc::ServerAsyncReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer> stream_{
@@ -493,7 +505,7 @@ class SessionCall final : public Call, public StreamOps {
   Tag done_tag_{this, kDone};
   // Operations whose tags have not come back, the done tag included.
   std::atomic<int> in_flight_{0};
-  bool done_ = false;  // polling thread only
+  bool done_ = false;  // its queue's polling thread only
 
   uint64_t id_ = 0;
   std::shared_ptr<StreamWriter> writer_;
@@ -547,12 +559,11 @@ class UnaryCall final : public Call {
 
   UnaryCall(BrokerServer* broker, Service* service, RequestFn request_fn,
             AnswerFn answer)
-      : broker_(broker),
+      : Call(broker),
         service_(service),
         request_fn_(request_fn),
         answer_(answer) {}
 
-  BrokerServer* const broker_;
   Service* const service_;
   const RequestFn request_fn_;
   const AnswerFn answer_;
@@ -652,7 +663,7 @@ class HealthWatch final : public Call {
  private:
   enum Event { kAccepted, kWrite, kFinish, kDone };
 
-  explicit HealthWatch(BrokerServer* broker) : broker_(broker) {}
+  explicit HealthWatch(BrokerServer* broker) : Call(broker) {}
 
   void accepted() {
     in_flight_.store(1, std::memory_order_relaxed);  // the done tag
@@ -687,7 +698,6 @@ class HealthWatch final : public Call {
     }
   }
 
-  BrokerServer* const broker_;
   grpc::ServerContext context_;
   grpc::health::v1::HealthCheckRequest request_;
   grpc::ServerAsyncWriter<Response> stream_{&context_};
@@ -761,9 +771,8 @@ class ReflectionCall final : public Call {
  private:
   enum Event { kAccepted, kRead, kWrite, kFinish };
 
-  explicit ReflectionCall(BrokerServer* broker) : broker_(broker) {}
+  explicit ReflectionCall(BrokerServer* broker) : Call(broker) {}
 
-  BrokerServer* const broker_;
   grpc::ServerContext context_;
   grpc::ServerAsyncReaderWriter<
       grpc::reflection::v1alpha::ServerReflectionResponse,
@@ -835,7 +844,25 @@ void BrokerServer::stop_polling() {
   {
     absl::MutexLock lock(&request_mu_);
     if (polling_stopped_) return;
-    polling_stopped_ = true;
+    polling_stopped_ = true;  // no call is asked for any more
+  }
+  if (!pollers_.empty()) {
+    // Server::Shutdown has returned, so every call is finished or
+    // cancelled: its operations complete (failed, if cancelled), and an
+    // operation a handler starts now completes at once. Let the pollers
+    // run until the last call object is gone: a handler that started an
+    // operation on a queue already shut down would abort in gRPC.
+    // Bounded, so that the broker never hangs on its way out.
+    absl::MutexLock lock(&calls_mu_);
+    if (!calls_mu_.AwaitWithTimeout(
+            absl::Condition(
+                +[](int64_t* calls) { return *calls == 0; }, &calls_),
+            absl::Seconds(10))) {
+      std::fprintf(stderr,
+                   "dchan-broker: %lld calls still open 10 s after the "
+                   "server shut down; stopping anyway\n",
+                   static_cast<long long>(calls_));
+    }
   }
   for (auto& queue : queues_) queue->Shutdown();
   for (std::thread& t : pollers_) t.join();
@@ -933,8 +960,8 @@ grpc::Status BrokerServer::list_sessions(const v1::ListSessionsRequest&,
 grpc::Status BrokerServer::check_health(
     const grpc::health::v1::HealthCheckRequest& request,
     grpc::health::v1::HealthCheckResponse* response) {
-  // The server as a whole ("") and each service it serves, as gRPC's
-  // default health service answers.
+  // The server as a whole ("") and each service it serves by name (gRPC's
+  // default health service knows only "" unless told more).
   const std::string& service = request.service();
   if (!serves(service)) {
     return grpc::Status(

@@ -2,14 +2,19 @@
 //
 // BrokerServer owns the registry and the live sessions and implements
 //   - dchan.v1.Broker/Session: one stream per client,
-//   - dchan.v1.Inspect: unary ListObjects / ListSessions, and
-//   - grpc.health.v1.Health/Check (the standard health check),
-// all on gRPC's asynchronous API with one completion queue and one thread
-// that polls it and runs every handler: reactions never block, there is no
-// thread per session or per waiting operation, and no second thread waits
-// in gRPC. (With gRPC 1.51's callback API, two or more threads take turns
-// polling, and every event woke the other one to poll in its place: two
-// context switches per event; see docs/BENCHMARKS.md, "Session 21".)
+//   - dchan.v1.Inspect: unary ListObjects / ListSessions,
+//   - grpc.health.v1.Health: Check and Watch, and
+//   - grpc.reflection.v1alpha.ServerReflection (see reflection.h),
+// all on gRPC's asynchronous API: a completion queue per polling thread
+// (BrokerOptions::poll_threads, by default one), whose thread polls gRPC
+// and runs the handler of each completion. Reactions never block; there
+// is no thread per session or per waiting operation, and no thread other
+// than the polling ones waits in gRPC. (With gRPC 1.51's callback API, two
+// or more threads took turns polling, and every event woke another one to
+// poll in its place: about two context switches per event; see
+// docs/BENCHMARKS.md, "Session 21".) Sessions are spread over the queues;
+// Inspect, health and reflection calls run on the first (so a ListObjects
+// of many objects holds up that queue's sessions while it lists them).
 //
 // Each stream has one write in flight; answers that complete meanwhile queue
 // behind it and leave together as one ServerBatch, as do the answers to one
@@ -91,10 +96,10 @@ class BrokerServer final {
   ~BrokerServer();
 
   // Registers the services with `builder` and asks it for the completion
-  // queue they run on. Once.
+  // queues they run on. Once.
   void add_to(grpc::ServerBuilder& builder);
   // Serves the server built from that builder: asks for the first calls
-  // and starts the polling thread. Once, after BuildAndStart.
+  // and starts the polling threads. Once, after BuildAndStart.
   void start();
 
   // Ends every session with UNAVAILABLE ("broker shutting down"): pending
@@ -102,14 +107,18 @@ class BrokerServer final {
   // sessions are refused from now on, health checks answer NOT_SERVING,
   // and the reaper stops. Call before grpc::Server::Shutdown.
   void shut_down();
-  // Once grpc::Server::Shutdown has returned: shuts the completion queue
-  // down, lets the polling thread finish what is left and joins it.
+  // Once grpc::Server::Shutdown has returned (every call then is finished
+  // or cancelled): waits while the polling threads see the calls' last
+  // operations complete and the calls go, then shuts the completion queues
+  // down and joins the threads. (A call that started an operation on a
+  // queue already shut down would abort the process in gRPC.)
   void stop_polling();
 
   Registry& registry() noexcept { return registry_; }
   std::size_t session_count() const;
 
  private:
+  friend class Call;
   friend class HealthWatch;
   friend class ReflectionCall;
   friend class SessionCall;
@@ -160,6 +169,9 @@ class BrokerServer final {
   std::vector<std::thread> pollers_;
   absl::Mutex request_mu_;
   bool polling_stopped_ ABSL_GUARDED_BY(request_mu_) = false;
+  // Call objects alive (asked for, in progress or finishing).
+  absl::Mutex calls_mu_;
+  int64_t calls_ ABSL_GUARDED_BY(calls_mu_) = 0;
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<uint64_t, Live> sessions_ ABSL_GUARDED_BY(mu_);

@@ -114,8 +114,8 @@ class Session final : public Participant,
   // stream (the caller does), and keeps the handles (drop_handles()).
   void end();
 
-  // After end(), once handle() can no longer be called (the stream's
-  // OnDone): drops every handle, and asks the registry to forget the
+  // After end(), once handle() can no longer be called (the stream's call
+  // is done): drops every handle, and asks the registry to forget the
   // objects this session held that are now idle (see registry.h).
   void drop_handles();
 
