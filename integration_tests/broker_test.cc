@@ -17,7 +17,8 @@
 //   - forgetting: objects nobody holds, left as a fresh open would make
 //     them, are forgotten (so --max_objects bounds the objects kept, not
 //     the names ever used); the others are kept;
-//   - the standard gRPC health and reflection services;
+//   - the standard gRPC health (Check, Watch) and reflection services, and
+//     sessions served by several polling threads (--poll_threads);
 //   - graceful shutdown: SIGTERM ends every session with UNAVAILABLE and
 //     the broker exits 0 within a bound.
 //
@@ -1553,6 +1554,8 @@ TEST(BrokerServices, ReflectionListsTheBrokerServices) {
   EXPECT_TRUE(absl::StrContains(r.responses[0], "dchan.v1.Broker"));
   EXPECT_TRUE(absl::StrContains(r.responses[0], "dchan.v1.Inspect"));
   EXPECT_TRUE(absl::StrContains(r.responses[0], "grpc.health.v1.Health"));
+  EXPECT_TRUE(absl::StrContains(r.responses[0],
+                                "grpc.reflection.v1alpha.ServerReflection"));
   EXPECT_FALSE(absl::StrContains(r.responses[0], "dchan.v1.NoSuchService"));
   // The file descriptor of broker.proto, for grpcurl-style clients.
   EXPECT_TRUE(absl::StrContains(r.responses[1], "dchan/v1/broker.proto"));
@@ -1625,12 +1628,16 @@ TEST(BrokerFlags, PollThreadsOutOfRangeAreRefusedAtStart) {
               std::string::npos)
         << r;
   }
+  BrokerProcess at_limit({"--poll_threads=64"});
+  EXPECT_GT(at_limit.port(), 0);
 }
 
-// With several polling threads, sessions are spread over their queues and
-// values still pass between any two: a ring of six sessions, each receiving
-// from its own channel what the next one sends into it.
-TEST(BrokerServices, SessionsOnSeveralPollingThreadsPassValuesAround) {
+// A broker with several polling threads (gRPC gives each connection one of
+// their queues: which one is its choice, so this does not check the
+// spread) serves sessions that pass values between them: a ring of six
+// sessions on connections of their own, each receiving from its own
+// channel what the next one sends into it.
+TEST(BrokerServices, SeveralPollingThreadsServeSessionsPassingValuesAround) {
   BrokerProcess broker({"--poll_threads=3"});
   constexpr int kSessions = 6;
   std::vector<std::unique_ptr<RawSession>> s;

@@ -31,10 +31,10 @@ class Reaper {
   using ListSessions =
       absl::AnyInvocable<std::vector<std::shared_ptr<Session>>()>;
 
-  explicit Reaper(ListSessions list,
-                  std::chrono::milliseconds max_period =
-                      std::chrono::milliseconds(100),
-                  absl::AnyInvocable<void()> each_period = nullptr);
+  explicit Reaper(
+      ListSessions list,
+      std::chrono::milliseconds max_period = std::chrono::milliseconds(100),
+      absl::AnyInvocable<void()> each_period = nullptr);
   ~Reaper();
   Reaper(const Reaper&) = delete;
   Reaper& operator=(const Reaper&) = delete;
@@ -45,7 +45,7 @@ class Reaper {
  private:
   void run();
 
-  ListSessions list_;  // only the reaper's thread calls it
+  ListSessions list_;                       // only the reaper's thread calls it
   absl::AnyInvocable<void()> each_period_;  // likewise
   const std::chrono::milliseconds max_period_;
   absl::Mutex mu_;

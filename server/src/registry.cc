@@ -190,9 +190,8 @@ std::size_t Registry::sweep_lingering() {
 std::shared_ptr<Object> Registry::forget_locked(
     absl::flat_hash_map<std::string, std::shared_ptr<Object>>::iterator it) {
   if (LockObject::is_kind(it->second->kind())) {
-    forgotten_token_ =
-        std::max(forgotten_token_,
-                 static_cast<const LockObject&>(*it->second).token());
+    forgotten_token_ = std::max(
+        forgotten_token_, static_cast<const LockObject&>(*it->second).token());
   }
   std::shared_ptr<Object> doomed = std::move(it->second);
   objects_.erase(it);

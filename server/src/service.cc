@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <string>
 #include <string_view>
@@ -593,7 +594,7 @@ BrokerServer::BrokerServer(BrokerOptions options)
 
 BrokerServer::~BrokerServer() {
   reaper_.stop();
-  stop_polling();
+  if (!stop_polling()) std::abort();  // its message is printed
 }
 
 // The full names of the services the broker serves.
@@ -840,10 +841,10 @@ void BrokerServer::poll(grpc::ServerCompletionQueue* queue) {
   }
 }
 
-void BrokerServer::stop_polling() {
+bool BrokerServer::stop_polling() {
   {
     absl::MutexLock lock(&request_mu_);
-    if (polling_stopped_) return;
+    if (polling_stopped_) return !polling_stuck_;
     polling_stopped_ = true;  // no call is asked for any more
   }
   if (!pollers_.empty()) {
@@ -852,7 +853,10 @@ void BrokerServer::stop_polling() {
     // operation a handler starts now completes at once. Let the pollers
     // run until the last call object is gone: a handler that started an
     // operation on a queue already shut down would abort in gRPC.
-    // Bounded, so that the broker never hangs on its way out.
+    // Bounded: a call gRPC never completes must not hang the exit. Past
+    // the bound, neither shutting the queues down (a handler might still
+    // start an operation) nor joining (a poller might never return) is
+    // safe, so the caller is told to exit as it is.
     absl::MutexLock lock(&calls_mu_);
     if (!calls_mu_.AwaitWithTimeout(
             absl::Condition(
@@ -860,8 +864,11 @@ void BrokerServer::stop_polling() {
             absl::Seconds(10))) {
       std::fprintf(stderr,
                    "dchan-broker: %lld calls still open 10 s after the "
-                   "server shut down; stopping anyway\n",
+                   "server shut down\n",
                    static_cast<long long>(calls_));
+      absl::MutexLock stuck(&request_mu_);
+      polling_stuck_ = true;
+      return false;
     }
   }
   for (auto& queue : queues_) queue->Shutdown();
@@ -874,6 +881,7 @@ void BrokerServer::stop_polling() {
       }
     }
   }
+  return true;
 }
 
 bool BrokerServer::request_call(

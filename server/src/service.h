@@ -9,11 +9,13 @@
 // (BrokerOptions::poll_threads, by default one), whose thread polls gRPC
 // and runs the handler of each completion. Reactions never block; there
 // is no thread per session or per waiting operation, and no thread other
-// than the polling ones waits in gRPC. (With gRPC 1.51's callback API, two
+// than the polling ones waits in a completion queue (gRPC's own timer and
+// executor threads do not poll). (With gRPC 1.51's callback API, two
 // or more threads took turns polling, and every event woke another one to
 // poll in its place: about two context switches per event; see
-// docs/BENCHMARKS.md, "Session 21".) Sessions are spread over the queues;
-// Inspect, health and reflection calls run on the first (so a ListObjects
+// docs/BENCHMARKS.md, "Session 21".) gRPC gives each client connection
+// one of the queues, which takes its sessions; Inspect, health and
+// reflection calls run on the first (so a ListObjects
 // of many objects holds up that queue's sessions while it lists them).
 //
 // Each stream has one write in flight; answers that complete meanwhile queue
@@ -70,10 +72,10 @@ struct BrokerOptions {
   // single frame travels alone).
   std::size_t batch_bytes = 1 << 20;
   // Threads that poll gRPC and run the handlers, each on a completion queue
-  // of its own (sessions are spread over them). One keeps every event on
-  // the thread that found it; with more, gRPC wakes another polling thread
-  // to poll whenever one leaves to run what it found (see the top of this
-  // file), which costs on a small machine and pays only when one thread's
+  // of its own (gRPC gives each client connection one of them). One keeps every
+  // event on the thread that found it; with more, gRPC wakes another polling
+  // thread to poll whenever one leaves to run what it found (see the top of
+  // this file), which costs on a small machine and pays only when one thread's
   // CPU is not enough.
   int poll_threads = 1;
 };
@@ -92,7 +94,8 @@ using BrokerService = v1::Broker::WithRawMethod_Session<v1::Broker::Service>;
 class BrokerServer final {
  public:
   explicit BrokerServer(BrokerOptions options = {});
-  // Stops polling if stop_polling() was not called.
+  // Stops polling if stop_polling() was not called (so the server must have
+  // been shut down, or never started, by then); aborts if it cannot.
   ~BrokerServer();
 
   // Registers the services with `builder` and asks it for the completion
@@ -104,15 +107,18 @@ class BrokerServer final {
 
   // Ends every session with UNAVAILABLE ("broker shutting down"): pending
   // operations are withdrawn and clients see their streams end. New
-  // sessions are refused from now on, health checks answer NOT_SERVING,
-  // and the reaper stops. Call before grpc::Server::Shutdown.
+  // sessions are refused from now on, health checks answer NOT_SERVING
+  // (health watches get NOT_SERVING, then their streams end with
+  // UNAVAILABLE), and the reaper stops. Call before grpc::Server::Shutdown.
   void shut_down();
   // Once grpc::Server::Shutdown has returned (every call then is finished
   // or cancelled): waits while the polling threads see the calls' last
   // operations complete and the calls go, then shuts the completion queues
   // down and joins the threads. (A call that started an operation on a
-  // queue already shut down would abort the process in gRPC.)
-  void stop_polling();
+  // queue already shut down would abort the process in gRPC.) False, with
+  // the threads left running, if calls are still open after 10 s: the
+  // caller should then exit without destroying this object.
+  bool stop_polling();
 
   Registry& registry() noexcept { return registry_; }
   std::size_t session_count() const;
@@ -163,12 +169,13 @@ class BrokerServer final {
   v1::Inspect::AsyncService inspect_service_;
   grpc::health::v1::Health::AsyncService health_service_;
   grpc::reflection::v1alpha::ServerReflection::AsyncService reflection_service_;
-  // One queue per polling thread; sessions are spread over them, the other
-  // calls go to the first.
+  // One queue per polling thread; gRPC gives each client connection one,
+  // and the calls other than sessions go to the first.
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
   std::vector<std::thread> pollers_;
   absl::Mutex request_mu_;
   bool polling_stopped_ ABSL_GUARDED_BY(request_mu_) = false;
+  bool polling_stuck_ ABSL_GUARDED_BY(request_mu_) = false;
   // Call objects alive (asked for, in progress or finishing).
   absl::Mutex calls_mu_;
   int64_t calls_ ABSL_GUARDED_BY(calls_mu_) = 0;
