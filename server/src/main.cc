@@ -56,11 +56,11 @@ ABSL_FLAG(int64_t, min_session_ttl_ms, 100,
 ABSL_FLAG(int64_t, max_session_ttl_ms, 600000,
           "the longest session TTL a client's Hello may ask for");
 ABSL_FLAG(int32_t, poll_threads, 1,
-          "threads that poll the network and run the broker's handlers (1 "
-          "to 64; each client connection is served by one). One keeps each "
-          "event on the "
-          "thread that found it; more let a broker with many busy clients "
-          "use more CPUs, at the cost of waking a thread per event");
+          "threads that poll the network and run the broker's handlers, 1 "
+          "to 64 (each client connection is served by one of them). One "
+          "keeps each event on the thread that found it; more let a broker "
+          "with many busy clients use more CPUs, at the cost of waking a "
+          "thread per event");
 ABSL_FLAG(int32_t, keepalive_time_ms, 5000,
           "interval of the broker's keepalive pings on an idle connection");
 ABSL_FLAG(int32_t, keepalive_timeout_ms, 5000,
