@@ -522,7 +522,10 @@ class SessionCall final : public Call, public StreamOps {
 };
 
 // One unary call of Inspect or Health: asked for, answered by a
-// BrokerServer member, finished, deleted.
+// BrokerServer member, finished, deleted. An Inspect answer, which may list
+// a hundred thousand objects (~100 ms), is worked out on the inspection
+// thread (`off_thread`), so that the sessions of the polling thread are not
+// held up meanwhile; a health check is answered on the polling thread.
 template <typename Service, typename Request, typename Response>
 class UnaryCall final : public Call {
  public:
@@ -534,8 +537,8 @@ class UnaryCall final : public Call {
 
   // Asks for the next call of this method; the new object owns itself.
   static void request(BrokerServer* broker, Service* service,
-                      RequestFn request_fn, AnswerFn answer) {
-    auto* call = new UnaryCall(broker, service, request_fn, answer);
+                      RequestFn request_fn, AnswerFn answer, bool off_thread) {
+    auto* call = new UnaryCall(broker, service, request_fn, answer, off_thread);
     if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
           (service->*request_fn)(&call->context_, &call->request_,
                                  &call->responder_, cq, cq,
@@ -547,9 +550,13 @@ class UnaryCall final : public Call {
 
   void on_event(int event, bool ok) override {
     if (event == kAccepted && ok) {
-      request(broker_, service_, request_fn_, answer_);  // the next one
-      const grpc::Status status = (broker_->*answer_)(request_, &response_);
-      responder_.Finish(response_, status, &finished_tag_);
+      // The next one.
+      request(broker_, service_, request_fn_, answer_, off_thread_);
+      if (off_thread_) {
+        broker_->inspect([this] { answer(); });
+      } else {
+        answer();
+      }
       return;
     }
     delete this;  // finished, or no call came (shutting down)
@@ -559,15 +566,23 @@ class UnaryCall final : public Call {
   enum Event { kAccepted, kFinished };
 
   UnaryCall(BrokerServer* broker, Service* service, RequestFn request_fn,
-            AnswerFn answer)
+            AnswerFn answer, bool off_thread)
       : Call(broker),
         service_(service),
         request_fn_(request_fn),
-        answer_(answer) {}
+        answer_(answer),
+        off_thread_(off_thread) {}
+
+  // Any thread; the finished tag comes back to the polling thread.
+  void answer() {
+    const grpc::Status status = (broker_->*answer_)(request_, &response_);
+    responder_.Finish(response_, status, &finished_tag_);
+  }
 
   Service* const service_;
   const RequestFn request_fn_;
   const AnswerFn answer_;
+  const bool off_thread_;
   grpc::ServerContext context_;
   Request request_;
   Response response_;
@@ -799,6 +814,7 @@ void BrokerServer::add_to(grpc::ServerBuilder& builder) {
 }
 
 void BrokerServer::start() {
+  inspector_ = std::thread([this] { run_inspections(); });
   for (std::size_t i = 0; i < queues_.size(); ++i) {
     SessionCall::request(this, i);
   }
@@ -822,13 +838,13 @@ void BrokerServer::request_unary_calls() {
                           grpc::health::v1::HealthCheckResponse>;
   ListObjects::request(this, &inspect_service_,
                        &v1::Inspect::AsyncService::RequestListObjects,
-                       &BrokerServer::list_objects);
+                       &BrokerServer::list_objects, /*off_thread=*/true);
   ListSessions::request(this, &inspect_service_,
                         &v1::Inspect::AsyncService::RequestListSessions,
-                        &BrokerServer::list_sessions);
+                        &BrokerServer::list_sessions, /*off_thread=*/true);
   Check::request(this, &health_service_,
                  &grpc::health::v1::Health::AsyncService::RequestCheck,
-                 &BrokerServer::check_health);
+                 &BrokerServer::check_health, /*off_thread=*/false);
 }
 
 void BrokerServer::poll(grpc::ServerCompletionQueue* queue) {
@@ -873,6 +889,13 @@ bool BrokerServer::stop_polling() {
   }
   for (auto& queue : queues_) queue->Shutdown();
   for (std::thread& t : pollers_) t.join();
+  if (inspector_.joinable()) {  // no call is left to post a job
+    {
+      absl::MutexLock lock(&inspect_mu_);
+      inspect_stop_ = true;
+    }
+    inspector_.join();
+  }
   if (pollers_.empty()) {  // start() never ran: drain the queues here
     void* tag;
     bool ok;
@@ -882,6 +905,30 @@ bool BrokerServer::stop_polling() {
     }
   }
   return true;
+}
+
+void BrokerServer::inspect(absl::AnyInvocable<void()> job) {
+  absl::MutexLock lock(&inspect_mu_);
+  inspect_jobs_.push_back(std::move(job));
+}
+
+void BrokerServer::run_inspections() {
+  pthread_setname_np(pthread_self(), "dchan-inspect");
+  for (;;) {
+    absl::AnyInvocable<void()> job;
+    {
+      absl::MutexLock lock(&inspect_mu_);
+      inspect_mu_.Await(absl::Condition(
+          +[](BrokerServer* b) ABSL_EXCLUSIVE_LOCKS_REQUIRED(b->inspect_mu_) {
+            return b->inspect_stop_ || !b->inspect_jobs_.empty();
+          },
+          this));
+      if (inspect_jobs_.empty()) return;  // stopping, nothing left
+      job = std::move(inspect_jobs_.front());
+      inspect_jobs_.pop_front();
+    }
+    job();
+  }
 }
 
 bool BrokerServer::request_call(

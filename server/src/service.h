@@ -15,8 +15,9 @@
 // poll in its place: about two context switches per event; see
 // docs/BENCHMARKS.md, "Session 21".) gRPC gives each client connection
 // one of the queues, which takes its sessions; Inspect, health and
-// reflection calls run on the first (so a ListObjects
-// of many objects holds up that queue's sessions while it lists them).
+// reflection calls come to the first, and Inspect answers (a ListObjects
+// may list 100,000 objects in ~100 ms) are worked out on an inspection
+// thread of their own, so that they do not hold up that queue's sessions.
 //
 // Each stream has one write in flight; answers that complete meanwhile queue
 // behind it and leave together as one ServerBatch, as do the answers to one
@@ -41,6 +42,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string_view>
 #include <thread>
@@ -49,6 +51,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
 #include "dchan/v1/broker.grpc.pb.h"
@@ -161,6 +164,9 @@ class BrokerServer final {
                             grpc::health::v1::HealthCheckResponse* response);
   // Asks for the next Inspect and health calls.
   void request_unary_calls();
+  // Runs `job` on the inspection thread, in order. Any thread.
+  void inspect(absl::AnyInvocable<void()> job);
+  void run_inspections();  // the inspection thread
 
   const BrokerOptions options_;
   Registry registry_;
@@ -173,6 +179,13 @@ class BrokerServer final {
   // and the calls other than sessions go to the first.
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
   std::vector<std::thread> pollers_;
+  // Works out Inspect answers (see UnaryCall in service.cc); started by
+  // start(), stopped by stop_polling() once no call is left.
+  std::thread inspector_;
+  absl::Mutex inspect_mu_;
+  std::deque<absl::AnyInvocable<void()>> inspect_jobs_
+      ABSL_GUARDED_BY(inspect_mu_);
+  bool inspect_stop_ ABSL_GUARDED_BY(inspect_mu_) = false;
   absl::Mutex request_mu_;
   bool polling_stopped_ ABSL_GUARDED_BY(request_mu_) = false;
   bool polling_stuck_ ABSL_GUARDED_BY(request_mu_) = false;
