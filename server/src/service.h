@@ -105,7 +105,8 @@ class BrokerServer final {
   // queues they run on. Once.
   void add_to(grpc::ServerBuilder& builder);
   // Serves the server built from that builder: asks for the first calls
-  // and starts the polling threads. Once, after BuildAndStart.
+  // and starts the polling threads and the inspection thread. Once, after
+  // BuildAndStart.
   void start();
 
   // Ends every session with UNAVAILABLE ("broker shutting down"): pending
@@ -117,7 +118,7 @@ class BrokerServer final {
   // Once grpc::Server::Shutdown has returned (every call then is finished
   // or cancelled): waits while the polling threads see the calls' last
   // operations complete and the calls go, then shuts the completion queues
-  // down and joins the threads. (A call that started an operation on a
+  // down and joins the polling and inspection threads. (A call that started an operation on a
   // queue already shut down would abort the process in gRPC.) False, with
   // the threads left running, if calls are still open after 10 s: the
   // caller should then exit without destroying this object.
