@@ -160,6 +160,14 @@ class Call {
   virtual void on_event(int event, bool ok) = 0;
 
  protected:
+  // Runs `request` (which asks gRPC for this call on the queue it is given)
+  // on queue `queue`; once polling has stopped nobody will, and the call
+  // deletes itself instead.
+  void ask(std::size_t queue,
+           absl::FunctionRef<void(grpc::ServerCompletionQueue*)> request) {
+    if (!broker_->request_call(queue, request)) delete this;
+  }
+
   BrokerServer* const broker_;
 };
 
@@ -371,13 +379,11 @@ class SessionCall final : public Call, public StreamOps {
   // object owns itself from here.
   static void request(BrokerServer* broker, std::size_t queue) {
     auto* call = new SessionCall(broker, queue);
-    if (!broker->request_call(queue, [&](grpc::ServerCompletionQueue* cq) {
-          call->context_.AsyncNotifyWhenDone(&call->done_tag_);
-          broker->broker_service_.RequestSession(
-              &call->context_, &call->stream_, cq, cq, &call->accepted_tag_);
-        })) {
-      delete call;
-    }
+    call->ask(queue, [&](grpc::ServerCompletionQueue* cq) {
+      call->context_.AsyncNotifyWhenDone(&call->done_tag_);
+      broker->broker_service_.RequestSession(&call->context_, &call->stream_,
+                                             cq, cq, &call->accepted_tag_);
+    });
   }
 
   void on_event(int event, bool ok) override {
@@ -539,13 +545,10 @@ class UnaryCall final : public Call {
   static void request(BrokerServer* broker, Service* service,
                       RequestFn request_fn, AnswerFn answer, bool off_thread) {
     auto* call = new UnaryCall(broker, service, request_fn, answer, off_thread);
-    if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
-          (service->*request_fn)(&call->context_, &call->request_,
-                                 &call->responder_, cq, cq,
-                                 &call->accepted_tag_);
-        })) {
-      delete call;
-    }
+    call->ask(0, [&](grpc::ServerCompletionQueue* cq) {
+      (service->*request_fn)(&call->context_, &call->request_,
+                             &call->responder_, cq, cq, &call->accepted_tag_);
+    });
   }
 
   void on_event(int event, bool ok) override {
@@ -633,14 +636,12 @@ class HealthWatch final : public Call {
 
   static void request(BrokerServer* broker) {
     auto* call = new HealthWatch(broker);
-    if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
-          call->context_.AsyncNotifyWhenDone(&call->done_tag_);
-          broker->health_service_.RequestWatch(&call->context_, &call->request_,
-                                               &call->stream_, cq, cq,
-                                               &call->accepted_tag_);
-        })) {
-      delete call;
-    }
+    call->ask(0, [&](grpc::ServerCompletionQueue* cq) {
+      call->context_.AsyncNotifyWhenDone(&call->done_tag_);
+      broker->health_service_.RequestWatch(&call->context_, &call->request_,
+                                           &call->stream_, cq, cq,
+                                           &call->accepted_tag_);
+    });
   }
 
   void on_event(int event, bool ok) override {
@@ -745,12 +746,10 @@ class ReflectionCall final : public Call {
  public:
   static void request(BrokerServer* broker) {
     auto* call = new ReflectionCall(broker);
-    if (!broker->request_call(0, [&](grpc::ServerCompletionQueue* cq) {
-          broker->reflection_service_.RequestServerReflectionInfo(
-              &call->context_, &call->stream_, cq, cq, &call->accepted_tag_);
-        })) {
-      delete call;
-    }
+    call->ask(0, [&](grpc::ServerCompletionQueue* cq) {
+      broker->reflection_service_.RequestServerReflectionInfo(
+          &call->context_, &call->stream_, cq, cq, &call->accepted_tag_);
+    });
   }
 
   void on_event(int event, bool ok) override {
