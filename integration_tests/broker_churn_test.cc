@@ -34,6 +34,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -191,9 +192,7 @@ bool inspect_round(const std::string& address) {
   health::HealthCheckResponse serving;
   return inspect->ListObjects(&objects_ctx, {}, &objects).ok() &&
          inspect->ListSessions(&sessions_ctx, {}, &sessions).ok() &&
-         health::Health::NewStub(channel)
-             ->Check(&check_ctx, {}, &serving)
-             .ok();
+         health::Health::NewStub(channel)->Check(&check_ctx, {}, &serving).ok();
 }
 
 // Worker processes, each blocked in a receive on a channel nobody sends
@@ -232,7 +231,7 @@ struct Churned {
 // and may signal the broker; once it returns true the churners stop at
 // their next round.
 Churned churn(BrokerProcess& broker,
-          const std::function<bool(int finished)>& stop_after) {
+              const std::function<bool(int finished)>& stop_after) {
   const std::string address = broker.address();
   std::atomic<int> finished{0}, failed{0};
   std::atomic<bool> stop{false};
@@ -273,8 +272,9 @@ Churned churn(BrokerProcess& broker,
   return {finished.load(), failed.load()};
 }
 
-TEST(BrokerChurn, SessionsComingAndGoingAtOnceLeaveNothingBehind) {
-  BrokerProcess broker;
+// The broker with `poll_threads` polling threads, churned; then checked.
+void expect_nothing_left_behind(int poll_threads) {
+  BrokerProcess broker({absl::StrCat("--poll_threads=", poll_threads)});
   const Churned churned = churn(broker, [](int) { return false; });
   EXPECT_EQ(churned.failed, 0);
   EXPECT_EQ(churned.finished, kClientThreads * kClientRounds +
@@ -312,14 +312,26 @@ TEST(BrokerChurn, SessionsComingAndGoingAtOnceLeaveNothingBehind) {
   // under ASan, a clean leak check).
 }
 
+TEST(BrokerChurn, SessionsComingAndGoingAtOnceLeaveNothingBehind) {
+  expect_nothing_left_behind(1);
+}
+
+// gRPC spreads the connections over the queues: calls of one kind end on
+// one polling thread while others start on another.
+TEST(BrokerChurn, SessionsComingAndGoingOverThreePollingThreads) {
+  expect_nothing_left_behind(3);
+}
+
 // SIGTERM while every kind of call is starting, running and ending: the
 // broker exits 0 within its bound (no crash, no hang, under ASan no leak),
-// at three points of the churn.
+// at three points of the churn, with one, three and two polling threads.
 TEST(BrokerChurn, SigtermInTheMiddleOfTheChurnExitsZero) {
   constexpr milliseconds kExitBound = seconds(20);
-  for (const int after : {3, 15, 40}) {
-    SCOPED_TRACE(absl::StrCat("SIGTERM after ", after, " rounds"));
-    BrokerProcess broker;
+  for (const auto& [after, poll_threads] :
+       {std::pair{3, 1}, std::pair{15, 3}, std::pair{40, 2}}) {
+    SCOPED_TRACE(absl::StrCat("SIGTERM after ", after, " rounds, ",
+                              poll_threads, " polling threads"));
+    BrokerProcess broker({absl::StrCat("--poll_threads=", poll_threads)});
     // The signal comes from whichever churner finishes round `after`: the
     // BrokerProcess belongs to this thread (busy with the worker rounds),
     // so the churner uses the pid, and the exit is awaited here after the
