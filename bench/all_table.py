@@ -206,7 +206,7 @@ REMOTE = [
     ("one-way acked sends, {0} senders", "msgs/s",
      r"oneway/remote/(\d+)(x\d+)?$",
      [("raw gRPC stream", "remote", r"oneway/grpc/{1}$", None),
-      ("NATS pub/sub", "ext", r"nats_pubsub", None)]),
+      ("NATS pub/sub", "ext", r"^nats_pubsub$", None)]),
     # Issue 7's "one-way throughput with automatic batching": one producer
     # with RemoteChanOptions::send_window {0}, one consumer with recv_batch
     # {1} (0,1: plain acked sends and single receives).
@@ -214,14 +214,14 @@ REMOTE = [
      r"stream/remote/(0),(\d+)$",
      [("raw gRPC stream, one Write per message", "remote",
        r"stream/grpc/per_write$", None),
-      ("NATS pub/sub", "ext", r"nats_pubsub", None)]),
+      ("NATS pub/sub", "ext", r"^nats_pubsub$", None)]),
     ("one-way stream, send window {0}, recv batch {1}", "msgs/s",
      r"stream/remote/([1-9]\d*),(\d+)$",
      [("raw gRPC stream, one Write per message", "remote",
        r"stream/grpc/per_write$", None),
       ("raw gRPC stream, 100 messages per Write", "remote",
        r"stream/grpc/batched$", None),
-      ("NATS pub/sub", "ext", r"nats_pubsub", 1.0)]),
+      ("NATS pub/sub", "ext", r"^nats_pubsub$", 1.0)]),
     # Target: at least 650 MB/s (an absolute figure, not a ratio).
     ("bandwidth, 64 KiB values", "MB/s", r"bandwidth/remote$",
      [("raw gRPC stream, 64 KiB messages", "remote", r"bandwidth/grpc$",

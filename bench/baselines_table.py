@@ -26,6 +26,7 @@ percentiles. Then the scale table. Standard library only.
 
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -87,10 +88,11 @@ def pct(e, unit):
 
 
 def best_oneway(remote):
-    """The fastest one-way dchan row (oneway*/remote*: most msgs/s) and its
-    name, whatever variants (batched, pipelined) remote_bench has."""
+    """The fastest one-way dchan row (oneway*/remote/*: most msgs/s) and its
+    name, whatever variants (batched, pipelined) remote_bench has; not the
+    diagnostic oneway/remote_one_process rows."""
     rows = [(e["us"], name) for name, e in remote.items()
-            if name.startswith("oneway") and "/remote" in name and "us" in e]
+            if re.match(r"oneway[^/]*/remote/", name) and "us" in e]
     if not rows:
         return None, None
     us, name = min(rows)

@@ -33,14 +33,19 @@
 //                         Writes a message, the server (its own process)
 //                         echoes it, the client Reads it (sync client,
 //                         callback server).
-//   oneway/remote/S       S sender threads (1, 4, 16, 64) share one Client,
-//   each
-//                         send()ing on a buffered(1024) channel; a second
-//                         Client drains it with S receiver threads (a receiver
+//   oneway/remote/S       S sender threads (1, 4, 16, 64) share one Client
+//                         in this process, each send()ing on a
+//                         buffered(1024) channel; a partner process (this
+//                         binary, re-executed) with a Client of its own
+//                         drains it with S receiver threads (a receiver
 //                         thread has one recv() outstanding at a time, so one
 //                         would cap the rate at one message per round trip;
 //                         oneway/remote/16x1 shows that cap). Time from
-//                         releasing the threads to the last message received.
+//                         releasing the threads to the partner's report of
+//                         the last message received (through a pipe).
+//   oneway/remote_one_process/16  (diagnostic) oneway/remote/16 with the
+//                         receivers' Client in this process: how the
+//                         one-way rows ran until session 22.
 //   lock_unlock/remote    one Client, one broker Mutex, nobody else: lock()
 //                         then unlock(), each returning once the broker
 //                         answered (two round trips per op).
@@ -53,13 +58,18 @@
 //                         (CLOCK_MONOTONIC in both). The partner then reports
 //                         the time and unlocks, and this process relocks,
 //                         untimed.
-//   stream/remote/W,B     streaming producer and consumer (issue 7): one
-//                         sender thread on one Client send()s with a send
-//                         window of W (RemoteChanOptions::send_window; 0:
-//                         acked sends), one receiver thread on another
-//                         Client recv()s with batches of up to B
-//                         (recv_batch), through a buffered(4096) channel.
-//                         Time to the last message received.
+//   stream/remote/W,B     streaming producer and consumer (issue 7), in two
+//                         processes: one sender thread on a Client in this
+//                         process send()s with a send window of W
+//                         (RemoteChanOptions::send_window; 0: acked sends),
+//                         a partner process (this binary, re-executed) with
+//                         a Client of its own recv()s with batches of up to
+//                         B (recv_batch), through a buffered(4096) channel.
+//                         Time from the first send to the last message
+//                         received (CLOCK_MONOTONIC in both).
+//   stream/remote_one_process/256,256  (diagnostic) the same with the
+//                         consumer's Client a thread in this process: how
+//                         the stream rows ran until session 22.
 //   stream/grpc/batched   its app-batched baseline: one thread writes 100
 //                         payloads per Write on one client-streaming call
 //                         (bench/echo.proto SinkBatch); time to the ack.
@@ -93,6 +103,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -419,10 +430,74 @@ void BM_GrpcRoundTrip(benchmark::State& state, const std::string& address) {
   lat.report(state);
 }
 
+int64_t NowNs();
+
+// The partner process, seen from the benchmark: this binary re-executed with
+// kPartnerFlag and `args` (see PartnerMain), its stdin and stdout piped to
+// this process. Its destructor closes the partner's stdin (the partner's
+// loop ends there) and waits for it.
+class Partner {
+ public:
+  explicit Partner(const std::vector<std::string>& args);
+
+  // Asks a lock partner to lock.
+  void request_lock() {
+    const char cmd = 'L';
+    process_.write_all(&cmd, 1);
+  }
+
+  // Asks a drain partner to receive `n` values.
+  void request_values(int64_t n) { process_.write_all(&n, sizeof n); }
+
+  // The steady clock (ns) the partner reported next: when a lock partner's
+  // lock() returned, when a drain partner received its last value.
+  int64_t reported_ns() {
+    int64_t ns = 0;
+    process_.read_exact(&ns, sizeof ns);
+    return ns;
+  }
+
+  ChildProcess& process() { return process_; }
+
+ private:
+  ChildProcess process_;
+};
+
 // Splits n ops over k threads.
 int64_t Share(int64_t n, int k, int i) { return n / k + (i < n % k ? 1 : 0); }
 
+// The senders' Client in this process, the receivers' in a partner process
+// (a drain partner with `receivers` threads). The batch ends when the
+// partner reports its last receive through its stdout pipe (one pipe
+// wake-up, tens of µs, inside the timed span of a batch of 2048 sends).
 void BM_RemoteOneWay(benchmark::State& state, int senders, int receivers) {
+  dchan::Client tx_client = Connect();
+  const std::string name = UniqueName("oneway");
+  dchan::Chan<std::string> tx = tx_client.chan<std::string>(name, kBufferCap);
+  Partner partner({"drain", g_broker_address, name, std::to_string(kBufferCap),
+                   "0", std::to_string(kPayloadBytes),
+                   std::to_string(receivers)});
+  std::optional<ExitIfItDies> watchdog(std::in_place, partner.process(),
+                                       "remote_bench",
+                                       "the drain partner process exited");
+  partner.request_values(receivers);  // warm-up: the partner opens
+  for (int i = 0; i < receivers; ++i) tx.send(Payload());
+  partner.reported_ns();
+  RunBatched(state, kOneWayBatch, [&](int64_t n, Batch& batch) {
+    partner.request_values(n);
+    for (int s = 0; s < senders; ++s) {
+      batch.workers.push_back([=]() mutable {
+        for (int64_t i = Share(n, senders, s); i > 0; --i) tx.send(Payload());
+      });
+    }
+    batch.after = [&] { partner.reported_ns(); };
+  });
+  watchdog.reset();
+}
+
+// BM_RemoteOneWay with the receivers' Client in this process (diagnostic).
+void BM_RemoteOneWayOneProcess(benchmark::State& state, int senders,
+                               int receivers) {
   dchan::Client tx_client = Connect();
   dchan::Client rx_client = Connect();
   const std::string name = UniqueName("oneway");
@@ -489,11 +564,50 @@ constexpr int64_t kBandwidthBatch = 1024;
 constexpr std::size_t kBandwidthBytes = 64 << 10;
 constexpr int kRawBatch = 100;  // payloads per Write, app-batched baseline
 
-// One sender thread on one Client, one receiver thread on another, `bytes`
-// per value, through a buffered channel; the sender's handle pipelines with
-// `window` (0: acked sends), the receiver's fetches up to `batch` values.
+// One sender thread on a Client in this process, one receiver on another
+// Client in a partner process (the production shape: two Clients in one
+// process share gRPC's process-wide poller, see BENCHMARKS.md "Session
+// 22"), `bytes` per value, through a buffered channel; the sender's handle
+// pipelines with `window` (0: acked sends), the receiver's fetches up to
+// `batch` values.
 void BM_RemoteStream(benchmark::State& state, std::size_t window,
                      std::size_t batch, std::size_t bytes, int64_t per_batch) {
+  dchan::Client tx_client = Connect();
+  const std::string name = UniqueName("stream");
+  dchan::Chan<std::string> tx =
+      tx_client.chan<std::string>(name, kStreamCap, {.send_window = window});
+  Partner partner({"drain", g_broker_address, name, std::to_string(kStreamCap),
+                   std::to_string(batch), std::to_string(bytes), "1"});
+  // The partner's receives wait without a deadline: if it dies, the program
+  // must end rather than hang.
+  std::optional<ExitIfItDies> watchdog(std::in_place, partner.process(),
+                                       "remote_bench",
+                                       "the drain partner process exited");
+  const std::string payload(bytes, 'x');
+  // Sends `n` values; the time from the first send to the partner's last
+  // receive. The sends are all answered (flush) before it returns.
+  auto send = [&](int64_t n) {
+    partner.request_values(n);
+    const int64_t t0 = NowNs();
+    for (int64_t i = 0; i < n; ++i) tx.send(payload);
+    dchan::flush(tx);  // every send answered: none failed
+    return std::chrono::nanoseconds(partner.reported_ns() - t0);
+  };
+  send(std::min<int64_t>(per_batch, 1024));  // warm-up: the partner opens
+  while (state.KeepRunningBatch(per_batch)) {
+    state.SetIterationTime(
+        std::chrono::duration<double>(send(per_batch)).count());
+  }
+  watchdog.reset();
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+
+// BM_RemoteStream with the receiver a thread of this process, on a second
+// Client (diagnostic).
+void BM_RemoteStreamOneProcess(benchmark::State& state, std::size_t window,
+                               std::size_t batch, std::size_t bytes,
+                               int64_t per_batch) {
   dchan::Client tx_client = Connect();
   dchan::Client rx_client = Connect();
   const std::string name = UniqueName("stream");
@@ -568,6 +682,9 @@ void RegisterStreamBenchmarks() {
                BM_RemoteStream(st, w, b, kPayloadBytes, kStreamBatch);
              });
   }
+  Register("stream/remote_one_process/256,256", [](benchmark::State& st) {
+    BM_RemoteStreamOneProcess(st, 256, 256, kPayloadBytes, kStreamBatch);
+  });
   Register("stream/grpc/per_write", [](benchmark::State& st) {
     BM_GrpcStream(st, 1, kPayloadBytes, kOneWayBatch * 8);
   });
@@ -636,6 +753,82 @@ int LockPartnerMain(const std::string& address, const std::string& lock_name) {
   return 0;
 }
 
+// The partner's side of oneway/remote, stream/remote and bandwidth/remote:
+// receives values of `bytes` on broker channel `name` (buffered, capacity
+// `cap`) in batches of up to `batch` (0: one value per receive), on
+// `threads` receiver threads started once (not inside a timed batch); for
+// each count n (8 bytes) on stdin, they receive n values between them, and
+// the steady clock (ns) at the last one's arrival goes to stdout. Ends at
+// EOF.
+int DrainPartnerMain(const std::string& address, const std::string& name,
+                     const std::string& cap, const std::string& batch,
+                     const std::string& bytes, const std::string& threads) {
+  dchan::Client client = dchan::Client::connect(address);
+  dchan::Chan<std::string> rx = client.chan<std::string>(
+      name, std::stoul(cap), {.recv_batch = std::stoul(batch)});
+  const std::size_t size = std::stoul(bytes);
+  const int k = std::stoi(threads);
+  // Round r: each receiver takes its share of n; the last to finish has
+  // left the latest arrival in last_ns.
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t round = 0, n = 0, last_ns = 0;
+  int finished = 0;
+  bool bad = false, stop = false;
+  std::vector<std::thread> receivers;
+  for (int r = 0; r < k; ++r) {
+    receivers.emplace_back([&, r] {
+      for (int64_t seen = 0;; ++seen) {
+        int64_t share;
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return round > seen || stop; });
+          if (stop) return;
+          share = Share(n, k, r);
+        }
+        bool ok = true;
+        for (int64_t i = share; i > 0; --i) {
+          std::optional<std::string> v = rx.recv();
+          ok = ok && v.has_value() && v->size() == size;
+        }
+        const int64_t at = NowNs();
+        std::lock_guard<std::mutex> lock(mu);
+        bad = bad || !ok;
+        last_ns = std::max(last_ns, at);
+        if (++finished == k) cv.notify_all();
+      }
+    });
+  }
+  int rc = 0;
+  int64_t count = 0;
+  while (rc == 0 && read(STDIN_FILENO, &count, sizeof count) ==
+                        static_cast<ssize_t>(sizeof count)) {
+    int64_t at;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      n = count;
+      finished = 0;
+      last_ns = 0;
+      ++round;
+      cv.notify_all();
+      cv.wait(lock, [&] { return finished == k; });
+      if (bad) rc = 1;
+      at = last_ns;
+    }
+    if (rc == 0 && write(STDOUT_FILENO, &at, sizeof at) !=
+                       static_cast<ssize_t>(sizeof at)) {
+      rc = 1;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    stop = true;
+  }
+  cv.notify_all();
+  for (std::thread& t : receivers) t.join();
+  return rc;
+}
+
 // The partner's side of pingpong/remote: sends every value received on
 // `ping` back on `pong` until `ping` is closed.
 int EchoPartnerMain(const std::string& address, const std::string& ping_name,
@@ -647,7 +840,8 @@ int EchoPartnerMain(const std::string& address, const std::string& ping_name,
   return 0;
 }
 
-// argv: kPartnerFlag, then "lock" ADDRESS LOCK or "echo" ADDRESS PING PONG.
+// argv: kPartnerFlag, then "lock" ADDRESS LOCK, "echo" ADDRESS PING PONG or
+// "drain" ADDRESS CHAN CAP BATCH BYTES THREADS.
 int PartnerMain(int argc, char** argv) {
   std::thread([] {}).join();  // real atomics (see main)
   const std::string role = argc > 2 ? argv[2] : "";
@@ -655,43 +849,22 @@ int PartnerMain(int argc, char** argv) {
   if (role == "echo" && argc == 6) {
     return EchoPartnerMain(argv[3], argv[4], argv[5]);
   }
+  if (role == "drain" && argc == 9) {
+    return DrainPartnerMain(argv[3], argv[4], argv[5], argv[6], argv[7],
+                            argv[8]);
+  }
   std::fprintf(stderr, "remote_bench partner: bad arguments\n");
   return 2;
 }
 
-// The partner process, seen from the benchmark: this binary re-executed with
-// kPartnerFlag and `args` (see PartnerMain), its stdin and stdout piped to
-// this process. Its destructor closes the partner's stdin (a lock partner's
-// loop ends there) and waits for it.
-class Partner {
- public:
-  explicit Partner(const std::vector<std::string>& args) {
-    char exe[4096];
-    const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0) throw std::runtime_error("readlink /proc/self/exe failed");
-    std::vector<std::string> argv = {std::string(exe, len), kPartnerFlag};
-    argv.insert(argv.end(), args.begin(), args.end());
-    process_.start(argv, ChildProcess::Stdin::kPipe);
-  }
-
-  // Asks the partner to lock.
-  void request_lock() {
-    const char cmd = 'L';
-    process_.write_all(&cmd, 1);
-  }
-
-  // The steady clock (ns) at which the partner's lock() returned.
-  int64_t granted_at() {
-    int64_t ns = 0;
-    process_.read_exact(&ns, sizeof ns);
-    return ns;
-  }
-
-  ChildProcess& process() { return process_; }
-
- private:
-  ChildProcess process_;
-};
+Partner::Partner(const std::vector<std::string>& args) {
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) throw std::runtime_error("readlink /proc/self/exe failed");
+  std::vector<std::string> argv = {std::string(exe, len), kPartnerFlag};
+  argv.insert(argv.end(), args.begin(), args.end());
+  process_.start(argv, ChildProcess::Stdin::kPipe);
+}
 
 // B is a partner process (EchoPartnerMain) with a Client of its own, as the
 // issue asks ("between two processes"): two Clients in one process share
@@ -761,7 +934,7 @@ void BM_RemoteLockHandoff(benchmark::State& state) {
     AwaitQueuedLocker(*inspect, name);
     const int64_t t0 = NowNs();
     m.unlock();
-    return std::chrono::nanoseconds(partner.granted_at() - t0);
+    return std::chrono::nanoseconds(partner.reported_ns() - t0);
   };
   one_handoff();  // warm-up: the partner connects and opens the lock
   Latencies lat;
@@ -823,6 +996,8 @@ int main(int argc, char** argv) {
   Register("pingpong/remote_one_process", BM_RemotePingPongOneProcess);
   Register("oneway/remote/16x1",
            [](benchmark::State& st) { BM_RemoteOneWay(st, 16, 1); });
+  Register("oneway/remote_one_process/16",
+           [](benchmark::State& st) { BM_RemoteOneWayOneProcess(st, 16, 16); });
   Register("roundtrip/grpc_inprocess", [](benchmark::State& st) {
     // Started for this row alone: a callback server's threads poll the whole
     // process's sockets (gRPC's epoll1 poller is process-wide), so left

@@ -34,7 +34,9 @@
 #                   is its own process); Google Benchmark, REPS repetitions.
 #   remote_go       (bench/remote_go, Go, built offline from Debian's Go
 #                   packages in GOPATH mode) against nats-server and etcd
-#                   started here: NATS request-reply, NATS pub/sub, etcd put,
+#                   started here: NATS request-reply, NATS pub/sub (the
+#                   subscriber in a second process; a one-process run as a
+#                   diagnostic), etcd put,
 #                   the etcd lock API (clientv3/concurrency Mutex) and
 #                   `etcdctl lock` / `etcdctl put` process cycles.
 #   remote_bench    dchan's side (unless REMOTE_RESULTS): ping-pong, acked
@@ -193,7 +195,8 @@ run_go() {
   local -a env_go=(env GOMAXPROCS=2)
   [[ $# -gt 0 ]] && env_go=(env -u GOMAXPROCS)
   : > "${OUT}/go.${placement}.jsonl"
-  for w in nats-rr nats-pubsub etcd-put etcd-lock etcdctl; do
+  for w in nats-rr nats-pubsub nats-pubsub-one-process etcd-put etcd-lock \
+    etcdctl; do
     echo "${SCRIPT}: remote_go ${w}, ${placement}" >&2
     local -a small=("${GO_SMALL[@]}")
     [[ "${SMOKE}" == 1 && "${w}" == etcdctl ]] && small=(-n 2 -warmup 1)

@@ -21,8 +21,13 @@
 //	              nats-responder: issue 7's hand-off is "between two
 //	              processes"), replies with the same payload
 //	nats-pubsub   one-way throughput: a publisher connection publishes -n
-//	              messages, a subscriber connection receives them; time from
-//	              the first Publish to the last message received
+//	              messages, a subscriber connection in a process of its own
+//	              (this program re-executed as nats-subscriber, as dchan's
+//	              stream rows run their consumer) receives them; time from
+//	              the first Publish to the subscriber's report that the
+//	              last message arrived (one pipe write and read)
+//	nats-pubsub-one-process  (diagnostic) the same with both connections
+//	              in this process: how nats-pubsub ran until session 22
 //	etcd-put      one Put of a 100-byte value, waiting for its response
 //	etcd-lock     concurrency.Mutex Lock then Unlock, uncontended, on one
 //	              session (lease) created before timing
@@ -49,6 +54,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -175,33 +181,69 @@ func natsResponder(subject string) {
 	io.Copy(io.Discard, os.Stdin)
 }
 
-func natsRequestReply() {
-	subject := fmt.Sprintf("bench.echo.%d", os.Getpid())
+// partner is this program re-executed as `mode subject` (nats-rr's
+// responder, nats-pubsub's subscriber), talking to this one by lines on its
+// stdin and stdout.
+type partner struct {
+	mode  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string // its stdout, line by line; closed at its end
+}
+
+// startPartner starts it and waits for its "ready" line.
+func startPartner(mode, subject string) *partner {
 	self, err := os.Executable()
 	if err != nil {
 		fail("os.Executable: %v", err)
 	}
-	responder := exec.Command(self, "-nats", *natsURL, "nats-responder", subject)
-	responder.Stderr = os.Stderr
-	stdin, err := responder.StdinPipe()
+	p := &partner{mode: mode, lines: make(chan string, 16)}
+	p.cmd = exec.Command(self, "-nats", *natsURL, mode, subject)
+	p.cmd.Stderr = os.Stderr
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		fail("%s stdin: %v", mode, err)
+	}
+	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
-		fail("responder stdin: %v", err)
+		fail("%s stdout: %v", mode, err)
 	}
-	stdout, err := responder.StdoutPipe()
-	if err != nil {
-		fail("responder stdout: %v", err)
+	if err := p.cmd.Start(); err != nil {
+		fail("start the %s: %v", mode, err)
 	}
-	if err := responder.Start(); err != nil {
-		fail("start the responder: %v", err)
-	}
-	defer func() {
-		stdin.Close()
-		responder.Wait()
+	go func() {
+		in := bufio.NewScanner(stdout)
+		for in.Scan() {
+			p.lines <- in.Text()
+		}
+		close(p.lines)
 	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		fail("the responder did not get ready (%q, %v)", line, err)
+	p.expect("ready", 30*time.Second)
+	return p
+}
+
+// expect waits up to `within` for the partner's next line, which must be
+// `line`.
+func (p *partner) expect(line string, within time.Duration) {
+	select {
+	case got, ok := <-p.lines:
+		if !ok || got != line {
+			fail("the %s said %q (ended: %v), not %q", p.mode, got, !ok, line)
+		}
+	case <-time.After(within):
+		fail("the %s did not say %q within %v", p.mode, line, within)
 	}
+}
+
+// stop closes the partner's stdin (its loop ends there) and waits for it.
+func (p *partner) stop() {
+	p.stdin.Close()
+	p.cmd.Wait()
+}
+
+func natsRequestReply() {
+	subject := fmt.Sprintf("bench.echo.%d", os.Getpid())
+	responder := startPartner("nats-responder", subject)
+	defer responder.stop()
 	requester := natsConnect()
 	defer requester.Close()
 	payload := make([]byte, payloadBytes)
@@ -214,7 +256,85 @@ func natsRequestReply() {
 	})
 }
 
+// natsSubscriber counts the messages on subject: it prints "ready" once the
+// subscription is registered at the server; then, for each count K read
+// from stdin (a line), it starts counting afresh, prints "armed", and
+// prints "done" once K messages have arrived. Ends at EOF on stdin.
+func natsSubscriber(subject string) {
+	nc := natsConnect()
+	defer nc.Close()
+	var got, target int64
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		if len(m.Data) != payloadBytes {
+			fail("nats-subscriber: a message of %d bytes", len(m.Data))
+		}
+		if atomic.AddInt64(&got, 1) == atomic.LoadInt64(&target) {
+			fmt.Println("done")
+		}
+	})
+	if err != nil {
+		fail("subscribe: %v", err)
+	}
+	// No client-side drops: a dropped message would never arrive and the
+	// repetition would time out instead of reporting a wrong rate.
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		fail("pending limits: %v", err)
+	}
+	if err := nc.Flush(); err != nil {
+		fail("flush: %v", err)
+	}
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		k, err := strconv.ParseInt(in.Text(), 10, 64)
+		if err != nil || k <= 0 {
+			fail("nats-subscriber: bad count %q", in.Text())
+		}
+		// The publisher waits for "armed": no message is in flight now.
+		atomic.StoreInt64(&got, 0)
+		atomic.StoreInt64(&target, k)
+		fmt.Println("armed")
+	}
+	// The publisher is done, or gave up on a "done" that never came: say
+	// whether messages were dropped here.
+	if dropped, err := sub.Dropped(); err == nil && dropped > 0 {
+		fmt.Fprintf(os.Stderr, "nats-subscriber: %d messages dropped\n", dropped)
+	}
+}
+
 func natsPubSub() {
+	count := orDefault(*n, 200000)
+	subject := fmt.Sprintf("bench.stream.%d", os.Getpid())
+	subscriber := startPartner("nats-subscriber", subject)
+	defer subscriber.stop()
+	pub := natsConnect()
+	defer pub.Close()
+	payload := make([]byte, payloadBytes)
+	publish := func(k int) time.Duration {
+		if _, err := fmt.Fprintf(subscriber.stdin, "%d\n", k); err != nil {
+			fail("nats-subscriber stdin: %v", err)
+		}
+		subscriber.expect("armed", 30*time.Second)
+		t0 := time.Now()
+		for i := 0; i < k; i++ {
+			if err := pub.Publish(subject, payload); err != nil {
+				fail("publish: %v", err)
+			}
+		}
+		if err := pub.Flush(); err != nil {
+			fail("flush: %v", err)
+		}
+		subscriber.expect("done", 60*time.Second)
+		return time.Since(t0)
+	}
+	publish(orDefault(*warmup, 10000))
+	for rep := 1; rep <= *reps; rep++ {
+		rate := float64(count) / publish(count).Seconds()
+		emit(record{Bench: "nats_pubsub", Rep: rep, Ops: count, MsgsPerS: &rate})
+	}
+}
+
+func natsPubSubOneProcess() {
 	count := orDefault(*n, 200000)
 	pub, subConn := natsConnect(), natsConnect()
 	defer pub.Close()
@@ -262,7 +382,7 @@ func natsPubSub() {
 		t0 := time.Now()
 		publish(count)
 		rate := float64(count) / time.Since(t0).Seconds()
-		emit(record{Bench: "nats_pubsub", Rep: rep, Ops: count, MsgsPerS: &rate})
+		emit(record{Bench: "nats_pubsub_one_process", Rep: rep, Ops: count, MsgsPerS: &rate})
 	}
 }
 
@@ -329,11 +449,12 @@ func etcdctlCycles() {
 
 func main() {
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: remote_go [flags] nats-rr|nats-pubsub|etcd-put|etcd-lock|etcdctl\n")
+		fmt.Fprintf(os.Stderr, "usage: remote_go [flags] nats-rr|nats-pubsub|nats-pubsub-one-process|etcd-put|etcd-lock|etcdctl\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() < 1 || (flag.NArg() > 1 && flag.Arg(0) != "nats-responder") || *reps < 1 {
+	partnerMode := flag.Arg(0) == "nats-responder" || flag.Arg(0) == "nats-subscriber"
+	if flag.NArg() < 1 || (flag.NArg() > 1 && !partnerMode) || *reps < 1 {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -346,8 +467,16 @@ func main() {
 			os.Exit(2)
 		}
 		natsResponder(flag.Arg(1))
+	case "nats-subscriber": // nats-pubsub's other process
+		if flag.NArg() != 2 {
+			flag.Usage()
+			os.Exit(2)
+		}
+		natsSubscriber(flag.Arg(1))
 	case "nats-pubsub":
 		natsPubSub()
+	case "nats-pubsub-one-process":
+		natsPubSubOneProcess()
 	case "etcd-put":
 		etcdPut()
 	case "etcd-lock":
