@@ -67,9 +67,10 @@
 //                         B (recv_batch), through a buffered(4096) channel.
 //                         Time from the first send to the last message
 //                         received (CLOCK_MONOTONIC in both).
-//   stream/remote_one_process/256,256  (diagnostic) the same with the
-//                         consumer's Client a thread in this process: how
-//                         the stream rows ran until session 22.
+//   stream/remote_one_process/256,256, bandwidth/remote_one_process
+//                         (diagnostic) the same with the consumer's Client a
+//                         thread in this process: how the stream and
+//                         bandwidth rows ran until session 22.
 //   stream/grpc/batched   its app-batched baseline: one thread writes 100
 //                         payloads per Write on one client-streaming call
 //                         (bench/echo.proto SinkBatch); time to the ack.
@@ -698,6 +699,9 @@ void RegisterStreamBenchmarks() {
   });
   Register("bandwidth/remote/64,16", [](benchmark::State& st) {
     BM_RemoteStream(st, 64, 16, kBandwidthBytes, kBandwidthBatch);
+  });
+  Register("bandwidth/remote_one_process", [](benchmark::State& st) {
+    BM_RemoteStreamOneProcess(st, 16, 4, kBandwidthBytes, kBandwidthBatch);
   });
   Register("bandwidth/grpc", [](benchmark::State& st) {
     BM_GrpcStream(st, 1, kBandwidthBytes, kBandwidthBatch);
