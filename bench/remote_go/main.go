@@ -256,6 +256,68 @@ func natsRequestReply() {
 	})
 }
 
+// counted is a subscription that counts its messages towards a target.
+type counted struct {
+	sub         *nats.Subscription
+	got, target int64
+}
+
+// subscribeCounted subscribes nc to subject and calls reached (on the
+// subscription's goroutine) each time the messages since the last arm()
+// reach its target. No client-side drops: a dropped message would never
+// arrive, and the repetition would time out instead of reporting a wrong
+// rate. It returns once the subscription is registered at the server.
+func subscribeCounted(nc *nats.Conn, subject string, reached func()) *counted {
+	c := &counted{}
+	var err error
+	c.sub, err = nc.Subscribe(subject, func(m *nats.Msg) {
+		if len(m.Data) != payloadBytes {
+			fail("a message of %d bytes on %s", len(m.Data), subject)
+		}
+		if atomic.AddInt64(&c.got, 1) == atomic.LoadInt64(&c.target) {
+			reached()
+		}
+	})
+	if err != nil {
+		fail("subscribe: %v", err)
+	}
+	if err := c.sub.SetPendingLimits(-1, -1); err != nil {
+		fail("pending limits: %v", err)
+	}
+	if err := nc.Flush(); err != nil {
+		fail("flush: %v", err)
+	}
+	return c
+}
+
+// arm starts counting afresh towards k messages; no message may be in
+// flight.
+func (c *counted) arm(k int64) {
+	atomic.StoreInt64(&c.got, 0)
+	atomic.StoreInt64(&c.target, k)
+}
+
+// missing says how many of k messages have not arrived, and how many the
+// client dropped.
+func (c *counted) missing(k int) string {
+	dropped, _ := c.sub.Dropped()
+	return fmt.Sprintf("%d of %d messages arrived (%d dropped)", atomic.LoadInt64(&c.got), k, dropped)
+}
+
+// publishAll publishes k payloads on subject and flushes them to the
+// server.
+func publishAll(pub *nats.Conn, subject string, k int) {
+	payload := make([]byte, payloadBytes)
+	for i := 0; i < k; i++ {
+		if err := pub.Publish(subject, payload); err != nil {
+			fail("publish: %v", err)
+		}
+	}
+	if err := pub.Flush(); err != nil {
+		fail("flush: %v", err)
+	}
+}
+
 // natsSubscriber counts the messages on subject: it prints "ready" once the
 // subscription is registered at the server; then, for each count K read
 // from stdin (a line), it starts counting afresh, prints "armed", and
@@ -263,42 +325,24 @@ func natsRequestReply() {
 func natsSubscriber(subject string) {
 	nc := natsConnect()
 	defer nc.Close()
-	var got, target int64
-	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		if len(m.Data) != payloadBytes {
-			fail("nats-subscriber: a message of %d bytes", len(m.Data))
-		}
-		if atomic.AddInt64(&got, 1) == atomic.LoadInt64(&target) {
-			fmt.Println("done")
-		}
-	})
-	if err != nil {
-		fail("subscribe: %v", err)
-	}
-	// No client-side drops: a dropped message would never arrive and the
-	// repetition would time out instead of reporting a wrong rate.
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		fail("pending limits: %v", err)
-	}
-	if err := nc.Flush(); err != nil {
-		fail("flush: %v", err)
-	}
+	c := subscribeCounted(nc, subject, func() { fmt.Println("done") })
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
+	k := int64(0)
 	for in.Scan() {
-		k, err := strconv.ParseInt(in.Text(), 10, 64)
+		var err error
+		k, err = strconv.ParseInt(in.Text(), 10, 64)
 		if err != nil || k <= 0 {
 			fail("nats-subscriber: bad count %q", in.Text())
 		}
 		// The publisher waits for "armed": no message is in flight now.
-		atomic.StoreInt64(&got, 0)
-		atomic.StoreInt64(&target, k)
+		c.arm(k)
 		fmt.Println("armed")
 	}
 	// The publisher is done, or gave up on a "done" that never came: say
-	// whether messages were dropped here.
-	if dropped, err := sub.Dropped(); err == nil && dropped > 0 {
-		fmt.Fprintf(os.Stderr, "nats-subscriber: %d messages dropped\n", dropped)
+	// what arrived of the last count.
+	if atomic.LoadInt64(&c.got) < k {
+		fmt.Fprintf(os.Stderr, "nats-subscriber: %s\n", c.missing(int(k)))
 	}
 }
 
@@ -309,21 +353,13 @@ func natsPubSub() {
 	defer subscriber.stop()
 	pub := natsConnect()
 	defer pub.Close()
-	payload := make([]byte, payloadBytes)
 	publish := func(k int) time.Duration {
 		if _, err := fmt.Fprintf(subscriber.stdin, "%d\n", k); err != nil {
 			fail("nats-subscriber stdin: %v", err)
 		}
 		subscriber.expect("armed", 30*time.Second)
 		t0 := time.Now()
-		for i := 0; i < k; i++ {
-			if err := pub.Publish(subject, payload); err != nil {
-				fail("publish: %v", err)
-			}
-		}
-		if err := pub.Flush(); err != nil {
-			fail("flush: %v", err)
-		}
+		publishAll(pub, subject, k)
 		subscriber.expect("done", 60*time.Second)
 		return time.Since(t0)
 	}
@@ -339,49 +375,22 @@ func natsPubSubOneProcess() {
 	pub, subConn := natsConnect(), natsConnect()
 	defer pub.Close()
 	defer subConn.Close()
-	var got int64
 	done := make(chan struct{}, 1)
-	var target int64
-	sub, err := subConn.Subscribe("bench.stream", func(m *nats.Msg) {
-		if atomic.AddInt64(&got, 1) == atomic.LoadInt64(&target) {
-			done <- struct{}{}
-		}
-	})
-	if err != nil {
-		fail("subscribe: %v", err)
-	}
-	// No client-side drops: a dropped message would never arrive and the
-	// repetition would time out instead of reporting a wrong rate.
-	if err := sub.SetPendingLimits(-1, -1); err != nil {
-		fail("pending limits: %v", err)
-	}
-	if err := subConn.Flush(); err != nil {
-		fail("flush: %v", err)
-	}
-	payload := make([]byte, payloadBytes)
-	publish := func(k int) {
-		atomic.StoreInt64(&got, 0)
-		atomic.StoreInt64(&target, int64(k))
-		for i := 0; i < k; i++ {
-			if err := pub.Publish("bench.stream", payload); err != nil {
-				fail("publish: %v", err)
-			}
-		}
-		if err := pub.Flush(); err != nil {
-			fail("flush: %v", err)
-		}
+	c := subscribeCounted(subConn, "bench.stream", func() { done <- struct{}{} })
+	publish := func(k int) time.Duration {
+		c.arm(int64(k))
+		t0 := time.Now()
+		publishAll(pub, "bench.stream", k)
 		select {
 		case <-done:
 		case <-time.After(60 * time.Second):
-			dropped, _ := sub.Dropped()
-			fail("nats_pubsub: %d of %d messages arrived (%d dropped)", atomic.LoadInt64(&got), k, dropped)
+			fail("nats_pubsub_one_process: %s", c.missing(k))
 		}
+		return time.Since(t0)
 	}
 	publish(orDefault(*warmup, 10000))
 	for rep := 1; rep <= *reps; rep++ {
-		t0 := time.Now()
-		publish(count)
-		rate := float64(count) / time.Since(t0).Seconds()
+		rate := float64(count) / publish(count).Seconds()
 		emit(record{Bench: "nats_pubsub_one_process", Rep: rep, Ops: count, MsgsPerS: &rate})
 	}
 }
