@@ -23,8 +23,12 @@
 //   issue's hand-off is "between two processes".
 //   relay_bandwidth/grpc
 //                  64 KiB values one way, A -> relay server -> B (one
-//                  iteration per value, batches of 1,024): the floor for
-//                  dchan's 64 KiB bandwidth through the broker.
+//                  iteration per value, batches of 1,024), B a partner
+//                  process as dchan's consumer is: the floor for dchan's
+//                  64 KiB bandwidth through the broker. Timed from A's
+//                  first write to B's last read (CLOCK_MONOTONIC in both).
+//   relay_bandwidth_one_process/grpc  (diagnostic) the same with B a
+//                  thread of this process: how it ran until session 22.
 //
 // The servers are child processes this program starts on loopback and stops
 // at exit (and that die with it: PR_SET_PDEATHSIG):
@@ -589,7 +593,53 @@ void BM_RelayChanPingPong(benchmark::State& state) {
 constexpr std::size_t kBandwidthBytes = 64 << 10;
 constexpr int64_t kBandwidthBatch = 1024;
 
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             Clock::now().time_since_epoch())
+      .count();
+}
+
 void BM_RelayBandwidth(benchmark::State& state) {
+  const std::string room = UniqueName("room");
+  ChildProcess partner;
+  try {
+    partner.start({g_self, kPartnerFlag, "relay_sink", RelayAddress(), room},
+                  ChildProcess::Stdin::kPipe);
+    if (partner.read_line() != "ready\n") {
+      throw std::runtime_error("the partner process did not get ready");
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  std::optional<ExitIfItDies> watchdog(std::in_place, partner, "baseline_bench",
+                                       "the partner process exited");
+  RelayStream<Frame> a(RelayAddress(), room);
+  Frame value;
+  value.set_payload(std::string(kBandwidthBytes, 'x'));
+  // Sends n values; the time from the first write to B's last read.
+  auto send = [&](int64_t n) {
+    partner.write_all(&n, sizeof n);
+    const int64_t t0 = NowNs();
+    for (int64_t i = 0; i < n; ++i) a.write(value);
+    int64_t last = 0;
+    partner.read_exact(&last, sizeof last);
+    return std::chrono::nanoseconds(last - t0);
+  };
+  send(16);  // warm-up
+  while (state.KeepRunningBatch(kBandwidthBatch)) {
+    state.SetIterationTime(
+        std::chrono::duration<double>(send(kBandwidthBatch)).count());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() *
+                          static_cast<int64_t>(kBandwidthBytes));
+  watchdog.reset();
+  partner.stop();
+}
+
+// BM_RelayBandwidth with B a thread of this process (diagnostic).
+void BM_RelayBandwidthOneProcess(benchmark::State& state) {
   const std::string room = UniqueName("room");
   RelayStream<Frame> a(RelayAddress(), room);
   RelayStream<Frame> b(RelayAddress(), room);
@@ -617,11 +667,13 @@ void BM_RelayBandwidth(benchmark::State& state) {
                           static_cast<int64_t>(kBandwidthBytes));
 }
 
-// B's side of a round-trip row, in a process of its own (this binary with
-// kPartnerFlag): argv "redis" PORT Q1 Q2 (BRPOP Q1, LPUSH it to Q2),
-// "relay" ADDRESS ROOM (read, write back) or "relay_chan" ADDRESS ROOM
-// (RECV, then SEND what it got). Prints "ready" once connected,
-// then serves until it is killed.
+// B's side of a relay or Redis row, in a process of its own (this binary
+// with kPartnerFlag): argv "redis" PORT Q1 Q2 (BRPOP Q1, LPUSH it to Q2),
+// "relay" ADDRESS ROOM (read, write back), "relay_chan" ADDRESS ROOM
+// (RECV, then SEND what it got) or "relay_sink" ADDRESS ROOM (for each
+// count n, 8 bytes on stdin: read n values, then write the steady clock in
+// ns, 8 bytes, to stdout; ends at EOF). Prints "ready" once connected, then
+// serves until it is killed (or, a sink, until its stdin ends).
 int PartnerMain(int argc, char** argv) {
   std::thread([] {}).join();  // real atomics (see main)
   const std::string role = argc > 2 ? argv[2] : "";
@@ -643,6 +695,26 @@ int PartnerMain(int argc, char** argv) {
       b.read(&f);
       b.write(f);
     }
+  }
+  if (role == "relay_sink" && argc == 5) {
+    RelayStream<Frame> b(argv[3], argv[4]);
+    ready();
+    Frame f;
+    int64_t n = 0;
+    while (read(STDIN_FILENO, &n, sizeof n) == static_cast<ssize_t>(sizeof n)) {
+      for (int64_t i = 0; i < n; ++i) {
+        b.read(&f);
+        if (f.payload().size() != kBandwidthBytes) {
+          Die("relay: the payload changed");
+        }
+      }
+      const int64_t at = NowNs();
+      if (write(STDOUT_FILENO, &at, sizeof at) !=
+          static_cast<ssize_t>(sizeof at)) {
+        Die("partner: stdout is gone");
+      }
+    }
+    return 0;
   }
   if (role == "relay_chan" && argc == 5) {
     RelayStream<ChanFrame> b(argv[3], argv[4]);
@@ -688,6 +760,7 @@ int main(int argc, char** argv) {
   Register("relay/grpc", BM_RelayPingPong);
   Register("relay_chan/grpc", BM_RelayChanPingPong);
   Register("relay_bandwidth/grpc", BM_RelayBandwidth);
+  Register("relay_bandwidth_one_process/grpc", BM_RelayBandwidthOneProcess);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   int rc = 0;
