@@ -433,24 +433,34 @@ RelayServer g_relay;
 bool g_redis_started = false;
 bool g_relay_started = false;
 
+// Starts `partner` (this binary with kPartnerFlag and `partner_args`, see
+// PartnerMain; its stdin `in`) and waits for its "ready". False, with the
+// benchmark skipped and the reason given, if it does not come.
+bool StartPartner(benchmark::State& state, ChildProcess& partner,
+                  const std::vector<std::string>& partner_args,
+                  ChildProcess::Stdin in = ChildProcess::Stdin::kInherit) {
+  std::vector<std::string> argv = {g_self, kPartnerFlag};
+  argv.insert(argv.end(), partner_args.begin(), partner_args.end());
+  try {
+    partner.start(argv, in);
+    if (partner.read_line() != "ready\n") {
+      throw std::runtime_error("the partner process did not get ready");
+    }
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return false;
+  }
+  return true;
+}
+
 // Runs batches of round trips, `one()` being one, with B's side in a
 // partner process started with `partner_args` (see PartnerMain).
 template <class RoundTrip>
 void RunRoundTrips(benchmark::State& state,
                    const std::vector<std::string>& partner_args,
                    RoundTrip one) {
-  std::vector<std::string> argv = {g_self, kPartnerFlag};
-  argv.insert(argv.end(), partner_args.begin(), partner_args.end());
   ChildProcess partner;
-  try {
-    partner.start(argv);
-    if (partner.read_line() != "ready\n") {
-      throw std::runtime_error("the partner process did not get ready");
-    }
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
-    return;
-  }
+  if (!StartPartner(state, partner, partner_args)) return;
   // A round trip waits for the partner without a deadline: if it dies, the
   // program must end rather than hang.
   std::optional<ExitIfItDies> watchdog(std::in_place, partner, "baseline_bench",
@@ -602,16 +612,12 @@ int64_t NowNs() {
 void BM_RelayBandwidth(benchmark::State& state) {
   const std::string room = UniqueName("room");
   ChildProcess partner;
-  try {
-    partner.start({g_self, kPartnerFlag, "relay_sink", RelayAddress(), room},
-                  ChildProcess::Stdin::kPipe);
-    if (partner.read_line() != "ready\n") {
-      throw std::runtime_error("the partner process did not get ready");
-    }
-  } catch (const std::exception& e) {
-    state.SkipWithError(e.what());
+  if (!StartPartner(state, partner, {"relay_sink", RelayAddress(), room},
+                    ChildProcess::Stdin::kPipe)) {
     return;
   }
+  // Each batch waits for B without a deadline: if it dies, the program must
+  // end rather than hang.
   std::optional<ExitIfItDies> watchdog(std::in_place, partner, "baseline_bench",
                                        "the partner process exited");
   RelayStream<Frame> a(RelayAddress(), room);
