@@ -412,10 +412,13 @@ def remote_rows(results):
         if bname in used_ext:
             continue
         rate = any((ext[p].get(bname) or {}).get("rate") for p in PLACEMENTS)
-        cells = ["remote", "(no dchan row)", "msgs/s" if rate else "µs/op",
-                 f"`{bname}`"]
+        # A 64 KiB bandwidth baseline (e.g. a diagnostic form of the relay
+        # floor) in MB/s, as its paired row shows it.
+        unit = ("MB/s" if "bandwidth" in bname
+                else "msgs/s" if rate else "µs/op")
+        cells = ["remote", "(no dchan row)", unit, f"`{bname}`"]
         for p in PLACEMENTS:
-            cells += ["–", show(ext[p].get(bname), True), "–"]
+            cells += ["–", show(as_unit(ext[p].get(bname), unit), True), "–"]
         cells.append("")
         rows.append(cells)
     return rows
