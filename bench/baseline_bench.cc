@@ -88,6 +88,7 @@ using dchan::bench::ExitIfItDies;
 using dchan::bench::Frame;
 using dchan::bench::FreeLoopbackPort;
 using dchan::bench::Latencies;
+using dchan::bench::NowNs;
 using dchan::bench::Relay;
 using dchan::bench::UniqueName;
 
@@ -602,12 +603,6 @@ void BM_RelayChanPingPong(benchmark::State& state) {
 // The floor for dchan's "bandwidth, 64 KiB values" row.
 constexpr std::size_t kBandwidthBytes = 64 << 10;
 constexpr int64_t kBandwidthBatch = 1024;
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             Clock::now().time_since_epoch())
-      .count();
-}
 
 void BM_RelayBandwidth(benchmark::State& state) {
   const std::string room = UniqueName("room");

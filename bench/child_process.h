@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -33,6 +34,15 @@
 #include <vector>
 
 namespace dchan::bench {
+
+// The steady clock in ns: CLOCK_MONOTONIC, so a figure a partner process
+// reports (e.g. when its last receive returned) compares with this
+// process's own.
+inline int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 class ChildProcess {
  public:

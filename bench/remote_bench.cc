@@ -141,6 +141,7 @@ using dchan::bench::ExitIfItDies;
 using dchan::bench::Latencies;
 using dchan::bench::Msg;
 using dchan::bench::MsgBatch;
+using dchan::bench::NowNs;
 using dchan::bench::UniqueName;
 
 constexpr std::size_t kPayloadBytes = 100;
@@ -430,8 +431,6 @@ void BM_GrpcRoundTrip(benchmark::State& state, const std::string& address) {
   if (!st.ok()) state.SkipWithError(st.error_message().c_str());
   lat.report(state);
 }
-
-int64_t NowNs();
 
 // The partner process, seen from the benchmark: this binary re-executed with
 // kPartnerFlag and `args` (see PartnerMain), its stdin and stdout piped to
@@ -731,12 +730,6 @@ void BM_RemoteLockUnlock(benchmark::State& state) {
 }
 
 constexpr const char* kPartnerFlag = "--dchan_bench_partner";
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             Clock::now().time_since_epoch())
-      .count();
-}
 
 // The partner's side of lock_handoff (runs in the re-executed binary): for
 // each 'L' byte on stdin, lock() (queued behind the benchmark), write the
