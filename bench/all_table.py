@@ -222,6 +222,10 @@ REMOTE = [
       ("raw gRPC stream, 100 messages per Write", "remote",
        r"stream/grpc/batched$", None),
       ("NATS pub/sub", "ext", r"^nats_pubsub$", 1.0)]),
+    # The same with read-ahead on the consumer's handle (recv_ahead).
+    ("one-way stream, send window {0}, recv batch {1}, read-ahead",
+     "msgs/s", r"stream/remote/([1-9]\d*),(\d+)\+ahead$",
+     [("NATS pub/sub", "ext", r"^nats_pubsub$", 1.0)]),
     # Target: at least 650 MB/s (an absolute figure, not a ratio).
     ("bandwidth, 64 KiB values", "MB/s", r"bandwidth/remote$",
      [("raw gRPC stream, 64 KiB messages", "remote", r"bandwidth/grpc$",

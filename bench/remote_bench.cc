@@ -67,6 +67,8 @@
 //                         B (recv_batch), through a buffered(4096) channel.
 //                         Time from the first send to the last message
 //                         received (CLOCK_MONOTONIC in both).
+//   stream/remote/256,256+ahead  the same with read-ahead on the receiver's
+//                         handle (RemoteChanOptions::recv_ahead).
 //   stream/remote_one_process/256,256, bandwidth/remote_one_process
 //                         (diagnostic) the same with the consumer's Client a
 //                         thread in this process: how the stream and
@@ -475,7 +477,7 @@ void BM_RemoteOneWay(benchmark::State& state, int senders, int receivers) {
   const std::string name = UniqueName("oneway");
   dchan::Chan<std::string> tx = tx_client.chan<std::string>(name, kBufferCap);
   Partner partner({"drain", g_broker_address, name, std::to_string(kBufferCap),
-                   "0", std::to_string(kPayloadBytes),
+                   "0", "0", std::to_string(kPayloadBytes),
                    std::to_string(receivers)});
   std::optional<ExitIfItDies> watchdog(std::in_place, partner.process(),
                                        "remote_bench",
@@ -569,15 +571,17 @@ constexpr int kRawBatch = 100;  // payloads per Write, app-batched baseline
 // process share gRPC's process-wide poller, see BENCHMARKS.md "Session
 // 22"), `bytes` per value, through a buffered channel; the sender's handle
 // pipelines with `window` (0: acked sends), the receiver's fetches up to
-// `batch` values.
+// `batch` values (reading ahead if `ahead`).
 void BM_RemoteStream(benchmark::State& state, std::size_t window,
-                     std::size_t batch, std::size_t bytes, int64_t per_batch) {
+                     std::size_t batch, std::size_t bytes, int64_t per_batch,
+                     bool ahead = false) {
   dchan::Client tx_client = Connect();
   const std::string name = UniqueName("stream");
   dchan::Chan<std::string> tx =
       tx_client.chan<std::string>(name, kStreamCap, {.send_window = window});
   Partner partner({"drain", g_broker_address, name, std::to_string(kStreamCap),
-                   std::to_string(batch), std::to_string(bytes), "1"});
+                   std::to_string(batch), ahead ? "1" : "0",
+                   std::to_string(bytes), "1"});
   // The partner's receives wait without a deadline: if it dies, the program
   // must end rather than hang.
   std::optional<ExitIfItDies> watchdog(std::in_place, partner.process(),
@@ -682,6 +686,10 @@ void RegisterStreamBenchmarks() {
                BM_RemoteStream(st, w, b, kPayloadBytes, kStreamBatch);
              });
   }
+  // The same with read-ahead on the receiver's handle (recv_ahead).
+  Register("stream/remote/256,256+ahead", [](benchmark::State& st) {
+    BM_RemoteStream(st, 256, 256, kPayloadBytes, kStreamBatch, true);
+  });
   Register("stream/remote_one_process/256,256", [](benchmark::State& st) {
     BM_RemoteStreamOneProcess(st, 256, 256, kPayloadBytes, kStreamBatch);
   });
@@ -752,17 +760,20 @@ int LockPartnerMain(const std::string& address, const std::string& lock_name) {
 
 // The partner's side of oneway/remote, stream/remote and bandwidth/remote:
 // receives values of `bytes` on broker channel `name` (buffered, capacity
-// `cap`) in batches of up to `batch` (0: one value per receive), on
+// `cap`) in batches of up to `batch` (0: one value per receive; with
+// read-ahead if `ahead` is "1"), on
 // `threads` receiver threads started once (not inside a timed batch); for
 // each count n (8 bytes) on stdin, they receive n values between them, and
 // the steady clock (ns) at the last one's arrival goes to stdout. Ends at
 // EOF.
 int DrainPartnerMain(const std::string& address, const std::string& name,
                      const std::string& cap, const std::string& batch,
-                     const std::string& bytes, const std::string& threads) {
+                     const std::string& ahead, const std::string& bytes,
+                     const std::string& threads) {
   dchan::Client client = dchan::Client::connect(address);
   dchan::Chan<std::string> rx = client.chan<std::string>(
-      name, std::stoul(cap), {.recv_batch = std::stoul(batch)});
+      name, std::stoul(cap),
+      {.recv_batch = std::stoul(batch), .recv_ahead = ahead == "1"});
   const std::size_t size = std::stoul(bytes);
   const int k = std::stoi(threads);
   // Round r: each receiver takes its share of n; the last to finish has
@@ -838,7 +849,7 @@ int EchoPartnerMain(const std::string& address, const std::string& ping_name,
 }
 
 // argv: kPartnerFlag, then "lock" ADDRESS LOCK, "echo" ADDRESS PING PONG or
-// "drain" ADDRESS CHAN CAP BATCH BYTES THREADS.
+// "drain" ADDRESS CHAN CAP BATCH AHEAD BYTES THREADS.
 int PartnerMain(int argc, char** argv) {
   std::thread([] {}).join();  // real atomics (see main)
   const std::string role = argc > 2 ? argv[2] : "";
@@ -846,9 +857,9 @@ int PartnerMain(int argc, char** argv) {
   if (role == "echo" && argc == 6) {
     return EchoPartnerMain(argv[3], argv[4], argv[5]);
   }
-  if (role == "drain" && argc == 9) {
+  if (role == "drain" && argc == 10) {
     return DrainPartnerMain(argv[3], argv[4], argv[5], argv[6], argv[7],
-                            argv[8]);
+                            argv[8], argv[9]);
   }
   std::fprintf(stderr, "remote_bench partner: bad arguments\n");
   return 2;

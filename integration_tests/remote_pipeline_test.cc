@@ -1,19 +1,23 @@
 // Opt-in pipelining of broker channels (RemoteChanOptions): pipelined sends
-// (send_window) and batch receives (recv_batch), against a real
-// dchan-broker on 127.0.0.1 and dchan-test-worker processes (see worker.cc).
+// (send_window), batch receives (recv_batch) and read-ahead (recv_ahead),
+// against a real dchan-broker on 127.0.0.1 and dchan-test-worker processes
+// (see worker.cc).
 //
 // What is checked: per-producer order and exactly-once delivery with
 // windows, an error that hits sends already returned (a close, a killed
-// broker) reaching the producer, and batch-received values that are never
-// lost or duplicated — across consumer processes, when the handle holding
-// them is dropped (also after a close), before a close is reported, and to
-// a select.
+// broker) reaching the producer, and batch-received or read-ahead values
+// that are never lost or duplicated — across consumer processes, when the
+// handle holding them is dropped (also after a close, or with its Client),
+// before a close is reported, to a select, and a killed broker reported.
 // Every wait is bounded (liveness bounds, not performance assertions).
+#include <sched.h>
 #include <signal.h>
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <future>
+#include <map>
 #include <optional>
 #include <string>
 #include <thread>
@@ -46,6 +50,36 @@ std::optional<Error> error_of(F&& f) {
   }
   return std::nullopt;
 }
+
+// Pins every thread of this process (as `taskset -c CPU` would, and the
+// threads they start) to the CPU the caller runs on, while it lives.
+class OnOneCpu {
+ public:
+  OnOneCpu() {
+    const int cpu = sched_getcpu();
+    if (cpu < 0) return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    for (const auto& task :
+         std::filesystem::directory_iterator("/proc/self/task")) {
+      const pid_t tid = std::stoi(task.path().filename().string());
+      cpu_set_t mask;
+      if (sched_getaffinity(tid, sizeof mask, &mask) != 0) continue;
+      if (sched_setaffinity(tid, sizeof one, &one) == 0) saved_[tid] = mask;
+    }
+  }
+  ~OnOneCpu() {
+    for (const auto& [tid, mask] : saved_) {
+      sched_setaffinity(tid, sizeof mask, &mask);  // gone: nothing to undo
+    }
+  }
+  OnOneCpu(const OnOneCpu&) = delete;
+  OnOneCpu& operator=(const OnOneCpu&) = delete;
+
+ private:
+  std::map<pid_t, cpu_set_t> saved_;
+};
 
 // Values from a Chan<int64_t> in the order received, `n` of them (or fewer
 // if it is closed first).
@@ -191,9 +225,9 @@ TEST(RemotePipeline, BrokerKilledWithSendsInFlightSurfacesTheError) {
 }
 
 // Four producers, four consumer processes receiving in batches of 16 from
-// a channel of capacity 8: every value is received exactly once (count,
-// sum and sum of squares), also those still held in a consumer when the
-// channel is closed.
+// a channel of capacity 8, two of them reading ahead: every value is
+// received exactly once (count, sum and sum of squares), also those still
+// held in a consumer when the channel is closed.
 TEST(RemotePipeline, BatchReceiveDeliversExactlyOnceAcrossFourProcesses) {
   BrokerProcess broker;
   constexpr int kProducers = 4;
@@ -201,8 +235,10 @@ TEST(RemotePipeline, BatchReceiveDeliversExactlyOnceAcrossFourProcesses) {
   constexpr int64_t kPerProducer = 2000;
   std::vector<Process> consumers;
   for (int i = 0; i < kConsumers; ++i) {
-    consumers.push_back(
-        worker("consume", broker, "jobs", {"--cap=8", "--batch=16"}));
+    // Half of them read ahead (recv_ahead).
+    consumers.push_back(worker(
+        "consume", broker, "jobs",
+        {"--cap=8", "--batch=16", i % 2 == 0 ? "--ahead=0" : "--ahead=1"}));
   }
   std::vector<Process> producers;
   for (int i = 0; i < kProducers; ++i) {
@@ -306,6 +342,134 @@ TEST(RemotePipeline, SelectTakesLocallyHeldValues) {
   // Nothing held, nothing buffered: not ready.
   EXPECT_EQ(select(on_recv(other), on_recv(in, take), on_default()), 2u);
   EXPECT_EQ(in.len(), 0u);
+}
+
+// Read-ahead (recv_ahead): a full batch sends for the next one at once,
+// so the broker channel gives up two batches; the handle's len() counts
+// the values on their way, and every value arrives once, in order.
+TEST(RemotePipeline, ReadAheadTakesTheNextBatchWhileOneIsConsumed) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("ahead", 32);
+  for (int64_t v = 1; v <= 20; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in = consumer.chan<int64_t>(
+      "ahead", 32, {.recv_batch = 4, .recv_ahead = true});
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // holds 2..4; 5..8 ahead
+  ASSERT_TRUE(broker.wait_for_chan(
+      "ahead", [](const ChanInfo& c) { return c.len == 12; },
+      kBrokerStateBound))
+      << "no read-ahead took 5..8 out of the broker channel";
+  EXPECT_EQ(in.len(), 19u);  // 12 in the broker, 3 held, 4 read ahead
+  std::vector<int64_t> want;
+  for (int64_t v = 2; v <= 20; ++v) want.push_back(v);
+  EXPECT_EQ(recv_n(in, 19), want);
+  EXPECT_EQ(in.try_recv().status, ChanStatus::kWouldBlock);
+  EXPECT_EQ(in.len(), 0u);
+}
+
+// A handle dropped with a read-ahead on its way (or answered), and its
+// Client right after it: the held values and the read-ahead's go back to
+// the broker channel, in their order — the Client's session stays open
+// until the read-ahead's answer has been handed back. Ten rounds: which
+// comes first, the answer or the destructors, is up to the scheduler.
+TEST(RemotePipeline, ReadAheadValuesReturnWhenTheHandleAndClientGo) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  for (int round = 0; round < 10; ++round) {
+    const std::string name = absl::StrCat("held", round);
+    Chan<int64_t> out = producer.chan<int64_t>(name, 16);
+    for (int64_t v = 1; v <= 10; ++v) out.send(v);
+    {
+      // On one CPU, the background reader that reads the read-ahead's
+      // answer tends to run after the destructors rather than alongside
+      // them: the case where only the session kept open saves the values.
+      OnOneCpu pinned;
+      Client consumer = Client::connect(broker.address());
+      Chan<int64_t> in = consumer.chan<int64_t>(
+          name, 16, {.recv_batch = 4, .recv_ahead = true});
+      // 2..4 held, 5..8 read ahead.
+      ASSERT_EQ(in.recv(), std::optional<int64_t>(1));
+    }  // the handle goes, then the Client
+    ASSERT_TRUE(broker.wait_for_chan(
+        name, [](const ChanInfo& c) { return c.len == 9; }, kBrokerStateBound))
+        << "round " << round << ": values held or read ahead were lost";
+    EXPECT_EQ(recv_n(out, 9),
+              (std::vector<int64_t>{9, 10, 2, 3, 4, 5, 6, 7, 8}));
+    EXPECT_EQ(out.try_recv().status, ChanStatus::kWouldBlock);
+  }
+}
+
+// A select whose receive case's handle holds nothing but has a read-ahead
+// on its way waits for its values instead of asking the broker (whose
+// channel they have left): the values come in order, then the default.
+TEST(RemotePipeline, SelectTakesReadAheadValues) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("sel", 8);
+  for (int64_t v = 1; v <= 8; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in =
+      consumer.chan<int64_t>("sel", 8, {.recv_batch = 4, .recv_ahead = true});
+  Chan<int64_t> other = consumer.chan<int64_t>("other", 1);
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // 2..4 held, 5..8 ahead
+  std::vector<int64_t> got;
+  const auto take = [&](std::optional<int64_t> v) { got.push_back(v.value()); };
+  for (int i = 0; i < 7; ++i) {
+    ASSERT_EQ(select(on_recv(other), on_recv(in, take), on_default()), 1u)
+        << "after " << got.size() << " values";
+  }
+  EXPECT_EQ(got, (std::vector<int64_t>{2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(select(on_recv(other), on_recv(in, take), on_default()), 2u);
+}
+
+// A close after a read-ahead: the handle hands out what it holds and what
+// the read-ahead brought, then reports the close.
+TEST(RemotePipeline, CloseAfterAReadAheadDrainsItsValuesFirst) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("drain", 8);
+  for (int64_t v = 1; v <= 8; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in =
+      consumer.chan<int64_t>("drain", 8, {.recv_batch = 4, .recv_ahead = true});
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));
+  out.close();
+  EXPECT_EQ(recv_n(in, 10), (std::vector<int64_t>{2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(in.recv(), std::nullopt);
+}
+
+// The broker dies after answering a read-ahead: the consumer gets values
+// in order (as many as reached it), then kUnavailable — nothing hangs.
+TEST(RemotePipeline, BrokerKilledAfterAReadAheadSurfacesTheLoss) {
+  BrokerProcess broker;
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>("doomed", 32);
+  for (int64_t v = 1; v <= 20; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in = consumer.chan<int64_t>(
+      "doomed", 32, {.recv_batch = 4, .recv_ahead = true});
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));
+  ASSERT_TRUE(broker.wait_for_chan(
+      "doomed", [](const ChanInfo& c) { return c.len == 12; },
+      kBrokerStateBound));
+  broker.kill(SIGKILL);
+  auto drained = std::async(std::launch::async, [&] {
+    std::vector<int64_t> got;
+    const std::optional<Error> e = error_of([&] {
+      for (int i = 0; i < 20; ++i) got.push_back(in.recv().value());
+    });
+    return std::make_pair(got, e);
+  });
+  ASSERT_EQ(drained.wait_for(kBrokerLossBound), std::future_status::ready)
+      << "a receive hung after the broker died";
+  const auto [got, e] = drained.get();
+  ASSERT_TRUE(e.has_value()) << got.size() << " values, no error";
+  EXPECT_EQ(e->code(), absl::StatusCode::kUnavailable) << e->what();
+  ASSERT_LE(got.size(), 7u);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i], static_cast<int64_t>(i) + 2);
+  }
 }
 
 }  // namespace

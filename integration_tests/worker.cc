@@ -9,10 +9,11 @@
 //            --window=W the handle pipelines its sends
 //            (RemoteChanOptions::send_window) and dchan::flush()es before
 //            printing "sent K"
-//   consume  --broker=ADDR --chan=NAME --cap=N [--batch=B]
+//   consume  --broker=ADDR --chan=NAME --cap=N [--batch=B] [--ahead=1]
 //            receives (range-for) until the channel is closed and drained;
 //            prints "count C sum S sumsq Q" (Q: sum of squares); --batch=B
-//            receives in batches (RemoteChanOptions::recv_batch)
+//            receives in batches (RemoteChanOptions::recv_batch), --ahead=1
+//            with read-ahead (recv_ahead)
 //   close    --broker=ADDR --chan=NAME --cap=N
 //            closes the channel; prints "closed"
 //   recv-one --broker=ADDR --chan=NAME --cap=N [--type=int64|string]
@@ -667,7 +668,11 @@ int run(const std::string& mode, Args& args) {
     delay_ms = args.num("delay_ms", 0);
     window = args.num("window", 0);
   }
-  if (mode == "consume") batch = args.num("batch", 0);
+  bool ahead = false;
+  if (mode == "consume") {
+    batch = args.num("batch", 0);
+    ahead = args.num("ahead", 0) != 0;
+  }
   if (mode == "rendezvous-send" || mode == "send-for" || mode == "span-one") {
     value = args.num("value", 42);
   }
@@ -705,7 +710,8 @@ int run(const std::string& mode, Args& args) {
   }
   if (mode == "consume") {
     dchan::Chan<int64_t> ch = client.chan<int64_t>(
-        name, ucap, {.recv_batch = static_cast<size_t>(batch)});
+        name, ucap,
+        {.recv_batch = static_cast<size_t>(batch), .recv_ahead = ahead});
     int64_t n = 0, sum = 0, sumsq = 0;
     for (int64_t v : ch) {
       ++n;

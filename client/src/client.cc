@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -175,6 +176,7 @@ class BrokerChan final : public RemoteChan {
         cap_(capacity),
         recv_batch_(static_cast<uint32_t>(
             std::min<std::size_t>(options.recv_batch, kMaxRecvBatch))),
+        recv_ahead_(options.recv_ahead && recv_batch_ > 1),
         window_(options.send_window == 0
                     ? nullptr
                     : std::make_shared<SendWindow>(
@@ -184,36 +186,30 @@ class BrokerChan final : public RemoteChan {
   ~BrokerChan() override {
     if (window_ != nullptr) window_->orphan();
     std::deque<std::string> held;
+    std::shared_ptr<Connection::Call> ahead;
     {
       std::lock_guard<detail::Lock> lock(held_mu_);
       held.swap(held_);
+      ahead.swap(ahead_);
     }
-    if (!held.empty()) {
-      // Hand the values not consumed back (before the release: the broker
-      // handles this session's frames in order).
-      v1::ClientFrame f;
-      v1::ReturnRequest* req = f.mutable_return_values();
-      req->set_handle(handle_);
-      for (std::string& v : held) req->add_values(std::move(v));
-      const std::size_t n = held.size();
-      try {
-        conn_->call_async(f, [n, name = name_](const absl::Status& error,
-                                               v1::ServerFrame& answer) {
-          if (error.ok() && answer.code() == 0) return;
-          std::fprintf(
-              stderr,
-              "dchan: %zu received value(s) of channel \"%s\" could "
-              "not be handed back to the broker: %s\n",
-              n, name.c_str(),
-              error.ok() ? answer.message().c_str() : error.ToString().c_str());
-        });
-      } catch (const Error& e) {
-        std::fprintf(stderr,
-                     "dchan: %zu received value(s) of channel \"%s\" could "
-                     "not be handed back to the broker: %s\n",
-                     n, name_.c_str(), e.what());
-      }
+    if (ahead != nullptr) {
+      // Its answer's values follow the held ones; hand all back, then
+      // release the handle (the broker handles a session's frames in
+      // order) — when the answer arrives, on the reader thread.
+      Connection* conn = conn_.get();
+      conn->hold();  // open until then
+      conn->detach(
+          ahead,
+          [conn, handle = handle_, name = name_, held = std::move(held)](
+              const absl::Status& error, v1::ServerFrame& answer) mutable {
+            if (error.ok()) append_values(answer, held);
+            hand_back(*conn, handle, name, held);
+            conn->release(handle);
+            conn->unhold();
+          });
+      return;
     }
+    hand_back(*conn_, handle_, name_, held);
     conn_->release(handle_);
   }
 
@@ -251,23 +247,32 @@ class BrokerChan final : public RemoteChan {
     const ChanStatus st = to_status(r->outcome());
     if (st == ChanStatus::kOk) {
       out = std::move(*r->mutable_value());
+      bool write = false;
       if (r->more_values_size() > 0) {
         std::lock_guard<detail::Lock> lock(held_mu_);
         for (std::string& v : *r->mutable_more_values()) {
           held_.push_back(std::move(v));
         }
+        write = start_ahead(1 + r->more_values_size());
       }
+      if (write) conn_->write_deferred();
     }
     return st;
   }
 
   bool take_held(std::string& out) noexcept override {
     if (recv_batch_ <= 1) return false;
+    std::shared_ptr<Connection::Call> ahead;
+    {
+      std::lock_guard<detail::Lock> lock(held_mu_);
+      if (pop_held(out)) return true;
+      if (ahead_ == nullptr) return false;
+      ahead = ahead_;
+    }
+    // The read-ahead's values come before any a new request would get.
+    take_in(ahead);
     std::lock_guard<detail::Lock> lock(held_mu_);
-    if (held_.empty()) return false;
-    out = std::move(held_.front());
-    held_.pop_front();
-    return true;
+    return pop_held(out);
   }
 
   void flush() override {
@@ -287,8 +292,17 @@ class BrokerChan final : public RemoteChan {
     report();
     v1::ClientFrame f;
     f.mutable_stat()->set_handle(handle_);
+    std::shared_ptr<Connection::Call> ahead;
+    {
+      std::lock_guard<detail::Lock> lock(held_mu_);
+      ahead = ahead_;
+    }
     const auto broker_len =
         static_cast<std::size_t>(conn_->call(f, kNoDeadline).stat().len());
+    // A read-ahead sent before the Stat took its values out before it
+    // counted; it has been answered by now (the broker answers a session's
+    // non-blocking requests in order).
+    if (ahead != nullptr) take_in(ahead);
     std::lock_guard<detail::Lock> lock(held_mu_);
     return broker_len + held_.size();
   }
@@ -401,6 +415,107 @@ class BrokerChan final : public RemoteChan {
   static constexpr std::size_t kMaxRecvBatch = 4096;  // the broker's limit
   static constexpr std::size_t kMaxSendWindow = 1 << 20;
 
+  // With held_mu_ held, after an answer brought `n` values: if the batch
+  // was full and no read-ahead is on its way (RemoteChanOptions::
+  // recv_ahead), sends one — a non-blocking batch receive, answered while
+  // this batch is consumed. Threads that find nothing held wait for its
+  // answer from now on (take_held). The frame is queued under held_mu_, so
+  // that no other request of this handle can overtake it, but not written:
+  // true means this thread must call conn_->write_deferred() once held_mu_
+  // is released.
+  bool start_ahead(std::size_t n) noexcept {
+    if (!recv_ahead_ || n < recv_batch_ || ahead_ != nullptr) return false;
+    v1::ClientFrame f;
+    v1::RecvRequest* req = f.mutable_recv();
+    req->set_handle(handle_);
+    req->set_nonblocking(true);
+    req->set_max_values(recv_batch_);
+    bool write = false;
+    try {
+      ahead_ = conn_->call_later(f, &write);
+    } catch (const Error&) {
+      // The session is lost: the next recv() reports it.
+    }
+    return write;
+  }
+
+  // Waits for the answer to read-ahead `ahead` and appends its values to
+  // the held ones — unless another thread did so first. One thread at a
+  // time awaits; the others wait for it here.
+  void take_in(const std::shared_ptr<Connection::Call>& ahead) noexcept {
+    std::lock_guard<std::mutex> awaiting(ahead_mu_);
+    {
+      std::lock_guard<detail::Lock> lock(held_mu_);
+      if (ahead_ != ahead) return;
+    }
+    std::deque<std::string> values;
+    try {
+      v1::ServerFrame answer = conn_->answer_of(ahead);
+      append_values(answer, values);
+    } catch (const Error&) {
+      // A lost session, a refused request: the next recv() asks the broker
+      // itself and reports it.
+    }
+    bool write;
+    {
+      std::lock_guard<detail::Lock> lock(held_mu_);
+      ahead_ = nullptr;
+      for (std::string& v : values) held_.push_back(std::move(v));
+      write = start_ahead(values.size());
+    }
+    if (write) conn_->write_deferred();
+  }
+
+  // Appends a receive answer's values (none unless its outcome is OK) to
+  // `out`.
+  static void append_values(v1::ServerFrame& answer,
+                            std::deque<std::string>& out) {
+    if (!answer.has_recv() || answer.recv().outcome() != v1::OUTCOME_OK) return;
+    v1::RecvResponse* r = answer.mutable_recv();
+    out.push_back(std::move(*r->mutable_value()));
+    for (std::string& v : *r->mutable_more_values())
+      out.push_back(std::move(v));
+  }
+
+  // With held_mu_ held: takes the first held value, if any.
+  bool pop_held(std::string& out) {
+    if (held_.empty()) return false;
+    out = std::move(held_.front());
+    held_.pop_front();
+    return true;
+  }
+
+  // Hands values received but not consumed back to the broker channel
+  // `handle` (before its release: the broker handles a session's frames in
+  // order). A failure can only be written to stderr.
+  static void hand_back(Connection& conn, uint64_t handle,
+                        const std::string& name,
+                        std::deque<std::string>& values) noexcept {
+    if (values.empty()) return;
+    v1::ClientFrame f;
+    v1::ReturnRequest* req = f.mutable_return_values();
+    req->set_handle(handle);
+    for (std::string& v : values) req->add_values(std::move(v));
+    const std::size_t n = values.size();
+    try {
+      conn.call_async(
+          f, [n, name](const absl::Status& error, v1::ServerFrame& answer) {
+            if (error.ok() && answer.code() == 0) return;
+            std::fprintf(stderr,
+                         "dchan: %zu received value(s) of channel \"%s\" could "
+                         "not be handed back to the broker: %s\n",
+                         n, name.c_str(),
+                         error.ok() ? answer.message().c_str()
+                                    : error.ToString().c_str());
+          });
+    } catch (const Error& e) {
+      std::fprintf(stderr,
+                   "dchan: %zu received value(s) of channel \"%s\" could "
+                   "not be handed back to the broker: %s\n",
+                   n, name.c_str(), e.what());
+    }
+  }
+
   // Throws the error pipelined sends met, if one is unreported.
   void report() {
     if (window_ != nullptr) window_->report();
@@ -411,14 +526,19 @@ class BrokerChan final : public RemoteChan {
   const uint64_t handle_;
   const std::size_t cap_;
   const uint32_t recv_batch_;                 // > 1: batch receives
+  const bool recv_ahead_;                     // with batches: read-ahead
   const std::shared_ptr<SendWindow> window_;  // set: pipelined sends
   // Taken once per value received: lib's futex lock, not an absl::Mutex
   // (Debian's Abseil keeps its deadlock-detection bookkeeping on, a global
   // lock per acquisition, which a streaming consumer paid on every value).
   // Never held while anything blocks.
   detail::Lock held_mu_;
-  // A batch receive's extra values, in channel order. Guarded by held_mu_.
+  // A batch receive's extra values, in channel order, and the read-ahead on
+  // its way, if any (its values follow them). Guarded by held_mu_.
   std::deque<std::string> held_;
+  std::shared_ptr<Connection::Call> ahead_;
+  // Held by the one thread awaiting the read-ahead's answer.
+  std::mutex ahead_mu_;
 };
 
 }  // namespace

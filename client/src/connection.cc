@@ -67,6 +67,15 @@ Connection::Connection(const std::string& target, const ClientOptions& options)
 Connection::~Connection() { shut_down(); }
 
 void Connection::shut_down() {
+  {
+    // Callbacks that will still send (hold()) do so on the open stream.
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](Connection* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+          return c->holds_ == 0 || c->stream_over_;
+        },
+        this));
+  }
   if (pinger_.joinable()) {
     {
       absl::MutexLock lock(&ping_mu_);
@@ -320,6 +329,16 @@ void Connection::release(uint64_t handle) noexcept {
   }
 }
 
+void Connection::hold() noexcept {
+  absl::MutexLock lock(&mu_);
+  ++holds_;
+}
+
+void Connection::unhold() noexcept {
+  absl::MutexLock lock(&mu_);
+  --holds_;
+}
+
 void Connection::finish(Call& call, const absl::Status& error,
                         bool by_its_reader) {
   if (call.on_answer) {
@@ -367,7 +386,7 @@ void Connection::send_pipelined(uint64_t handle, std::string value,
 
 uint64_t Connection::start(const std::shared_ptr<Call>& call,
                            v1::ClientFrame& frame, bool hand_off,
-                           OpenSend* open) {
+                           OpenSend* open, bool* write_later) {
   uint64_t id;
   {
     absl::MutexLock lock(&mu_);
@@ -378,12 +397,12 @@ uint64_t Connection::start(const std::shared_ptr<Call>& call,
     calls_.emplace(id, call);
     if (!call->self_reading) ++background_needed_;
   }
-  enqueue(std::move(frame), hand_off, open, call.get());
+  enqueue(std::move(frame), hand_off, open, call.get(), write_later);
   return id;
 }
 
 void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open,
-                         Call* call) {
+                         Call* call, bool* write_later) {
   {
     absl::MutexLock lock(&write_mu_);
     if (call != nullptr) call->queued.store(++queued_);
@@ -403,6 +422,10 @@ void Connection::enqueue(v1::ClientFrame frame, bool hand_off, OpenSend* open,
         writer_ = std::thread([this] { writer_loop(); });
       }
       write_handed_ = true;
+      return;
+    }
+    if (write_later != nullptr) {
+      *write_later = true;  // the caller calls write_deferred()
       return;
     }
   }
@@ -495,13 +518,52 @@ v1::ServerFrame Connection::call(v1::ClientFrame& frame, Deadline deadline) {
     cancel(id);
     wait_answered(*call, Deadline::max());
   }
-  if (call->counted_woken) woken_.fetch_sub(1, std::memory_order_relaxed);
-  if (!call->error.ok()) throw_status(call->error);
-  if (call->answer.code() != 0) {
-    throw Error(static_cast<absl::StatusCode>(call->answer.code()),
-                call->answer.message());
+  return take_answer(*call);
+}
+
+v1::ServerFrame Connection::take_answer(Call& call) {
+  if (call.counted_woken) woken_.fetch_sub(1, std::memory_order_relaxed);
+  if (!call.error.ok()) throw_status(call.error);
+  if (call.answer.code() != 0) {
+    throw Error(static_cast<absl::StatusCode>(call.answer.code()),
+                call.answer.message());
   }
-  return std::move(call->answer);
+  return std::move(call.answer);
+}
+
+std::shared_ptr<Connection::Call> Connection::call_later(v1::ClientFrame& frame,
+                                                         bool* write_later) {
+  *write_later = false;
+  auto call = std::make_shared<Call>();
+  // Not in_call: nobody is about to return from call() with its answer,
+  // so writers do not linger for it.
+  call->self_reading = true;
+  start(call, frame, /*hand_off=*/false, /*open=*/nullptr, write_later);
+  return call;
+}
+
+void Connection::write_deferred() { write_queued(); }
+
+v1::ServerFrame Connection::answer_of(const std::shared_ptr<Call>& call) {
+  wait_reading(call);
+  return take_answer(*call);
+}
+
+void Connection::detach(const std::shared_ptr<Call>& call, Callback on_answer) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!call->settled) {
+      // The reader settles it under mu_, then finds on_answer set.
+      call->on_answer = std::move(on_answer);
+      call->self_reading = false;
+      ++background_needed_;
+      return;
+    }
+  }
+  while (call->state.load(std::memory_order_acquire) != kAnswered) {
+    futex_wait(call->state, call->state.load(std::memory_order_relaxed));
+  }
+  std::move(on_answer)(call->error, call->answer);
 }
 
 bool Connection::wait_answered(Call& call, Deadline deadline) {

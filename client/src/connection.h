@@ -167,6 +167,63 @@ class Connection {
   // ignored, a lost broker too. Never blocks on the answer.
   void release(uint64_t handle) noexcept;
 
+  // call() in two halves, for an untimed request whose answer is wanted
+  // later: call_later() queues `frame` (moving from it) and returns at
+  // once; answer_of() waits for the answer and returns it or throws, as
+  // call() does. Meanwhile the answer is read by whichever thread reads the
+  // stream for other calls, or stays on the stream: the thread in
+  // answer_of() reads it itself (no hand-off to the background reader). A
+  // call made so must be awaited by answer_of() (by one thread) or handed
+  // to detach(). When call_later() sets `*write_later`, the calling thread
+  // has become the writer of the queue: it must call write_deferred() —
+  // soon, once it has released its own locks (a Write may block); frames
+  // queued meanwhile wait for it. Throws dchan::Error (kUnavailable) if
+  // the broker is lost already.
+  // Opaque to callers.
+  struct Call {
+    // kWaiting, then kAnswered once `answer` or `error` is set, or kReader
+    // when the read role was handed to this call's (waiting) thread.
+    std::atomic<uint32_t> state{kWaiting};
+    v1::ServerFrame answer;
+    absl::Status error;      // the connection failed
+    Callback on_answer;      // set: an asynchronous call
+    ClaimCallback on_claim;  // set: an offer (call_offer)
+    std::chrono::steady_clock::time_point sent =
+        std::chrono::steady_clock::now();  // (about) when it was sent
+    // `in_call`: made by call(), whose caller waits for it and, once
+    // answered, uncounts it from woken_ if `counted_woken` — set (before the
+    // answer is published) when another thread answered it.
+    bool in_call = false;
+    bool counted_woken = false;
+    // Its place in the write queue (1, 2, …; set when queued, before it can
+    // be written), and whether it is a call_quiet.
+    std::atomic<uint64_t> queued{0};
+    bool quiet = false;
+    uint64_t id = 0;  // its request id (set by start())
+    // Guarded by mu_. `self_reading`: its thread may take the read role
+    // (an untimed synchronous call), or (call_quiet) no thread waits for it;
+    // either way the background reader is not needed for it. `settled`:
+    // answered (or failed).
+    bool self_reading = false;
+    bool settled = false;
+  };
+  std::shared_ptr<Call> call_later(v1::ClientFrame& frame, bool* write_later);
+  void write_deferred();
+  v1::ServerFrame answer_of(const std::shared_ptr<Call>& call);
+  // Nobody will await `call` (from call_later): its answer goes to
+  // `on_answer` as for call_async — on this thread, now, if it has arrived.
+  void detach(const std::shared_ptr<Call>& call, Callback on_answer);
+
+  // Keeps the session open for requests that a callback will make once its
+  // answer arrives (a read-ahead whose channel handle went first hands its
+  // values back, then releases the handle): until the matching unhold(),
+  // the destructor waits before it ends the stream, unless the stream is
+  // over (a lost session: the callback fails too, and must still unhold).
+  // Call hold() before that callback can run, holding a reference; the
+  // callback may then use the Connection until it calls unhold().
+  void hold() noexcept;
+  void unhold() noexcept;
+
   const std::string& target() const noexcept { return target_; }
 
   // What the stream has carried so far: ClientBatch writes and the frames
@@ -212,32 +269,6 @@ class Connection {
  private:
   using Clock = std::chrono::steady_clock;
 
-  struct Call {
-    // kWaiting, then kAnswered once `answer` or `error` is set, or kReader
-    // when the read role was handed to this call's (waiting) thread.
-    std::atomic<uint32_t> state{kWaiting};
-    v1::ServerFrame answer;
-    absl::Status error;                     // the connection failed
-    Callback on_answer;                     // set: an asynchronous call
-    ClaimCallback on_claim;                 // set: an offer (call_offer)
-    Clock::time_point sent = Clock::now();  // (about) when it was sent
-    // `in_call`: made by call(), whose caller waits for it and, once
-    // answered, uncounts it from woken_ if `counted_woken` — set (before the
-    // answer is published) when another thread answered it.
-    bool in_call = false;
-    bool counted_woken = false;
-    // Its place in the write queue (1, 2, …; set when queued, before it can
-    // be written), and whether it is a call_quiet.
-    std::atomic<uint64_t> queued{0};
-    bool quiet = false;
-    uint64_t id = 0;  // its request id (set by start())
-    // Guarded by mu_. `self_reading`: its thread may take the read role
-    // (an untimed synchronous call), or (call_quiet) no thread waits for it;
-    // either way the background reader is not needed for it. `settled`:
-    // answered (or failed).
-    bool self_reading = false;
-    bool settled = false;
-  };
   static constexpr uint32_t kWaiting = 0;
   static constexpr uint32_t kAnswered = 1;
   static constexpr uint32_t kReader = 2;
@@ -261,14 +292,18 @@ class Connection {
   };
 
   uint64_t start(const std::shared_ptr<Call>& call, v1::ClientFrame& frame,
-                 bool hand_off = false, OpenSend* open = nullptr);
+                 bool hand_off = false, OpenSend* open = nullptr,
+                 bool* write_later = nullptr);
   // Queues `frame`; with no write in progress, writes the queue on this
   // thread, or (`hand_off`) has the writer thread write it. `open`: the
   // frame is a pipelined send that may take more values. `call`: the
   // frame's call, told its place in the queue; a synchronous one (in_call)
   // first lets woken callers queue their frames (linger_for_woken).
+  // `write_later` (not with hand_off): instead of writing, sets it when
+  // this thread has become the writer (see call_later).
   void enqueue(v1::ClientFrame frame, bool hand_off = false,
-               OpenSend* open = nullptr, Call* call = nullptr);
+               OpenSend* open = nullptr, Call* call = nullptr,
+               bool* write_later = nullptr);
   // While callers woken with an answer have not returned from call(), and
   // for at most kLinger, yields the CPU to them, so that their next frames
   // are queued before this thread writes. Returns at once when none are.
@@ -277,6 +312,8 @@ class Connection {
   // clears writing_.
   void write_queued();
   void writer_loop();
+  // An answered call's answer, or throws its error (see call()).
+  v1::ServerFrame take_answer(Call& call);
   // Waits for a self-reading call's answer, taking the read role when it is
   // free or handed over.
   void wait_reading(const std::shared_ptr<Call>& call);
@@ -351,6 +388,8 @@ class Connection {
   std::deque<std::shared_ptr<Call>> idle_readers_ ABSL_GUARDED_BY(mu_);
   // Outstanding calls nobody waits to read for: timed and asynchronous.
   std::size_t background_needed_ ABSL_GUARDED_BY(mu_) = 0;
+  // hold()s not yet matched by unhold(): shut_down waits for them.
+  std::size_t holds_ ABSL_GUARDED_BY(mu_) = 0;
   // Unanswered call_quiet calls by their place in the write queue: an
   // answer to a call queued later confirms them (see call_quiet).
   std::map<uint64_t, std::shared_ptr<Call>> quiet_ ABSL_GUARDED_BY(mu_);

@@ -559,7 +559,7 @@ void Session::fill_batch(ChannelObject& obj, v1::ServerFrame& frame,
     bytes += more.value->size();
     r->add_more_values(std::move(*more.value));
   }
-  batch_extras_.fetch_add(static_cast<uint64_t>(r->more_values_size()),
+  batch_extras_.fetch_add(1 + static_cast<uint64_t>(r->more_values_size()),
                           std::memory_order_relaxed);
 }
 

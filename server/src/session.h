@@ -190,8 +190,8 @@ class Session final : public Participant,
                  v1::SendRequest& req);
 
   // A batch receive: adds to `frame` (an OK receive answer) the values
-  // `obj` has available at once, up to `max` values in all, and counts the
-  // extra ones in batch_extras_.
+  // `obj` has available at once, up to `max` values in all, and counts
+  // them all, the first included, in batch_extras_ (max > 1).
   void fill_batch(ChannelObject& obj, v1::ServerFrame& frame, std::size_t max);
   // A pending batch receive's answer (`frame`, its first value in): fills
   // the batch unless this session ended meanwhile, then finish_pending().
@@ -238,9 +238,11 @@ class Session final : public Participant,
   // Clock::duration ticks of the last frame received.
   std::atomic<Clock::rep> last_frame_;
   std::atomic<int64_t> ttl_ms_;
-  // Values handed out as a batch receive's extras (more_values) and not
-  // handed back yet (ReturnRequest): a session can return only values it
-  // took, so returns cannot grow a channel beyond what was in it.
+  // Values handed out by batch receives (max_values > 1: the first value
+  // and the extras, more_values) and not handed back yet (ReturnRequest): a
+  // session can return only values it took, so returns cannot grow a
+  // channel beyond what was in it. The first value counts too: a client's
+  // read-ahead (RemoteChanOptions::recv_ahead) may hand a whole batch back.
   std::atomic<uint64_t> batch_extras_{0};
 
   mutable absl::Mutex mu_;

@@ -1149,30 +1149,39 @@ TEST_F(SessionTest, ASessionCanReturnOnlyValuesItTookInBatches) {
   b.session->handle(ret);
   EXPECT_EQ(b.out->take().code(),
             static_cast<int>(absl::StatusCode::kFailedPrecondition));
-  // Takes v1 and, as extras, v2 and v3: it may return two values, once.
-  a.session->handle(multi_send(2, ha, {"v1", "v2", "v3"}));
-  EXPECT_EQ(a.out->take().send().sent(), 3u);
-  b.session->handle(batch_recv(3, hb, 3));
+  // A plain receive takes v0: it cannot come back. A batch receive takes
+  // v1, v2 and v3 (first value and extras): it may return three, once.
+  a.session->handle(multi_send(2, ha, {"v0", "v1", "v2", "v3"}));
+  EXPECT_EQ(a.out->take().send().sent(), 4u);
+  recv(b, 3, hb);
+  EXPECT_EQ(b.out->take().recv().value(), "v0");
+  ret.set_id(4);
+  b.session->handle(ret);  // "forged" still
+  EXPECT_EQ(b.out->take().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  b.session->handle(batch_recv(5, hb, 3));
   EXPECT_EQ(values_of(b.out->take()),
             (std::vector<std::string>{"v1", "v2", "v3"}));
-  ret.set_id(4);
-  ret.mutable_return_values()->add_values("v3");  // now "forged", "v3"
-  ret.mutable_return_values()->add_values("v4");  // three values: too many
+  ret.set_id(6);
+  ret.mutable_return_values()->add_values("v2");  // now "forged", "v2"
+  ret.mutable_return_values()->add_values("v3");
+  ret.mutable_return_values()->add_values("v4");  // four values: too many
   b.session->handle(ret);
   EXPECT_EQ(b.out->take().code(),
             static_cast<int>(absl::StatusCode::kFailedPrecondition));
   ret.mutable_return_values()->clear_values();
-  ret.mutable_return_values()->add_values("v2");
-  ret.mutable_return_values()->add_values("v3");
-  ret.set_id(5);
+  for (const char* v : {"v1", "v2", "v3"})
+    ret.mutable_return_values()->add_values(v);
+  ret.set_id(7);
   b.session->handle(ret);
-  EXPECT_EQ(b.out->take().return_values().taken(), 2u);
-  ret.set_id(6);
+  EXPECT_EQ(b.out->take().return_values().taken(), 3u);
+  ret.set_id(8);
   b.session->handle(ret);  // already handed back
   EXPECT_EQ(b.out->take().code(),
             static_cast<int>(absl::StatusCode::kFailedPrecondition));
-  b.session->handle(batch_recv(7, hb, 10, /*nonblocking=*/true));
-  EXPECT_EQ(values_of(b.out->take()), (std::vector<std::string>{"v2", "v3"}));
+  b.session->handle(batch_recv(9, hb, 10, /*nonblocking=*/true));
+  EXPECT_EQ(values_of(b.out->take()),
+            (std::vector<std::string>{"v1", "v2", "v3"}));
 }
 
 TEST_F(SessionTest, AValueItsSessionCouldNotTakeOutlivesAClose) {

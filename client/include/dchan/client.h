@@ -156,6 +156,19 @@ struct RemoteChanOptions {
   // select sees them: a receive case on this handle is ready while it
   // holds values, and takes the first. 0 or 1: one value per request.
   std::size_t recv_batch = 0;
+  // Read-ahead, with recv_batch > 1: when a batch comes back full — the
+  // broker channel had a backlog — this handle asks for the next batch at
+  // once, while that one is consumed, so that the broker's answer travels
+  // meanwhile instead of after. The ask does not block on the broker: it
+  // takes only values buffered at that moment (none: nothing is held, and
+  // the next recv() asks as usual), and no other receiver loses a value it
+  // is waiting for. A recv(), try_recv or select on this handle that finds
+  // nothing held waits for that answer first (values keep channel order).
+  // Everything recv_batch says about held values holds for these too: len()
+  // counts them, a dropped handle hands them back, a close reports after
+  // them. The cost: up to 2 * recv_batch - 1 values can be held — and lost
+  // with a crashed process or a lost session.
+  bool recv_ahead = false;
 };
 
 // Waits until every pipelined send of `ch` (RemoteChanOptions::send_window)
