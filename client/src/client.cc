@@ -193,24 +193,32 @@ class BrokerChan final : public RemoteChan {
       ahead.swap(ahead_);
     }
     if (ahead != nullptr) {
-      // Its answer's values follow the held ones; hand all back, then
-      // release the handle (the broker handles a session's frames in
-      // order) — when the answer arrives, on the reader thread.
+      // Its answer's values follow the held ones: when it arrives (on the
+      // reader thread), all go back, then the handle is released (the
+      // broker handles a session's frames in order). The session stays
+      // open until the release is answered.
       Connection* conn = conn_.get();
-      conn->hold();  // open until then
       conn->detach(
           ahead,
-          [conn, handle = handle_, name = name_, held = std::move(held)](
+          [conn, handle = handle_, name = name_, held = std::move(held),
+           hold = std::make_shared<SessionHold>(*conn_)](
               const absl::Status& error, v1::ServerFrame& answer) mutable {
             if (error.ok()) append_values(answer, held);
             hand_back(*conn, handle, name, held);
-            conn->release(handle);
-            conn->unhold();
+            release_after(*conn, handle, std::move(hold));
           });
       return;
     }
+    if (held.empty()) {
+      conn_->release(handle_);
+      return;
+    }
+    // The values go back, then the handle is released; the session stays
+    // open until the release is answered, so that a Client dropped right
+    // after this handle does not cancel its stream before the broker has
+    // taken the values back.
     hand_back(*conn_, handle_, name_, held);
-    conn_->release(handle_);
+    release_after(*conn_, handle_, std::make_shared<SessionHold>(*conn_));
   }
 
   ChanStatus send(std::string value, Deadline deadline) override {
@@ -262,17 +270,18 @@ class BrokerChan final : public RemoteChan {
 
   bool take_held(std::string& out) noexcept override {
     if (recv_batch_ <= 1) return false;
-    std::shared_ptr<Connection::Call> ahead;
-    {
-      std::lock_guard<detail::Lock> lock(held_mu_);
-      if (pop_held(out)) return true;
-      if (ahead_ == nullptr) return false;
-      ahead = ahead_;
+    for (;;) {
+      std::shared_ptr<Connection::Call> ahead;
+      {
+        std::lock_guard<detail::Lock> lock(held_mu_);
+        if (pop_held(out)) return true;
+        if (ahead_ == nullptr) return false;
+        ahead = ahead_;
+      }
+      // The read-ahead's values come before any a new request would get.
+      // (Taken in by another thread meanwhile, it may have sent the next.)
+      take_in(ahead);
     }
-    // The read-ahead's values come before any a new request would get.
-    take_in(ahead);
-    std::lock_guard<detail::Lock> lock(held_mu_);
-    return pop_held(out);
   }
 
   void flush() override {
@@ -301,7 +310,10 @@ class BrokerChan final : public RemoteChan {
         static_cast<std::size_t>(conn_->call(f, kNoDeadline).stat().len());
     // A read-ahead sent before the Stat took its values out before it
     // counted; it has been answered by now (the broker answers a session's
-    // non-blocking requests in order).
+    // non-blocking requests in order). With other threads receiving on this
+    // handle meanwhile, the count is a snapshot of moving parts, as a len()
+    // is anyway: a read-ahead they send around the Stat may be counted
+    // twice or not at all.
     if (ahead != nullptr) take_in(ahead);
     std::lock_guard<detail::Lock> lock(held_mu_);
     return broker_len + held_.size();
@@ -483,6 +495,34 @@ class BrokerChan final : public RemoteChan {
     out = std::move(held_.front());
     held_.pop_front();
     return true;
+  }
+
+  // Connection::hold() while it lives: captured by the callback of a
+  // handle's last request, it keeps the session open until that request's
+  // answer (or the session's loss) has destroyed the callback.
+  class SessionHold {
+   public:
+    explicit SessionHold(Connection& conn) : conn_(conn) { conn_.hold(); }
+    ~SessionHold() { conn_.unhold(); }
+    SessionHold(const SessionHold&) = delete;
+    SessionHold& operator=(const SessionHold&) = delete;
+
+   private:
+    Connection& conn_;
+  };
+
+  // Releases broker handle `handle` (after the frames queued before it),
+  // with `hold` kept until the broker answers.
+  static void release_after(Connection& conn, uint64_t handle,
+                            std::shared_ptr<SessionHold> hold) noexcept {
+    v1::ClientFrame f;
+    f.mutable_release()->set_handle(handle);
+    try {
+      conn.call_async(f, [hold = std::move(hold)](const absl::Status&,
+                                                  v1::ServerFrame&) {});
+    } catch (const Error&) {
+      // The session is gone, and its handles with it.
+    }
   }
 
   // Hands values received but not consumed back to the broker channel

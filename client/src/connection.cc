@@ -68,13 +68,11 @@ Connection::~Connection() { shut_down(); }
 
 void Connection::shut_down() {
   {
-    // Callbacks that will still send (hold()) do so on the open stream.
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](Connection* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-          return c->holds_ == 0 || c->stream_over_;
-        },
-        this));
+    // Requests still to be made or answered under a hold() get the open
+    // stream (a lost session ends them, and their holds).
+    absl::MutexLock lock(&hold_mu_);
+    hold_mu_.Await(absl::Condition(
+        +[](std::size_t* holds) { return *holds == 0; }, &holds_));
   }
   if (pinger_.joinable()) {
     {
@@ -330,12 +328,12 @@ void Connection::release(uint64_t handle) noexcept {
 }
 
 void Connection::hold() noexcept {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&hold_mu_);
   ++holds_;
 }
 
 void Connection::unhold() noexcept {
-  absl::MutexLock lock(&mu_);
+  absl::MutexLock lock(&hold_mu_);
   --holds_;
 }
 

@@ -201,8 +201,9 @@ class Connection {
     bool quiet = false;
     uint64_t id = 0;  // its request id (set by start())
     // Guarded by mu_. `self_reading`: its thread may take the read role
-    // (an untimed synchronous call), or (call_quiet) no thread waits for it;
-    // either way the background reader is not needed for it. `settled`:
+    // (an untimed synchronous call, or a call_later one once awaited), or
+    // (call_quiet) no thread waits for it; either way the background reader
+    // is not needed for it (detach() clears it). `settled`:
     // answered (or failed).
     bool self_reading = false;
     bool settled = false;
@@ -212,15 +213,17 @@ class Connection {
   v1::ServerFrame answer_of(const std::shared_ptr<Call>& call);
   // Nobody will await `call` (from call_later): its answer goes to
   // `on_answer` as for call_async — on this thread, now, if it has arrived.
+  // Not from a callback: one that fail_all() runs could wait here for a
+  // call it has yet to finish.
   void detach(const std::shared_ptr<Call>& call, Callback on_answer);
 
-  // Keeps the session open for requests that a callback will make once its
-  // answer arrives (a read-ahead whose channel handle went first hands its
-  // values back, then releases the handle): until the matching unhold(),
-  // the destructor waits before it ends the stream, unless the stream is
-  // over (a lost session: the callback fails too, and must still unhold).
-  // Call hold() before that callback can run, holding a reference; the
-  // callback may then use the Connection until it calls unhold().
+  // Keeps the session open for requests that have yet to be made or
+  // answered (values a dropped channel handle hands back, and its release;
+  // a read-ahead's callback makes them): until the matching unhold(), the
+  // destructor waits before it ends the stream. Every hold must end: tie it
+  // to a call's callback, which is destroyed once it has run — answered,
+  // or failed with the session. Call hold() holding a reference; the
+  // Connection stays valid until the matching unhold(). Not under mu_.
   void hold() noexcept;
   void unhold() noexcept;
 
@@ -386,10 +389,14 @@ class Connection {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   // Self-reading calls whose threads wait (settled ones are skipped).
   std::deque<std::shared_ptr<Call>> idle_readers_ ABSL_GUARDED_BY(mu_);
-  // Outstanding calls nobody waits to read for: timed and asynchronous.
+  // Outstanding calls nobody waits to read for: timed, asynchronous and
+  // detached ones.
   std::size_t background_needed_ ABSL_GUARDED_BY(mu_) = 0;
-  // hold()s not yet matched by unhold(): shut_down waits for them.
-  std::size_t holds_ ABSL_GUARDED_BY(mu_) = 0;
+  // hold()s not yet matched by unhold(): shut_down waits for them. A lock
+  // of its own: a call's callback, and so a hold, may be destroyed under
+  // mu_.
+  absl::Mutex hold_mu_;
+  std::size_t holds_ ABSL_GUARDED_BY(hold_mu_) = 0;
   // Unanswered call_quiet calls by their place in the write queue: an
   // answer to a call queued later confirms them (see call_quiet).
   std::map<uint64_t, std::shared_ptr<Call>> quiet_ ABSL_GUARDED_BY(mu_);

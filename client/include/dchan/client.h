@@ -141,8 +141,10 @@ struct RemoteChanOptions {
   // Batch receive: a blocking or timed recv() that finds nothing held
   // locally asks the broker for up to `recv_batch` values; the broker
   // waits for the first only and adds those available at that moment. The
-  // extra values wait in this handle for its next recv()s (any thread, in
-  // channel order; try_recv and timed recvs take them too). They are
+  // extra values wait in this handle for its next recv()s (any thread;
+  // try_recv and timed recvs take them too), in channel order for one
+  // receiving thread — with several, in the order their batches' answers
+  // are stored, which can differ from the broker's. They are
   // removed from the broker channel: other processes cannot receive them,
   // and the broker's len() does not count them — this handle's len() adds
   // them to the broker's. When the last copy of the handle goes, the values
@@ -156,14 +158,16 @@ struct RemoteChanOptions {
   // select sees them: a receive case on this handle is ready while it
   // holds values, and takes the first. 0 or 1: one value per request.
   std::size_t recv_batch = 0;
-  // Read-ahead, with recv_batch > 1: when a batch comes back full — the
-  // broker channel had a backlog — this handle asks for the next batch at
-  // once, while that one is consumed, so that the broker's answer travels
+  // Read-ahead, with recv_batch > 1: when a batch comes back full (with
+  // recv_batch values; the broker channel had a backlog, and the broker's
+  // batch byte limit did not cut it short), this handle asks for the next batch
+  // at once, while that one is consumed, so that the broker's answer travels
   // meanwhile instead of after. The ask does not block on the broker: it
   // takes only values buffered at that moment (none: nothing is held, and
   // the next recv() asks as usual), and no other receiver loses a value it
-  // is waiting for. A recv(), try_recv or select on this handle that finds
-  // nothing held waits for that answer first (values keep channel order).
+  // is waiting for. A recv(), try_recv, timed recv or select on this handle
+  // that finds nothing held waits for that answer first (values keep
+  // channel order), as long as a non-blocking ask of the broker takes.
   // Everything recv_batch says about held values holds for these too: len()
   // counts them, a dropped handle hands them back, a close reports after
   // them. The cost: up to 2 * recv_batch - 1 values can be held — and lost

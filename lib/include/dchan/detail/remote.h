@@ -86,7 +86,10 @@ class RemoteChan {
   // A value this handle holds already (the extra values of a batch receive,
   // RemoteChanOptions::recv_batch), taken without asking the broker: true
   // with `out` set, or false. A select sees such a receive as ready. Never
-  // blocks, never throws.
+  // throws. Blocks only for a read-ahead on its way (recv_ahead): its
+  // answer, which the broker gives at once, comes before any value a new
+  // request could get, so it is awaited (as long as a non-blocking call to
+  // the broker could take).
   virtual bool take_held(std::string& out) noexcept {
     (void)out;
     return false;
