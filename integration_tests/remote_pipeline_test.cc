@@ -348,18 +348,36 @@ TEST(RemotePipeline, SelectTakesLocallyHeldValues) {
   EXPECT_EQ(in.len(), 0u);
 }
 
+// A broker channel `name` (capacity `cap`) that held 1..n, and a
+// consumer's handle on it that reads ahead in batches of 4 and has
+// received 1: it holds 2..4 and has sent for 5..8.
+struct ReadingAhead {
+  Client producer;
+  Chan<int64_t> out;  // the producer's handle
+  Client consumer;
+  Chan<int64_t> in;  // the consumer's, reading ahead
+};
+
+ReadingAhead start_reading_ahead(BrokerProcess& broker, const std::string& name,
+                                 std::size_t cap, int64_t n) {
+  Client producer = Client::connect(broker.address());
+  Chan<int64_t> out = producer.chan<int64_t>(name, cap);
+  for (int64_t v = 1; v <= n; ++v) out.send(v);
+  Client consumer = Client::connect(broker.address());
+  Chan<int64_t> in =
+      consumer.chan<int64_t>(name, cap, {.recv_batch = 4, .recv_ahead = true});
+  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));
+  return {std::move(producer), std::move(out), std::move(consumer),
+          std::move(in)};
+}
+
 // Read-ahead (recv_ahead): a full batch sends for the next one at once,
 // so the broker channel gives up two batches; the handle's len() counts
 // the values on their way, and every value arrives once, in order.
 TEST(RemotePipeline, ReadAheadTakesTheNextBatchWhileOneIsConsumed) {
   BrokerProcess broker;
-  Client producer = Client::connect(broker.address());
-  Chan<int64_t> out = producer.chan<int64_t>("ahead", 32);
-  for (int64_t v = 1; v <= 20; ++v) out.send(v);
-  Client consumer = Client::connect(broker.address());
-  Chan<int64_t> in = consumer.chan<int64_t>(
-      "ahead", 32, {.recv_batch = 4, .recv_ahead = true});
-  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // holds 2..4; 5..8 ahead
+  ReadingAhead r = start_reading_ahead(broker, "ahead", 32, 20);
+  Chan<int64_t>& in = r.in;
   ASSERT_TRUE(broker.wait_for_chan(
       "ahead", [](const ChanInfo& c) { return c.len == 12; },
       kBrokerStateBound))
@@ -446,14 +464,9 @@ TEST(RemotePipeline, ThreadsSharingAReadAheadHandleGetEveryValueOnce) {
 // channel they have left): the values come in order, then the default.
 TEST(RemotePipeline, SelectTakesReadAheadValues) {
   BrokerProcess broker;
-  Client producer = Client::connect(broker.address());
-  Chan<int64_t> out = producer.chan<int64_t>("sel", 8);
-  for (int64_t v = 1; v <= 8; ++v) out.send(v);
-  Client consumer = Client::connect(broker.address());
-  Chan<int64_t> in =
-      consumer.chan<int64_t>("sel", 8, {.recv_batch = 4, .recv_ahead = true});
-  Chan<int64_t> other = consumer.chan<int64_t>("other", 1);
-  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));  // 2..4 held, 5..8 ahead
+  ReadingAhead r = start_reading_ahead(broker, "sel", 8, 8);
+  Chan<int64_t>& in = r.in;
+  Chan<int64_t> other = r.consumer.chan<int64_t>("other", 1);
   std::vector<int64_t> got;
   const auto take = [&](std::optional<int64_t> v) { got.push_back(v.value()); };
   for (int i = 0; i < 7; ++i) {
@@ -468,14 +481,9 @@ TEST(RemotePipeline, SelectTakesReadAheadValues) {
 // the read-ahead brought, then reports the close.
 TEST(RemotePipeline, CloseAfterAReadAheadDrainsItsValuesFirst) {
   BrokerProcess broker;
-  Client producer = Client::connect(broker.address());
-  Chan<int64_t> out = producer.chan<int64_t>("drain", 8);
-  for (int64_t v = 1; v <= 8; ++v) out.send(v);
-  Client consumer = Client::connect(broker.address());
-  Chan<int64_t> in =
-      consumer.chan<int64_t>("drain", 8, {.recv_batch = 4, .recv_ahead = true});
-  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));
-  out.close();
+  ReadingAhead r = start_reading_ahead(broker, "drain", 8, 8);
+  Chan<int64_t>& in = r.in;
+  r.out.close();
   EXPECT_EQ(recv_n(in, 10), (std::vector<int64_t>{2, 3, 4, 5, 6, 7, 8}));
   EXPECT_EQ(in.recv(), std::nullopt);
 }
@@ -484,13 +492,8 @@ TEST(RemotePipeline, CloseAfterAReadAheadDrainsItsValuesFirst) {
 // in order (as many as reached it), then kUnavailable — nothing hangs.
 TEST(RemotePipeline, BrokerKilledAfterAReadAheadSurfacesTheLoss) {
   BrokerProcess broker;
-  Client producer = Client::connect(broker.address());
-  Chan<int64_t> out = producer.chan<int64_t>("doomed", 32);
-  for (int64_t v = 1; v <= 20; ++v) out.send(v);
-  Client consumer = Client::connect(broker.address());
-  Chan<int64_t> in = consumer.chan<int64_t>(
-      "doomed", 32, {.recv_batch = 4, .recv_ahead = true});
-  EXPECT_EQ(in.recv(), std::optional<int64_t>(1));
+  ReadingAhead r = start_reading_ahead(broker, "doomed", 32, 20);
+  Chan<int64_t>& in = r.in;
   ASSERT_TRUE(broker.wait_for_chan(
       "doomed", [](const ChanInfo& c) { return c.len == 12; },
       kBrokerStateBound));

@@ -436,7 +436,13 @@ class BrokerChan final : public RemoteChan {
   // true means this thread must call conn_->write_deferred() once held_mu_
   // is released.
   bool start_ahead(std::size_t n) noexcept {
-    if (!recv_ahead_ || n < recv_batch_ || ahead_ != nullptr) return false;
+    // Never more than a batch held when it is sent (len() may take one in
+    // while values are held): with it, at most 2 * recv_batch - 1 values
+    // are out of the broker channel once a value has been handed out.
+    if (!recv_ahead_ || n < recv_batch_ || ahead_ != nullptr ||
+        held_.size() > recv_batch_) {
+      return false;
+    }
     v1::ClientFrame f;
     v1::RecvRequest* req = f.mutable_recv();
     req->set_handle(handle_);

@@ -167,7 +167,8 @@ struct RemoteChanOptions {
   // the next recv() asks as usual), and no other receiver loses a value it
   // is waiting for. A recv(), try_recv, timed recv or select on this handle
   // that finds nothing held waits for that answer first (values keep
-  // channel order), as long as a non-blocking ask of the broker takes.
+  // channel order), as long as a non-blocking ask of the broker takes
+  // (which, like any call to the broker, a slow broker delays).
   // Everything recv_batch says about held values holds for these too: len()
   // counts them, a dropped handle hands them back, a close reports after
   // them. The cost: up to 2 * recv_batch - 1 values can be held — and lost
