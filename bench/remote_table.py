@@ -46,8 +46,10 @@ WORKLOADS = [
      "stream/remote/256,256", "stream/grpc/batched"),
     ("stream, send window 1024, recv batch 1024", "msgs/s",
      "stream/remote/1024,1024", "stream/grpc/batched"),
-    ("bandwidth, 64 KiB values (window 16, batch 4)", "MB/s",
+    ("bandwidth, 64 KiB values (window 16, batch 16)", "MB/s",
      "bandwidth/remote", "bandwidth/grpc"),
+    ("bandwidth, 64 KiB values (window 16, batch 4; diag.)", "MB/s",
+     "bandwidth/remote/16,4", "bandwidth/grpc"),
     ("bandwidth, 64 KiB values (window 64, batch 16; diag.)", "MB/s",
      "bandwidth/remote/64,16", "bandwidth/grpc"),
 ]
