@@ -700,8 +700,8 @@ void RegisterStreamBenchmarks() {
     BM_GrpcStream(st, kRawBatch, kPayloadBytes, kStreamBatch);
   });
   // 64 KiB values: a window of 16 and batches of 16, 1 MiB each way.
-  // Diagnostic rows: batches of 4 (the row until session 23, 20% slower
-  // unpinned with the consumer in its own process), and window 64.
+  // Diagnostic rows: batches of 4 (the row until session 23, 15-18%
+  // slower unpinned with the consumer in its own process), and window 64.
   Register("bandwidth/remote", [](benchmark::State& st) {
     BM_RemoteStream(st, 16, 16, kBandwidthBytes, kBandwidthBatch);
   });

@@ -167,19 +167,7 @@ class Connection {
   // ignored, a lost broker too. Never blocks on the answer.
   void release(uint64_t handle) noexcept;
 
-  // call() in two halves, for an untimed request whose answer is wanted
-  // later: call_later() queues `frame` (moving from it) and returns at
-  // once; answer_of() waits for the answer and returns it or throws, as
-  // call() does. Meanwhile the answer is read by whichever thread reads the
-  // stream for other calls, or stays on the stream: the thread in
-  // answer_of() reads it itself (no hand-off to the background reader). A
-  // call made so must be awaited by answer_of() (by one thread) or handed
-  // to detach(). When call_later() sets `*write_later`, the calling thread
-  // has become the writer of the queue: it must call write_deferred() —
-  // soon, once it has released its own locks (a Write may block); frames
-  // queued meanwhile wait for it. Throws dchan::Error (kUnavailable) if
-  // the broker is lost already.
-  // Opaque to callers.
+  // A request and its answer (opaque to callers: see call_later).
   struct Call {
     // kWaiting, then kAnswered once `answer` or `error` is set, or kReader
     // when the read role was handed to this call's (waiting) thread.
@@ -208,6 +196,19 @@ class Connection {
     bool self_reading = false;
     bool settled = false;
   };
+
+  // call() in two halves, for an untimed request whose answer is wanted
+  // later: call_later() queues `frame` (moving from it) and returns at
+  // once; answer_of() waits for the answer and returns it or throws, as
+  // call() does. Meanwhile the answer is read by whichever thread reads the
+  // stream for other calls, or stays on the stream: the thread in
+  // answer_of() reads it itself (no hand-off to the background reader). A
+  // call made so must be awaited by answer_of() (by one thread) or handed
+  // to detach(). When call_later() sets `*write_later`, the calling thread
+  // has become the writer of the queue: it must call write_deferred() —
+  // soon, once it has released its own locks (a Write may block); frames
+  // queued meanwhile wait for it. Throws dchan::Error (kUnavailable) if
+  // the broker is lost already.
   std::shared_ptr<Call> call_later(v1::ClientFrame& frame, bool* write_later);
   void write_deferred();
   v1::ServerFrame answer_of(const std::shared_ptr<Call>& call);
