@@ -521,14 +521,8 @@ class BrokerChan final : public RemoteChan {
   // with `hold` kept until the broker answers.
   static void release_after(Connection& conn, uint64_t handle,
                             std::shared_ptr<SessionHold> hold) noexcept {
-    v1::ClientFrame f;
-    f.mutable_release()->set_handle(handle);
-    try {
-      conn.call_async(f, [hold = std::move(hold)](const absl::Status&,
+    conn.release(handle, [hold = std::move(hold)](const absl::Status&,
                                                   v1::ServerFrame&) {});
-    } catch (const Error&) {
-      // The session is gone, and its handles with it.
-    }
   }
 
   // Hands values received but not consumed back to the broker channel

@@ -317,11 +317,12 @@ void Connection::cancel(uint64_t id) noexcept {
   }
 }
 
-void Connection::release(uint64_t handle) noexcept {
+void Connection::release(uint64_t handle, Callback on_answer) noexcept {
   v1::ClientFrame f;
   f.mutable_release()->set_handle(handle);
+  if (!on_answer) on_answer = [](const absl::Status&, v1::ServerFrame&) {};
   try {
-    call_async(f, [](const absl::Status&, v1::ServerFrame&) {});
+    call_async(f, std::move(on_answer));
   } catch (...) {
     // The session is gone, and its handles with it.
   }

@@ -164,8 +164,11 @@ class Connection {
   // Tells the broker this session no longer uses `handle` (an object's
   // last client-side user is gone), so that a long-lived session does not
   // run into the broker's handle limit. Fire and forget: the answer is
-  // ignored, a lost broker too. Never blocks on the answer.
-  void release(uint64_t handle) noexcept;
+  // ignored, a lost broker too. Never blocks on the answer. `on_answer`,
+  // if set, is kept until the answer arrives (or the session is lost) and
+  // then run as call_async's callback; it is dropped unrun if the session
+  // is lost already.
+  void release(uint64_t handle, Callback on_answer = nullptr) noexcept;
 
   // A request and its answer (opaque to callers: see call_later).
   struct Call {
