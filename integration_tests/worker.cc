@@ -61,8 +61,9 @@
 // --client_name=N (ClientOptions::name; default: the client's "host:pid"):
 //
 //   lock-loop --broker=ADDR --lock=NAME --rounds=R --file=PATH --marker=PATH
-//            [--go_file=PATH]
-//            opens the broker mutex, prints "ready", waits until GO_FILE
+//            [--go_file=PATH] [--keep=1]
+//            opens the broker mutex (with --keep=1: MutexOptions::keep),
+//            prints "ready", waits until GO_FILE
 //            exists (if given), then R times: lock, create MARKER with
 //            O_EXCL (it exists already: another process is inside too, an
 //            overlap), read "COUNTER TOKEN WRITER" from FILE (missing or
@@ -72,11 +73,13 @@
 //            "done rounds R overlaps O regressions G handovers H" (H: rounds
 //            in which FILE was last written by another process)
 //   lock-once --broker=ADDR --lock=NAME [--kind=K] [--fence=PORT]
-//            [--payload=P]
+//            [--payload=P] [--stay=1]
 //            prints "ready", locks, prints "locked TOKEN at NS" (NS: the
 //            steady clock when lock() returned); with --fence writes
 //            "WRITE TOKEN P" to the fenced resource on 127.0.0.1:PORT and
-//            prints "fence ANSWER"; unlocks, prints "unlocked"
+//            prints "fence ANSWER"; unlocks, prints "unlocked"; with
+//            --stay=1 then waits, handle and Client open, until killed (or
+//            the watchdog)
 //   hold-lock --broker=ADDR --lock=NAME [--kind=K] [--fence=PORT]
 //            [--go_file=PATH] [--stale_writes=K]
 //            locks, prints "locked TOKEN" (and, with --fence, writes
@@ -91,9 +94,9 @@
 //            stopped it prints "hold lost-at NS" at once (from the thread
 //            that stops it).
 //            (lock-once and hold-lock: --kind=mutex (default) takes a broker
-//            Mutex; --kind=rw an RWMutex exclusively; --kind=rw-shared an
-//            RWMutex shared, whose token is that of the last exclusive
-//            acquisition)
+//            Mutex; --kind=mutex-keep one opened with MutexOptions::keep;
+//            --kind=rw an RWMutex exclusively; --kind=rw-shared an RWMutex
+//            shared, whose token is that of the last exclusive acquisition)
 //   wg-participant --broker=ADDR --wg=NAME --ready=CHAN --go=CHAN
 //            [--forgive=1]
 //            add(1) on the broker WaitGroup, prints "added", sends its
@@ -306,8 +309,8 @@ void await_file(const std::string& path) {
 
 int lock_loop(dchan::Client& client, const std::string& name, int64_t rounds,
               const std::string& file, const std::string& marker,
-              const std::string& go_file) {
-  dchan::Mutex m = client.mutex(name);
+              const std::string& go_file, bool keep) {
+  dchan::Mutex m = client.mutex(name, {.keep = keep});
   const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
     say("exception open %s: %s", file.c_str(), std::strerror(errno));
@@ -362,15 +365,15 @@ std::string fence_write(int64_t port, uint64_t token,
 }
 
 // The lock of lock-once and hold-lock: a broker Mutex (--kind=mutex, the
-// default), or an RWMutex taken exclusively (--kind=rw) or shared
-// (--kind=rw-shared).
+// default; --kind=mutex-keep: kept), or an RWMutex taken exclusively
+// (--kind=rw) or shared (--kind=rw-shared).
 class LockHandle {
  public:
   LockHandle(dchan::Client& client, const std::string& name,
              const std::string& kind)
       : shared_(kind == "rw-shared") {
-    if (kind == "mutex") {
-      mutex_.emplace(client.mutex(name));
+    if (kind == "mutex" || kind == "mutex-keep") {
+      mutex_.emplace(client.mutex(name, {.keep = kind == "mutex-keep"}));
     } else {
       rw_.emplace(client.rw_mutex(name));
     }
@@ -410,12 +413,13 @@ class LockHandle {
 };
 
 bool is_lock_kind(const std::string& kind) {
-  return kind == "mutex" || kind == "rw" || kind == "rw-shared";
+  return kind == "mutex" || kind == "mutex-keep" || kind == "rw" ||
+         kind == "rw-shared";
 }
 
 int lock_once(dchan::Client& client, const std::string& name,
               const std::string& kind, int64_t fence,
-              const std::string& payload) {
+              const std::string& payload, bool stay) {
   LockHandle m(client, name, kind);
   say("ready");
   m.lock();
@@ -426,6 +430,7 @@ int lock_once(dchan::Client& client, const std::string& name,
   if (fence > 0) say("fence %s", fence_write(fence, token, payload).c_str());
   m.unlock();
   say("unlocked");
+  while (stay) std::this_thread::sleep_for(std::chrono::seconds(1));
   return 0;
 }
 
@@ -592,7 +597,7 @@ int run_sync(const std::string& mode, Args& args) {
   std::string name;
   int64_t rounds = 0, fence = 0, stale_writes = 0;
   std::string file, marker, payload, go_file, ready, go, kind = "mutex";
-  bool forgive = false;
+  bool forgive = false, keep = false, stay = false;
   if (mode == "lock-loop" || mode == "lock-once" || mode == "hold-lock") {
     name = args.str("lock");
   } else if (mode == "wg-participant") {
@@ -610,12 +615,16 @@ int run_sync(const std::string& mode, Args& args) {
   if (mode == "lock-loop") {
     file = args.str("file");
     marker = args.str("marker");
+    keep = args.num("keep", 0) != 0;
   }
   if (mode == "lock-once" || mode == "hold-lock") {
     fence = args.num("fence", 0);
     kind = args.str("kind", "mutex");
   }
-  if (mode == "lock-once") payload = args.str("payload", "write");
+  if (mode == "lock-once") {
+    payload = args.str("payload", "write");
+    stay = args.num("stay", 0) != 0;
+  }
   if (mode == "hold-lock") {
     go_file = args.str("go_file");
     stale_writes = args.num("stale_writes", 0);
@@ -639,10 +648,10 @@ int run_sync(const std::string& mode, Args& args) {
   dchan::Client client = dchan::Client::connect(broker, options);
 
   if (mode == "lock-loop") {
-    return lock_loop(client, name, rounds, file, marker, go_file);
+    return lock_loop(client, name, rounds, file, marker, go_file, keep);
   }
   if (mode == "lock-once") {
-    return lock_once(client, name, kind, fence, payload);
+    return lock_once(client, name, kind, fence, payload, stay);
   }
   if (mode == "hold-lock") {
     return hold_lock(client, name, kind, fence, go_file, stale_writes, who);

@@ -19,6 +19,16 @@
 // by the next operation on that lock (the loss as kAborted, as for a lock
 // lost while held: the release was never confirmed); once no handle is
 // left to throw it from, it is logged to stderr.
+//
+// A Mutex opened with MutexOptions::keep asks the broker for a block of
+// fencing tokens with each acquisition (LockRequest.token_block) and, once
+// granted, for word when another request waits for the lock (a
+// WantedRequest, answered on the reader thread). An unlock then keeps the
+// lock in the session; a lock() while it is kept, not wanted and its block
+// not used up takes it back locally with the block's next token. When it
+// is wanted, the lock is released to the broker: at once if no thread of
+// this client holds it (from the answer's callback), else by the holder's
+// unlock(), which also releases a used-up block.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -76,6 +86,7 @@ class LockState final : public SessionObserver {
   void session_lost(const absl::Status& why,
                     std::vector<std::stop_source>* to_stop) noexcept override {
     absl::MutexLock lock(&mu_);
+    kept_ = false;  // a kept lock that no thread holds is not at stake
     if (at_stake_locked() && lost_.ok()) {
       mark_lost_locked(why);
       to_stop->push_back(source_);
@@ -117,6 +128,102 @@ class LockState final : public SessionObserver {
       if (!lost.ok()) throw_lost(source, lost);
     }
     throw;
+  }
+
+  // The broker granted a kept lock (see the file comment) with `token`,
+  // reserving `block` tokens.
+  void kept_acquired(uint64_t token, uint32_t block) {
+    absl::MutexLock lock(&mu_);
+    if (!held_locked()) source_ = std::stop_source();
+    ++exclusive_;
+    token_.store(token, std::memory_order_relaxed);
+    kept_ = true;
+    kept_held_ = true;
+    wanted_ = false;
+    kept_token_ = token;
+    next_token_ = token + 1;
+    block_end_ = token + block;
+  }
+
+  // Takes a kept lock back without the broker (true) if it is kept, free,
+  // not wanted, and this lock has no failure to report.
+  bool relock_kept() {
+    absl::MutexLock lock(&mu_);
+    if (!kept_ || kept_held_ || wanted_ || !lost_.ok() || !unlock_error_.ok()) {
+      return false;
+    }
+    // Free and kept: nothing else is held (a Mutex has no read locks), and
+    // the block has a token left (an unlock releases a used-up one).
+    source_ = std::stop_source();
+    ++exclusive_;
+    kept_held_ = true;
+    token_.store(next_token_++, std::memory_order_relaxed);
+    return true;
+  }
+
+  // What unlock_kept() decided.
+  enum class KeptUnlock {
+    kNotKept,  // not a kept lock: unlock as usual
+    kNotHeld,  // kept, but no thread holds it: misuse
+    kKept,     // released locally, still kept
+    kRelease,  // released locally; release it on the broker with `*token`
+               // (counted as an unconfirmed unlock)
+  };
+  KeptUnlock unlock_kept(uint64_t* token) {
+    absl::MutexLock lock(&mu_);
+    if (!kept_) return KeptUnlock::kNotKept;
+    if (!kept_held_) return KeptUnlock::kNotHeld;
+    kept_held_ = false;
+    --exclusive_;
+    if (!held_locked()) source_ = std::stop_source(std::nostopstate);
+    if (!wanted_ && next_token_ < block_end_) return KeptUnlock::kKept;
+    kept_ = false;
+    ++unconfirmed_;
+    *token = kept_token_;
+    return KeptUnlock::kRelease;
+  }
+
+  // The broker says another request waits for the kept acquisition
+  // `token`. True when the caller must release it on the broker now (it is
+  // free; no longer kept); false when that acquisition is over, or a
+  // thread holds it (its unlock() releases it).
+  bool wanted(uint64_t token) {
+    absl::MutexLock lock(&mu_);
+    if (!kept_ || kept_token_ != token) return false;
+    wanted_ = true;
+    if (kept_held_) return false;
+    kept_ = false;
+    return true;
+  }
+
+  // The last handle is going: true (with the acquisition's `*token`) when
+  // the lock is kept and free, so that the caller releases it on the
+  // broker. A kept lock that a thread holds stays held, as any held lock
+  // whose handles are dropped.
+  bool drop_kept(uint64_t* token) {
+    absl::MutexLock lock(&mu_);
+    if (!kept_ || kept_held_) return false;
+    kept_ = false;
+    *token = kept_token_;
+    return true;
+  }
+
+  // The answer to the release of a kept lock that no thread held (wanted()
+  // or drop_kept()): a refusal is reported as an unlock's; the session's
+  // loss is not (nothing was held).
+  void release_answered(const absl::Status& lost,
+                        const v1::ServerFrame& answer) {
+    if (!lost.ok() || answer.code() == 0) return;
+    absl::MutexLock lock(&mu_);
+    const absl::Status err(
+        static_cast<absl::StatusCode>(answer.code()),
+        absl::StrCat("dchan: the release of kept lock \"", name_,
+                     "\" failed on the broker: ", answer.message()));
+    if (orphaned_) {
+      log_locked(err);
+    } else if (unlock_error_.ok()) {
+      unlock_error_ = err;
+    }
   }
 
   // The broker granted the lock (`shared`: a read lock) with `token`.
@@ -262,21 +369,38 @@ class LockState final : public SessionObserver {
   absl::Status lost_ ABSL_GUARDED_BY(mu_);  // kAborted once lost
   // The token of the last exclusive acquisition (written under mu_).
   std::atomic<uint64_t> token_{0};
+  // A kept lock (see the file comment): kept_ while the session holds it
+  // under acquisition kept_token_; kept_held_ while a thread holds it
+  // (counted in exclusive_ too); wanted_ once the broker said another
+  // request waits. Local relocks take tokens next_token_ .. block_end_ - 1.
+  bool kept_ ABSL_GUARDED_BY(mu_) = false;
+  bool kept_held_ ABSL_GUARDED_BY(mu_) = false;
+  bool wanted_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t kept_token_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t block_end_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A lock on the broker: the backend of a remote Mutex (exclusive only) or
 // RWMutex, one per session and name.
 class BrokerLock final : public RemoteLock {
  public:
+  // `token_block` > 1: a kept Mutex (MutexOptions::keep) reserving that
+  // many tokens per acquisition.
   BrokerLock(std::shared_ptr<Connection> conn, uint64_t handle, std::string key,
-             std::shared_ptr<LockState> state)
+             std::shared_ptr<LockState> state, uint32_t token_block)
       : conn_(std::move(conn)),
         handle_(handle),
         key_(std::move(key)),
-        state_(std::move(state)) {}
+        state_(std::move(state)),
+        token_block_(token_block) {}
 
   ~BrokerLock() override {
     conn_->unshare(key_, state_.get());
+    if (uint64_t token; state_->drop_kept(&token)) {
+      // Ends with the session anyway: nothing to wait for.
+      release_kept(*conn_, handle_, token, state_);
+    }
     if (state_->unconfirmed() > 0) {
       // Wait for the unlocks' answers (the stream is ordered: they come
       // before the release's), so that an error among them can still be
@@ -294,8 +418,11 @@ class BrokerLock final : public RemoteLock {
     state_->orphan();
   }
 
+  uint32_t token_block() const noexcept { return token_block_; }
+
   bool lock(bool shared, Deadline deadline) override {
     conn_->check_session();
+    if (keeps() && state_->relock_kept()) return true;
     state_->throw_if_failed();
     const bool nonblocking = is_nonblocking(deadline);
     v1::ClientFrame f;
@@ -303,6 +430,7 @@ class BrokerLock final : public RemoteLock {
     req->set_handle(handle_);
     req->set_shared(shared);
     req->set_nonblocking(nonblocking);
+    if (keeps()) req->set_token_block(token_block_);
     v1::ServerFrame answer;
     try {
       // A timed request is withdrawn at the deadline; the final answer
@@ -313,7 +441,12 @@ class BrokerLock final : public RemoteLock {
     }
     switch (answer.lock().outcome()) {
       case v1::OUTCOME_OK:
-        state_->acquired(shared, answer.lock().token());
+        if (keeps()) {
+          state_->kept_acquired(answer.lock().token(), token_block_);
+          ask_wanted(answer.lock().token());
+        } else {
+          state_->acquired(shared, answer.lock().token());
+        }
         if (const absl::Status lost = conn_->lost(); !lost.ok()) {
           state_->lost_on_grant(lost);
         }
@@ -335,7 +468,23 @@ class BrokerLock final : public RemoteLock {
     v1::UnlockRequest* req = f.mutable_unlock();
     req->set_handle(handle_);
     req->set_shared(shared);
-    const std::optional<uint64_t> token = state_->start_unlock(shared);
+    std::optional<uint64_t> token;
+    uint64_t kept_token = 0;
+    switch (keeps() ? state_->unlock_kept(&kept_token)
+                    : LockState::KeptUnlock::kNotKept) {
+      case LockState::KeptUnlock::kKept:
+        return;
+      case LockState::KeptUnlock::kNotHeld:
+        // Only this client can tell: the broker holds it for this client.
+        throw Error(absl::StatusCode::kFailedPrecondition,
+                    "sync: unlock of unlocked mutex");
+      case LockState::KeptUnlock::kRelease:
+        token = kept_token;
+        break;
+      case LockState::KeptUnlock::kNotKept:
+        token = state_->start_unlock(shared);
+        break;
+    }
     if (!token.has_value()) {
       // Not held, as far as this client knows: the broker decides and
       // answers misuse (Go's message) at once.
@@ -367,30 +516,103 @@ class BrokerLock final : public RemoteLock {
   }
 
  private:
+  bool keeps() const noexcept { return token_block_ > 1; }
+
+  // Asks the broker to say when another request waits for the kept
+  // acquisition `token`; the answer's callback releases the lock if no
+  // thread holds it then. The callback runs on the Connection's reader
+  // thread (or fails with the session), so it may use the Connection.
+  void ask_wanted(uint64_t token) {
+    v1::ClientFrame f;
+    f.mutable_wanted()->set_handle(handle_);
+    f.mutable_wanted()->set_token(token);
+    try {
+      conn_->call_async(
+          f, [conn = conn_.get(), handle = handle_, token, state = state_](
+                 const absl::Status& lost, v1::ServerFrame& answer) {
+            // A lost session reaches the lock through session_lost.
+            if (!lost.ok()) return;
+            // CANCELLED: that acquisition is over. Anything else is wanted,
+            // a refusal too: a client that cannot learn when others wait
+            // must not keep the lock.
+            if (answer.code() == 0 &&
+                answer.wanted().outcome() == v1::OUTCOME_CANCELLED) {
+              return;
+            }
+            if (state->wanted(token)) release_kept(*conn, handle, token, state);
+          });
+    } catch (const Error&) {
+      // Not sent: the session is lost, which lock() reports next.
+    }
+  }
+
+  // Releases kept acquisition `token`, which no thread holds, on the broker
+  // (quiet: answered only if refused). Never throws.
+  static void release_kept(Connection& conn, uint64_t handle, uint64_t token,
+                           const std::shared_ptr<LockState>& state) noexcept {
+    v1::ClientFrame f;
+    v1::UnlockRequest* req = f.mutable_unlock();
+    req->set_handle(handle);
+    req->set_token(token);
+    req->set_quiet(true);
+    try {
+      conn.call_quiet(
+          f, [state](const absl::Status& lost, v1::ServerFrame& answer) {
+            state->release_answered(lost, answer);
+          });
+    } catch (const Error&) {
+      // The session is lost: the broker released the lock with it.
+    }
+  }
+
   const std::shared_ptr<Connection> conn_;
   const uint64_t handle_;
   const std::string key_;  // in the Connection's registry
   const std::shared_ptr<LockState> state_;
+  const uint32_t token_block_;
 };
+
+// Tokens a kept Mutex reserves per acquisition from the broker: one
+// acquisition on the broker per this many local relocks at most.
+constexpr uint32_t kKeptTokenBlock = 4096;
+
+// A lock of this Client already open under `name` must have been opened
+// with the same keep setting (`token_block`): handles of one name share one
+// state.
+std::shared_ptr<RemoteLock> checked(std::shared_ptr<BrokerLock> lock,
+                                    const std::string& name,
+                                    uint32_t token_block) {
+  if (lock->token_block() != token_block) {
+    throw Error(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("dchan: mutex \"", name,
+                             "\" is open in this Client with keep = ",
+                             lock->token_block() > 1 ? "true" : "false",
+                             "; every handle of it must use the same"));
+  }
+  return lock;
+}
 
 std::shared_ptr<RemoteLock> open_remote_lock(
     const std::shared_ptr<Connection>& conn, const std::string& name,
-    v1::ObjectKind kind) {
+    v1::ObjectKind kind, uint32_t token_block = 0) {
   const std::string key = absl::StrCat(
       kind == v1::OBJECT_KIND_RW_MUTEX ? "rw_mutex:" : "mutex:", name);
   if (std::shared_ptr<void> found = conn->find_shared(key)) {
-    return std::static_pointer_cast<BrokerLock>(found);
+    return checked(std::static_pointer_cast<BrokerLock>(found), name,
+                   token_block);
   }
   v1::OpenRequest req;
   req.set_name(name);
   req.set_kind(kind);
   const uint64_t handle = open_object(*conn, std::move(req));
   auto state = std::make_shared<LockState>(name);
-  auto lock = std::make_shared<BrokerLock>(conn, handle, key, state);
+  auto lock =
+      std::make_shared<BrokerLock>(conn, handle, key, state, token_block);
   // Another thread may have opened the name meanwhile: one of the two
   // wins, the other's broker handle is released with its BrokerLock.
-  return std::static_pointer_cast<BrokerLock>(
-      conn->share(key, std::move(lock), std::move(state)));
+  return checked(std::static_pointer_cast<BrokerLock>(
+                     conn->share(key, std::move(lock), std::move(state))),
+                 name, token_block);
 }
 
 class BrokerWaitGroup final : public RemoteWaitGroup {
@@ -495,8 +717,13 @@ std::shared_ptr<RemoteValue> open_remote_value(
 }  // namespace detail
 
 Mutex Client::mutex(const std::string& name) {
+  return mutex(name, MutexOptions());
+}
+
+Mutex Client::mutex(const std::string& name, MutexOptions options) {
   return detail::make_remote_mutex(
-      detail::open_remote_lock(conn_, name, v1::OBJECT_KIND_MUTEX));
+      detail::open_remote_lock(conn_, name, v1::OBJECT_KIND_MUTEX,
+                               options.keep ? detail::kKeptTokenBlock : 0));
 }
 
 RWMutex Client::rw_mutex(const std::string& name) {

@@ -12,27 +12,67 @@ LockObject::LockObject(std::string name, v1::ObjectKind kind,
     : Object(std::move(name), kind), token_(last_token) {}
 
 absl::StatusOr<LockObject::Request> LockObject::lock(
-    std::shared_ptr<const Participant> who, bool shared, OnGrant on_grant) {
+    std::shared_ptr<const Participant> who, bool shared, OnGrant on_grant,
+    uint32_t token_block) {
   if (shared && !rw()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "mutex \"", name(), "\" has no shared mode (open it as an RWMutex)"));
   }
+  if (token_block > 1 && (rw() || shared)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lock \"", name(),
+        "\": a token block is for exclusive requests on a mutex only"));
+  }
+  if (token_block > kMaxTokenBlock) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lock \"", name(), "\": a token block of ", token_block,
+                     " is over the limit of ", kMaxTokenBlock));
+  }
+  token_block = std::max<uint32_t>(token_block, 1);
   Request r;
+  OnWanted tell;  // run unlocked
   {
     absl::MutexLock lock(&mu_);
     // Checked under mu_: see object.h.
     if (!who->live()) return absl::UnavailableError("the session has ended");
     if (queue_.empty() && holders_allow_locked(shared)) {
       r.granted = true;
-      r.token = take_locked(who->id(), shared);
+      r.token = take_locked(who->id(), shared, token_block);
       return r;
     }
     if (on_grant == nullptr) return r;
     r.ticket = next_ticket_++;
-    queue_.emplace(r.ticket,
-                   Waiter{std::move(who), shared, std::move(on_grant)});
+    queue_.emplace(r.ticket, Waiter{std::move(who), shared, std::move(on_grant),
+                                    token_block});
+    if (writer_.has_value()) tell = std::exchange(on_wanted_, nullptr);
   }
+  if (tell != nullptr) std::move(tell)(true);
   return r;
+}
+
+absl::StatusOr<LockObject::Wanted> LockObject::wanted(const Participant& who,
+                                                      uint64_t token,
+                                                      OnWanted on_wanted) {
+  absl::MutexLock lock(&mu_);
+  if (writer_ != who.id() || writer_token_ != token) return Wanted::kNoHold;
+  if (on_wanted_ != nullptr) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        "lock \"", name(), "\": a wanted request for the hold with token ",
+        token, " is pending already"));
+  }
+  if (!queue_.empty()) return Wanted::kNow;
+  on_wanted_ = std::move(on_wanted);
+  return Wanted::kPending;
+}
+
+bool LockObject::withdraw_wanted(uint64_t token) {
+  OnWanted dropped;  // destroyed unlocked
+  absl::MutexLock lock(&mu_);
+  if (!writer_.has_value() || writer_token_ != token || on_wanted_ == nullptr) {
+    return false;
+  }
+  dropped = std::exchange(on_wanted_, nullptr);
+  return true;
 }
 
 bool LockObject::withdraw(uint64_t ticket) {
@@ -52,6 +92,7 @@ bool LockObject::withdraw(uint64_t ticket) {
 
 absl::Status LockObject::unlock(const Participant& who, bool shared,
                                 uint64_t token) {
+  OnWanted tell;  // run unlocked
   {
     absl::MutexLock lock(&mu_);
     if (shared) {
@@ -73,20 +114,23 @@ absl::Status LockObject::unlock(const Participant& who, bool shared,
             rw() ? "sync: Unlock of unlocked RWMutex"
                  : "sync: unlock of unlocked mutex");
       }
-      if (token != 0 && token != token_) {
+      if (token != 0 && token != writer_token_) {
         return absl::AbortedError(absl::StrCat(
             "dchan: unlock of \"", name(), "\" with fencing token ", token,
-            ", but this session's acquisition has token ", token_));
+            ", but this session's acquisition has token ", writer_token_));
       }
       writer_.reset();
+      tell = std::exchange(on_wanted_, nullptr);
     }
   }
+  if (tell != nullptr) std::move(tell)(false);
   grant_and_run();
   return absl::OkStatus();
 }
 
 void LockObject::session_ended(const Participant& who) {
   std::vector<Waiter> dropped;  // destroyed unlocked
+  OnWanted untold;              // destroyed unlocked, never run
   {
     absl::MutexLock lock(&mu_);
     for (auto it = queue_.begin(); it != queue_.end();) {
@@ -97,7 +141,10 @@ void LockObject::session_ended(const Participant& who) {
         ++it;
       }
     }
-    if (writer_ == who.id()) writer_.reset();
+    if (writer_ == who.id()) {
+      writer_.reset();
+      untold = std::exchange(on_wanted_, nullptr);
+    }
     auto it = readers_.find(who.id());
     if (it != readers_.end()) {
       reader_holds_ -= it->second;
@@ -144,15 +191,17 @@ bool LockObject::holders_allow_locked(bool shared) const {
   return shared || reader_holds_ == 0;
 }
 
-uint64_t LockObject::take_locked(uint64_t session_id, bool shared) {
+uint64_t LockObject::take_locked(uint64_t session_id, bool shared,
+                                 uint32_t token_block) {
   if (shared) {
     ++readers_[session_id];
     ++reader_holds_;
-  } else {
-    writer_ = session_id;
-    ++token_;
+    return token_;
   }
-  return token_;
+  writer_ = session_id;
+  writer_token_ = ++token_;
+  token_ += token_block - 1;
+  return writer_token_;
 }
 
 void LockObject::grant_locked(std::vector<Grant>& grants,
@@ -167,8 +216,8 @@ void LockObject::grant_locked(std::vector<Grant>& grants,
       continue;
     }
     if (!holders_allow_locked(w.shared)) return;
-    grants.push_back(
-        {std::move(w.on_grant), take_locked(w.who->id(), w.shared)});
+    grants.push_back({std::move(w.on_grant),
+                      take_locked(w.who->id(), w.shared, w.token_block)});
     dropped.push_back(std::move(w));  // its session reference
     queue_.erase(head);
   }

@@ -19,8 +19,17 @@
 // Fencing token: every exclusive acquisition increments the lock's token
 // (the first gets 1, or one more than the construction's `last_token`), so
 // tokens are strictly increasing over the broker's life; a shared
-// acquisition gets the token of the last exclusive one. The registry makes a
-// lock whose name may have been used by a lock it has forgotten with a
+// acquisition gets the token of the last exclusive one. An exclusive
+// acquisition of a MUTEX may reserve a block of tokens (`token_block`): it
+// gets the first, and the next acquisition gets one above the block (the
+// holder's client uses the rest for relocks while it keeps the lock).
+//
+// Keeping: the holder of an exclusive hold may ask to be told when another
+// request waits for the lock (wanted()): its callback runs once, when a
+// request is queued while the hold lasts (true; at once if one is queued
+// already), or when the hold ends by unlock() (false). A client keeps a
+// lock its user unlocked this way, and releases it when told. The registry
+// makes a lock whose name may have been used by a lock it has forgotten with a
 // `last_token` at least that lock's last token, so that a name's tokens never
 // go back.
 //
@@ -56,6 +65,13 @@ class LockObject final : public Object {
   // Runs once when a queued request is granted, with its fencing token, on
   // the thread that granted it, with no lock held. Must not block.
   using OnGrant = absl::AnyInvocable<void(uint64_t token) &&>;
+  // Runs at most once for a pending wanted(): `true` when another request
+  // waits, `false` when the hold ended by unlock(); on the thread that
+  // caused it, with no lock held. Must not block.
+  using OnWanted = absl::AnyInvocable<void(bool wanted) &&>;
+
+  // The largest token block a request may reserve.
+  static constexpr uint32_t kMaxTokenBlock = 1 << 20;
 
   // What lock() did.
   struct Request {
@@ -74,10 +90,27 @@ class LockObject final : public Object {
   // now: granted, with its token. Otherwise, with `on_grant`, queues the
   // request (ticket set; `on_grant` runs when it is granted); without it
   // (a non-blocking request), returns not granted and queues nothing.
-  // INVALID_ARGUMENT for a shared request on a MUTEX; UNAVAILABLE when `who`
-  // has ended.
+  // `token_block` > 1 (an exclusive request on a MUTEX only) reserves that
+  // many tokens for the acquisition (see the file comment).
+  // INVALID_ARGUMENT for a shared request on a MUTEX, or a token block on
+  // an RW_MUTEX, with a shared request or above kMaxTokenBlock; UNAVAILABLE
+  // when `who` has ended.
   absl::StatusOr<Request> lock(std::shared_ptr<const Participant> who,
-                               bool shared, OnGrant on_grant = nullptr);
+                               bool shared, OnGrant on_grant = nullptr,
+                               uint32_t token_block = 0);
+
+  // Asks to be told when another request waits while `who` holds the lock
+  // exclusively with acquisition token `token`. kNow: one waits already;
+  // kNoHold: `who` holds no such hold; both leave `on_wanted` unused.
+  // kPending: `on_wanted` runs later (see OnWanted), unless the hold ends
+  // with the session (then it is destroyed unrun) or withdraw_wanted()
+  // takes it. ALREADY_EXISTS when that hold has one pending.
+  enum class Wanted { kNow, kNoHold, kPending };
+  absl::StatusOr<Wanted> wanted(const Participant& who, uint64_t token,
+                                OnWanted on_wanted);
+  // Drops the pending wanted() of the hold with acquisition token `token`:
+  // true when it was pending (its callback will never run).
+  bool withdraw_wanted(uint64_t token);
 
   // Withdraws a queued request: true when it was still queued (its callback
   // will never run), false when it was granted or dropped already.
@@ -96,7 +129,9 @@ class LockObject final : public Object {
   // How many holds session `session_id` has (exclusive: 1; shared: one per
   // read lock).
   std::size_t holds_of(uint64_t session_id) const;
-  // The token of the last exclusive acquisition (0 before the first).
+  // The last token handed out or reserved (0 before the first exclusive
+  // acquisition): the last exclusive acquisition's, or the end of its
+  // block.
   uint64_t token() const;
   std::size_t queued() const;
 
@@ -111,6 +146,7 @@ class LockObject final : public Object {
     std::shared_ptr<const Participant> who;
     bool shared = false;
     OnGrant on_grant;
+    uint32_t token_block = 1;
   };
   struct Grant {
     OnGrant on_grant;
@@ -122,7 +158,7 @@ class LockObject final : public Object {
   // Whether a request may take the lock given the holders alone.
   bool holders_allow_locked(bool shared) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Records `session_id` as a holder; returns the acquisition's token.
-  uint64_t take_locked(uint64_t session_id, bool shared)
+  uint64_t take_locked(uint64_t session_id, bool shared, uint32_t token_block)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Grants from the head of the queue what the holders allow, dropping
   // requests of ended sessions. The grants' callbacks go to `grants`, the
@@ -134,9 +170,13 @@ class LockObject final : public Object {
 
   mutable absl::Mutex mu_;
   std::optional<uint64_t> writer_ ABSL_GUARDED_BY(mu_);  // exclusive holder
+  // The exclusive hold's acquisition token, and its pending wanted().
+  uint64_t writer_token_ ABSL_GUARDED_BY(mu_) = 0;
+  OnWanted on_wanted_ ABSL_GUARDED_BY(mu_);
   // Read locks held, per session, and their total.
   absl::flat_hash_map<uint64_t, std::size_t> readers_ ABSL_GUARDED_BY(mu_);
   std::size_t reader_holds_ ABSL_GUARDED_BY(mu_) = 0;
+  // The last token handed out or reserved.
   uint64_t token_ ABSL_GUARDED_BY(mu_) = 0;
   // Queued requests by ticket; tickets increase, so this is FIFO order.
   absl::btree_map<uint64_t, Waiter> queue_ ABSL_GUARDED_BY(mu_);

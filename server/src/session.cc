@@ -237,6 +237,9 @@ void Session::handle(v1::ClientFrame&& frame) {
     case v1::ClientFrame::kUnlock:
       unlock(id, frame.unlock());
       return;
+    case v1::ClientFrame::kWanted:
+      wanted(id, frame.wanted());
+      return;
     case v1::ClientFrame::kAdd:
       add(id, frame.add());
       return;
@@ -674,6 +677,9 @@ void Session::cancel(uint64_t id, const v1::CancelRequest& req) {
     case v1::ClientFrame::kLock:
       f.mutable_lock()->set_outcome(v1::OUTCOME_CANCELLED);
       break;
+    case v1::ClientFrame::kWanted:
+      f.mutable_wanted()->set_outcome(v1::OUTCOME_CANCELLED);
+      break;
     case v1::ClientFrame::kWait:
       f.mutable_wait()->set_outcome(v1::OUTCOME_CANCELLED);
       break;
@@ -842,7 +848,7 @@ void Session::lock(uint64_t id, const v1::LockRequest& req) {
   if (obj == nullptr) return;
   if (req.nonblocking()) {
     absl::StatusOr<LockObject::Request> r =
-        obj->lock(shared_from_this(), req.shared());
+        obj->lock(shared_from_this(), req.shared(), nullptr, req.token_block());
     if (!r.ok()) {
       reply_error(id, r.status());
     } else {
@@ -853,12 +859,13 @@ void Session::lock(uint64_t id, const v1::LockRequest& req) {
   }
   const uint64_t seq = begin_pending(id, v1::ClientFrame::kLock);
   if (seq == 0) return;
-  absl::StatusOr<LockObject::Request> r =
-      obj->lock(shared_from_this(), req.shared(),
-                [self = shared_from_this(), id, seq](uint64_t token) {
-                  self->finish_pending(
-                      id, seq, lock_frame(id, v1::OUTCOME_OK, token), nullptr);
-                });
+  absl::StatusOr<LockObject::Request> r = obj->lock(
+      shared_from_this(), req.shared(),
+      [self = shared_from_this(), id, seq](uint64_t token) {
+        self->finish_pending(id, seq, lock_frame(id, v1::OUTCOME_OK, token),
+                             nullptr);
+      },
+      req.token_block());
   if (!r.ok()) {
     finish_pending(id, seq, error_frame(id, r.status()), nullptr);
   } else if (r->granted) {
@@ -884,6 +891,36 @@ void Session::unlock(uint64_t id, const v1::UnlockRequest& req) {
   f.set_id(id);
   f.mutable_unlock();
   reply(std::move(f));
+}
+
+void Session::wanted(uint64_t id, const v1::WantedRequest& req) {
+  std::shared_ptr<LockObject> obj = object<LockObject>(id, req.handle());
+  if (obj == nullptr) return;
+  const uint64_t seq = begin_pending(id, v1::ClientFrame::kWanted);
+  if (seq == 0) return;
+  auto answer = [id](v1::Outcome outcome) {
+    v1::ServerFrame f;
+    f.set_id(id);
+    f.mutable_wanted()->set_outcome(outcome);
+    return f;
+  };
+  const absl::StatusOr<LockObject::Wanted> w = obj->wanted(
+      *this, req.token(),
+      [self = shared_from_this(), id, seq, answer](bool wanted) {
+        self->finish_pending(
+            id, seq, answer(wanted ? v1::OUTCOME_OK : v1::OUTCOME_CANCELLED),
+            nullptr);
+      });
+  if (!w.ok()) {
+    finish_pending(id, seq, error_frame(id, w.status()), nullptr);
+  } else if (*w == LockObject::Wanted::kNow) {
+    finish_pending(id, seq, answer(v1::OUTCOME_OK), nullptr);
+  } else if (*w == LockObject::Wanted::kNoHold) {
+    finish_pending(id, seq, answer(v1::OUTCOME_CANCELLED), nullptr);
+  } else {
+    attach(id, seq,
+           [obj, token = req.token()] { return obj->withdraw_wanted(token); });
+  }
 }
 
 void Session::add(uint64_t id, const v1::AddRequest& req) {

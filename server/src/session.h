@@ -178,6 +178,7 @@ class Session final : public Participant,
   void hello(uint64_t id, const v1::HelloRequest& req, bool first_frame);
   void lock(uint64_t id, const v1::LockRequest& req);
   void unlock(uint64_t id, const v1::UnlockRequest& req);
+  void wanted(uint64_t id, const v1::WantedRequest& req);
   void add(uint64_t id, const v1::AddRequest& req);
   void wait(uint64_t id, const v1::WaitRequest& req);
   void load(uint64_t id, const v1::LoadRequest& req);

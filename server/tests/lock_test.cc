@@ -339,5 +339,120 @@ TEST(Lock, ManyThreadsNeverOverlapAndEachGrantHasALargerToken) {
   EXPECT_EQ(lock.queued(), 0u);
 }
 
+// Token blocks: an acquisition reserves its block; the next one, queued or
+// not, gets a token above it; the unlock's check is on the block's first.
+TEST(Lock, ATokenBlockIsReservedForItsAcquisition) {
+  LockObject lock("m", v1::OBJECT_KIND_MUTEX);
+  auto a = FakeParticipant::make(1), b = FakeParticipant::make(2);
+  Grants grants;
+  absl::StatusOr<LockObject::Request> r = lock.lock(a, false, nullptr, 100);
+  ASSERT_TRUE(r.ok() && r->granted);
+  EXPECT_EQ(r->token, 1u);
+  EXPECT_EQ(lock.token(), 100u);
+  ASSERT_TRUE(lock.lock(b, false, grants.on_grant("b"), 10).ok());
+  EXPECT_EQ(lock.unlock(*a, false, 2).code(), absl::StatusCode::kAborted)
+      << "a token of the block other than its first";
+  ASSERT_TRUE(lock.unlock(*a, false, 1).ok());
+  EXPECT_EQ(grants.tokens(), (std::vector<uint64_t>{101}));
+  EXPECT_EQ(lock.token(), 110u);
+  ASSERT_TRUE(lock.unlock(*b, false, 101).ok());
+  EXPECT_EQ(take(lock, a), 111u) << "no block: one token";
+}
+
+TEST(Lock, TokenBlocksAreForExclusiveRequestsOnAMutexWithinTheLimit) {
+  LockObject mutex("m", v1::OBJECT_KIND_MUTEX);
+  LockObject rw("rw", v1::OBJECT_KIND_RW_MUTEX);
+  auto a = FakeParticipant::make(1);
+  EXPECT_EQ(rw.lock(a, false, nullptr, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(rw.lock(a, true, nullptr, 2).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mutex.lock(a, false, nullptr, LockObject::kMaxTokenBlock + 1)
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(mutex.token(), 0u) << "a refused request reserved nothing";
+  absl::StatusOr<LockObject::Request> r =
+      mutex.lock(a, false, nullptr, LockObject::kMaxTokenBlock);
+  ASSERT_TRUE(r.ok() && r->granted);
+  EXPECT_EQ(mutex.token(), uint64_t{LockObject::kMaxTokenBlock});
+  EXPECT_TRUE(rw.lock(a, false, nullptr, 1).ok()) << "1: the one token";
+}
+
+// Records what a wanted() callback was told.
+struct Told {
+  std::atomic<int> wanted{0}, ended{0};
+  LockObject::OnWanted on_wanted() {
+    return [this](bool w) { ++(w ? wanted : ended); };
+  }
+};
+
+TEST(Lock, WantedIsToldWhenAnotherRequestQueues) {
+  LockObject lock("m", v1::OBJECT_KIND_MUTEX);
+  auto a = FakeParticipant::make(1), b = FakeParticipant::make(2);
+  Grants grants;
+  Told told;
+  const uint64_t t = take(lock, a);
+  absl::StatusOr<LockObject::Wanted> w = lock.wanted(*a, t, told.on_wanted());
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(*w, LockObject::Wanted::kPending);
+  EXPECT_EQ(lock.wanted(*a, t, told.on_wanted()).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  // A non-blocking request queues nothing: nobody waits.
+  ASSERT_TRUE(lock.lock(b, false).ok());
+  EXPECT_EQ(told.wanted + told.ended, 0);
+  queue(lock, b, false, grants, "b");
+  EXPECT_EQ(told.wanted, 1);
+  // Told once; the unlock then tells nothing more.
+  ASSERT_TRUE(lock.unlock(*a, false, t).ok());
+  EXPECT_EQ(told.wanted, 1);
+  EXPECT_EQ(told.ended, 0);
+  EXPECT_EQ(grants.order(), (Names{"b"}));
+}
+
+TEST(Lock, WantedIsAnsweredAtOnceWhenARequestWaitsOrThereIsNoSuchHold) {
+  LockObject lock("m", v1::OBJECT_KIND_MUTEX);
+  auto a = FakeParticipant::make(1), b = FakeParticipant::make(2);
+  Grants grants;
+  Told told;
+  EXPECT_EQ(*lock.wanted(*a, 1, told.on_wanted()), LockObject::Wanted::kNoHold);
+  const uint64_t t = take(lock, a);
+  EXPECT_EQ(*lock.wanted(*b, t, told.on_wanted()), LockObject::Wanted::kNoHold)
+      << "another session's";
+  EXPECT_EQ(*lock.wanted(*a, t + 1, told.on_wanted()),
+            LockObject::Wanted::kNoHold)
+      << "another acquisition's token";
+  queue(lock, a, false, grants, "a again");  // its own session's counts too
+  EXPECT_EQ(*lock.wanted(*a, t, told.on_wanted()), LockObject::Wanted::kNow);
+  EXPECT_EQ(told.wanted + told.ended, 0) << "answered by the result alone";
+}
+
+TEST(Lock, WantedIsToldTheHoldEndedAtUnlockButNotAtSessionEnd) {
+  LockObject lock("m", v1::OBJECT_KIND_MUTEX);
+  auto a = FakeParticipant::make(1), b = FakeParticipant::make(2);
+  Grants grants;
+  Told told;
+  uint64_t t = take(lock, a);
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted()).ok());
+  ASSERT_TRUE(lock.unlock(*a, false, t).ok());
+  EXPECT_EQ(told.ended, 1);
+  t = take(lock, a);
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted()).ok());
+  EXPECT_TRUE(lock.withdraw_wanted(t));
+  EXPECT_FALSE(lock.withdraw_wanted(t)) << "withdrawn already";
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted()).ok()) << "may ask again";
+  queue(lock, b, false, grants, "b");
+  EXPECT_EQ(told.wanted, 1);
+  ASSERT_TRUE(lock.unlock(*a, false, t).ok());
+  // b holds it now; its session ends with a wanted() pending.
+  const uint64_t tb = grants.tokens().at(0);
+  ASSERT_TRUE(lock.wanted(*b, tb, told.on_wanted()).ok());
+  b->end(lock);
+  EXPECT_EQ(told.wanted, 1);
+  EXPECT_EQ(told.ended, 1);
+  EXPECT_FALSE(lock.withdraw_wanted(tb));
+  EXPECT_TRUE(lock.idle());
+}
+
 }  // namespace
 }  // namespace dchan::server

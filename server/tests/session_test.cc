@@ -133,12 +133,22 @@ class SessionTest : public ::testing::Test {
   }
 
   static void lock(Client& c, uint64_t id, uint64_t handle,
-                   bool nonblocking = false, bool shared = false) {
+                   bool nonblocking = false, bool shared = false,
+                   uint32_t token_block = 0) {
     v1::ClientFrame f;
     f.set_id(id);
     f.mutable_lock()->set_handle(handle);
     f.mutable_lock()->set_nonblocking(nonblocking);
     f.mutable_lock()->set_shared(shared);
+    f.mutable_lock()->set_token_block(token_block);
+    c.session->handle(f);
+  }
+
+  static void wanted(Client& c, uint64_t id, uint64_t handle, uint64_t token) {
+    v1::ClientFrame f;
+    f.set_id(id);
+    f.mutable_wanted()->set_handle(handle);
+    f.mutable_wanted()->set_token(token);
     c.session->handle(f);
   }
 
@@ -714,6 +724,63 @@ TEST_F(SessionTest, AQuietUnlockIsAnsweredOnlyWhenRefused) {
   EXPECT_EQ(f.id(), 3u);
   EXPECT_EQ(f.code(), kFailedPrecondition);
   EXPECT_EQ(f.message(), "sync: unlock of unlocked mutex");
+}
+
+// A client that keeps its lock: a token block at the grant, then a wanted
+// request answered when another session queues.
+TEST_F(SessionTest, AKeptLockIsWantedWhenAnotherSessionQueues) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, ha, false, false, /*token_block=*/64);
+  const uint64_t t = a.out->take().lock().token();
+  wanted(a, 2, ha, t);
+  EXPECT_EQ(a.out->size(), 0u);
+  EXPECT_EQ(a.session->pending_count(), 1u);
+  lock(b, 1, hb);
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.id(), 2u);
+  EXPECT_EQ(f.wanted().outcome(), v1::OUTCOME_OK);
+  unlock(a, 3, ha, t, false, /*quiet=*/true);
+  f = b.out->take();
+  EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(f.lock().token(), t + 64) << "above a's block";
+  EXPECT_EQ(a.out->size(), 0u);
+  EXPECT_EQ(a.session->pending_count(), 0u);
+}
+
+TEST_F(SessionTest, WantedEndsCancelledWithItsHoldOrWhenWithdrawn) {
+  Client a = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  wanted(a, 1, ha, 1);  // no such hold
+  EXPECT_EQ(a.out->take().wanted().outcome(), v1::OUTCOME_CANCELLED);
+  lock(a, 2, ha, false, false, 8);
+  const uint64_t t = a.out->take().lock().token();
+  wanted(a, 3, ha, t);
+  wanted(a, 4, ha, t);
+  v1::ServerFrame f = a.out->take();
+  EXPECT_EQ(f.id(), 4u);
+  EXPECT_EQ(f.code(), static_cast<int>(absl::StatusCode::kAlreadyExists));
+  cancel(a, 3);
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 3u);
+  EXPECT_EQ(f.wanted().outcome(), v1::OUTCOME_CANCELLED);
+  wanted(a, 5, ha, t);
+  unlock(a, 6, ha, t);
+  f = a.out->take();
+  EXPECT_EQ(f.id(), 5u) << "the wanted request's answer comes first";
+  EXPECT_EQ(f.wanted().outcome(), v1::OUTCOME_CANCELLED);
+  EXPECT_TRUE(a.out->take().has_unlock());
+  // Bad input: a token block on an RWMutex, or over the limit.
+  const uint64_t hrw = open_handle(a, "rw", v1::OBJECT_KIND_RW_MUTEX);
+  lock(a, 7, hrw, false, false, 2);
+  EXPECT_EQ(a.out->take().code(), kInvalidArgument);
+  lock(a, 8, ha, false, false, (1u << 20) + 1);
+  EXPECT_EQ(a.out->take().code(), kInvalidArgument);
+  wanted(a, 9, hrw + 1000, t);
+  EXPECT_EQ(a.out->take().code(), kNotFound);
+  EXPECT_EQ(a.session->locks_held(), 0u);
+  EXPECT_EQ(a.session->pending_count(), 0u);
 }
 
 TEST_F(SessionTest, AWaitFailsNamingTheParticipantLostOwingDones) {

@@ -187,6 +187,32 @@ void flush(const Chan<T>& ch) {
   if (detail::RemoteChan* r = detail::remote_of(ch)) r->flush();
 }
 
+struct MutexOptions {
+  // Keeps the lock in this Client's session after unlock(), until another
+  // lock request waits for it on the broker — of any process, this one's
+  // other threads included. Meanwhile a lock() or try_lock*() through this
+  // Client takes it back at once, with no round trip to the broker. Once
+  // another request waits, the lock goes back to the broker — at once if no
+  // thread of this Client holds it, else at the holder's unlock() — and
+  // the next lock() of this Client waits its turn there, FIFO.
+  //
+  // What changes for others: a process that wants the lock waits, besides
+  // the holder's critical section, for the broker's word to reach this
+  // Client and its release to come back (a round trip), or for this
+  // session to end if this process stops or hangs — as for a lock it holds.
+  // Fencing tokens still increase with every acquisition: each acquisition
+  // on the broker reserves a block of 4,096 tokens for the local ones (and
+  // goes back to the broker once they are used up), and the next
+  // acquisition anywhere gets a token above the block. hold_token() and
+  // the loss of the session behave as for any held lock; a kept lock that
+  // no thread holds when the session is lost is simply gone (nothing was
+  // held). While it is kept, this Client keeps a request outstanding on
+  // the broker, which a background thread reads for. Every handle of one
+  // name in one Client must use the same setting (kInvalidArgument
+  // otherwise).
+  bool keep = false;
+};
+
 struct WaitGroupOptions {
   // When a participant's session ends still owing Dones, count its debt as
   // done (true) instead of failing every wait (false, the default). Every
@@ -250,6 +276,9 @@ class Client {
   // dchan::Error: kInvalidArgument when `name` is another kind of object
   // (e.g. an RWMutex or a channel), kUnavailable when the broker is lost.
   Mutex mutex(const std::string& name);
+  // The same, with options (see MutexOptions):
+  //   dchan::Mutex mu = client.mutex("cache", {.keep = true});
+  Mutex mutex(const std::string& name, MutexOptions options);
 
   // Opens the broker reader/writer lock `name` as an RWMutex. As mutex().
   RWMutex rw_mutex(const std::string& name);
