@@ -201,6 +201,12 @@ REMOTE = [
     ("lock + unlock", "µs/op", r"lock_unlock/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
       ("etcd lock", "ext", r"^etcd.*lock", 0.05)]),
+    # The same with MutexOptions::keep (opt-in): relocks without the broker
+    # until another request waits.
+    ("lock + unlock, kept by the client (`MutexOptions::keep`)", "µs/op",
+     r"lock_unlock/remote_keep$",
+     [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None),
+      ("etcd lock", "ext", r"^etcd.*lock", 0.05)]),
     ("lock hand-off to another process", "µs/op", r"lock_handoff/remote$",
      [("raw gRPC ping-pong", "remote", r"roundtrip/grpc$", None)]),
     ("one-way acked sends, {0} senders", "msgs/s",

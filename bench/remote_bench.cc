@@ -47,8 +47,21 @@
 //                         receivers' Client in this process: how the
 //                         one-way rows ran until session 22.
 //   lock_unlock/remote    one Client, one broker Mutex, nobody else: lock()
-//                         then unlock(), each returning once the broker
-//                         answered (two round trips per op).
+//                         (returns once the broker granted it) then
+//                         unlock() (returns once queued): one round trip
+//                         per op.
+//   lock_unlock/remote_keep  the same with MutexOptions::keep: the client
+//                         keeps the lock after unlock() and relocks it
+//                         locally (a round trip per 4,096 ops, when its
+//                         block of fencing tokens is used up).
+//   lock_turns/remote, lock_turns/remote_keep  (diagnostic) what keeping
+//                         costs the others: two Clients of this process
+//                         take turns on one broker Mutex, A lock()+unlock(),
+//                         then B; one op is both turns. With _keep A opens
+//                         it with MutexOptions::keep: B's lock() then waits
+//                         for the broker's word to reach A and A's release
+//                         to come back, and A's next lock() asks the broker
+//                         again.
 //   lock_handoff/remote   hand-off between two processes: this process holds
 //                         a broker Mutex, a partner process (this binary,
 //                         re-executed, with a Client of its own) is queued on
@@ -722,9 +735,9 @@ void RegisterStreamBenchmarks() {
 // ---------------------------------------------------------------------------
 // Locks.
 
-void BM_RemoteLockUnlock(benchmark::State& state) {
+void BM_RemoteLockUnlock(benchmark::State& state, bool keep) {
   dchan::Client client = Connect();
-  dchan::Mutex m = client.mutex(UniqueName("lock"));
+  dchan::Mutex m = client.mutex(UniqueName("lock"), {.keep = keep});
   m.lock();  // warm-up: opens the lock on the broker
   m.unlock();
   Latencies lat;
@@ -734,6 +747,29 @@ void BM_RemoteLockUnlock(benchmark::State& state) {
         const Clock::time_point t0 = Clock::now();
         m.lock();
         m.unlock();
+        lat.add(Clock::now() - t0);
+      }
+    };
+  });
+  lat.report(state);
+}
+
+// Two Clients take turns on one lock (see lock_turns in the file comment).
+void BM_RemoteLockTurns(benchmark::State& state, bool keep) {
+  dchan::Client a = Connect();
+  dchan::Client b = Connect();
+  const std::string name = UniqueName("lock");
+  dchan::Mutex ma = a.mutex(name, {.keep = keep});
+  dchan::Mutex mb = b.mutex(name);
+  Latencies lat;
+  RunBatched(state, kRoundTripBatch, [&](int64_t n, Batch& batch) {
+    batch.driver = [&, n] {
+      for (int64_t i = 0; i < n; ++i) {
+        const Clock::time_point t0 = Clock::now();
+        ma.lock();
+        ma.unlock();
+        mb.lock();
+        mb.unlock();
         lat.add(Clock::now() - t0);
       }
     };
@@ -999,7 +1035,14 @@ int main(int argc, char** argv) {
     Register("oneway/grpc/" + std::to_string(s),
              [s](benchmark::State& st) { BM_GrpcOneWay(st, s); });
   }
-  Register("lock_unlock/remote", BM_RemoteLockUnlock);
+  Register("lock_unlock/remote",
+           [](benchmark::State& st) { BM_RemoteLockUnlock(st, false); });
+  Register("lock_unlock/remote_keep",
+           [](benchmark::State& st) { BM_RemoteLockUnlock(st, true); });
+  Register("lock_turns/remote",
+           [](benchmark::State& st) { BM_RemoteLockTurns(st, false); });
+  Register("lock_turns/remote_keep",
+           [](benchmark::State& st) { BM_RemoteLockTurns(st, true); });
   Register("lock_handoff/remote", BM_RemoteLockHandoff);
   RegisterStreamBenchmarks();
   // Diagnostics.
