@@ -187,21 +187,35 @@ class LockState final : public SessionObserver {
   // `token`. True when the caller must release it on the broker now (it is
   // free; no longer kept); false when that acquisition is over, or a
   // thread holds it (its unlock() releases it).
+  // A true return counts a release in flight: the caller must call
+  // release_queued() once it has queued it.
   bool wanted(uint64_t token) {
     absl::MutexLock lock(&mu_);
     if (!kept_ || kept_token_ != token) return false;
     wanted_ = true;
     if (kept_held_) return false;
     kept_ = false;
+    ++releasing_;
     return true;
+  }
+
+  void release_queued() {
+    absl::MutexLock lock(&mu_);
+    --releasing_;
   }
 
   // The last handle is going: true (with the acquisition's `*token`) when
   // the lock is kept and free, so that the caller releases it on the
   // broker. A kept lock that a thread holds stays held, as any held lock
   // whose handles are dropped.
+  // Waits first until a release wanted() decided is queued: the handle's
+  // release, which the caller queues next, must not overtake it (the broker
+  // would refuse an unlock through a released handle, and the session
+  // would keep the lock).
   bool drop_kept(uint64_t* token) {
     absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* releasing) { return *releasing == 0; }, &releasing_));
     if (!kept_ || kept_held_) return false;
     kept_ = false;
     *token = kept_token_;
@@ -379,6 +393,8 @@ class LockState final : public SessionObserver {
   uint64_t kept_token_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t block_end_ ABSL_GUARDED_BY(mu_) = 0;
+  // Releases wanted() decided that are not queued yet.
+  int releasing_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // A lock on the broker: the backend of a remote Mutex (exclusive only) or
@@ -441,7 +457,9 @@ class BrokerLock final : public RemoteLock {
     }
     switch (answer.lock().outcome()) {
       case v1::OUTCOME_OK:
-        if (keeps()) {
+        // Kept only if the broker reserved the block (one that does not
+        // know token_block reserves nothing and leaves it unset).
+        if (keeps() && answer.lock().token_block() == token_block_) {
           state_->kept_acquired(answer.lock().token(), token_block_);
           ask_wanted(answer.lock().token());
         } else {
@@ -539,7 +557,10 @@ class BrokerLock final : public RemoteLock {
                 answer.wanted().outcome() == v1::OUTCOME_CANCELLED) {
               return;
             }
-            if (state->wanted(token)) release_kept(*conn, handle, token, state);
+            if (state->wanted(token)) {
+              release_kept(*conn, handle, token, state);
+              state->release_queued();
+            }
           });
     } catch (const Error&) {
       // Not sent: the session is lost, which lock() reports next.

@@ -52,7 +52,8 @@ absl::StatusOr<LockObject::Request> LockObject::lock(
 
 absl::StatusOr<LockObject::Wanted> LockObject::wanted(const Participant& who,
                                                       uint64_t token,
-                                                      OnWanted on_wanted) {
+                                                      OnWanted on_wanted,
+                                                      uint64_t* ticket) {
   absl::MutexLock lock(&mu_);
   if (writer_ != who.id() || writer_token_ != token) return Wanted::kNoHold;
   if (on_wanted_ != nullptr) {
@@ -62,15 +63,14 @@ absl::StatusOr<LockObject::Wanted> LockObject::wanted(const Participant& who,
   }
   if (!queue_.empty()) return Wanted::kNow;
   on_wanted_ = std::move(on_wanted);
+  wanted_ticket_ = *ticket = next_ticket_++;
   return Wanted::kPending;
 }
 
-bool LockObject::withdraw_wanted(uint64_t token) {
+bool LockObject::withdraw_wanted(uint64_t ticket) {
   OnWanted dropped;  // destroyed unlocked
   absl::MutexLock lock(&mu_);
-  if (!writer_.has_value() || writer_token_ != token || on_wanted_ == nullptr) {
-    return false;
-  }
+  if (on_wanted_ == nullptr || wanted_ticket_ != ticket) return false;
   dropped = std::exchange(on_wanted_, nullptr);
   return true;
 }

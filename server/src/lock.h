@@ -104,13 +104,14 @@ class LockObject final : public Object {
   // kNoHold: `who` holds no such hold; both leave `on_wanted` unused.
   // kPending: `on_wanted` runs later (see OnWanted), unless the hold ends
   // with the session (then it is destroyed unrun) or withdraw_wanted()
-  // takes it. ALREADY_EXISTS when that hold has one pending.
+  // takes it; `*ticket` names it for that. ALREADY_EXISTS when that hold
+  // has one pending.
   enum class Wanted { kNow, kNoHold, kPending };
   absl::StatusOr<Wanted> wanted(const Participant& who, uint64_t token,
-                                OnWanted on_wanted);
-  // Drops the pending wanted() of the hold with acquisition token `token`:
-  // true when it was pending (its callback will never run).
-  bool withdraw_wanted(uint64_t token);
+                                OnWanted on_wanted, uint64_t* ticket);
+  // Drops the pending wanted() `ticket`: true when it was pending (its
+  // callback will never run).
+  bool withdraw_wanted(uint64_t ticket);
 
   // Withdraws a queued request: true when it was still queued (its callback
   // will never run), false when it was granted or dropped already.
@@ -170,9 +171,11 @@ class LockObject final : public Object {
 
   mutable absl::Mutex mu_;
   std::optional<uint64_t> writer_ ABSL_GUARDED_BY(mu_);  // exclusive holder
-  // The exclusive hold's acquisition token, and its pending wanted().
+  // The exclusive hold's acquisition token, and its pending wanted() (and
+  // that one's ticket).
   uint64_t writer_token_ ABSL_GUARDED_BY(mu_) = 0;
   OnWanted on_wanted_ ABSL_GUARDED_BY(mu_);
+  uint64_t wanted_ticket_ ABSL_GUARDED_BY(mu_) = 0;
   // Read locks held, per session, and their total.
   absl::flat_hash_map<uint64_t, std::size_t> readers_ ABSL_GUARDED_BY(mu_);
   std::size_t reader_holds_ ABSL_GUARDED_BY(mu_) = 0;

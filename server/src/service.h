@@ -118,10 +118,10 @@ class BrokerServer final {
   // Once grpc::Server::Shutdown has returned (every call then is finished
   // or cancelled): waits while the polling threads see the calls' last
   // operations complete and the calls go, then shuts the completion queues
-  // down and joins the polling and inspection threads. (A call that started an operation on a
-  // queue already shut down would abort the process in gRPC.) False, with
-  // the threads left running, if calls are still open after 10 s: the
-  // caller should then exit without destroying this object.
+  // down and joins the polling and inspection threads. (A call that started an
+  // operation on a queue already shut down would abort the process in gRPC.)
+  // False, with the threads left running, if calls are still open after 10 s:
+  // the caller should then exit without destroying this object.
   bool stop_polling();
 
   Registry& registry() noexcept { return registry_; }

@@ -59,12 +59,17 @@ v1::ServerFrame recv_frame(uint64_t id, std::optional<std::string> value,
   return f;
 }
 
-v1::ServerFrame lock_frame(uint64_t id, v1::Outcome outcome, uint64_t token) {
+// A lock answer; a grant says which token block it reserved (above 1).
+v1::ServerFrame lock_frame(uint64_t id, v1::Outcome outcome, uint64_t token,
+                           uint32_t token_block = 0) {
   v1::ServerFrame f;
   f.set_id(id);
   v1::LockResponse* r = f.mutable_lock();
   r->set_outcome(outcome);
-  if (outcome == v1::OUTCOME_OK) r->set_token(token);
+  if (outcome == v1::OUTCOME_OK) {
+    r->set_token(token);
+    if (token_block > 1) r->set_token_block(token_block);
+  }
   return f;
 }
 
@@ -852,8 +857,9 @@ void Session::lock(uint64_t id, const v1::LockRequest& req) {
     if (!r.ok()) {
       reply_error(id, r.status());
     } else {
-      reply(lock_frame(
-          id, r->granted ? v1::OUTCOME_OK : v1::OUTCOME_WOULD_BLOCK, r->token));
+      reply(lock_frame(id,
+                       r->granted ? v1::OUTCOME_OK : v1::OUTCOME_WOULD_BLOCK,
+                       r->token, req.token_block()));
     }
     return;
   }
@@ -861,15 +867,18 @@ void Session::lock(uint64_t id, const v1::LockRequest& req) {
   if (seq == 0) return;
   absl::StatusOr<LockObject::Request> r = obj->lock(
       shared_from_this(), req.shared(),
-      [self = shared_from_this(), id, seq](uint64_t token) {
-        self->finish_pending(id, seq, lock_frame(id, v1::OUTCOME_OK, token),
-                             nullptr);
+      [self = shared_from_this(), id, seq,
+       block = req.token_block()](uint64_t token) {
+        self->finish_pending(
+            id, seq, lock_frame(id, v1::OUTCOME_OK, token, block), nullptr);
       },
       req.token_block());
   if (!r.ok()) {
     finish_pending(id, seq, error_frame(id, r.status()), nullptr);
   } else if (r->granted) {
-    finish_pending(id, seq, lock_frame(id, v1::OUTCOME_OK, r->token), nullptr);
+    finish_pending(id, seq,
+                   lock_frame(id, v1::OUTCOME_OK, r->token, req.token_block()),
+                   nullptr);
   } else {
     attach(id, seq,
            [obj, ticket = r->ticket] { return obj->withdraw(ticket); });
@@ -904,13 +913,15 @@ void Session::wanted(uint64_t id, const v1::WantedRequest& req) {
     f.mutable_wanted()->set_outcome(outcome);
     return f;
   };
+  uint64_t ticket = 0;
   const absl::StatusOr<LockObject::Wanted> w = obj->wanted(
       *this, req.token(),
       [self = shared_from_this(), id, seq, answer](bool wanted) {
         self->finish_pending(
             id, seq, answer(wanted ? v1::OUTCOME_OK : v1::OUTCOME_CANCELLED),
             nullptr);
-      });
+      },
+      &ticket);
   if (!w.ok()) {
     finish_pending(id, seq, error_frame(id, w.status()), nullptr);
   } else if (*w == LockObject::Wanted::kNow) {
@@ -918,8 +929,7 @@ void Session::wanted(uint64_t id, const v1::WantedRequest& req) {
   } else if (*w == LockObject::Wanted::kNoHold) {
     finish_pending(id, seq, answer(v1::OUTCOME_CANCELLED), nullptr);
   } else {
-    attach(id, seq,
-           [obj, token = req.token()] { return obj->withdraw_wanted(token); });
+    attach(id, seq, [obj, ticket] { return obj->withdraw_wanted(ticket); });
   }
 }
 

@@ -382,6 +382,7 @@ TEST(Lock, TokenBlocksAreForExclusiveRequestsOnAMutexWithinTheLimit) {
 // Records what a wanted() callback was told.
 struct Told {
   std::atomic<int> wanted{0}, ended{0};
+  uint64_t ticket = 0;  // of the last wanted() that is pending
   LockObject::OnWanted on_wanted() {
     return [this](bool w) { ++(w ? wanted : ended); };
   }
@@ -393,10 +394,11 @@ TEST(Lock, WantedIsToldWhenAnotherRequestQueues) {
   Grants grants;
   Told told;
   const uint64_t t = take(lock, a);
-  absl::StatusOr<LockObject::Wanted> w = lock.wanted(*a, t, told.on_wanted());
+  absl::StatusOr<LockObject::Wanted> w =
+      lock.wanted(*a, t, told.on_wanted(), &told.ticket);
   ASSERT_TRUE(w.ok());
   EXPECT_EQ(*w, LockObject::Wanted::kPending);
-  EXPECT_EQ(lock.wanted(*a, t, told.on_wanted()).status().code(),
+  EXPECT_EQ(lock.wanted(*a, t, told.on_wanted(), &told.ticket).status().code(),
             absl::StatusCode::kAlreadyExists);
   // A non-blocking request queues nothing: nobody waits.
   ASSERT_TRUE(lock.lock(b, false).ok());
@@ -415,15 +417,18 @@ TEST(Lock, WantedIsAnsweredAtOnceWhenARequestWaitsOrThereIsNoSuchHold) {
   auto a = FakeParticipant::make(1), b = FakeParticipant::make(2);
   Grants grants;
   Told told;
-  EXPECT_EQ(*lock.wanted(*a, 1, told.on_wanted()), LockObject::Wanted::kNoHold);
+  EXPECT_EQ(*lock.wanted(*a, 1, told.on_wanted(), &told.ticket),
+            LockObject::Wanted::kNoHold);
   const uint64_t t = take(lock, a);
-  EXPECT_EQ(*lock.wanted(*b, t, told.on_wanted()), LockObject::Wanted::kNoHold)
+  EXPECT_EQ(*lock.wanted(*b, t, told.on_wanted(), &told.ticket),
+            LockObject::Wanted::kNoHold)
       << "another session's";
-  EXPECT_EQ(*lock.wanted(*a, t + 1, told.on_wanted()),
+  EXPECT_EQ(*lock.wanted(*a, t + 1, told.on_wanted(), &told.ticket),
             LockObject::Wanted::kNoHold)
       << "another acquisition's token";
   queue(lock, a, false, grants, "a again");  // its own session's counts too
-  EXPECT_EQ(*lock.wanted(*a, t, told.on_wanted()), LockObject::Wanted::kNow);
+  EXPECT_EQ(*lock.wanted(*a, t, told.on_wanted(), &told.ticket),
+            LockObject::Wanted::kNow);
   EXPECT_EQ(told.wanted + told.ended, 0) << "answered by the result alone";
 }
 
@@ -433,24 +438,27 @@ TEST(Lock, WantedIsToldTheHoldEndedAtUnlockButNotAtSessionEnd) {
   Grants grants;
   Told told;
   uint64_t t = take(lock, a);
-  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted()).ok());
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted(), &told.ticket).ok());
   ASSERT_TRUE(lock.unlock(*a, false, t).ok());
   EXPECT_EQ(told.ended, 1);
   t = take(lock, a);
-  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted()).ok());
-  EXPECT_TRUE(lock.withdraw_wanted(t));
-  EXPECT_FALSE(lock.withdraw_wanted(t)) << "withdrawn already";
-  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted()).ok()) << "may ask again";
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted(), &told.ticket).ok());
+  const uint64_t first = told.ticket;
+  EXPECT_TRUE(lock.withdraw_wanted(first));
+  EXPECT_FALSE(lock.withdraw_wanted(first)) << "withdrawn already";
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted(), &told.ticket).ok())
+      << "may ask again";
+  EXPECT_FALSE(lock.withdraw_wanted(first)) << "took the newer one";
   queue(lock, b, false, grants, "b");
   EXPECT_EQ(told.wanted, 1);
   ASSERT_TRUE(lock.unlock(*a, false, t).ok());
   // b holds it now; its session ends with a wanted() pending.
   const uint64_t tb = grants.tokens().at(0);
-  ASSERT_TRUE(lock.wanted(*b, tb, told.on_wanted()).ok());
+  ASSERT_TRUE(lock.wanted(*b, tb, told.on_wanted(), &told.ticket).ok());
   b->end(lock);
   EXPECT_EQ(told.wanted, 1);
   EXPECT_EQ(told.ended, 1);
-  EXPECT_FALSE(lock.withdraw_wanted(tb));
+  EXPECT_FALSE(lock.withdraw_wanted(told.ticket));
   EXPECT_TRUE(lock.idle());
 }
 

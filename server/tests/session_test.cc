@@ -733,7 +733,9 @@ TEST_F(SessionTest, AKeptLockIsWantedWhenAnotherSessionQueues) {
   const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
   const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
   lock(a, 1, ha, false, false, /*token_block=*/64);
-  const uint64_t t = a.out->take().lock().token();
+  v1::ServerFrame granted = a.out->take();
+  EXPECT_EQ(granted.lock().token_block(), 64u) << "the grant echoes its block";
+  const uint64_t t = granted.lock().token();
   wanted(a, 2, ha, t);
   EXPECT_EQ(a.out->size(), 0u);
   EXPECT_EQ(a.session->pending_count(), 1u);
@@ -745,6 +747,7 @@ TEST_F(SessionTest, AKeptLockIsWantedWhenAnotherSessionQueues) {
   f = b.out->take();
   EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
   EXPECT_EQ(f.lock().token(), t + 64) << "above a's block";
+  EXPECT_EQ(f.lock().token_block(), 0u) << "no block asked for";
   EXPECT_EQ(a.out->size(), 0u);
   EXPECT_EQ(a.session->pending_count(), 0u);
 }

@@ -55,7 +55,10 @@
 // it), waiters queue FIFO on the broker, and token() is the broker's fencing
 // token (strictly increasing per name over the broker's life, across all
 // processes). lock() and try_lock*() return only after the broker applied
-// them. unlock() of a lock this session holds does not wait for the broker
+// them — except for a Mutex opened with MutexOptions::keep (see
+// <dchan/client.h>), which the client keeps after unlock() and takes back
+// locally until another request waits for it on the broker. unlock() of a
+// lock this session holds does not wait for the broker
 // (Go's Unlock never blocks): it records the release, queues the request
 // and returns; the session's requests are applied in order, so every later
 // operation of this client sees it, and the lock is handed on when the
@@ -270,7 +273,8 @@ class Mutex {
 
   // Takes the Mutex if it is free at once, never blocks on it. As in Go, it
   // fails while the Mutex is being handed to a starving waiter. Local: never
-  // throws. Remote: one round trip to the broker; throws as lock().
+  // throws. Remote: one round trip to the broker (none to take back a kept
+  // lock, MutexOptions::keep); throws as lock().
   bool try_lock() {
     detail::MutexCore* c = core_.get();
     if (c != nullptr) [[likely]] {
@@ -300,9 +304,10 @@ class Mutex {
   // Releases the Mutex, which may have been locked by any thread. Throws
   // dchan::Error "sync: unlock of unlocked mutex" (kFailedPrecondition) if
   // the Mutex is not locked, and leaves it unchanged. Local: never blocks (it
-  // may wake a parked waiter). Remote: returns once the broker has released
-  // the lock (handed it to the next waiter); also throws kAborted (lost
-  // while held) or kUnavailable — see the file comment on std::lock_guard.
+  // may wake a parked waiter). Remote: returns once the release is queued
+  // for the broker (see the file comment; a kept lock, MutexOptions::keep,
+  // may stay with the client); also throws kAborted (lost while held) or
+  // kUnavailable — see the file comment on std::lock_guard.
   void unlock() {
     detail::MutexCore* c = core_.get();
     uint32_t s = 0;

@@ -166,7 +166,9 @@ class RemoteLock {
   virtual ~RemoteLock() = default;
 
   // Takes the lock (`shared`: a read lock), waiting FIFO on the broker until
-  // `deadline` (RemoteChan::kNonBlocking: try once; kNoDeadline: no limit).
+  // `deadline` (RemoteChan::kNonBlocking: try once; kNoDeadline: no limit),
+  // or at once without the broker when the client keeps it (a kept Mutex,
+  // MutexOptions::keep).
   // Returns whether it is now held; on false, the request was withdrawn and
   // nothing is held. Throws dchan::Error: kUnavailable (broker lost),
   // kAborted (this lock was lost earlier, see above).
@@ -174,7 +176,8 @@ class RemoteLock {
 
   // Releases the lock (`shared`: one read lock). When this client holds it
   // in that mode, returns once the request is queued (the broker applies it
-  // before any later request of this client); an error answer, or the
+  // before any later request of this client), or at once when the client
+  // keeps the lock; an error answer, or the
   // session's loss before the answer, is thrown by the next operation on
   // the lock (kAborted for the loss). Otherwise asks the broker and throws
   // dchan::Error kFailedPrecondition with Go's message when it is not held.
