@@ -23,6 +23,7 @@ between the lines `<!-- run_all:begin -->` and `<!-- run_all:end -->` of DOC
 with it (the markers must be there). Standard library only.
 """
 
+import math
 import os
 import re
 import statistics
@@ -274,7 +275,11 @@ def ratio(a, b, target=None):
     if not a or not b:
         return "–"
     r = a["ns"] / b["ns"]
-    text = f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
+    if r >= 0.1:
+        text = f"{r:.2f}"
+    else:  # two significant digits, no exponent (a kept lock: ~0.0003)
+        decimals = max(3, 1 - math.floor(math.log10(r))) if r > 0 else 3
+        text = f"{r:.{decimals}f}"
     if target is not None:
         text += " ✓" if r <= target else " ✗"
     return text
