@@ -161,6 +161,17 @@ TEST(RemoteKeptMutex, ThreadsOfTheKeepingClientTakeTurnsThroughTheBroker) {
   m.unlock();
 }
 
+// unlock() of `m`, which no thread holds, throws Go's error.
+void expect_unlock_refused(Mutex& m, const std::string& what) {
+  try {
+    m.unlock();
+    ADD_FAILURE() << "unlock of " << what << " returned";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition) << what;
+    EXPECT_STREQ(e.what(), "sync: unlock of unlocked mutex") << what;
+  }
+}
+
 TEST(RemoteKeptMutex, MisuseIsRefusedAndChangesNothing) {
   BrokerProcess broker(short_ttl_broker_args());
   Client a = connect_client(broker, "keeper");
@@ -174,24 +185,12 @@ TEST(RemoteKeptMutex, MisuseIsRefusedAndChangesNothing) {
   Mutex plain = a.mutex("n");
   EXPECT_THROW(kept(a, "n"), Error);
   // Not held yet: the broker answers, as for any Mutex.
-  try {
-    m.unlock();
-    ADD_FAILURE() << "unlock of a free lock returned";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_STREQ(e.what(), "sync: unlock of unlocked mutex");
-  }
+  expect_unlock_refused(m, "a free lock");
   m.lock();
   const uint64_t first = m.token();
   m.unlock();
   // Kept, held by no thread: refused here, and it stays kept.
-  try {
-    m.unlock();
-    ADD_FAILURE() << "unlock of a kept lock no thread holds returned";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_STREQ(e.what(), "sync: unlock of unlocked mutex");
-  }
+  expect_unlock_refused(m, "a kept lock no thread holds");
   EXPECT_EQ(holders(broker, "m"), std::vector<uint64_t>{a.session_id()});
   m.lock();
   EXPECT_EQ(m.token(), first + 1);
