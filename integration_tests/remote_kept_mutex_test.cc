@@ -7,7 +7,8 @@
 //     tokens, still held by the keeper's session, while the tokens the
 //     keeper's lock() returns go up one by one, across blocks too;
 //   - another Client gets a kept lock that no thread holds, with a token
-//     above the keeper's block; the keeper then waits its turn;
+//     above the keeper's block; the keeper then waits its turn; a process
+//     that polls with try_lock() gets it too;
 //   - a kept lock held when it is wanted goes back at its holder's unlock;
 //     two threads of the keeping Client take turns through the broker;
 //   - misuse (mixed keep settings for one name, an unlock of a kept lock no
@@ -115,6 +116,25 @@ TEST_F(RemoteKeptMutex, AnotherClientGetsAKeptLockThatNoThreadHolds) {
   ma.unlock();
   EXPECT_EQ(holders(broker, "m"), std::vector<uint64_t>{a.session_id()})
       << "kept again after its turn";
+}
+
+TEST_F(RemoteKeptMutex, AProcessPollingWithTryLockGetsAKeptLock) {
+  Client b = connect_client(broker, "poller");
+  Mutex ma = kept(a, "m");
+  Mutex mb = b.mutex("m");
+  ma.lock();
+  ma.unlock();
+  // A refused try_lock asks for the lock: the keeper gives it back, and a
+  // later try finds it free (the keeper takes no turn meanwhile).
+  const steady_clock::time_point give_up =
+      steady_clock::now() + kBrokerStateBound;
+  bool got = false;
+  while (!(got = mb.try_lock()) && steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(milliseconds(1));
+  }
+  ASSERT_TRUE(got) << "polling with try_lock never got a kept lock";
+  EXPECT_TRUE(holders(broker, "m") == std::vector<uint64_t>{b.session_id()});
+  mb.unlock();
 }
 
 TEST_F(RemoteKeptMutex, AKeptLockHeldWhenWantedGoesBackAtItsHoldersUnlock) {

@@ -87,6 +87,7 @@ class LockState final : public SessionObserver {
                     std::vector<std::stop_source>* to_stop) noexcept override {
     absl::MutexLock lock(&mu_);
     kept_ = false;  // a kept lock that no thread holds is not at stake
+    session_gone_ = true;
     if (at_stake_locked() && lost_.ok()) {
       mark_lost_locked(why);
       to_stop->push_back(source_);
@@ -211,11 +212,12 @@ class LockState final : public SessionObserver {
   // Waits first until a release wanted() decided is queued: the handle's
   // release, which the caller queues next, must not overtake it (the broker
   // would refuse an unlock through a released handle, and the session
-  // would keep the lock).
+  // would keep the lock). Not once the session is lost: then nothing more
+  // reaches the broker, and that release may be stuck in a write that only
+  // the loss's end of the stream ends — maybe after this very call.
   bool drop_kept(uint64_t* token) {
     absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](int* releasing) { return *releasing == 0; }, &releasing_));
+    mu_.Await(absl::Condition(this, &LockState::no_release_pending));
     if (!kept_ || kept_held_) return false;
     kept_ = false;
     *token = kept_token_;
@@ -339,6 +341,11 @@ class LockState final : public SessionObserver {
     return exclusive_ > 0 || shared_ > 0;
   }
 
+  // drop_kept()'s wait is over (see there).
+  bool no_release_pending() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return releasing_ == 0 || session_gone_;
+  }
+
   // Whether losing the session now loses a hold: one this client has, or
   // one whose release the broker has not confirmed.
   bool at_stake_locked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -393,8 +400,10 @@ class LockState final : public SessionObserver {
   uint64_t kept_token_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t next_token_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t block_end_ ABSL_GUARDED_BY(mu_) = 0;
-  // Releases wanted() decided that are not queued yet.
+  // Releases wanted() decided that are not queued yet, and whether the
+  // session is lost (session_lost() ran).
   int releasing_ ABSL_GUARDED_BY(mu_) = 0;
+  bool session_gone_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // A lock on the broker: the backend of a remote Mutex (exclusive only) or

@@ -40,11 +40,14 @@ absl::StatusOr<LockObject::Request> LockObject::lock(
       r.token = take_locked(who->id(), shared, token_block);
       return r;
     }
-    if (on_grant == nullptr) return r;
-    r.ticket = next_ticket_++;
-    queue_.emplace(r.ticket, Waiter{std::move(who), shared, std::move(on_grant),
-                                    token_block});
+    // Asked for while held: a kept hold is wanted, by a non-blocking
+    // request too (a process polling with try_lock must get its turn).
     if (writer_.has_value()) tell = std::exchange(on_wanted_, nullptr);
+    if (on_grant != nullptr) {
+      r.ticket = next_ticket_++;
+      queue_.emplace(r.ticket, Waiter{std::move(who), shared,
+                                      std::move(on_grant), token_block});
+    }
   }
   if (tell != nullptr) std::move(tell)(true);
   return r;

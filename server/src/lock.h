@@ -25,9 +25,10 @@
 // holder's client uses the rest for relocks while it keeps the lock).
 //
 // Keeping: the holder of an exclusive hold may ask to be told when another
-// request waits for the lock (wanted()): its callback runs once, when a
-// request is queued while the hold lasts (true; at once if one is queued
-// already), or when the hold ends by unlock() (false). A client keeps a
+// request wants the lock (wanted()): its callback runs once, when a request
+// is queued, or a non-blocking one refused, while the hold lasts (true; at
+// once if one is queued already), or when the hold ends by unlock()
+// (false). A client keeps a
 // lock its user unlocked this way, and releases it when told. The registry
 // makes a lock whose name may have been used by a lock it has forgotten with a
 // `last_token` at least that lock's last token, so that a name's tokens never
@@ -66,8 +67,9 @@ class LockObject final : public Object {
   // the thread that granted it, with no lock held. Must not block.
   using OnGrant = absl::AnyInvocable<void(uint64_t token) &&>;
   // Runs at most once for a pending wanted(): `true` when another request
-  // waits, `false` when the hold ended by unlock(); on the thread that
-  // caused it, with no lock held. Must not block.
+  // waits (or a non-blocking one was refused), `false` when the hold ended
+  // by unlock(); on the thread that caused it, with no lock held. Must not
+  // block.
   using OnWanted = absl::AnyInvocable<void(bool wanted) &&>;
 
   // The largest token block a request may reserve.

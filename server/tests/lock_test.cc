@@ -400,9 +400,6 @@ TEST(Lock, WantedIsToldWhenAnotherRequestQueues) {
   EXPECT_EQ(*w, LockObject::Wanted::kPending);
   EXPECT_EQ(lock.wanted(*a, t, told.on_wanted(), &told.ticket).status().code(),
             absl::StatusCode::kAlreadyExists);
-  // A non-blocking request queues nothing: nobody waits.
-  ASSERT_TRUE(lock.lock(b, false).ok());
-  EXPECT_EQ(told.wanted + told.ended, 0);
   queue(lock, b, false, grants, "b");
   EXPECT_EQ(told.wanted, 1);
   // Told once; the unlock then tells nothing more.
@@ -410,6 +407,22 @@ TEST(Lock, WantedIsToldWhenAnotherRequestQueues) {
   EXPECT_EQ(told.wanted, 1);
   EXPECT_EQ(told.ended, 0);
   EXPECT_EQ(grants.order(), (Names{"b"}));
+}
+
+// A process polling with try_lock asks for the lock too.
+TEST(Lock, WantedIsToldWhenANonBlockingRequestIsRefused) {
+  LockObject lock("m", v1::OBJECT_KIND_MUTEX);
+  auto a = FakeParticipant::make(1), b = FakeParticipant::make(2);
+  Told told;
+  const uint64_t t = take(lock, a);
+  ASSERT_TRUE(lock.wanted(*a, t, told.on_wanted(), &told.ticket).ok());
+  absl::StatusOr<LockObject::Request> r = lock.lock(b, false);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->granted);
+  EXPECT_EQ(lock.queued(), 0u) << "a non-blocking request queues nothing";
+  EXPECT_EQ(told.wanted, 1);
+  ASSERT_TRUE(lock.unlock(*a, false, t).ok());
+  EXPECT_EQ(told.ended, 0) << "told once";
 }
 
 TEST(Lock, WantedIsAnsweredAtOnceWhenARequestWaitsOrThereIsNoSuchHold) {

@@ -752,6 +752,27 @@ TEST_F(SessionTest, AKeptLockIsWantedWhenAnotherSessionQueues) {
   EXPECT_EQ(a.session->pending_count(), 0u);
 }
 
+TEST_F(SessionTest, EveryGrantEchoesItsTokenBlock) {
+  Client a = connect(), b = connect();
+  const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);
+  const uint64_t hb = open_handle(b, "m", v1::OBJECT_KIND_MUTEX);
+  lock(a, 1, ha, /*nonblocking=*/true, false, /*token_block=*/8);
+  v1::ServerFrame f = a.out->take();
+  ASSERT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(f.lock().token_block(), 8u) << "a non-blocking grant";
+  lock(b, 1, hb, false, false, /*token_block=*/16);  // queued behind a
+  EXPECT_EQ(b.out->size(), 0u);
+  unlock(a, 2, ha, f.lock().token());
+  EXPECT_TRUE(a.out->take().has_unlock());
+  f = b.out->take();
+  ASSERT_EQ(f.lock().outcome(), v1::OUTCOME_OK);
+  EXPECT_EQ(f.lock().token_block(), 16u) << "a grant to a queued request";
+  lock(a, 3, ha, /*nonblocking=*/true, false, 8);
+  f = a.out->take();
+  EXPECT_EQ(f.lock().outcome(), v1::OUTCOME_WOULD_BLOCK);
+  EXPECT_EQ(f.lock().token_block(), 0u) << "nothing reserved";
+}
+
 TEST_F(SessionTest, WantedEndsCancelledWithItsHoldOrWhenWithdrawn) {
   Client a = connect();
   const uint64_t ha = open_handle(a, "m", v1::OBJECT_KIND_MUTEX);

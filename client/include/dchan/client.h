@@ -189,12 +189,15 @@ void flush(const Chan<T>& ch) {
 
 struct MutexOptions {
   // Keeps the lock in this Client's session after unlock(), until another
-  // lock request waits for it on the broker — of any process, this one's
-  // other threads included. Meanwhile a lock() or try_lock*() through this
-  // Client takes it back at once, with no round trip to the broker. Once
-  // another request waits, the lock goes back to the broker — at once if no
-  // thread of this Client holds it, else at the holder's unlock() — and
-  // the next lock() of this Client waits its turn there, FIFO.
+  // lock request asks the broker for it — any lock(), timed lock or
+  // try_lock() of another process, of another Client of this process, or
+  // of this Client's other threads while one holds it. Meanwhile a lock()
+  // or try_lock*() through this Client takes it back at once, with no
+  // round trip to the broker. Once asked for, the lock goes back to the
+  // broker — at once if no thread of this Client holds it, else at the
+  // holder's unlock() — and the next lock() of this Client waits its turn
+  // there, FIFO. (A try_lock() that found it kept fails; one a round trip
+  // later finds it free unless the keeper took it again first.)
   //
   // What changes for others: a process that wants the lock waits, besides
   // the holder's critical section, for the broker's word to reach this

@@ -75,7 +75,9 @@
 //     later operation on the lock throws kAborted naming it and its token.
 //   - kFailedPrecondition "sync: unlock of unlocked mutex" from the broker,
 //     at once: an unlock of a lock this client does not believe it holds
-//     waits for the broker's answer.
+//     waits for the broker's answer (of a kept lock that no thread holds,
+//     MutexOptions::keep: thrown by the client, which the broker holds it
+//     for).
 // An unlock whose answer never came (the session lost first) is a loss: the
 // next operation on the lock throws kAborted; any other error answer to an
 // unlock is thrown (once) by the next operation on the lock; with no handle

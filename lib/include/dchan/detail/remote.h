@@ -180,7 +180,9 @@ class RemoteLock {
   // keeps the lock; an error answer, or the
   // session's loss before the answer, is thrown by the next operation on
   // the lock (kAborted for the loss). Otherwise asks the broker and throws
-  // dchan::Error kFailedPrecondition with Go's message when it is not held.
+  // dchan::Error kFailedPrecondition with Go's message when it is not held
+  // (a kept lock that no thread holds: throws it without asking, since the
+  // broker holds it for this client).
   // Throws kAborted when the lock was lost while held; kUnavailable when the
   // broker is lost.
   virtual void unlock(bool shared) = 0;
