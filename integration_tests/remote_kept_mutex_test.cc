@@ -133,7 +133,7 @@ TEST_F(RemoteKeptMutex, AProcessPollingWithTryLockGetsAKeptLock) {
     std::this_thread::sleep_for(milliseconds(1));
   }
   ASSERT_TRUE(got) << "polling with try_lock never got a kept lock";
-  EXPECT_TRUE(holders(broker, "m") == std::vector<uint64_t>{b.session_id()});
+  EXPECT_EQ(holders(broker, "m"), std::vector<uint64_t>{b.session_id()});
   mb.unlock();
 }
 
