@@ -305,7 +305,12 @@ def floor_rows(results):
             ("pingpong", "ns/round trip", "floor_rendezvous_pingpong",
              "spin rendezvous floor"),
             ("buffered_1p1c", "ns/item", "floor_spsc_ring",
-             "SPSC ring floor (one producer, one consumer, spinning)")):
+             "SPSC ring floor (one producer, one consumer, spinning)"),
+            ("buffered_1p1c", "ns/item", "floor_spsc_ring_yield",
+             "SPSC ring floor, yielding when full or empty"),
+            ("buffered_1p1c", "ns/item", "floor_mpmc_ring_yield",
+             "Vyukov MPMC ring floor (one compare-and-swap per operation), "
+             "yielding")):
         if not any(cpp[p].get(f"{floor}/raw") for p in PLACEMENTS):
             continue
         cells = ["chan", workload, unit, label]
@@ -464,8 +469,11 @@ def render(results):
         "issue 7's target for that pair, met or not in this run. Pinned = "
         "`taskset -c 0` for the bench, its partner processes, the broker and "
         "the baseline servers alike (Go then runs with GOMAXPROCS=1); "
-        "unpinned Go runs with GOMAXPROCS=2. The floors row is the same run's "
-        "bare hand-off between two threads (n/a: a spin needs two CPUs).")
+        "unpinned Go runs with GOMAXPROCS=2. The floor rows are the same "
+        "run's bare hand-offs and rings between two threads, with no channel "
+        "around them (n/a: a spin needs two CPUs; the yielding rings are "
+        "floors on one CPU, where each full or empty ring costs a context "
+        "switch).")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,19 @@
 //                       no second producer or consumer possible. Registered
 //                       and pinned as floor_spin_pingpong. One iteration =
 //                       one item, as for buffered_1p1c.
+//   floor_spsc_ring_yield  the same ring, a side yielding its CPU
+//                       (sched_yield) at each look that finds it full or
+//                       empty: buffered_1p1c's least with the two threads on
+//                       one CPU (pinned: two context switches per 64 items,
+//                       and nothing else). Registered always, not pinned.
+//   floor_mpmc_ring_yield  Vyukov's bounded multi-producer multi-consumer
+//                       ring of 64 cells, bare (a cell per line, one
+//                       compare-and-swap per operation: the algorithm of a
+//                       buffered dchan channel's fast paths, without its
+//                       flags, close, parked waiters or prefetch), yielding
+//                       as floor_spsc_ring_yield: what any channel built on
+//                       it pays for buffered_1p1c. Registered always, not
+//                       pinned.
 //
 // Timing: every benchmark runs batches of a fixed number of items. Each batch
 // spawns its partner threads (exactly the threads the workload names; no
@@ -831,6 +844,7 @@ struct SpscRing {
   alignas(64) int slots[kCap];
 };
 
+template <void (*Step)(int64_t), bool kApart>
 void BM_FloorSpscRing(benchmark::State& state) {
   RunBatched(
       state, kItemBatch,
@@ -841,7 +855,7 @@ void BM_FloorSpscRing(benchmark::State& state) {
           for (int64_t t = 0; t < n; ++t) {
             for (int64_t k = 0; t - head_seen == SpscRing::kCap; ++k) {
               head_seen = r->head.load(std::memory_order_acquire);
-              if (t - head_seen == SpscRing::kCap) SpinStep(k);
+              if (t - head_seen == SpscRing::kCap) Step(k);
             }
             r->slots[t % SpscRing::kCap] = static_cast<int>(t);
             r->tail.store(t + 1, std::memory_order_release);
@@ -852,14 +866,90 @@ void BM_FloorSpscRing(benchmark::State& state) {
           for (int64_t h = 0; h < n; ++h) {
             for (int64_t k = 0; h == tail_seen; ++k) {
               tail_seen = r->tail.load(std::memory_order_acquire);
-              if (h == tail_seen) SpinStep(k);
+              if (h == tail_seen) Step(k);
             }
             benchmark::DoNotOptimize(r->slots[h % SpscRing::kCap]);
             r->head.store(h + 1, std::memory_order_release);
           }
         };
       },
-      /*apart=*/true);
+      kApart);
+}
+
+// Vyukov's bounded multi-producer multi-consumer ring, bare (see
+// floor_mpmc_ring_yield): a cell per line, each with a turn word; an end
+// claims its position with one compare-and-swap. The algorithm of a dchan
+// buffered channel's fast paths, less its flags, close, parked waiters and
+// prefetch.
+struct MpmcRing {
+  static constexpr uint64_t kCap = kBufferCap;
+  struct alignas(64) Cell {
+    std::atomic<uint64_t> turn{0};  // 2 * lap: free; 2 * lap + 1: full
+    int value = 0;
+  };
+  alignas(64) std::atomic<uint64_t> tail{0};
+  alignas(64) std::atomic<uint64_t> head{0};
+  Cell cells[kCap];
+
+  bool try_push(int v) {
+    uint64_t t = tail.load(std::memory_order_acquire);
+    for (;;) {
+      Cell& c = cells[t % kCap];
+      const uint64_t free_turn = 2 * (t / kCap);
+      const uint64_t turn = c.turn.load(std::memory_order_acquire);
+      if (turn == free_turn) {
+        if (tail.compare_exchange_weak(t, t + 1, std::memory_order_seq_cst,
+                                       std::memory_order_acquire)) {
+          c.value = v;
+          c.turn.store(free_turn + 1, std::memory_order_release);
+          return true;
+        }
+      } else if (static_cast<int64_t>(turn - free_turn) < 0) {
+        return false;  // full
+      } else {
+        t = tail.load(std::memory_order_acquire);
+      }
+    }
+  }
+  bool try_pop(int& out) {
+    uint64_t h = head.load(std::memory_order_acquire);
+    for (;;) {
+      Cell& c = cells[h % kCap];
+      const uint64_t full_turn = 2 * (h / kCap) + 1;
+      const uint64_t turn = c.turn.load(std::memory_order_acquire);
+      if (turn == full_turn) {
+        if (head.compare_exchange_weak(h, h + 1, std::memory_order_seq_cst,
+                                       std::memory_order_acquire)) {
+          out = c.value;
+          c.turn.store(full_turn + 1, std::memory_order_release);
+          return true;
+        }
+      } else if (static_cast<int64_t>(turn - full_turn) < 0) {
+        return false;  // empty
+      } else {
+        h = head.load(std::memory_order_acquire);
+      }
+    }
+  }
+};
+
+template <void (*Step)(int64_t)>
+void BM_FloorMpmcRing(benchmark::State& state) {
+  RunBatched(state, kItemBatch, [](int64_t n, auto& workers, auto& driver) {
+    auto r = std::make_shared<MpmcRing>();
+    workers.push_back([=] {
+      for (int64_t t = 0; t < n; ++t) {
+        for (int64_t k = 0; !r->try_push(static_cast<int>(t)); ++k) Step(k);
+      }
+    });
+    driver = [=] {
+      for (int64_t h = 0; h < n; ++h) {
+        int v = 0;
+        for (int64_t k = 0; !r->try_pop(v); ++k) Step(k);
+        benchmark::DoNotOptimize(v);
+      }
+    };
+  });
 }
 
 bool MayUseTwoCpus() {
@@ -915,11 +1005,15 @@ int main(int argc, char** argv) {
   Register("floor_futex_pingpong/raw", BM_FloorFutexPingPong);
   Register("floor_yield_pingpong/raw",
            BM_FloorPollPingPong<YieldStep, /*kApart=*/false>);
+  Register("floor_spsc_ring_yield/raw",
+           BM_FloorSpscRing<YieldStep, /*kApart=*/false>);
+  Register("floor_mpmc_ring_yield/raw", BM_FloorMpmcRing<YieldStep>);
   if (MayUseTwoCpus()) {
     Register("floor_spin_pingpong/raw",
              BM_FloorPollPingPong<SpinStep, /*kApart=*/true>);
     Register("floor_rendezvous_pingpong/raw", BM_FloorRendezvousPingPong);
-    Register("floor_spsc_ring/raw", BM_FloorSpscRing);
+    Register("floor_spsc_ring/raw",
+             BM_FloorSpscRing<SpinStep, /*kApart=*/true>);
   }
 
   benchmark::Initialize(&argc, argv);
