@@ -54,15 +54,23 @@ constexpr int kWordSpinDivisor = 4;
 
 // A waiter that owns kWoken (it claimed it when it queued, or an unlock()
 // woke it) and finds the lock held looks at the lock again kPolls times,
-// spin_budget() / kPollDivisor pauses apart (~1 us), before it gives kWoken
+// spin_budget() / kPollDivisor pauses apart (~5 us), before it gives kWoken
 // back and waits on its own word. While it owns kWoken the holder's
 // unlock()s stay on the fast path: no wake-up to publish, and between two
 // looks the lock's line stays on the holder's CPU. (Waiting on its own word
 // instead, the waiter was woken by nearly every unlock() and made the
 // holder pay three or four cache-line transfers per operation; see
-// docs/BENCHMARKS.md, "Session 17".)
+// docs/BENCHMARKS.md, "Session 17".) The gap trades the two ways a poll
+// costs: each look takes the lock's line from the holder, and each poll
+// phase that ends in a sleep costs the holder a wake-up (the queue's lock,
+// the waiter's word, a futex call) at its next unlock(); a longer gap
+// spaces both out, but leaves a lock freed just after a look unnoticed
+// for longer. ~1 us apart, two threads trading the lock in a tight loop
+// took 1.4-1.6x std::mutex's time on the Intel VM; ~5 us apart, 0.9-1.1x,
+// and a lock held and left for ~3 us in turn went from 0.6x to 0.8x
+// (docs/BENCHMARKS.md, "Session 25").
 constexpr int kPolls = 2;
-constexpr int kPollDivisor = 10;
+constexpr int kPollDivisor = 2;
 
 // Go's starvationThresholdNs.
 constexpr auto kStarvationThreshold = std::chrono::milliseconds(1);
