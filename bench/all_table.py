@@ -138,6 +138,8 @@ SYNC = [
      "SyncMutexContended2", {"std": 1.2}),
     ("mutex_contended_4", "ns/op", [("std::mutex", "std"), ("absl", "absl")],
      "SyncMutexContended4", {"std": 1.2}),
+    ("mutex_held_2", "ns/op", [("std::mutex", "std"), ("absl", "absl")],
+     "SyncMutexHeld2", None),
     ("wait_group_add_done", "ns/op", [], "SyncWaitGroupAddDone", None),
     ("wait_group_wake", "ns/round trip", [("mutex+condvar", "mutex_cv")],
      "SyncWaitGroupWake", None),

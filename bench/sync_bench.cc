@@ -6,6 +6,14 @@
 //   mutex_contended_N/*   N threads (exactly N; no ->Threads()) share one
 //                         lock and do lock(); ++counter; unlock() in a loop;
 //                         time per operation = wall time / all operations.
+//   mutex_held_2/*        2 threads share one lock; each does lock(),
+//                         ~3 us of work (a busy loop on the steady clock),
+//                         unlock(), ~3 us of work, in a loop. Time per
+//                         operation as above; the least is ~3 us, the lock
+//                         never free. Where a waiter that polls for the
+//                         lock (dchan, see kPolls in lib/src/mutex.cc) is
+//                         slowest to notice it free: the lock is free for
+//                         about as long as the poller waits between looks.
 //   wait_group_add_done/dchan  add(1); done() on one thread.
 //   wait_group_wake/*     two threads hand a turn back and forth through
 //                         WaitGroups: A done()s a[i] and wait()s on b[i], B
@@ -154,6 +162,33 @@ void BM_MutexContended(benchmark::State& state) {
   state.counters["ops_per_handover"] =
       static_cast<double>(state.iterations()) /
       static_cast<double>(std::max<int64_t>(handovers, 1));
+}
+
+// Busy for `d` (the thread keeps its CPU, as code doing work does).
+void BusyFor(Clock::duration d) {
+  const auto until = Clock::now() + d;
+  while (Clock::now() < until) {
+  }
+}
+
+template <class M>
+void BM_MutexHeld2(benchmark::State& state) {
+  constexpr int64_t kBatch = 4'000;
+  constexpr auto kWork = std::chrono::microseconds(3);
+  M mu;
+  while (state.KeepRunningBatch(kBatch)) {
+    int64_t counter = 0;
+    state.SetIterationTime(RunThreads(2, [&](int) {
+      for (int64_t i = 0; i < kBatch / 2; ++i) {
+        mu.lock();
+        ++counter;
+        BusyFor(kWork);
+        mu.unlock();
+        BusyFor(kWork);
+      }
+    }));
+    benchmark::DoNotOptimize(counter);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -533,6 +568,12 @@ void Register() {
       ->UseManualTime();
   RegisterBenchmark("mutex_contended_4/absl",
                     BM_MutexContended<AbslLockable, 4>)
+      ->UseManualTime();
+  RegisterBenchmark("mutex_held_2/dchan", BM_MutexHeld2<dchan::Mutex>)
+      ->UseManualTime();
+  RegisterBenchmark("mutex_held_2/std", BM_MutexHeld2<std::mutex>)
+      ->UseManualTime();
+  RegisterBenchmark("mutex_held_2/absl", BM_MutexHeld2<AbslLockable>)
       ->UseManualTime();
   RegisterBenchmark("wait_group_add_done/dchan", BM_WaitGroupAddDone);
   RegisterBenchmark("wait_group_wake/dchan", BM_WaitGroupWake<DchanGroups>)

@@ -53,24 +53,31 @@ constexpr int kMaxSpins = 0;
 constexpr int kWordSpinDivisor = 4;
 
 // A waiter that owns kWoken (it claimed it when it queued, or an unlock()
-// woke it) and finds the lock held looks at the lock again kPolls times,
-// spin_budget() / kPollDivisor pauses apart (~5 us), before it gives kWoken
-// back and waits on its own word. While it owns kWoken the holder's
-// unlock()s stay on the fast path: no wake-up to publish, and between two
-// looks the lock's line stays on the holder's CPU. (Waiting on its own word
-// instead, the waiter was woken by nearly every unlock() and made the
-// holder pay three or four cache-line transfers per operation; see
-// docs/BENCHMARKS.md, "Session 17".) The gap trades the two ways a poll
-// costs: each look takes the lock's line from the holder, and each poll
-// phase that ends in a sleep costs the holder a wake-up (the queue's lock,
-// the waiter's word, a futex call) at its next unlock(); a longer gap
-// spaces both out, but leaves a lock freed just after a look unnoticed
-// for longer. ~1 us apart, two threads trading the lock in a tight loop
-// took 1.4-1.6x std::mutex's time on the Intel VM; ~5 us apart, 0.9-1.1x,
-// and a lock held and left for ~3 us in turn went from 0.6x to 0.8x
-// (docs/BENCHMARKS.md, "Session 25").
+// woke it) and finds the lock held looks at the lock again kPolls times
+// before it gives kWoken back and waits on its own word. While it owns
+// kWoken the holder's unlock()s stay on the fast path: no wake-up to
+// publish, and between two looks the lock's line stays on the holder's CPU.
+// (Waiting on its own word instead, the waiter was woken by nearly every
+// unlock() and made the holder pay three or four cache-line transfers per
+// operation; see docs/BENCHMARKS.md, "Session 17".)
+//
+// The looks are spin_budget() / kPollDivisor pauses (~1 us) apart, times
+// 2^t_poll_shift: each look that finds the lock held doubles the calling
+// thread's gap, up to 2^kMaxPollShift times (~16 us), and each that finds
+// it free halves it. A look costs the holder the lock's line, and a poll
+// phase that ends in a sleep costs it a wake-up at its next unlock() (the
+// queue's lock, the waiter's word, a futex call); but a lock freed just
+// after a look stays unnoticed until the next. Threads that trade a lock in
+// a tight loop (it is never seen free) want long gaps: ~1 us apart they
+// took 1.2-1.6x std::mutex's time on the Intel VM, ~5 us apart 0.9-1.1x.
+// Threads that hold a lock for microseconds and leave it as long want short
+// ones: ~5 us apart took 1.4x the time of ~1 us there. The adaptive gap
+// did about as well as the better fixed one in each (docs/BENCHMARKS.md,
+// "Session 25").
 constexpr int kPolls = 2;
-constexpr int kPollDivisor = 2;
+constexpr int kPollDivisor = 10;
+constexpr int kMaxPollShift = 4;
+thread_local int t_poll_shift = 0;
 
 // Go's starvationThresholdNs.
 constexpr auto kStarvationThreshold = std::chrono::milliseconds(1);
@@ -284,8 +291,14 @@ bool MutexCore::lock_slow(Clock::time_point deadline) {
       // Owns kWoken and lost the race: look again a little later, off the
       // lock's line meanwhile (see kPolls).
       ++polls;
-      for (int i = 0; i < poll_pauses; ++i) spin_pause();
+      const int gap = poll_pauses << t_poll_shift;
+      for (int i = 0; i < gap; ++i) spin_pause();
       s = state_.load(std::memory_order_relaxed);
+      if ((s & kLocked) == 0) {
+        if (t_poll_shift > 0) --t_poll_shift;
+      } else if (t_poll_shift < kMaxPollShift) {
+        ++t_poll_shift;
+      }
       continue;
     } else if (!wait_again(starving)) {
       s = state_.load(std::memory_order_relaxed);

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // lock(); counter++; unlock() on one goroutine.
@@ -54,6 +55,43 @@ func mutexContended(b *testing.B, n int) {
 
 func BenchmarkSyncMutexContended2(b *testing.B) { mutexContended(b, 2) }
 func BenchmarkSyncMutexContended4(b *testing.B) { mutexContended(b, 4) }
+
+// busyFor keeps the goroutine running for d.
+func busyFor(d time.Duration) {
+	for until := time.Now().Add(d); time.Now().Before(until); {
+	}
+}
+
+// 2 goroutines share the b.N operations: lock, ~3 us of work, unlock, ~3 us
+// of work (sync_bench's mutex_held_2).
+func BenchmarkSyncMutexHeld2(b *testing.B) {
+	const work = 3 * time.Microsecond
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	counter := 0
+	start := make(chan struct{})
+	for g := 0; g < 2; g++ {
+		ops := b.N / 2
+		if g < b.N%2 {
+			ops++
+		}
+		wg.Add(1)
+		go func(ops int) {
+			defer wg.Done()
+			<-start
+			for i := 0; i < ops; i++ {
+				mu.Lock()
+				counter++
+				busyFor(work)
+				mu.Unlock()
+				busyFor(work)
+			}
+		}(ops)
+	}
+	b.ResetTimer()
+	close(start)
+	wg.Wait()
+}
 
 func BenchmarkSyncWaitGroupAddDone(b *testing.B) {
 	var wg sync.WaitGroup
