@@ -26,8 +26,9 @@ func BenchmarkSyncMutexUncontended(b *testing.B) {
 	_ = counter
 }
 
-// n goroutines share the b.N lock+increment+unlock operations.
-func mutexContended(b *testing.B, n int) {
+// n goroutines share the b.N lock+increment+unlock operations, with
+// `work` of busy time inside the lock and as much after it (none: 0).
+func mutexContended(b *testing.B, n int, work time.Duration) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	counter := 0
@@ -44,7 +45,13 @@ func mutexContended(b *testing.B, n int) {
 			for i := 0; i < ops; i++ {
 				mu.Lock()
 				counter++
+				if work > 0 {
+					busyFor(work)
+				}
 				mu.Unlock()
+				if work > 0 {
+					busyFor(work)
+				}
 			}
 		}(ops)
 	}
@@ -52,9 +59,6 @@ func mutexContended(b *testing.B, n int) {
 	close(start)
 	wg.Wait()
 }
-
-func BenchmarkSyncMutexContended2(b *testing.B) { mutexContended(b, 2) }
-func BenchmarkSyncMutexContended4(b *testing.B) { mutexContended(b, 4) }
 
 // busyFor keeps the goroutine running for d.
 func busyFor(d time.Duration) {
@@ -62,35 +66,12 @@ func busyFor(d time.Duration) {
 	}
 }
 
-// 2 goroutines share the b.N operations: lock, ~3 us of work, unlock, ~3 us
-// of work (sync_bench's mutex_held_2).
+func BenchmarkSyncMutexContended2(b *testing.B) { mutexContended(b, 2, 0) }
+func BenchmarkSyncMutexContended4(b *testing.B) { mutexContended(b, 4, 0) }
+
+// Lock, ~3 us of work, unlock, ~3 us of work (sync_bench's mutex_held_2).
 func BenchmarkSyncMutexHeld2(b *testing.B) {
-	const work = 3 * time.Microsecond
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	counter := 0
-	start := make(chan struct{})
-	for g := 0; g < 2; g++ {
-		ops := b.N / 2
-		if g < b.N%2 {
-			ops++
-		}
-		wg.Add(1)
-		go func(ops int) {
-			defer wg.Done()
-			<-start
-			for i := 0; i < ops; i++ {
-				mu.Lock()
-				counter++
-				busyFor(work)
-				mu.Unlock()
-				busyFor(work)
-			}
-		}(ops)
-	}
-	b.ResetTimer()
-	close(start)
-	wg.Wait()
+	mutexContended(b, 2, 3*time.Microsecond)
 }
 
 func BenchmarkSyncWaitGroupAddDone(b *testing.B) {
