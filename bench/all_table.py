@@ -318,7 +318,9 @@ def floor_rows(results):
         cells = ["chan", workload, unit, label]
         for p in PLACEMENTS:
             d = cpp[p].get(f"{workload}/dchan")
-            f = cpp[p].get(f"{floor}/raw")
+            # A yielding ring is a floor only with both threads on one CPU.
+            f = (None if floor.endswith("_yield") and p != "pinned"
+                 else cpp[p].get(f"{floor}/raw"))
             cells += [show(d), show(f) if f else "n/a", ratio(d, f)]
         cells.append("")
         rows.append(cells)
@@ -473,9 +475,9 @@ def render(results):
         "the baseline servers alike (Go then runs with GOMAXPROCS=1); "
         "unpinned Go runs with GOMAXPROCS=2. The floor rows are the same "
         "run's bare hand-offs and rings between two threads, with no channel "
-        "around them (n/a: a spin needs two CPUs; the yielding rings are "
-        "floors on one CPU, where each full or empty ring costs a context "
-        "switch).")
+        "around them (n/a: a spin needs two CPUs, and the yielding rings "
+        "are floors only on one CPU, where each full or empty ring costs a "
+        "context switch).")
     return "\n".join(lines) + "\n"
 
 

@@ -69,15 +69,18 @@
 //                       (sched_yield) at each look that finds it full or
 //                       empty: buffered_1p1c's least with the two threads on
 //                       one CPU (pinned: two context switches per 64 items,
-//                       and nothing else). Registered always, not pinned.
+//                       and the ring's ~1 ns per item). Registered always,
+//                       not pinned; a floor only with both threads on one
+//                       CPU (the table shows it pinned only).
 //   floor_mpmc_ring_yield  Vyukov's bounded multi-producer multi-consumer
 //                       ring of 64 cells, bare (a cell per line, one
 //                       compare-and-swap per operation: the algorithm of a
 //                       buffered dchan channel's fast paths, without its
 //                       flags, close, parked waiters or prefetch), yielding
 //                       as floor_spsc_ring_yield: what any channel built on
-//                       it pays for buffered_1p1c. Registered always, not
-//                       pinned.
+//                       it pays for buffered_1p1c with both threads on one
+//                       CPU. Registered always, not pinned (pinned only in
+//                       the table, as floor_spsc_ring_yield).
 //
 // Timing: every benchmark runs batches of a fixed number of items. Each batch
 // spawns its partner threads (exactly the threads the workload names; no

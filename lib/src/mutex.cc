@@ -69,11 +69,16 @@ constexpr int kWordSpinDivisor = 4;
 // queue's lock, the waiter's word, a futex call); but a lock freed just
 // after a look stays unnoticed until the next. Threads that trade a lock in
 // a tight loop (it is never seen free) want long gaps: ~1 us apart they
-// took 1.2-1.6x std::mutex's time on the Intel VM, ~5 us apart 0.9-1.1x.
+// took 1.2-1.6x std::mutex's time on the Intel VM, ~5 us apart 0.85-0.98x.
 // Threads that hold a lock for microseconds and leave it as long want short
 // ones: ~5 us apart took 1.4x the time of ~1 us there. The adaptive gap
-// did about as well as the better fixed one in each (docs/BENCHMARKS.md,
-// "Session 25").
+// came within ~10% of the better fixed one in each (docs/BENCHMARKS.md,
+// "Session 25"). What long gaps cost: a poll phase spins its CPU for up to
+// ~32 us before the waiter sleeps; the shift is the thread's, so it carries
+// over to its next wait on any Mutex; a timed lock() may return up to one
+// gap after its deadline; and a waiter past the starvation threshold
+// notices only after its poll phase. On one CPU the gap is 0 pauses
+// (spin_budget() is 0).
 constexpr int kPolls = 2;
 constexpr int kPollDivisor = 10;
 constexpr int kMaxPollShift = 4;
