@@ -297,30 +297,31 @@ def floor_rows(results):
     cpp = {p: load_gbench(os.path.join(results, "chan",
                                        f"chan_bench.{p}.json"))
            for p in PLACEMENTS}
-    for workload, unit, floor, label in (
+    # The last field: placements where the figure is a floor (a yielding
+    # ring is one only with both threads on one CPU).
+    both = PLACEMENTS
+    for workload, unit, floor, label, floor_in in (
             ("pingpong", "ns/round trip", "floor_futex_pingpong",
-             "futex hand-off floor"),
+             "futex hand-off floor", both),
             ("pingpong", "ns/round trip", "floor_yield_pingpong",
-             "sched_yield hand-off floor"),
+             "sched_yield hand-off floor", both),
             ("pingpong", "ns/round trip", "floor_spin_pingpong",
-             "spin hand-off floor"),
+             "spin hand-off floor", both),
             ("pingpong", "ns/round trip", "floor_rendezvous_pingpong",
-             "spin rendezvous floor"),
+             "spin rendezvous floor", both),
             ("buffered_1p1c", "ns/item", "floor_spsc_ring",
-             "SPSC ring floor (one producer, one consumer, spinning)"),
+             "SPSC ring floor (one producer, one consumer, spinning)", both),
             ("buffered_1p1c", "ns/item", "floor_spsc_ring_yield",
-             "SPSC ring floor, yielding when full or empty"),
+             "SPSC ring floor, yielding when full or empty", ("pinned",)),
             ("buffered_1p1c", "ns/item", "floor_mpmc_ring_yield",
              "Vyukov MPMC ring floor (one compare-and-swap per operation), "
-             "yielding")):
+             "yielding", ("pinned",))):
         if not any(cpp[p].get(f"{floor}/raw") for p in PLACEMENTS):
             continue
         cells = ["chan", workload, unit, label]
         for p in PLACEMENTS:
             d = cpp[p].get(f"{workload}/dchan")
-            # A yielding ring is a floor only with both threads on one CPU.
-            f = (None if floor.endswith("_yield") and p != "pinned"
-                 else cpp[p].get(f"{floor}/raw"))
+            f = cpp[p].get(f"{floor}/raw") if p in floor_in else None
             cells += [show(d), show(f) if f else "n/a", ratio(d, f)]
         cells.append("")
         rows.append(cells)
