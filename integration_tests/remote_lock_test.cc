@@ -326,14 +326,18 @@ void contend(bool keep) {
   ASSERT_TRUE(in >> counter >> token);
   EXPECT_EQ(counter, kProcesses * kRounds);
   // Keepers reserve blocks of tokens: the last one is far above the count.
-  if (keep) EXPECT_GT(token, static_cast<unsigned long long>(counter));
+  if (keep) {
+    EXPECT_GT(token, static_cast<unsigned long long>(counter));
+  }
   // Every contender has gone: the broker may have forgotten the free lock
   // already (nobody holds it). If not, it is free with that last token
   // (without keepers; a keeper's last block may reach further); either way
   // the name's next token is above it.
   const std::optional<ObjectState> st = broker.object_state("ledger");
   if (st.has_value()) {
-    if (!keep) EXPECT_EQ(st->token, token);
+    if (!keep) {
+      EXPECT_EQ(st->token, token);
+    }
     EXPECT_TRUE(st->holder_sessions.empty());
     EXPECT_EQ(st->queued_lockers, 0u);
   }
